@@ -1,0 +1,31 @@
+//! keygate-core: every rule about an API key, as plain functions over plain data. No I/O, no
+//! async; the only thing it asks the OS for is randomness when generating keys and ids.
+//!
+//! ```
+//! use keygate_core::{decide, issue, parse, KeySpec, Outcome, Prefix, Timestamp};
+//!
+//! let now = Timestamp::from_unix_ms(1_800_000_000_000).unwrap();
+//! let spec = KeySpec { name: "billing".into(), scopes: vec!["orders:*".into()], ..KeySpec::default() };
+//! let (record, key) = issue(spec, &Prefix::default(), now).unwrap();
+//!
+//! // The holder presents the key; the verifier parses it and looks the record up by hash.
+//! let parsed = parse(key.expose()).unwrap();
+//! assert_eq!(parsed.hash(), record.hash);
+//! assert_eq!(decide(&record, now, &["orders:read"]), Outcome::Valid);
+//! assert_eq!(decide(&record, now, &["users:read"]), Outcome::InsufficientScope);
+//! ```
+
+pub mod format;
+pub mod id;
+pub mod outcome;
+pub mod record;
+pub mod scope;
+pub mod time;
+
+pub use format::{
+    KeyHash, ParseError, ParsedKey, PlainKey, Prefix, generate, parse, parse_with_prefix,
+};
+pub use id::KeyId;
+pub use outcome::{Outcome, decide};
+pub use record::{Expiry, KeyPatch, KeyRecord, KeySpec, RecordError, Status, issue};
+pub use time::{Clock, FixedClock, Lifetime, TimeError, Timestamp};

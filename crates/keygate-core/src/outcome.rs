@@ -1,0 +1,187 @@
+//! The verification decision: [`decide`] holds every rule that turns a stored record, the time
+//! and the scopes a route needs into an [`Outcome`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{KeyRecord, Status};
+use crate::scope::first_missing;
+use crate::time::Timestamp;
+
+/// The result of checking a presented key. Each variant has a stable string [`code`](Outcome::code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// The key is good for the requested scopes.
+    Valid,
+    /// No key was presented.
+    Missing,
+    /// What was presented is not a well-formed key (length, alphabet, prefix or checksum).
+    Malformed,
+    /// Well-formed, but no such key exists.
+    NotFound,
+    /// The key was revoked.
+    Revoked,
+    /// The key is past its expiry time.
+    Expired,
+    /// The key is disabled.
+    Disabled,
+    /// The key is good but lacks a required scope.
+    InsufficientScope,
+}
+
+impl Outcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [Outcome; 8] = [
+        Self::Valid,
+        Self::Missing,
+        Self::Malformed,
+        Self::NotFound,
+        Self::Revoked,
+        Self::Expired,
+        Self::Disabled,
+        Self::InsufficientScope,
+    ];
+
+    /// The stable code: `VALID`, `MISSING`, `MALFORMED`, `NOT_FOUND`, `REVOKED`, `EXPIRED`,
+    /// `DISABLED` or `INSUFFICIENT_SCOPE`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Valid => "VALID",
+            Self::Missing => "MISSING",
+            Self::Malformed => "MALFORMED",
+            Self::NotFound => "NOT_FOUND",
+            Self::Revoked => "REVOKED",
+            Self::Expired => "EXPIRED",
+            Self::Disabled => "DISABLED",
+            Self::InsufficientScope => "INSUFFICIENT_SCOPE",
+        }
+    }
+
+    /// Whether the key may be used.
+    pub fn is_valid(self) -> bool {
+        self == Self::Valid
+    }
+
+    /// A short human title for the outcome.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Valid => "Valid API key",
+            Self::Missing => "API key missing",
+            Self::Malformed => "Malformed API key",
+            Self::NotFound => "Unknown API key",
+            Self::Revoked => "API key revoked",
+            Self::Expired => "API key expired",
+            Self::Disabled => "API key disabled",
+            Self::InsufficientScope => "Insufficient scope",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Decides whether the key stored as `record` may be used at `now` for `required` scopes.
+///
+/// Order: revoked, expired, disabled, then scopes. Expiry is checked here and only here, so
+/// no path can forget it.
+pub fn decide<R: AsRef<str>>(record: &KeyRecord, now: Timestamp, required: &[R]) -> Outcome {
+    match record.status(now) {
+        Status::Revoked => Outcome::Revoked,
+        Status::Expired => Outcome::Expired,
+        Status::Disabled => Outcome::Disabled,
+        Status::Active => match first_missing(&record.scopes, required) {
+            Some(_) => Outcome::InsufficientScope,
+            None => Outcome::Valid,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Prefix;
+    use crate::record::{KeySpec, issue};
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms).unwrap()
+    }
+
+    fn record(scopes: &[&str]) -> KeyRecord {
+        let spec = KeySpec {
+            name: "k".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..KeySpec::default()
+        };
+        issue(spec, &Prefix::default(), t(0)).unwrap().0
+    }
+
+    const NONE: [&str; 0] = [];
+
+    #[test]
+    fn valid_and_scopes() {
+        let r = record(&["orders:*"]);
+        assert_eq!(decide(&r, t(1), &NONE), Outcome::Valid);
+        assert_eq!(decide(&r, t(1), &["orders:read"]), Outcome::Valid);
+        assert_eq!(
+            decide(&r, t(1), &["users:read"]),
+            Outcome::InsufficientScope
+        );
+        assert_eq!(
+            decide(&record(&["*"]), t(1), &["users:read"]),
+            Outcome::Valid
+        );
+        assert_eq!(
+            decide(&record(&[]), t(1), &["a"]),
+            Outcome::InsufficientScope
+        );
+    }
+
+    #[test]
+    fn expiry_is_exact_to_the_millisecond() {
+        let mut r = record(&[]);
+        r.expires_at = Some(t(1000));
+        assert_eq!(decide(&r, t(999), &NONE), Outcome::Valid);
+        assert_eq!(decide(&r, t(1000), &NONE), Outcome::Expired);
+        assert_eq!(decide(&r, t(5000), &["x"]), Outcome::Expired);
+    }
+
+    #[test]
+    fn revoked_beats_expired_beats_disabled_beats_scope() {
+        let mut r = record(&[]);
+        r.enabled = false;
+        assert_eq!(decide(&r, t(1), &["x"]), Outcome::Disabled);
+        r.expires_at = Some(t(1));
+        assert_eq!(decide(&r, t(1), &["x"]), Outcome::Expired);
+        r.revoked_at = Some(t(0));
+        assert_eq!(decide(&r, t(1), &["x"]), Outcome::Revoked);
+    }
+
+    #[test]
+    fn codes_are_stable() {
+        let codes: Vec<&str> = Outcome::ALL.iter().map(|o| o.code()).collect();
+        assert_eq!(
+            codes,
+            [
+                "VALID",
+                "MISSING",
+                "MALFORMED",
+                "NOT_FOUND",
+                "REVOKED",
+                "EXPIRED",
+                "DISABLED",
+                "INSUFFICIENT_SCOPE"
+            ]
+        );
+        for o in Outcome::ALL {
+            assert_eq!(
+                serde_json::to_string(&o).unwrap(),
+                format!("\"{}\"", o.code())
+            );
+        }
+    }
+}

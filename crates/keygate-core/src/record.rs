@@ -1,0 +1,521 @@
+//! The stored record of a key, how one is issued from a [`KeySpec`], how a [`KeyPatch`] changes
+//! it, how it is revoked, and its [`Status`] at a given time. Every input is checked here.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::format::{KeyHash, PlainKey, Prefix, generate};
+use crate::id::KeyId;
+use crate::scope::{MAX_SCOPES, check_scope};
+use crate::time::{Lifetime, Timestamp};
+
+/// Longest key name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest owner id, in characters.
+pub const MAX_OWNER_CHARS: usize = 200;
+/// Longest revocation reason, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+/// Largest metadata object, as compact JSON bytes.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// Everything stored about a key. It holds no secret: only the key's hash and display start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Public id.
+    pub id: KeyId,
+    /// Human name, e.g. "billing service (prod)".
+    pub name: String,
+    /// Display form: prefix and first secret characters, e.g. `kg_4fT0`.
+    pub start: String,
+    /// SHA-256 of the whole key.
+    pub hash: KeyHash,
+    /// The API owner's id for whoever holds the key (a user, team or customer).
+    pub owner: Option<String>,
+    /// What the key may do.
+    pub scopes: Vec<String>,
+    /// Free-form JSON object the API owner attaches (plan, tenant, ...).
+    pub metadata: Map<String, Value>,
+    /// When it was issued.
+    pub created_at: Timestamp,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked, if it was. Revocation is final.
+    pub revoked_at: Option<Timestamp>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<String>,
+    /// A disabled key is refused until enabled again.
+    pub enabled: bool,
+    /// Last successful verification (recorded in batches, so it may lag a little).
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// Where a key stands at a given time. Precedence: revoked, then expired, then disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Usable.
+    Active,
+    /// Switched off for now; can be enabled again.
+    Disabled,
+    /// Past its expiry time.
+    Expired,
+    /// Revoked for good.
+    Revoked,
+}
+
+impl Status {
+    /// The lowercase name used in filters and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Disabled => "disabled",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Parses a lowercase status name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "active" => Self::Active,
+            "disabled" => Self::Disabled,
+            "expired" => Self::Expired,
+            "revoked" => Self::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl KeyRecord {
+    /// The key's status at `now`.
+    pub fn status(&self, now: Timestamp) -> Status {
+        if self.revoked_at.is_some() {
+            Status::Revoked
+        } else if self.expires_at.is_some_and(|e| now >= e) {
+            Status::Expired
+        } else if !self.enabled {
+            Status::Disabled
+        } else {
+            Status::Active
+        }
+    }
+
+    /// Revokes the key at `at`. Revocation is final: revoking twice is an error.
+    pub fn revoke(&mut self, at: Timestamp, reason: Option<String>) -> Result<(), RecordError> {
+        if self.revoked_at.is_some() {
+            return Err(RecordError::AlreadyRevoked);
+        }
+        let reason = reason
+            .map(|r| check_text("reason", r, MAX_REASON_CHARS))
+            .transpose()?;
+        self.revoked_at = Some(at);
+        self.revoked_reason = reason;
+        Ok(())
+    }
+}
+
+/// When a new key expires: at a fixed time, or a lifetime after it is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// At this time (may be in the past: the key is then born expired).
+    At(Timestamp),
+    /// This long after issue.
+    In(Lifetime),
+}
+
+/// What the API owner asks for when issuing a key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeySpec {
+    /// Required, 1–200 characters.
+    pub name: String,
+    /// Optional owner id, 1–200 characters.
+    pub owner: Option<String>,
+    /// Scopes; duplicates are dropped.
+    pub scopes: Vec<String>,
+    /// A JSON object of at most 16 KiB.
+    pub metadata: Map<String, Value>,
+    /// When the key expires, if ever.
+    pub expires: Option<Expiry>,
+}
+
+/// A field that failed a check, and why. The message never repeats a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// The named field is not acceptable.
+    Field {
+        /// Field name as the API spells it (`name`, `scopes`, ...).
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The key is revoked already; revocation is final.
+    AlreadyRevoked,
+}
+
+impl RecordError {
+    fn field(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Field {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Field { field, message } => write!(f, "{field}: {message}"),
+            Self::AlreadyRevoked => f.write_str("the key is revoked; revocation is final"),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+/// Issues a key: checks `spec`, generates a key with `prefix`, and returns the record to store
+/// and the plaintext to hand over once.
+pub fn issue(
+    spec: KeySpec,
+    prefix: &Prefix,
+    now: Timestamp,
+) -> Result<(KeyRecord, PlainKey), RecordError> {
+    let name = check_text("name", spec.name, MAX_NAME_CHARS)?;
+    let owner = spec
+        .owner
+        .map(|o| check_text("owner", o, MAX_OWNER_CHARS))
+        .transpose()?;
+    let scopes = check_scopes(spec.scopes)?;
+    let metadata = check_metadata(spec.metadata)?;
+    let expires_at = match spec.expires {
+        None => None,
+        Some(Expiry::At(at)) => Some(at),
+        Some(Expiry::In(lifetime)) => Some(
+            now.checked_add(lifetime)
+                .ok_or_else(|| RecordError::field("expires_in", "ends after year 9999"))?,
+        ),
+    };
+    let key = generate(prefix);
+    let record = KeyRecord {
+        id: KeyId::generate(now),
+        name,
+        start: key.start(),
+        hash: key.hash(),
+        owner,
+        scopes,
+        metadata,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        revoked_reason: None,
+        enabled: true,
+        last_used_at: None,
+    };
+    Ok((record, key))
+}
+
+/// A change to a key's editable fields; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New owner; `Some(None)` clears it.
+    pub owner: Option<Option<String>>,
+    /// New scopes (replaces the list).
+    pub scopes: Option<Vec<String>>,
+    /// New metadata (replaces the object).
+    pub metadata: Option<Map<String, Value>>,
+    /// New expiry; `Some(None)` removes it.
+    pub expires_at: Option<Option<Timestamp>>,
+    /// Enable or disable. A revoked key cannot be enabled.
+    pub enabled: Option<bool>,
+}
+
+impl KeyPatch {
+    /// Applies the patch to `record`, checking every field first; on error `record` is untouched.
+    pub fn apply(self, record: &mut KeyRecord) -> Result<(), RecordError> {
+        if record.revoked_at.is_some() && self.enabled == Some(true) {
+            return Err(RecordError::AlreadyRevoked);
+        }
+        let name = self
+            .name
+            .map(|n| check_text("name", n, MAX_NAME_CHARS))
+            .transpose()?;
+        let owner = self
+            .owner
+            .map(|o| {
+                o.map(|o| check_text("owner", o, MAX_OWNER_CHARS))
+                    .transpose()
+            })
+            .transpose()?;
+        let scopes = self.scopes.map(check_scopes).transpose()?;
+        let metadata = self.metadata.map(check_metadata).transpose()?;
+        if let Some(v) = name {
+            record.name = v;
+        }
+        if let Some(v) = owner {
+            record.owner = v;
+        }
+        if let Some(v) = scopes {
+            record.scopes = v;
+        }
+        if let Some(v) = metadata {
+            record.metadata = v;
+        }
+        if let Some(v) = self.expires_at {
+            record.expires_at = v;
+        }
+        if let Some(v) = self.enabled {
+            record.enabled = v;
+        }
+        Ok(())
+    }
+}
+
+fn check_text(field: &'static str, text: String, max_chars: usize) -> Result<String, RecordError> {
+    if text.trim().is_empty() {
+        return Err(RecordError::field(field, "must not be empty"));
+    }
+    if text.chars().count() > max_chars {
+        return Err(RecordError::field(
+            field,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(RecordError::field(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(text)
+}
+
+fn check_scopes(scopes: Vec<String>) -> Result<Vec<String>, RecordError> {
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        check_scope(&scope).map_err(|why| RecordError::field("scopes", why))?;
+        if !out.contains(&scope) {
+            out.push(scope);
+        }
+    }
+    if out.len() > MAX_SCOPES {
+        return Err(RecordError::field(
+            "scopes",
+            format!("a key may hold at most {MAX_SCOPES} scopes"),
+        ));
+    }
+    Ok(out)
+}
+
+fn check_metadata(metadata: Map<String, Value>) -> Result<Map<String, Value>, RecordError> {
+    let size = serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len());
+    if size > MAX_METADATA_BYTES {
+        return Err(RecordError::field(
+            "metadata",
+            format!("must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+        ));
+    }
+    Ok(metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::parse;
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms).unwrap()
+    }
+
+    fn spec() -> KeySpec {
+        KeySpec {
+            name: "billing".into(),
+            scopes: vec!["orders:read".into(), "orders:read".into(), "users:*".into()],
+            ..KeySpec::default()
+        }
+    }
+
+    #[test]
+    fn issue_builds_a_record_that_matches_the_key() {
+        let (record, key) = issue(spec(), &Prefix::default(), t(1_000)).unwrap();
+        assert_eq!(record.hash, parse(key.expose()).unwrap().hash());
+        assert_eq!(record.start, key.start());
+        assert_eq!(record.scopes, ["orders:read", "users:*"]);
+        assert_eq!(record.created_at, t(1_000));
+        assert!(record.enabled);
+        assert_eq!(record.status(t(1_000)), Status::Active);
+        let debug = format!("{record:?}");
+        assert!(!debug.contains(&key.expose()[8..]));
+    }
+
+    #[test]
+    fn expiry_in_and_at() {
+        let mut s = spec();
+        s.expires = Some(Expiry::In(Lifetime::parse("1h").unwrap()));
+        let (r, _) = issue(s, &Prefix::default(), t(0)).unwrap();
+        assert_eq!(r.expires_at, Some(t(3_600_000)));
+        assert_eq!(r.status(t(3_599_999)), Status::Active);
+        assert_eq!(r.status(t(3_600_000)), Status::Expired);
+        let mut s = spec();
+        s.expires = Some(Expiry::At(t(-5)));
+        let (r, _) = issue(s, &Prefix::default(), t(0)).unwrap();
+        assert_eq!(r.status(t(0)), Status::Expired);
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let cases: Vec<(KeySpec, &str)> = vec![
+            (
+                KeySpec {
+                    name: "".into(),
+                    ..spec()
+                },
+                "name",
+            ),
+            (
+                KeySpec {
+                    name: "  ".into(),
+                    ..spec()
+                },
+                "name",
+            ),
+            (
+                KeySpec {
+                    name: "x".repeat(201),
+                    ..spec()
+                },
+                "name",
+            ),
+            (
+                KeySpec {
+                    name: "a\nb".into(),
+                    ..spec()
+                },
+                "name",
+            ),
+            (
+                KeySpec {
+                    owner: Some("".into()),
+                    ..spec()
+                },
+                "owner",
+            ),
+            (
+                KeySpec {
+                    scopes: vec!["Bad Scope".into()],
+                    ..spec()
+                },
+                "scopes",
+            ),
+            (
+                KeySpec {
+                    scopes: (0..65).map(|i| format!("s{i}")).collect(),
+                    ..spec()
+                },
+                "scopes",
+            ),
+            (
+                KeySpec {
+                    metadata: [("k".to_string(), Value::String("x".repeat(17_000)))]
+                        .into_iter()
+                        .collect(),
+                    ..spec()
+                },
+                "metadata",
+            ),
+        ];
+        for (s, field) in cases {
+            match issue(s, &Prefix::default(), t(0)) {
+                Err(RecordError::Field { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected a {field} error, got {other:?}"),
+            }
+        }
+        assert!(
+            issue(
+                KeySpec {
+                    name: "é".repeat(200),
+                    ..spec()
+                },
+                &Prefix::default(),
+                t(0)
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn status_precedence() {
+        let (mut r, _) = issue(spec(), &Prefix::default(), t(0)).unwrap();
+        r.enabled = false;
+        assert_eq!(r.status(t(0)), Status::Disabled);
+        r.expires_at = Some(t(10));
+        assert_eq!(r.status(t(10)), Status::Expired);
+        r.revoke(t(5), Some("leaked".into())).unwrap();
+        assert_eq!(r.status(t(10)), Status::Revoked);
+        assert_eq!(r.revoke(t(6), None), Err(RecordError::AlreadyRevoked));
+        assert_eq!(r.revoked_at, Some(t(5)));
+        assert_eq!(r.revoked_reason.as_deref(), Some("leaked"));
+    }
+
+    #[test]
+    fn patch_applies_all_or_nothing_and_revocation_is_final() {
+        let (mut r, _) = issue(spec(), &Prefix::default(), t(0)).unwrap();
+        let before = r.clone();
+        let bad = KeyPatch {
+            name: Some("new".into()),
+            scopes: Some(vec!["NOPE".into()]),
+            ..KeyPatch::default()
+        };
+        assert!(bad.apply(&mut r).is_err());
+        assert_eq!(r, before);
+        KeyPatch {
+            name: Some("new".into()),
+            owner: Some(Some("acct_1".into())),
+            enabled: Some(false),
+            expires_at: Some(Some(t(99))),
+            ..KeyPatch::default()
+        }
+        .apply(&mut r)
+        .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.owner.as_deref(), r.enabled),
+            ("new", Some("acct_1"), false)
+        );
+        KeyPatch {
+            owner: Some(None),
+            expires_at: Some(None),
+            ..KeyPatch::default()
+        }
+        .apply(&mut r)
+        .unwrap();
+        assert_eq!((r.owner.as_deref(), r.expires_at), (None, None));
+        r.revoke(t(1), None).unwrap();
+        let enable = KeyPatch {
+            enabled: Some(true),
+            ..KeyPatch::default()
+        };
+        assert_eq!(enable.apply(&mut r), Err(RecordError::AlreadyRevoked));
+        assert_eq!(r.status(t(2)), Status::Revoked);
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in [
+            Status::Active,
+            Status::Disabled,
+            Status::Expired,
+            Status::Revoked,
+        ] {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("Active"), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! Scopes: what a key may do, as strings such as `orders:read`.
+//!
+//! A scope is one or more segments of `a-z`, `0-9`, `_`, `-`, `.` joined by `:`. A key scope may
+//! end in `:*` to grant everything under it (`orders:*` grants `orders:read` and
+//! `orders:items:write`, not `orders`), and `*` alone grants every scope.
+
+/// Longest accepted scope.
+pub const MAX_SCOPE_LEN: usize = 128;
+/// Most scopes one key may hold.
+pub const MAX_SCOPES: usize = 64;
+
+/// Checks a scope's syntax; on failure, says why (without echoing it).
+pub fn check_scope(scope: &str) -> Result<(), &'static str> {
+    if scope.is_empty() {
+        return Err("a scope must not be empty");
+    }
+    if scope.len() > MAX_SCOPE_LEN {
+        return Err("a scope must be at most 128 characters");
+    }
+    if scope == "*" {
+        return Ok(());
+    }
+    let body = scope.strip_suffix(":*").unwrap_or(scope);
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+            })
+    };
+    if body.split(':').all(segment_ok) {
+        Ok(())
+    } else {
+        Err(
+            "a scope is segments of a-z, 0-9, `_`, `-`, `.` joined by `:`, optionally ending in `:*` (or `*` alone)",
+        )
+    }
+}
+
+/// Whether the key scope `held` grants the scope `required`.
+pub fn grants(held: &str, required: &str) -> bool {
+    if held == "*" || held == required {
+        return true;
+    }
+    match held.strip_suffix('*') {
+        Some(stem) if stem.ends_with(':') => {
+            required.len() > stem.len() && required.starts_with(stem)
+        }
+        _ => false,
+    }
+}
+
+/// The first of `required` that none of `held` grants, if any.
+pub fn first_missing<'r, H, R>(held: &[H], required: &'r [R]) -> Option<&'r str>
+where
+    H: AsRef<str>,
+    R: AsRef<str>,
+{
+    required
+        .iter()
+        .map(AsRef::as_ref)
+        .find(|r| !held.iter().any(|h| grants(h.as_ref(), r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_and_exact_matches() {
+        assert!(grants("orders:read", "orders:read"));
+        assert!(!grants("orders:read", "orders:write"));
+        assert!(grants("orders:*", "orders:read"));
+        assert!(grants("orders:*", "orders:items:write"));
+        assert!(!grants("orders:*", "orders"));
+        assert!(!grants("orders:*", "ordersx:read"));
+        assert!(!grants("orders:*", "orders:"));
+        assert!(grants("*", "anything:at:all"));
+        assert!(!grants("orders", "orders:read"));
+        assert!(!grants("ord*", "orders"));
+    }
+
+    #[test]
+    fn first_missing_names_the_gap() {
+        let held = ["orders:read", "users:*"];
+        assert_eq!(first_missing(&held, &["orders:read", "users:list"]), None);
+        assert_eq!(
+            first_missing(&held, &["orders:read", "orders:write"]),
+            Some("orders:write")
+        );
+        assert_eq!(first_missing::<&str, &str>(&[], &[]), None);
+        assert_eq!(first_missing::<&str, &str>(&[], &["a"]), Some("a"));
+    }
+
+    #[test]
+    fn syntax() {
+        for ok in [
+            "orders:read",
+            "*",
+            "orders:*",
+            "a",
+            "keygate:admin",
+            "v1.orders:read-all_x",
+        ] {
+            assert!(check_scope(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            ":",
+            "orders:",
+            ":read",
+            "Orders:read",
+            "orders read",
+            "*:read",
+            "orders:*:x",
+            "a::b",
+            long.as_str(),
+            "ördërs",
+        ] {
+            assert!(check_scope(bad).is_err(), "{bad}");
+        }
+    }
+}
