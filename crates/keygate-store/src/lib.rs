@@ -1,1 +1,172 @@
-//! placeholder
+//! keygate-store: the one door to a database.
+//!
+//! [`Store`] is a handful of async methods over [`KeyRecord`]s; [`SqliteStore`] is the embedded
+//! default (a file, zero set-up, migrations applied on open). [`open`] picks a backend from a
+//! URL. Every backend must pass the shared [`conformance`] suite against a real database.
+//!
+//! A store holds no rule of its own: changes go through keygate-core ([`KeyPatch::apply`],
+//! [`KeyRecord::revoke`]) inside a transaction, and the status filter of [`Store::list`] is
+//! checked against [`KeyRecord::status`] by the conformance suite.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keygate_store::StoreError> {
+//! use keygate_store::{ListQuery, Store};
+//! let store = keygate_store::open("sqlite://keygate.db").await?;
+//! # let now = keygate_core::Timestamp::from_unix_ms(0).unwrap();
+//! let page = store.list(&ListQuery::new(now)).await?;
+//! println!("{} keys", page.items.len());
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, RecordError, Status, Timestamp};
+
+pub mod conformance;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Default page size for [`Store::list`].
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size [`Store::list`] returns.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// What can go wrong in a store. Messages never contain a key or a hash.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No key has that id.
+    #[error("no key with that id")]
+    NotFound,
+    /// A key with that id or hash exists already.
+    #[error("a key with that id or hash exists already")]
+    Duplicate,
+    /// The change breaks a key rule (bad field, or the key is revoked).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The pagination cursor is not one this store handed out.
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// The database URL or options are not usable.
+    #[error("{0}")]
+    Config(String),
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Backend(String),
+    /// A stored row cannot be read back as a key record.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Filters and position for [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only keys with this owner.
+    pub owner: Option<String>,
+    /// Only keys with this status at [`ListQuery::now`]; `None` for all.
+    pub status: Option<Status>,
+    /// Only keys whose name contains this text (ASCII case-insensitive).
+    pub name_contains: Option<String>,
+    /// Page size, 1 to [`MAX_PAGE_SIZE`] (out-of-range values are clamped).
+    pub limit: u32,
+    /// Where the previous page ended ([`Page::next_cursor`]).
+    pub cursor: Option<String>,
+    /// The time the status filter is judged at.
+    pub now: Timestamp,
+}
+
+impl ListQuery {
+    /// All keys, first page, default size, status judged at `now`.
+    pub fn new(now: Timestamp) -> Self {
+        Self {
+            owner: None,
+            status: None,
+            name_contains: None,
+            limit: DEFAULT_PAGE_SIZE,
+            cursor: None,
+            now,
+        }
+    }
+
+    /// The limit clamped to 1..=[`MAX_PAGE_SIZE`].
+    pub fn page_size(&self) -> u32 {
+        self.limit.clamp(1, MAX_PAGE_SIZE)
+    }
+
+    /// The cursor as a key id, if one was given.
+    pub fn cursor_id(&self) -> Result<Option<KeyId>, StoreError> {
+        self.cursor
+            .as_deref()
+            .map(|c| KeyId::parse(c).ok_or(StoreError::InvalidCursor))
+            .transpose()
+    }
+}
+
+/// One page of keys, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The keys on this page.
+    pub items: Vec<KeyRecord>,
+    /// Pass this as [`ListQuery::cursor`] for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Storage for key records. Implementations hold no key rules: they store, find and apply
+/// keygate-core's changes atomically.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores a new record. [`StoreError::Duplicate`] if its id or hash is taken.
+    async fn create(&self, record: &KeyRecord) -> Result<(), StoreError>;
+
+    /// The record with this id.
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// The record with this hash: the verify path's lookup.
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Keys matching `query`, newest first, one page at a time.
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Applies `patch` atomically and returns the updated record.
+    async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError>;
+
+    /// Revokes the key at `at` atomically and returns the updated record.
+    /// [`RecordError::AlreadyRevoked`] if it was revoked before.
+    async fn revoke(
+        &self,
+        id: &KeyId,
+        at: Timestamp,
+        reason: Option<String>,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Records last-used times in one batch; a time never moves backwards; unknown ids are
+    /// ignored.
+    async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store a URL names, creating and migrating it as needed.
+///
+/// - `sqlite://path/to/file.db`, `sqlite:file.db` or a plain path: SQLite (created on first use);
+/// - `sqlite::memory:`: an in-memory SQLite database (gone when the process ends).
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(StoreError::Config("the database URL is empty".into()));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Err(StoreError::Config(
+            "PostgreSQL is not supported by this build yet; use a sqlite:// URL".into(),
+        ));
+    }
+    if url.starts_with("sqlite:") || !url.contains("://") {
+        return Ok(Arc::new(SqliteStore::connect(url).await?));
+    }
+    let scheme = url.split("://").next().unwrap_or_default();
+    Err(StoreError::Config(format!(
+        "unsupported database URL scheme `{scheme}`; use sqlite://PATH"
+    )))
+}

@@ -1,0 +1,431 @@
+//! The conformance suite every [`Store`] backend must pass, against a real database.
+//!
+//! Each case takes a fresh, empty store and panics on the first broken promise. A backend's
+//! tests run them all with [`conformance_suite!`](crate::conformance_suite):
+//!
+//! ```ignore
+//! keygate_store::conformance_suite!(|| async {
+//!     let dir = tempfile::tempdir().unwrap().keep();
+//!     std::sync::Arc::new(SqliteStore::connect(dir.join("k.db").to_str().unwrap()).await.unwrap())
+//!         as std::sync::Arc<dyn keygate_store::Store>
+//! });
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use keygate_core::{
+    KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, RecordError, Status, Timestamp, issue,
+};
+use serde_json::json;
+
+use crate::{ListQuery, Store, StoreError};
+
+/// Expands to one `#[tokio::test]` per conformance case; `$fresh` is a closure returning a
+/// future of a fresh, empty `Arc<dyn Store>`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($fresh:expr) => {
+        $crate::conformance_suite!(@cases $fresh;
+            create_then_get_round_trips_every_field,
+            unknown_ids_and_hashes_are_absent,
+            duplicates_are_rejected_and_change_nothing,
+            list_filters_by_owner_and_name,
+            list_status_filter_agrees_with_core_status,
+            list_pages_cover_everything_once_newest_first,
+            update_applies_patches_atomically,
+            revoke_is_final,
+            concurrent_revokes_succeed_exactly_once,
+            usage_times_only_move_forward,
+            ping_answers
+        );
+    };
+    (@cases $fresh:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store: ::std::sync::Arc<dyn $crate::Store> = ($fresh)().await;
+                $crate::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+
+/// A fixed "now" for the suite: 2026-01-01T00:00:00Z.
+pub fn now() -> Timestamp {
+    Timestamp::from_unix_ms(1_767_225_600_000).expect("in range")
+}
+
+fn at(offset_ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(now().unix_ms() + offset_ms).expect("in range")
+}
+
+fn record(name: &str, owner: Option<&str>, created: Timestamp) -> KeyRecord {
+    let spec = KeySpec {
+        name: name.into(),
+        owner: owner.map(Into::into),
+        scopes: vec!["orders:read".into(), "users:*".into()],
+        metadata: json!({"plan": "pro", "n": 3, "nested": {"a": [1, 2]}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        expires: None,
+    };
+    issue(spec, &Prefix::default(), created)
+        .expect("valid spec")
+        .0
+}
+
+/// Every field written by `create` comes back from `get` and `find_by_hash` unchanged.
+pub async fn create_then_get_round_trips_every_field(store: Arc<dyn Store>) {
+    let mut full = record("full", Some("acct_1"), at(0));
+    full.expires_at = Some(at(86_400_000));
+    full.last_used_at = Some(at(5));
+    full.revoked_at = Some(at(7));
+    full.revoked_reason = Some("leaked in a log".into());
+    full.enabled = false;
+    let mut bare = record("bare", None, at(1));
+    bare.scopes.clear();
+    bare.metadata.clear();
+    for r in [&full, &bare] {
+        store.create(r).await.expect("create");
+        assert_eq!(store.get(&r.id).await.expect("get").as_ref(), Some(r));
+        assert_eq!(
+            store.find_by_hash(&r.hash).await.expect("find").as_ref(),
+            Some(r)
+        );
+    }
+}
+
+/// Lookups of things never stored find nothing (and are not errors).
+pub async fn unknown_ids_and_hashes_are_absent(store: Arc<dyn Store>) {
+    store
+        .create(&record("k", None, at(0)))
+        .await
+        .expect("create");
+    assert_eq!(store.get(&KeyId::generate(at(0))).await.expect("get"), None);
+    assert_eq!(
+        store
+            .find_by_hash(&KeyHash::of("kg_nope"))
+            .await
+            .expect("find"),
+        None
+    );
+}
+
+/// A second record with the same id or the same hash is refused, and the first stays intact.
+pub async fn duplicates_are_rejected_and_change_nothing(store: Arc<dyn Store>) {
+    let first = record("first", None, at(0));
+    store.create(&first).await.expect("create");
+    let mut same_hash = record("second", None, at(1));
+    same_hash.hash = first.hash;
+    let mut same_id = record("third", None, at(2));
+    same_id.id = first.id.clone();
+    for dup in [&same_hash, &same_id] {
+        match store.create(dup).await {
+            Err(StoreError::Duplicate) => {}
+            other => panic!("expected Duplicate, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.get(&first.id).await.expect("get"),
+        Some(first.clone())
+    );
+    let all = store.list(&ListQuery::new(now())).await.expect("list");
+    assert_eq!(all.items, vec![first]);
+}
+
+/// Owner and name filters, including names with LIKE wildcards and mixed case.
+pub async fn list_filters_by_owner_and_name(store: Arc<dyn Store>) {
+    let names = [
+        ("Billing prod", Some("acct_1")),
+        ("billing staging", Some("acct_1")),
+        ("50%_off promo", Some("acct_2")),
+        ("500 off", None),
+        ("search", Some("acct_2")),
+    ];
+    for (i, (name, owner)) in names.iter().enumerate() {
+        store
+            .create(&record(name, *owner, at(i as i64)))
+            .await
+            .expect("create");
+    }
+    let names_of = |q: ListQuery| {
+        let store = store.clone();
+        async move {
+            let page = store.list(&q).await.expect("list");
+            page.items.into_iter().map(|r| r.name).collect::<Vec<_>>()
+        }
+    };
+    let mut q = ListQuery::new(now());
+    q.owner = Some("acct_1".into());
+    assert_eq!(names_of(q).await, ["billing staging", "Billing prod"]);
+    let mut q = ListQuery::new(now());
+    q.name_contains = Some("BILLING".into());
+    assert_eq!(names_of(q).await, ["billing staging", "Billing prod"]);
+    let mut q = ListQuery::new(now());
+    q.name_contains = Some("%_".into());
+    assert_eq!(names_of(q).await, ["50%_off promo"]);
+    let mut q = ListQuery::new(now());
+    q.name_contains = Some("0%".into());
+    assert_eq!(names_of(q).await, ["50%_off promo"]);
+    let mut q = ListQuery::new(now());
+    q.owner = Some("acct_2".into());
+    q.name_contains = Some("promo".into());
+    assert_eq!(names_of(q).await, ["50%_off promo"]);
+    let mut q = ListQuery::new(now());
+    q.owner = Some("nobody".into());
+    assert!(names_of(q).await.is_empty());
+}
+
+/// The status filter gives exactly the records whose core status is that status.
+pub async fn list_status_filter_agrees_with_core_status(store: Arc<dyn Store>) {
+    let mut records = Vec::new();
+    for (i, (expires, revoked, enabled)) in [
+        (None, None, true),
+        (Some(at(1)), None, true),   // expires just after now
+        (Some(at(0)), None, true),   // expires exactly now: expired
+        (Some(at(-1)), None, false), // expired and disabled: expired
+        (None, None, false),
+        (Some(at(10)), None, false),
+        (None, Some(at(-5)), true),
+        (Some(at(-9)), Some(at(-5)), false), // revoked wins
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = record(&format!("k{i}"), None, at(-100 + i as i64));
+        r.expires_at = expires;
+        r.revoked_at = revoked;
+        r.enabled = enabled;
+        store.create(&r).await.expect("create");
+        records.push(r);
+    }
+    for status in [
+        Status::Active,
+        Status::Disabled,
+        Status::Expired,
+        Status::Revoked,
+    ] {
+        let mut q = ListQuery::new(now());
+        q.status = Some(status);
+        let got: HashSet<KeyId> = store
+            .list(&q)
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let want: HashSet<KeyId> = records
+            .iter()
+            .filter(|r| r.status(now()) == status)
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(got, want, "status {status}");
+        assert!(!want.is_empty(), "status {status} is exercised");
+    }
+    let all = store.list(&ListQuery::new(now())).await.expect("list");
+    assert_eq!(all.items.len(), records.len());
+}
+
+/// Pagination: every key exactly once, newest first, stable across pages; bad cursors refused.
+pub async fn list_pages_cover_everything_once_newest_first(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let r = record(&format!("k{i}"), Some("acct"), at(i));
+        store.create(&r).await.expect("create");
+        ids.push(r.id);
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut q = ListQuery::new(now());
+    q.limit = 10;
+    let mut sizes = Vec::new();
+    loop {
+        let page = store.list(&q).await.expect("list");
+        sizes.push(page.items.len());
+        seen.extend(page.items.into_iter().map(|r| r.id));
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(seen, ids);
+    let mut q = ListQuery::new(now());
+    q.limit = 25;
+    assert_eq!(store.list(&q).await.expect("list").next_cursor, None);
+    q.limit = 0;
+    assert_eq!(store.list(&q).await.expect("list").items.len(), 1);
+    for bad in ["garbage", "key_", "'; DROP TABLE keys; --"] {
+        q.cursor = Some(bad.into());
+        assert!(matches!(
+            store.list(&q).await,
+            Err(StoreError::InvalidCursor)
+        ));
+    }
+    assert_eq!(
+        store
+            .list(&ListQuery::new(now()))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        25
+    );
+}
+
+/// Patches change what they name, are checked by core, and leave the record alone on error.
+pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
+    let r = record("before", Some("acct_1"), at(0));
+    store.create(&r).await.expect("create");
+    let patch = KeyPatch {
+        name: Some("after".into()),
+        owner: Some(None),
+        scopes: Some(vec!["billing:*".into()]),
+        metadata: Some(json!({"tier": 2}).as_object().cloned().unwrap_or_default()),
+        expires_at: Some(Some(at(1_000))),
+        enabled: Some(false),
+    };
+    let updated = store.update(&r.id, patch).await.expect("update");
+    assert_eq!(updated.name, "after");
+    assert_eq!(updated.owner, None);
+    assert_eq!(updated.scopes, ["billing:*"]);
+    assert_eq!(updated.metadata["tier"], json!(2));
+    assert_eq!(updated.expires_at, Some(at(1_000)));
+    assert!(!updated.enabled);
+    assert_eq!(
+        (updated.hash, &updated.start, updated.created_at),
+        (r.hash, &r.start, r.created_at)
+    );
+    assert_eq!(store.get(&r.id).await.expect("get"), Some(updated.clone()));
+
+    let bad = KeyPatch {
+        name: Some("changed".into()),
+        scopes: Some(vec!["NOT A SCOPE".into()]),
+        ..KeyPatch::default()
+    };
+    assert!(matches!(
+        store.update(&r.id, bad).await,
+        Err(StoreError::Record(RecordError::Field {
+            field: "scopes",
+            ..
+        }))
+    ));
+    assert_eq!(store.get(&r.id).await.expect("get"), Some(updated));
+    assert!(matches!(
+        store
+            .update(&KeyId::generate(at(0)), KeyPatch::default())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Revocation records time and reason, cannot be repeated, and cannot be undone by enabling.
+pub async fn revoke_is_final(store: Arc<dyn Store>) {
+    let r = record("k", None, at(0));
+    store.create(&r).await.expect("create");
+    let revoked = store
+        .revoke(&r.id, at(10), Some("leaked".into()))
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.revoked_at, Some(at(10)));
+    assert_eq!(revoked.revoked_reason.as_deref(), Some("leaked"));
+    assert_eq!(revoked.status(at(11)), Status::Revoked);
+    assert!(matches!(
+        store.revoke(&r.id, at(20), None).await,
+        Err(StoreError::Record(RecordError::AlreadyRevoked))
+    ));
+    let enable = KeyPatch {
+        enabled: Some(true),
+        ..KeyPatch::default()
+    };
+    assert!(matches!(
+        store.update(&r.id, enable).await,
+        Err(StoreError::Record(RecordError::AlreadyRevoked))
+    ));
+    assert_eq!(store.get(&r.id).await.expect("get"), Some(revoked));
+    assert!(matches!(
+        store.revoke(&KeyId::generate(at(0)), at(1), None).await,
+        Err(StoreError::NotFound)
+    ));
+    let long_reason = "x".repeat(501);
+    let other = record("other", None, at(1));
+    store.create(&other).await.expect("create");
+    assert!(matches!(
+        store.revoke(&other.id, at(2), Some(long_reason)).await,
+        Err(StoreError::Record(RecordError::Field {
+            field: "reason",
+            ..
+        }))
+    ));
+    assert_eq!(store.get(&other.id).await.expect("get"), Some(other));
+}
+
+/// Many revokes of one key at once: exactly one wins, the rest see `AlreadyRevoked`.
+pub async fn concurrent_revokes_succeed_exactly_once(store: Arc<dyn Store>) {
+    let r = record("k", None, at(0));
+    store.create(&r).await.expect("create");
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        let id = r.id.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .revoke(&id, at(i + 1), Some(format!("reason {i}")))
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(StoreError::Record(RecordError::AlreadyRevoked)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+/// Usage batches set `last_used_at`, never move it backwards, and ignore unknown ids.
+pub async fn usage_times_only_move_forward(store: Arc<dyn Store>) {
+    let a = record("a", None, at(0));
+    let b = record("b", None, at(1));
+    store.create(&a).await.expect("create");
+    store.create(&b).await.expect("create");
+    store.record_usage(&[]).await.expect("empty batch");
+    store
+        .record_usage(&[(a.id.clone(), at(50)), (KeyId::generate(at(0)), at(60))])
+        .await
+        .expect("usage");
+    store
+        .record_usage(&[(a.id.clone(), at(40))])
+        .await
+        .expect("usage");
+    let got = store.get(&a.id).await.expect("get").expect("present");
+    assert_eq!(got.last_used_at, Some(at(50)));
+    assert_eq!(
+        store
+            .get(&b.id)
+            .await
+            .expect("get")
+            .expect("present")
+            .last_used_at,
+        None
+    );
+    store
+        .record_usage(&[(a.id.clone(), at(70))])
+        .await
+        .expect("usage");
+    let got = store.get(&a.id).await.expect("get").expect("present");
+    assert_eq!(got.last_used_at, Some(at(70)));
+    let mut rest = got.clone();
+    rest.last_used_at = a.last_used_at;
+    assert_eq!(rest, a, "only last_used_at changed");
+}
+
+/// A working store answers `ping`.
+pub async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+}
