@@ -1,0 +1,194 @@
+//! The tower [`Layer`] that puts keygate in front of a service.
+//!
+//! It reads the key from the request ([`CredentialSource`]s), verifies it, and either rejects
+//! the request with `application/problem+json` (401 with `WWW-Authenticate`, or 403 for a
+//! missing scope, or 503 if the store cannot be asked) or passes it on with the verified
+//! [`ApiKey`] in the request extensions, where the [`ApiKey`] extractor finds it.
+//!
+//! Layers nest: a scoped layer on a route (`.route_layer(keygate.layer().require_scopes(..))`)
+//! under a router-wide one reuses the key the outer layer verified and only checks scopes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::response::{IntoResponse, Response};
+use http::Request;
+use keygate_core::Outcome;
+use keygate_core::scope::{check_scope, first_missing};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::credentials::{CredentialSource, extract};
+use crate::problem::Problem;
+use crate::verifier::{ApiKey, Keygate};
+
+/// Layer that requires a valid API key (and optionally scopes) on every request.
+#[derive(Debug, Clone)]
+pub struct KeygateLayer {
+    keygate: Keygate,
+    config: Arc<LayerConfig>,
+}
+
+#[derive(Debug, Clone)]
+struct LayerConfig {
+    sources: Vec<CredentialSource>,
+    realm: String,
+    required: Vec<String>,
+}
+
+impl KeygateLayer {
+    /// A layer that accepts `Authorization: Api-Key <key>` and requires no scope.
+    pub fn new(keygate: Keygate) -> Self {
+        Self {
+            keygate,
+            config: Arc::new(LayerConfig {
+                sources: vec![CredentialSource::ApiKeyScheme],
+                realm: "keygate".into(),
+                required: Vec::new(),
+            }),
+        }
+    }
+
+    /// Where keys are read from, in order (replaces the default `Api-Key` scheme).
+    ///
+    /// # Panics
+    /// If `sources` is empty.
+    pub fn sources(mut self, sources: impl IntoIterator<Item = CredentialSource>) -> Self {
+        let sources: Vec<_> = sources.into_iter().collect();
+        assert!(
+            !sources.is_empty(),
+            "keygate: at least one credential source is needed"
+        );
+        Arc::make_mut(&mut self.config).sources = sources;
+        self
+    }
+
+    /// The realm named in `WWW-Authenticate` (default `keygate`).
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.config).realm = realm.into();
+        self
+    }
+
+    /// Scopes every request must hold (403 `INSUFFICIENT_SCOPE` otherwise).
+    ///
+    /// # Panics
+    /// If a scope is not well-formed: that is a bug in the route table, not a runtime event.
+    pub fn require_scopes<I, T>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        for scope in scopes {
+            let scope = scope.into();
+            if let Err(why) = check_scope(&scope) {
+                panic!("keygate: required scope {scope:?} is invalid: {why}");
+            }
+            Arc::make_mut(&mut self.config).required.push(scope);
+        }
+        self
+    }
+}
+
+impl LayerConfig {
+    fn challenge(&self) -> String {
+        let realm: String = self
+            .realm
+            .chars()
+            .filter(|c| !c.is_control())
+            .flat_map(|c| match c {
+                '"' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let mut challenge = format!("Api-Key realm=\"{realm}\"");
+        if self.sources.contains(&CredentialSource::BearerScheme) {
+            challenge.push_str(&format!(", Bearer realm=\"{realm}\""));
+        }
+        challenge
+    }
+
+    fn reject(
+        &self,
+        outcome: Outcome,
+        detail: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Response {
+        let problem = Problem::from_outcome(outcome, detail);
+        if outcome == Outcome::InsufficientScope {
+            problem.into_response()
+        } else {
+            problem.with_challenge(self.challenge()).into_response()
+        }
+    }
+}
+
+impl<S> Layer<S> for KeygateLayer {
+    type Service = KeygateService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeygateService {
+            inner,
+            keygate: self.keygate.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`KeygateLayer`] wraps around another.
+#[derive(Debug, Clone)]
+pub struct KeygateService<S> {
+    inner: S,
+    keygate: Keygate,
+    config: Arc<LayerConfig>,
+}
+
+impl<S, B> Service<Request<B>> for KeygateService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The clone is not ready yet; keep the one that is (tower's usual swap).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let keygate = self.keygate.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            if let Some(key) = request.extensions().get::<ApiKey>() {
+                if let Some(missing) = first_missing(&key.scopes, &config.required) {
+                    let detail = format!("the API key lacks the scope `{missing}`");
+                    return Ok(config.reject(Outcome::InsufficientScope, detail));
+                }
+                return inner.call(request).await;
+            }
+            let presented = match extract(request.headers(), request.uri().query(), &config.sources)
+            {
+                Ok(p) => p,
+                Err(e) => return Ok(config.reject(e.outcome, e.detail)),
+            };
+            match keygate.verify(&presented, &config.required).await {
+                Ok(v) if v.outcome.is_valid() => {
+                    if let Some(key) = v.key {
+                        request.extensions_mut().insert(key);
+                    }
+                    inner.call(request).await
+                }
+                Ok(v) => Ok(config.reject(v.outcome, v.detail)),
+                Err(e) => {
+                    tracing::error!(error = %e, "key store failed during verification");
+                    Ok(Problem::unavailable().into_response())
+                }
+            }
+        })
+    }
+}

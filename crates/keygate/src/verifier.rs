@@ -1,0 +1,310 @@
+//! [`Keygate`]: the verifier and key manager over a [`Store`] and a [`Clock`].
+//!
+//! Verify path: parse (length, alphabet, prefix, checksum) → SHA-256 → store lookup by hash →
+//! constant-time hash check → [`decide`]. Garbage is refused before any lookup. A successful
+//! verification does not write: last-used times are kept in memory and written in batches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use keygate_core::{
+    Clock, KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix, Timestamp, decide,
+    issue, parse, scope::first_missing,
+};
+use keygate_store::{ListQuery, Page, Store, StoreError};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The verified caller, as handlers see it: who holds the key and what it may do.
+/// Never the secret or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKey {
+    /// Public key id.
+    pub id: KeyId,
+    /// Key name.
+    pub name: String,
+    /// Owner id, if the key has one.
+    pub owner: Option<String>,
+    /// Scopes the key holds.
+    pub scopes: Vec<String>,
+    /// The key's metadata object.
+    pub metadata: Map<String, Value>,
+    /// When the key expires, if ever.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl ApiKey {
+    /// Whether the key holds a scope granting `scope` (`orders:*` grants `orders:read`).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        first_missing(&self.scopes, &[scope]).is_none()
+    }
+}
+
+impl From<&KeyRecord> for ApiKey {
+    fn from(r: &KeyRecord) -> Self {
+        Self {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            owner: r.owner.clone(),
+            scopes: r.scopes.clone(),
+            metadata: r.metadata.clone(),
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+/// What [`Keygate::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// The decision, with its stable code.
+    pub outcome: Outcome,
+    /// The key, whenever one was found (valid or not).
+    pub key: Option<ApiKey>,
+    /// A sentence saying why, safe to show the caller (it never repeats the key).
+    pub detail: String,
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Timestamp::from_unix_ms(ms).expect("the system clock is between years 1970 and 9999")
+    }
+}
+
+/// Verifies presented keys and manages keys, over a store and a clock. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Keygate {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    prefix: Prefix,
+    usage: Mutex<HashMap<KeyId, Timestamp>>,
+}
+
+/// Builds a [`Keygate`]: `Keygate::builder(store).prefix(..).clock(..).build()`.
+#[derive(Debug)]
+pub struct KeygateBuilder {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    prefix: Prefix,
+    usage_flush: Option<Duration>,
+}
+
+impl KeygateBuilder {
+    /// The prefix of keys this instance issues (default `kg`). Keys of any well-formed prefix
+    /// still verify, so changing it does not break keys already handed out.
+    pub fn prefix(mut self, prefix: Prefix) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// Where "now" comes from (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often last-used times are written (default 10 s); `None` writes them only when
+    /// [`Keygate::flush_usage`] is called.
+    pub fn usage_flush_interval(mut self, every: Option<Duration>) -> Self {
+        self.usage_flush = every;
+        self
+    }
+
+    /// Builds the verifier. Inside a Tokio runtime it also starts the background task that
+    /// writes last-used times; the task ends when the last clone of the [`Keygate`] is dropped.
+    pub fn build(self) -> Keygate {
+        let keygate = Keygate {
+            inner: Arc::new(Inner {
+                store: self.store,
+                clock: self.clock,
+                prefix: self.prefix,
+                usage: Mutex::new(HashMap::new()),
+            }),
+        };
+        if let (Some(every), Ok(handle)) = (self.usage_flush, tokio::runtime::Handle::try_current())
+        {
+            handle.spawn(flush_loop(Arc::downgrade(&keygate.inner), every));
+        }
+        keygate
+    }
+}
+
+async fn flush_loop(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let keygate = Keygate { inner };
+        if let Err(e) = keygate.flush_usage().await {
+            tracing::warn!(error = %e, "could not record key usage; will retry");
+        }
+    }
+}
+
+impl Keygate {
+    /// A builder over `store`.
+    pub fn builder(store: Arc<dyn Store>) -> KeygateBuilder {
+        KeygateBuilder {
+            store,
+            clock: Arc::new(SystemClock),
+            prefix: Prefix::default(),
+            usage_flush: Some(Duration::from_secs(10)),
+        }
+    }
+
+    /// A verifier over `store` with the defaults.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// The store behind this verifier.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The current time by this verifier's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// The prefix new keys get.
+    pub fn prefix(&self) -> &Prefix {
+        &self.inner.prefix
+    }
+
+    /// Checks a presented key for the `required` scopes. `Err` only when the store fails.
+    pub async fn verify<R: AsRef<str> + Sync>(
+        &self,
+        presented: &str,
+        required: &[R],
+    ) -> Result<Verification, StoreError> {
+        if presented.is_empty() {
+            return Ok(refused(Outcome::Missing, "no API key was presented"));
+        }
+        let parsed = match parse(presented) {
+            Ok(p) => p,
+            Err(e) => return Ok(refused(Outcome::Malformed, e.reason())),
+        };
+        let hash = parsed.hash();
+        let Some(record) = self.inner.store.find_by_hash(&hash).await? else {
+            return Ok(refused(Outcome::NotFound, "no such API key"));
+        };
+        if !record.hash.ct_eq(&hash) {
+            return Ok(refused(Outcome::NotFound, "no such API key"));
+        }
+        let now = self.now();
+        let outcome = decide(&record, now, required);
+        let detail = match outcome {
+            Outcome::Valid => {
+                self.note_usage(&record.id, now);
+                "the API key is valid".to_owned()
+            }
+            Outcome::InsufficientScope => format!(
+                "the API key lacks the scope `{}`",
+                first_missing(&record.scopes, required).unwrap_or_default()
+            ),
+            Outcome::Revoked => "the API key has been revoked".to_owned(),
+            Outcome::Expired => "the API key has expired".to_owned(),
+            Outcome::Disabled => "the API key is disabled".to_owned(),
+            other => other.title().to_owned(),
+        };
+        tracing::debug!(key_id = %record.id, outcome = outcome.code(), "verified API key");
+        Ok(Verification {
+            outcome,
+            key: Some(ApiKey::from(&record)),
+            detail,
+        })
+    }
+
+    fn note_usage(&self, id: &KeyId, at: Timestamp) {
+        let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+        match usage.get_mut(id) {
+            Some(t) => *t = (*t).max(at),
+            None => {
+                usage.insert(id.clone(), at);
+            }
+        }
+    }
+
+    /// Writes the last-used times gathered since the previous flush, in one batch.
+    /// On failure they are kept for the next try.
+    pub async fn flush_usage(&self) -> Result<(), StoreError> {
+        let batch: Vec<(KeyId, Timestamp)> = {
+            let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+            usage.drain().collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.inner.store.record_usage(&batch).await {
+            let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, at) in batch {
+                let t = usage.entry(id).or_insert(at);
+                *t = (*t).max(at);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Issues a key from `spec` and stores its record. The [`PlainKey`] is the only copy of
+    /// the secret: hand it over and drop it.
+    pub async fn issue(&self, spec: KeySpec) -> Result<(KeyRecord, PlainKey), StoreError> {
+        let (record, key) = issue(spec, &self.inner.prefix, self.now())?;
+        self.inner.store.create(&record).await?;
+        tracing::info!(key_id = %record.id, "issued API key");
+        Ok((record, key))
+    }
+
+    /// The key with this id.
+    pub async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.store.get(id).await
+    }
+
+    /// A page of keys; the status filter is judged now.
+    pub async fn list(&self, mut query: ListQuery) -> Result<Page, StoreError> {
+        query.now = self.now();
+        self.inner.store.list(&query).await
+    }
+
+    /// Changes a key's editable fields.
+    pub async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError> {
+        let record = self.inner.store.update(id, patch).await?;
+        tracing::info!(key_id = %id, "updated API key");
+        Ok(record)
+    }
+
+    /// Revokes a key now, for good.
+    pub async fn revoke(
+        &self,
+        id: &KeyId,
+        reason: Option<String>,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = self.inner.store.revoke(id, self.now(), reason).await?;
+        tracing::info!(key_id = %id, "revoked API key");
+        Ok(record)
+    }
+}
+
+fn refused(outcome: Outcome, detail: &str) -> Verification {
+    tracing::debug!(outcome = outcome.code(), "refused API key");
+    Verification {
+        outcome,
+        key: None,
+        detail: detail.to_owned(),
+    }
+}
