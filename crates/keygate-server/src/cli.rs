@@ -1,0 +1,185 @@
+//! The command line, as clap parses it. Every value is checked here, before anything opens the
+//! database, so bad input never writes.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keygate_core::{KeyId, Lifetime, Prefix, Timestamp, scope::check_scope};
+use serde_json::{Map, Value};
+
+/// keygate: API-key authentication for public HTTP APIs.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Database URL: sqlite://PATH (created on first use) or a plain file path.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGATE_DATABASE",
+        default_value = "sqlite://keygate.db",
+        value_name = "URL"
+    )]
+    pub database: String,
+
+    /// Prefix of the keys this deployment issues (lowercase letters, digits, `_`).
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGATE_PREFIX",
+        default_value = "kg",
+        value_parser = parse_prefix
+    )]
+    pub prefix: Prefix,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Issue, list, show, revoke and verify API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `keygate keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key and print it once.
+    Create(CreateArgs),
+    /// List keys (never secrets or hashes).
+    List(ListArgs),
+    /// Show one key (never its secret or hash).
+    Show {
+        /// Key id (key_...).
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key for good.
+    Revoke {
+        /// Key id (key_...).
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+        /// Why (kept in the record).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a key until it is enabled again.
+    Disable {
+        /// Key id (key_...).
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+    },
+    /// Enable a disabled key (a revoked key stays revoked).
+    Enable {
+        /// Key id (key_...).
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+    },
+    /// Check a key: prints the outcome code; exits 0 only for VALID, 1 otherwise.
+    Verify {
+        /// The key, or `-` to read it from standard input (keeps it out of shell history).
+        key: String,
+        /// A scope the key must hold (repeatable).
+        #[arg(long = "scope", value_name = "SCOPE", value_parser = parse_scope)]
+        scopes: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keygate keys create`
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Human name for the key (1-200 characters).
+    #[arg(long)]
+    pub name: String,
+    /// A scope to grant, e.g. orders:read or orders:* (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE", value_parser = parse_scope)]
+    pub scopes: Vec<String>,
+    /// Owner id (your user, team or customer id).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Lifetime, e.g. 90d, 12h, 30m, 2w.
+    #[arg(long, value_name = "DURATION", value_parser = parse_lifetime, conflicts_with = "expires_at")]
+    pub expires_in: Option<Lifetime>,
+    /// Expiry time, RFC 3339 (e.g. 2027-01-31T00:00:00Z).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_timestamp)]
+    pub expires_at: Option<Timestamp>,
+    /// A JSON object to attach, e.g. '{"plan":"pro"}'.
+    #[arg(long, value_name = "JSON", value_parser = parse_metadata)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `keygate keys list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only keys of this owner.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only keys with this status.
+    #[arg(long, value_enum, default_value_t = StatusArg::All)]
+    pub status: StatusArg,
+    /// Only keys whose name contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
+    /// At most this many keys.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `--status` filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    /// Usable keys.
+    Active,
+    /// Disabled keys.
+    Disabled,
+    /// Keys past their expiry.
+    Expired,
+    /// Revoked keys.
+    Revoked,
+    /// Every key.
+    All,
+}
+
+fn parse_id(s: &str) -> Result<KeyId, String> {
+    KeyId::parse(s).ok_or_else(|| "not a key id (expected key_ followed by 26 characters)".into())
+}
+
+fn parse_scope(s: &str) -> Result<String, String> {
+    check_scope(s).map(|()| s.to_owned()).map_err(str::to_owned)
+}
+
+fn parse_lifetime(s: &str) -> Result<Lifetime, String> {
+    Lifetime::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
+    Timestamp::parse_rfc3339(s).map_err(|e| e.to_string())
+}
+
+fn parse_prefix(s: &str) -> Result<Prefix, String> {
+    Prefix::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_metadata(s: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("metadata must be a JSON object, e.g. '{\"plan\":\"pro\"}'".into()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}

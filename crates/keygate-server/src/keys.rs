@@ -1,0 +1,269 @@
+//! `keygate keys ...`: each command is a few calls on [`Keygate`] and a printout.
+
+use std::io::{BufRead, Write};
+
+use keygate::store::{ListQuery, StoreError};
+use keygate::{KeyPatch, KeyRecord, KeySpec, Keygate, Outcome};
+use keygate_core::{Expiry, Status, Timestamp};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::Failure;
+use crate::cli::{CreateArgs, KeysCommand, ListArgs, StatusArg};
+
+/// What `show`, `list` and `--json` print about a key: everything but its hash.
+#[derive(Debug, Serialize)]
+struct KeyView<'a> {
+    id: &'a str,
+    name: &'a str,
+    start: &'a str,
+    owner: Option<&'a str>,
+    scopes: &'a [String],
+    metadata: &'a Map<String, Value>,
+    status: Status,
+    enabled: bool,
+    created_at: Timestamp,
+    expires_at: Option<Timestamp>,
+    revoked_at: Option<Timestamp>,
+    revoked_reason: Option<&'a str>,
+    last_used_at: Option<Timestamp>,
+}
+
+/// `keys create --json`: the key's view plus, this once, the key itself.
+#[derive(Debug, Serialize)]
+struct Created<'a> {
+    #[serde(flatten)]
+    view: KeyView<'a>,
+    key: &'a str,
+}
+
+impl<'a> KeyView<'a> {
+    fn of(r: &'a KeyRecord, now: Timestamp) -> Self {
+        Self {
+            id: r.id.as_str(),
+            name: &r.name,
+            start: &r.start,
+            owner: r.owner.as_deref(),
+            scopes: &r.scopes,
+            metadata: &r.metadata,
+            status: r.status(now),
+            enabled: r.enabled,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            revoked_reason: r.revoked_reason.as_deref(),
+            last_used_at: r.last_used_at,
+        }
+    }
+}
+
+/// Runs one `keys` command; `Ok(code)` is the exit status.
+pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure> {
+    let mut out = std::io::stdout().lock();
+    let now = keygate.now();
+    match command {
+        KeysCommand::Create(args) => create(keygate, args, &mut out).await?,
+        KeysCommand::List(args) => list(keygate, args, &mut out).await?,
+        KeysCommand::Show { id, json } => {
+            let record = keygate.get(&id).await?.ok_or(StoreError::NotFound)?;
+            print_key(&mut out, &record, now, json)?;
+        }
+        KeysCommand::Revoke { id, reason, json } => {
+            let record = keygate.revoke(&id, reason).await?;
+            if json {
+                print_key(&mut out, &record, now, true)?;
+            } else {
+                writeln!(out, "Revoked {}", record.id)?;
+            }
+        }
+        KeysCommand::Disable { id } => {
+            let patch = KeyPatch {
+                enabled: Some(false),
+                ..KeyPatch::default()
+            };
+            let record = keygate.update(&id, patch).await?;
+            writeln!(out, "Disabled {}", record.id)?;
+        }
+        KeysCommand::Enable { id } => {
+            let patch = KeyPatch {
+                enabled: Some(true),
+                ..KeyPatch::default()
+            };
+            let record = keygate.update(&id, patch).await?;
+            writeln!(out, "Enabled {} (now {})", record.id, record.status(now))?;
+        }
+        KeysCommand::Verify { key, scopes, json } => {
+            let key = if key == "-" {
+                read_key_from_stdin()?
+            } else {
+                key
+            };
+            let verification = keygate.verify(&key, &scopes).await?;
+            keygate.flush_usage().await?;
+            if json {
+                let body = json!({
+                    "valid": verification.outcome.is_valid(),
+                    "code": verification.outcome.code(),
+                    "detail": verification.detail,
+                    "key": verification.key,
+                });
+                writeln!(out, "{body}")?;
+            } else {
+                writeln!(out, "{}", verification.outcome.code())?;
+            }
+            return Ok(if verification.outcome == Outcome::Valid {
+                0
+            } else {
+                1
+            });
+        }
+    }
+    Ok(0)
+}
+
+fn read_key_from_stdin() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
+
+async fn create(keygate: &Keygate, args: CreateArgs, out: &mut impl Write) -> Result<(), Failure> {
+    let spec = KeySpec {
+        name: args.name,
+        owner: args.owner,
+        scopes: args.scopes,
+        metadata: args.metadata.unwrap_or_default(),
+        expires: match (args.expires_in, args.expires_at) {
+            (Some(lifetime), _) => Some(Expiry::In(lifetime)),
+            (None, Some(at)) => Some(Expiry::At(at)),
+            (None, None) => None,
+        },
+    };
+    let (record, key) = keygate.issue(spec).await?;
+    if args.json {
+        let created = Created {
+            view: KeyView::of(&record, keygate.now()),
+            key: key.expose(),
+        };
+        let text = serde_json::to_string(&created).map_err(|e| Failure::Other(e.to_string()))?;
+        writeln!(out, "{text}")?;
+    } else {
+        writeln!(out, "Created {} ({})", record.id, record.name)?;
+        writeln!(out, "Scopes:  {}", scopes_text(&record.scopes))?;
+        writeln!(out, "Expires: {}", time_text(record.expires_at))?;
+        writeln!(out)?;
+        writeln!(out, "The key, shown only this once:")?;
+        writeln!(out)?;
+        writeln!(out, "{}", key.expose())?;
+    }
+    Ok(())
+}
+
+async fn list(keygate: &Keygate, args: ListArgs, out: &mut impl Write) -> Result<(), Failure> {
+    let mut query = ListQuery::new(keygate.now());
+    query.owner = args.owner;
+    query.name_contains = args.search;
+    query.status = match args.status {
+        StatusArg::Active => Some(Status::Active),
+        StatusArg::Disabled => Some(Status::Disabled),
+        StatusArg::Expired => Some(Status::Expired),
+        StatusArg::Revoked => Some(Status::Revoked),
+        StatusArg::All => None,
+    };
+    let wanted = args.limit.map_or(usize::MAX, |n| n as usize);
+    query.limit = args.limit.unwrap_or(keygate::store::MAX_PAGE_SIZE);
+    let mut records = Vec::new();
+    loop {
+        let page = keygate.list(query.clone()).await?;
+        records.extend(page.items);
+        match page.next_cursor {
+            Some(cursor) if records.len() < wanted => query.cursor = Some(cursor),
+            _ => break,
+        }
+    }
+    records.truncate(wanted);
+    let now = keygate.now();
+    if args.json {
+        let views: Vec<KeyView<'_>> = records.iter().map(|r| KeyView::of(r, now)).collect();
+        let text = serde_json::to_string(&views).map_err(|e| Failure::Other(e.to_string()))?;
+        writeln!(out, "{text}")?;
+        return Ok(());
+    }
+    let rows: Vec<[String; 7]> = records
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.name.clone(),
+                r.start.clone(),
+                r.owner.clone().unwrap_or_else(|| "-".into()),
+                r.status(now).to_string(),
+                scopes_text(&r.scopes),
+                time_text(r.expires_at),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID", "NAME", "START", "OWNER", "STATUS", "SCOPES", "EXPIRES",
+    ]
+    .map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    if rows.is_empty() {
+        writeln!(out, "(no keys)")?;
+    }
+    Ok(())
+}
+
+fn print_key(
+    out: &mut impl Write,
+    record: &KeyRecord,
+    now: Timestamp,
+    json: bool,
+) -> Result<(), Failure> {
+    let view = KeyView::of(record, now);
+    if json {
+        let text = serde_json::to_string(&view).map_err(|e| Failure::Other(e.to_string()))?;
+        writeln!(out, "{text}")?;
+        return Ok(());
+    }
+    writeln!(out, "id:          {}", view.id)?;
+    writeln!(out, "name:        {}", view.name)?;
+    writeln!(out, "start:       {}", view.start)?;
+    writeln!(out, "owner:       {}", view.owner.unwrap_or("-"))?;
+    writeln!(out, "status:      {}", view.status)?;
+    writeln!(out, "scopes:      {}", scopes_text(view.scopes))?;
+    writeln!(out, "metadata:    {}", Value::Object(view.metadata.clone()))?;
+    writeln!(out, "created_at:  {}", view.created_at)?;
+    writeln!(out, "expires_at:  {}", time_text(view.expires_at))?;
+    writeln!(out, "last_used:   {}", time_text(view.last_used_at))?;
+    if let Some(at) = view.revoked_at {
+        writeln!(out, "revoked_at:  {at}")?;
+        writeln!(out, "reason:      {}", view.revoked_reason.unwrap_or("-"))?;
+    }
+    Ok(())
+}
+
+fn scopes_text(scopes: &[String]) -> String {
+    if scopes.is_empty() {
+        "-".into()
+    } else {
+        scopes.join(",")
+    }
+}
+
+fn time_text(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "never".into(), |t| t.to_string())
+}
