@@ -253,8 +253,8 @@ pub fn generate(prefix: &Prefix) -> PlainKey {
             }
         }
     }
-    let crc = crc32fast::hash(text.as_bytes());
-    text.push_str(&encode_checksum(crc));
+    let checksum = encode_checksum(crc32fast::hash(text.as_bytes()));
+    text.extend(checksum.iter().map(|&b| b as char));
     PlainKey(text)
 }
 
@@ -281,7 +281,7 @@ pub fn parse(text: &str) -> Result<ParsedKey<'_>, ParseError> {
         return Err(ParseError::BadCharacter);
     }
     let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-    if encode_checksum(crc32fast::hash(signed)).as_bytes() != checksum {
+    if encode_checksum(crc32fast::hash(signed)) != checksum {
         return Err(ParseError::BadChecksum);
     }
     // Every byte checked above is ASCII, so `sep` is a char boundary.
@@ -333,13 +333,13 @@ fn check_prefix(prefix: &[u8]) -> Result<(), ParseError> {
     }
 }
 
-fn encode_checksum(mut crc: u32) -> String {
+fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(crc % 62) as usize];
         crc /= 62;
     }
-    out.iter().map(|&b| b as char).collect()
+    out
 }
 
 #[cfg(test)]
@@ -375,10 +375,10 @@ mod tests {
         let expected: String = digits.into_iter().rev().collect();
         let key = format!("{signed}{expected}");
         assert!(parse(&key).is_ok());
-        assert_eq!(encode_checksum(0), "000000");
-        assert_eq!(encode_checksum(61), "00000z");
-        assert_eq!(encode_checksum(62), "000010");
-        assert_eq!(encode_checksum(u32::MAX), "4gfFC3");
+        assert_eq!(&encode_checksum(0), b"000000");
+        assert_eq!(&encode_checksum(61), b"00000z");
+        assert_eq!(&encode_checksum(62), b"000010");
+        assert_eq!(&encode_checksum(u32::MAX), b"4gfFC3");
     }
 
     #[test]
