@@ -76,6 +76,12 @@ fn keygate(args: &[String], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// How many keys a `keys list --json` printed.
+fn listed(out: &Output) -> usize {
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array().unwrap().len()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -290,27 +296,13 @@ fn database_option_is_global_and_read_from_the_environment() {
         ],
         None,
     );
-    assert_eq!(
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(listed(&out), 1);
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["keys", "list", "--json"])
         .env("KEYGATE_DATABASE", db.path.to_str().unwrap())
         .output()
         .unwrap();
-    assert_eq!(
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(listed(&out), 1);
     // The default is keygate.db in the working directory.
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["keys", "create", "--name", "cwd"])

@@ -35,6 +35,28 @@ async fn orders(key: ApiKey) -> Json<Value> {
     Json(json!({"key_id": key.id, "owner": key.owner, "orders": []}))
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let database =
@@ -60,9 +82,7 @@ async fn main() {
         "public_api: make a key with `cargo run -p keygate-server -- keys create --name demo --scope orders:read`"
     );
     let served = axum::serve(listener, app(&keygate))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await;
     if let Err(e) = keygate.flush_usage().await {
         eprintln!("public_api: could not record key usage: {e}");
