@@ -2,7 +2,50 @@
 //!
 //! A scope is one or more segments of `a-z`, `0-9`, `_`, `-`, `.` joined by `:`. A key scope may
 //! end in `:*` to grant everything under it (`orders:*` grants `orders:read` and
-//! `orders:items:write`, not `orders`), and `*` alone grants every scope.
+//! `orders:items:write`, not `orders`), and `*` alone grants every scope but keygate's own.
+//!
+//! Scopes under `keygate:` are reserved for managing keygate itself: `keygate:admin`
+//! (everything), `keygate:read` (list and show keys) and `keygate:verify` (only verify). `*`
+//! does not grant them — a client key with `*` for your API must not become a keygate admin —
+//! only the exact scope or `keygate:*` does.
+
+/// Reserved scope: every keygate management action.
+pub const ADMIN: &str = "keygate:admin";
+/// Reserved scope: list and show keys.
+pub const READ: &str = "keygate:read";
+/// Reserved scope: verify keys (`POST /v1/verify`) and nothing else.
+pub const VERIFY: &str = "keygate:verify";
+/// The reserved namespace.
+const RESERVED_PREFIX: &str = "keygate:";
+
+/// What a caller of keygate's own API wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Create, update, revoke keys: needs `keygate:admin`.
+    Manage,
+    /// List and show keys: `keygate:read` or `keygate:admin`.
+    Read,
+    /// Verify keys: `keygate:verify` or `keygate:admin`.
+    Verify,
+}
+
+impl AdminAction {
+    /// The scopes that allow this action (any one of them).
+    pub fn allowed_by(self) -> &'static [&'static str] {
+        match self {
+            Self::Manage => &[ADMIN],
+            Self::Read => &[ADMIN, READ],
+            Self::Verify => &[ADMIN, VERIFY],
+        }
+    }
+
+    /// Whether a key holding `held` may do this.
+    pub fn permitted<H: AsRef<str>>(self, held: &[H]) -> bool {
+        self.allowed_by()
+            .iter()
+            .any(|needed| held.iter().any(|h| grants(h.as_ref(), needed)))
+    }
+}
 
 /// Longest accepted scope.
 pub const MAX_SCOPE_LEN: usize = 128;
@@ -38,8 +81,11 @@ pub fn check_scope(scope: &str) -> Result<(), &'static str> {
 
 /// Whether the key scope `held` grants the scope `required`.
 pub fn grants(held: &str, required: &str) -> bool {
-    if held == "*" || held == required {
+    if held == required {
         return true;
+    }
+    if held == "*" {
+        return !required.starts_with(RESERVED_PREFIX);
     }
     match held.strip_suffix('*') {
         Some(stem) if stem.ends_with(':') => {
@@ -75,8 +121,26 @@ mod tests {
         assert!(!grants("orders:*", "ordersx:read"));
         assert!(!grants("orders:*", "orders:"));
         assert!(grants("*", "anything:at:all"));
+        assert!(grants("*", "keygateway:read"));
         assert!(!grants("orders", "orders:read"));
         assert!(!grants("ord*", "orders"));
+    }
+
+    #[test]
+    fn reserved_scopes_need_an_explicit_grant() {
+        assert!(!grants("*", "keygate:admin"));
+        assert!(!grants("*", "keygate:verify"));
+        assert!(grants("keygate:*", "keygate:admin"));
+        assert!(grants("keygate:admin", "keygate:admin"));
+        assert!(AdminAction::Manage.permitted(&["keygate:admin"]));
+        assert!(!AdminAction::Manage.permitted(&["keygate:read", "keygate:verify", "*"]));
+        assert!(AdminAction::Read.permitted(&["keygate:read"]));
+        assert!(AdminAction::Read.permitted(&["keygate:admin"]));
+        assert!(!AdminAction::Read.permitted(&["keygate:verify"]));
+        assert!(AdminAction::Verify.permitted(&["keygate:verify"]));
+        assert!(AdminAction::Verify.permitted(&["keygate:*"]));
+        assert!(!AdminAction::Verify.permitted(&["keygate:read", "*", "orders:*"]));
+        assert!(!AdminAction::Verify.permitted::<&str>(&[]));
     }
 
     #[test]

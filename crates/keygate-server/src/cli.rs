@@ -9,25 +9,18 @@ use serde_json::{Map, Value};
 #[derive(Debug, Parser)]
 #[command(name = "keygate", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Database URL: sqlite://PATH (created on first use) or a plain file path.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYGATE_DATABASE",
-        default_value = "sqlite://keygate.db",
-        value_name = "URL"
-    )]
-    pub database: String,
+    /// Database URL: sqlite://PATH (created on first use) or a plain file path
+    /// [default: sqlite://keygate.db].
+    #[arg(long, global = true, env = "KEYGATE_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
 
-    /// Prefix of the keys this deployment issues (lowercase letters, digits, `_`).
-    #[arg(
-        long,
-        global = true,
-        env = "KEYGATE_PREFIX",
-        default_value = "kg",
-        value_parser = parse_prefix
-    )]
-    pub prefix: Prefix,
+    /// Prefix of the keys this deployment issues (lowercase letters, digits, `_`) [default: kg].
+    #[arg(long, global = true, env = "KEYGATE_PREFIX", value_parser = parse_prefix)]
+    pub prefix: Option<Prefix>,
+
+    /// TOML configuration file; flags and KEYGATE_* variables override what it says.
+    #[arg(long, global = true, env = "KEYGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 
     /// What to do.
     #[command(subcommand)]
@@ -37,6 +30,8 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the key service: JSON API under /v1, /v1/verify, health, metrics, OpenAPI.
+    Serve(ServeArgs),
     /// Issue, list, show, revoke and verify API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -93,6 +88,46 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `keygate serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "KEYGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Most detailed log level shown [default: info].
+    #[arg(long, env = "KEYGATE_LOG_LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The most detailed log level shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Requests, key changes, start-up and shutdown.
+    Info,
+    /// Every verification decision too.
+    Debug,
+    /// Everything.
+    Trace,
 }
 
 /// `keygate keys create`
@@ -172,7 +207,7 @@ fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
     Timestamp::parse_rfc3339(s).map_err(|e| e.to_string())
 }
 
-fn parse_prefix(s: &str) -> Result<Prefix, String> {
+pub(crate) fn parse_prefix(s: &str) -> Result<Prefix, String> {
     Prefix::new(s).map_err(|e| e.to_string())
 }
 

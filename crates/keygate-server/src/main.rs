@@ -3,8 +3,12 @@
 //! Exit status: 0 done; 1 `keys verify` found the key not VALID; 2 bad input or an unusable
 //! database, with one line on standard error and nothing written.
 
+mod api;
 mod cli;
+mod config;
 mod keys;
+mod metrics;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -13,6 +17,7 @@ use keygate::Keygate;
 use keygate::store::StoreError;
 
 use crate::cli::{Cli, Command};
+use crate::config::Settings;
 
 /// Why a command failed; printed as one line, exit status 2.
 #[derive(Debug)]
@@ -21,6 +26,8 @@ pub enum Failure {
     Store(StoreError),
     /// Writing output failed.
     Io(std::io::Error),
+    /// The configuration is not usable.
+    Config(String),
     /// Anything else.
     Other(String),
 }
@@ -43,6 +50,7 @@ impl std::fmt::Display for Failure {
             Self::Store(StoreError::NotFound) => f.write_str("no key with that id"),
             Self::Store(e) => write!(f, "{e}"),
             Self::Io(e) => write!(f, "{e}"),
+            Self::Config(e) => f.write_str(e),
             Self::Other(e) => f.write_str(e),
         }
     }
@@ -53,10 +61,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The service wants every core; a one-shot CLI command needs one thread.
+    let mut builder = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Keys(_) => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&Failure::Io(e)),
     };
@@ -67,15 +77,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
-    let store = keygate::store::open(&cli.database).await?;
-    let keygate = Keygate::builder(store)
-        .prefix(cli.prefix)
-        .usage_flush_interval(None)
-        .build();
-    let code = match cli.command {
-        Command::Keys(command) => keys::run(&keygate, command).await?,
+    let serve_args = match &cli.command {
+        Command::Serve(args) => Some(args),
+        Command::Keys(_) => None,
     };
-    Ok(code)
+    let settings = Settings::resolve(&cli, serve_args)?;
+    match cli.command {
+        Command::Serve(_) => serve::run(settings).await.map(|()| 0),
+        Command::Keys(command) => {
+            let store = keygate::store::open(&settings.database).await?;
+            let keygate = Keygate::builder(store)
+                .prefix(settings.prefix)
+                .usage_flush_interval(None)
+                .build();
+            keys::run(&keygate, command).await
+        }
+    }
 }
 
 fn fail(e: &Failure) -> ExitCode {

@@ -227,6 +227,17 @@ pub async fn list_status_filter_agrees_with_core_status(store: Arc<dyn Store>) {
     }
     let all = store.list(&ListQuery::new(now())).await.expect("list");
     assert_eq!(all.items.len(), records.len());
+    let counts = store.count_by_status(now()).await.expect("count");
+    for status in [
+        Status::Active,
+        Status::Disabled,
+        Status::Expired,
+        Status::Revoked,
+    ] {
+        let want = records.iter().filter(|r| r.status(now()) == status).count() as u64;
+        assert_eq!(counts.get(status), want, "count of {status}");
+    }
+    assert_eq!(counts.total(), records.len() as u64);
 }
 
 /// Pagination: every key exactly once, newest first, stable across pages; bad cursors refused.
@@ -425,7 +436,11 @@ pub async fn usage_times_only_move_forward(store: Arc<dyn Store>) {
     assert_eq!(rest, a, "only last_used_at changed");
 }
 
-/// A working store answers `ping`.
+/// A working store answers `ping`; an empty one counts nothing.
 pub async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
+    assert_eq!(
+        store.count_by_status(now()).await.expect("count").total(),
+        0
+    );
 }

@@ -112,6 +112,36 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// How many keys have each [`Status`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    /// Usable keys.
+    pub active: u64,
+    /// Disabled keys.
+    pub disabled: u64,
+    /// Expired keys.
+    pub expired: u64,
+    /// Revoked keys.
+    pub revoked: u64,
+}
+
+impl StatusCounts {
+    /// The count for one status.
+    pub fn get(&self, status: Status) -> u64 {
+        match status {
+            Status::Active => self.active,
+            Status::Disabled => self.disabled,
+            Status::Expired => self.expired,
+            Status::Revoked => self.revoked,
+        }
+    }
+
+    /// All keys.
+    pub fn total(&self) -> u64 {
+        self.active + self.disabled + self.expired + self.revoked
+    }
+}
+
 /// Storage for key records. Implementations hold no key rules: they store, find and apply
 /// keygate-core's changes atomically.
 #[async_trait]
@@ -144,8 +174,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// ignored.
     async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
 
+    /// How many keys have each status at `now`.
+    async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError>;
+
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Closes the store's connections (for a clean shutdown); later calls fail.
+    async fn close(&self) {}
 }
 
 /// Opens the store a URL names, creating and migrating it as needed.

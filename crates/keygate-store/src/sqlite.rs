@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use crate::{ListQuery, Page, Store, StoreError};
+use crate::{ListQuery, Page, StatusCounts, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -73,11 +73,6 @@ impl SqliteStore {
     /// The underlying connection pool.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
-    }
-
-    /// Closes every connection (checkpointing the WAL).
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 
     async fn modify(
@@ -256,6 +251,39 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
+    }
+
+    async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError> {
+        // The same precedence as `KeyRecord::status`: revoked, expired, disabled, active.
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(revoked_at IS NOT NULL), 0) AS revoked, \
+               COALESCE(SUM(revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1), 0) AS expired, \
+               COALESCE(SUM(revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) AND enabled = 0), 0) AS disabled, \
+               COALESCE(SUM(revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) AND enabled = 1), 0) AS active \
+             FROM keys",
+        )
+        .bind(now.unix_ms())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let count = |name: &str| -> Result<u64, StoreError> {
+            let n: i64 = row
+                .try_get(name)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        Ok(StatusCounts {
+            active: count("active")?,
+            disabled: count("disabled")?,
+            expired: count("expired")?,
+            revoked: count("revoked")?,
+        })
+    }
+
+    async fn close(&self) {
+        // Closing the last connection checkpoints the WAL into the database file.
+        self.pool.close().await;
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

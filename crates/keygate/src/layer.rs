@@ -167,6 +167,7 @@ where
             if let Some(key) = request.extensions().get::<ApiKey>() {
                 if let Some(missing) = first_missing(&key.scopes, &config.required) {
                     let detail = format!("the API key lacks the scope `{missing}`");
+                    keygate.count(Outcome::InsufficientScope);
                     return Ok(config.reject(Outcome::InsufficientScope, detail));
                 }
                 return inner.call(request).await;
@@ -174,7 +175,10 @@ where
             let presented = match extract(request.headers(), request.uri().query(), &config.sources)
             {
                 Ok(p) => p,
-                Err(e) => return Ok(config.reject(e.outcome, e.detail)),
+                Err(e) => {
+                    keygate.count(e.outcome);
+                    return Ok(config.reject(e.outcome, e.detail));
+                }
             };
             match keygate.verify(&presented, &config.required).await {
                 Ok(v) if v.outcome.is_valid() => {

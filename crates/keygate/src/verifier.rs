@@ -5,6 +5,7 @@
 //! verification does not write: last-used times are kept in memory and written in batches.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -90,6 +91,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     prefix: Prefix,
     usage: Mutex<HashMap<KeyId, Timestamp>>,
+    /// Verifications by outcome, indexed like `Outcome::ALL`.
+    counts: [AtomicU64; Outcome::ALL.len()],
 }
 
 /// Builds a [`Keygate`]: `Keygate::builder(store).prefix(..).clock(..).build()`.
@@ -131,6 +134,7 @@ impl KeygateBuilder {
                 clock: self.clock,
                 prefix: self.prefix,
                 usage: Mutex::new(HashMap::new()),
+                counts: Default::default(),
             }),
         };
         if let (Some(every), Ok(handle)) = (self.usage_flush, tokio::runtime::Handle::try_current())
@@ -193,18 +197,18 @@ impl Keygate {
         required: &[R],
     ) -> Result<Verification, StoreError> {
         if presented.is_empty() {
-            return Ok(refused(Outcome::Missing, "no API key was presented"));
+            return Ok(self.refused(Outcome::Missing, "no API key was presented"));
         }
         let parsed = match parse(presented) {
             Ok(p) => p,
-            Err(e) => return Ok(refused(Outcome::Malformed, e.reason())),
+            Err(e) => return Ok(self.refused(Outcome::Malformed, e.reason())),
         };
         let hash = parsed.hash();
         let Some(record) = self.inner.store.find_by_hash(&hash).await? else {
-            return Ok(refused(Outcome::NotFound, "no such API key"));
+            return Ok(self.refused(Outcome::NotFound, "no such API key"));
         };
         if !record.hash.ct_eq(&hash) {
-            return Ok(refused(Outcome::NotFound, "no such API key"));
+            return Ok(self.refused(Outcome::NotFound, "no such API key"));
         }
         let now = self.now();
         let outcome = decide(&record, now, required);
@@ -223,11 +227,39 @@ impl Keygate {
             other => other.title().to_owned(),
         };
         tracing::debug!(key_id = %record.id, outcome = outcome.code(), "verified API key");
+        self.count(outcome);
         Ok(Verification {
             outcome,
             key: Some(ApiKey::from(&record)),
             detail,
         })
+    }
+
+    fn refused(&self, outcome: Outcome, detail: &str) -> Verification {
+        tracing::debug!(outcome = outcome.code(), "refused API key");
+        self.count(outcome);
+        Verification {
+            outcome,
+            key: None,
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// Counts one verification with this outcome (the layer also counts the requests it
+    /// refuses before a key could be read).
+    pub(crate) fn count(&self, outcome: Outcome) {
+        if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+            self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many verifications ended with each outcome since this verifier was built.
+    pub fn verification_counts(&self) -> Vec<(Outcome, u64)> {
+        Outcome::ALL
+            .iter()
+            .zip(&self.inner.counts)
+            .map(|(o, c)| (*o, c.load(Ordering::Relaxed)))
+            .collect()
     }
 
     fn note_usage(&self, id: &KeyId, at: Timestamp) {
@@ -297,14 +329,5 @@ impl Keygate {
         let record = self.inner.store.revoke(id, self.now(), reason).await?;
         tracing::info!(key_id = %id, "revoked API key");
         Ok(record)
-    }
-}
-
-fn refused(outcome: Outcome, detail: &str) -> Verification {
-    tracing::debug!(outcome = outcome.code(), "refused API key");
-    Verification {
-        outcome,
-        key: None,
-        detail: detail.to_owned(),
     }
 }

@@ -1,0 +1,58 @@
+//! Who may call keygate's own API: admin keys are ordinary keys with reserved scopes, checked
+//! by keygate's own layer (we use what we sell) and then by [`Caller`] for the action.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+use keygate::core::Outcome;
+use keygate::core::scope::AdminAction;
+use keygate::{ApiKey, Problem};
+
+/// An admin action, as a type, so that handlers state what they need in their signature.
+pub trait Action: Send + Sync {
+    /// The action.
+    const ACTION: AdminAction;
+}
+
+/// Create, update, revoke: `keygate:admin`.
+#[derive(Debug)]
+pub struct Manage;
+/// List and show: `keygate:read` or `keygate:admin`.
+#[derive(Debug)]
+pub struct Read;
+/// Verify: `keygate:verify` or `keygate:admin`.
+#[derive(Debug)]
+pub struct Verify;
+
+impl Action for Manage {
+    const ACTION: AdminAction = AdminAction::Manage;
+}
+impl Action for Read {
+    const ACTION: AdminAction = AdminAction::Read;
+}
+impl Action for Verify {
+    const ACTION: AdminAction = AdminAction::Verify;
+}
+
+/// The verified admin key of a request, allowed to do `A` (else 403 `INSUFFICIENT_SCOPE`).
+/// Runs before the body is read, so a caller without the scope learns nothing from it.
+#[derive(Debug)]
+pub struct Caller<A>(pub ApiKey, PhantomData<A>);
+
+impl<S: Send + Sync, A: Action> FromRequestParts<S> for Caller<A> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let key = <ApiKey as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        if A::ACTION.permitted(&key.scopes) {
+            Ok(Self(key, PhantomData))
+        } else {
+            let needed = A::ACTION.allowed_by().join(" or ");
+            Err(Problem::from_outcome(
+                Outcome::InsufficientScope,
+                format!("this needs an admin key with the scope {needed}"),
+            ))
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! How the HTTP API says no: every error is an RFC 9457 problem, and request bodies and query
+//! strings are read by extractors that turn every kind of bad input into a 400, 413 or 415
+//! naming what is wrong — without repeating the values sent (a key may be among them).
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, StatusCode, header};
+use keygate::Problem;
+use keygate::core::RecordError;
+use keygate::store::StoreError;
+use serde::de::DeserializeOwned;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An API failure, rendered as `application/problem+json`.
+#[derive(Debug)]
+pub struct ApiError(pub Problem);
+
+impl ApiError {
+    /// 400 with a detail that names the field.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "Invalid request",
+            detail.into(),
+        ))
+    }
+
+    /// 404 for a key id.
+    pub fn no_such_key() -> Self {
+        Self(Problem::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "No such key",
+            "no key with that id",
+        ))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        Self(p)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::no_such_key(),
+            StoreError::Record(RecordError::AlreadyRevoked) => Self(Problem::new(
+                StatusCode::CONFLICT,
+                "ALREADY_REVOKED",
+                "Key already revoked",
+                "the key is revoked; revocation is final",
+            )),
+            StoreError::Record(RecordError::Field { field, message }) => {
+                Self::bad_request(format!("{field}: {message}"))
+            }
+            StoreError::InvalidCursor => {
+                Self::bad_request("cursor: not a cursor this API handed out")
+            }
+            StoreError::Duplicate => Self(Problem::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                "Conflict",
+                "a key with that id or hash exists already; try again",
+            )),
+            StoreError::Config(_) | StoreError::Backend(_) => {
+                tracing::error!(error = %e, "key store failed");
+                Self(Problem::unavailable())
+            }
+            StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "key store returned unreadable data");
+                Self(Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "Internal error",
+                    "a stored key could not be read; see the server log",
+                ))
+            }
+        }
+    }
+}
+
+/// A JSON request body: `Content-Type: application/json` (else 415), at most 64 KiB (else
+/// 413), and a shape that deserializes into `T` with no unknown fields (else 400 naming the
+/// field).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (headers, bytes) = read_body(req, state).await?;
+        require_json(&headers)?;
+        parse_json(&bytes).map(Self)
+    }
+}
+
+/// Like [`ApiJson`], but an empty body is `None` (for `POST .../revoke` with no reason).
+#[derive(Debug)]
+pub struct OptionalApiJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (headers, bytes) = read_body(req, state).await?;
+        if bytes.is_empty() {
+            return Ok(Self(None));
+        }
+        require_json(&headers)?;
+        parse_json(&bytes).map(|v| Self(Some(v)))
+    }
+}
+
+async fn read_body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<(HeaderMap, Bytes), ApiError> {
+    let headers = req.headers().clone();
+    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "Request body too large",
+                format!("the request body must be at most {MAX_BODY_BYTES} bytes"),
+            ))
+        } else {
+            ApiError::bad_request("the request body could not be read")
+        }
+    })?;
+    Ok((headers, bytes))
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Unsupported media type",
+            "send the body as Content-Type: application/json",
+        )))
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let why = match inner.classify() {
+            serde_json::error::Category::Syntax => {
+                format!(
+                    "invalid JSON at line {} column {}",
+                    inner.line(),
+                    inner.column()
+                )
+            }
+            serde_json::error::Category::Eof => "the JSON body ends too early".to_owned(),
+            _ => redact(&inner.to_string()),
+        };
+        if path == "." {
+            ApiError::bad_request(why)
+        } else {
+            ApiError::bad_request(format!("{path}: {why}"))
+        }
+    })?;
+    de.end()
+        .map_err(|_| ApiError::bad_request("unexpected data after the JSON body"))?;
+    Ok(value)
+}
+
+/// A query string deserialized into `T` (no unknown parameters; 400 naming the parameter).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(Self).map_err(|e| {
+            let path = e.path().to_string();
+            let why = redact(&e.into_inner().to_string());
+            if path == "." {
+                ApiError::bad_request(why)
+            } else {
+                ApiError::bad_request(format!("{path}: {why}"))
+            }
+        })
+    }
+}
+
+/// Removes values a client sent from a serde message: `string "..."` becomes `a string`, and
+/// backquoted text that is not a short identifier becomes `…`. Field names stay.
+pub fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("string \"") {
+            // Skip the Debug-escaped string up to its closing quote.
+            let mut escaped = false;
+            let mut end = after.len();
+            for (i, c) in after.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            out.push_str("a string");
+            rest = &after[end.min(after.len())..];
+        } else if let Some(after) = rest.strip_prefix('`') {
+            let close = after.find('`').unwrap_or(after.len());
+            let inner = &after[..close];
+            let short_identifier = inner.len() <= 32
+                && inner
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':');
+            out.push('`');
+            out.push_str(if short_identifier { inner } else { "…" });
+            out.push('`');
+            rest = after.get(close + 1..).unwrap_or_default();
+        } else {
+            let c = rest.chars().next().unwrap_or_default();
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_keeps_field_names_and_drops_values() {
+        assert_eq!(
+            redact(r#"invalid type: string "kg_secret\"x", expected a sequence"#),
+            "invalid type: a string, expected a sequence"
+        );
+        assert_eq!(
+            redact("unknown field `nmae`, expected one of `name`, `owner`"),
+            "unknown field `nmae`, expected one of `name`, `owner`"
+        );
+        assert_eq!(
+            redact("unknown field `kg_aUAYsqo5FMjHkOZjYueMa1zk21Khm0h62KHQz5`"),
+            "unknown field `…`"
+        );
+        assert_eq!(
+            redact("invalid digit found in string"),
+            "invalid digit found in string"
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! `/v1/keys`: issue, list, show, change and revoke keys. Each handler is a call on
+//! [`Keygate`](keygate::Keygate) between a checked request and a JSON view.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use keygate::core::{Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp};
+use keygate::store::{ListQuery, MAX_PAGE_SIZE};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::auth::{Caller, Manage, Read};
+use super::error::{ApiError, ApiJson, ApiQuery, OptionalApiJson};
+
+/// A key as the API shows it: everything but the secret and its hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    /// Public id, `key_` + ULID.
+    #[schema(value_type = String, example = "key_01JDZ8Q3K5V6W7X8Y9Z0ABCDEF")]
+    pub id: KeyId,
+    /// Display form: prefix and the first four secret characters.
+    #[schema(example = "kg_4fT0")]
+    pub start: String,
+    /// Human name.
+    pub name: String,
+    /// Owner id.
+    pub owner: Option<String>,
+    /// Scopes the key holds.
+    pub scopes: Vec<String>,
+    /// Free-form JSON object.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// `active`, `disabled`, `expired` or `revoked`, now.
+    #[schema(value_type = String, example = "active")]
+    pub status: Status,
+    /// Whether the key is enabled (a disabled key is refused until enabled again).
+    pub enabled: bool,
+    /// When it was issued (RFC 3339).
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    /// When it expires, if ever.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked, if it was.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<Timestamp>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<String>,
+    /// Last successful verification (written in batches, so it may lag a few seconds).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl KeyView {
+    /// The view of `record` at `now`.
+    pub fn of(record: KeyRecord, now: Timestamp) -> Self {
+        Self {
+            status: record.status(now),
+            id: record.id,
+            start: record.start,
+            name: record.name,
+            owner: record.owner,
+            scopes: record.scopes,
+            metadata: record.metadata,
+            enabled: record.enabled,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            revoked_reason: record.revoked_reason,
+            last_used_at: record.last_used_at,
+        }
+    }
+}
+
+/// A new key: its view plus the key itself, in this response only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    /// The key. Shown only in this response: keygate keeps only its hash.
+    #[schema(example = "kg_4fT0yQm7cLw2Rk9sZ1xV8nB3hJ6dF5aP0q2Zb81Qe")]
+    pub key: String,
+    /// Everything else about the key.
+    #[serde(flatten)]
+    pub view: KeyView,
+}
+
+/// `POST /v1/keys` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Human name, 1–200 characters.
+    pub name: String,
+    /// Owner id (your user, team or customer id), 1–200 characters.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Scopes, e.g. `orders:read`, `orders:*`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A JSON object of at most 16 KiB.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Expiry time, RFC 3339. Not with `expires_in`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    /// Lifetime such as `90d`, `12h`, `30m`, `2w`. Not with `expires_at`.
+    #[serde(default)]
+    #[schema(example = "90d")]
+    pub expires_in: Option<String>,
+}
+
+/// `PATCH /v1/keys/{id}` body: only the fields present change; `null` clears `owner` and
+/// `expires_at`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    /// New name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New owner, or `null` to clear.
+    #[serde(default, deserialize_with = "present")]
+    pub owner: Option<Option<String>>,
+    /// New scopes (replaces the list).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// New metadata (replaces the object).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// New expiry, or `null` for none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<Timestamp>>,
+    /// Enable or disable. A revoked key cannot be enabled (409).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// `Some(value)` for a field that is present, even as `null`; absent fields stay `None`.
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// `POST /v1/keys/{id}/revoke` body (optional).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKey {
+    /// Why, kept in the record (at most 500 characters).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/keys` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only keys of this owner.
+    pub owner: Option<String>,
+    /// `active`, `disabled`, `expired`, `revoked` or `all` (default).
+    pub status: Option<String>,
+    /// Only keys whose name contains this text (ASCII case-insensitive).
+    pub q: Option<String>,
+    /// Page size, 1–1000 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of keys, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyPage {
+    /// The keys.
+    pub items: Vec<KeyView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn key_id(raw: &str) -> Result<KeyId, ApiError> {
+    KeyId::parse(raw).ok_or_else(ApiError::no_such_key)
+}
+
+/// Issue a key.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "Issued; `key` is shown only here", body = CreatedKey,
+         headers(("location" = String, description = "/v1/keys/{id}"))),
+        (status = 400, description = "Invalid field", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create_key(
+    State(app): State<AppState>,
+    caller: Caller<Manage>,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<Response, ApiError> {
+    let expires = match (body.expires_at, body.expires_in) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "expires_at, expires_in: give one or the other, not both",
+            ));
+        }
+        (Some(at), None) => Some(Expiry::At(at)),
+        (None, Some(text)) => {
+            Some(Expiry::In(Lifetime::parse(&text).map_err(|e| {
+                ApiError::bad_request(format!("expires_in: {e}"))
+            })?))
+        }
+        (None, None) => None,
+    };
+    let spec = KeySpec {
+        name: body.name,
+        owner: body.owner,
+        scopes: body.scopes,
+        metadata: body.metadata.unwrap_or_default(),
+        expires,
+    };
+    let (record, key) = app.keygate.issue(spec).await?;
+    tracing::info!(actor = %caller.0.id, key_id = %record.id, "key issued over the API");
+    let location = format!("/v1/keys/{}", record.id);
+    let created = CreatedKey {
+        key: key.expose().to_owned(),
+        view: KeyView::of(record, app.keygate.now()),
+    };
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// List keys, newest first, one page at a time.
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of keys", body = KeyPage),
+        (status = 400, description = "Invalid parameter", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:read or keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list_keys(
+    State(app): State<AppState>,
+    _caller: Caller<Read>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<KeyPage>, ApiError> {
+    let mut query = ListQuery::new(app.keygate.now());
+    query.status = match params.status.as_deref() {
+        None | Some("all") => None,
+        Some(text) => Some(Status::parse(text).ok_or_else(|| {
+            ApiError::bad_request("status: expected active, disabled, expired, revoked or all")
+        })?),
+    };
+    if let Some(limit) = params.limit {
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(ApiError::bad_request(format!(
+                "limit: must be between 1 and {MAX_PAGE_SIZE}"
+            )));
+        }
+        query.limit = limit;
+    }
+    query.owner = params.owner;
+    query.name_contains = params.q;
+    query.cursor = params.cursor;
+    let page = app.keygate.list(query).await?;
+    let now = app.keygate.now();
+    Ok(Json(KeyPage {
+        items: page
+            .items
+            .into_iter()
+            .map(|r| KeyView::of(r, now))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Show one key.
+#[utoipa::path(
+    get, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:read or keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn get_key(
+    State(app): State<AppState>,
+    _caller: Caller<Read>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let id = key_id(&id)?;
+    let record = app
+        .keygate
+        .get(&id)
+        .await?
+        .ok_or_else(ApiError::no_such_key)?;
+    Ok(Json(KeyView::of(record, app.keygate.now())))
+}
+
+/// Change a key's name, owner, scopes, metadata, expiry or enabled flag.
+#[utoipa::path(
+    patch, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    request_body = UpdateKey,
+    responses(
+        (status = 200, description = "The updated key", body = KeyView),
+        (status = 400, description = "Invalid field", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Enabling a revoked key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn update_key(
+    State(app): State<AppState>,
+    caller: Caller<Manage>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateKey>,
+) -> Result<Json<KeyView>, ApiError> {
+    let id = key_id(&id)?;
+    let patch = KeyPatch {
+        name: body.name,
+        owner: body.owner,
+        scopes: body.scopes,
+        metadata: body.metadata,
+        expires_at: body.expires_at,
+        enabled: body.enabled,
+    };
+    let record = app.keygate.update(&id, patch).await?;
+    tracing::info!(actor = %caller.0.id, key_id = %record.id, "key updated over the API");
+    Ok(Json(KeyView::of(record, app.keygate.now())))
+}
+
+/// Revoke a key, for good.
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/revoke", tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    request_body(content = Option<RevokeKey>, description = "Optional reason"),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyView),
+        (status = 400, description = "Invalid field", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Already revoked", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn revoke_key(
+    State(app): State<AppState>,
+    caller: Caller<Manage>,
+    Path(id): Path<String>,
+    OptionalApiJson(body): OptionalApiJson<RevokeKey>,
+) -> Result<Json<KeyView>, ApiError> {
+    let id = key_id(&id)?;
+    let reason = body.and_then(|b| b.reason);
+    let record = app.keygate.revoke(&id, reason).await?;
+    tracing::info!(actor = %caller.0.id, key_id = %record.id, "key revoked over the API");
+    Ok(Json(KeyView::of(record, app.keygate.now())))
+}

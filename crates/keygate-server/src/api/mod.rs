@@ -1,0 +1,199 @@
+//! The HTTP API of `keygate serve`: `/v1` (keys and verify, behind keygate's own layer),
+//! operations endpoints, problem+json for every error, a request id and a log line per
+//! request, and the OpenAPI document generated from the same route table.
+
+pub mod auth;
+pub mod error;
+pub mod keys;
+pub mod ops;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use keygate::{CredentialSource, Keygate, Problem};
+use serde::Serialize;
+use tracing::Instrument;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::metrics::Metrics;
+use error::MAX_BODY_BYTES;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The verifier and key manager.
+    pub keygate: Keygate,
+    /// Request counters.
+    pub metrics: Arc<Metrics>,
+    /// The rendered OpenAPI document.
+    pub openapi: Arc<String>,
+}
+
+/// An RFC 9457 problem, as documented.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDoc {
+    /// `urn:keygate:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong this time; names the field for invalid input.
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `BAD_REQUEST`, `MISSING`, `INSUFFICIENT_SCOPE`.
+    pub code: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keygate",
+        description = "API-key authentication service: issue, list, change, revoke and verify API keys. \
+                       Authenticate with an admin key: `Authorization: Api-Key <key>` or `Authorization: Bearer <key>`."
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "keys", description = "Manage keys (keygate:admin; keygate:read may list and show)"),
+        (name = "verify", description = "Check a key (keygate:verify or keygate:admin)"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`Api-Key <key>` with an admin key",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes and their OpenAPI document, from one table.
+fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let admin_auth = keygate.layer().sources([
+        CredentialSource::ApiKeyScheme,
+        CredentialSource::BearerScheme,
+    ]);
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::get_key, keys::update_key))
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(verify::verify))
+        .layer(admin_auth);
+    let ops = OpenApiRouter::new()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(v1)
+        .merge(ops)
+        .split_for_parts()
+}
+
+/// The whole HTTP application.
+pub fn router(keygate: Keygate, metrics: Arc<Metrics>) -> Router {
+    let (router, doc) = routes(&keygate);
+    let openapi = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
+    let state = AppState {
+        keygate,
+        metrics: metrics.clone(),
+        openapi,
+    };
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(from_fn_with_state(metrics, track))
+        .with_state(state)
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "Not found",
+        "no such endpoint; see /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "Method not allowed",
+        "this endpoint does not take that method; see /openapi.json",
+    )
+}
+
+/// Gives each request an id (the caller's `X-Request-Id` if sane), a span carrying it, a log
+/// line when it ends (route template, never the raw path or query: they may hold a key), and
+/// its latency in the metrics.
+async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(request.headers());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "-".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().clone();
+    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    metrics.observe(status, took);
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = took.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response.into_response()
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let mut bytes = [0u8; 8];
+            if getrandom::fill(&mut bytes).is_err() {
+                return "unknown".to_owned();
+            }
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}

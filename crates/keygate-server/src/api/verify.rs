@@ -1,0 +1,140 @@
+//! `POST /v1/verify`: the key check, for services in any language.
+
+use axum::Json;
+use axum::extract::State;
+use keygate::ApiKey;
+use keygate::core::scope::check_scope;
+use keygate::core::{KeyId, Outcome, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::{Caller, Verify};
+use super::error::{ApiError, ApiJson};
+
+/// `POST /v1/verify` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The key the client presented.
+    pub key: String,
+    /// Scopes the key must hold for this request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The outcome code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutcomeCode {
+    /// The key is good for the scopes.
+    Valid,
+    /// No key (an empty string).
+    Missing,
+    /// Not a well-formed key.
+    Malformed,
+    /// No such key.
+    NotFound,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Disabled.
+    Disabled,
+    /// Lacks a requested scope.
+    InsufficientScope,
+}
+
+impl From<Outcome> for OutcomeCode {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Valid => Self::Valid,
+            Outcome::Missing => Self::Missing,
+            Outcome::Malformed => Self::Malformed,
+            Outcome::NotFound => Self::NotFound,
+            Outcome::Revoked => Self::Revoked,
+            Outcome::Expired => Self::Expired,
+            Outcome::Disabled => Self::Disabled,
+            Outcome::InsufficientScope => Self::InsufficientScope,
+        }
+    }
+}
+
+/// What the key is, when one was found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifiedKey {
+    /// Public id.
+    #[schema(value_type = String)]
+    pub id: KeyId,
+    /// Name.
+    pub name: String,
+    /// Owner id.
+    pub owner: Option<String>,
+    /// Scopes it holds.
+    pub scopes: Vec<String>,
+    /// Its metadata.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// When it expires, if ever.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+impl From<ApiKey> for VerifiedKey {
+    fn from(k: ApiKey) -> Self {
+        Self {
+            id: k.id,
+            name: k.name,
+            owner: k.owner,
+            scopes: k.scopes,
+            metadata: k.metadata,
+            expires_at: k.expires_at,
+        }
+    }
+}
+
+/// `POST /v1/verify` answer. Always 200: a refused key is an answer, not an error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyResponse {
+    /// `true` only for `VALID`.
+    pub valid: bool,
+    /// The outcome.
+    pub code: OutcomeCode,
+    /// Why, in a sentence (never the key).
+    pub detail: String,
+    /// The key, when one was found (even if refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<VerifiedKey>,
+}
+
+/// Verify a key for the given scopes.
+#[utoipa::path(
+    post, path = "/v1/verify", tag = "verify",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "The decision", body = VerifyResponse),
+        (status = 400, description = "Invalid field", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:verify or keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn verify(
+    State(app): State<AppState>,
+    _caller: Caller<Verify>,
+    ApiJson(body): ApiJson<VerifyRequest>,
+) -> Result<Json<VerifyResponse>, ApiError> {
+    for (i, scope) in body.scopes.iter().enumerate() {
+        check_scope(scope).map_err(|why| ApiError::bad_request(format!("scopes[{i}]: {why}")))?;
+    }
+    let v = app.keygate.verify(&body.key, &body.scopes).await?;
+    Ok(Json(VerifyResponse {
+        valid: v.outcome.is_valid(),
+        code: v.outcome.into(),
+        detail: v.detail,
+        key: v.key.map(Into::into),
+    }))
+}

@@ -1,0 +1,105 @@
+//! Settings: command-line flags, then `KEYGATE_*` environment variables (clap reads both), then
+//! the TOML file named by `--config`, then defaults.
+//!
+//! ```toml
+//! listen = "0.0.0.0:8080"
+//! database = "sqlite:///var/lib/keygate/keygate.db"
+//! prefix = "acme_live"
+//! log_format = "json"   # or "text"
+//! log_level = "info"    # error, warn, info, debug, trace
+//! ```
+
+use std::path::Path;
+
+use keygate_core::Prefix;
+use serde::Deserialize;
+
+use crate::Failure;
+use crate::cli::{Cli, LogFormat, LogLevel, ServeArgs, parse_prefix};
+
+/// Default database URL.
+pub const DEFAULT_DATABASE: &str = "sqlite://keygate.db";
+/// Default listen address of `keygate serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// What the configuration file may say. Unknown keys are an error, not a silent typo.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database: Option<String>,
+    prefix: Option<String>,
+    log_format: Option<LogFormat>,
+    log_level: Option<LogLevel>,
+}
+
+/// Settings every command uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Database URL.
+    pub database: String,
+    /// Prefix of new keys.
+    pub prefix: Prefix,
+    /// `serve` only: listen address, log format and level.
+    pub listen: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log level.
+    pub log_level: LogLevel,
+}
+
+impl Settings {
+    /// Resolves the settings from the parsed command line (flags and environment) and the file.
+    pub fn resolve(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Self, Failure> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let prefix = match (&cli.prefix, &file.prefix) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => {
+                parse_prefix(p).map_err(|e| Failure::Config(format!("config file: prefix: {e}")))?
+            }
+            (None, None) => Prefix::default(),
+        };
+        Ok(Self {
+            database: cli
+                .database
+                .clone()
+                .or(file.database)
+                .unwrap_or_else(|| DEFAULT_DATABASE.to_owned()),
+            prefix,
+            listen: serve
+                .and_then(|s| s.listen.clone())
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            log_format: serve
+                .and_then(|s| s.log_format)
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            log_level: serve
+                .and_then(|s| s.log_level)
+                .or(file.log_level)
+                .unwrap_or(LogLevel::Info),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Config(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        // toml's message spans lines (it quotes the offending line): keep its first sentence.
+        let message = e.message().replace('\n', " ");
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        match line {
+            Some(line) => Failure::Config(format!(
+                "config file {} line {line}: {message}",
+                path.display()
+            )),
+            None => Failure::Config(format!("config file {}: {message}", path.display())),
+        }
+    })
+}

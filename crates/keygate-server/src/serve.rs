@@ -1,0 +1,143 @@
+//! `keygate serve`: logging, the store, the bootstrap admin key, the HTTP server and a
+//! graceful shutdown.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use keygate::Keygate;
+use keygate::core::KeySpec;
+use keygate::core::scope::ADMIN;
+
+use crate::Failure;
+use crate::api;
+use crate::cli::{LogFormat, LogLevel};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+
+/// Runs the service until SIGINT or SIGTERM.
+pub async fn run(settings: Settings) -> Result<(), Failure> {
+    init_logging(settings.log_format, settings.log_level);
+    let store = keygate::store::open(&settings.database).await?;
+    let keygate = Keygate::builder(store.clone())
+        .prefix(settings.prefix.clone())
+        .build();
+    bootstrap(&keygate).await?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| Failure::Config(format!("cannot listen on {}: {e}", settings.listen)))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = %without_password(&settings.database), "listening");
+    let app = api::router(keygate.clone(), Arc::new(Metrics::default()));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    tracing::info!("shutting down: in-flight requests finished; writing key usage");
+    if let Err(e) = keygate.flush_usage().await {
+        tracing::error!(error = %e, "could not write key usage");
+    }
+    store.close().await;
+    served.map_err(Failure::Io)
+}
+
+/// On an empty database, issues one `keygate:admin` key and prints it once on stdout (never
+/// to the log). Later starts find keys and print nothing.
+async fn bootstrap(keygate: &Keygate) -> Result<(), Failure> {
+    let counts = keygate.store().count_by_status(keygate.now()).await?;
+    if counts.total() > 0 {
+        return Ok(());
+    }
+    let spec = KeySpec {
+        name: "bootstrap admin".into(),
+        scopes: vec![ADMIN.into()],
+        ..KeySpec::default()
+    };
+    let (record, key) = keygate.issue(spec).await?;
+    tracing::warn!(key_id = %record.id, "empty database: issued a bootstrap admin key (printed once on stdout)");
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "keygate: the database had no keys, so this admin key ({}, scope {ADMIN}) was issued.\n\
+         keygate: it is shown only this once; store it now:\n\n{}\n",
+        record.id,
+        key.expose()
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat, level: LogLevel) {
+    let level = match level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
+        LogFormat::Json => tracing::subscriber::set_global_default(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .finish(),
+        ),
+    };
+}
+
+/// A database URL fit for a log line: any password replaced.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            without_password("postgres://app:s3cret@db:5432/keys"),
+            "postgres://app:***@db:5432/keys"
+        );
+        assert_eq!(
+            without_password("sqlite://keygate.db"),
+            "sqlite://keygate.db"
+        );
+    }
+}
