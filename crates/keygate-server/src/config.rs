@@ -91,15 +91,21 @@ fn read_file(path: &Path) -> Result<FileConfig, Failure> {
     toml::from_str(&text).map_err(|e| {
         // toml's message spans lines (it quotes the offending line): keep its first sentence.
         let message = e.message().replace('\n', " ");
-        let line = e
-            .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-        match line {
-            Some(line) => Failure::Config(format!(
-                "config file {} line {line}: {message}",
-                path.display()
-            )),
-            None => Failure::Config(format!("config file {}: {message}", path.display())),
-        }
+        let Some(span) = e.span() else {
+            return Failure::Config(format!("config file {}: {message}", path.display()));
+        };
+        let start = span.start.min(text.len());
+        let line = text[..start].matches('\n').count() + 1;
+        // Name the setting: the key on the offending line, if it has one.
+        let setting = text
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.split_once('='))
+            .map(|(key, _)| format!(" ({})", key.trim()))
+            .unwrap_or_default();
+        Failure::Config(format!(
+            "config file {} line {line}{setting}: {message}",
+            path.display()
+        ))
     })
 }

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> Result<(), Failure> {
     init_logging(settings.log_format, settings.log_level);
+    let shutdown = shutdown_signal()?;
     let store = keygate::store::open(&settings.database).await?;
     let keygate = Keygate::builder(store.clone())
         .prefix(settings.prefix.clone())
@@ -29,7 +30,7 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     tracing::info!(%addr, database = %without_password(&settings.database), "listening");
     let app = api::router(keygate.clone(), Arc::new(Metrics::default()));
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await;
     tracing::info!("shutting down: in-flight requests finished; writing key usage");
     if let Err(e) = keygate.flush_usage().await {
@@ -102,27 +103,30 @@ fn without_password(url: &str) -> String {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled, so a signal that arrives during start-up is not lost
+/// (nor does it kill the process half-way).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+            tracing::info!("shutdown signal received");
+        })
     }
-    tracing::info!("shutdown signal received");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown signal received");
+        })
+    }
 }
 
 #[cfg(test)]

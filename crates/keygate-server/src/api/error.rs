@@ -172,26 +172,50 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let why = match inner.classify() {
-            serde_json::error::Category::Syntax => {
-                format!(
-                    "invalid JSON at line {} column {}",
-                    inner.line(),
-                    inner.column()
-                )
+        match inner.classify() {
+            serde_json::error::Category::Syntax => ApiError::bad_request(format!(
+                "invalid JSON at line {} column {}",
+                inner.line(),
+                inner.column()
+            )),
+            serde_json::error::Category::Eof => {
+                ApiError::bad_request("invalid JSON: the body ends too early")
             }
-            serde_json::error::Category::Eof => "the JSON body ends too early".to_owned(),
-            _ => redact(&inner.to_string()),
-        };
-        if path == "." {
-            ApiError::bad_request(why)
-        } else {
-            ApiError::bad_request(format!("{path}: {why}"))
+            _ => field_error(&path, &inner.to_string()),
         }
     })?;
     de.end()
-        .map_err(|_| ApiError::bad_request("unexpected data after the JSON body"))?;
+        .map_err(|_| ApiError::bad_request("invalid JSON: unexpected data after the JSON body"))?;
     Ok(value)
+}
+
+/// 400 naming the field at `path` (redacted like the message: a client may send a key as a
+/// field name).
+fn field_error(path: &str, message: &str) -> ApiError {
+    let why = redact(message);
+    if path.is_empty() || path == "." || path == "?" {
+        return ApiError::bad_request(why);
+    }
+    let path: Vec<String> = path
+        .split('.')
+        .map(|segment| {
+            let name = segment.split('[').next().unwrap_or_default();
+            if is_short_identifier(name) {
+                segment.to_owned()
+            } else {
+                "…".to_owned()
+            }
+        })
+        .collect();
+    ApiError::bad_request(format!("{}: {why}", path.join(".")))
+}
+
+fn is_short_identifier(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 32
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':')
 }
 
 /// A query string deserialized into `T` (no unknown parameters; 400 naming the parameter).
@@ -206,12 +230,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de).map(Self).map_err(|e| {
             let path = e.path().to_string();
-            let why = redact(&e.into_inner().to_string());
-            if path == "." {
-                ApiError::bad_request(why)
-            } else {
-                ApiError::bad_request(format!("{path}: {why}"))
-            }
+            field_error(&path, &e.into_inner().to_string())
         })
     }
 }
@@ -242,12 +261,12 @@ pub fn redact(message: &str) -> String {
         } else if let Some(after) = rest.strip_prefix('`') {
             let close = after.find('`').unwrap_or(after.len());
             let inner = &after[..close];
-            let short_identifier = inner.len() <= 32
-                && inner
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':');
             out.push('`');
-            out.push_str(if short_identifier { inner } else { "…" });
+            out.push_str(if is_short_identifier(inner) {
+                inner
+            } else {
+                "…"
+            });
             out.push('`');
             rest = after.get(close + 1..).unwrap_or_default();
         } else {

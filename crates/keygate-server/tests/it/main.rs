@@ -1,0 +1,7 @@
+//! keygate-server's integration tests, in one binary: the `keygate` command line, and
+//! `keygate serve` started as a real process on port 0 with a temp SQLite file.
+
+mod cli;
+mod openapi_check;
+mod serve;
+mod support;

@@ -1,0 +1,985 @@
+//! `keygate serve` end to end: bootstrap, every endpoint, every error, secrets, config, logs,
+//! shutdown.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::openapi_check::Contract;
+use crate::support::{Server, printed_key};
+
+struct Service {
+    server: Server,
+    admin: String,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A fresh database, a running server and its bootstrap admin key.
+fn service(args: &[&str]) -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let server = Server::start(&db, args, &[]);
+    // The bootstrap key reaches stdout only in full once the server exits; for a running
+    // server, issue a second admin key with the CLI on the same (live) database.
+    let admin = cli_key(&db, &["--scope", "keygate:admin"]);
+    Service {
+        server,
+        admin,
+        db,
+        _dir: dir,
+    }
+}
+
+/// Issues a key with the CLI on `db` and returns the plaintext.
+fn cli_key(db: &std::path::Path, extra: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "--database",
+            &format!("sqlite://{}", db.display()),
+            "keys",
+            "create",
+            "--name",
+            "test",
+            "--json",
+        ])
+        .args(extra)
+        .env_remove("KEYGATE_DATABASE")
+        .env_remove("KEYGATE_PREFIX")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["key"].as_str().unwrap().to_owned()
+}
+
+impl Service {
+    fn create(&self, body: Value) -> Value {
+        self.server
+            .json("POST", "/v1/keys", &self.admin, &body)
+            .expect(201)
+    }
+
+    fn verify(&self, key: &str, scopes: &[&str]) -> Value {
+        self.server
+            .json(
+                "POST",
+                "/v1/verify",
+                &self.admin,
+                &json!({"key": key, "scopes": scopes}),
+            )
+            .expect(200)
+    }
+}
+
+#[test]
+fn bootstrap_admin_key_is_printed_once_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let first = Server::start(&db, &[], &[]);
+    let addr = first.addr;
+    let (status, stdout) = first.stop();
+    assert!(status.success(), "exit status {status:?}");
+    let admin = printed_key(&stdout).expect("the bootstrap key on stdout");
+    assert!(stdout.contains("keygate:admin") && stdout.contains("only this once"));
+    assert_ne!(addr.port(), 0);
+
+    let second = Server::start(&db, &[], &[]);
+    let listed = second.get("/v1/keys", &admin).expect(200);
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["scopes"], json!(["keygate:admin"]));
+    assert_eq!(items[0]["name"], "bootstrap admin");
+    let logs = second.logs();
+    let (status, stdout) = second.stop();
+    assert!(status.success());
+    assert_eq!(printed_key(&stdout), None, "printed again: {stdout}");
+    assert!(!logs.contains(&admin[3..]), "the key reached the log");
+    let files: Vec<u8> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!files.windows(admin.len()).any(|w| w == admin.as_bytes()));
+}
+
+#[test]
+fn keys_endpoints_round_trip() {
+    let s = service(&[]);
+    let created = s.create(json!({
+        "name": "billing",
+        "owner": "acct_1",
+        "scopes": ["orders:read", "orders:read", "users:*"],
+        "metadata": {"plan": "pro", "seats": 3},
+        "expires_in": "90d"
+    }));
+    let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("kg_") && id.starts_with("key_"));
+    assert_eq!(created["start"], &key[..7]);
+    assert_eq!(created["scopes"], json!(["orders:read", "users:*"]));
+    assert_eq!(created["metadata"], json!({"plan": "pro", "seats": 3}));
+    assert_eq!(
+        (created["enabled"].as_bool(), created["status"].as_str()),
+        (Some(true), Some("active"))
+    );
+    assert!(created["expires_at"].as_str().unwrap() > created["created_at"].as_str().unwrap());
+    assert!(created["revoked_at"].is_null());
+    assert!(created.get("hash").is_none());
+    let r = s
+        .server
+        .json("POST", "/v1/keys", &s.admin, &json!({"name": "x"}));
+    assert_eq!(
+        r.header("location").map(|l| l.starts_with("/v1/keys/key_")),
+        Some(true)
+    );
+
+    let shown = s
+        .server
+        .get(&format!("/v1/keys/{id}"), &s.admin)
+        .expect(200);
+    assert_eq!(shown["name"], "billing");
+    assert!(
+        shown.get("key").is_none(),
+        "the key is shown only at creation"
+    );
+    assert!(
+        !String::from_utf8_lossy(&s.server.get(&format!("/v1/keys/{id}"), &s.admin).raw)
+            .contains(&key[3..])
+    );
+
+    // Filters and pagination.
+    for i in 0..4 {
+        s.create(json!({"name": format!("page {i}"), "owner": "acct_2"}));
+    }
+    let page = s
+        .server
+        .get("/v1/keys?owner=acct_2&limit=3", &s.admin)
+        .expect(200);
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest = s
+        .server
+        .get(
+            &format!("/v1/keys?owner=acct_2&limit=3&cursor={cursor}"),
+            &s.admin,
+        )
+        .expect(200);
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    let found = s.server.get("/v1/keys?q=BILL", &s.admin).expect(200);
+    assert_eq!(found["items"][0]["id"], id.as_str());
+
+    // Patch: rename, clear owner, disable.
+    let patched = s
+        .server
+        .json(
+            "PATCH",
+            &format!("/v1/keys/{id}"),
+            &s.admin,
+            &json!({"name": "billing v2", "owner": null, "enabled": false}),
+        )
+        .expect(200);
+    assert_eq!(
+        (
+            patched["name"].as_str(),
+            patched["owner"].is_null(),
+            patched["status"].as_str()
+        ),
+        (Some("billing v2"), true, Some("disabled"))
+    );
+    assert_eq!(
+        patched["scopes"], created["scopes"],
+        "untouched fields stay"
+    );
+    assert_eq!(s.verify(&key, &[])["code"], "DISABLED");
+    let disabled = s
+        .server
+        .get("/v1/keys?status=disabled", &s.admin)
+        .expect(200);
+    assert_eq!(disabled["items"].as_array().unwrap().len(), 1);
+    s.server
+        .json(
+            "PATCH",
+            &format!("/v1/keys/{id}"),
+            &s.admin,
+            &json!({"enabled": true, "expires_at": null}),
+        )
+        .expect(200);
+
+    // Verify: every outcome, `key` only when found.
+    let v = s.verify(&key, &["orders:read"]);
+    assert_eq!(
+        (v["valid"].as_bool(), v["code"].as_str()),
+        (Some(true), Some("VALID"))
+    );
+    assert_eq!(v["key"]["id"], id.as_str());
+    assert_eq!(v["key"]["metadata"]["plan"], "pro");
+    assert!(v["key"]["expires_at"].is_null());
+    assert!(v["key"].get("hash").is_none() && v["key"].get("start").is_none());
+    assert_eq!(
+        s.verify(&key, &["billing:write"])["code"],
+        "INSUFFICIENT_SCOPE"
+    );
+    let unknown = cli_key(&tempfile::tempdir().unwrap().path().join("other.db"), &[]);
+    let v = s.verify(&unknown, &[]);
+    assert_eq!(
+        (v["code"].as_str(), v.get("key")),
+        (Some("NOT_FOUND"), None)
+    );
+    assert_eq!(s.verify("kg_nope", &[])["code"], "MALFORMED");
+    assert_eq!(s.verify("", &[])["code"], "MISSING");
+    let expired = s.create(json!({"name": "old", "expires_at": "2020-01-01T00:00:00Z"}));
+    assert_eq!(expired["status"], "expired");
+    let v = s.verify(expired["key"].as_str().unwrap(), &[]);
+    assert_eq!(
+        (v["code"].as_str(), v["valid"].as_bool()),
+        (Some("EXPIRED"), Some(false))
+    );
+    assert_eq!(v["key"]["id"], expired["id"]);
+
+    // Revoke: final.
+    let revoked = s
+        .server
+        .json(
+            "POST",
+            &format!("/v1/keys/{id}/revoke"),
+            &s.admin,
+            &json!({"reason": "leaked"}),
+        )
+        .expect(200);
+    assert_eq!(
+        (
+            revoked["status"].as_str(),
+            revoked["revoked_reason"].as_str()
+        ),
+        (Some("revoked"), Some("leaked"))
+    );
+    assert_eq!(s.verify(&key, &[])["code"], "REVOKED");
+    s.server
+        .send(
+            "POST",
+            &format!("/v1/keys/{id}/revoke"),
+            Some(&s.admin),
+            None,
+        )
+        .problem(409, "ALREADY_REVOKED");
+    s.server
+        .json(
+            "PATCH",
+            &format!("/v1/keys/{id}"),
+            &s.admin,
+            &json!({"enabled": true}),
+        )
+        .problem(409, "ALREADY_REVOKED");
+    let other = s.create(json!({"name": "no reason"}));
+    let r = s.server.send(
+        "POST",
+        &format!("/v1/keys/{}/revoke", other["id"].as_str().unwrap()),
+        Some(&s.admin),
+        None,
+    );
+    assert_eq!(r.expect(200)["revoked_reason"], Value::Null);
+
+    // Operations endpoints.
+    assert_eq!(
+        s.server.send("GET", "/healthz", None, None).expect(200),
+        json!({"status": "ok"})
+    );
+    assert_eq!(
+        s.server.send("GET", "/readyz", None, None).expect(200),
+        json!({"status": "ready"})
+    );
+    let metrics = s.server.send("GET", "/metrics", None, None);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = metrics.text();
+    for line in [
+        "keygate_verifications_total{code=\"REVOKED\"} 1",
+        "keygate_verifications_total{code=\"EXPIRED\"} 1",
+        "keygate_verifications_total{code=\"NOT_FOUND\"} 1",
+        "keygate_keys{status=\"revoked\"} 2",
+        "keygate_keys{status=\"expired\"} 1",
+        "keygate_http_requests_total{status=\"409\"} 2",
+        "# TYPE keygate_http_request_duration_seconds histogram",
+        "keygate_http_request_duration_seconds_bucket{le=\"+Inf\"}",
+        "keygate_http_request_duration_seconds_count",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    assert!(!text.contains(&key[3..]));
+}
+
+#[test]
+fn bad_input_gets_the_right_problem_never_a_500() {
+    let s = service(&[]);
+    let k = s.create(json!({"name": "k"}));
+    let id = k["id"].as_str().unwrap();
+    let send = |method: &str, path: &str, body: &str| {
+        s.server.send(
+            method,
+            path,
+            Some(&s.admin),
+            Some(("application/json", body.as_bytes())),
+        )
+    };
+    let key_path = format!("/v1/keys/{id}");
+    let revoke_path = format!("/v1/keys/{id}/revoke");
+    let long_name = format!("{{\"name\": \"{}\"}}", "n".repeat(201));
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        ("POST", "/v1/keys", "{", "invalid JSON"),
+        ("POST", "/v1/keys", "{\"name\" \"a\"}", "line 1 column"),
+        (
+            "POST",
+            "/v1/keys",
+            "{\"name\": \"a\"} trailing",
+            "after the JSON",
+        ),
+        ("POST", "/v1/keys", "[]", "expected struct"),
+        ("POST", "/v1/keys", "{}", "name"),
+        ("POST", "/v1/keys", "{\"name\": \"a\", \"nmae\": 1}", "nmae"),
+        ("POST", "/v1/keys", "{\"name\": 5}", "name"),
+        ("POST", "/v1/keys", "{\"name\": \"\"}", "name"),
+        ("POST", "/v1/keys", &long_name, "name"),
+        (
+            "POST",
+            "/v1/keys",
+            "{\"name\": \"a\", \"scopes\": \"orders:read\"}",
+            "scopes",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "{\"name\": \"a\", \"scopes\": [\"Bad Scope\"]}",
+            "scopes",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "{\"name\": \"a\", \"metadata\": [1]}",
+            "metadata",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "{\"name\": \"a\", \"expires_in\": \"9y\"}",
+            "expires_in",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "{\"name\": \"a\", \"expires_in\": \"0d\"}",
+            "expires_in",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "{\"name\": \"a\", \"expires_at\": \"tomorrow\"}",
+            "expires_at",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            "{\"name\": \"a\", \"expires_at\": \"2030-01-01T00:00:00Z\", \"expires_in\": \"1d\"}",
+            "expires_in",
+        ),
+        ("PATCH", &key_path, "{\"enabled\": \"yes\"}", "enabled"),
+        ("PATCH", &key_path, "{\"hash\": \"x\"}", "hash"),
+        ("PATCH", &key_path, "{\"owner\": \"\"}", "owner"),
+        ("POST", &revoke_path, "{\"reason\": 1}", "reason"),
+        ("POST", "/v1/verify", "{}", "key"),
+        (
+            "POST",
+            "/v1/verify",
+            "{\"key\": \"kg_x\", \"scopes\": [\"NO\"]}",
+            "scopes[0]",
+        ),
+        ("POST", "/v1/verify", "{\"key\": [\"kg_x\"]}", "key"),
+    ];
+    for (method, path, body, field) in cases {
+        let p = send(method, path, body).problem(400, "BAD_REQUEST");
+        assert!(
+            p["detail"].as_str().unwrap().contains(field),
+            "{method} {path} {body}: {p}"
+        );
+    }
+    for query in [
+        "status=zombie",
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        "cursor=nope",
+        "colour=red",
+    ] {
+        let p = s
+            .server
+            .get(&format!("/v1/keys?{query}"), &s.admin)
+            .problem(400, "BAD_REQUEST");
+        let name = query.split('=').next().unwrap();
+        assert!(p["detail"].as_str().unwrap().contains(name), "{query}: {p}");
+    }
+    for path in [
+        "/v1/keys/key_01AAAAAAAAAAAAAAAAAAAAAAAA",
+        "/v1/keys/not-an-id",
+        "/v1/keys/kg_secretish",
+    ] {
+        s.server.get(path, &s.admin).problem(404, "NOT_FOUND");
+        send("PATCH", path, "{}").problem(404, "NOT_FOUND");
+        send("POST", &format!("{path}/revoke"), "{}").problem(404, "NOT_FOUND");
+    }
+    // 413 and 415.
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(70 * 1024));
+    send("POST", "/v1/keys", &big).problem(413, "PAYLOAD_TOO_LARGE");
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let r = s.server.send(
+            "POST",
+            "/v1/keys",
+            Some(&s.admin),
+            Some((content_type, b"{\"name\":\"a\"}")),
+        );
+        r.problem(415, "UNSUPPORTED_MEDIA_TYPE");
+    }
+    let r = s.server.send("POST", "/v1/verify", Some(&s.admin), None);
+    r.problem(415, "UNSUPPORTED_MEDIA_TYPE");
+    // 405, 404.
+    s.server
+        .send("DELETE", &format!("/v1/keys/{id}"), Some(&s.admin), None)
+        .problem(405, "METHOD_NOT_ALLOWED");
+    s.server
+        .send("PUT", "/v1/keys", Some(&s.admin), None)
+        .problem(405, "METHOD_NOT_ALLOWED");
+    s.server
+        .send("GET", "/v2/keys", None, None)
+        .problem(404, "NOT_FOUND");
+    // Nothing was created by any of it.
+    let listed = s.server.get("/v1/keys", &s.admin).expect(200);
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        3,
+        "bootstrap, test admin, k"
+    );
+
+    // Garbage of every shape: never a 500.
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"\xff\xfe".to_vec(),
+        b"{\"name\": \"\xff\"}".to_vec(),
+        b"1e999".to_vec(),
+        format!("{}1{}", "[".repeat(200), "]".repeat(200)).into_bytes(),
+        format!(
+            "{{\"name\":\"a\",\"metadata\":{}1{}}}",
+            "{\"a\":".repeat(100),
+            "}".repeat(100)
+        )
+        .into_bytes(),
+        b"{\"name\": \"\\ud800\"}".to_vec(),
+    ];
+    for (method, path) in [
+        ("POST", "/v1/keys"),
+        ("PATCH", &format!("/v1/keys/{id}")),
+        ("POST", "/v1/verify"),
+        ("POST", &format!("/v1/keys/{id}/revoke")),
+    ] {
+        for body in &bodies {
+            let r = s.server.send(
+                method,
+                path,
+                Some(&s.admin),
+                Some(("application/json", body)),
+            );
+            assert!(
+                r.status < 500,
+                "{method} {path} {:?}: {}",
+                String::from_utf8_lossy(body),
+                r.status
+            );
+            assert_eq!(
+                r.header("content-type").map(|c| c.contains("json")),
+                Some(true)
+            );
+        }
+    }
+}
+
+#[test]
+fn admin_scopes_are_enforced_by_keygates_own_layer() {
+    let s = service(&[]);
+    let client = cli_key(&s.db, &["--scope", "orders:read"]);
+    let star = cli_key(&s.db, &["--scope", "*"]);
+    let reader = cli_key(&s.db, &["--scope", "keygate:read"]);
+    let verifier = cli_key(&s.db, &["--scope", "keygate:verify"]);
+    let create = json!({"name": "x"});
+    let check = json!({"key": client, "scopes": []});
+
+    let r = s.server.send("GET", "/v1/keys", None, None);
+    r.problem(401, "MISSING");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Api-Key realm=\"keygate\", Bearer realm=\"keygate\"")
+    );
+    s.server
+        .get("/v1/keys", "kg_garbage")
+        .problem(401, "MALFORMED");
+    s.server
+        .send("POST", "/v1/verify", Some("kg_garbage"), None)
+        .problem(401, "MALFORMED");
+
+    for key in [&client, &star] {
+        s.server
+            .get("/v1/keys", key)
+            .problem(403, "INSUFFICIENT_SCOPE");
+        s.server
+            .json("POST", "/v1/keys", key, &create)
+            .problem(403, "INSUFFICIENT_SCOPE");
+        s.server
+            .json("POST", "/v1/verify", key, &check)
+            .problem(403, "INSUFFICIENT_SCOPE");
+    }
+    s.server.get("/v1/keys", &reader).expect(200);
+    s.server
+        .json("POST", "/v1/keys", &reader, &create)
+        .problem(403, "INSUFFICIENT_SCOPE");
+    s.server
+        .json("POST", "/v1/verify", &reader, &check)
+        .problem(403, "INSUFFICIENT_SCOPE");
+    s.server
+        .json("POST", "/v1/verify", &verifier, &check)
+        .expect(200);
+    s.server
+        .get("/v1/keys", &verifier)
+        .problem(403, "INSUFFICIENT_SCOPE");
+    // The scope check comes before the body is read.
+    s.server
+        .send(
+            "POST",
+            "/v1/keys",
+            Some(&reader),
+            Some(("text/plain", b"junk")),
+        )
+        .problem(403, "INSUFFICIENT_SCOPE");
+    // Bearer works too.
+    let headers = vec![(
+        "Authorization".to_owned(),
+        format!("Bearer {}", s.admin).into_bytes(),
+    )];
+    assert_eq!(s.server.raw("GET", "/v1/keys", &headers, None).status, 200);
+    // A revoked admin key stops working at once.
+    let victim = s
+        .server
+        .json(
+            "POST",
+            "/v1/keys",
+            &s.admin,
+            &json!({"name": "tmp admin", "scopes": ["keygate:admin"]}),
+        )
+        .expect(201);
+    let victim_key = victim["key"].as_str().unwrap();
+    s.server.get("/v1/keys", victim_key).expect(200);
+    s.server
+        .send(
+            "POST",
+            &format!("/v1/keys/{}/revoke", victim["id"].as_str().unwrap()),
+            Some(&s.admin),
+            None,
+        )
+        .expect(200);
+    s.server.get("/v1/keys", victim_key).problem(401, "REVOKED");
+}
+
+#[test]
+fn no_key_in_logs_responses_or_database() {
+    let s = service(&["--log-level", "trace"]);
+    let created = s.create(json!({"name": "secret keeper", "scopes": ["a:b"]}));
+    let key = created["key"].as_str().unwrap().to_owned();
+    s.verify(&key, &["a:b"]);
+    let mut typo = key.clone();
+    typo.pop();
+    typo.push('!');
+    s.verify(&typo, &[]);
+    // Values that a client sends by mistake are not repeated in errors.
+    let echo_tries = [
+        json!({"key": key, "scopes": key}),
+        json!({"key": key, "scopes": [key]}),
+        json!({"key": {"nested": key}}),
+    ];
+    for body in echo_tries {
+        let r = s.server.json("POST", "/v1/verify", &s.admin, &body);
+        assert_eq!(r.status, 400);
+        assert!(
+            !String::from_utf8_lossy(&r.raw).contains(&key[3..]),
+            "{}",
+            r.text()
+        );
+    }
+    let r = s.server.json(
+        "POST",
+        "/v1/keys",
+        &s.admin,
+        &json!({"name": "x", key.clone(): 1}),
+    );
+    assert!(
+        !String::from_utf8_lossy(&r.raw).contains(&key[3..]),
+        "{}",
+        r.text()
+    );
+    s.server
+        .get(&format!("/v1/keys/{key}"), &s.admin)
+        .problem(404, "NOT_FOUND");
+    s.server
+        .send("GET", &format!("/nowhere?api_key={key}"), None, None)
+        .problem(404, "NOT_FOUND");
+    let logs = s.server.logs();
+    assert!(logs.contains("request finished"), "{logs}");
+    assert!(logs.contains(created["id"].as_str().unwrap()));
+    for secret in [&key, &s.admin] {
+        assert!(!logs.contains(&secret[3..]), "a key in the logs");
+    }
+    assert!(!logs.contains(&typo[3..typo.len() - 1]));
+    let db: Vec<u8> = std::fs::read_dir(s.db.parent().unwrap())
+        .unwrap()
+        .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!db.windows(key.len() - 3).any(|w| w == &key.as_bytes()[3..]));
+}
+
+#[test]
+fn request_ids_and_json_logs() {
+    let s = service(&["--log-format", "json"]);
+    let r = s.server.raw(
+        "GET",
+        "/healthz",
+        &[("X-Request-Id".into(), b"trace-me-123".to_vec())],
+        None,
+    );
+    assert_eq!(r.header("x-request-id"), Some("trace-me-123"));
+    let r = s.server.raw(
+        "GET",
+        "/healthz",
+        &[("X-Request-Id".into(), b"bad id with spaces".to_vec())],
+        None,
+    );
+    let generated = r.header("x-request-id").unwrap().to_owned();
+    assert_eq!(generated.len(), 16);
+    s.server.get("/v1/keys", &s.admin).expect(200);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let logs = s.server.logs();
+    let mut seen = false;
+    for line in logs.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["message"] == "request finished" && v["span"]["id"] == "trace-me-123" {
+            assert_eq!(v["span"]["route"], "/healthz");
+            assert_eq!(v["status"], 200);
+            seen = true;
+        }
+    }
+    assert!(seen, "{logs}");
+}
+
+#[test]
+fn config_file_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(&config, "prefix = \"acme_test\"\nlog_format = \"json\"\n").unwrap();
+    let config_arg = config.display().to_string();
+    // The file's prefix is used...
+    let s = Server::start(&db, &["--config", &config_arg], &[]);
+    assert!(
+        s.logs().lines().all(|l| l.starts_with('{')),
+        "json logs from the file"
+    );
+    let (_, stdout) = s.stop();
+    let admin = printed_key(&stdout).unwrap();
+    assert!(admin.starts_with("acme_test_"), "{admin}");
+    // ...unless the environment says otherwise.
+    let s = Server::start(
+        &db,
+        &["--config", &config_arg],
+        &[
+            ("KEYGATE_PREFIX", "acme_live"),
+            ("KEYGATE_LOG_FORMAT", "text"),
+        ],
+    );
+    assert!(!s.logs().starts_with('{'));
+    let made = s
+        .json("POST", "/v1/keys", &admin, &json!({"name": "env"}))
+        .expect(201);
+    assert!(made["key"].as_str().unwrap().starts_with("acme_live_"));
+    drop(s);
+
+    // A bad config file: one line, exit 2, nothing served.
+    for (text, expect) in [
+        ("prefix = \"Bad Prefix\"\n", "prefix"),
+        ("lissen = \"127.0.0.1:1\"\n", "lissen"),
+        ("listen = [\n", "line"),
+        ("log_format = \"xml\"\n", "log_format"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args([
+                "serve",
+                "--config",
+                &config_arg,
+                "--database",
+                db.to_str().unwrap(),
+            ])
+            .env_remove("KEYGATE_LISTEN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "{text}: {err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["serve", "--config", "/no/such/file.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "serve",
+            "--listen",
+            "not-an-address",
+            "--database",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+}
+
+#[test]
+fn sigterm_finishes_cleanly_and_writes_usage() {
+    let s = service(&[]);
+    let created = s.create(json!({"name": "used"}));
+    let v = s.verify(created["key"].as_str().unwrap(), &[]);
+    assert_eq!(v["code"], "VALID");
+    let shown = s
+        .server
+        .get(
+            &format!("/v1/keys/{}", created["id"].as_str().unwrap()),
+            &s.admin,
+        )
+        .expect(200);
+    assert!(
+        shown["last_used_at"].is_null(),
+        "usage is batched, not written per request"
+    );
+    let Service {
+        server, db, _dir, ..
+    } = s;
+    let (status, _) = server.stop();
+    assert_eq!(status.code(), Some(0));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "--database",
+            db.to_str().unwrap(),
+            "keys",
+            "show",
+            created["id"].as_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["last_used_at"].is_string(),
+        "usage written at shutdown: {v}"
+    );
+}
+
+#[test]
+fn openapi_document_matches_the_server() {
+    let s = service(&[]);
+    let r = s.server.send("GET", "/openapi.json", None, None);
+    let doc = r.expect(200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let contract = Contract::new(doc);
+    contract.check_document();
+
+    // Every documented operation exists (no 404/405 with an admin key).
+    let k = s.create(json!({"name": "doc"}));
+    let id = k["id"].as_str().unwrap();
+    for (path, method) in contract.operations() {
+        let concrete = path.replace("{id}", id);
+        let r = s.server.send(
+            &method.to_uppercase(),
+            &concrete,
+            Some(&s.admin),
+            Some(("application/json", b"{}")),
+        );
+        assert!(
+            r.status != 404 && r.status != 405,
+            "{method} {path}: {}",
+            r.status
+        );
+    }
+
+    // Responses match the documented status codes and schemas.
+    let mut exchanges = vec![
+        (
+            "post",
+            "/v1/keys",
+            s.server.json(
+                "POST",
+                "/v1/keys",
+                &s.admin,
+                &json!({"name": "a", "owner": "o", "expires_in": "1d"}),
+            ),
+        ),
+        (
+            "post",
+            "/v1/keys",
+            s.server
+                .json("POST", "/v1/keys", &s.admin, &json!({"name": ""})),
+        ),
+        (
+            "post",
+            "/v1/keys",
+            s.server.send(
+                "POST",
+                "/v1/keys",
+                Some(&s.admin),
+                Some(("text/plain", b"x")),
+            ),
+        ),
+        (
+            "post",
+            "/v1/keys",
+            s.server.send("POST", "/v1/keys", None, None),
+        ),
+        (
+            "get",
+            "/v1/keys",
+            s.server.get("/v1/keys?limit=1", &s.admin),
+        ),
+        (
+            "get",
+            "/v1/keys",
+            s.server.get("/v1/keys?limit=0", &s.admin),
+        ),
+        (
+            "get",
+            "/v1/keys/{id}",
+            s.server.get(&format!("/v1/keys/{id}"), &s.admin),
+        ),
+        (
+            "get",
+            "/v1/keys/{id}",
+            s.server
+                .get("/v1/keys/key_01AAAAAAAAAAAAAAAAAAAAAAAA", &s.admin),
+        ),
+        (
+            "patch",
+            "/v1/keys/{id}",
+            s.server.json(
+                "PATCH",
+                &format!("/v1/keys/{id}"),
+                &s.admin,
+                &json!({"enabled": false}),
+            ),
+        ),
+        (
+            "post",
+            "/v1/keys/{id}/revoke",
+            s.server.json(
+                "POST",
+                &format!("/v1/keys/{id}/revoke"),
+                &s.admin,
+                &json!({"reason": "r"}),
+            ),
+        ),
+        (
+            "post",
+            "/v1/keys/{id}/revoke",
+            s.server.json(
+                "POST",
+                &format!("/v1/keys/{id}/revoke"),
+                &s.admin,
+                &json!({}),
+            ),
+        ),
+        (
+            "post",
+            "/v1/verify",
+            s.server.json(
+                "POST",
+                "/v1/verify",
+                &s.admin,
+                &json!({"key": s.admin, "scopes": ["keygate:admin"]}),
+            ),
+        ),
+        (
+            "post",
+            "/v1/verify",
+            s.server
+                .json("POST", "/v1/verify", &s.admin, &json!({"key": "kg_x"})),
+        ),
+        (
+            "get",
+            "/healthz",
+            s.server.send("GET", "/healthz", None, None),
+        ),
+        (
+            "get",
+            "/readyz",
+            s.server.send("GET", "/readyz", None, None),
+        ),
+        (
+            "get",
+            "/metrics",
+            s.server.send("GET", "/metrics", None, None),
+        ),
+    ];
+    let client = cli_key(&s.db, &[]);
+    exchanges.push(("get", "/v1/keys", s.server.get("/v1/keys", &client)));
+    for (method, path, reply) in &exchanges {
+        contract.check_response(
+            method,
+            path,
+            reply.status,
+            reply.header("content-type"),
+            &reply.body,
+        );
+    }
+
+    // The checker itself rejects what the document does not promise.
+    let good = s
+        .server
+        .get(&format!("/v1/keys/{id}"), &s.admin)
+        .expect(200);
+    assert!(contract.accepts("get", "/v1/keys/{id}", 200, &good).is_ok());
+    let mut extra = good.clone();
+    extra["hash"] = json!("00");
+    assert!(
+        contract
+            .accepts("get", "/v1/keys/{id}", 200, &extra)
+            .unwrap_err()
+            .contains("hash")
+    );
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("name");
+    assert!(
+        contract
+            .accepts("get", "/v1/keys/{id}", 200, &missing)
+            .is_err()
+    );
+    let mut wrong = good;
+    wrong["enabled"] = json!("yes");
+    assert!(
+        contract
+            .accepts("get", "/v1/keys/{id}", 200, &wrong)
+            .is_err()
+    );
+}
