@@ -148,6 +148,23 @@ impl Server {
         Reply::parse(raw)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (up to 10 s) until the log contains `needle`, then returns the whole log.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        for _ in 0..200 {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("never logged {needle:?}: {}", self.logs());
+    }
+
     /// Everything logged so far (stderr).
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -156,7 +173,11 @@ impl Server {
     /// Sends SIGTERM, waits for the exit, and returns the status and all of stdout.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        // Signalling an already-exited process is harmless: wait() still reports its status.
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status();
         let status = self.child.wait().unwrap();
         if let Some(reader) = self.out_reader.take() {
             reader.join().unwrap();
