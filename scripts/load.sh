@@ -5,8 +5,9 @@
 #
 # Creates a fresh SQLite database with 10,000 keys, serves the example on 127.0.0.1:3917,
 # and runs wrk against it: a valid key on /api/public/, a valid key on the scoped
-# /api/orders/, a well-formed unknown key, and no key. Only loopback is touched; each run
-# is bounded by SECONDS (default 10). Needs `wrk` (Debian package `wrk`).
+# /api/orders/, a well-formed unknown key, and no key. Then serves `keygate serve` on
+# 127.0.0.1:3918 over the same database and runs wrk against POST /v1/verify. Only loopback
+# is touched; each run is bounded by SECONDS (default 10). Needs `wrk` (Debian package `wrk`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN="${1:-10}"
@@ -18,7 +19,8 @@ cargo build --release -q -p keygate --example public_api
 cargo build --release -q -p keygate-server --bin keygate
 WORK="$(mktemp -d)"
 SERVER=""
-trap '[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$WORK"' EXIT
+SERVICE=""
+trap '[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; [ -n "$SERVICE" ] && kill "$SERVICE" 2>/dev/null; rm -rf "$WORK"' EXIT
 DB="sqlite://$WORK/load.db"
 KG=target/release/keygate
 
@@ -51,3 +53,20 @@ run "valid key, /api/public/" -H "Authorization: Api-Key $KEY" "http://$ADDR/api
 run "valid key with scope, /api/orders/" -H "Authorization: Api-Key $KEY" "http://$ADDR/api/orders/"
 run "unknown key (401 NOT_FOUND)" -H "Authorization: Api-Key $UNKNOWN" "http://$ADDR/api/public/"
 run "no key (401 MISSING)" "http://$ADDR/api/public/"
+
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
+
+VERIFIER=$($KG --database "$DB" keys create --name load-verifier --scope keygate:verify --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+SERVICE_ADDR=127.0.0.1:3918
+target/release/keygate serve --database "$DB" --listen "$SERVICE_ADDR" >/dev/null 2>"$WORK/service.log" &
+SERVICE=$!
+for _ in $(seq 50); do curl -s -o /dev/null "http://$SERVICE_ADDR/healthz" && break; sleep 0.1; done
+cat > "$WORK/verify.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"key": "$KEY", "scopes": ["orders:read"]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Api-Key $VERIFIER"
+LUA
+run "keygate serve: POST /v1/verify, valid key (info logs to a file)" -s "$WORK/verify.lua" "http://$SERVICE_ADDR/v1/verify"
+curl -s "http://$SERVICE_ADDR/metrics" | grep -E '^keygate_http_request_duration_seconds_(count|sum)'
