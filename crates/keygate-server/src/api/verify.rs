@@ -8,6 +8,8 @@ use keygate::core::{KeyId, Outcome, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use super::AppState;
 use super::auth::{Caller, Verify};
@@ -24,42 +26,27 @@ pub struct VerifyRequest {
     pub scopes: Vec<String>,
 }
 
-/// The outcome code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OutcomeCode {
-    /// The key is good for the scopes.
-    Valid,
-    /// No key (an empty string).
-    Missing,
-    /// Not a well-formed key.
-    Malformed,
-    /// No such key.
-    NotFound,
-    /// Revoked.
-    Revoked,
-    /// Past its expiry.
-    Expired,
-    /// Disabled.
-    Disabled,
-    /// Lacks a requested scope.
-    InsufficientScope,
-}
+/// The outcome code, documented with the codes keygate-core defines (one list, in core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutcomeCode(pub Outcome);
 
-impl From<Outcome> for OutcomeCode {
-    fn from(o: Outcome) -> Self {
-        match o {
-            Outcome::Valid => Self::Valid,
-            Outcome::Missing => Self::Missing,
-            Outcome::Malformed => Self::Malformed,
-            Outcome::NotFound => Self::NotFound,
-            Outcome::Revoked => Self::Revoked,
-            Outcome::Expired => Self::Expired,
-            Outcome::Disabled => Self::Disabled,
-            Outcome::InsufficientScope => Self::InsufficientScope,
-        }
+impl Serialize for OutcomeCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.code())
     }
 }
+
+impl utoipa::PartialSchema for OutcomeCode {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Outcome::ALL.iter().map(|o| o.code())))
+            .description(Some("Stable outcome code"))
+            .into()
+    }
+}
+
+impl ToSchema for OutcomeCode {}
 
 /// What the key is, when one was found.
 #[derive(Debug, Serialize, ToSchema)]
@@ -133,7 +120,7 @@ pub async fn verify(
     let v = app.keygate.verify(&body.key, &body.scopes).await?;
     Ok(Json(VerifyResponse {
         valid: v.outcome.is_valid(),
-        code: v.outcome.into(),
+        code: OutcomeCode(v.outcome),
         detail: v.detail,
         key: v.key.map(Into::into),
     }))
