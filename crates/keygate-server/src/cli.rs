@@ -102,6 +102,15 @@ pub struct ServeArgs {
     /// Most detailed log level shown [default: info].
     #[arg(long, env = "KEYGATE_LOG_LEVEL", value_enum)]
     pub log_level: Option<LogLevel>,
+    /// How long a cached key is trusted without a change notice, e.g. 30s [default: 30s].
+    #[arg(long, env = "KEYGATE_CACHE_TTL", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub cache_ttl: Option<Lifetime>,
+    /// Most keys cached; 0 turns the cache off [default: 100000].
+    #[arg(long, env = "KEYGATE_CACHE_SIZE", value_name = "N")]
+    pub cache_size: Option<usize>,
+    /// How often last-used times are written, e.g. 10s [default: 10s].
+    #[arg(long, env = "KEYGATE_USAGE_FLUSH", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub usage_flush: Option<Lifetime>,
 }
 
 /// How log lines look.
@@ -199,7 +208,7 @@ fn parse_scope(s: &str) -> Result<String, String> {
     check_scope(s).map(|()| s.to_owned()).map_err(str::to_owned)
 }
 
-fn parse_lifetime(s: &str) -> Result<Lifetime, String> {
+pub(crate) fn parse_lifetime(s: &str) -> Result<Lifetime, String> {
     Lifetime::parse(s).map_err(|e| e.to_string())
 }
 

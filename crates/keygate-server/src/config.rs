@@ -7,15 +7,18 @@
 //! prefix = "acme_live"
 //! log_format = "json"   # or "text"
 //! log_level = "info"    # error, warn, info, debug, trace
+//! cache_ttl = "30s"     # how long a cached key is trusted without a change notice
+//! cache_size = 100000   # most keys cached; 0 turns the cache off
+//! usage_flush = "10s"   # how often last-used times are written
 //! ```
 
 use std::path::Path;
 
-use keygate_core::Prefix;
+use keygate_core::{Lifetime, Prefix};
 use serde::Deserialize;
 
 use crate::Failure;
-use crate::cli::{Cli, LogFormat, LogLevel, ServeArgs, parse_prefix};
+use crate::cli::{Cli, LogFormat, LogLevel, ServeArgs, parse_lifetime, parse_prefix};
 
 /// Default database URL.
 pub const DEFAULT_DATABASE: &str = "sqlite://keygate.db";
@@ -31,6 +34,9 @@ struct FileConfig {
     prefix: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<LogLevel>,
+    cache_ttl: Option<String>,
+    cache_size: Option<usize>,
+    usage_flush: Option<String>,
 }
 
 /// Settings every command uses.
@@ -46,6 +52,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log level.
     pub log_level: LogLevel,
+    /// How long a cached key is trusted.
+    pub cache_ttl: Lifetime,
+    /// Most keys cached (0: no cache).
+    pub cache_size: usize,
+    /// How often last-used times are written.
+    pub usage_flush: Lifetime,
 }
 
 impl Settings {
@@ -62,7 +74,34 @@ impl Settings {
             }
             (None, None) => Prefix::default(),
         };
+        let lifetime =
+            |name: &str, flag: Option<Lifetime>, file: Option<String>, default: &str| match (
+                flag, file,
+            ) {
+                (Some(v), _) => Ok(v),
+                (None, Some(text)) => parse_lifetime(&text)
+                    .map_err(|e| Failure::Config(format!("config file: {name}: {e}"))),
+                (None, None) => Ok(parse_lifetime(default).expect("valid default")),
+            };
+        let cache_ttl = lifetime(
+            "cache_ttl",
+            serve.and_then(|s| s.cache_ttl),
+            file.cache_ttl,
+            "30s",
+        )?;
+        let usage_flush = lifetime(
+            "usage_flush",
+            serve.and_then(|s| s.usage_flush),
+            file.usage_flush,
+            "10s",
+        )?;
         Ok(Self {
+            cache_ttl,
+            usage_flush,
+            cache_size: serve
+                .and_then(|s| s.cache_size)
+                .or(file.cache_size)
+                .unwrap_or(100_000),
             database: cli
                 .database
                 .clone()

@@ -86,9 +86,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Serve(_) => serve::run(settings).await.map(|()| 0),
         Command::Keys(command) => {
             let store = keygate::store::open(&settings.database).await?;
+            // A one-shot command: no cache, usage written before exit.
             let keygate = Keygate::builder(store)
                 .prefix(settings.prefix)
                 .usage_flush_interval(None)
+                .cache(None)
                 .build();
             keys::run(&keygate, command).await
         }

@@ -57,6 +57,20 @@ impl Metrics {
                 outcome.code()
             );
         }
+        if let Some(cache) = keygate.cache_stats() {
+            let _ = writeln!(
+                out,
+                "# HELP keygate_cache_lookups_total Verification cache lookups by result.\n\
+                 # TYPE keygate_cache_lookups_total counter\n\
+                 keygate_cache_lookups_total{{result=\"hit\"}} {}\n\
+                 keygate_cache_lookups_total{{result=\"miss\"}} {}\n\
+                 # HELP keygate_cache_entries Entries in the verification cache.\n\
+                 # TYPE keygate_cache_entries gauge\n\
+                 keygate_cache_entries{{kind=\"record\"}} {}\n\
+                 keygate_cache_entries{{kind=\"absent\"}} {}",
+                cache.hits, cache.misses, cache.records, cache.negatives
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP keygate_keys Keys in the store by status.\n# TYPE keygate_keys gauge"

@@ -4,9 +4,11 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use keygate::Keygate;
+use std::time::Duration;
+
 use keygate::core::KeySpec;
 use keygate::core::scope::ADMIN;
+use keygate::{CacheConfig, Keygate};
 
 use crate::Failure;
 use crate::api;
@@ -19,8 +21,18 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     init_logging(settings.log_format, settings.log_level);
     let shutdown = shutdown_signal()?;
     let store = keygate::store::open(&settings.database).await?;
+    let cache = (settings.cache_size > 0).then(|| CacheConfig {
+        ttl: Duration::from_millis(settings.cache_ttl.as_ms().unsigned_abs()),
+        negative_ttl: Duration::from_millis(settings.cache_ttl.as_ms().unsigned_abs())
+            .min(Duration::from_secs(10)),
+        capacity: settings.cache_size,
+    });
     let keygate = Keygate::builder(store.clone())
         .prefix(settings.prefix.clone())
+        .cache(cache)
+        .usage_flush_interval(Some(Duration::from_millis(
+            settings.usage_flush.as_ms().unsigned_abs(),
+        )))
         .build();
     bootstrap(&keygate).await?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)

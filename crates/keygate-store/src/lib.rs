@@ -4,6 +4,9 @@
 //! default (a file, zero set-up, migrations applied on open). [`open`] picks a backend from a
 //! URL. Every backend must pass the shared [`conformance`] suite against a real database.
 //!
+//! [`PostgresStore`] is for many keygate nodes on one database; it tells every node about
+//! key changes with `LISTEN/NOTIFY`.
+//!
 //! A store holds no rule of its own: changes go through keygate-core ([`KeyPatch::apply`],
 //! [`KeyRecord::revoke`]) inside a transaction, and the status filter of [`Store::list`] is
 //! checked against [`KeyRecord::status`] by the conformance suite.
@@ -24,8 +27,11 @@ use async_trait::async_trait;
 use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, RecordError, Status, Timestamp};
 
 pub mod conformance;
+mod postgres;
+mod sql;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Default page size for [`Store::list`].
@@ -142,6 +148,15 @@ impl StatusCounts {
     }
 }
 
+/// A change to a stored key, made by any process, that caches must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The key with this hash was created, changed or revoked.
+    Key(KeyHash),
+    /// Changes may have been missed (a lost connection): drop everything.
+    Everything,
+}
+
 /// Storage for key records. Implementations hold no key rules: they store, find and apply
 /// keygate-core's changes atomically.
 #[async_trait]
@@ -180,6 +195,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Follows changes to keys made by any process on this database, this one included,
+    /// until the receiver is dropped. A backend without a change feed returns a receiver that
+    /// never yields (caches then rely on their TTL).
+    async fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // Keep the sender alive for as long as anyone listens, so the stream stays open.
+        tokio::spawn(async move { tx.closed().await });
+        Ok(rx)
+    }
+
     /// Closes the store's connections (for a clean shutdown); later calls fail.
     async fn close(&self) {}
 }
@@ -187,22 +212,50 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// Opens the store a URL names, creating and migrating it as needed.
 ///
 /// - `sqlite://path/to/file.db`, `sqlite:file.db` or a plain path: SQLite (created on first use);
-/// - `sqlite::memory:`: an in-memory SQLite database (gone when the process ends).
+/// - `sqlite::memory:`: an in-memory SQLite database (gone when the process ends);
+/// - `postgres://user@host:5432/db` (or `postgresql://`): PostgreSQL, migrated on open.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let url = url.trim();
     if url.is_empty() {
         return Err(StoreError::Config("the database URL is empty".into()));
     }
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        return Err(StoreError::Config(
-            "PostgreSQL is not supported by this build yet; use a sqlite:// URL".into(),
-        ));
+        return Ok(Arc::new(PostgresStore::connect(url).await?));
     }
     if url.starts_with("sqlite:") || !url.contains("://") {
         return Ok(Arc::new(SqliteStore::connect(url).await?));
     }
     let scheme = url.split("://").next().unwrap_or_default();
     Err(StoreError::Config(format!(
-        "unsupported database URL scheme `{scheme}`; use sqlite://PATH"
+        "unsupported database URL scheme `{scheme}`; use sqlite://PATH or postgres://..."
     )))
+}
+
+/// Creates a uniquely named, empty schema in the PostgreSQL at `base_url` and returns its name:
+/// for tests that must not share tables (see [`with_search_path`]).
+///
+/// # Panics
+/// If the database cannot be reached: a test that asked for PostgreSQL must not pass without it.
+pub async fn test_schema(base_url: &str) -> String {
+    use sqlx::Connection;
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).expect("random");
+    let name: String = std::iter::once("kgtest_".to_owned())
+        .chain(random.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let mut conn = sqlx::PgConnection::connect(base_url)
+        .await
+        .unwrap_or_else(|e| panic!("KEYGATE_TEST_POSTGRES: cannot connect: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    name
+}
+
+/// `base_url` with `search_path` set to `schema`, so that everything keygate creates and reads
+/// lives there.
+pub fn with_search_path(base_url: &str, schema: &str) -> String {
+    let separator = if base_url.contains('?') { '&' } else { '?' };
+    format!("{base_url}{separator}options=-csearch_path%3D{schema}")
 }

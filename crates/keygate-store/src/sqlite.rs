@@ -1,30 +1,24 @@
 //! The SQLite backend: one file, WAL mode, migrations from `migrations/sqlite` applied on open.
+//! Changes are logged in `key_changes` so that other processes on the same file can follow.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, Status, Timestamp};
-use serde_json::{Map, Value};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use tokio::sync::mpsc;
 
-use crate::{ListQuery, Page, StatusCounts, Store, StoreError};
+use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
+use crate::{Change, ListQuery, Page, StatusCounts, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// `SELECT <every column> FROM keys WHERE <condition>`, as one static string.
-macro_rules! select_where {
-    ($condition:literal) => {
-        concat!(
-            "SELECT id, name, start, hash, owner, scopes, metadata, created_at, expires_at, ",
-            "revoked_at, revoked_reason, enabled, last_used_at FROM keys WHERE ",
-            $condition
-        )
-    };
-}
+/// How often [`Store::watch`] looks for changes made by other processes.
+const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How long entries stay in the change log (a watcher further behind than this resyncs).
+const CHANGE_LOG_KEEP_MS: i64 = 10 * 60 * 1000;
 
 /// A [`Store`] in a SQLite file.
 #[derive(Debug, Clone)]
@@ -86,13 +80,13 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        let row = sqlx::query(select_where!("id = ?"))
+        let row: Row = sqlx::query_as(select_where!("id = ?"))
             .bind(id.as_str().to_owned())
             .fetch_optional(&mut *tx)
             .await
             .map_err(backend)?
             .ok_or(StoreError::NotFound)?;
-        let mut record = from_row(&row)?;
+        let mut record = KeyRecord::try_from(row)?;
         change(&mut record)?;
         sqlx::query(
             "UPDATE keys SET name = ?, owner = ?, scopes = ?, metadata = ?, expires_at = ?, \
@@ -110,14 +104,37 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        log_change(&mut tx, &record.hash).await?;
         tx.commit().await.map_err(backend)?;
         Ok(record)
     }
 }
 
+/// Adds the change to `key_changes`, inside the caller's transaction.
+async fn log_change(tx: &mut Transaction<'_, Sqlite>, hash: &KeyHash) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO key_changes (hash, changed_at) VALUES (?, ?)")
+        .bind(hash.as_bytes().to_vec())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
         sqlx::query(
             "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
              expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
@@ -136,83 +153,44 @@ impl Store for SqliteStore {
         .bind(record.revoked_reason.clone())
         .bind(record.enabled)
         .bind(record.last_used_at.map(Timestamp::unix_ms))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| match e.as_database_error() {
             Some(db) if db.is_unique_violation() => StoreError::Duplicate,
             _ => backend(e),
         })?;
-        Ok(())
+        // A new key must drop "no such key" answers other processes may have cached.
+        log_change(&mut tx, &record.hash).await?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        sqlx::query(select_where!("id = ?"))
+        let row: Option<Row> = sqlx::query_as(select_where!("id = ?"))
             .bind(id.as_str().to_owned())
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?
-            .map(|row| from_row(&row))
-            .transpose()
+            .map_err(backend)?;
+        row.map(KeyRecord::try_from).transpose()
     }
 
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        sqlx::query(select_where!("hash = ?"))
+        let row: Option<Row> = sqlx::query_as(select_where!("hash = ?"))
             .bind(hash.as_bytes().to_vec())
             .fetch_optional(&self.pool)
             .await
-            .map_err(backend)?
-            .map(|row| from_row(&row))
-            .transpose()
+            .map_err(backend)?;
+        row.map(KeyRecord::try_from).transpose()
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let cursor = query.cursor_id()?;
-        let size = query.page_size();
-        let now = query.now.unix_ms();
-        let mut sql = QueryBuilder::<Sqlite>::new(select_where!("1 = 1"));
-        if let Some(owner) = &query.owner {
-            sql.push(" AND owner = ").push_bind(owner.clone());
-        }
-        if let Some(text) = &query.name_contains {
-            sql.push(" AND name LIKE ")
-                .push_bind(format!("%{}%", escape_like(text)))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(cursor) = cursor {
-            sql.push(" AND id < ").push_bind(cursor.as_str().to_owned());
-        }
-        // The same precedence as `KeyRecord::status`: revoked, expired, disabled, active.
-        match query.status {
-            None => {}
-            Some(Status::Revoked) => {
-                sql.push(" AND revoked_at IS NOT NULL");
-            }
-            Some(Status::Expired) => {
-                sql.push(" AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ")
-                    .push_bind(now);
-            }
-            Some(Status::Disabled) => {
-                sql.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
-                    .push_bind(now)
-                    .push(") AND enabled = 0");
-            }
-            Some(Status::Active) => {
-                sql.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
-                    .push_bind(now)
-                    .push(") AND enabled = 1");
-            }
-        }
-        sql.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(size) + 1);
-        let rows = sql.build().fetch_all(&self.pool).await.map_err(backend)?;
-        let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > size as usize {
-            items.truncate(size as usize);
-            items.last().map(|r| r.id.as_str().to_owned())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        let mut sql = sql::list_query::<Sqlite>(query, cursor.as_ref(), "LIKE");
+        let rows: Vec<Row> = sql
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(sql::page(sql::records(rows)?, query.page_size()))
     }
 
     async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError> {
@@ -254,31 +232,22 @@ impl Store for SqliteStore {
     }
 
     async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError> {
-        // The same precedence as `KeyRecord::status`: revoked, expired, disabled, active.
-        let row = sqlx::query(
-            "SELECT \
-               COALESCE(SUM(revoked_at IS NOT NULL), 0) AS revoked, \
-               COALESCE(SUM(revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1), 0) AS expired, \
-               COALESCE(SUM(revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) AND enabled = 0), 0) AS disabled, \
-               COALESCE(SUM(revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1) AND enabled = 1), 0) AS active \
-             FROM keys",
-        )
-        .bind(now.unix_ms())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        let count = |name: &str| -> Result<u64, StoreError> {
-            let n: i64 = row
-                .try_get(name)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        };
-        Ok(StatusCounts {
-            active: count("active")?,
-            disabled: count("disabled")?,
-            expired: count("expired")?,
-            revoked: count("revoked")?,
-        })
+        let counts: sql::Counts = sqlx::query_as(count_by_status_sql!("?1"))
+            .bind(now.unix_ms())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(counts.into())
+    }
+
+    async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {
+        let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(follow_changes(self.pool.clone(), start, tx));
+        Ok(rx)
     }
 
     async fn close(&self) {
@@ -295,62 +264,47 @@ impl Store for SqliteStore {
     }
 }
 
+/// Polls `key_changes` for rows after `seen` and sends their hashes, until the receiver is
+/// dropped or the pool closes. Also trims the log now and then.
+async fn follow_changes(pool: SqlitePool, mut seen: i64, tx: mpsc::Sender<Change>) {
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut polls: u64 = 0;
+    loop {
+        tick.tick().await;
+        if tx.is_closed() || pool.is_closed() {
+            return;
+        }
+        polls += 1;
+        let rows: Result<Vec<(i64, Vec<u8>)>, _> =
+            sqlx::query_as("SELECT seq, hash FROM key_changes WHERE seq > ? ORDER BY seq")
+                .bind(seen)
+                .fetch_all(&pool)
+                .await;
+        let Ok(rows) = rows else { continue };
+        if let Some(&(first, _)) = rows.first() {
+            // A gap means the log was trimmed past what we saw: start over.
+            if first > seen + 1 && seen > 0 && tx.send(Change::Everything).await.is_err() {
+                return;
+            }
+        }
+        for (seq, hash) in rows {
+            seen = seq;
+            if let Some(hash) = KeyHash::from_slice(&hash)
+                && tx.send(Change::Key(hash)).await.is_err()
+            {
+                return;
+            }
+        }
+        if polls.is_multiple_of(300) {
+            let _ = sqlx::query("DELETE FROM key_changes WHERE changed_at < ?")
+                .bind(now_ms() - CHANGE_LOG_KEEP_MS)
+                .execute(&pool)
+                .await;
+        }
+    }
+}
+
 fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
-    serde_json::to_string(value).expect("scopes and metadata always serialize")
-}
-
-fn escape_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-    let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-    let time = |ms: i64| {
-        Timestamp::from_unix_ms(ms).ok_or_else(|| StoreError::Corrupt("time out of range".into()))
-    };
-    let id: String = row.try_get("id").map_err(get)?;
-    let hash: Vec<u8> = row.try_get("hash").map_err(get)?;
-    let scopes: String = row.try_get("scopes").map_err(get)?;
-    let metadata: String = row.try_get("metadata").map_err(get)?;
-    Ok(KeyRecord {
-        id: KeyId::parse(&id).ok_or_else(|| StoreError::Corrupt("bad key id".into()))?,
-        name: row.try_get("name").map_err(get)?,
-        start: row.try_get("start").map_err(get)?,
-        hash: KeyHash::from_slice(&hash)
-            .ok_or_else(|| StoreError::Corrupt("hash is not 32 bytes".into()))?,
-        owner: row.try_get("owner").map_err(get)?,
-        scopes: serde_json::from_str::<Vec<String>>(&scopes)
-            .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?,
-        metadata: serde_json::from_str::<Map<String, Value>>(&metadata)
-            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
-        created_at: time(row.try_get("created_at").map_err(get)?)?,
-        expires_at: row
-            .try_get::<Option<i64>, _>("expires_at")
-            .map_err(get)?
-            .map(time)
-            .transpose()?,
-        revoked_at: row
-            .try_get::<Option<i64>, _>("revoked_at")
-            .map_err(get)?
-            .map(time)
-            .transpose()?,
-        revoked_reason: row.try_get("revoked_reason").map_err(get)?,
-        enabled: row.try_get("enabled").map_err(get)?,
-        last_used_at: row
-            .try_get::<Option<i64>, _>("last_used_at")
-            .map_err(get)?
-            .map(time)
-            .transpose()?,
-    })
 }

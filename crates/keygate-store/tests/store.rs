@@ -4,16 +4,39 @@
 use std::sync::Arc;
 
 use keygate_core::{KeySpec, Prefix, issue};
-use keygate_store::{ListQuery, SqliteStore, Store, StoreError, conformance::now, open};
+use keygate_store::{
+    ListQuery, PostgresStore, SqliteStore, Store, StoreError, conformance::now, open,
+};
 
-async fn fresh() -> Arc<dyn Store> {
+async fn fresh() -> Option<Arc<dyn Store>> {
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let url = format!("sqlite://{}", dir.join("keys.db").display());
-    Arc::new(SqliteStore::connect(&url).await.expect("open"))
+    Some(Arc::new(SqliteStore::connect(&url).await.expect("open")))
 }
 
 mod sqlite_conformance {
     keygate_store::conformance_suite!(super::fresh);
+}
+
+/// A fresh schema in the PostgreSQL named by `KEYGATE_TEST_POSTGRES` (`.ci/run` sets it), so
+/// that parallel tests and runs never share tables; `None` (the case is skipped, and says so)
+/// when the variable is not set.
+async fn fresh_postgres() -> Option<Arc<dyn Store>> {
+    let Ok(base) = std::env::var("KEYGATE_TEST_POSTGRES") else {
+        return None;
+    };
+    let schema = keygate_store::test_schema(&base).await;
+    let url = keygate_store::with_search_path(&base, &schema);
+    Some(Arc::new(
+        PostgresStore::connect(&url)
+            .await
+            .expect("connect to PostgreSQL"),
+    ))
+}
+
+mod postgres_conformance {
+    keygate_store::conformance_suite!(super::fresh_postgres;
+        #[cfg_attr(not(keygate_test_postgres), ignore = "set KEYGATE_TEST_POSTGRES=postgres://USER@HOST:PORT/DB to run")]);
 }
 
 #[tokio::test]
@@ -49,7 +72,7 @@ async fn creates_the_file_in_wal_mode_and_reopens_without_remigrating() {
         .fetch_one(again.pool())
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
 }
 
 #[tokio::test]
@@ -125,9 +148,9 @@ async fn open_picks_a_backend_or_says_why_not() {
         ("", "empty"),
         (
             "mysql://localhost/db",
-            "unsupported database URL scheme `mysql`",
+            "unsupported database URL scheme `mysql`; use sqlite://PATH or postgres://...",
         ),
-        ("postgres://localhost/db", "PostgreSQL"),
+        ("postgres://x y z/?", "invalid PostgreSQL URL"),
     ] {
         match open(url).await {
             Err(StoreError::Config(msg)) => assert!(msg.contains(expect), "{url}: {msg}"),
@@ -150,4 +173,37 @@ async fn open_picks_a_backend_or_says_why_not() {
         vec![b'x'; 8192],
         "nothing written"
     );
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_file_sees_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let server = SqliteStore::connect(&url).await.unwrap();
+    let cli = SqliteStore::connect(&url).await.unwrap();
+    let mut changes = server.watch().await.unwrap();
+    let (r, _) = issue(
+        KeySpec {
+            name: "k".into(),
+            ..KeySpec::default()
+        },
+        &Prefix::default(),
+        now(),
+    )
+    .unwrap();
+    cli.create(&r).await.unwrap();
+    cli.revoke(&r.id, now(), None).await.unwrap();
+    for _ in 0..2 {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(2), changes.recv()).await;
+        assert_eq!(got.unwrap(), Some(keygate_store::Change::Key(r.hash)));
+    }
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_a_backend_error() {
+    // A closed port: nothing listens on port 1.
+    match open("postgres://keygate@127.0.0.1:1/keygate").await {
+        Err(StoreError::Backend(msg)) => assert!(msg.contains("cannot connect"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
 }

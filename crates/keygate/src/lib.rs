@@ -28,12 +28,14 @@
 //! [`Keygate`] also issues, lists, updates and revokes keys; every rule it applies lives in
 //! [`keygate_core`], and every byte it stores goes through a [`store::Store`].
 
+pub mod cache;
 pub mod credentials;
 mod extract;
 pub mod layer;
 pub mod problem;
 pub mod verifier;
 
+pub use cache::{CacheConfig, CacheStats};
 pub use credentials::CredentialSource;
 pub use keygate_core as core;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};

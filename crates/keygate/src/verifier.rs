@@ -1,8 +1,10 @@
 //! [`Keygate`]: the verifier and key manager over a [`Store`] and a [`Clock`].
 //!
-//! Verify path: parse (length, alphabet, prefix, checksum) → SHA-256 → store lookup by hash →
-//! constant-time hash check → [`decide`]. Garbage is refused before any lookup. A successful
-//! verification does not write: last-used times are kept in memory and written in batches.
+//! Verify path: parse (length, alphabet, prefix, checksum) → SHA-256 → cache → store lookup by
+//! hash → constant-time hash check → [`decide`]. Garbage is refused before any lookup. A
+//! successful verification does not write: last-used times are kept in memory and written in
+//! batches. Every change made through [`Keygate`] drops the key from this process's cache at
+//! once; changes from other processes arrive through the store's change feed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +12,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use keygate_core::{
-    Clock, KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix, Timestamp, decide,
-    issue, parse, scope::first_missing,
+    Clock, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix, Timestamp,
+    decide, issue, parse, scope::first_missing,
 };
-use keygate_store::{ListQuery, Page, Store, StoreError};
+use keygate_store::{Change, ListQuery, Page, Store, StoreError};
+
+use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -93,6 +97,7 @@ struct Inner {
     usage: Mutex<HashMap<KeyId, Timestamp>>,
     /// Verifications by outcome, indexed like `Outcome::ALL`.
     counts: [AtomicU64; Outcome::ALL.len()],
+    cache: Option<Cache>,
 }
 
 /// Builds a [`Keygate`]: `Keygate::builder(store).prefix(..).clock(..).build()`.
@@ -102,9 +107,17 @@ pub struct KeygateBuilder {
     clock: Arc<dyn Clock>,
     prefix: Prefix,
     usage_flush: Option<Duration>,
+    cache: Option<CacheConfig>,
 }
 
 impl KeygateBuilder {
+    /// The verification cache (default: [`CacheConfig::default`]); `None` turns it off, so
+    /// every verification asks the store (one-shot tools such as the CLI).
+    pub fn cache(mut self, cache: Option<CacheConfig>) -> Self {
+        self.cache = cache;
+        self
+    }
+
     /// The prefix of keys this instance issues (default `kg`). Keys of any well-formed prefix
     /// still verify, so changing it does not break keys already handed out.
     pub fn prefix(mut self, prefix: Prefix) -> Self {
@@ -135,13 +148,60 @@ impl KeygateBuilder {
                 prefix: self.prefix,
                 usage: Mutex::new(HashMap::new()),
                 counts: Default::default(),
+                cache: self.cache.map(Cache::new),
             }),
         };
-        if let (Some(every), Ok(handle)) = (self.usage_flush, tokio::runtime::Handle::try_current())
-        {
-            handle.spawn(flush_loop(Arc::downgrade(&keygate.inner), every));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            if let Some(every) = self.usage_flush {
+                handle.spawn(flush_loop(Arc::downgrade(&keygate.inner), every));
+            }
+            if keygate.inner.cache.is_some() {
+                let store = keygate.inner.store.clone();
+                handle.spawn(follow_changes(Arc::downgrade(&keygate.inner), store));
+            }
         }
         keygate
+    }
+}
+
+/// Applies the store's change feed to the cache for as long as the [`Keygate`] lives. If the
+/// feed cannot be had (the database is away), retries every second, and clears the cache on
+/// each (re)subscription since changes may have been missed.
+async fn follow_changes(inner: Weak<Inner>, store: Arc<dyn Store>) {
+    loop {
+        let mut changes = loop {
+            match store.watch().await {
+                Ok(rx) => break rx,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow key changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if inner.strong_count() == 0 {
+                        return;
+                    }
+                }
+            }
+        };
+        match inner.upgrade() {
+            Some(inner) => clear(&inner),
+            None => return,
+        }
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(1), changes.recv()).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let Some(cache) = &inner.cache else { return };
+            match next {
+                Ok(Some(Change::Key(hash))) => cache.invalidate(&hash),
+                Ok(Some(Change::Everything)) => cache.clear(),
+                Ok(None) => break, // the feed ended: subscribe again
+                Err(_) => {}       // quiet second: just check we are still wanted
+            }
+        }
+    }
+}
+
+fn clear(inner: &Inner) {
+    if let Some(cache) = &inner.cache {
+        cache.clear();
     }
 }
 
@@ -167,6 +227,7 @@ impl Keygate {
             clock: Arc::new(SystemClock),
             prefix: Prefix::default(),
             usage_flush: Some(Duration::from_secs(10)),
+            cache: Some(CacheConfig::default()),
         }
     }
 
@@ -204,7 +265,7 @@ impl Keygate {
             Err(e) => return Ok(self.refused(Outcome::Malformed, e.reason())),
         };
         let hash = parsed.hash();
-        let Some(record) = self.inner.store.find_by_hash(&hash).await? else {
+        let Some(record) = self.lookup(hash).await? else {
             return Ok(self.refused(Outcome::NotFound, "no such API key"));
         };
         if !record.hash.ct_eq(&hash) {
@@ -230,9 +291,35 @@ impl Keygate {
         self.count(outcome);
         Ok(Verification {
             outcome,
-            key: Some(ApiKey::from(&record)),
+            key: Some(ApiKey::from(&*record)),
             detail,
         })
+    }
+
+    /// The record with this hash: from the cache, else from the store (and then cached).
+    async fn lookup(&self, hash: KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let Some(cache) = &self.inner.cache else {
+            return Ok(self.inner.store.find_by_hash(&hash).await?.map(Arc::new));
+        };
+        if let Lookup::Hit(record) = cache.get(&hash) {
+            return Ok(record);
+        }
+        let epoch = cache.epoch();
+        let record = self.inner.store.find_by_hash(&hash).await?.map(Arc::new);
+        cache.insert(hash, record.clone(), epoch);
+        Ok(record)
+    }
+
+    /// Drops a key from this process's cache (after a change made here).
+    fn forget(&self, hash: &KeyHash) {
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate(hash);
+        }
+    }
+
+    /// Cache counters; `None` when the cache is off.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.inner.cache.as_ref().map(Cache::stats)
     }
 
     fn refused(&self, outcome: Outcome, detail: &str) -> Verification {
@@ -298,6 +385,7 @@ impl Keygate {
     pub async fn issue(&self, spec: KeySpec) -> Result<(KeyRecord, PlainKey), StoreError> {
         let (record, key) = issue(spec, &self.inner.prefix, self.now())?;
         self.inner.store.create(&record).await?;
+        self.forget(&record.hash);
         tracing::info!(key_id = %record.id, "issued API key");
         Ok((record, key))
     }
@@ -316,6 +404,7 @@ impl Keygate {
     /// Changes a key's editable fields.
     pub async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError> {
         let record = self.inner.store.update(id, patch).await?;
+        self.forget(&record.hash);
         tracing::info!(key_id = %id, "updated API key");
         Ok(record)
     }
@@ -327,6 +416,7 @@ impl Keygate {
         reason: Option<String>,
     ) -> Result<KeyRecord, StoreError> {
         let record = self.inner.store.revoke(id, self.now(), reason).await?;
+        self.forget(&record.hash);
         tracing::info!(key_id = %id, "revoked API key");
         Ok(record)
     }

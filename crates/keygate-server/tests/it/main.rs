@@ -2,6 +2,7 @@
 //! `keygate serve` started as a real process on port 0 with a temp SQLite file.
 
 mod cli;
+mod nodes;
 mod openapi_check;
 mod serve;
 mod support;

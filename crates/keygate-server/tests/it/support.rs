@@ -22,10 +22,15 @@ impl Server {
     /// Starts `keygate serve --listen 127.0.0.1:0 --database <db> <args>` and waits until it
     /// listens.
     pub fn start(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_url(&format!("sqlite://{}", db.display()), args, env)
+    }
+
+    /// Starts `keygate serve` on any database URL.
+    pub fn start_url(database: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0"])
-            .args(["--database", &format!("sqlite://{}", db.display())])
+            .args(["--database", database])
             .args(args)
             .env_remove("KEYGATE_DATABASE")
             .env_remove("KEYGATE_LISTEN")

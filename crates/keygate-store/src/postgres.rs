@@ -1,0 +1,268 @@
+//! The PostgreSQL backend: many keygate nodes on one database. Migrations from
+//! `migrations/postgres` are applied on open; every change to a key sends a `NOTIFY` on
+//! [`CHANNEL`] in the same transaction, which [`Store::watch`] turns into cache invalidations
+//! on every node.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::mpsc;
+
+use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
+use crate::{Change, ListQuery, Page, StatusCounts, Store, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The notification channel; the payload is the changed key's hash in hex.
+pub const CHANNEL: &str = "keygate_key_changes";
+
+/// A [`Store`] in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`, with any libpq-style
+    /// parameters sqlx accepts, e.g. `?options=-csearch_path%3Dkeygate`) and applies pending
+    /// migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?;
+        MIGRATOR.run(&pool).await.map_err(|e| {
+            StoreError::Backend(format!("cannot migrate the PostgreSQL database: {e}"))
+        })?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn modify(
+        &self,
+        id: &KeyId,
+        change: impl FnOnce(&mut KeyRecord) -> Result<(), StoreError> + Send,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // FOR UPDATE: concurrent changes to one key queue up instead of overwriting each other.
+        let row: Row = sqlx::query_as(select_where!("id = $1 FOR UPDATE"))
+            .bind(id.as_str().to_owned())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
+        let mut record = KeyRecord::try_from(row)?;
+        change(&mut record)?;
+        sqlx::query(
+            "UPDATE keys SET name = $1, owner = $2, scopes = $3, metadata = $4, expires_at = $5, \
+             revoked_at = $6, revoked_reason = $7, enabled = $8 WHERE id = $9",
+        )
+        .bind(record.name.clone())
+        .bind(record.owner.clone())
+        .bind(to_json(&record.scopes))
+        .bind(to_json(&record.metadata))
+        .bind(record.expires_at.map(Timestamp::unix_ms))
+        .bind(record.revoked_at.map(Timestamp::unix_ms))
+        .bind(record.revoked_reason.clone())
+        .bind(record.enabled)
+        .bind(record.id.as_str().to_owned())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        notify(&mut tx, &record.hash).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(record)
+    }
+}
+
+/// Queues the change notification; PostgreSQL delivers it when the transaction commits.
+async fn notify(tx: &mut Transaction<'_, Postgres>, hash: &KeyHash) -> Result<(), StoreError> {
+    let hex: String = hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(hex)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
+             expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(record.id.as_str().to_owned())
+        .bind(record.name.clone())
+        .bind(record.start.clone())
+        .bind(record.hash.as_bytes().to_vec())
+        .bind(record.owner.clone())
+        .bind(to_json(&record.scopes))
+        .bind(to_json(&record.metadata))
+        .bind(record.created_at.unix_ms())
+        .bind(record.expires_at.map(Timestamp::unix_ms))
+        .bind(record.revoked_at.map(Timestamp::unix_ms))
+        .bind(record.revoked_reason.clone())
+        .bind(record.enabled)
+        .bind(record.last_used_at.map(Timestamp::unix_ms))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(db) if db.is_unique_violation() => StoreError::Duplicate,
+            _ => backend(e),
+        })?;
+        // A new key must drop "no such key" answers other nodes may have cached.
+        notify(&mut tx, &record.hash).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let row: Option<Row> = sqlx::query_as(select_where!("id = $1"))
+            .bind(id.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        let row: Option<Row> = sqlx::query_as(select_where!("hash = $1"))
+            .bind(hash.as_bytes().to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let cursor = query.cursor_id()?;
+        let mut sql = sql::list_query::<Postgres>(query, cursor.as_ref(), "ILIKE");
+        let rows: Vec<Row> = sql
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(sql::page(sql::records(rows)?, query.page_size()))
+    }
+
+    async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError> {
+        self.modify(id, |record| Ok(patch.apply(record)?)).await
+    }
+
+    async fn revoke(
+        &self,
+        id: &KeyId,
+        at: Timestamp,
+        reason: Option<String>,
+    ) -> Result<KeyRecord, StoreError> {
+        self.modify(id, |record| Ok(record.revoke(at, reason)?))
+            .await
+    }
+
+    async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = usage.iter().map(|(id, _)| id.as_str().to_owned()).collect();
+        let times: Vec<i64> = usage.iter().map(|(_, at)| at.unix_ms()).collect();
+        // One statement for the whole batch.
+        sqlx::query(
+            "UPDATE keys AS k SET last_used_at = u.at \
+             FROM UNNEST($1::text[], $2::bigint[]) AS u(id, at) \
+             WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+        )
+        .bind(ids)
+        .bind(times)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(backend)
+    }
+
+    async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError> {
+        let counts: sql::Counts = sqlx::query_as(count_by_status_sql!("$1"))
+            .bind(now.unix_ms())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(counts.into())
+    }
+
+    async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(backend)?;
+        listener.listen(CHANNEL).await.map_err(backend)?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(follow_notifications(listener, tx));
+        Ok(rx)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+}
+
+/// Turns notifications into [`Change`]s. A lost connection may have lost notifications, so it
+/// sends [`Change::Everything`]; the listener reconnects and resubscribes by itself.
+async fn follow_notifications(mut listener: PgListener, tx: mpsc::Sender<Change>) {
+    loop {
+        let change = tokio::select! {
+            () = tx.closed() => return,
+            next = listener.try_recv() => match next {
+                Ok(Some(n)) => parse_hex(n.payload()).map(Change::Key),
+                Ok(None) => Some(Change::Everything),
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(_) => {
+                    // The database is away: say so, and try again shortly.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Some(Change::Everything)
+                }
+            },
+        };
+        if let Some(change) = change
+            && tx.send(change).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn parse_hex(text: &str) -> Option<KeyHash> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(KeyHash::from_bytes(bytes))
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}

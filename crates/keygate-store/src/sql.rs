@@ -1,0 +1,197 @@
+//! What the SQL backends share: the row shape, its conversion to a [`KeyRecord`], and the
+//! list query (filters, status precedence, cursor), built once for any sqlx database.
+
+use keygate_core::{KeyHash, KeyId, KeyRecord, Status, Timestamp};
+use serde_json::{Map, Value};
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
+use crate::{ListQuery, StoreError};
+
+/// `SELECT <every column> FROM keys WHERE <condition>`, as one static string.
+macro_rules! select_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, name, start, hash, owner, scopes, metadata, created_at, expires_at, ",
+            "revoked_at, revoked_reason, enabled, last_used_at FROM keys WHERE ",
+            $condition
+        )
+    };
+}
+pub(crate) use select_where;
+
+/// A `keys` row as the database returns it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Row {
+    id: String,
+    name: String,
+    start: String,
+    hash: Vec<u8>,
+    owner: Option<String>,
+    scopes: String,
+    metadata: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    revoked_reason: Option<String>,
+    enabled: bool,
+    last_used_at: Option<i64>,
+}
+
+impl TryFrom<Row> for KeyRecord {
+    type Error = StoreError;
+
+    fn try_from(row: Row) -> Result<Self, StoreError> {
+        let time = |ms: i64| {
+            Timestamp::from_unix_ms(ms)
+                .ok_or_else(|| StoreError::Corrupt("time out of range".into()))
+        };
+        Ok(KeyRecord {
+            id: KeyId::parse(&row.id).ok_or_else(|| StoreError::Corrupt("bad key id".into()))?,
+            name: row.name,
+            start: row.start,
+            hash: KeyHash::from_slice(&row.hash)
+                .ok_or_else(|| StoreError::Corrupt("hash is not 32 bytes".into()))?,
+            owner: row.owner,
+            scopes: serde_json::from_str::<Vec<String>>(&row.scopes)
+                .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?,
+            metadata: serde_json::from_str::<Map<String, Value>>(&row.metadata)
+                .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
+            created_at: time(row.created_at)?,
+            expires_at: row.expires_at.map(time).transpose()?,
+            revoked_at: row.revoked_at.map(time).transpose()?,
+            revoked_reason: row.revoked_reason,
+            enabled: row.enabled,
+            last_used_at: row.last_used_at.map(time).transpose()?,
+        })
+    }
+}
+
+/// Rows to records, failing on the first corrupt one.
+pub(crate) fn records(rows: Vec<Row>) -> Result<Vec<KeyRecord>, StoreError> {
+    rows.into_iter().map(KeyRecord::try_from).collect()
+}
+
+/// JSON text of scopes or metadata.
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("scopes and metadata always serialize")
+}
+
+/// `text` as a LIKE pattern matching it anywhere, with `\` as the escape character.
+fn contains_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// The list query: filters, the status predicate with core's precedence (revoked, expired,
+/// disabled, active), the cursor, newest first, one row more than the page to tell whether
+/// another page follows. `like` is the case-insensitive match operator (`LIKE` on SQLite,
+/// `ILIKE` on PostgreSQL).
+pub(crate) fn list_query<DB>(
+    query: &ListQuery,
+    cursor: Option<&KeyId>,
+    like: &str,
+) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let now = query.now.unix_ms();
+    let mut sql = QueryBuilder::<DB>::new(select_where!("1 = 1"));
+    if let Some(owner) = &query.owner {
+        sql.push(" AND owner = ").push_bind(owner.clone());
+    }
+    if let Some(text) = &query.name_contains {
+        sql.push(format!(" AND name {like} "))
+            .push_bind(contains_pattern(text))
+            .push(" ESCAPE '\\'");
+    }
+    if let Some(cursor) = cursor {
+        sql.push(" AND id < ").push_bind(cursor.as_str().to_owned());
+    }
+    match query.status {
+        None => {}
+        Some(Status::Revoked) => {
+            sql.push(" AND revoked_at IS NOT NULL");
+        }
+        Some(Status::Expired) => {
+            sql.push(" AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ")
+                .push_bind(now);
+        }
+        Some(status @ (Status::Disabled | Status::Active)) => {
+            sql.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
+                .push_bind(now)
+                .push(if status == Status::Active {
+                    ") AND enabled = TRUE"
+                } else {
+                    ") AND enabled = FALSE"
+                });
+        }
+    }
+    sql.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(query.page_size()) + 1);
+    sql
+}
+
+/// Cuts the extra row off and turns it into the next cursor.
+pub(crate) fn page(mut items: Vec<KeyRecord>, size: u32) -> crate::Page {
+    let size = size as usize;
+    let next_cursor = if items.len() > size {
+        items.truncate(size);
+        items.last().map(|r| r.id.as_str().to_owned())
+    } else {
+        None
+    };
+    crate::Page { items, next_cursor }
+}
+
+/// `count_by_status` columns, with core's precedence; `$now` is the time, bound once.
+macro_rules! count_by_status_sql {
+    ($now:literal) => {
+        concat!(
+            "SELECT ",
+            "COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS revoked, ",
+            "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ",
+            $now,
+            " THEN 1 ELSE 0 END), 0) AS expired, ",
+            "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ",
+            $now,
+            ") AND enabled = FALSE THEN 1 ELSE 0 END), 0) AS disabled, ",
+            "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ",
+            $now,
+            ") AND enabled = TRUE THEN 1 ELSE 0 END), 0) AS active ",
+            "FROM keys"
+        )
+    };
+}
+pub(crate) use count_by_status_sql;
+
+/// The four counts as the query returns them.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Counts {
+    active: i64,
+    disabled: i64,
+    expired: i64,
+    revoked: i64,
+}
+
+impl From<Counts> for crate::StatusCounts {
+    fn from(c: Counts) -> Self {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Self {
+            active: n(c.active),
+            disabled: n(c.disabled),
+            expired: n(c.expired),
+            revoked: n(c.revoked),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The verification cache: stored records (and "no such key" answers) by key hash, so that a
+//! hit costs no database round trip.
+//!
+//! - Records are cached, not decisions: expiry and scopes are decided afresh on every hit.
+//! - Bounded: at most `capacity` records and `capacity / 4` negative entries (a flood of
+//!   made-up keys cannot push real keys out); full maps drop expired entries, then a tenth.
+//! - Every change invalidates: locally at once, and from other processes through the store's
+//!   change feed ([`Store::watch`](keygate_store::Store::watch)); the TTL bounds staleness if
+//!   a change notice is ever lost.
+//! - An epoch counter makes "fetch then insert" safe against an invalidation that lands while
+//!   the fetch is in flight: the stale result is not inserted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use keygate_core::{KeyHash, KeyRecord};
+
+/// How the verification cache behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// How long a stored record is trusted without a change notice (the safety net).
+    pub ttl: Duration,
+    /// How long "no such key" is trusted.
+    pub negative_ttl: Duration,
+    /// Most records kept (negative entries: a quarter of this).
+    pub capacity: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(10),
+            capacity: 100_000,
+        }
+    }
+}
+
+/// What the cache knows about a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Known: the record, or `None` for "no such key".
+    Hit(Option<Arc<KeyRecord>>),
+    /// Not known (or too old): ask the store.
+    Miss,
+}
+
+#[derive(Debug)]
+pub(crate) struct Cache {
+    config: CacheConfig,
+    maps: RwLock<Maps>,
+    epoch: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    found: HashMap<KeyHash, (Arc<KeyRecord>, Instant)>,
+    absent: HashMap<KeyHash, Instant>,
+}
+
+impl Cache {
+    pub(crate) fn new(config: CacheConfig) -> Self {
+        Self {
+            config,
+            maps: RwLock::new(Maps::default()),
+            epoch: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn get(&self, hash: &KeyHash) -> Lookup {
+        let now = Instant::now();
+        let lookup = {
+            let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((record, at)) = maps.found.get(hash) {
+                if now.duration_since(*at) < self.config.ttl {
+                    Lookup::Hit(Some(record.clone()))
+                } else {
+                    Lookup::Miss
+                }
+            } else if let Some(at) = maps.absent.get(hash) {
+                if now.duration_since(*at) < self.config.negative_ttl {
+                    Lookup::Hit(None)
+                } else {
+                    Lookup::Miss
+                }
+            } else {
+                Lookup::Miss
+            }
+        };
+        let counter = if lookup == Lookup::Miss {
+            &self.misses
+        } else {
+            &self.hits
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        lookup
+    }
+
+    /// The current epoch: read it before asking the store, pass it to [`Cache::insert`].
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Caches what the store said, unless something was invalidated since `epoch`.
+    pub(crate) fn insert(&self, hash: KeyHash, record: Option<Arc<KeyRecord>>, epoch: u64) {
+        let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+        // Checked under the write lock: invalidations bump the epoch under it too.
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        let now = Instant::now();
+        match record {
+            Some(record) => {
+                if maps.found.len() >= self.config.capacity {
+                    let ttl = self.config.ttl;
+                    make_room(&mut maps.found, self.config.capacity, |(_, at)| {
+                        now.duration_since(*at) < ttl
+                    });
+                }
+                maps.absent.remove(&hash);
+                maps.found.insert(hash, (record, now));
+            }
+            None => {
+                let capacity = (self.config.capacity / 4).max(1);
+                if maps.absent.len() >= capacity {
+                    let ttl = self.config.negative_ttl;
+                    make_room(&mut maps.absent, capacity, |at| {
+                        now.duration_since(*at) < ttl
+                    });
+                }
+                maps.found.remove(&hash);
+                maps.absent.insert(hash, now);
+            }
+        }
+    }
+
+    /// Forgets one key.
+    pub(crate) fn invalidate(&self, hash: &KeyHash) {
+        let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        maps.found.remove(hash);
+        maps.absent.remove(hash);
+    }
+
+    /// Forgets everything.
+    pub(crate) fn clear(&self) {
+        let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        maps.found.clear();
+        maps.absent.clear();
+    }
+
+    /// (hits, misses, records cached, negative entries cached).
+    pub(crate) fn stats(&self) -> CacheStats {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            records: maps.found.len(),
+            negatives: maps.absent.len(),
+        }
+    }
+}
+
+/// Cache counters, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that went to the store.
+    pub misses: u64,
+    /// Records held.
+    pub records: usize,
+    /// "No such key" answers held.
+    pub negatives: usize,
+}
+
+/// Drops entries that are no longer fresh; if that frees less than a tenth, drops a tenth.
+fn make_room<V>(map: &mut HashMap<KeyHash, V>, capacity: usize, fresh: impl Fn(&V) -> bool) {
+    map.retain(|_, v| fresh(v));
+    let target = capacity - capacity / 10;
+    if map.len() > target {
+        let excess = map.len() - target;
+        let doomed: Vec<KeyHash> = map.keys().take(excess).copied().collect();
+        for hash in doomed {
+            map.remove(&hash);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::{KeySpec, Prefix, Timestamp, issue};
+
+    fn record() -> Arc<KeyRecord> {
+        let spec = KeySpec {
+            name: "k".into(),
+            ..KeySpec::default()
+        };
+        Arc::new(
+            issue(
+                spec,
+                &Prefix::default(),
+                Timestamp::from_unix_ms(0).unwrap(),
+            )
+            .unwrap()
+            .0,
+        )
+    }
+
+    fn config(capacity: usize) -> CacheConfig {
+        CacheConfig {
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            capacity,
+        }
+    }
+
+    #[test]
+    fn hits_misses_and_invalidation() {
+        let cache = Cache::new(config(10));
+        let r = record();
+        assert_eq!(cache.get(&r.hash), Lookup::Miss);
+        cache.insert(r.hash, Some(r.clone()), cache.epoch());
+        assert_eq!(cache.get(&r.hash), Lookup::Hit(Some(r.clone())));
+        cache.invalidate(&r.hash);
+        assert_eq!(cache.get(&r.hash), Lookup::Miss);
+        let unknown = KeyHash::of("nope");
+        cache.insert(unknown, None, cache.epoch());
+        assert_eq!(cache.get(&unknown), Lookup::Hit(None));
+        cache.clear();
+        assert_eq!(cache.get(&unknown), Lookup::Miss);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (2, 3));
+    }
+
+    #[test]
+    fn a_fetch_that_raced_an_invalidation_is_not_cached() {
+        let cache = Cache::new(config(10));
+        let r = record();
+        let epoch = cache.epoch();
+        cache.invalidate(&r.hash); // e.g. a revoke lands while the store answers
+        cache.insert(r.hash, Some(r.clone()), epoch);
+        assert_eq!(cache.get(&r.hash), Lookup::Miss);
+    }
+
+    #[test]
+    fn entries_expire() {
+        let cache = Cache::new(CacheConfig {
+            ttl: Duration::from_millis(30),
+            negative_ttl: Duration::from_millis(30),
+            capacity: 10,
+        });
+        let r = record();
+        cache.insert(r.hash, Some(r.clone()), cache.epoch());
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(cache.get(&r.hash), Lookup::Miss);
+    }
+
+    #[test]
+    fn bounded_and_negatives_cannot_crowd_out_records() {
+        let cache = Cache::new(config(100));
+        let kept = record();
+        cache.insert(kept.hash, Some(kept.clone()), cache.epoch());
+        for i in 0..10_000 {
+            cache.insert(KeyHash::of(&format!("junk {i}")), None, cache.epoch());
+        }
+        let stats = cache.stats();
+        assert!(stats.negatives <= 25, "{stats:?}");
+        assert_eq!(cache.get(&kept.hash), Lookup::Hit(Some(kept)));
+        for _ in 0..500 {
+            let r = record();
+            cache.insert(r.hash, Some(r), cache.epoch());
+        }
+        assert!(cache.stats().records <= 100);
+    }
+}
