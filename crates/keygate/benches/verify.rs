@@ -48,10 +48,11 @@ fn verify(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (keygate, key): (Keygate, PlainKey) = rt.block_on(async {
+    let (cached, uncached, key): (Keygate, Keygate, PlainKey) = rt.block_on(async {
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await.unwrap());
-        let keygate = Keygate::new(store);
+        let cached = Keygate::new(store.clone());
+        let uncached = Keygate::builder(store).cache(None).build();
         let mut last = None;
         for i in 0..10_000 {
             let spec = KeySpec {
@@ -59,25 +60,33 @@ fn verify(c: &mut Criterion) {
                 scopes: vec!["orders:read".into()],
                 ..KeySpec::default()
             };
-            last = Some(keygate.issue(spec).await.unwrap().1);
+            last = Some(uncached.issue(spec).await.unwrap().1);
         }
-        (keygate, last.unwrap())
+        (cached, uncached, last.unwrap())
     });
     let unknown = generate(&Prefix::default());
     let scopes = ["orders:read"];
 
     let mut g = c.benchmark_group("verify_sqlite_10k_keys");
-    g.bench_function("valid", |b| {
+    g.bench_function("valid_cache_hit", |b| {
         b.to_async(&rt)
-            .iter(|| async { keygate.verify(key.expose(), &scopes).await.unwrap() })
+            .iter(|| async { cached.verify(key.expose(), &scopes).await.unwrap() })
     });
-    g.bench_function("not_found", |b| {
+    g.bench_function("not_found_cache_hit", |b| {
         b.to_async(&rt)
-            .iter(|| async { keygate.verify(unknown.expose(), &scopes).await.unwrap() })
+            .iter(|| async { cached.verify(unknown.expose(), &scopes).await.unwrap() })
+    });
+    g.bench_function("valid_no_cache", |b| {
+        b.to_async(&rt)
+            .iter(|| async { uncached.verify(key.expose(), &scopes).await.unwrap() })
+    });
+    g.bench_function("not_found_no_cache", |b| {
+        b.to_async(&rt)
+            .iter(|| async { uncached.verify(unknown.expose(), &scopes).await.unwrap() })
     });
     g.bench_function("malformed", |b| {
         b.to_async(&rt).iter(|| async {
-            keygate
+            cached
                 .verify("kg_definitely_not_a_key", &scopes)
                 .await
                 .unwrap()
