@@ -189,7 +189,7 @@ async fn list(keygate: &Keygate, args: ListArgs, out: &mut impl Write) -> Result
         writeln!(out, "{text}")?;
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = records
+    let rows: Vec<[String; 8]> = records
         .iter()
         .map(|r| {
             [
@@ -200,11 +200,19 @@ async fn list(keygate: &Keygate, args: ListArgs, out: &mut impl Write) -> Result
                 r.status(now).to_string(),
                 scopes_text(&r.scopes),
                 time_text(r.expires_at),
+                time_text(r.last_used_at),
             ]
         })
         .collect();
     let header = [
-        "ID", "NAME", "START", "OWNER", "STATUS", "SCOPES", "EXPIRES",
+        "ID",
+        "NAME",
+        "START",
+        "OWNER",
+        "STATUS",
+        "SCOPES",
+        "EXPIRES",
+        "LAST USED",
     ]
     .map(String::from);
     let mut widths = header.clone().map(|h| h.chars().count());
@@ -264,6 +272,7 @@ fn scopes_text(scopes: &[String]) -> String {
     }
 }
 
+/// A time, or `never` (no expiry; never used).
 fn time_text(t: Option<Timestamp>) -> String {
     t.map_or_else(|| "never".into(), |t| t.to_string())
 }

@@ -302,6 +302,14 @@ fn a_database_outage_fails_closed_and_heals_without_a_restart() {
         let (status, _) = verify(&server, &admin, &unseen);
         assert_eq!(status, 503);
     }
+    // A write that cannot be made is reported as failed.
+    let r = server.json(
+        "POST",
+        "/v1/keys",
+        &admin,
+        &json!({"name": "during the outage"}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
 
     relay.restore();
     let start = Instant::now();
@@ -321,4 +329,12 @@ fn a_database_outage_fails_closed_and_heals_without_a_restart() {
     );
     assert_eq!(server.send("GET", "/readyz", None, None).status, 200);
     assert_eq!(code(&server, &admin, &known), "VALID");
+    let listed = server
+        .get("/v1/keys?q=during%20the%20outage", &admin)
+        .expect(200);
+    assert_eq!(
+        listed["items"],
+        json!([]),
+        "the failed create left nothing behind"
+    );
 }
