@@ -26,6 +26,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, RecordError, Status, Timestamp};
 
+#[cfg(feature = "bench")]
+pub mod bulk;
 pub mod conformance;
 mod postgres;
 mod sql;

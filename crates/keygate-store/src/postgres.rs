@@ -33,8 +33,11 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
+        // No ping before each use (it would double every lookup's round trips): a connection
+        // that broke fails its query, which is reported as a failure, and the pool replaces it.
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await

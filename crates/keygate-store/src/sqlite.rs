@@ -51,7 +51,10 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None)
         } else {
-            SqlitePoolOptions::new().max_connections(8)
+            // No ping before each use: a broken connection fails its query, which is reported.
+            SqlitePoolOptions::new()
+                .max_connections(8)
+                .test_before_acquire(false)
         };
         let pool = pool_options
             .connect_with(options)

@@ -1,22 +1,31 @@
-//! The verify path, piece by piece and whole, over a real SQLite file of 10,000 keys.
+//! The verify path, piece by piece and whole: key rules, rejections (with a count of store
+//! calls), cache hits, and cache misses against SQLite and PostgreSQL with 1 thousand and
+//! 1 million keys stored.
 //!
-//! `cargo bench -p keygate --bench verify`; results and method in docs/PERFORMANCE.md.
+//! `cargo bench -p keygate --bench verify`. PostgreSQL cases run when `KEYGATE_TEST_POSTGRES`
+//! names a server. The 1-million-key databases are kept between runs (SQLite under
+//! `target/bench-data/`, PostgreSQL in schema `kgbench_1m`), since filling takes 20–40 s.
+//! Results and method in docs/PERFORMANCE.md.
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use async_trait::async_trait;
 use criterion::{Criterion, criterion_group, criterion_main};
-use keygate::core::{KeyRecord, KeySpec, Prefix, Timestamp, decide, generate, issue, parse};
-use keygate::store::{SqliteStore, Store};
+use keygate::core::{
+    KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, Timestamp, decide, generate, issue, parse,
+};
+use keygate::store::{
+    Change, ListQuery, Page, PostgresStore, SqliteStore, StatusCounts, Store, StoreError, bulk,
+};
 use keygate::{Keygate, PlainKey};
 
 fn core(c: &mut Criterion) {
     let prefix = Prefix::default();
     let key = generate(&prefix);
     let text = key.expose().to_owned();
-    let mut typo = text.clone();
-    typo.pop();
-    typo.push('x');
     let now = Timestamp::from_unix_ms(1_800_000_000_000).unwrap();
     let spec = KeySpec {
         name: "bench".into(),
@@ -26,20 +35,137 @@ fn core(c: &mut Criterion) {
     let record: KeyRecord = issue(spec, &prefix, now).unwrap().0;
 
     let mut g = c.benchmark_group("core");
+    g.bench_function("generate", |b| b.iter(|| generate(black_box(&prefix))));
     g.bench_function("parse_valid", |b| {
         b.iter(|| parse(black_box(&text)).is_ok())
     });
-    g.bench_function("parse_bad_checksum", |b| {
-        b.iter(|| parse(black_box(&typo)).is_err())
-    });
+    g.bench_function("hash", |b| b.iter(|| KeyHash::of(black_box(&text))));
     g.bench_function("parse_and_hash", |b| {
         b.iter(|| parse(black_box(&text)).unwrap().hash())
     });
-    g.bench_function("generate", |b| b.iter(|| generate(black_box(&prefix))));
     g.bench_function("decide_with_scope", |b| {
         b.iter(|| decide(black_box(&record), now, &["orders:read"]))
     });
     g.finish();
+}
+
+/// A store that counts lookups, to prove which paths never reach it.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Store>,
+    lookups: AtomicU64,
+}
+
+#[async_trait]
+impl Store for Counting {
+    async fn create(&self, r: &KeyRecord) -> Result<(), StoreError> {
+        self.inner.create(r).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.inner.find_by_hash(hash).await
+    }
+    async fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
+        self.inner.list(q).await
+    }
+    async fn update(&self, id: &KeyId, p: KeyPatch) -> Result<KeyRecord, StoreError> {
+        self.inner.update(id, p).await
+    }
+    async fn revoke(
+        &self,
+        id: &KeyId,
+        at: Timestamp,
+        r: Option<String>,
+    ) -> Result<KeyRecord, StoreError> {
+        self.inner.revoke(id, at, r).await
+    }
+    async fn record_usage(&self, u: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.inner.record_usage(u).await
+    }
+    async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError> {
+        self.inner.count_by_status(now).await
+    }
+    async fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, StoreError> {
+        self.inner.watch().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+fn bench_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A SQLite file with `n` keys and up to 1,000 of their plaintexts, reused between runs.
+async fn sqlite_with(n: usize) -> (Arc<dyn Store>, Vec<String>) {
+    let dir = bench_dir();
+    let db = dir.join(format!("sqlite-{n}.db"));
+    let hot = dir.join(format!("sqlite-{n}.keys"));
+    let url = format!("sqlite://{}", db.display());
+    if !(db.exists() && hot.exists()) {
+        let _ = std::fs::remove_file(&db);
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let kept = bulk::fill_sqlite(&store, n, 1000).await.unwrap();
+        write_keys(&hot, &kept);
+        store.close().await;
+    }
+    let store = SqliteStore::connect(&url).await.unwrap();
+    (Arc::new(store), read_keys(&hot))
+}
+
+/// A PostgreSQL schema with `n` keys, reused between runs; `None` without a server.
+async fn postgres_with(n: usize) -> Option<(Arc<dyn Store>, Vec<String>)> {
+    let base = std::env::var("KEYGATE_TEST_POSTGRES").ok()?;
+    let schema = format!("kgbench_{n}");
+    let hot = bench_dir().join(format!("postgres-{n}.keys"));
+    let url = keygate::store::with_search_path(&base, &schema);
+    let admin = PostgresStore::connect(&base).await.unwrap();
+    let exists: bool = sqlx_exists(&admin, &schema).await;
+    if !(exists && hot.exists()) {
+        for statement in [
+            format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+            format!("CREATE SCHEMA {schema}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(admin.pool())
+                .await
+                .unwrap();
+        }
+        let store = PostgresStore::connect(&url).await.unwrap();
+        let kept = bulk::fill_postgres(&store, n, 1000).await.unwrap();
+        write_keys(&hot, &kept);
+    }
+    let store = PostgresStore::connect(&url).await.unwrap();
+    Some((Arc::new(store), read_keys(&hot)))
+}
+
+async fn sqlx_exists(store: &PostgresStore, schema: &str) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'keys')",
+    )
+    .bind(schema)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
+fn write_keys(path: &std::path::Path, keys: &[PlainKey]) {
+    let text: Vec<&str> = keys.iter().map(PlainKey::expose).collect();
+    std::fs::write(path, text.join("\n")).unwrap();
+}
+
+fn read_keys(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn verify(c: &mut Criterion) {
@@ -47,51 +173,78 @@ fn verify(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cached, uncached, key): (Keygate, Keygate, PlainKey) = rt.block_on(async {
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await.unwrap());
-        let cached = Keygate::new(store.clone());
-        let uncached = Keygate::builder(store).cache(None).build();
-        let mut last = None;
-        for i in 0..10_000 {
-            let spec = KeySpec {
-                name: format!("key {i}"),
-                scopes: vec!["orders:read".into()],
-                ..KeySpec::default()
-            };
-            last = Some(uncached.issue(spec).await.unwrap().1);
-        }
-        (cached, uncached, last.unwrap())
-    });
-    let unknown = generate(&Prefix::default());
     let scopes = ["orders:read"];
 
-    let mut g = c.benchmark_group("verify_sqlite_10k_keys");
-    g.bench_function("valid_cache_hit", |b| {
-        b.to_async(&rt)
-            .iter(|| async { cached.verify(key.expose(), &scopes).await.unwrap() })
+    // Rejections and cache hits, over a small SQLite store that counts lookups.
+    let (counting, key) = rt.block_on(async {
+        let (inner, keys) = sqlite_with(1000).await;
+        let counting = Arc::new(Counting {
+            inner,
+            lookups: AtomicU64::new(0),
+        });
+        (counting, keys[0].clone())
     });
-    g.bench_function("not_found_cache_hit", |b| {
+    let cached = Keygate::new(counting.clone());
+    let malformed = "kg_definitely_not_a_key";
+    let mut bad_checksum = key.clone();
+    let last = bad_checksum.pop().unwrap();
+    bad_checksum.push(if last == 'A' { 'B' } else { 'A' });
+    let unknown = generate(&Prefix::default());
+
+    let mut g = c.benchmark_group("verify");
+    let before = counting.lookups.load(Ordering::Relaxed);
+    g.bench_function("reject_malformed", |b| {
+        b.to_async(&rt)
+            .iter(|| async { cached.verify(malformed, &scopes).await.unwrap() })
+    });
+    g.bench_function("reject_bad_checksum", |b| {
+        b.to_async(&rt)
+            .iter(|| async { cached.verify(&bad_checksum, &scopes).await.unwrap() })
+    });
+    let rejected_lookups = counting.lookups.load(Ordering::Relaxed) - before;
+    println!("store lookups during the rejection benchmarks: {rejected_lookups}");
+    assert_eq!(rejected_lookups, 0, "a rejection reached the store");
+    g.bench_function("cache_hit_valid", |b| {
+        b.to_async(&rt)
+            .iter(|| async { cached.verify(&key, &scopes).await.unwrap() })
+    });
+    g.bench_function("cache_hit_not_found", |b| {
         b.to_async(&rt)
             .iter(|| async { cached.verify(unknown.expose(), &scopes).await.unwrap() })
     });
-    g.bench_function("valid_no_cache", |b| {
-        b.to_async(&rt)
-            .iter(|| async { uncached.verify(key.expose(), &scopes).await.unwrap() })
-    });
-    g.bench_function("not_found_no_cache", |b| {
-        b.to_async(&rt)
-            .iter(|| async { uncached.verify(unknown.expose(), &scopes).await.unwrap() })
-    });
-    g.bench_function("malformed", |b| {
-        b.to_async(&rt).iter(|| async {
-            cached
-                .verify("kg_definitely_not_a_key", &scopes)
-                .await
-                .unwrap()
-        })
-    });
+    g.finish();
+
+    // Cache misses: the cache is off, and each iteration checks the next of 1,000 real keys.
+    let mut g = c.benchmark_group("verify_cache_miss");
+    for (backend, n) in [
+        ("sqlite", 1_000),
+        ("sqlite", 1_000_000),
+        ("postgres", 1_000),
+        ("postgres", 1_000_000),
+    ] {
+        let setup = rt.block_on(async {
+            match backend {
+                "sqlite" => Some(sqlite_with(n).await),
+                _ => postgres_with(n).await,
+            }
+        });
+        let Some((store, keys)) = setup else {
+            println!("skipped verify_cache_miss/{backend}: KEYGATE_TEST_POSTGRES is not set");
+            continue;
+        };
+        let uncached = Keygate::builder(store)
+            .cache(None)
+            .usage_flush_interval(None)
+            .build();
+        let next = AtomicU64::new(0);
+        g.bench_function(format!("{backend}_{n}_keys"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize % keys.len();
+                let v = uncached.verify(&keys[i], &scopes).await.unwrap();
+                assert!(v.outcome.is_valid());
+            })
+        });
+    }
     g.finish();
 }
 
