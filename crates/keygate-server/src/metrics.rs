@@ -1,9 +1,7 @@
 //! Request metrics kept in memory and written out in the Prometheus text format, with the
 //! verifier's outcome counters and the store's key counts.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -23,8 +21,17 @@ pub struct Metrics {
     buckets: [AtomicU64; BUCKETS.len() + 1],
     /// Sum of latencies, in microseconds.
     sum_micros: AtomicU64,
-    /// Requests by status code.
-    statuses: Mutex<BTreeMap<u16, u64>>,
+    /// Requests by status code (100–599), without a lock.
+    statuses: Statuses,
+}
+
+#[derive(Debug)]
+struct Statuses([AtomicU64; 500]);
+
+impl Default for Statuses {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 impl Metrics {
@@ -38,8 +45,12 @@ impl Metrics {
         self.buckets[slot].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        *statuses.entry(status).or_default() += 1;
+        if let Some(slot) = status
+            .checked_sub(100)
+            .and_then(|i| self.statuses.0.get(usize::from(i)))
+        {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition.
@@ -92,16 +103,15 @@ impl Metrics {
             "# HELP keygate_http_requests_total HTTP requests by status code.\n\
              # TYPE keygate_http_requests_total counter"
         );
-        let statuses = self
-            .statuses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (status, n) in statuses {
-            let _ = writeln!(
-                out,
-                "keygate_http_requests_total{{status=\"{status}\"}} {n}"
-            );
+        for (i, slot) in self.statuses.0.iter().enumerate() {
+            let n = slot.load(Ordering::Relaxed);
+            if n > 0 {
+                let status = i + 100;
+                let _ = writeln!(
+                    out,
+                    "keygate_http_requests_total{{status=\"{status}\"}} {n}"
+                );
+            }
         }
         let _ = writeln!(
             out,

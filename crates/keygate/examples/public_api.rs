@@ -32,7 +32,7 @@ async fn public(_key: ApiKey) -> Json<Value> {
 }
 
 async fn orders(key: ApiKey) -> Json<Value> {
-    Json(json!({"key_id": key.id, "owner": key.owner, "orders": []}))
+    Json(json!({"key_id": key.id(), "owner": key.owner(), "orders": []}))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

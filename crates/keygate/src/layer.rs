@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
-use http::Request;
+use http::{HeaderValue, Request};
 use keygate_core::Outcome;
 use keygate_core::scope::{check_scope, first_missing};
 use tower_layer::Layer;
@@ -36,6 +36,8 @@ struct LayerConfig {
     sources: Vec<CredentialSource>,
     realm: String,
     required: Vec<String>,
+    /// `WWW-Authenticate` value, built once from `realm` and `sources`.
+    challenge: HeaderValue,
 }
 
 impl KeygateLayer {
@@ -47,6 +49,7 @@ impl KeygateLayer {
                 sources: vec![CredentialSource::ApiKeyScheme],
                 realm: "keygate".into(),
                 required: Vec::new(),
+                challenge: HeaderValue::from_static("Api-Key realm=\"keygate\""),
             }),
         }
     }
@@ -61,13 +64,17 @@ impl KeygateLayer {
             !sources.is_empty(),
             "keygate: at least one credential source is needed"
         );
-        Arc::make_mut(&mut self.config).sources = sources;
+        let config = Arc::make_mut(&mut self.config);
+        config.sources = sources;
+        config.challenge = config.build_challenge();
         self
     }
 
     /// The realm named in `WWW-Authenticate` (default `keygate`).
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
-        Arc::make_mut(&mut self.config).realm = realm.into();
+        let config = Arc::make_mut(&mut self.config);
+        config.realm = realm.into();
+        config.challenge = config.build_challenge();
         self
     }
 
@@ -92,7 +99,7 @@ impl KeygateLayer {
 }
 
 impl LayerConfig {
-    fn challenge(&self) -> String {
+    fn build_challenge(&self) -> HeaderValue {
         let realm: String = self
             .realm
             .chars()
@@ -106,7 +113,9 @@ impl LayerConfig {
         if self.sources.contains(&CredentialSource::BearerScheme) {
             challenge.push_str(&format!(", Bearer realm=\"{realm}\""));
         }
-        challenge
+        // Control characters were dropped above, so this cannot fail; fall back just in case.
+        HeaderValue::from_str(&challenge)
+            .unwrap_or_else(|_| HeaderValue::from_static("Api-Key realm=\"keygate\""))
     }
 
     fn reject(
@@ -118,7 +127,9 @@ impl LayerConfig {
         if outcome == Outcome::InsufficientScope {
             problem.into_response()
         } else {
-            problem.with_challenge(self.challenge()).into_response()
+            problem
+                .with_challenge(self.challenge.clone())
+                .into_response()
         }
     }
 }
@@ -165,7 +176,7 @@ where
         let config = self.config.clone();
         Box::pin(async move {
             if let Some(key) = request.extensions().get::<ApiKey>() {
-                if let Some(missing) = first_missing(&key.scopes, &config.required) {
+                if let Some(missing) = first_missing(key.scopes(), &config.required) {
                     let detail = format!("the API key lacks the scope `{missing}`");
                     keygate.count(Outcome::InsufficientScope);
                     return Ok(config.reject(Outcome::InsufficientScope, detail));

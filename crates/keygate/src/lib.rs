@@ -7,7 +7,7 @@
 //! use keygate::{ApiKey, Keygate};
 //!
 //! async fn orders(key: ApiKey) -> Json<serde_json::Value> {
-//!     Json(serde_json::json!({ "owner": key.owner, "orders": [] }))
+//!     Json(serde_json::json!({ "owner": key.owner(), "orders": [] }))
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

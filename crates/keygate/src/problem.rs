@@ -27,7 +27,7 @@ pub struct Problem {
     /// Stable machine-readable code, e.g. `MISSING` or `INSUFFICIENT_SCOPE`.
     pub code: &'static str,
     /// `WWW-Authenticate` challenge to send with a 401.
-    pub challenge: Option<String>,
+    pub challenge: Option<HeaderValue>,
 }
 
 impl Serialize for Problem {
@@ -89,8 +89,8 @@ impl Problem {
     }
 
     /// Adds the `WWW-Authenticate` challenge.
-    pub fn with_challenge(mut self, challenge: impl Into<String>) -> Self {
-        self.challenge = Some(challenge.into());
+    pub fn with_challenge(mut self, challenge: HeaderValue) -> Self {
+        self.challenge = Some(challenge);
         self
     }
 }
@@ -110,11 +110,7 @@ impl IntoResponse for Problem {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(challenge) = self
-            .challenge
-            .as_deref()
-            .and_then(|c| HeaderValue::from_str(c).ok())
-        {
+        if let Some(challenge) = self.challenge {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         if self.status == 503 {

@@ -6,6 +6,7 @@
 //! batches. Every change made through [`Keygate`] drops the key from this process's cache at
 //! once; changes from other processes arrive through the store's change feed.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -21,41 +22,77 @@ use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// The verified caller, as handlers see it: who holds the key and what it may do.
-/// Never the secret or its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ApiKey {
-    /// Public key id.
-    pub id: KeyId,
-    /// Key name.
-    pub name: String,
-    /// Owner id, if the key has one.
-    pub owner: Option<String>,
-    /// Scopes the key holds.
-    pub scopes: Vec<String>,
-    /// The key's metadata object.
-    pub metadata: Map<String, Value>,
-    /// When the key expires, if ever.
-    pub expires_at: Option<Timestamp>,
-}
+/// The verified caller, as handlers see it: who holds the key and what it may do. Never the
+/// secret or its hash. Cheap to clone: it shares the record the verifier (or its cache) holds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(Arc<KeyRecord>);
 
 impl ApiKey {
+    /// Public key id.
+    pub fn id(&self) -> &KeyId {
+        &self.0.id
+    }
+
+    /// Key name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Owner id, if the key has one.
+    pub fn owner(&self) -> Option<&str> {
+        self.0.owner.as_deref()
+    }
+
+    /// Scopes the key holds.
+    pub fn scopes(&self) -> &[String] {
+        &self.0.scopes
+    }
+
+    /// The key's metadata object.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.0.metadata
+    }
+
+    /// When the key expires, if ever.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.0.expires_at
+    }
+
     /// Whether the key holds a scope granting `scope` (`orders:*` grants `orders:read`).
     pub fn has_scope(&self, scope: &str) -> bool {
-        first_missing(&self.scopes, &[scope]).is_none()
+        first_missing(&self.0.scopes, &[scope]).is_none()
     }
 }
 
-impl From<&KeyRecord> for ApiKey {
-    fn from(r: &KeyRecord) -> Self {
-        Self {
-            id: r.id.clone(),
-            name: r.name.clone(),
-            owner: r.owner.clone(),
-            scopes: r.scopes.clone(),
-            metadata: r.metadata.clone(),
-            expires_at: r.expires_at,
-        }
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.0.id)
+            .field("name", &self.0.name)
+            .field("owner", &self.0.owner)
+            .field("scopes", &self.0.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// As JSON: `id`, `name`, `owner`, `scopes`, `metadata`, `expires_at`.
+impl Serialize for ApiKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("ApiKey", 6)?;
+        out.serialize_field("id", &self.0.id)?;
+        out.serialize_field("name", &self.0.name)?;
+        out.serialize_field("owner", &self.0.owner)?;
+        out.serialize_field("scopes", &self.0.scopes)?;
+        out.serialize_field("metadata", &self.0.metadata)?;
+        out.serialize_field("expires_at", &self.0.expires_at)?;
+        out.end()
+    }
+}
+
+impl From<Arc<KeyRecord>> for ApiKey {
+    fn from(record: Arc<KeyRecord>) -> Self {
+        Self(record)
     }
 }
 
@@ -67,7 +104,7 @@ pub struct Verification {
     /// The key, whenever one was found (valid or not).
     pub key: Option<ApiKey>,
     /// A sentence saying why, safe to show the caller (it never repeats the key).
-    pub detail: String,
+    pub detail: Cow<'static, str>,
 }
 
 /// The system clock.
@@ -273,25 +310,25 @@ impl Keygate {
         }
         let now = self.now();
         let outcome = decide(&record, now, required);
-        let detail = match outcome {
+        let detail: Cow<'static, str> = match outcome {
             Outcome::Valid => {
                 self.note_usage(&record.id, now);
-                "the API key is valid".to_owned()
+                Cow::Borrowed("the API key is valid")
             }
-            Outcome::InsufficientScope => format!(
+            Outcome::InsufficientScope => Cow::Owned(format!(
                 "the API key lacks the scope `{}`",
                 first_missing(&record.scopes, required).unwrap_or_default()
-            ),
-            Outcome::Revoked => "the API key has been revoked".to_owned(),
-            Outcome::Expired => "the API key has expired".to_owned(),
-            Outcome::Disabled => "the API key is disabled".to_owned(),
-            other => other.title().to_owned(),
+            )),
+            Outcome::Revoked => Cow::Borrowed("the API key has been revoked"),
+            Outcome::Expired => Cow::Borrowed("the API key has expired"),
+            Outcome::Disabled => Cow::Borrowed("the API key is disabled"),
+            other => Cow::Borrowed(other.title()),
         };
         tracing::debug!(key_id = %record.id, outcome = outcome.code(), "verified API key");
         self.count(outcome);
         Ok(Verification {
             outcome,
-            key: Some(ApiKey::from(&*record)),
+            key: Some(ApiKey::from(record)),
             detail,
         })
     }
@@ -322,13 +359,13 @@ impl Keygate {
         self.inner.cache.as_ref().map(Cache::stats)
     }
 
-    fn refused(&self, outcome: Outcome, detail: &str) -> Verification {
+    fn refused(&self, outcome: Outcome, detail: &'static str) -> Verification {
         tracing::debug!(outcome = outcome.code(), "refused API key");
         self.count(outcome);
         Verification {
             outcome,
             key: None,
-            detail: detail.to_owned(),
+            detail: Cow::Borrowed(detail),
         }
     }
 

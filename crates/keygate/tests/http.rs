@@ -373,7 +373,7 @@ async fn odd_headers_get_401_problem_json_never_500() {
 #[tokio::test]
 async fn other_credential_sources_when_configured() {
     async fn who(key: ApiKey) -> String {
-        key.name
+        key.name().to_owned()
     }
     let s = serve(|kg| {
         Router::new().route("/", get(who)).layer(
@@ -588,10 +588,10 @@ async fn logs_never_contain_the_key() {
 #[tokio::test]
 async fn extractors_without_a_layer() {
     async fn must(key: ApiKey) -> String {
-        key.name
+        key.name().to_owned()
     }
     async fn maybe(key: Option<ApiKey>) -> String {
-        key.map_or("anonymous".into(), |k| k.name)
+        key.map_or("anonymous".into(), |k| k.name().to_owned())
     }
     let s = serve(|_| {
         Router::new()

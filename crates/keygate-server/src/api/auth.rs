@@ -45,7 +45,7 @@ impl<S: Send + Sync, A: Action> FromRequestParts<S> for Caller<A> {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let key = <ApiKey as FromRequestParts<S>>::from_request_parts(parts, state).await?;
-        if A::ACTION.permitted(&key.scopes) {
+        if A::ACTION.permitted(key.scopes()) {
             Ok(Self(key, PhantomData))
         } else {
             let needed = A::ACTION.allowed_by().join(" or ");

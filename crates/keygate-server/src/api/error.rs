@@ -102,8 +102,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let (headers, bytes) = read_body(req, state).await?;
-        require_json(&headers)?;
+        require_json(req.headers())?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(Self)
     }
 }
@@ -116,11 +116,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalApiJson<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let (headers, bytes) = read_body(req, state).await?;
+        let json = require_json(req.headers());
+        let bytes = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(Self(None));
         }
-        require_json(&headers)?;
+        json?;
         parse_json(&bytes).map(|v| Self(Some(v)))
     }
 }
@@ -128,8 +129,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalApiJson<T> 
 async fn read_body<S: Send + Sync>(
     req: Request,
     state: &S,
-) -> Result<(HeaderMap, Bytes), ApiError> {
-    let headers = req.headers().clone();
+) -> Result<Bytes, ApiError> {
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError(Problem::new(
@@ -142,7 +142,7 @@ async fn read_body<S: Send + Sync>(
             ApiError::bad_request("the request body could not be read")
         }
     })?;
-    Ok((headers, bytes))
+    Ok(bytes)
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {

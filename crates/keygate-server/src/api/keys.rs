@@ -225,7 +225,7 @@ pub async fn create_key(
         expires,
     };
     let (record, key) = app.keygate.issue(spec).await?;
-    tracing::info!(actor = %caller.0.id, key_id = %record.id, "key issued over the API");
+    tracing::info!(actor = %caller.0.id(), key_id = %record.id, "key issued over the API");
     let location = format!("/v1/keys/{}", record.id);
     let created = CreatedKey {
         key: key.expose().to_owned(),
@@ -344,7 +344,7 @@ pub async fn update_key(
         enabled: body.enabled,
     };
     let record = app.keygate.update(&id, patch).await?;
-    tracing::info!(actor = %caller.0.id, key_id = %record.id, "key updated over the API");
+    tracing::info!(actor = %caller.0.id(), key_id = %record.id, "key updated over the API");
     Ok(Json(KeyView::of(record, app.keygate.now())))
 }
 
@@ -372,6 +372,6 @@ pub async fn revoke_key(
     let id = key_id(&id)?;
     let reason = body.and_then(|b| b.reason);
     let record = app.keygate.revoke(&id, reason).await?;
-    tracing::info!(actor = %caller.0.id, key_id = %record.id, "key revoked over the API");
+    tracing::info!(actor = %caller.0.id(), key_id = %record.id, "key revoked over the API");
     Ok(Json(KeyView::of(record, app.keygate.now())))
 }

@@ -188,12 +188,24 @@ fn request_id(headers: &HeaderMap) -> String {
         });
     match given {
         Some(id) => id.to_owned(),
-        None => {
-            let mut bytes = [0u8; 8];
-            if getrandom::fill(&mut bytes).is_err() {
-                return "unknown".to_owned();
-            }
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        }
+        None => next_request_id(),
     }
+}
+
+/// A fresh id: 32 random bits chosen at start-up, then a counter — unique within and (with
+/// overwhelming likelihood) across processes, without a system call per request.
+fn next_request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PROCESS: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let process = *PROCESS.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        let _ = getrandom::fill(&mut bytes);
+        u32::from_le_bytes(bytes)
+    });
+    format!(
+        "{process:08x}{:08x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -48,7 +48,7 @@ impl utoipa::PartialSchema for OutcomeCode {
 
 impl ToSchema for OutcomeCode {}
 
-/// What the key is, when one was found.
+/// What the key is, when one was found: the documented shape of [`ApiKey`]'s JSON.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VerifiedKey {
     /// Public id.
@@ -68,19 +68,6 @@ pub struct VerifiedKey {
     pub expires_at: Option<Timestamp>,
 }
 
-impl From<ApiKey> for VerifiedKey {
-    fn from(k: ApiKey) -> Self {
-        Self {
-            id: k.id,
-            name: k.name,
-            owner: k.owner,
-            scopes: k.scopes,
-            metadata: k.metadata,
-            expires_at: k.expires_at,
-        }
-    }
-}
-
 /// `POST /v1/verify` answer. Always 200: a refused key is an answer, not an error.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VerifyResponse {
@@ -92,7 +79,8 @@ pub struct VerifyResponse {
     pub detail: String,
     /// The key, when one was found (even if refused).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<VerifiedKey>,
+    #[schema(value_type = Option<VerifiedKey>)]
+    pub key: Option<ApiKey>,
 }
 
 /// Verify a key for the given scopes.
@@ -121,7 +109,7 @@ pub async fn verify(
     Ok(Json(VerifyResponse {
         valid: v.outcome.is_valid(),
         code: OutcomeCode(v.outcome),
-        detail: v.detail,
-        key: v.key.map(Into::into),
+        detail: v.detail.into_owned(),
+        key: v.key,
     }))
 }

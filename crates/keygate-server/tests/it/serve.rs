@@ -671,6 +671,8 @@ fn request_ids_and_json_logs() {
     );
     let generated = r.header("x-request-id").unwrap().to_owned();
     assert_eq!(generated.len(), 16);
+    let r = s.server.raw("GET", "/healthz", &[], None);
+    assert_ne!(r.header("x-request-id").unwrap(), generated, "ids differ");
     s.server.get("/v1/keys", &s.admin).expect(200);
     s.server.wait_for_log("\"route\":\"/v1/keys\"");
     let logs = s.server.logs();
