@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Protected vs unprotected, side by side, over loopback with wrk.
 #
-#   bench/http.sh [SECONDS] [CONNECTIONS]
+#   bench/http.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #
 # Builds release binaries, makes a fresh SQLite database with 10,000 keys, and measures:
 #   (a) an axum handler with no authentication          GET /open
@@ -9,13 +9,17 @@
 #   (c) the same with a well-formed unknown key          GET /protected -> 401 NOT_FOUND
 #   (d) the same with a bad-checksum key                 GET /protected -> 401 MALFORMED
 #   (e) keygate serve, POST /v1/verify with a valid key  (info logging to a file)
-# and prints requests/s, p50 and p99 for each, and the ratios b/a, c/a, d/a, e/a. The server
-# is pinned to CPU 0 and wrk to CPU 1 (2-core machine), so they don't fight over a core.
-# Only 127.0.0.1 is touched; each case runs SECONDS (default 10). Installs wrk if missing.
+# and prints requests/s, p50 and p99 for each, the ratios b/a, c/a, d/a, e/a, and the server's
+# CPU time per request (and its inverse ratio a/x: the same measure of relative cost). The cases
+# run in ROUNDS (default 3) rounds of a-b-c-d-e, each case SECONDS (default 6) per round; a
+# ratio is taken within a round (so slow drift of this shared machine cancels) and the median
+# over rounds is reported. The server is pinned to CPU 0 and wrk to CPU 1 (2-core machine).
+# Only 127.0.0.1 is touched. Installs wrk if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION="${1:-10}"
+DURATION="${1:-6}"
 CONNECTIONS="${2:-32}"
+ROUNDS="${3:-3}"
 PORT_APP=3927
 PORT_SERVE=3928
 
@@ -50,9 +54,11 @@ VERIFIER=$($KG --database "$DB" keys create --name bench --scope keygate:verify 
 wait_for() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no server at $1" >&2; exit 1; }
 
 KEYGATE_DATABASE="$DB" KEYGATE_LISTEN="127.0.0.1:$PORT_APP" "${PIN_SERVER[@]}" target/release/examples/bench_server &
-PIDS+=($!)
+APP_PID=$!
+PIDS+=($APP_PID)
 "${PIN_SERVER[@]}" $KG serve --database "$DB" --listen "127.0.0.1:$PORT_SERVE" >/dev/null 2>"$WORK/serve.log" &
-PIDS+=($!)
+SERVE_PID=$!
+PIDS+=($SERVE_PID)
 wait_for "http://127.0.0.1:$PORT_APP/open"
 wait_for "http://127.0.0.1:$PORT_SERVE/healthz"
 
@@ -63,33 +69,46 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Api-Key $VERIFIER"
 LUA
 
-# Prints "rps p50_ms p99_ms" for one wrk run.
+# CPU time (user + system) a process has used, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
+
+# Prints "rps p50_ms p99_ms cpu_us_per_request" for one wrk run against the server with pid $1.
+# CPU per request is the steadier figure on a shared VM: time stolen by the hypervisor is not
+# charged to the process, while it does lower requests/s.
 measure() {
-    "${PIN_CLIENT[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" | awk '
+    local pid=$1; shift
+    local before; before=$(cpu_ticks "$pid")
+    local out; out=$("${PIN_CLIENT[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@")
+    local after; after=$(cpu_ticks "$pid")
+    echo "$out" | awk -v ticks=$((after - before)) -v tick_us="$TICK_US" '
         function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
         /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 }
-        END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
+        / requests in / { n = $1 }
+        END { printf "%.0f %.3f %.3f %.2f\n", rps, p50, p99, ticks * tick_us / n }'
 }
 
 # Warm up every path once (cache, connections, page cache).
 for path in open protected; do curl -s -o /dev/null -H "Authorization: Api-Key $VALID" "http://127.0.0.1:$PORT_APP/$path"; done
 
 declare -A RESULT
-RESULT[a]=$(measure "http://127.0.0.1:$PORT_APP/open")
-RESULT[b]=$(measure -H "Authorization: Api-Key $VALID" "http://127.0.0.1:$PORT_APP/protected")
-RESULT[c]=$(measure -H "Authorization: Api-Key $UNKNOWN" "http://127.0.0.1:$PORT_APP/protected")
-RESULT[d]=$(measure -H "Authorization: Api-Key $BAD_CHECKSUM" "http://127.0.0.1:$PORT_APP/protected")
-RESULT[e]=$(measure -s "$WORK/verify.lua" "http://127.0.0.1:$PORT_SERVE/v1/verify")
+for round in $(seq "$ROUNDS"); do
+    echo "round $round/$ROUNDS" >&2
+    RESULT[a$round]=$(measure $APP_PID "http://127.0.0.1:$PORT_APP/open")
+    RESULT[b$round]=$(measure $APP_PID -H "Authorization: Api-Key $VALID" "http://127.0.0.1:$PORT_APP/protected")
+    RESULT[c$round]=$(measure $APP_PID -H "Authorization: Api-Key $UNKNOWN" "http://127.0.0.1:$PORT_APP/protected")
+    RESULT[d$round]=$(measure $APP_PID -H "Authorization: Api-Key $BAD_CHECKSUM" "http://127.0.0.1:$PORT_APP/protected")
+    RESULT[e$round]=$(measure $SERVE_PID -s "$WORK/verify.lua" "http://127.0.0.1:$PORT_SERVE/v1/verify")
+done
 
 # Each protected case must have answered as expected (not, say, all 404s).
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Api-Key $VALID" "http://127.0.0.1:$PORT_APP/protected")" = 200 ]
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Api-Key $UNKNOWN" "http://127.0.0.1:$PORT_APP/protected")" = 401 ]
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Api-Key $BAD_CHECKSUM" "http://127.0.0.1:$PORT_APP/protected")" = 401 ]
 
-printf "%-48s %10s %9s %9s %7s\n" case "req/s" "p50 ms" "p99 ms" "x/a"
-A_RPS=$(echo "${RESULT[a]}" | cut -d' ' -f1)
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+printf "%-40s %8s %7s %7s %6s %-16s %8s %6s\n" case "req/s" "p50 ms" "p99 ms" "x/a" "(per round)" "CPU µs" "a/x"
 for k in a b c d e; do
-    read -r rps p50 p99 <<<"${RESULT[$k]}"
     case $k in
         a) label="(a) no authentication";;
         b) label="(b) keygate layer, valid key";;
@@ -97,7 +116,17 @@ for k in a b c d e; do
         d) label="(d) keygate layer, bad checksum (401)";;
         e) label="(e) keygate serve POST /v1/verify";;
     esac
-    ratio=$(awk -v x="$rps" -v a="$A_RPS" 'BEGIN { printf "%.2f", x / a }')
-    printf "%-48s %10s %9s %9s %7s\n" "$label" "$rps" "$p50" "$p99" "$ratio"
+    rps=(); p50=(); p99=(); ratios=(); cpu=(); cpu_ratios=()
+    for round in $(seq "$ROUNDS"); do
+        read -r r5 l50 l99 c5 <<<"${RESULT[$k$round]}"
+        read -r a5 _ _ ca <<<"${RESULT[a$round]}"
+        rps+=("$r5"); p50+=("$l50"); p99+=("$l99"); cpu+=("$c5")
+        ratios+=("$(awk -v x="$r5" -v a="$a5" 'BEGIN { printf "%.2f", x / a }')")
+        cpu_ratios+=("$(awk -v x="$c5" -v a="$ca" 'BEGIN { printf "%.2f", a / x }')")
+    done
+    printf "%-40s %8s %7s %7s %6s %-16s %8s %6s\n" "$label" \
+        "$(printf '%s\n' "${rps[@]}" | median)" "$(printf '%s\n' "${p50[@]}" | median)" \
+        "$(printf '%s\n' "${p99[@]}" | median)" "$(printf '%s\n' "${ratios[@]}" | median)" "${ratios[*]}" \
+        "$(printf '%s\n' "${cpu[@]}" | median)" "$(printf '%s\n' "${cpu_ratios[@]}" | median)"
 done
-echo "(server pinned: ${PIN_SERVER[*]:-no}; wrk: ${PIN_CLIENT[*]:-no}; ${DURATION}s per case, $CONNECTIONS connections)"
+echo "(medians of $ROUNDS rounds; server pinned: ${PIN_SERVER[*]:-no}; wrk: ${PIN_CLIENT[*]:-no}; ${DURATION}s per case per round, $CONNECTIONS connections)"

@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> Result<(), Failure> {
-    init_logging(settings.log_format, settings.log_level);
+    // Keep the guard to the end: dropping it flushes the log lines still queued.
+    let _log_guard = init_logging(settings.log_format, settings.log_level);
     let shutdown = shutdown_signal()?;
     let store = keygate::store::open(&settings.database).await?;
     let cache = (settings.cache_size > 0).then(|| CacheConfig {
@@ -78,7 +79,9 @@ async fn bootstrap(keygate: &Keygate) -> Result<(), Failure> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat, level: LogLevel) {
+/// Logs go to stderr through a background writer, so a request never waits on a write(2);
+/// the queue blocks rather than drop lines when it is full.
+fn init_logging(format: LogFormat, level: LogLevel) -> tracing_appender::non_blocking::WorkerGuard {
     let level = match level {
         LogLevel::Error => tracing::Level::ERROR,
         LogLevel::Warn => tracing::Level::WARN,
@@ -87,9 +90,12 @@ fn init_logging(format: LogFormat, level: LogLevel) {
         LogLevel::Trace => tracing::Level::TRACE,
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
@@ -101,6 +107,7 @@ fn init_logging(format: LogFormat, level: LogLevel) {
                 .finish(),
         ),
     };
+    guard
 }
 
 /// A database URL fit for a log line: any password replaced.

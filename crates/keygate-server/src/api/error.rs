@@ -126,10 +126,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalApiJson<T> 
     }
 }
 
-async fn read_body<S: Send + Sync>(
-    req: Request,
-    state: &S,
-) -> Result<Bytes, ApiError> {
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError(Problem::new(
