@@ -4,7 +4,8 @@
 #   bench/http.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #
 # Builds release binaries, makes a fresh SQLite database with 10,000 keys, and measures:
-#   (a) an axum handler with no authentication          GET /open
+#   (a) an axum handler with no authentication          GET /open (same Authorization
+#       header as (b), ignored: the baseline carries the same bytes, so the ratio is keygate's)
 #   (b) the same handler behind the keygate layer        GET /protected, valid key
 #   (c) the same with a well-formed unknown key          GET /protected -> 401 NOT_FOUND
 #   (d) the same with a bad-checksum key                 GET /protected -> 401 MALFORMED
@@ -94,7 +95,7 @@ for path in open protected; do curl -s -o /dev/null -H "Authorization: Api-Key $
 declare -A RESULT
 for round in $(seq "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
-    RESULT[a$round]=$(measure $APP_PID "http://127.0.0.1:$PORT_APP/open")
+    RESULT[a$round]=$(measure $APP_PID -H "Authorization: Api-Key $VALID" "http://127.0.0.1:$PORT_APP/open")
     RESULT[b$round]=$(measure $APP_PID -H "Authorization: Api-Key $VALID" "http://127.0.0.1:$PORT_APP/protected")
     RESULT[c$round]=$(measure $APP_PID -H "Authorization: Api-Key $UNKNOWN" "http://127.0.0.1:$PORT_APP/protected")
     RESULT[d$round]=$(measure $APP_PID -H "Authorization: Api-Key $BAD_CHECKSUM" "http://127.0.0.1:$PORT_APP/protected")

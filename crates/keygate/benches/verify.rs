@@ -248,5 +248,54 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, core, verify);
+/// The layer's own cost, without sockets: the same handler called through the router with
+/// and without `KeygateLayer` (valid key, unknown key, bad checksum), request to response.
+fn layer(c: &mut Criterion) {
+    use axum::body::Body;
+    use axum::routing::get;
+    use http::Request;
+    use tower::ServiceExt;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (store, keys) = rt.block_on(sqlite_with(1000));
+    let keygate = Keygate::new(store);
+    let app = rt.block_on(async {
+        axum::Router::new()
+            .route("/protected", get(|| async { "hello" }))
+            .route_layer(keygate.layer())
+            .route("/open", get(|| async { "hello" }))
+    });
+    let valid = keys[0].clone();
+    let unknown = generate(&Prefix::default()).expose().to_owned();
+    let mut bad = valid.clone();
+    let last = bad.pop().unwrap();
+    bad.push(if last == 'A' { 'B' } else { 'A' });
+    let request = |path: &str, key: &str| {
+        Request::get(path)
+            .header("authorization", format!("Api-Key {key}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let mut g = c.benchmark_group("layer");
+    for (name, path, key, status) in [
+        ("open", "/open", &valid, 200),
+        ("protected_valid", "/protected", &valid, 200),
+        ("protected_unknown", "/protected", &unknown, 401),
+        ("protected_bad_checksum", "/protected", &bad, 401),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let response = app.clone().oneshot(request(path, key)).await.unwrap();
+                assert_eq!(response.status(), status);
+                response
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, core, verify, layer);
 criterion_main!(benches);

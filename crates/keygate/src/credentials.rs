@@ -6,6 +6,8 @@
 //! value, a value longer than any key, the same header twice, or different keys in two places —
 //! is refused as `MALFORMED`; no key at all is `MISSING`.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderName, header};
 use keygate_core::Outcome;
 use keygate_core::format::MAX_KEY_LEN;
@@ -49,13 +51,14 @@ fn malformed(detail: &'static str) -> CredentialError {
 /// Longest value considered at all: a scheme, a space and the longest possible key.
 const MAX_VALUE_LEN: usize = MAX_KEY_LEN + 32;
 
-/// Reads the presented key from `headers` and `query` using `sources`.
-pub fn extract(
-    headers: &HeaderMap,
-    query: Option<&str>,
+/// Reads the presented key from `headers` and `query` using `sources`. Borrows from the
+/// request where it can (headers); a percent-decoded query value is owned.
+pub fn extract<'r>(
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
     sources: &[CredentialSource],
-) -> Result<String, CredentialError> {
-    let mut found: Option<String> = None;
+) -> Result<Cow<'r, str>, CredentialError> {
+    let mut found: Option<Cow<'r, str>> = None;
     let mut wrong_scheme = false;
     let mut authorization_done = false;
     for source in sources {
@@ -71,11 +74,11 @@ pub fn extract(
                         wrong_scheme = true;
                         None
                     }
-                    Authorization::Key(k) => Some(k),
+                    Authorization::Key(k) => Some(Cow::Borrowed(k)),
                 }
             }
             CredentialSource::Header(name) => single_header(headers, name)?
-                .map(|v| check_token(v).map(str::to_owned))
+                .map(|v| check_token(v).map(Cow::Borrowed))
                 .transpose()?,
             CredentialSource::Query(name) => from_query(query, name)?,
         };
@@ -100,16 +103,16 @@ pub fn extract(
     })
 }
 
-enum Authorization {
+enum Authorization<'h> {
     Absent,
     OtherScheme,
-    Key(String),
+    Key(&'h str),
 }
 
-fn from_authorization(
-    headers: &HeaderMap,
+fn from_authorization<'h>(
+    headers: &'h HeaderMap,
     sources: &[CredentialSource],
-) -> Result<Authorization, CredentialError> {
+) -> Result<Authorization<'h>, CredentialError> {
     let Some(value) = single_header(headers, &header::AUTHORIZATION)? else {
         return Ok(Authorization::Absent);
     };
@@ -132,7 +135,7 @@ fn from_authorization(
             "the Authorization header has no key after the scheme",
         ));
     }
-    check_token(token).map(|t| Authorization::Key(t.to_owned()))
+    check_token(token).map(Authorization::Key)
 }
 
 /// The one value of header `name`, as visible ASCII; `None` if absent.
@@ -173,7 +176,10 @@ fn check_token(token: &str) -> Result<&str, CredentialError> {
     Ok(token)
 }
 
-fn from_query(query: Option<&str>, name: &str) -> Result<Option<String>, CredentialError> {
+fn from_query<'q>(
+    query: Option<&'q str>,
+    name: &str,
+) -> Result<Option<Cow<'q, str>>, CredentialError> {
     let Some(query) = query else { return Ok(None) };
     let mut found = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -185,7 +191,7 @@ fn from_query(query: Option<&str>, name: &str) -> Result<Option<String>, Credent
                 "the credential query parameter appears more than once",
             ));
         }
-        found = Some(check_token(&v)?.to_owned());
+        found = Some(Cow::Owned(check_token(&v)?.to_owned()));
     }
     Ok(found)
 }
@@ -218,8 +224,8 @@ mod tests {
         ]
     }
 
-    fn outcome(r: Result<String, CredentialError>) -> Result<String, Outcome> {
-        r.map_err(|e| e.outcome)
+    fn outcome(r: Result<Cow<'_, str>, CredentialError>) -> Result<String, Outcome> {
+        r.map(Cow::into_owned).map_err(|e| e.outcome)
     }
 
     #[test]

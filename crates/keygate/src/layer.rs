@@ -183,15 +183,19 @@ where
                 }
                 return inner.call(request).await;
             }
-            let presented = match extract(request.headers(), request.uri().query(), &config.sources)
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    keygate.count(e.outcome);
-                    return Ok(config.reject(e.outcome, e.detail));
-                }
+            // The presented key is borrowed from the headers only while it is checked.
+            let verification = {
+                let presented =
+                    match extract(request.headers(), request.uri().query(), &config.sources) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            keygate.count(e.outcome);
+                            return Ok(config.reject(e.outcome, e.detail));
+                        }
+                    };
+                keygate.verify(&presented, &config.required).await
             };
-            match keygate.verify(&presented, &config.required).await {
+            match verification {
                 Ok(v) if v.outcome.is_valid() => {
                     if let Some(key) = v.key {
                         request.extensions_mut().insert(key);

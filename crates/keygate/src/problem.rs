@@ -34,7 +34,7 @@ impl Serialize for Problem {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut p = s.serialize_struct("Problem", 5)?;
-        p.serialize_field("type", &self.kind())?;
+        p.serialize_field("type", &KindUri(self.code))?;
         p.serialize_field("title", self.title)?;
         p.serialize_field("status", &self.status)?;
         p.serialize_field("detail", &self.detail)?;
@@ -62,10 +62,7 @@ impl Problem {
 
     /// The problem type URI, `urn:keygate:problem:<code in kebab case>`.
     pub fn kind(&self) -> String {
-        format!(
-            "urn:keygate:problem:{}",
-            self.code.to_ascii_lowercase().replace('_', "-")
-        )
+        KindUri(self.code).to_string()
     }
 
     /// The rejection for a verification outcome: 403 for `INSUFFICIENT_SCOPE`, else 401.
@@ -92,6 +89,30 @@ impl Problem {
     pub fn with_challenge(mut self, challenge: HeaderValue) -> Self {
         self.challenge = Some(challenge);
         self
+    }
+}
+
+/// `urn:keygate:problem:<code in kebab case>`, written without allocating.
+struct KindUri(&'static str);
+
+impl std::fmt::Display for KindUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("urn:keygate:problem:")?;
+        for c in self.0.chars() {
+            let c = if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            };
+            std::fmt::Write::write_char(f, c)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for KindUri {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
