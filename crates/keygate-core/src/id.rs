@@ -5,6 +5,7 @@
 //! makes them a natural pagination cursor.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -14,9 +15,9 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const ID_PREFIX: &str = "key_";
 const ULID_LEN: usize = 26;
 
-/// A key's public id, e.g. `key_01JDZ8Q3K5V6W7X8Y9Z0ABCDEF`.
+/// A key's public id, e.g. `key_01JDZ8Q3K5V6W7X8Y9Z0ABCDEF`. Cheap to clone (shared text).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct KeyId(String);
+pub struct KeyId(Arc<str>);
 
 impl KeyId {
     /// A new id for a key created at `at`: 48 bits of time, 80 bits from the OS CSPRNG.
@@ -36,7 +37,7 @@ impl KeyId {
         for i in (0..ULID_LEN).rev() {
             text.push(CROCKFORD[((value >> (5 * i)) & 0x1f) as usize] as char);
         }
-        Self(text)
+        Self(text.into())
     }
 
     /// Parses an id as shown by keygate; `None` if it is not one.
@@ -46,7 +47,7 @@ impl KeyId {
             // The first character carries only 3 bits (a ULID is 128 bits in 130).
             && matches!(ulid.as_bytes()[0], b'0'..=b'7')
             && ulid.bytes().all(|b| CROCKFORD.contains(&b));
-        ok.then(|| Self(text.to_owned()))
+        ok.then(|| Self(text.into()))
     }
 
     /// The id as text.

@@ -42,7 +42,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // 1 MiB of page cache per connection (SQLite's default is 2 MiB); the OS page
+            // cache holds the rest of the file.
+            .pragma("cache_size", "-1024");
         // Each in-memory connection would be a separate database: keep exactly one.
         let pool_options = if memory {
             SqlitePoolOptions::new()
@@ -53,7 +56,7 @@ impl SqliteStore {
         } else {
             // No ping before each use: a broken connection fails its query, which is reported.
             SqlitePoolOptions::new()
-                .max_connections(8)
+                .max_connections(4)
                 .test_before_acquire(false)
         };
         let pool = pool_options

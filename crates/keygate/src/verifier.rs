@@ -401,7 +401,8 @@ impl Keygate {
     pub async fn flush_usage(&self) -> Result<(), StoreError> {
         let batch: Vec<(KeyId, Timestamp)> = {
             let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
-            usage.drain().collect()
+            // Take the map rather than drain it, so its memory goes back between bursts.
+            std::mem::take(&mut *usage).into_iter().collect()
         };
         if batch.is_empty() {
             return Ok(());
