@@ -11,9 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::auth::{Caller, Manage, Read};
 use super::error::{ApiError, ApiJson, ApiQuery, OptionalApiJson};
+use super::{AppState, RequestId};
 
 /// A key as the API shows it: everything but the secret and its hash.
 #[derive(Debug, Serialize, ToSchema)]
@@ -201,6 +201,7 @@ fn key_id(raw: &str) -> Result<KeyId, ApiError> {
 pub async fn create_key(
     State(app): State<AppState>,
     caller: Caller<Manage>,
+    request_id: RequestId,
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<Response, ApiError> {
     let expires = match (body.expires_at, body.expires_in) {
@@ -225,7 +226,7 @@ pub async fn create_key(
         expires,
     };
     let (record, key) = app.keygate.issue(spec).await?;
-    tracing::info!(actor = %caller.0.id(), key_id = %record.id, "key issued over the API");
+    tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key issued over the API");
     let location = format!("/v1/keys/{}", record.id);
     let created = CreatedKey {
         key: key.expose().to_owned(),
@@ -331,6 +332,7 @@ pub async fn get_key(
 pub async fn update_key(
     State(app): State<AppState>,
     caller: Caller<Manage>,
+    request_id: RequestId,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateKey>,
 ) -> Result<Json<KeyView>, ApiError> {
@@ -344,7 +346,7 @@ pub async fn update_key(
         enabled: body.enabled,
     };
     let record = app.keygate.update(&id, patch).await?;
-    tracing::info!(actor = %caller.0.id(), key_id = %record.id, "key updated over the API");
+    tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key updated over the API");
     Ok(Json(KeyView::of(record, app.keygate.now())))
 }
 
@@ -366,12 +368,13 @@ pub async fn update_key(
 pub async fn revoke_key(
     State(app): State<AppState>,
     caller: Caller<Manage>,
+    request_id: RequestId,
     Path(id): Path<String>,
     OptionalApiJson(body): OptionalApiJson<RevokeKey>,
 ) -> Result<Json<KeyView>, ApiError> {
     let id = key_id(&id)?;
     let reason = body.and_then(|b| b.reason);
     let record = app.keygate.revoke(&id, reason).await?;
-    tracing::info!(actor = %caller.0.id(), key_id = %record.id, "key revoked over the API");
+    tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key revoked over the API");
     Ok(Json(KeyView::of(record, app.keygate.now())))
 }
