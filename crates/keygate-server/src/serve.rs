@@ -56,16 +56,15 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
 /// On an empty database, issues one `keygate:admin` key and prints it once on stdout (never
 /// to the log). Later starts find keys and print nothing.
 async fn bootstrap(keygate: &Keygate) -> Result<(), Failure> {
-    let counts = keygate.store().count_by_status(keygate.now()).await?;
-    if counts.total() > 0 {
-        return Ok(());
-    }
     let spec = KeySpec {
         name: "bootstrap admin".into(),
         scopes: vec![ADMIN.into()],
         ..KeySpec::default()
     };
-    let (record, key) = keygate.issue(spec).await?;
+    // Atomic: several nodes starting on one empty database issue one key between them.
+    let Some((record, key)) = keygate.issue_first(spec).await? else {
+        return Ok(());
+    };
     tracing::warn!(key_id = %record.id, "empty database: issued a bootstrap admin key (printed once on stdout)");
     let mut out = std::io::stdout().lock();
     writeln!(

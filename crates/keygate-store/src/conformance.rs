@@ -43,7 +43,8 @@ macro_rules! conformance_suite {
             concurrent_revokes_succeed_exactly_once,
             usage_times_only_move_forward,
             ping_answers,
-            watchers_see_every_change
+            watchers_see_every_change,
+            only_one_first_key
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -489,4 +490,34 @@ async fn expect_change(
         Ok(Some(Change::Key(h))) => assert_eq!(&h, hash, "changes arrive in order, one each"),
         other => panic!("expected a change for the key, got {other:?}"),
     }
+}
+
+/// `create_if_empty` from many tasks at once on an empty store: exactly one key is stored.
+pub async fn only_one_first_key(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_if_empty(&record(&format!("admin {i}"), None, at(i)))
+                .await
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        if t.await.expect("task").expect("create_if_empty") {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(
+        store.count_by_status(now()).await.expect("count").total(),
+        1
+    );
+    assert!(
+        !store
+            .create_if_empty(&record("late", None, at(9)))
+            .await
+            .expect("again")
+    );
 }

@@ -166,6 +166,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a new record. [`StoreError::Duplicate`] if its id or hash is taken.
     async fn create(&self, record: &KeyRecord) -> Result<(), StoreError>;
 
+    /// Stores `record` only if the store holds no key at all, atomically (for the bootstrap
+    /// admin key: several nodes starting on one empty database must issue one key, not one
+    /// each). `Ok(false)` if there were keys already.
+    async fn create_if_empty(&self, record: &KeyRecord) -> Result<bool, StoreError>;
+
     /// The record with this id.
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
 

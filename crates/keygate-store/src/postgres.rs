@@ -90,6 +90,36 @@ impl PostgresStore {
     }
 }
 
+/// Inserts a new record and queues its change notification, inside the caller's transaction.
+async fn insert(tx: &mut Transaction<'_, Postgres>, record: &KeyRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
+             expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(record.id.as_str().to_owned())
+    .bind(record.name.clone())
+    .bind(record.start.clone())
+    .bind(record.hash.as_bytes().to_vec())
+    .bind(record.owner.clone())
+    .bind(to_json(&record.scopes))
+    .bind(to_json(&record.metadata))
+    .bind(record.created_at.unix_ms())
+    .bind(record.expires_at.map(Timestamp::unix_ms))
+    .bind(record.revoked_at.map(Timestamp::unix_ms))
+    .bind(record.revoked_reason.clone())
+    .bind(record.enabled)
+    .bind(record.last_used_at.map(Timestamp::unix_ms))
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match e.as_database_error() {
+        Some(db) if db.is_unique_violation() => StoreError::Duplicate,
+        _ => backend(e),
+    })?;
+    // A new key must drop "no such key" answers other nodes may have cached.
+    notify(tx, &record.hash).await
+}
+
 /// Queues the change notification; PostgreSQL delivers it when the transaction commits.
 async fn notify(tx: &mut Transaction<'_, Postgres>, hash: &KeyHash) -> Result<(), StoreError> {
     let hex: String = hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
@@ -106,33 +136,28 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, hash: &KeyHash) -> Result<()
 impl Store for PostgresStore {
     async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query(
-            "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
-             expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(record.id.as_str().to_owned())
-        .bind(record.name.clone())
-        .bind(record.start.clone())
-        .bind(record.hash.as_bytes().to_vec())
-        .bind(record.owner.clone())
-        .bind(to_json(&record.scopes))
-        .bind(to_json(&record.metadata))
-        .bind(record.created_at.unix_ms())
-        .bind(record.expires_at.map(Timestamp::unix_ms))
-        .bind(record.revoked_at.map(Timestamp::unix_ms))
-        .bind(record.revoked_reason.clone())
-        .bind(record.enabled)
-        .bind(record.last_used_at.map(Timestamp::unix_ms))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            Some(db) if db.is_unique_violation() => StoreError::Duplicate,
-            _ => backend(e),
-        })?;
-        // A new key must drop "no such key" answers other nodes may have cached.
-        notify(&mut tx, &record.hash).await?;
+        insert(&mut tx, record).await?;
         tx.commit().await.map_err(backend)
+    }
+
+    async fn create_if_empty(&self, record: &KeyRecord) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Self-conflicting lock mode: a second bootstrap waits here until the first commits,
+        // then sees its key. Ordinary reads are not blocked.
+        sqlx::query("LOCK TABLE keys IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM keys)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if any {
+            return Ok(false);
+        }
+        insert(&mut tx, record).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {

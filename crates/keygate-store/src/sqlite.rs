@@ -116,6 +116,36 @@ impl SqliteStore {
     }
 }
 
+/// Inserts a new record and logs the change, inside the caller's transaction.
+async fn insert(tx: &mut Transaction<'_, Sqlite>, record: &KeyRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
+             expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(record.id.as_str().to_owned())
+    .bind(record.name.clone())
+    .bind(record.start.clone())
+    .bind(record.hash.as_bytes().to_vec())
+    .bind(record.owner.clone())
+    .bind(to_json(&record.scopes))
+    .bind(to_json(&record.metadata))
+    .bind(record.created_at.unix_ms())
+    .bind(record.expires_at.map(Timestamp::unix_ms))
+    .bind(record.revoked_at.map(Timestamp::unix_ms))
+    .bind(record.revoked_reason.clone())
+    .bind(record.enabled)
+    .bind(record.last_used_at.map(Timestamp::unix_ms))
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match e.as_database_error() {
+        Some(db) if db.is_unique_violation() => StoreError::Duplicate,
+        _ => backend(e),
+    })?;
+    // A new key must drop "no such key" answers other processes may have cached.
+    log_change(tx, &record.hash).await
+}
+
 /// Adds the change to `key_changes`, inside the caller's transaction.
 async fn log_change(tx: &mut Transaction<'_, Sqlite>, hash: &KeyHash) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO key_changes (hash, changed_at) VALUES (?, ?)")
@@ -141,33 +171,27 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        sqlx::query(
-            "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
-             expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(record.id.as_str().to_owned())
-        .bind(record.name.clone())
-        .bind(record.start.clone())
-        .bind(record.hash.as_bytes().to_vec())
-        .bind(record.owner.clone())
-        .bind(to_json(&record.scopes))
-        .bind(to_json(&record.metadata))
-        .bind(record.created_at.unix_ms())
-        .bind(record.expires_at.map(Timestamp::unix_ms))
-        .bind(record.revoked_at.map(Timestamp::unix_ms))
-        .bind(record.revoked_reason.clone())
-        .bind(record.enabled)
-        .bind(record.last_used_at.map(Timestamp::unix_ms))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match e.as_database_error() {
-            Some(db) if db.is_unique_violation() => StoreError::Duplicate,
-            _ => backend(e),
-        })?;
-        // A new key must drop "no such key" answers other processes may have cached.
-        log_change(&mut tx, &record.hash).await?;
+        insert(&mut tx, record).await?;
         tx.commit().await.map_err(backend)
+    }
+
+    async fn create_if_empty(&self, record: &KeyRecord) -> Result<bool, StoreError> {
+        // IMMEDIATE: the write lock is held from the check to the insert.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM keys)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if any {
+            return Ok(false);
+        }
+        insert(&mut tx, record).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {

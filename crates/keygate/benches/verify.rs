@@ -61,6 +61,9 @@ impl Store for Counting {
     async fn create(&self, r: &KeyRecord) -> Result<(), StoreError> {
         self.inner.create(r).await
     }
+    async fn create_if_empty(&self, r: &KeyRecord) -> Result<bool, StoreError> {
+        self.inner.create_if_empty(r).await
+    }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get(id).await
     }

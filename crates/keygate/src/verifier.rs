@@ -428,6 +428,21 @@ impl Keygate {
         Ok((record, key))
     }
 
+    /// Issues a key only if the store holds none at all (the bootstrap admin key), atomically:
+    /// `None` if there were keys already.
+    pub async fn issue_first(
+        &self,
+        spec: KeySpec,
+    ) -> Result<Option<(KeyRecord, PlainKey)>, StoreError> {
+        let (record, key) = issue(spec, &self.inner.prefix, self.now())?;
+        if !self.inner.store.create_if_empty(&record).await? {
+            return Ok(None);
+        }
+        self.forget(&record.hash);
+        tracing::info!(key_id = %record.id, "issued the first API key");
+        Ok(Some((record, key)))
+    }
+
     /// The key with this id.
     pub async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.store.get(id).await
