@@ -15,6 +15,7 @@
 //! assert_eq!(decide(&record, now, &["users:read"]), Outcome::InsufficientScope);
 //! ```
 
+pub mod audit;
 pub mod format;
 pub mod id;
 pub mod outcome;
@@ -22,6 +23,7 @@ pub mod record;
 pub mod scope;
 pub mod time;
 
+pub use audit::{Actor, Audit, AuditEvent, EventKind};
 pub use format::{
     KeyHash, ParseError, ParsedKey, PlainKey, Prefix, generate, parse, parse_with_prefix,
 };

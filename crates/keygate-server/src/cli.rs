@@ -2,7 +2,7 @@
 //! database, so bad input never writes.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keygate_core::{KeyId, Lifetime, Prefix, Timestamp, scope::check_scope};
+use keygate_core::{EventKind, KeyId, Lifetime, Prefix, Timestamp, scope::check_scope};
 use serde_json::{Map, Value};
 
 /// keygate: API-key authentication for public HTTP APIs.
@@ -35,6 +35,8 @@ pub enum Command {
     /// Issue, list, show, revoke and verify API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print the audit trail, oldest first (`--json`: one JSON object per line, for a SIEM).
+    Audit(AuditArgs),
 }
 
 /// `keygate keys ...`
@@ -88,6 +90,23 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `keygate audit`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only events about this key.
+    #[arg(long = "key", value_name = "ID", value_parser = parse_id)]
+    pub key_id: Option<KeyId>,
+    /// Only events of this type (key.created, key.updated, key.revoked).
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_event_kind)]
+    pub kind: Option<EventKind>,
+    /// Only events at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_timestamp)]
+    pub since: Option<Timestamp>,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `keygate serve`
@@ -198,6 +217,10 @@ pub enum StatusArg {
     Revoked,
     /// Every key.
     All,
+}
+
+fn parse_event_kind(s: &str) -> Result<EventKind, String> {
+    EventKind::parse(s).ok_or_else(|| "expected key.created, key.updated or key.revoked".into())
 }
 
 fn parse_id(s: &str) -> Result<KeyId, String> {

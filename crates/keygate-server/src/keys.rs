@@ -4,12 +4,17 @@ use std::io::{BufRead, Write};
 
 use keygate::store::{ListQuery, StoreError};
 use keygate::{KeyPatch, KeyRecord, KeySpec, Keygate, Outcome};
-use keygate_core::{Expiry, Status, Timestamp};
+use keygate_core::{Actor, Audit, Expiry, Status, Timestamp};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::Failure;
-use crate::cli::{CreateArgs, KeysCommand, ListArgs, StatusArg};
+use crate::cli::{AuditArgs, CreateArgs, KeysCommand, ListArgs, StatusArg};
+
+/// Changes made from the command line are audited as `cli`.
+fn cli() -> Audit {
+    Audit::by(Actor::Cli)
+}
 
 /// What `show`, `list` and `--json` print about a key: everything but its hash.
 #[derive(Debug, Serialize)]
@@ -69,7 +74,7 @@ pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure>
             print_key(&mut out, &record, now, json)?;
         }
         KeysCommand::Revoke { id, reason, json } => {
-            let record = keygate.revoke(&id, reason).await?;
+            let record = keygate.revoke(&id, reason, &cli()).await?;
             if json {
                 print_key(&mut out, &record, now, true)?;
             } else {
@@ -81,7 +86,7 @@ pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure>
                 enabled: Some(false),
                 ..KeyPatch::default()
             };
-            let record = keygate.update(&id, patch).await?;
+            let record = keygate.update(&id, patch, &cli()).await?;
             writeln!(out, "Disabled {}", record.id)?;
         }
         KeysCommand::Enable { id } => {
@@ -89,7 +94,7 @@ pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure>
                 enabled: Some(true),
                 ..KeyPatch::default()
             };
-            let record = keygate.update(&id, patch).await?;
+            let record = keygate.update(&id, patch, &cli()).await?;
             writeln!(out, "Enabled {} (now {})", record.id, record.status(now))?;
         }
         KeysCommand::Verify { key, scopes, json } => {
@@ -139,7 +144,7 @@ async fn create(keygate: &Keygate, args: CreateArgs, out: &mut impl Write) -> Re
             (None, None) => None,
         },
     };
-    let (record, key) = keygate.issue(spec).await?;
+    let (record, key) = keygate.issue(spec, &cli()).await?;
     if args.json {
         let created = Created {
             view: KeyView::of(&record, keygate.now()),
@@ -275,4 +280,47 @@ fn scopes_text(scopes: &[String]) -> String {
 /// A time, or `never` (no expiry; never used).
 fn time_text(t: Option<Timestamp>) -> String {
     t.map_or_else(|| "never".into(), |t| t.to_string())
+}
+
+/// `keygate audit`: every matching event, oldest first.
+pub async fn audit(keygate: &Keygate, args: AuditArgs) -> Result<u8, Failure> {
+    let mut out = std::io::stdout().lock();
+    let mut query = keygate::store::AuditQuery {
+        key_id: args.key_id,
+        kind: args.kind,
+        since: args.since,
+        limit: keygate::store::MAX_PAGE_SIZE,
+        cursor: None,
+    };
+    let mut printed = 0;
+    loop {
+        let page = keygate.audit_trail(&query).await?;
+        for event in &page.items {
+            if args.json {
+                let line =
+                    serde_json::to_string(event).map_err(|e| Failure::Other(e.to_string()))?;
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{}  {}  {:<12} {:<36} {}  {}",
+                    event.seq,
+                    event.at,
+                    event.kind,
+                    event.actor,
+                    event.key_id.as_ref().map_or("-", |id| id.as_str()),
+                    Value::Object(event.details.clone())
+                )?;
+            }
+            printed += 1;
+        }
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    if printed == 0 && !args.json {
+        writeln!(out, "(no events)")?;
+    }
+    Ok(0)
 }

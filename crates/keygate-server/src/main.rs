@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     // The service wants every core; a one-shot CLI command needs one thread.
     let mut builder = match cli.command {
         Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
-        Command::Keys(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::Keys(_) | Command::Audit(_) => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -79,12 +79,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let serve_args = match &cli.command {
         Command::Serve(args) => Some(args),
-        Command::Keys(_) => None,
+        Command::Keys(_) | Command::Audit(_) => None,
     };
     let settings = Settings::resolve(&cli, serve_args)?;
     match cli.command {
         Command::Serve(_) => serve::run(settings).await.map(|()| 0),
-        Command::Keys(command) => {
+        command => {
             let store = keygate::store::open(&settings.database).await?;
             // A one-shot command: no cache, usage written before exit.
             let keygate = Keygate::builder(store)
@@ -92,7 +92,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .usage_flush_interval(None)
                 .cache(None)
                 .build();
-            keys::run(&keygate, command).await
+            match command {
+                Command::Keys(command) => keys::run(&keygate, command).await,
+                Command::Audit(args) => keys::audit(&keygate, args).await,
+                Command::Serve(_) => unreachable!("handled above"),
+            }
         }
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use keygate::core::KeySpec;
 use keygate::core::scope::ADMIN;
+use keygate::core::{Actor, Audit, KeySpec};
 use keygate::{CacheConfig, Keygate};
 
 use crate::Failure;
@@ -62,7 +62,7 @@ async fn bootstrap(keygate: &Keygate) -> Result<(), Failure> {
         ..KeySpec::default()
     };
     // Atomic: several nodes starting on one empty database issue one key between them.
-    let Some((record, key)) = keygate.issue_first(spec).await? else {
+    let Some((record, key)) = keygate.issue_first(spec, &Audit::by(Actor::Server)).await? else {
         return Ok(());
     };
     tracing::warn!(key_id = %record.id, "empty database: issued a bootstrap admin key (printed once on stdout)");

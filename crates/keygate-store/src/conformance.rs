@@ -15,11 +15,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use keygate_core::{
-    KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, RecordError, Status, Timestamp, issue,
+    Actor, Audit, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, RecordError,
+    Status, Timestamp, issue,
 };
 use serde_json::json;
 
-use crate::{Change, ListQuery, Store, StoreError};
+use crate::{AuditQuery, Change, ListQuery, Store, StoreError};
 
 /// Expands to one `#[tokio::test]` per conformance case; `$fresh` is a closure returning a
 /// future of `Option<Arc<dyn Store>>`: a fresh, empty store, or `None` when the backend is
@@ -44,7 +45,8 @@ macro_rules! conformance_suite {
             usage_times_only_move_forward,
             ping_answers,
             watchers_see_every_change,
-            only_one_first_key
+            only_one_first_key,
+            every_change_is_in_the_audit_trail
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -69,6 +71,10 @@ pub fn now() -> Timestamp {
 
 fn at(offset_ms: i64) -> Timestamp {
     Timestamp::from_unix_ms(now().unix_ms() + offset_ms).expect("in range")
+}
+
+fn audit() -> Audit {
+    Audit::by(Actor::Library).in_request("conformance")
 }
 
 fn record(name: &str, owner: Option<&str>, created: Timestamp) -> KeyRecord {
@@ -99,7 +105,7 @@ pub async fn create_then_get_round_trips_every_field(store: Arc<dyn Store>) {
     bare.scopes.clear();
     bare.metadata.clear();
     for r in [&full, &bare] {
-        store.create(r).await.expect("create");
+        store.create(r, &audit()).await.expect("create");
         assert_eq!(store.get(&r.id).await.expect("get").as_ref(), Some(r));
         assert_eq!(
             store.find_by_hash(&r.hash).await.expect("find").as_ref(),
@@ -111,7 +117,7 @@ pub async fn create_then_get_round_trips_every_field(store: Arc<dyn Store>) {
 /// Lookups of things never stored find nothing (and are not errors).
 pub async fn unknown_ids_and_hashes_are_absent(store: Arc<dyn Store>) {
     store
-        .create(&record("k", None, at(0)))
+        .create(&record("k", None, at(0)), &audit())
         .await
         .expect("create");
     assert_eq!(store.get(&KeyId::generate(at(0))).await.expect("get"), None);
@@ -127,13 +133,13 @@ pub async fn unknown_ids_and_hashes_are_absent(store: Arc<dyn Store>) {
 /// A second record with the same id or the same hash is refused, and the first stays intact.
 pub async fn duplicates_are_rejected_and_change_nothing(store: Arc<dyn Store>) {
     let first = record("first", None, at(0));
-    store.create(&first).await.expect("create");
+    store.create(&first, &audit()).await.expect("create");
     let mut same_hash = record("second", None, at(1));
     same_hash.hash = first.hash;
     let mut same_id = record("third", None, at(2));
     same_id.id = first.id.clone();
     for dup in [&same_hash, &same_id] {
-        match store.create(dup).await {
+        match store.create(dup, &audit()).await {
             Err(StoreError::Duplicate) => {}
             other => panic!("expected Duplicate, got {other:?}"),
         }
@@ -157,7 +163,7 @@ pub async fn list_filters_by_owner_and_name(store: Arc<dyn Store>) {
     ];
     for (i, (name, owner)) in names.iter().enumerate() {
         store
-            .create(&record(name, *owner, at(i as i64)))
+            .create(&record(name, *owner, at(i as i64)), &audit())
             .await
             .expect("create");
     }
@@ -209,7 +215,7 @@ pub async fn list_status_filter_agrees_with_core_status(store: Arc<dyn Store>) {
         r.expires_at = expires;
         r.revoked_at = revoked;
         r.enabled = enabled;
-        store.create(&r).await.expect("create");
+        store.create(&r, &audit()).await.expect("create");
         records.push(r);
     }
     for status in [
@@ -256,7 +262,7 @@ pub async fn list_pages_cover_everything_once_newest_first(store: Arc<dyn Store>
     let mut ids = Vec::new();
     for i in 0..25 {
         let r = record(&format!("k{i}"), Some("acct"), at(i));
-        store.create(&r).await.expect("create");
+        store.create(&r, &audit()).await.expect("create");
         ids.push(r.id);
     }
     ids.reverse();
@@ -301,7 +307,7 @@ pub async fn list_pages_cover_everything_once_newest_first(store: Arc<dyn Store>
 /// Patches change what they name, are checked by core, and leave the record alone on error.
 pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
     let r = record("before", Some("acct_1"), at(0));
-    store.create(&r).await.expect("create");
+    store.create(&r, &audit()).await.expect("create");
     let patch = KeyPatch {
         name: Some("after".into()),
         owner: Some(None),
@@ -310,7 +316,10 @@ pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
         expires_at: Some(Some(at(1_000))),
         enabled: Some(false),
     };
-    let updated = store.update(&r.id, patch).await.expect("update");
+    let updated = store
+        .update(&r.id, patch, now(), &audit())
+        .await
+        .expect("update");
     assert_eq!(updated.name, "after");
     assert_eq!(updated.owner, None);
     assert_eq!(updated.scopes, ["billing:*"]);
@@ -329,7 +338,7 @@ pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
         ..KeyPatch::default()
     };
     assert!(matches!(
-        store.update(&r.id, bad).await,
+        store.update(&r.id, bad, now(), &audit()).await,
         Err(StoreError::Record(RecordError::Field {
             field: "scopes",
             ..
@@ -338,7 +347,12 @@ pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
     assert_eq!(store.get(&r.id).await.expect("get"), Some(updated));
     assert!(matches!(
         store
-            .update(&KeyId::generate(at(0)), KeyPatch::default())
+            .update(
+                &KeyId::generate(at(0)),
+                KeyPatch::default(),
+                now(),
+                &audit()
+            )
             .await,
         Err(StoreError::NotFound)
     ));
@@ -347,16 +361,16 @@ pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
 /// Revocation records time and reason, cannot be repeated, and cannot be undone by enabling.
 pub async fn revoke_is_final(store: Arc<dyn Store>) {
     let r = record("k", None, at(0));
-    store.create(&r).await.expect("create");
+    store.create(&r, &audit()).await.expect("create");
     let revoked = store
-        .revoke(&r.id, at(10), Some("leaked".into()))
+        .revoke(&r.id, at(10), Some("leaked".into()), &audit())
         .await
         .expect("revoke");
     assert_eq!(revoked.revoked_at, Some(at(10)));
     assert_eq!(revoked.revoked_reason.as_deref(), Some("leaked"));
     assert_eq!(revoked.status(at(11)), Status::Revoked);
     assert!(matches!(
-        store.revoke(&r.id, at(20), None).await,
+        store.revoke(&r.id, at(20), None, &audit()).await,
         Err(StoreError::Record(RecordError::AlreadyRevoked))
     ));
     let enable = KeyPatch {
@@ -364,19 +378,23 @@ pub async fn revoke_is_final(store: Arc<dyn Store>) {
         ..KeyPatch::default()
     };
     assert!(matches!(
-        store.update(&r.id, enable).await,
+        store.update(&r.id, enable, now(), &audit()).await,
         Err(StoreError::Record(RecordError::AlreadyRevoked))
     ));
     assert_eq!(store.get(&r.id).await.expect("get"), Some(revoked));
     assert!(matches!(
-        store.revoke(&KeyId::generate(at(0)), at(1), None).await,
+        store
+            .revoke(&KeyId::generate(at(0)), at(1), None, &audit())
+            .await,
         Err(StoreError::NotFound)
     ));
     let long_reason = "x".repeat(501);
     let other = record("other", None, at(1));
-    store.create(&other).await.expect("create");
+    store.create(&other, &audit()).await.expect("create");
     assert!(matches!(
-        store.revoke(&other.id, at(2), Some(long_reason)).await,
+        store
+            .revoke(&other.id, at(2), Some(long_reason), &audit())
+            .await,
         Err(StoreError::Record(RecordError::Field {
             field: "reason",
             ..
@@ -388,14 +406,14 @@ pub async fn revoke_is_final(store: Arc<dyn Store>) {
 /// Many revokes of one key at once: exactly one wins, the rest see `AlreadyRevoked`.
 pub async fn concurrent_revokes_succeed_exactly_once(store: Arc<dyn Store>) {
     let r = record("k", None, at(0));
-    store.create(&r).await.expect("create");
+    store.create(&r, &audit()).await.expect("create");
     let mut tasks = Vec::new();
     for i in 0..16 {
         let store = store.clone();
         let id = r.id.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .revoke(&id, at(i + 1), Some(format!("reason {i}")))
+                .revoke(&id, at(i + 1), Some(format!("reason {i}")), &audit())
                 .await
         }));
     }
@@ -414,8 +432,8 @@ pub async fn concurrent_revokes_succeed_exactly_once(store: Arc<dyn Store>) {
 pub async fn usage_times_only_move_forward(store: Arc<dyn Store>) {
     let a = record("a", None, at(0));
     let b = record("b", None, at(1));
-    store.create(&a).await.expect("create");
-    store.create(&b).await.expect("create");
+    store.create(&a, &audit()).await.expect("create");
+    store.create(&b, &audit()).await.expect("create");
     store.record_usage(&[]).await.expect("empty batch");
     store
         .record_usage(&[(a.id.clone(), at(50)), (KeyId::generate(at(0)), at(60))])
@@ -460,24 +478,30 @@ pub async fn ping_answers(store: Arc<dyn Store>) {
 pub async fn watchers_see_every_change(store: Arc<dyn Store>) {
     let mut changes = store.watch().await.expect("watch");
     let r = record("watched", None, at(0));
-    store.create(&r).await.expect("create");
+    store.create(&r, &audit()).await.expect("create");
     expect_change(&mut changes, &r.hash).await;
     let patch = KeyPatch {
         enabled: Some(false),
         ..KeyPatch::default()
     };
-    store.update(&r.id, patch).await.expect("update");
+    store
+        .update(&r.id, patch, now(), &audit())
+        .await
+        .expect("update");
     expect_change(&mut changes, &r.hash).await;
     store
         .record_usage(&[(r.id.clone(), at(5))])
         .await
         .expect("usage");
-    store.revoke(&r.id, at(9), None).await.expect("revoke");
+    store
+        .revoke(&r.id, at(9), None, &audit())
+        .await
+        .expect("revoke");
     expect_change(&mut changes, &r.hash).await;
     // A failed change announces nothing.
-    let _ = store.revoke(&r.id, at(10), None).await;
+    let _ = store.revoke(&r.id, at(10), None, &audit()).await;
     let other = record("other", None, at(1));
-    store.create(&other).await.expect("create");
+    store.create(&other, &audit()).await.expect("create");
     expect_change(&mut changes, &other.hash).await;
 }
 
@@ -499,7 +523,7 @@ pub async fn only_one_first_key(store: Arc<dyn Store>) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .create_if_empty(&record(&format!("admin {i}"), None, at(i)))
+                .create_if_empty(&record(&format!("admin {i}"), None, at(i)), &audit())
                 .await
         }));
     }
@@ -516,8 +540,107 @@ pub async fn only_one_first_key(store: Arc<dyn Store>) {
     );
     assert!(
         !store
-            .create_if_empty(&record("late", None, at(9)))
+            .create_if_empty(&record("late", None, at(9)), &audit())
             .await
             .expect("again")
     );
+}
+
+/// Creates, updates and revokes leave one event each, in order, with actor, request id and
+/// the changed fields; failed changes leave none; filters and pages work.
+pub async fn every_change_is_in_the_audit_trail(store: Arc<dyn Store>) {
+    let r = record("audited", Some("acct_1"), at(0));
+    store.create(&r, &audit()).await.expect("create");
+    let patch = KeyPatch {
+        name: Some("audited v2".into()),
+        ..KeyPatch::default()
+    };
+    store
+        .update(&r.id, patch, at(5), &Audit::by(Actor::Cli))
+        .await
+        .expect("update");
+    store
+        .revoke(&r.id, at(9), Some("leaked".into()), &audit())
+        .await
+        .expect("revoke");
+    assert!(store.revoke(&r.id, at(10), None, &audit()).await.is_err());
+    let other = record("other", None, at(1));
+    store.create(&other, &audit()).await.expect("create");
+
+    let all = store
+        .list_audit(&AuditQuery::default())
+        .await
+        .expect("audit");
+    let kinds: Vec<(EventKind, Option<KeyId>)> = all
+        .items
+        .iter()
+        .map(|e| (e.kind, e.key_id.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::KeyCreated, Some(r.id.clone())),
+            (EventKind::KeyUpdated, Some(r.id.clone())),
+            (EventKind::KeyRevoked, Some(r.id.clone())),
+            (EventKind::KeyCreated, Some(other.id.clone())),
+        ]
+    );
+    let [created, updated, revoked, _] = &all.items[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (created.actor.as_str(), created.request_id.as_deref()),
+        ("library", Some("conformance"))
+    );
+    assert_eq!(created.details["name"], "audited");
+    assert_eq!(
+        (updated.actor.as_str(), updated.request_id.as_deref()),
+        ("cli", None)
+    );
+    assert_eq!(updated.at, at(5));
+    assert_eq!(updated.details["name"]["to"], "audited v2");
+    assert_eq!(updated.details.len(), 1);
+    assert_eq!(revoked.details["revoked_reason"]["to"], "leaked");
+    assert!(created.seq < updated.seq && updated.seq < revoked.seq);
+
+    let mine = AuditQuery {
+        key_id: Some(r.id.clone()),
+        ..AuditQuery::default()
+    };
+    assert_eq!(store.list_audit(&mine).await.expect("audit").items.len(), 3);
+    let revocations = AuditQuery {
+        kind: Some(EventKind::KeyRevoked),
+        ..AuditQuery::default()
+    };
+    assert_eq!(
+        store
+            .list_audit(&revocations)
+            .await
+            .expect("audit")
+            .items
+            .len(),
+        1
+    );
+    let recent = AuditQuery {
+        since: Some(at(5)),
+        ..AuditQuery::default()
+    };
+    assert_eq!(
+        store.list_audit(&recent).await.expect("audit").items.len(),
+        2
+    );
+    let mut paged = AuditQuery {
+        limit: 3,
+        ..AuditQuery::default()
+    };
+    let first = store.list_audit(&paged).await.expect("audit");
+    assert_eq!(first.items.len(), 3);
+    paged.cursor = first.next_cursor;
+    let second = store.list_audit(&paged).await.expect("audit");
+    assert_eq!((second.items.len(), second.next_cursor), (1, None));
+    paged.cursor = Some("not a cursor".into());
+    assert!(matches!(
+        store.list_audit(&paged).await,
+        Err(StoreError::InvalidCursor)
+    ));
 }

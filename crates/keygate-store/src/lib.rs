@@ -24,7 +24,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, RecordError, Status, Timestamp};
+use keygate_core::{
+    Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, RecordError, Status,
+    Timestamp,
+};
 
 #[cfg(feature = "bench")]
 pub mod bulk;
@@ -120,6 +123,54 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// Filters and position for [`Store::list_audit`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only events about this key.
+    pub key_id: Option<KeyId>,
+    /// Only events of this kind.
+    pub kind: Option<EventKind>,
+    /// Only events at or after this time.
+    pub since: Option<Timestamp>,
+    /// Page size, 1 to [`MAX_PAGE_SIZE`] (0 means the default).
+    pub limit: u32,
+    /// Where the previous page ended ([`AuditPage::next_cursor`]).
+    pub cursor: Option<String>,
+}
+
+impl AuditQuery {
+    /// The limit clamped to 1..=[`MAX_PAGE_SIZE`] (default [`DEFAULT_PAGE_SIZE`]).
+    pub fn page_size(&self) -> u32 {
+        if self.limit == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            self.limit.min(MAX_PAGE_SIZE)
+        }
+    }
+
+    /// The cursor as a position in the trail.
+    pub fn cursor_seq(&self) -> Result<Option<i64>, StoreError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or(StoreError::InvalidCursor)
+            })
+            .transpose()
+    }
+}
+
+/// One page of audit events, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditPage {
+    /// The events.
+    pub items: Vec<AuditEvent>,
+    /// Pass as [`AuditQuery::cursor`] for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// How many keys have each [`Status`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatusCounts {
@@ -163,13 +214,14 @@ pub enum Change {
 /// keygate-core's changes atomically.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Stores a new record. [`StoreError::Duplicate`] if its id or hash is taken.
-    async fn create(&self, record: &KeyRecord) -> Result<(), StoreError>;
+    /// Stores a new record, and its `key.created` event. [`StoreError::Duplicate`] if its id or
+    /// hash is taken.
+    async fn create(&self, record: &KeyRecord, audit: &Audit) -> Result<(), StoreError>;
 
     /// Stores `record` only if the store holds no key at all, atomically (for the bootstrap
     /// admin key: several nodes starting on one empty database must issue one key, not one
     /// each). `Ok(false)` if there were keys already.
-    async fn create_if_empty(&self, record: &KeyRecord) -> Result<bool, StoreError>;
+    async fn create_if_empty(&self, record: &KeyRecord, audit: &Audit) -> Result<bool, StoreError>;
 
     /// The record with this id.
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
@@ -180,17 +232,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Keys matching `query`, newest first, one page at a time.
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
 
-    /// Applies `patch` atomically and returns the updated record.
-    async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError>;
+    /// Applies `patch` atomically, with its `key.updated` event (time `at`), and returns the
+    /// updated record.
+    async fn update(
+        &self,
+        id: &KeyId,
+        patch: KeyPatch,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<KeyRecord, StoreError>;
 
-    /// Revokes the key at `at` atomically and returns the updated record.
-    /// [`RecordError::AlreadyRevoked`] if it was revoked before.
+    /// Revokes the key at `at` atomically, with its `key.revoked` event, and returns the updated
+    /// record. [`RecordError::AlreadyRevoked`] if it was revoked before.
     async fn revoke(
         &self,
         id: &KeyId,
         at: Timestamp,
         reason: Option<String>,
+        audit: &Audit,
     ) -> Result<KeyRecord, StoreError>;
+
+    /// Audit events matching `query`, oldest first, one page at a time. The trail is
+    /// append-only: no method changes or removes an event.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
 
     /// Records last-used times in one batch; a time never moves backwards; unknown ids are
     /// ignored.

@@ -7,13 +7,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
+use keygate_core::{Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 
 use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
-use crate::{Change, ListQuery, Page, StatusCounts, Store, StoreError};
+use crate::{AuditPage, AuditQuery, Change, ListQuery, Page, StatusCounts, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -56,6 +56,7 @@ impl PostgresStore {
     async fn modify(
         &self,
         id: &KeyId,
+        event: (EventKind, Timestamp, &Audit),
         change: impl FnOnce(&mut KeyRecord) -> Result<(), StoreError> + Send,
     ) -> Result<KeyRecord, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
@@ -66,7 +67,8 @@ impl PostgresStore {
             .await
             .map_err(backend)?
             .ok_or(StoreError::NotFound)?;
-        let mut record = KeyRecord::try_from(row)?;
+        let before = KeyRecord::try_from(row)?;
+        let mut record = before.clone();
         change(&mut record)?;
         sqlx::query(
             "UPDATE keys SET name = $1, owner = $2, scopes = $3, metadata = $4, expires_at = $5, \
@@ -84,6 +86,13 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        let (kind, at, audit) = event;
+        let event = AuditEvent::changed(kind, &before, &record, audit, at);
+        sql::insert_event::<Postgres>(&event)
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         notify(&mut tx, &record.hash).await?;
         tx.commit().await.map_err(backend)?;
         Ok(record)
@@ -91,7 +100,17 @@ impl PostgresStore {
 }
 
 /// Inserts a new record and queues its change notification, inside the caller's transaction.
-async fn insert(tx: &mut Transaction<'_, Postgres>, record: &KeyRecord) -> Result<(), StoreError> {
+async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    record: &KeyRecord,
+    audit: &Audit,
+) -> Result<(), StoreError> {
+    let event = AuditEvent::created(record, audit, record.created_at);
+    sql::insert_event::<Postgres>(&event)
+        .build()
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     sqlx::query(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
              expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
@@ -134,13 +153,13 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, hash: &KeyHash) -> Result<()
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
+    async fn create(&self, record: &KeyRecord, audit: &Audit) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        insert(&mut tx, record).await?;
+        insert(&mut tx, record, audit).await?;
         tx.commit().await.map_err(backend)
     }
 
-    async fn create_if_empty(&self, record: &KeyRecord) -> Result<bool, StoreError> {
+    async fn create_if_empty(&self, record: &KeyRecord, audit: &Audit) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // Self-conflicting lock mode: a second bootstrap waits here until the first commits,
         // then sees its key. Ordinary reads are not blocked.
@@ -155,7 +174,7 @@ impl Store for PostgresStore {
         if any {
             return Ok(false);
         }
-        insert(&mut tx, record).await?;
+        insert(&mut tx, record, audit).await?;
         tx.commit().await.map_err(backend)?;
         Ok(true)
     }
@@ -189,8 +208,17 @@ impl Store for PostgresStore {
         Ok(sql::page(sql::records(rows)?, query.page_size()))
     }
 
-    async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError> {
-        self.modify(id, |record| Ok(patch.apply(record)?)).await
+    async fn update(
+        &self,
+        id: &KeyId,
+        patch: KeyPatch,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<KeyRecord, StoreError> {
+        self.modify(id, (EventKind::KeyUpdated, at, audit), |record| {
+            Ok(patch.apply(record)?)
+        })
+        .await
     }
 
     async fn revoke(
@@ -198,9 +226,23 @@ impl Store for PostgresStore {
         id: &KeyId,
         at: Timestamp,
         reason: Option<String>,
+        audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        self.modify(id, |record| Ok(record.revoke(at, reason)?))
+        self.modify(id, (EventKind::KeyRevoked, at, audit), |record| {
+            Ok(record.revoke(at, reason)?)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let cursor = query.cursor_seq()?;
+        let mut sql = sql::audit_query::<Postgres>(query, cursor);
+        let rows: Vec<sql::AuditRow> = sql
+            .build_query_as()
+            .fetch_all(&self.pool)
             .await
+            .map_err(backend)?;
+        sql::audit_page(rows, query.page_size())
     }
 
     async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

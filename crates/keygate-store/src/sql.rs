@@ -1,11 +1,11 @@
 //! What the SQL backends share: the row shape, its conversion to a [`KeyRecord`], and the
 //! list query (filters, status precedence, cursor), built once for any sqlx database.
 
-use keygate_core::{KeyHash, KeyId, KeyRecord, Status, Timestamp};
+use keygate_core::{AuditEvent, EventKind, KeyHash, KeyId, KeyRecord, Status, Timestamp};
 use serde_json::{Map, Value};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use crate::{ListQuery, StoreError};
+use crate::{AuditPage, AuditQuery, ListQuery, StoreError};
 
 /// `SELECT <every column> FROM keys WHERE <condition>`, as one static string.
 macro_rules! select_where {
@@ -194,4 +194,104 @@ impl From<Counts> for crate::StatusCounts {
             revoked: n(c.revoked),
         }
     }
+}
+
+/// An `audit_events` row as the database returns it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    seq: i64,
+    at: i64,
+    kind: String,
+    actor: String,
+    key_id: Option<String>,
+    request_id: Option<String>,
+    details: String,
+}
+
+impl TryFrom<AuditRow> for AuditEvent {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("audit event {}: {what}", row.seq));
+        Ok(AuditEvent {
+            seq: row.seq,
+            at: Timestamp::from_unix_ms(row.at).ok_or_else(|| corrupt("time"))?,
+            kind: EventKind::parse(&row.kind).ok_or_else(|| corrupt("kind"))?,
+            actor: row.actor.clone(),
+            key_id: row
+                .key_id
+                .as_deref()
+                .map(|id| KeyId::parse(id).ok_or_else(|| corrupt("key id")))
+                .transpose()?,
+            request_id: row.request_id.clone(),
+            details: serde_json::from_str(&row.details).map_err(|_| corrupt("details"))?,
+        })
+    }
+}
+
+/// `INSERT` of one audit event (7 parameters, in this order: at, kind, actor, key_id,
+/// request_id, details), with the placeholder style of the backend.
+pub(crate) fn insert_event<DB>(event: &AuditEvent) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    Option<String>: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let mut sql = QueryBuilder::<DB>::new(
+        "INSERT INTO audit_events (at, kind, actor, key_id, request_id, details) VALUES (",
+    );
+    let mut values = sql.separated(", ");
+    values.push_bind(event.at.unix_ms());
+    values.push_bind(event.kind.as_str().to_owned());
+    values.push_bind(event.actor.clone());
+    values.push_bind(event.key_id.as_ref().map(|id| id.as_str().to_owned()));
+    values.push_bind(event.request_id.clone());
+    values.push_bind(to_json(&event.details));
+    sql.push(")");
+    sql
+}
+
+/// The audit query: filters, cursor, oldest first, one row more than the page.
+pub(crate) fn audit_query<DB>(query: &AuditQuery, cursor: Option<i64>) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let mut sql = QueryBuilder::<DB>::new(
+        "SELECT seq, at, kind, actor, key_id, request_id, details FROM audit_events WHERE 1 = 1",
+    );
+    if let Some(id) = &query.key_id {
+        sql.push(" AND key_id = ").push_bind(id.as_str().to_owned());
+    }
+    if let Some(kind) = query.kind {
+        sql.push(" AND kind = ").push_bind(kind.as_str().to_owned());
+    }
+    if let Some(since) = query.since {
+        sql.push(" AND at >= ").push_bind(since.unix_ms());
+    }
+    if let Some(cursor) = cursor {
+        sql.push(" AND seq > ").push_bind(cursor);
+    }
+    sql.push(" ORDER BY seq ASC LIMIT ")
+        .push_bind(i64::from(query.page_size()) + 1);
+    sql
+}
+
+/// Rows to a page of events.
+pub(crate) fn audit_page(rows: Vec<AuditRow>, size: u32) -> Result<AuditPage, StoreError> {
+    let mut items = rows
+        .into_iter()
+        .map(AuditEvent::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() > size as usize {
+        items.truncate(size as usize);
+        items.last().map(|e| e.seq.to_string())
+    } else {
+        None
+    };
+    Ok(AuditPage { items, next_cursor })
 }

@@ -5,13 +5,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keygate_core::{KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
+use keygate_core::{Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::mpsc;
 
 use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
-use crate::{Change, ListQuery, Page, StatusCounts, Store, StoreError};
+use crate::{AuditPage, AuditQuery, Change, ListQuery, Page, StatusCounts, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -78,6 +78,7 @@ impl SqliteStore {
     async fn modify(
         &self,
         id: &KeyId,
+        event: (EventKind, Timestamp, &Audit),
         change: impl FnOnce(&mut KeyRecord) -> Result<(), StoreError> + Send,
     ) -> Result<KeyRecord, StoreError> {
         // IMMEDIATE takes the write lock up front, so read-modify-write cannot interleave.
@@ -92,7 +93,8 @@ impl SqliteStore {
             .await
             .map_err(backend)?
             .ok_or(StoreError::NotFound)?;
-        let mut record = KeyRecord::try_from(row)?;
+        let before = KeyRecord::try_from(row)?;
+        let mut record = before.clone();
         change(&mut record)?;
         sqlx::query(
             "UPDATE keys SET name = ?, owner = ?, scopes = ?, metadata = ?, expires_at = ?, \
@@ -110,6 +112,13 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        let (kind, at, audit) = event;
+        let event = AuditEvent::changed(kind, &before, &record, audit, at);
+        sql::insert_event::<Sqlite>(&event)
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         log_change(&mut tx, &record.hash).await?;
         tx.commit().await.map_err(backend)?;
         Ok(record)
@@ -117,7 +126,17 @@ impl SqliteStore {
 }
 
 /// Inserts a new record and logs the change, inside the caller's transaction.
-async fn insert(tx: &mut Transaction<'_, Sqlite>, record: &KeyRecord) -> Result<(), StoreError> {
+async fn insert(
+    tx: &mut Transaction<'_, Sqlite>,
+    record: &KeyRecord,
+    audit: &Audit,
+) -> Result<(), StoreError> {
+    let event = AuditEvent::created(record, audit, record.created_at);
+    sql::insert_event::<Sqlite>(&event)
+        .build()
+        .execute(&mut **tx)
+        .await
+        .map_err(backend)?;
     sqlx::query(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
              expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
@@ -165,17 +184,17 @@ fn now_ms() -> i64 {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
+    async fn create(&self, record: &KeyRecord, audit: &Audit) -> Result<(), StoreError> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        insert(&mut tx, record).await?;
+        insert(&mut tx, record, audit).await?;
         tx.commit().await.map_err(backend)
     }
 
-    async fn create_if_empty(&self, record: &KeyRecord) -> Result<bool, StoreError> {
+    async fn create_if_empty(&self, record: &KeyRecord, audit: &Audit) -> Result<bool, StoreError> {
         // IMMEDIATE: the write lock is held from the check to the insert.
         let mut tx = self
             .pool
@@ -189,7 +208,7 @@ impl Store for SqliteStore {
         if any {
             return Ok(false);
         }
-        insert(&mut tx, record).await?;
+        insert(&mut tx, record, audit).await?;
         tx.commit().await.map_err(backend)?;
         Ok(true)
     }
@@ -223,8 +242,17 @@ impl Store for SqliteStore {
         Ok(sql::page(sql::records(rows)?, query.page_size()))
     }
 
-    async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError> {
-        self.modify(id, |record| Ok(patch.apply(record)?)).await
+    async fn update(
+        &self,
+        id: &KeyId,
+        patch: KeyPatch,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<KeyRecord, StoreError> {
+        self.modify(id, (EventKind::KeyUpdated, at, audit), |record| {
+            Ok(patch.apply(record)?)
+        })
+        .await
     }
 
     async fn revoke(
@@ -232,9 +260,23 @@ impl Store for SqliteStore {
         id: &KeyId,
         at: Timestamp,
         reason: Option<String>,
+        audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        self.modify(id, |record| Ok(record.revoke(at, reason)?))
+        self.modify(id, (EventKind::KeyRevoked, at, audit), |record| {
+            Ok(record.revoke(at, reason)?)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let cursor = query.cursor_seq()?;
+        let mut sql = sql::audit_query::<Sqlite>(query, cursor);
+        let rows: Vec<sql::AuditRow> = sql
+            .build_query_as()
+            .fetch_all(&self.pool)
             .await
+            .map_err(backend)?;
+        sql::audit_page(rows, query.page_size())
     }
 
     async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

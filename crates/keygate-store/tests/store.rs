@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use keygate_core::{KeySpec, Prefix, issue};
+use keygate_core::{Audit, KeySpec, Prefix, issue};
 use keygate_store::{
     ListQuery, PostgresStore, SqliteStore, Store, StoreError, conformance::now, open,
 };
@@ -62,7 +62,7 @@ async fn creates_the_file_in_wal_mode_and_reopens_without_remigrating() {
         now(),
     )
     .unwrap();
-    store.create(&r).await.unwrap();
+    store.create(&r, &Audit::library()).await.unwrap();
     store.close().await;
     let again = SqliteStore::connect(&format!("sqlite:{}", path.display()))
         .await
@@ -72,7 +72,7 @@ async fn creates_the_file_in_wal_mode_and_reopens_without_remigrating() {
         .fetch_one(again.pool())
         .await
         .unwrap();
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
 }
 
 #[tokio::test]
@@ -91,7 +91,7 @@ async fn the_plaintext_key_is_nowhere_in_the_database_files() {
             now(),
         )
         .unwrap();
-        store.create(&r).await.unwrap();
+        store.create(&r, &Audit::library()).await.unwrap();
         keys.push(key);
     }
     let mut files = Vec::new();
@@ -133,7 +133,7 @@ async fn open_picks_a_backend_or_says_why_not() {
         now(),
     )
     .unwrap();
-    memory.create(&r).await.unwrap();
+    memory.create(&r, &Audit::library()).await.unwrap();
     assert_eq!(
         memory
             .list(&ListQuery::new(now()))
@@ -191,8 +191,10 @@ async fn a_second_process_on_the_same_file_sees_changes() {
         now(),
     )
     .unwrap();
-    cli.create(&r).await.unwrap();
-    cli.revoke(&r.id, now(), None).await.unwrap();
+    cli.create(&r, &Audit::library()).await.unwrap();
+    cli.revoke(&r.id, now(), None, &Audit::library())
+        .await
+        .unwrap();
     for _ in 0..2 {
         let got = tokio::time::timeout(std::time::Duration::from_secs(2), changes.recv()).await;
         assert_eq!(got.unwrap(), Some(keygate_store::Change::Key(r.hash)));
@@ -206,4 +208,37 @@ async fn postgres_unreachable_is_a_backend_error() {
         Err(StoreError::Backend(msg)) => assert!(msg.contains("cannot connect"), "{msg}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_audit_trail_is_append_only_in_the_database_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::connect(dir.path().join("a.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let (r, _) = issue(
+        KeySpec {
+            name: "k".into(),
+            ..KeySpec::default()
+        },
+        &Prefix::default(),
+        now(),
+    )
+    .unwrap();
+    store.create(&r, &Audit::library()).await.unwrap();
+    for statement in [
+        "UPDATE audit_events SET actor = 'nobody'",
+        "DELETE FROM audit_events",
+    ] {
+        let err = sqlx::query(statement)
+            .execute(store.pool())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
 }

@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keygate::core::{
-    KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, Timestamp, decide, generate, issue, parse,
+    Audit, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, Timestamp, decide, generate,
+    issue, parse,
 };
 use keygate::store::{
-    Change, ListQuery, Page, PostgresStore, SqliteStore, StatusCounts, Store, StoreError, bulk,
+    AuditPage, AuditQuery, Change, ListQuery, Page, PostgresStore, SqliteStore, StatusCounts,
+    Store, StoreError, bulk,
 };
 use keygate::{Keygate, PlainKey};
 
@@ -58,11 +60,11 @@ struct Counting {
 
 #[async_trait]
 impl Store for Counting {
-    async fn create(&self, r: &KeyRecord) -> Result<(), StoreError> {
-        self.inner.create(r).await
+    async fn create(&self, r: &KeyRecord, a: &Audit) -> Result<(), StoreError> {
+        self.inner.create(r, a).await
     }
-    async fn create_if_empty(&self, r: &KeyRecord) -> Result<bool, StoreError> {
-        self.inner.create_if_empty(r).await
+    async fn create_if_empty(&self, r: &KeyRecord, a: &Audit) -> Result<bool, StoreError> {
+        self.inner.create_if_empty(r, a).await
     }
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get(id).await
@@ -74,16 +76,26 @@ impl Store for Counting {
     async fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
         self.inner.list(q).await
     }
-    async fn update(&self, id: &KeyId, p: KeyPatch) -> Result<KeyRecord, StoreError> {
-        self.inner.update(id, p).await
+    async fn update(
+        &self,
+        id: &KeyId,
+        p: KeyPatch,
+        at: Timestamp,
+        a: &Audit,
+    ) -> Result<KeyRecord, StoreError> {
+        self.inner.update(id, p, at, a).await
     }
     async fn revoke(
         &self,
         id: &KeyId,
         at: Timestamp,
         r: Option<String>,
+        a: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        self.inner.revoke(id, at, r).await
+        self.inner.revoke(id, at, r, a).await
+    }
+    async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
+        self.inner.list_audit(q).await
     }
     async fn record_usage(&self, u: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.record_usage(u).await

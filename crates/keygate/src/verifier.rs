@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use keygate_core::{
-    Clock, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix, Timestamp,
-    decide, issue, parse, scope::first_missing,
+    Audit, Clock, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix,
+    Timestamp, decide, issue, parse, scope::first_missing,
 };
-use keygate_store::{Change, ListQuery, Page, Store, StoreError};
+use keygate_store::{AuditPage, AuditQuery, Change, ListQuery, Page, Store, StoreError};
 
 use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
 use serde::Serialize;
@@ -420,9 +420,13 @@ impl Keygate {
 
     /// Issues a key from `spec` and stores its record. The [`PlainKey`] is the only copy of
     /// the secret: hand it over and drop it.
-    pub async fn issue(&self, spec: KeySpec) -> Result<(KeyRecord, PlainKey), StoreError> {
+    pub async fn issue(
+        &self,
+        spec: KeySpec,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, PlainKey), StoreError> {
         let (record, key) = issue(spec, &self.inner.prefix, self.now())?;
-        self.inner.store.create(&record).await?;
+        self.inner.store.create(&record, audit).await?;
         self.forget(&record.hash);
         tracing::info!(key_id = %record.id, "issued API key");
         Ok((record, key))
@@ -433,9 +437,10 @@ impl Keygate {
     pub async fn issue_first(
         &self,
         spec: KeySpec,
+        audit: &Audit,
     ) -> Result<Option<(KeyRecord, PlainKey)>, StoreError> {
         let (record, key) = issue(spec, &self.inner.prefix, self.now())?;
-        if !self.inner.store.create_if_empty(&record).await? {
+        if !self.inner.store.create_if_empty(&record, audit).await? {
             return Ok(None);
         }
         self.forget(&record.hash);
@@ -448,6 +453,11 @@ impl Keygate {
         self.inner.store.get(id).await
     }
 
+    /// A page of the audit trail, oldest first.
+    pub async fn audit_trail(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        self.inner.store.list_audit(query).await
+    }
+
     /// A page of keys; the status filter is judged now.
     pub async fn list(&self, mut query: ListQuery) -> Result<Page, StoreError> {
         query.now = self.now();
@@ -455,8 +465,17 @@ impl Keygate {
     }
 
     /// Changes a key's editable fields.
-    pub async fn update(&self, id: &KeyId, patch: KeyPatch) -> Result<KeyRecord, StoreError> {
-        let record = self.inner.store.update(id, patch).await?;
+    pub async fn update(
+        &self,
+        id: &KeyId,
+        patch: KeyPatch,
+        audit: &Audit,
+    ) -> Result<KeyRecord, StoreError> {
+        let record = self
+            .inner
+            .store
+            .update(id, patch, self.now(), audit)
+            .await?;
         self.forget(&record.hash);
         tracing::info!(key_id = %id, "updated API key");
         Ok(record)
@@ -467,8 +486,13 @@ impl Keygate {
         &self,
         id: &KeyId,
         reason: Option<String>,
+        audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        let record = self.inner.store.revoke(id, self.now(), reason).await?;
+        let record = self
+            .inner
+            .store
+            .revoke(id, self.now(), reason, audit)
+            .await?;
         self.forget(&record.hash);
         tracing::info!(key_id = %id, "revoked API key");
         Ok(record)

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::{Router, routing::get};
-use keygate::core::{Expiry, KeySpec, Lifetime, Timestamp};
+use keygate::core::{Audit, Expiry, KeySpec, Lifetime, Timestamp};
 use keygate::store::{SqliteStore, Store};
 use keygate::{ApiKey, CredentialSource, KeyPatch, Keygate, PlainKey};
 use serde_json::{Value, json};
@@ -57,7 +57,7 @@ impl Server {
     }
 
     async fn key_with(&self, spec: KeySpec) -> PlainKey {
-        self.keygate.issue(spec).await.unwrap().1
+        self.keygate.issue(spec, &Audit::library()).await.unwrap().1
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
@@ -214,7 +214,10 @@ async fn example_app_answers_each_outcome() {
         .unwrap()
         .unwrap()
         .id;
-    s.keygate.revoke(&id, Some("leaked".into())).await.unwrap();
+    s.keygate
+        .revoke(&id, Some("leaked".into()), &Audit::library())
+        .await
+        .unwrap();
     s.with_key("/api/public/", revoked.expose())
         .await
         .problem(401, "REVOKED");
@@ -248,6 +251,7 @@ async fn example_app_answers_each_outcome() {
                 enabled: Some(false),
                 ..KeyPatch::default()
             },
+            &Audit::library(),
         )
         .await
         .unwrap();
@@ -472,7 +476,10 @@ async fn last_used_is_written_in_batches_not_per_request() {
         .unwrap()
         .unwrap()
         .id;
-    s.keygate.revoke(&rid, None).await.unwrap();
+    s.keygate
+        .revoke(&rid, None, &Audit::library())
+        .await
+        .unwrap();
     s.with_key("/api/public/", revoked.expose())
         .await
         .problem(401, "REVOKED");
@@ -493,11 +500,14 @@ async fn usage_is_flushed_in_the_background() {
         .usage_flush_interval(Some(std::time::Duration::from_millis(50)))
         .build();
     let (record, key) = keygate
-        .issue(KeySpec {
-            name: "bg".into(),
-            expires: Some(Expiry::In(Lifetime::parse("1h").unwrap())),
-            ..KeySpec::default()
-        })
+        .issue(
+            KeySpec {
+                name: "bg".into(),
+                expires: Some(Expiry::In(Lifetime::parse("1h").unwrap())),
+                ..KeySpec::default()
+            },
+            &Audit::library(),
+        )
         .await
         .unwrap();
     assert!(
@@ -570,7 +580,10 @@ async fn logs_never_contain_the_key() {
         .unwrap()
         .unwrap()
         .id;
-    s.keygate.revoke(&id, None).await.unwrap();
+    s.keygate
+        .revoke(&id, None, &Audit::library())
+        .await
+        .unwrap();
     s.with_key("/api/public/", k).await;
 
     let logs = String::from_utf8(captured.lock().unwrap().clone()).unwrap();

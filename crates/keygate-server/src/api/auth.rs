@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
-use keygate::core::Outcome;
 use keygate::core::scope::AdminAction;
+use keygate::core::{Actor, Audit, Outcome};
 use keygate::{ApiKey, Problem};
 
 /// An admin action, as a type, so that handlers state what they need in their signature.
@@ -33,6 +33,13 @@ impl Action for Read {
 }
 impl Action for Verify {
     const ACTION: AdminAction = AdminAction::Verify;
+}
+
+impl<A> Caller<A> {
+    /// The audit context of a change this caller makes in request `request_id`.
+    pub fn audit(&self, request_id: &super::RequestId) -> Audit {
+        Audit::by(Actor::Admin(self.0.id().clone())).in_request(request_id.0.as_ref())
+    }
 }
 
 /// The verified admin key of a request, allowed to do `A` (else 403 `INSUFFICIENT_SCOPE`).

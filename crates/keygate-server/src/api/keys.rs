@@ -225,7 +225,7 @@ pub async fn create_key(
         metadata: body.metadata.unwrap_or_default(),
         expires,
     };
-    let (record, key) = app.keygate.issue(spec).await?;
+    let (record, key) = app.keygate.issue(spec, &caller.audit(&request_id)).await?;
     tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key issued over the API");
     let location = format!("/v1/keys/{}", record.id);
     let created = CreatedKey {
@@ -345,7 +345,10 @@ pub async fn update_key(
         expires_at: body.expires_at,
         enabled: body.enabled,
     };
-    let record = app.keygate.update(&id, patch).await?;
+    let record = app
+        .keygate
+        .update(&id, patch, &caller.audit(&request_id))
+        .await?;
     tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key updated over the API");
     Ok(Json(KeyView::of(record, app.keygate.now())))
 }
@@ -374,7 +377,10 @@ pub async fn revoke_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let id = key_id(&id)?;
     let reason = body.and_then(|b| b.reason);
-    let record = app.keygate.revoke(&id, reason).await?;
+    let record = app
+        .keygate
+        .revoke(&id, reason, &caller.audit(&request_id))
+        .await?;
     tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key revoked over the API");
     Ok(Json(KeyView::of(record, app.keygate.now())))
 }

@@ -2,6 +2,7 @@
 //! operations endpoints, problem+json for every error, a request id and a log line per
 //! request, and the OpenAPI document generated from the same route table.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod keys;
@@ -65,6 +66,7 @@ pub struct ProblemDoc {
     tags(
         (name = "keys", description = "Manage keys (keygate:admin; keygate:read may list and show)"),
         (name = "verify", description = "Check a key (keygate:verify or keygate:admin)"),
+        (name = "audit", description = "The append-only audit trail (keygate:read or keygate:admin)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -100,6 +102,7 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::get_key, keys::update_key))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(verify::verify))
+        .routes(routes!(audit::list_audit))
         .layer(admin_auth);
     let ops = OpenApiRouter::new()
         .routes(routes!(ops::healthz))

@@ -375,6 +375,8 @@ fn bad_input_is_one_line_exit_2_and_writes_nothing() {
         (vec!["keys", "list", "--limit", "0"], "--limit"),
         (vec!["keys", "frobnicate"], "frobnicate"),
         (vec!["--prefix", "Bad-Prefix", "keys", "list"], "prefix"),
+        (vec!["audit", "--type", "key.deleted"], "key.created"),
+        (vec!["audit", "--since", "yesterday"], "RFC 3339"),
     ];
     for (args, expect) in cases {
         let err = bad_input(&db.run(&args));

@@ -1036,3 +1036,131 @@ fn openapi_document_matches_the_server() {
             .is_err()
     );
 }
+
+#[test]
+fn the_audit_trail_records_who_did_what_in_which_request() {
+    let s = service(&[]);
+    let headers = |id: &str| {
+        vec![
+            (
+                "Authorization".to_owned(),
+                format!("Api-Key {}", s.admin).into_bytes(),
+            ),
+            ("Content-Type".to_owned(), b"application/json".to_vec()),
+            ("X-Request-Id".to_owned(), id.as_bytes().to_vec()),
+        ]
+    };
+    let created = s
+        .server
+        .raw(
+            "POST",
+            "/v1/keys",
+            &headers("req-create"),
+            Some(br#"{"name": "audited", "scopes": ["a:b"]}"#),
+        )
+        .expect(201);
+    let id = created["id"].as_str().unwrap();
+    let key = created["key"].as_str().unwrap();
+    s.server
+        .raw(
+            "PATCH",
+            &format!("/v1/keys/{id}"),
+            &headers("req-patch"),
+            Some(br#"{"enabled": false}"#),
+        )
+        .expect(200);
+    s.server
+        .raw(
+            "POST",
+            &format!("/v1/keys/{id}/revoke"),
+            &headers("req-revoke"),
+            Some(br#"{"reason": "rotated by hand"}"#),
+        )
+        .expect(200);
+
+    let events = s
+        .server
+        .get(&format!("/v1/audit?key_id={id}"), &s.admin)
+        .expect(200)["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["key.created", "key.updated", "key.revoked"]);
+    let admin_id = s
+        .server
+        .json("POST", "/v1/verify", &s.admin, &json!({"key": s.admin}))
+        .expect(200)["key"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (event, request) in events.iter().zip(["req-create", "req-patch", "req-revoke"]) {
+        assert_eq!(event["actor"], format!("admin:{admin_id}"));
+        assert_eq!(event["request_id"], request);
+        assert_eq!(event["key_id"], id);
+    }
+    assert_eq!(
+        events[1]["details"],
+        json!({"enabled": {"from": true, "to": false}})
+    );
+    assert_eq!(
+        events[2]["details"]["revoked_reason"]["to"],
+        "rotated by hand"
+    );
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains(&key[3..]), "no secret in the trail");
+
+    let revoked = s
+        .server
+        .get("/v1/audit?type=key.revoked", &s.admin)
+        .expect(200);
+    assert_eq!(revoked["items"].as_array().unwrap().len(), 1);
+    let limited = s.server.get("/v1/audit?limit=1", &s.admin).expect(200);
+    assert!(limited["next_cursor"].is_string());
+    for bad in [
+        "type=key.deleted",
+        "since=yesterday",
+        "limit=0",
+        "key_id=nope",
+        "cursor=x",
+        "colour=red",
+    ] {
+        s.server
+            .get(&format!("/v1/audit?{bad}"), &s.admin)
+            .problem(400, "BAD_REQUEST");
+    }
+    let reader = cli_key(&s.db, &["--scope", "keygate:read"]);
+    s.server.get("/v1/audit", &reader).expect(200);
+    let client = cli_key(&s.db, &["--scope", "*"]);
+    s.server
+        .get("/v1/audit", &client)
+        .problem(403, "INSUFFICIENT_SCOPE");
+
+    // The CLI sees the same trail, and its own changes as `cli`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "--database",
+            s.db.to_str().unwrap(),
+            "audit",
+            "--json",
+            "--type",
+            "key.created",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|e| e["actor"] == "cli"),
+        "keys made with the CLI"
+    );
+    assert!(
+        lines.iter().any(|e| e["actor"] == "server"),
+        "the bootstrap key"
+    );
+    assert!(lines.iter().all(|e| e["type"] == "key.created"));
+}

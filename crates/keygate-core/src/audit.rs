@@ -1,0 +1,280 @@
+//! The audit trail: who changed which key, when, in which request, and what changed — never a
+//! secret. Events are built here, from the records before and after a change, and stored by the
+//! store in the same transaction as the change itself.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::id::KeyId;
+use crate::record::KeyRecord;
+use crate::time::Timestamp;
+
+/// Who made a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// An admin key, over the API.
+    Admin(KeyId),
+    /// The `keygate` command line.
+    Cli,
+    /// keygate's own scheduler (expiry, policies).
+    Scheduler,
+    /// `keygate serve` acting on its own (the bootstrap admin key).
+    Server,
+    /// A key acting on itself (self-rotation).
+    SelfService(KeyId),
+    /// A program using the library directly.
+    Library,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Admin(id) => write!(f, "admin:{id}"),
+            Self::Cli => f.write_str("cli"),
+            Self::Scheduler => f.write_str("scheduler"),
+            Self::Server => f.write_str("server"),
+            Self::SelfService(id) => write!(f, "self:{id}"),
+            Self::Library => f.write_str("library"),
+        }
+    }
+}
+
+/// The context of a change: who, and in which request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// Who.
+    pub actor: Actor,
+    /// The request id, when the change came over HTTP.
+    pub request_id: Option<String>,
+}
+
+impl Audit {
+    /// A change by `actor` outside any request.
+    pub fn by(actor: Actor) -> Self {
+        Self {
+            actor,
+            request_id: None,
+        }
+    }
+
+    /// A change made by a program through the library.
+    pub fn library() -> Self {
+        Self::by(Actor::Library)
+    }
+
+    /// The same, in request `request_id`.
+    pub fn in_request(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A key was issued.
+    KeyCreated,
+    /// A key's name, owner, scopes, metadata, expiry or enabled flag changed.
+    KeyUpdated,
+    /// A key was revoked.
+    KeyRevoked,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 3] = [Self::KeyCreated, Self::KeyUpdated, Self::KeyRevoked];
+
+    /// The stable name, e.g. `key.created`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeyCreated => "key.created",
+            Self::KeyUpdated => "key.updated",
+            Self::KeyRevoked => "key.revoked",
+        }
+    }
+
+    /// Parses a stable name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    /// Position in the trail, assigned by the store (0 until stored).
+    pub seq: i64,
+    /// When.
+    pub at: Timestamp,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// Who: `admin:<key id>`, `cli`, `scheduler`, `self:<key id>` or `library`.
+    pub actor: String,
+    /// The key concerned.
+    pub key_id: Option<KeyId>,
+    /// The request that made the change, if it came over HTTP.
+    pub request_id: Option<String>,
+    /// What changed: for a new key its fields, for a change `{"field": {"from": .., "to": ..}}`.
+    pub details: Map<String, Value>,
+}
+
+/// The fields an event may mention. Never the hash; never anything secret.
+fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 8] {
+    [
+        ("name", json!(r.name)),
+        ("owner", json!(r.owner)),
+        ("scopes", json!(r.scopes)),
+        ("metadata", Value::Object(r.metadata.clone())),
+        ("expires_at", json!(r.expires_at)),
+        ("enabled", json!(r.enabled)),
+        ("revoked_at", json!(r.revoked_at)),
+        ("revoked_reason", json!(r.revoked_reason)),
+    ]
+}
+
+impl AuditEvent {
+    fn new(kind: EventKind, key: &KeyRecord, audit: &Audit, at: Timestamp) -> Self {
+        Self {
+            seq: 0,
+            at,
+            kind,
+            actor: audit.actor.to_string(),
+            key_id: Some(key.id.clone()),
+            request_id: audit.request_id.clone(),
+            details: Map::new(),
+        }
+    }
+
+    /// `key.created`, listing the new key's fields and display start.
+    pub fn created(record: &KeyRecord, audit: &Audit, at: Timestamp) -> Self {
+        let mut event = Self::new(EventKind::KeyCreated, record, audit, at);
+        event.details.insert("start".into(), json!(record.start));
+        for (field, value) in visible_fields(record) {
+            if !value.is_null() {
+                event.details.insert(field.into(), value);
+            }
+        }
+        event
+    }
+
+    /// `kind` for a change from `before` to `after`, listing each changed field's old and new
+    /// value.
+    pub fn changed(
+        kind: EventKind,
+        before: &KeyRecord,
+        after: &KeyRecord,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let mut event = Self::new(kind, after, audit, at);
+        for ((field, old), (_, new)) in visible_fields(before)
+            .into_iter()
+            .zip(visible_fields(after))
+        {
+            if old != new {
+                event
+                    .details
+                    .insert(field.into(), json!({"from": old, "to": new}));
+            }
+        }
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Prefix;
+    use crate::record::{KeyPatch, KeySpec, issue};
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms).unwrap()
+    }
+
+    #[test]
+    fn events_name_actor_request_and_changes_never_the_hash() {
+        let spec = KeySpec {
+            name: "billing".into(),
+            scopes: vec!["orders:read".into()],
+            ..KeySpec::default()
+        };
+        let (before, key) = issue(spec, &Prefix::default(), t(0)).unwrap();
+        let admin = KeyId::generate(t(0));
+        let audit = Audit::by(Actor::Admin(admin.clone())).in_request("req-1");
+        let created = AuditEvent::created(&before, &audit, t(1));
+        assert_eq!(created.kind.as_str(), "key.created");
+        assert_eq!(created.actor, format!("admin:{admin}"));
+        assert_eq!(created.request_id.as_deref(), Some("req-1"));
+        assert_eq!(created.details["name"], "billing");
+        assert!(!created.details.contains_key("owner"), "nulls are left out");
+
+        let mut after = before.clone();
+        KeyPatch {
+            name: Some("billing v2".into()),
+            enabled: Some(false),
+            ..KeyPatch::default()
+        }
+        .apply(&mut after)
+        .unwrap();
+        let changed = AuditEvent::changed(
+            EventKind::KeyUpdated,
+            &before,
+            &after,
+            &Audit::by(Actor::Cli),
+            t(2),
+        );
+        assert_eq!(changed.actor, "cli");
+        assert_eq!(changed.details.len(), 2);
+        assert_eq!(
+            changed.details["name"],
+            json!({"from": "billing", "to": "billing v2"})
+        );
+        assert_eq!(
+            changed.details["enabled"],
+            json!({"from": true, "to": false})
+        );
+
+        for event in [&created, &changed] {
+            let text = serde_json::to_string(event).unwrap();
+            assert!(!text.contains(&key.expose()[3..]));
+            let hex: String = before
+                .hash
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert!(!text.contains(&hex));
+            assert!(text.contains("\"type\":\"key."));
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::parse("key.deleted"), None);
+        assert_eq!(
+            Actor::SelfService(KeyId::generate(t(0)))
+                .to_string()
+                .split(':')
+                .next(),
+            Some("self")
+        );
+    }
+}
