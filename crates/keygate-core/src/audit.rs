@@ -80,11 +80,18 @@ pub enum EventKind {
     KeyUpdated,
     /// A key was revoked.
     KeyRevoked,
+    /// A key was rotated: a successor was issued and the key's grace period began.
+    KeyRotated,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 3] = [Self::KeyCreated, Self::KeyUpdated, Self::KeyRevoked];
+    pub const ALL: [EventKind; 4] = [
+        Self::KeyCreated,
+        Self::KeyUpdated,
+        Self::KeyRevoked,
+        Self::KeyRotated,
+    ];
 
     /// The stable name, e.g. `key.created`.
     pub fn as_str(self) -> &'static str {
@@ -92,6 +99,7 @@ impl EventKind {
             Self::KeyCreated => "key.created",
             Self::KeyUpdated => "key.updated",
             Self::KeyRevoked => "key.revoked",
+            Self::KeyRotated => "key.rotated",
         }
     }
 
@@ -134,7 +142,7 @@ pub struct AuditEvent {
 }
 
 /// The fields an event may mention. Never the hash; never anything secret.
-fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 8] {
+fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 10] {
     [
         ("name", json!(r.name)),
         ("owner", json!(r.owner)),
@@ -144,6 +152,8 @@ fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 8] {
         ("enabled", json!(r.enabled)),
         ("revoked_at", json!(r.revoked_at)),
         ("revoked_reason", json!(r.revoked_reason)),
+        ("rotated_from", json!(r.rotated_from)),
+        ("rotated_to", json!(r.rotated_to)),
     ]
 }
 

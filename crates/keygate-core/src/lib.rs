@@ -29,5 +29,5 @@ pub use format::{
 };
 pub use id::KeyId;
 pub use outcome::{Outcome, decide};
-pub use record::{Expiry, KeyPatch, KeyRecord, KeySpec, RecordError, Status, issue};
+pub use record::{Expiry, KeyPatch, KeyRecord, KeySpec, RecordError, Status, issue, plan_rotation};
 pub use time::{Clock, FixedClock, Lifetime, TimeError, Timestamp};

@@ -49,6 +49,12 @@ pub struct KeyRecord {
     pub enabled: bool,
     /// Last successful verification (recorded in batches, so it may lag a little).
     pub last_used_at: Option<Timestamp>,
+    /// The key this one replaced, if it was issued by a rotation.
+    pub rotated_from: Option<KeyId>,
+    /// The key that replaced this one, if it was rotated.
+    pub rotated_to: Option<KeyId>,
+    /// When it was rotated (its grace period runs from here to `expires_at`).
+    pub rotated_at: Option<Timestamp>,
 }
 
 /// Where a key stands at a given time. Precedence: revoked, then expired, then disabled.
@@ -158,6 +164,8 @@ pub enum RecordError {
     },
     /// The key is revoked already; revocation is final.
     AlreadyRevoked,
+    /// The key was rotated already: rotate its successor instead.
+    AlreadyRotated,
 }
 
 impl RecordError {
@@ -174,6 +182,9 @@ impl fmt::Display for RecordError {
         match self {
             Self::Field { field, message } => write!(f, "{field}: {message}"),
             Self::AlreadyRevoked => f.write_str("the key is revoked; revocation is final"),
+            Self::AlreadyRotated => {
+                f.write_str("the key was rotated already; rotate its successor instead")
+            }
         }
     }
 }
@@ -217,8 +228,71 @@ pub fn issue(
         revoked_reason: None,
         enabled: true,
         last_used_at: None,
+        rotated_from: None,
+        rotated_to: None,
+        rotated_at: None,
     };
     Ok((record, key))
+}
+
+/// Longest grace period a rotation may give the old key.
+pub const MAX_GRACE: Lifetime = Lifetime::MAX;
+
+/// Plans the rotation of `old` into a new key: the new record copies name, owner, scopes,
+/// metadata, the enabled flag and (if the old key had one) its lifetime; the two link through
+/// `rotated_from` / `rotated_to`. The old key keeps working until `now + grace` (never later
+/// than it would have anyway) and then verifies `EXPIRED`; a zero grace ends it at once.
+///
+/// Returns (the old record as it must be stored now, the new record). `new_key` and `new_id`
+/// come from [`generate`](crate::format::generate) and [`KeyId::generate`]; passing them in keeps this a pure function
+/// the store can run inside its transaction.
+pub fn plan_rotation(
+    old: &KeyRecord,
+    new_key: &PlainKey,
+    new_id: KeyId,
+    now: Timestamp,
+    grace_ms: i64,
+) -> Result<(KeyRecord, KeyRecord), RecordError> {
+    if old.revoked_at.is_some() {
+        return Err(RecordError::AlreadyRevoked);
+    }
+    if old.rotated_to.is_some() {
+        return Err(RecordError::AlreadyRotated);
+    }
+    if !(0..=MAX_GRACE.as_ms()).contains(&grace_ms) {
+        return Err(RecordError::field(
+            "grace_period",
+            "must be between 0 and 100 years",
+        ));
+    }
+    let lifetime = old
+        .expires_at
+        .map(|e| e.unix_ms() - old.created_at.unix_ms())
+        .and_then(Lifetime::from_ms);
+    let new = KeyRecord {
+        id: new_id,
+        name: old.name.clone(),
+        start: new_key.start(),
+        hash: new_key.hash(),
+        owner: old.owner.clone(),
+        scopes: old.scopes.clone(),
+        metadata: old.metadata.clone(),
+        created_at: now,
+        expires_at: lifetime.and_then(|l| now.checked_add(l)),
+        revoked_at: None,
+        revoked_reason: None,
+        enabled: old.enabled,
+        last_used_at: None,
+        rotated_from: Some(old.id.clone()),
+        rotated_to: None,
+        rotated_at: None,
+    };
+    let mut old_after = old.clone();
+    let end = Timestamp::from_unix_ms(now.unix_ms().saturating_add(grace_ms)).unwrap_or(now);
+    old_after.expires_at = Some(old.expires_at.map_or(end, |e| e.min(end)));
+    old_after.rotated_to = Some(new.id.clone());
+    old_after.rotated_at = Some(now);
+    Ok((old_after, new))
 }
 
 /// A change to a key's editable fields; `None` leaves a field as it is.
@@ -329,7 +403,7 @@ fn check_metadata(metadata: Map<String, Value>) -> Result<Map<String, Value>, Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::parse;
+    use crate::format::{generate, parse};
 
     fn t(ms: i64) -> Timestamp {
         Timestamp::from_unix_ms(ms).unwrap()
@@ -504,6 +578,56 @@ mod tests {
         };
         assert_eq!(enable.apply(&mut r), Err(RecordError::AlreadyRevoked));
         assert_eq!(r.status(t(2)), Status::Revoked);
+    }
+
+    #[test]
+    fn rotation_links_copies_and_bounds_the_grace() {
+        let mut s = spec();
+        s.owner = Some("acct".into());
+        s.expires = Some(Expiry::In(Lifetime::parse("90d").unwrap()));
+        let (old, _) = issue(s, &Prefix::default(), t(0)).unwrap();
+        let new_key = generate(&Prefix::default());
+        let new_id = KeyId::generate(t(1000));
+        let (old_after, new) =
+            plan_rotation(&old, &new_key, new_id.clone(), t(1000), 2_000).unwrap();
+        assert_eq!(new.id, new_id);
+        assert_eq!(new.hash, new_key.hash());
+        assert_eq!(
+            (new.name.as_str(), new.owner.as_deref()),
+            (old.name.as_str(), Some("acct"))
+        );
+        assert_eq!(new.scopes, old.scopes);
+        assert_eq!(new.rotated_from.as_ref(), Some(&old.id));
+        assert_eq!(
+            new.expires_at,
+            Some(t(1000 + 90 * 86_400_000)),
+            "same lifetime"
+        );
+        assert_eq!(old_after.rotated_to.as_ref(), Some(&new.id));
+        assert_eq!(old_after.rotated_at, Some(t(1000)));
+        assert_eq!(old_after.expires_at, Some(t(3000)));
+        assert_eq!(old_after.status(t(2999)), Status::Active);
+        assert_eq!(old_after.status(t(3000)), Status::Expired);
+        // Zero grace: over at once. A grace past the old expiry never extends it.
+        let (now_over, _) =
+            plan_rotation(&old, &new_key, KeyId::generate(t(0)), t(1000), 0).unwrap();
+        assert_eq!(now_over.status(t(1000)), Status::Expired);
+        let far = 365 * 86_400_000;
+        let (capped, _) =
+            plan_rotation(&old, &new_key, KeyId::generate(t(0)), t(1000), far).unwrap();
+        assert_eq!(capped.expires_at, old.expires_at);
+        // Twice, revoked, or a negative grace: refused.
+        assert_eq!(
+            plan_rotation(&old_after, &new_key, KeyId::generate(t(0)), t(2000), 0),
+            Err(RecordError::AlreadyRotated)
+        );
+        let mut revoked = old.clone();
+        revoked.revoke(t(5), None).unwrap();
+        assert_eq!(
+            plan_rotation(&revoked, &new_key, KeyId::generate(t(0)), t(6), 0),
+            Err(RecordError::AlreadyRevoked)
+        );
+        assert!(plan_rotation(&old, &new_key, KeyId::generate(t(0)), t(6), -1).is_err());
     }
 
     #[test]

@@ -44,6 +44,27 @@ impl Timestamp {
         self.0.checked_add(lifetime.0).and_then(Self::from_unix_ms)
     }
 
+    /// HTTP-date (RFC 9110), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`, for headers such as
+    /// `Sunset`.
+    pub fn to_http_date(self) -> String {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
+            .expect("range checked at construction");
+        const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        format!(
+            "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+            DAYS[t.weekday().number_days_from_monday() as usize],
+            t.day(),
+            MONTHS[u8::from(t.month()) as usize - 1],
+            t.year(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+
     /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-29T03:06:31.123Z`.
     pub fn to_rfc3339(self) -> String {
         let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
@@ -217,6 +238,12 @@ mod tests {
         );
         let back: Timestamp = serde_json::from_str("\"1970-01-01T00:00:00Z\"").unwrap();
         assert_eq!(back, epoch);
+    }
+
+    #[test]
+    fn http_dates() {
+        let t = Timestamp::parse_rfc3339("1994-11-06T08:49:37Z").unwrap();
+        assert_eq!(t.to_http_date(), "Sun, 06 Nov 1994 08:49:37 GMT");
     }
 
     #[test]

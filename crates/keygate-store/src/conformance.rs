@@ -46,7 +46,8 @@ macro_rules! conformance_suite {
             ping_answers,
             watchers_see_every_change,
             only_one_first_key,
-            every_change_is_in_the_audit_trail
+            every_change_is_in_the_audit_trail,
+            rotation_is_one_atomic_step
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -101,6 +102,9 @@ pub async fn create_then_get_round_trips_every_field(store: Arc<dyn Store>) {
     full.revoked_at = Some(at(7));
     full.revoked_reason = Some("leaked in a log".into());
     full.enabled = false;
+    full.rotated_from = Some(KeyId::generate(at(-10)));
+    full.rotated_to = Some(KeyId::generate(at(10)));
+    full.rotated_at = Some(at(6));
     let mut bare = record("bare", None, at(1));
     bare.scopes.clear();
     bare.metadata.clear();
@@ -643,4 +647,78 @@ pub async fn every_change_is_in_the_audit_trail(store: Arc<dyn Store>) {
         store.list_audit(&paged).await,
         Err(StoreError::InvalidCursor)
     ));
+}
+
+/// A rotation writes the old key's new state and its successor together, with both events;
+/// a refused rotation writes nothing.
+pub async fn rotation_is_one_atomic_step(store: Arc<dyn Store>) {
+    use keygate_core::{Prefix, generate, plan_rotation};
+    let old = record("rotating", Some("acct"), at(0));
+    store.create(&old, &audit()).await.expect("create");
+    let new_key = generate(&Prefix::default());
+    let new_id = KeyId::generate(at(100));
+    let plan = |r: &KeyRecord| plan_rotation(r, &new_key, new_id.clone(), at(100), 5_000);
+    let (old_after, new) = store
+        .rotate(&old.id, &plan, at(100), &audit())
+        .await
+        .expect("rotate");
+    assert_eq!(old_after.rotated_to.as_ref(), Some(&new.id));
+    assert_eq!(old_after.expires_at, Some(at(5_100)));
+    assert_eq!(new.rotated_from.as_ref(), Some(&old.id));
+    assert_eq!(
+        store.get(&old.id).await.expect("get"),
+        Some(old_after.clone())
+    );
+    assert_eq!(
+        store.find_by_hash(&new_key.hash()).await.expect("find"),
+        Some(new.clone())
+    );
+    let trail = store
+        .list_audit(&AuditQuery::default())
+        .await
+        .expect("audit");
+    let kinds: Vec<EventKind> = trail.items.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::KeyCreated,
+            EventKind::KeyRotated,
+            EventKind::KeyCreated
+        ]
+    );
+    assert_eq!(
+        trail.items[1].details["rotated_to"]["to"],
+        serde_json::json!(new.id)
+    );
+    assert_eq!(
+        trail.items[2].details["rotated_from"],
+        serde_json::json!(old.id)
+    );
+
+    // Rotating it again (or a revoked key, or an unknown one) is refused and writes nothing.
+    let again_key = generate(&Prefix::default());
+    let again = |r: &KeyRecord| plan_rotation(r, &again_key, KeyId::generate(at(200)), at(200), 0);
+    assert!(matches!(
+        store.rotate(&old.id, &again, at(200), &audit()).await,
+        Err(StoreError::Record(RecordError::AlreadyRotated))
+    ));
+    assert!(matches!(
+        store
+            .rotate(&KeyId::generate(at(0)), &again, at(200), &audit())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.find_by_hash(&again_key.hash()).await.expect("find"),
+        None
+    );
+    assert_eq!(
+        store
+            .list_audit(&AuditQuery::default())
+            .await
+            .expect("audit")
+            .items
+            .len(),
+        3
+    );
 }

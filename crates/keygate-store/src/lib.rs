@@ -123,6 +123,11 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// How a rotation turns the stored record into (the old record as it must now be, its
+/// successor); see [`Store::rotate`].
+pub type RotationPlan<'a> =
+    dyn Fn(&KeyRecord) -> Result<(KeyRecord, KeyRecord), RecordError> + Send + Sync + 'a;
+
 /// Filters and position for [`Store::list_audit`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -251,6 +256,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: Option<String>,
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError>;
+
+    /// Rotates the key `id` in one transaction: `plan` (keygate-core's
+    /// [`plan_rotation`](keygate_core::plan_rotation)) turns the stored record into the old
+    /// record as it must now be and its successor; both are written, with `key.rotated` and
+    /// `key.created` events. Returns (old, successor).
+    async fn rotate(
+        &self,
+        id: &KeyId,
+        plan: &RotationPlan<'_>,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord), StoreError>;
 
     /// Audit events matching `query`, oldest first, one page at a time. The trail is
     /// append-only: no method changes or removes an event.

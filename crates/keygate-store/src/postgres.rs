@@ -1,7 +1,8 @@
 //! The PostgreSQL backend: many keygate nodes on one database. Migrations from
-//! `migrations/postgres` are applied on open; every change to a key sends a `NOTIFY` on
-//! [`CHANNEL`] in the same transaction, which [`Store::watch`] turns into cache invalidations
-//! on every node.
+//! `migrations/postgres` are applied on open; every change to a key sends a `NOTIFY` in the
+//! same transaction, which [`Store::watch`] turns into cache invalidations on every node. The
+//! channel is named after the schema keygate lives in (`keygate_changes_<schema>`), so two
+//! deployments in two schemas of one database do not hear each other.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,17 +14,18 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 
 use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
-use crate::{AuditPage, AuditQuery, Change, ListQuery, Page, StatusCounts, Store, StoreError};
+use crate::{
+    AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts, Store, StoreError,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// The notification channel; the payload is the changed key's hash in hex.
-pub const CHANNEL: &str = "keygate_key_changes";
 
 /// A [`Store`] in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The notification channel; the payload is the changed key's hash in hex.
+    channel: String,
 }
 
 impl PostgresStore {
@@ -45,7 +47,22 @@ impl PostgresStore {
         MIGRATOR.run(&pool).await.map_err(|e| {
             StoreError::Backend(format!("cannot migrate the PostgreSQL database: {e}"))
         })?;
-        Ok(Self { pool })
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .map_err(backend)?;
+        let channel: String = format!("keygate_changes_{schema}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(63)
+            .collect();
+        Ok(Self { pool, channel })
     }
 
     /// The underlying connection pool.
@@ -57,8 +74,8 @@ impl PostgresStore {
         &self,
         id: &KeyId,
         event: (EventKind, Timestamp, &Audit),
-        change: impl FnOnce(&mut KeyRecord) -> Result<(), StoreError> + Send,
-    ) -> Result<KeyRecord, StoreError> {
+        change: impl FnOnce(&mut KeyRecord) -> Result<Option<KeyRecord>, StoreError> + Send,
+    ) -> Result<(KeyRecord, Option<KeyRecord>), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // FOR UPDATE: concurrent changes to one key queue up instead of overwriting each other.
         let row: Row = sqlx::query_as(select_where!("id = $1 FOR UPDATE"))
@@ -69,10 +86,11 @@ impl PostgresStore {
             .ok_or(StoreError::NotFound)?;
         let before = KeyRecord::try_from(row)?;
         let mut record = before.clone();
-        change(&mut record)?;
+        let successor = change(&mut record)?;
         sqlx::query(
             "UPDATE keys SET name = $1, owner = $2, scopes = $3, metadata = $4, expires_at = $5, \
-             revoked_at = $6, revoked_reason = $7, enabled = $8 WHERE id = $9",
+             revoked_at = $6, revoked_reason = $7, enabled = $8, rotated_to = $9, rotated_at = $10 \
+             WHERE id = $11",
         )
         .bind(record.name.clone())
         .bind(record.owner.clone())
@@ -82,6 +100,8 @@ impl PostgresStore {
         .bind(record.revoked_at.map(Timestamp::unix_ms))
         .bind(record.revoked_reason.clone())
         .bind(record.enabled)
+        .bind(record.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
+        .bind(record.rotated_at.map(Timestamp::unix_ms))
         .bind(record.id.as_str().to_owned())
         .execute(&mut *tx)
         .await
@@ -93,15 +113,19 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        notify(&mut tx, &record.hash).await?;
+        notify(&mut tx, &self.channel, &record.hash).await?;
+        if let Some(successor) = &successor {
+            insert(&mut tx, &self.channel, successor, audit).await?;
+        }
         tx.commit().await.map_err(backend)?;
-        Ok(record)
+        Ok((record, successor))
     }
 }
 
 /// Inserts a new record and queues its change notification, inside the caller's transaction.
 async fn insert(
     tx: &mut Transaction<'_, Postgres>,
+    channel: &str,
     record: &KeyRecord,
     audit: &Audit,
 ) -> Result<(), StoreError> {
@@ -113,8 +137,9 @@ async fn insert(
         .map_err(backend)?;
     sqlx::query(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
-             expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
+             rotated_to, rotated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(record.id.as_str().to_owned())
     .bind(record.name.clone())
@@ -129,6 +154,14 @@ async fn insert(
     .bind(record.revoked_reason.clone())
     .bind(record.enabled)
     .bind(record.last_used_at.map(Timestamp::unix_ms))
+    .bind(
+        record
+            .rotated_from
+            .as_ref()
+            .map(|id| id.as_str().to_owned()),
+    )
+    .bind(record.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
+    .bind(record.rotated_at.map(Timestamp::unix_ms))
     .execute(&mut **tx)
     .await
     .map_err(|e| match e.as_database_error() {
@@ -136,14 +169,18 @@ async fn insert(
         _ => backend(e),
     })?;
     // A new key must drop "no such key" answers other nodes may have cached.
-    notify(tx, &record.hash).await
+    notify(tx, channel, &record.hash).await
 }
 
 /// Queues the change notification; PostgreSQL delivers it when the transaction commits.
-async fn notify(tx: &mut Transaction<'_, Postgres>, hash: &KeyHash) -> Result<(), StoreError> {
+async fn notify(
+    tx: &mut Transaction<'_, Postgres>,
+    channel: &str,
+    hash: &KeyHash,
+) -> Result<(), StoreError> {
     let hex: String = hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
     sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
+        .bind(channel.to_owned())
         .bind(hex)
         .execute(&mut **tx)
         .await
@@ -155,7 +192,7 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, hash: &KeyHash) -> Result<()
 impl Store for PostgresStore {
     async fn create(&self, record: &KeyRecord, audit: &Audit) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        insert(&mut tx, record, audit).await?;
+        insert(&mut tx, &self.channel, record, audit).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -174,7 +211,7 @@ impl Store for PostgresStore {
         if any {
             return Ok(false);
         }
-        insert(&mut tx, record, audit).await?;
+        insert(&mut tx, &self.channel, record, audit).await?;
         tx.commit().await.map_err(backend)?;
         Ok(true)
     }
@@ -216,9 +253,11 @@ impl Store for PostgresStore {
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
         self.modify(id, (EventKind::KeyUpdated, at, audit), |record| {
-            Ok(patch.apply(record)?)
+            patch.apply(record)?;
+            Ok(None)
         })
         .await
+        .map(|(record, _)| record)
     }
 
     async fn revoke(
@@ -229,9 +268,29 @@ impl Store for PostgresStore {
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
         self.modify(id, (EventKind::KeyRevoked, at, audit), |record| {
-            Ok(record.revoke(at, reason)?)
+            record.revoke(at, reason)?;
+            Ok(None)
         })
         .await
+        .map(|(record, _)| record)
+    }
+
+    async fn rotate(
+        &self,
+        id: &KeyId,
+        plan: &RotationPlan<'_>,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
+        let (old, new) = self
+            .modify(id, (EventKind::KeyRotated, at, audit), |record| {
+                let (old_after, new) = plan(record)?;
+                *record = old_after;
+                Ok(Some(new))
+            })
+            .await?;
+        let new = new.ok_or_else(|| StoreError::Corrupt("rotation made no successor".into()))?;
+        Ok((old, new))
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
@@ -278,7 +337,7 @@ impl Store for PostgresStore {
         let mut listener = PgListener::connect_with(&self.pool)
             .await
             .map_err(backend)?;
-        listener.listen(CHANNEL).await.map_err(backend)?;
+        listener.listen(&self.channel).await.map_err(backend)?;
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(follow_notifications(listener, tx));
         Ok(rx)

@@ -12,7 +12,8 @@ macro_rules! select_where {
     ($condition:literal) => {
         concat!(
             "SELECT id, name, start, hash, owner, scopes, metadata, created_at, expires_at, ",
-            "revoked_at, revoked_reason, enabled, last_used_at FROM keys WHERE ",
+            "revoked_at, revoked_reason, enabled, last_used_at, rotated_from, rotated_to, ",
+            "rotated_at FROM keys WHERE ",
             $condition
         )
     };
@@ -35,6 +36,9 @@ pub(crate) struct Row {
     revoked_reason: Option<String>,
     enabled: bool,
     last_used_at: Option<i64>,
+    rotated_from: Option<String>,
+    rotated_to: Option<String>,
+    rotated_at: Option<i64>,
 }
 
 impl TryFrom<Row> for KeyRecord {
@@ -45,6 +49,8 @@ impl TryFrom<Row> for KeyRecord {
             Timestamp::from_unix_ms(ms)
                 .ok_or_else(|| StoreError::Corrupt("time out of range".into()))
         };
+        let key_id =
+            |id: &str| KeyId::parse(id).ok_or_else(|| StoreError::Corrupt("bad key id".into()));
         Ok(KeyRecord {
             id: KeyId::parse(&row.id).ok_or_else(|| StoreError::Corrupt("bad key id".into()))?,
             name: row.name,
@@ -62,6 +68,9 @@ impl TryFrom<Row> for KeyRecord {
             revoked_reason: row.revoked_reason,
             enabled: row.enabled,
             last_used_at: row.last_used_at.map(time).transpose()?,
+            rotated_from: row.rotated_from.as_deref().map(key_id).transpose()?,
+            rotated_to: row.rotated_to.as_deref().map(key_id).transpose()?,
+            rotated_at: row.rotated_at.map(time).transpose()?,
         })
     }
 }

@@ -11,7 +11,9 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::mpsc;
 
 use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
-use crate::{AuditPage, AuditQuery, Change, ListQuery, Page, StatusCounts, Store, StoreError};
+use crate::{
+    AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts, Store, StoreError,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -79,8 +81,8 @@ impl SqliteStore {
         &self,
         id: &KeyId,
         event: (EventKind, Timestamp, &Audit),
-        change: impl FnOnce(&mut KeyRecord) -> Result<(), StoreError> + Send,
-    ) -> Result<KeyRecord, StoreError> {
+        change: impl FnOnce(&mut KeyRecord) -> Result<Option<KeyRecord>, StoreError> + Send,
+    ) -> Result<(KeyRecord, Option<KeyRecord>), StoreError> {
         // IMMEDIATE takes the write lock up front, so read-modify-write cannot interleave.
         let mut tx = self
             .pool
@@ -95,10 +97,11 @@ impl SqliteStore {
             .ok_or(StoreError::NotFound)?;
         let before = KeyRecord::try_from(row)?;
         let mut record = before.clone();
-        change(&mut record)?;
+        let successor = change(&mut record)?;
         sqlx::query(
             "UPDATE keys SET name = ?, owner = ?, scopes = ?, metadata = ?, expires_at = ?, \
-             revoked_at = ?, revoked_reason = ?, enabled = ? WHERE id = ?",
+             revoked_at = ?, revoked_reason = ?, enabled = ?, rotated_to = ?, rotated_at = ? \
+             WHERE id = ?",
         )
         .bind(record.name.clone())
         .bind(record.owner.clone())
@@ -108,6 +111,8 @@ impl SqliteStore {
         .bind(record.revoked_at.map(Timestamp::unix_ms))
         .bind(record.revoked_reason.clone())
         .bind(record.enabled)
+        .bind(record.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
+        .bind(record.rotated_at.map(Timestamp::unix_ms))
         .bind(record.id.as_str().to_owned())
         .execute(&mut *tx)
         .await
@@ -120,8 +125,11 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         log_change(&mut tx, &record.hash).await?;
+        if let Some(successor) = &successor {
+            insert(&mut tx, successor, audit).await?;
+        }
         tx.commit().await.map_err(backend)?;
-        Ok(record)
+        Ok((record, successor))
     }
 }
 
@@ -139,8 +147,8 @@ async fn insert(
         .map_err(backend)?;
     sqlx::query(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
-             expires_at, revoked_at, revoked_reason, enabled, last_used_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
+             rotated_to, rotated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(record.id.as_str().to_owned())
     .bind(record.name.clone())
@@ -155,6 +163,14 @@ async fn insert(
     .bind(record.revoked_reason.clone())
     .bind(record.enabled)
     .bind(record.last_used_at.map(Timestamp::unix_ms))
+    .bind(
+        record
+            .rotated_from
+            .as_ref()
+            .map(|id| id.as_str().to_owned()),
+    )
+    .bind(record.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
+    .bind(record.rotated_at.map(Timestamp::unix_ms))
     .execute(&mut **tx)
     .await
     .map_err(|e| match e.as_database_error() {
@@ -250,9 +266,11 @@ impl Store for SqliteStore {
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
         self.modify(id, (EventKind::KeyUpdated, at, audit), |record| {
-            Ok(patch.apply(record)?)
+            patch.apply(record)?;
+            Ok(None)
         })
         .await
+        .map(|(record, _)| record)
     }
 
     async fn revoke(
@@ -263,9 +281,29 @@ impl Store for SqliteStore {
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
         self.modify(id, (EventKind::KeyRevoked, at, audit), |record| {
-            Ok(record.revoke(at, reason)?)
+            record.revoke(at, reason)?;
+            Ok(None)
         })
         .await
+        .map(|(record, _)| record)
+    }
+
+    async fn rotate(
+        &self,
+        id: &KeyId,
+        plan: &RotationPlan<'_>,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
+        let (old, new) = self
+            .modify(id, (EventKind::KeyRotated, at, audit), |record| {
+                let (old_after, new) = plan(record)?;
+                *record = old_after;
+                Ok(Some(new))
+            })
+            .await?;
+        let new = new.ok_or_else(|| StoreError::Corrupt("rotation made no successor".into()))?;
+        Ok((old, new))
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {

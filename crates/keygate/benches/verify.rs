@@ -94,6 +94,15 @@ impl Store for Counting {
     ) -> Result<KeyRecord, StoreError> {
         self.inner.revoke(id, at, r, a).await
     }
+    async fn rotate(
+        &self,
+        id: &KeyId,
+        plan: &keygate::store::RotationPlan<'_>,
+        at: Timestamp,
+        a: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
+        self.inner.rotate(id, plan, at, a).await
+    }
     async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         self.inner.list_audit(q).await
     }
