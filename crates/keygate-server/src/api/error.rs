@@ -63,6 +63,12 @@ impl From<StoreError> for ApiError {
                 "Key already revoked",
                 "the key is revoked; revocation is final",
             )),
+            StoreError::Record(RecordError::AlreadyRotated) => Self(Problem::new(
+                StatusCode::CONFLICT,
+                "ALREADY_ROTATED",
+                "Key already rotated",
+                "the key was rotated already; rotate its successor instead",
+            )),
             StoreError::Record(RecordError::Field { field, message }) => {
                 Self::bad_request(format!("{field}: {message}"))
             }
