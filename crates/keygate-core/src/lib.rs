@@ -30,4 +30,4 @@ pub use format::{
 pub use id::KeyId;
 pub use outcome::{Outcome, decide};
 pub use record::{Expiry, KeyPatch, KeyRecord, KeySpec, RecordError, Status, issue, plan_rotation};
-pub use time::{Clock, FixedClock, Lifetime, TimeError, Timestamp};
+pub use time::{Clock, FixedClock, Lifetime, TimeError, Timestamp, parse_grace};

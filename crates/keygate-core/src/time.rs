@@ -154,6 +154,14 @@ impl Lifetime {
     }
 }
 
+/// Parses a grace period: `0` (none) or a lifetime such as `24h`; milliseconds.
+pub fn parse_grace(text: &str) -> Result<i64, TimeError> {
+    match text.trim() {
+        "0" | "0s" | "0m" | "0h" | "0d" | "0w" => Ok(0),
+        other => Lifetime::parse(other).map(Lifetime::as_ms),
+    }
+}
+
 impl std::str::FromStr for Lifetime {
     type Err = TimeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -281,6 +289,15 @@ mod tests {
         assert_eq!(Lifetime::parse("36501d"), Err(TimeError::OutOfRange));
         let t = Timestamp::from_unix_ms(MAX_MS - 10).unwrap();
         assert!(t.checked_add(Lifetime::parse("1s").unwrap()).is_none());
+    }
+
+    #[test]
+    fn grace_periods() {
+        assert_eq!(parse_grace("0"), Ok(0));
+        assert_eq!(parse_grace("0h"), Ok(0));
+        assert_eq!(parse_grace("24h"), Ok(86_400_000));
+        assert!(parse_grace("-1h").is_err());
+        assert!(parse_grace("soon").is_err());
     }
 
     #[test]

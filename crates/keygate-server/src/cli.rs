@@ -67,6 +67,19 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate a key: issue its successor, printed once, and let the old key work for a grace
+    /// period (then it verifies EXPIRED).
+    Rotate {
+        /// Key id (key_...).
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+        /// How long the old key keeps working: 0 or a duration such as 24h.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace_arg)]
+        grace: i64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Disable a key until it is enabled again.
     Disable {
         /// Key id (key_...).
@@ -217,6 +230,10 @@ pub enum StatusArg {
     Revoked,
     /// Every key.
     All,
+}
+
+fn parse_grace_arg(s: &str) -> Result<i64, String> {
+    keygate_core::parse_grace(s).map_err(|e| format!("expected 0 or a duration such as 24h; {e}"))
 }
 
 fn parse_event_kind(s: &str) -> Result<EventKind, String> {

@@ -32,6 +32,9 @@ struct KeyView<'a> {
     revoked_at: Option<Timestamp>,
     revoked_reason: Option<&'a str>,
     last_used_at: Option<Timestamp>,
+    rotated_from: Option<&'a str>,
+    rotated_to: Option<&'a str>,
+    rotated_at: Option<Timestamp>,
 }
 
 /// `keys create --json`: the key's view plus, this once, the key itself.
@@ -58,6 +61,9 @@ impl<'a> KeyView<'a> {
             revoked_at: r.revoked_at,
             revoked_reason: r.revoked_reason.as_deref(),
             last_used_at: r.last_used_at,
+            rotated_from: r.rotated_from.as_ref().map(|id| id.as_str()),
+            rotated_to: r.rotated_to.as_ref().map(|id| id.as_str()),
+            rotated_at: r.rotated_at,
         }
     }
 }
@@ -79,6 +85,29 @@ pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure>
                 print_key(&mut out, &record, now, true)?;
             } else {
                 writeln!(out, "Revoked {}", record.id)?;
+            }
+        }
+        KeysCommand::Rotate { id, grace, json } => {
+            let (old, new, key) = keygate.rotate(&id, grace, &cli()).await?;
+            if json {
+                let created = Created {
+                    view: KeyView::of(&new, now),
+                    key: key.expose(),
+                };
+                let text =
+                    serde_json::to_string(&created).map_err(|e| Failure::Other(e.to_string()))?;
+                writeln!(out, "{text}")?;
+            } else {
+                writeln!(out, "Rotated {} -> {} ({})", old.id, new.id, new.name)?;
+                writeln!(
+                    out,
+                    "The old key works until {}.",
+                    time_text(old.expires_at)
+                )?;
+                writeln!(out)?;
+                writeln!(out, "The new key, shown only this once:")?;
+                writeln!(out)?;
+                writeln!(out, "{}", key.expose())?;
             }
         }
         KeysCommand::Disable { id } => {
@@ -262,6 +291,12 @@ fn print_key(
     writeln!(out, "created_at:  {}", view.created_at)?;
     writeln!(out, "expires_at:  {}", time_text(view.expires_at))?;
     writeln!(out, "last_used:   {}", time_text(view.last_used_at))?;
+    if let Some(from) = view.rotated_from {
+        writeln!(out, "rotated from: {from}")?;
+    }
+    if let Some(to) = view.rotated_to {
+        writeln!(out, "rotated to:  {to} (at {})", time_text(view.rotated_at))?;
+    }
     if let Some(at) = view.revoked_at {
         writeln!(out, "revoked_at:  {at}")?;
         writeln!(out, "reason:      {}", view.revoked_reason.unwrap_or("-"))?;

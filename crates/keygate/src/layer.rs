@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Request};
-use keygate_core::Outcome;
 use keygate_core::scope::{check_scope, first_missing};
+use keygate_core::{Outcome, Timestamp};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -134,6 +134,18 @@ impl LayerConfig {
     }
 }
 
+/// Tells a client whose key was rotated that it must switch: RFC 9745 `Deprecation` (since
+/// when) and RFC 8594 `Sunset` (until when the key works).
+fn announce_sunset(headers: &mut http::HeaderMap, rotated_at: Timestamp, expires_at: Timestamp) {
+    let deprecation = format!("@{}", rotated_at.unix_ms().div_euclid(1000));
+    if let Ok(value) = HeaderValue::from_str(&deprecation) {
+        headers.insert("deprecation", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&expires_at.to_http_date()) {
+        headers.insert("sunset", value);
+    }
+}
+
 impl<S> Layer<S> for KeygateLayer {
     type Service = KeygateService<S>;
 
@@ -197,10 +209,15 @@ where
             };
             match verification {
                 Ok(v) if v.outcome.is_valid() => {
+                    let sunset = v.key.as_ref().and_then(ApiKey::sunset);
                     if let Some(key) = v.key {
                         request.extensions_mut().insert(key);
                     }
-                    inner.call(request).await
+                    let mut response = inner.call(request).await?;
+                    if let Some((rotated_at, expires_at)) = sunset {
+                        announce_sunset(response.headers_mut(), rotated_at, expires_at);
+                    }
+                    Ok(response)
                 }
                 Ok(v) => Ok(config.reject(v.outcome, v.detail)),
                 Err(e) => {

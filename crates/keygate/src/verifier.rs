@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use keygate_core::{
     Audit, Clock, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix,
-    Timestamp, decide, issue, parse, scope::first_missing,
+    Timestamp, decide, generate, issue, parse, plan_rotation, scope::first_missing,
 };
 use keygate_store::{AuditPage, AuditQuery, Change, ListQuery, Page, Store, StoreError};
 
@@ -56,6 +56,24 @@ impl ApiKey {
     /// When the key expires, if ever.
     pub fn expires_at(&self) -> Option<Timestamp> {
         self.0.expires_at
+    }
+
+    /// When the key was rotated and stops working: `Some((rotated_at, expires_at))` while it
+    /// is in its grace period, so that clients can be told to switch (`Sunset`, `Deprecation`).
+    pub fn sunset(&self) -> Option<(Timestamp, Timestamp)> {
+        match (
+            self.0.rotated_to.as_ref(),
+            self.0.rotated_at,
+            self.0.expires_at,
+        ) {
+            (Some(_), Some(rotated_at), Some(expires_at)) => Some((rotated_at, expires_at)),
+            _ => None,
+        }
+    }
+
+    /// The id of the key that replaces this one, if it was rotated.
+    pub fn successor(&self) -> Option<&KeyId> {
+        self.0.rotated_to.as_ref()
     }
 
     /// Whether the key holds a scope granting `scope` (`orders:*` grants `orders:read`).
@@ -446,6 +464,27 @@ impl Keygate {
         self.forget(&record.hash);
         tracing::info!(key_id = %record.id, "issued the first API key");
         Ok(Some((record, key)))
+    }
+
+    /// Rotates a key: issues its successor (same name, owner, scopes, metadata and lifetime)
+    /// and lets the old key work for `grace_ms` more milliseconds (0: not at all), after which
+    /// it verifies `EXPIRED`. Returns (the old record, the successor, the successor's key,
+    /// shown once). Refused for a revoked key, or one rotated already.
+    pub async fn rotate(
+        &self,
+        id: &KeyId,
+        grace_ms: i64,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord, PlainKey), StoreError> {
+        let now = self.now();
+        let new_key = generate(&self.inner.prefix);
+        let new_id = KeyId::generate(now);
+        let plan = |old: &KeyRecord| plan_rotation(old, &new_key, new_id.clone(), now, grace_ms);
+        let (old, new) = self.inner.store.rotate(id, &plan, now, audit).await?;
+        self.forget(&old.hash);
+        self.forget(&new.hash);
+        tracing::info!(key_id = %old.id, successor = %new.id, "rotated API key");
+        Ok((old, new, new_key))
     }
 
     /// The key with this id.

@@ -641,3 +641,75 @@ async fn many_requests_at_once() {
         assert_eq!(t.await.unwrap(), 200);
     }
 }
+
+#[tokio::test]
+async fn a_rotated_key_works_through_its_grace_period_and_says_so() {
+    use keygate::core::FixedClock;
+    let dir = tempfile::tempdir().unwrap();
+    let store = keygate::store::open(dir.path().join("k.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let clock = Arc::new(FixedClock::new(
+        Timestamp::parse_rfc3339("2027-03-01T12:00:00Z").unwrap(),
+    ));
+    let keygate = Keygate::builder(store).clock(clock.clone()).build();
+    let router = example::app(&keygate);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let unused = Arc::new(
+        SqliteStore::connect(dir.path().join("unused.db").to_str().unwrap())
+            .await
+            .unwrap(),
+    );
+    let s = Server {
+        addr,
+        keygate: keygate.clone(),
+        store: unused,
+        _dir: dir,
+    };
+
+    let (old, old_key) = keygate
+        .issue(
+            KeySpec {
+                name: "rotating".into(),
+                scopes: vec!["orders:read".into()],
+                ..KeySpec::default()
+            },
+            &Audit::library(),
+        )
+        .await
+        .unwrap();
+    let (old_after, new, new_key) = keygate
+        .rotate(&old.id, 2_000, &Audit::library())
+        .await
+        .unwrap();
+    assert_eq!(new.rotated_from.as_ref(), Some(&old.id));
+    assert_eq!(old_after.rotated_to.as_ref(), Some(&new.id));
+
+    // Both work during the grace period; only the old one is told to move.
+    let r = s.with_key("/api/orders/", old_key.expose()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("sunset"), Some("Mon, 01 Mar 2027 12:00:02 GMT"));
+    assert_eq!(r.header("deprecation"), Some("@1803902400"));
+    let r = s.with_key("/api/orders/", new_key.expose()).await;
+    assert_eq!((r.status, r.header("sunset")), (200, None));
+
+    // After it: the old key is expired, the new one still valid.
+    clock.advance(Lifetime::parse("2s").unwrap());
+    s.with_key("/api/orders/", old_key.expose())
+        .await
+        .problem(401, "EXPIRED");
+    assert_eq!(
+        s.with_key("/api/orders/", new_key.expose()).await.status,
+        200
+    );
+
+    // Rotating again, or rotating a revoked key, is refused.
+    assert!(keygate.rotate(&old.id, 0, &Audit::library()).await.is_err());
+    keygate
+        .revoke(&new.id, None, &Audit::library())
+        .await
+        .unwrap();
+    assert!(keygate.rotate(&new.id, 0, &Audit::library()).await.is_err());
+}

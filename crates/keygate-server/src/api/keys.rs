@@ -5,7 +5,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use keygate::core::{Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp};
+use keygate::core::{
+    Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp, parse_grace,
+};
 use keygate::store::{ListQuery, MAX_PAGE_SIZE};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -52,6 +54,15 @@ pub struct KeyView {
     /// Last successful verification (written in batches, so it may lag a few seconds).
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<Timestamp>,
+    /// The key this one replaced, if it came from a rotation.
+    #[schema(value_type = Option<String>)]
+    pub rotated_from: Option<KeyId>,
+    /// The key that replaced this one, if it was rotated.
+    #[schema(value_type = Option<String>)]
+    pub rotated_to: Option<KeyId>,
+    /// When it was rotated; it works until `expires_at`.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub rotated_at: Option<Timestamp>,
 }
 
 impl KeyView {
@@ -71,6 +82,9 @@ impl KeyView {
             revoked_at: record.revoked_at,
             revoked_reason: record.revoked_reason,
             last_used_at: record.last_used_at,
+            rotated_from: record.rotated_from,
+            rotated_to: record.rotated_to,
+            rotated_at: record.rotated_at,
         }
     }
 }
@@ -142,6 +156,17 @@ pub struct UpdateKey {
 /// `Some(value)` for a field that is present, even as `null`; absent fields stay `None`.
 fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
+}
+
+/// `POST /v1/keys/{id}/rotate` body (optional).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the old key keeps working: `0` (not at all) or a lifetime such as `24h`.
+    /// Default `24h`.
+    #[serde(default)]
+    #[schema(example = "24h")]
+    pub grace_period: Option<String>,
 }
 
 /// `POST /v1/keys/{id}/revoke` body (optional).
@@ -383,4 +408,56 @@ pub async fn revoke_key(
         .await?;
     tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key revoked over the API");
     Ok(Json(KeyView::of(record, app.keygate.now())))
+}
+
+/// Rotate a key: issue its successor (same name, owner, scopes, metadata and lifetime) and let
+/// the old key work for a grace period, during which responses to it carry `Sunset` and
+/// `Deprecation` headers; then it verifies `EXPIRED`.
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/rotate", tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    request_body(content = Option<RotateKey>, description = "Optional grace period (default 24h)"),
+    responses(
+        (status = 201, description = "The successor; `key` is shown only here", body = CreatedKey,
+         headers(("location" = String, description = "/v1/keys/{successor id}"))),
+        (status = 400, description = "Invalid field", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Revoked, or rotated already", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn rotate_key(
+    State(app): State<AppState>,
+    caller: Caller<Manage>,
+    request_id: RequestId,
+    Path(id): Path<String>,
+    OptionalApiJson(body): OptionalApiJson<RotateKey>,
+) -> Result<Response, ApiError> {
+    let id = key_id(&id)?;
+    let grace = body
+        .and_then(|b| b.grace_period)
+        .unwrap_or_else(|| "24h".to_owned());
+    let grace_ms = parse_grace(&grace).map_err(|e| {
+        ApiError::bad_request(format!(
+            "grace_period: expected 0 or a duration such as 24h; {e}"
+        ))
+    })?;
+    let (old, new, key) = app
+        .keygate
+        .rotate(&id, grace_ms, &caller.audit(&request_id))
+        .await?;
+    tracing::info!(actor = %caller.0.id(), key_id = %old.id, successor = %new.id, request_id = %request_id.0, "key rotated over the API");
+    let location = format!("/v1/keys/{}", new.id);
+    let created = CreatedKey {
+        key: key.expose().to_owned(),
+        view: KeyView::of(new, app.keygate.now()),
+    };
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
 }

@@ -1164,3 +1164,145 @@ fn the_audit_trail_records_who_did_what_in_which_request() {
     );
     assert!(lines.iter().all(|e| e["type"] == "key.created"));
 }
+
+#[test]
+fn rotation_with_a_grace_period_over_the_api_and_the_cli() {
+    let s = service(&[]);
+    let created = s.create(json!({"name": "rotating", "owner": "acct_7", "scopes": ["orders:read"], "metadata": {"plan": "pro"}}));
+    let (old_id, old_key) = (
+        created["id"].as_str().unwrap(),
+        created["key"].as_str().unwrap(),
+    );
+    let r = s.server.json(
+        "POST",
+        &format!("/v1/keys/{old_id}/rotate"),
+        &s.admin,
+        &json!({"grace_period": "2s"}),
+    );
+    let new = r.expect(201);
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("/v1/keys/{}", new["id"].as_str().unwrap())
+    );
+    let (new_id, new_key) = (new["id"].as_str().unwrap(), new["key"].as_str().unwrap());
+    assert_eq!(new["rotated_from"], old_id);
+    for field in ["name", "owner", "scopes", "metadata"] {
+        assert_eq!(new[field], created[field], "{field} copied");
+    }
+    let old = s
+        .server
+        .get(&format!("/v1/keys/{old_id}"), &s.admin)
+        .expect(200);
+    assert_eq!(old["rotated_to"], new_id);
+    assert!(old["rotated_at"].is_string());
+
+    // Both valid during the grace period; the old one expires after it.
+    assert_eq!(s.verify(old_key, &["orders:read"])["code"], "VALID");
+    assert_eq!(s.verify(new_key, &["orders:read"])["code"], "VALID");
+    let started = std::time::Instant::now();
+    while s.verify(old_key, &[])["code"] == "VALID" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the grace never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(s.verify(old_key, &[])["code"], "EXPIRED");
+    assert_eq!(s.verify(new_key, &[])["code"], "VALID");
+
+    // The audit trail links the two.
+    let trail = s
+        .server
+        .get(
+            &format!("/v1/audit?type=key.rotated&key_id={old_id}"),
+            &s.admin,
+        )
+        .expect(200);
+    let event = &trail["items"][0];
+    assert_eq!(event["details"]["rotated_to"]["to"], new_id);
+    let created_event = s
+        .server
+        .get(&format!("/v1/audit?key_id={new_id}"), &s.admin)
+        .expect(200);
+    assert_eq!(created_event["items"][0]["details"]["rotated_from"], old_id);
+
+    // Refusals: rotated already, revoked, unknown, bad grace.
+    s.server
+        .json(
+            "POST",
+            &format!("/v1/keys/{old_id}/rotate"),
+            &s.admin,
+            &json!({}),
+        )
+        .problem(409, "ALREADY_ROTATED");
+    let doomed = s.create(json!({"name": "doomed"}));
+    let doomed_id = doomed["id"].as_str().unwrap();
+    s.server
+        .send(
+            "POST",
+            &format!("/v1/keys/{doomed_id}/revoke"),
+            Some(&s.admin),
+            None,
+        )
+        .expect(200);
+    s.server
+        .send(
+            "POST",
+            &format!("/v1/keys/{doomed_id}/rotate"),
+            Some(&s.admin),
+            None,
+        )
+        .problem(409, "ALREADY_REVOKED");
+    s.server
+        .send(
+            "POST",
+            "/v1/keys/key_01AAAAAAAAAAAAAAAAAAAAAAAA/rotate",
+            Some(&s.admin),
+            None,
+        )
+        .problem(404, "NOT_FOUND");
+    let p = s
+        .server
+        .json(
+            "POST",
+            &format!("/v1/keys/{new_id}/rotate"),
+            &s.admin,
+            &json!({"grace_period": "soon"}),
+        )
+        .problem(400, "BAD_REQUEST");
+    assert!(p["detail"].as_str().unwrap().contains("grace_period"));
+
+    // The CLI rotates too, with no grace: the old key is over at once.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "--database",
+            s.db.to_str().unwrap(),
+            "keys",
+            "rotate",
+            new_id,
+            "--grace",
+            "0",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(third["rotated_from"], new_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while s.verify(new_key, &[])["code"] != "EXPIRED" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CLI rotation never reached the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        s.verify(third["key"].as_str().unwrap(), &[])["code"],
+        "VALID"
+    );
+}
