@@ -111,7 +111,7 @@ pub struct AuditArgs {
     /// Only events about this key.
     #[arg(long = "key", value_name = "ID", value_parser = parse_id)]
     pub key_id: Option<KeyId>,
-    /// Only events of this type (key.created, key.updated, key.revoked).
+    /// Only events of this type (key.created, key.updated, key.rotated, key.revoked).
     #[arg(long = "type", value_name = "TYPE", value_parser = parse_event_kind)]
     pub kind: Option<EventKind>,
     /// Only events at or after this time (RFC 3339).
@@ -237,7 +237,8 @@ fn parse_grace_arg(s: &str) -> Result<i64, String> {
 }
 
 fn parse_event_kind(s: &str) -> Result<EventKind, String> {
-    EventKind::parse(s).ok_or_else(|| "expected key.created, key.updated or key.revoked".into())
+    EventKind::parse(s)
+        .ok_or_else(|| "expected key.created, key.updated, key.rotated or key.revoked".into())
 }
 
 fn parse_id(s: &str) -> Result<KeyId, String> {

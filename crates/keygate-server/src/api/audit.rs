@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiQuery};
 pub struct AuditParams {
     /// Only events about this key.
     pub key_id: Option<String>,
-    /// Only events of this type: `key.created`, `key.updated`, `key.revoked`.
+    /// Only events of this type: `key.created`, `key.updated`, `key.rotated`, `key.revoked`.
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub kind: Option<String>,
@@ -39,7 +39,7 @@ pub struct AuditEventDoc {
     /// When (RFC 3339).
     #[schema(format = DateTime)]
     pub at: String,
-    /// `key.created`, `key.updated` or `key.revoked`.
+    /// `key.created`, `key.updated`, `key.rotated` or `key.revoked`.
     #[serde(rename = "type")]
     pub kind: String,
     /// `admin:<key id>`, `cli`, `server`, `scheduler`, `self:<key id>` or `library`.
@@ -91,7 +91,9 @@ pub async fn list_audit(
             .kind
             .map(|k| {
                 EventKind::parse(&k).ok_or_else(|| {
-                    ApiError::bad_request("type: expected key.created, key.updated or key.revoked")
+                    ApiError::bad_request(
+                        "type: expected key.created, key.updated, key.rotated or key.revoked",
+                    )
                 })
             })
             .transpose()?,
