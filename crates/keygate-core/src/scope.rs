@@ -5,7 +5,8 @@
 //! `orders:items:write`, not `orders`), and `*` alone grants every scope but keygate's own.
 //!
 //! Scopes under `keygate:` are reserved for managing keygate itself: `keygate:admin`
-//! (everything), `keygate:read` (list and show keys) and `keygate:verify` (only verify). `*`
+//! (everything), `keygate:read` (list and show keys), `keygate:verify` (only verify) and
+//! `keygate:self-rotate` (the key may rotate itself). `*`
 //! does not grant them — a client key with `*` for your API must not become a keygate admin —
 //! only the exact scope or `keygate:*` does.
 
@@ -15,6 +16,9 @@ pub const ADMIN: &str = "keygate:admin";
 pub const READ: &str = "keygate:read";
 /// Reserved scope: verify keys (`POST /v1/verify`) and nothing else.
 pub const VERIFY: &str = "keygate:verify";
+/// Reserved scope: the key may rotate itself (`POST /v1/self/rotate`), e.g. from the holder's
+/// own cron job, with no admin in the loop. The successor inherits it.
+pub const SELF_ROTATE: &str = "keygate:self-rotate";
 /// The reserved namespace.
 const RESERVED_PREFIX: &str = "keygate:";
 

@@ -5,8 +5,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use keygate::ApiKey;
+use keygate::core::scope::SELF_ROTATE;
 use keygate::core::{
-    Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp, parse_grace,
+    Actor, Audit, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp,
+    parse_grace,
 };
 use keygate::store::{ListQuery, MAX_PAGE_SIZE};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -460,4 +463,44 @@ pub async fn rotate_key(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// Rotate the key that authenticates this request (it must hold `keygate:self-rotate`): the
+/// holder's own job can replace its credentials with no admin in the loop. Same rules as an
+/// admin rotation; audited with the actor `self:<key id>`.
+#[utoipa::path(
+    post, path = "/v1/self/rotate", tag = "keys",
+    request_body(content = Option<RotateKey>, description = "Optional grace period (default 24h)"),
+    responses(
+        (status = 201, description = "The successor; `key` is shown only here", body = CreatedKey),
+        (status = 400, description = "Invalid field", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks keygate:self-rotate", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Rotated already", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn rotate_self(
+    State(app): State<AppState>,
+    key: ApiKey,
+    request_id: RequestId,
+    OptionalApiJson(body): OptionalApiJson<RotateKey>,
+) -> Result<Response, ApiError> {
+    key.require(SELF_ROTATE)?;
+    let grace = body
+        .and_then(|b| b.grace_period)
+        .unwrap_or_else(|| "24h".to_owned());
+    let grace_ms = parse_grace(&grace).map_err(|e| {
+        ApiError::bad_request(format!(
+            "grace_period: expected 0 or a duration such as 24h; {e}"
+        ))
+    })?;
+    let audit = Audit::by(Actor::SelfService(key.id().clone())).in_request(request_id.0.as_ref());
+    let (old, new, plain) = app.keygate.rotate(key.id(), grace_ms, &audit).await?;
+    tracing::info!(key_id = %old.id, successor = %new.id, request_id = %request_id.0, "key rotated itself");
+    let created = CreatedKey {
+        key: plain.expose().to_owned(),
+        view: KeyView::of(new, app.keygate.now()),
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }

@@ -102,6 +102,7 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::get_key, keys::update_key))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))
+        .routes(routes!(keys::rotate_self))
         .routes(routes!(verify::verify))
         .routes(routes!(audit::list_audit))
         .layer(admin_auth);

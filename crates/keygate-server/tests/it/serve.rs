@@ -1306,3 +1306,61 @@ fn rotation_with_a_grace_period_over_the_api_and_the_cli() {
         "VALID"
     );
 }
+
+#[test]
+fn a_key_with_keygate_self_rotate_rotates_itself() {
+    let s = service(&[]);
+    let plain = s.create(json!({"name": "plain", "scopes": ["orders:read"]}));
+    s.server
+        .send("POST", "/v1/self/rotate", plain["key"].as_str(), None)
+        .problem(403, "INSUFFICIENT_SCOPE");
+    let star = s.create(json!({"name": "star", "scopes": ["*"]}));
+    s.server
+        .send("POST", "/v1/self/rotate", star["key"].as_str(), None)
+        .problem(403, "INSUFFICIENT_SCOPE");
+
+    let cron =
+        s.create(json!({"name": "cron job", "scopes": ["orders:read", "keygate:self-rotate"]}));
+    let old_key = cron["key"].as_str().unwrap();
+    let r = s.server.send(
+        "POST",
+        "/v1/self/rotate",
+        Some(old_key),
+        Some(("application/json", br#"{"grace_period": "1h"}"#)),
+    );
+    let new = r.expect(201);
+    assert_eq!(new["rotated_from"], cron["id"]);
+    assert_eq!(new["scopes"], json!(["orders:read", "keygate:self-rotate"]));
+    let new_key = new["key"].as_str().unwrap();
+    assert_eq!(
+        s.verify(old_key, &["orders:read"])["code"],
+        "VALID",
+        "in grace"
+    );
+    assert_eq!(s.verify(new_key, &["orders:read"])["code"], "VALID");
+    // The old key cannot rotate again; the new one can.
+    s.server
+        .send("POST", "/v1/self/rotate", Some(old_key), None)
+        .problem(409, "ALREADY_ROTATED");
+    s.server
+        .send("POST", "/v1/self/rotate", Some(new_key), None)
+        .expect(201);
+    let trail = s
+        .server
+        .get(
+            &format!(
+                "/v1/audit?type=key.rotated&key_id={}",
+                cron["id"].as_str().unwrap()
+            ),
+            &s.admin,
+        )
+        .expect(200);
+    assert_eq!(
+        trail["items"][0]["actor"],
+        format!("self:{}", cron["id"].as_str().unwrap())
+    );
+    // The admin API stays closed to it.
+    s.server
+        .get("/v1/keys", new_key)
+        .problem(403, "INSUFFICIENT_SCOPE");
+}
