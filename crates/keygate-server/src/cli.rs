@@ -37,6 +37,10 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print the audit trail, oldest first (`--json`: one JSON object per line, for a SIEM).
     Audit(AuditArgs),
+    /// Incident response: revoke many keys at once, by owner, creation time or scope. Run with
+    /// --dry-run first.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
 }
 
 /// `keygate keys ...`
@@ -103,6 +107,39 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `keygate incident ...`
+#[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// Revoke every unrevoked key that matches all the given filters (at least one).
+    Revoke(IncidentArgs),
+}
+
+/// Which keys an incident concerns.
+#[derive(Debug, Args)]
+pub struct IncidentArgs {
+    /// Keys of this owner.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Keys created before this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_timestamp)]
+    pub created_before: Option<Timestamp>,
+    /// Keys created at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_timestamp)]
+    pub created_after: Option<Timestamp>,
+    /// Keys holding a scope that grants this one (e.g. orders:write).
+    #[arg(long, value_name = "SCOPE", value_parser = parse_scope)]
+    pub scope: Option<String>,
+    /// Reason recorded on each key.
+    #[arg(long, default_value = "incident")]
+    pub reason: String,
+    /// List what would be revoked; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `keygate audit`

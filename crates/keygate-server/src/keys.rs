@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::Failure;
-use crate::cli::{AuditArgs, CreateArgs, KeysCommand, ListArgs, StatusArg};
+use crate::cli::{AuditArgs, CreateArgs, IncidentArgs, KeysCommand, ListArgs, StatusArg};
 
 /// Changes made from the command line are audited as `cli`.
 fn cli() -> Audit {
@@ -356,6 +356,86 @@ pub async fn audit(keygate: &Keygate, args: AuditArgs) -> Result<u8, Failure> {
     }
     if printed == 0 && !args.json {
         writeln!(out, "(no events)")?;
+    }
+    Ok(0)
+}
+
+/// `keygate incident revoke`: every unrevoked key matching all filters; `--dry-run` lists them.
+pub async fn incident_revoke(keygate: &Keygate, args: IncidentArgs) -> Result<u8, Failure> {
+    if args.owner.is_none()
+        && args.created_before.is_none()
+        && args.created_after.is_none()
+        && args.scope.is_none()
+    {
+        return Err(Failure::Other(
+            "give at least one of --owner, --created-before, --created-after, --scope".into(),
+        ));
+    }
+    let mut query = ListQuery::new(keygate.now());
+    query.owner = args.owner.clone();
+    query.limit = keygate::store::MAX_PAGE_SIZE;
+    let mut doomed = Vec::new();
+    loop {
+        let page = keygate.list(query.clone()).await?;
+        for r in page.items {
+            let matches = r.revoked_at.is_none()
+                && args.created_before.is_none_or(|t| r.created_at < t)
+                && args.created_after.is_none_or(|t| r.created_at >= t)
+                && args.scope.as_deref().is_none_or(|s| {
+                    r.scopes
+                        .iter()
+                        .any(|held| keygate_core::scope::grants(held, s))
+                });
+            if matches {
+                doomed.push(r);
+            }
+        }
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let mut revoked = Vec::new();
+    if !args.dry_run {
+        for r in &doomed {
+            match keygate
+                .revoke(&r.id, Some(args.reason.clone()), &cli())
+                .await
+            {
+                Ok(_) => revoked.push(r.id.clone()),
+                // Revoked by someone else meanwhile: the goal is met.
+                Err(StoreError::Record(keygate_core::RecordError::AlreadyRevoked)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if args.json {
+        let body = json!({
+            "dry_run": args.dry_run,
+            "matched": doomed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            "revoked": revoked.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{body}")?;
+    } else {
+        for r in &doomed {
+            writeln!(
+                out,
+                "{}  {}  {}",
+                r.id,
+                r.name,
+                r.owner.as_deref().unwrap_or("-")
+            )?;
+        }
+        if args.dry_run {
+            writeln!(
+                out,
+                "{} keys would be revoked (dry run: nothing changed)",
+                doomed.len()
+            )?;
+        } else {
+            writeln!(out, "{} keys revoked", revoked.len())?;
+        }
     }
     Ok(0)
 }

@@ -64,7 +64,9 @@ fn main() -> ExitCode {
     // The service wants every core; a one-shot CLI command needs one thread.
     let mut builder = match cli.command {
         Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
-        Command::Keys(_) | Command::Audit(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::Keys(_) | Command::Audit(_) | Command::Incident(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -79,7 +81,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let serve_args = match &cli.command {
         Command::Serve(args) => Some(args),
-        Command::Keys(_) | Command::Audit(_) => None,
+        Command::Keys(_) | Command::Audit(_) | Command::Incident(_) => None,
     };
     let settings = Settings::resolve(&cli, serve_args)?;
     match cli.command {
@@ -95,6 +97,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             match command {
                 Command::Keys(command) => keys::run(&keygate, command).await,
                 Command::Audit(args) => keys::audit(&keygate, args).await,
+                Command::Incident(cli::IncidentCommand::Revoke(args)) => {
+                    keys::incident_revoke(&keygate, args).await
+                }
                 Command::Serve(_) => unreachable!("handled above"),
             }
         }

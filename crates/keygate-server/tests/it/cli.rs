@@ -499,3 +499,89 @@ fn help_and_version_exit_0() {
         assert!(!out.stdout.is_empty());
     }
 }
+
+#[test]
+fn incident_revoke_by_owner_and_scope_with_a_dry_run_first() {
+    let db = Db::new();
+    let mut ids = std::collections::HashMap::new();
+    for (name, owner, scope) in [
+        ("a1", "acct_a", "orders:read"),
+        ("a2", "acct_a", "orders:*"),
+        ("b1", "acct_b", "orders:write"),
+        ("b2", "acct_b", "users:read"),
+    ] {
+        let v = db.json(&[
+            "keys", "create", "--name", name, "--owner", owner, "--scope", scope, "--json",
+        ]);
+        ids.insert(name, v["id"].as_str().unwrap().to_owned());
+    }
+    let events_before = db.ok(&["audit", "--json"]).lines().count();
+
+    // Dry run: lists, changes nothing.
+    let dry = db.json(&[
+        "incident",
+        "revoke",
+        "--scope",
+        "orders:write",
+        "--dry-run",
+        "--json",
+    ]);
+    let mut matched: Vec<&str> = dry["matched"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    matched.sort();
+    let mut want = vec![ids["a2"].as_str(), ids["b1"].as_str()];
+    want.sort();
+    assert_eq!(
+        matched, want,
+        "orders:* and orders:write grant orders:write"
+    );
+    assert_eq!(dry["revoked"], serde_json::json!([]));
+    assert_eq!(db.ok(&["audit", "--json"]).lines().count(), events_before);
+    assert_eq!(
+        db.json(&["keys", "list", "--status", "revoked", "--json"]),
+        serde_json::json!([])
+    );
+
+    // For real, narrowed to one owner.
+    let done = db.json(&[
+        "incident",
+        "revoke",
+        "--scope",
+        "orders:write",
+        "--owner",
+        "acct_b",
+        "--reason",
+        "CI leak",
+        "--json",
+    ]);
+    assert_eq!(done["revoked"], serde_json::json!([ids["b1"]]));
+    let shown = db.json(&["keys", "show", &ids["b1"], "--json"]);
+    assert_eq!(
+        (shown["status"].as_str(), shown["revoked_reason"].as_str()),
+        (Some("revoked"), Some("CI leak"))
+    );
+    for untouched in ["a1", "a2", "b2"] {
+        assert_eq!(
+            db.json(&["keys", "show", &ids[untouched], "--json"])["status"],
+            "active"
+        );
+    }
+    // Running it again finds nothing more to do.
+    let again = db.json(&[
+        "incident",
+        "revoke",
+        "--scope",
+        "orders:write",
+        "--owner",
+        "acct_b",
+        "--json",
+    ]);
+    assert_eq!(again["matched"], serde_json::json!([]));
+    // With no filter it refuses: revoking everything takes a deliberate filter.
+    let err = bad_input(&db.run(&["incident", "revoke"]));
+    assert!(err.contains("at least one"), "{err}");
+}
