@@ -93,17 +93,19 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-/// As JSON: `id`, `name`, `owner`, `scopes`, `metadata`, `expires_at`.
+/// As JSON: `id`, `name`, `owner`, `scopes`, `metadata`, `expires_at`, `rotated_to` (set while
+/// the key is in the grace period of a rotation: its holder should switch before `expires_at`).
 impl Serialize for ApiKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut out = s.serialize_struct("ApiKey", 6)?;
+        let mut out = s.serialize_struct("ApiKey", 7)?;
         out.serialize_field("id", &self.0.id)?;
         out.serialize_field("name", &self.0.name)?;
         out.serialize_field("owner", &self.0.owner)?;
         out.serialize_field("scopes", &self.0.scopes)?;
         out.serialize_field("metadata", &self.0.metadata)?;
         out.serialize_field("expires_at", &self.0.expires_at)?;
+        out.serialize_field("rotated_to", &self.0.rotated_to)?;
         out.end()
     }
 }

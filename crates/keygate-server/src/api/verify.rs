@@ -66,6 +66,10 @@ pub struct VerifiedKey {
     /// When it expires, if ever.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// Set while the key is in the grace period of a rotation: the successor's id. Tell the
+    /// client to switch before `expires_at`.
+    #[schema(value_type = Option<String>)]
+    pub rotated_to: Option<KeyId>,
 }
 
 /// `POST /v1/verify` answer. Always 200: a refused key is an answer, not an error.

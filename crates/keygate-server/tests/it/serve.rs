@@ -1196,8 +1196,12 @@ fn rotation_with_a_grace_period_over_the_api_and_the_cli() {
     assert_eq!(old["rotated_to"], new_id);
     assert!(old["rotated_at"].is_string());
 
-    // Both valid during the grace period; the old one expires after it.
-    assert_eq!(s.verify(old_key, &["orders:read"])["code"], "VALID");
+    // Both valid during the grace period; the old one expires after it. /v1/verify tells the
+    // caller which key replaces it.
+    let during = s.verify(old_key, &["orders:read"]);
+    assert_eq!(during["code"], "VALID");
+    assert_eq!(during["key"]["rotated_to"], new_id);
+    assert!(s.verify(new_key, &[])["key"]["rotated_to"].is_null());
     assert_eq!(s.verify(new_key, &["orders:read"])["code"], "VALID");
     let started = std::time::Instant::now();
     while s.verify(old_key, &[])["code"] == "VALID" {
