@@ -82,15 +82,24 @@ pub enum EventKind {
     KeyRevoked,
     /// A key was rotated: a successor was issued and the key's grace period began.
     KeyRotated,
+    /// A key is older than the maximum age its policy allows (announced once per key).
+    KeyMaxAgeExceeded,
+    /// A key will expire soon (announced once per key).
+    KeyExpiringSoon,
+    /// A key passed its expiry time (announced once per key).
+    KeyExpired,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 7] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
         Self::KeyRotated,
+        Self::KeyMaxAgeExceeded,
+        Self::KeyExpiringSoon,
+        Self::KeyExpired,
     ];
 
     /// The stable name, e.g. `key.created`.
@@ -100,6 +109,9 @@ impl EventKind {
             Self::KeyUpdated => "key.updated",
             Self::KeyRevoked => "key.revoked",
             Self::KeyRotated => "key.rotated",
+            Self::KeyMaxAgeExceeded => "key.max_age_exceeded",
+            Self::KeyExpiringSoon => "key.expiring_soon",
+            Self::KeyExpired => "key.expired",
         }
     }
 
@@ -179,6 +191,20 @@ impl AuditEvent {
                 event.details.insert(field.into(), value);
             }
         }
+        event
+    }
+
+    /// A notice about `record` that changes nothing (`key.expiring_soon`, `key.expired`,
+    /// `key.max_age_exceeded`), with `details`.
+    pub fn notice(
+        kind: EventKind,
+        record: &KeyRecord,
+        audit: &Audit,
+        at: Timestamp,
+        details: Map<String, Value>,
+    ) -> Self {
+        let mut event = Self::new(kind, record, audit, at);
+        event.details = details;
         event
     }
 

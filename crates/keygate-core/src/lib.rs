@@ -19,6 +19,7 @@ pub mod audit;
 pub mod format;
 pub mod id;
 pub mod outcome;
+pub mod policy;
 pub mod record;
 pub mod scope;
 pub mod time;

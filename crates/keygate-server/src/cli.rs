@@ -37,6 +37,9 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print the audit trail, oldest first (`--json`: one JSON object per line, for a SIEM).
     Audit(AuditArgs),
+    /// Apply the maximum-age policy once (for cron): announce keys older than --max-age, or
+    /// make them expire after --grace. Running it twice in a row acts once.
+    RotateDue(RotateDueArgs),
     /// Incident response: revoke many keys at once, by owner, creation time or scope. Run with
     /// --dry-run first.
     #[command(subcommand)]
@@ -109,6 +112,36 @@ pub enum KeysCommand {
     },
 }
 
+/// `keygate rotate-due`
+#[derive(Debug, Args)]
+pub struct RotateDueArgs {
+    /// Keys older than this are due.
+    #[arg(long, default_value = "90d", value_parser = parse_lifetime)]
+    pub max_age: Lifetime,
+    /// With --action expire: how long a due key keeps working.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_grace_arg)]
+    pub grace: i64,
+    /// What to do with due keys.
+    #[arg(long, value_enum, default_value_t = AgeActionArg::Notify)]
+    pub action: AgeActionArg,
+    /// Report what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--action` of `rotate-due` and `max_age_action` of `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgeActionArg {
+    /// Write a `key.max_age_exceeded` event, once per key.
+    Notify,
+    /// Bring the key's expiry forward to now + grace (and notify).
+    Expire,
+}
+
 /// `keygate incident ...`
 #[derive(Debug, Subcommand)]
 pub enum IncidentCommand {
@@ -177,6 +210,21 @@ pub struct ServeArgs {
     /// Most keys cached; 0 turns the cache off [default: 100000].
     #[arg(long, env = "KEYGATE_CACHE_SIZE", value_name = "N")]
     pub cache_size: Option<usize>,
+    /// Maximum key age for the scheduler's policy, e.g. 90d [default: none].
+    #[arg(long, env = "KEYGATE_MAX_AGE", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub max_age: Option<Lifetime>,
+    /// What the scheduler does with keys past the maximum age [default: notify].
+    #[arg(long, env = "KEYGATE_MAX_AGE_ACTION", value_enum)]
+    pub max_age_action: Option<AgeActionArg>,
+    /// With max_age_action expire: how long a due key keeps working [default: 7d].
+    #[arg(long, env = "KEYGATE_MAX_AGE_GRACE", value_name = "DURATION", value_parser = parse_grace_arg)]
+    pub max_age_grace: Option<i64>,
+    /// Announce keys expiring within this long (key.expiring_soon) [default: 7d].
+    #[arg(long, env = "KEYGATE_EXPIRY_WARNING", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub expiry_warning: Option<Lifetime>,
+    /// How often the scheduler sweeps the keys [default: 1m].
+    #[arg(long, env = "KEYGATE_SWEEP_EVERY", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub sweep_every: Option<Lifetime>,
     /// How often last-used times are written, e.g. 10s [default: 10s].
     #[arg(long, env = "KEYGATE_USAGE_FLUSH", value_name = "DURATION", value_parser = parse_lifetime)]
     pub usage_flush: Option<Lifetime>,
@@ -269,7 +317,7 @@ pub enum StatusArg {
     All,
 }
 
-fn parse_grace_arg(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_grace_arg(s: &str) -> Result<i64, String> {
     keygate_core::parse_grace(s).map_err(|e| format!("expected 0 or a duration such as 24h; {e}"))
 }
 
@@ -303,5 +351,14 @@ fn parse_metadata(s: &str) -> Result<Map<String, Value>, String> {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err("metadata must be a JSON object, e.g. '{\"plan\":\"pro\"}'".into()),
         Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+impl From<AgeActionArg> for keygate_core::policy::AgeAction {
+    fn from(a: AgeActionArg) -> Self {
+        match a {
+            AgeActionArg::Notify => Self::Notify,
+            AgeActionArg::Expire => Self::Expire,
+        }
     }
 }

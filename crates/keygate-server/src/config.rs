@@ -10,6 +10,11 @@
 //! cache_ttl = "30s"     # how long a cached key is trusted without a change notice
 //! cache_size = 100000   # most keys cached; 0 turns the cache off
 //! usage_flush = "10s"   # how often last-used times are written
+//! max_age = "90d"       # the scheduler's maximum key age (default: no policy)
+//! max_age_action = "notify"   # or "expire"
+//! max_age_grace = "7d"  # with "expire": how long a due key keeps working
+//! expiry_warning = "7d" # announce keys expiring within this long
+//! sweep_every = "1m"    # how often the scheduler sweeps
 //! ```
 
 use std::path::Path;
@@ -18,7 +23,8 @@ use keygate_core::{Lifetime, Prefix};
 use serde::Deserialize;
 
 use crate::Failure;
-use crate::cli::{Cli, LogFormat, LogLevel, ServeArgs, parse_lifetime, parse_prefix};
+use crate::cli::{AgeActionArg, Cli, LogFormat, LogLevel, ServeArgs, parse_lifetime, parse_prefix};
+use keygate_core::policy::MaxAge;
 
 /// Default database URL.
 pub const DEFAULT_DATABASE: &str = "sqlite://keygate.db";
@@ -37,6 +43,11 @@ struct FileConfig {
     cache_ttl: Option<String>,
     cache_size: Option<usize>,
     usage_flush: Option<String>,
+    max_age: Option<String>,
+    max_age_action: Option<AgeActionArg>,
+    max_age_grace: Option<String>,
+    expiry_warning: Option<String>,
+    sweep_every: Option<String>,
 }
 
 /// Settings every command uses.
@@ -58,6 +69,10 @@ pub struct Settings {
     pub cache_size: usize,
     /// How often last-used times are written.
     pub usage_flush: Lifetime,
+    /// The scheduler's sweep.
+    pub sweep: keygate::Sweep,
+    /// How often the scheduler sweeps.
+    pub sweep_every: Lifetime,
 }
 
 impl Settings {
@@ -95,7 +110,48 @@ impl Settings {
             file.usage_flush,
             "10s",
         )?;
+        let sweep_every = lifetime(
+            "sweep_every",
+            serve.and_then(|s| s.sweep_every),
+            file.sweep_every,
+            "1m",
+        )?;
+        let expiry_warning = lifetime(
+            "expiry_warning",
+            serve.and_then(|s| s.expiry_warning),
+            file.expiry_warning,
+            "7d",
+        )?;
+        let max_age = match (serve.and_then(|s| s.max_age), file.max_age) {
+            (Some(v), _) => Some(v),
+            (None, Some(text)) => Some(
+                parse_lifetime(&text)
+                    .map_err(|e| Failure::Config(format!("config file: max_age: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        let grace_ms = match (serve.and_then(|s| s.max_age_grace), file.max_age_grace) {
+            (Some(v), _) => v,
+            (None, Some(text)) => keygate_core::parse_grace(&text)
+                .map_err(|e| Failure::Config(format!("config file: max_age_grace: {e}")))?,
+            (None, None) => 7 * 86_400_000,
+        };
+        let action = serve
+            .and_then(|s| s.max_age_action)
+            .or(file.max_age_action)
+            .unwrap_or(AgeActionArg::Notify);
+        let sweep = keygate::Sweep {
+            max_age: max_age.map(|max_age| MaxAge {
+                max_age,
+                grace_ms,
+                action: action.into(),
+            }),
+            expiry_warning: Some(expiry_warning),
+            announce_expired: true,
+        };
         Ok(Self {
+            sweep,
+            sweep_every,
             cache_ttl,
             usage_flush,
             cache_size: serve

@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::Failure;
-use crate::cli::{AuditArgs, CreateArgs, IncidentArgs, KeysCommand, ListArgs, StatusArg};
+use crate::cli::{
+    AuditArgs, CreateArgs, IncidentArgs, KeysCommand, ListArgs, RotateDueArgs, StatusArg,
+};
 
 /// Changes made from the command line are audited as `cli`.
 fn cli() -> Audit {
@@ -435,6 +437,50 @@ pub async fn incident_revoke(keygate: &Keygate, args: IncidentArgs) -> Result<u8
             )?;
         } else {
             writeln!(out, "{} keys revoked", revoked.len())?;
+        }
+    }
+    Ok(0)
+}
+
+/// `keygate rotate-due`: the maximum-age policy, once.
+pub async fn rotate_due(keygate: &Keygate, args: RotateDueArgs) -> Result<u8, Failure> {
+    let sweep = keygate::Sweep {
+        max_age: Some(keygate_core::policy::MaxAge {
+            max_age: args.max_age,
+            grace_ms: args.grace,
+            action: args.action.into(),
+        }),
+        expiry_warning: None,
+        announce_expired: false,
+    };
+    let report = keygate.sweep(&sweep, args.dry_run, &cli()).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut body = serde_json::to_value(&report).map_err(|e| Failure::Other(e.to_string()))?;
+        body["dry_run"] = Value::Bool(args.dry_run);
+        writeln!(out, "{body}")?;
+    } else {
+        let verb = if args.dry_run { "would be" } else { "were" };
+        writeln!(
+            out,
+            "{} keys are past the maximum age",
+            report.past_max_age.len()
+        )?;
+        for id in &report.past_max_age {
+            writeln!(out, "  {id}")?;
+        }
+        writeln!(
+            out,
+            "{} expiries {verb} brought forward",
+            report.expiry_shortened.len()
+        )?;
+        writeln!(
+            out,
+            "{} key.max_age_exceeded events {verb} written",
+            report.max_age_notices.len()
+        )?;
+        if args.dry_run {
+            writeln!(out, "(dry run: nothing changed)")?;
         }
     }
     Ok(0)

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     // The service wants every core; a one-shot CLI command needs one thread.
     let mut builder = match cli.command {
         Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
-        Command::Keys(_) | Command::Audit(_) | Command::Incident(_) => {
+        Command::Keys(_) | Command::Audit(_) | Command::Incident(_) | Command::RotateDue(_) => {
             tokio::runtime::Builder::new_current_thread()
         }
     };
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let serve_args = match &cli.command {
         Command::Serve(args) => Some(args),
-        Command::Keys(_) | Command::Audit(_) | Command::Incident(_) => None,
+        Command::Keys(_) | Command::Audit(_) | Command::Incident(_) | Command::RotateDue(_) => None,
     };
     let settings = Settings::resolve(&cli, serve_args)?;
     match cli.command {
@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 Command::Incident(cli::IncidentCommand::Revoke(args)) => {
                     keys::incident_revoke(&keygate, args).await
                 }
+                Command::RotateDue(args) => keys::rotate_due(&keygate, args).await,
                 Command::Serve(_) => unreachable!("handled above"),
             }
         }

@@ -36,6 +36,11 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
         )))
         .build();
     bootstrap(&keygate).await?;
+    tokio::spawn(scheduler(
+        keygate.clone(),
+        settings.sweep.clone(),
+        Duration::from_millis(settings.sweep_every.as_ms().unsigned_abs()),
+    ));
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| Failure::Config(format!("cannot listen on {}: {e}", settings.listen)))?;
@@ -51,6 +56,38 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     }
     store.close().await;
     served.map_err(Failure::Io)
+}
+
+/// Sweeps the keys every `every`: the maximum-age policy, expiry warnings, expiry notices.
+/// Several nodes may sweep at once: each notice is written once per key however many run
+/// (a race between two nodes may at worst write one twice).
+async fn scheduler(keygate: Keygate, sweep: keygate::Sweep, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match keygate
+            .sweep(&sweep, false, &Audit::by(Actor::Scheduler))
+            .await
+        {
+            Ok(report) => {
+                let acted = report.expiry_shortened.len()
+                    + report.max_age_notices.len()
+                    + report.expiring_soon_notices.len()
+                    + report.expired_notices.len();
+                if acted > 0 {
+                    tracing::info!(
+                        expiry_shortened = report.expiry_shortened.len(),
+                        max_age_notices = report.max_age_notices.len(),
+                        expiring_soon = report.expiring_soon_notices.len(),
+                        expired = report.expired_notices.len(),
+                        "sweep"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),
+        }
+    }
 }
 
 /// On an empty database, issues one `keygate:admin` key and prints it once on stdout (never

@@ -269,6 +269,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         audit: &Audit,
     ) -> Result<(KeyRecord, KeyRecord), StoreError>;
 
+    /// Appends a notice that changes no key (`key.expiring_soon`, `key.expired`,
+    /// `key.max_age_exceeded`) to the audit trail.
+    async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
     /// Audit events matching `query`, oldest first, one page at a time. The trail is
     /// append-only: no method changes or removes an event.
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;

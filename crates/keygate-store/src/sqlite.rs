@@ -306,6 +306,15 @@ impl Store for SqliteStore {
         Ok((old, new))
     }
 
+    async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        sql::insert_event::<Sqlite>(event)
+            .build()
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(backend)
+    }
+
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         let cursor = query.cursor_seq()?;
         let mut sql = sql::audit_query::<Sqlite>(query, cursor);

@@ -103,6 +103,9 @@ impl Store for Counting {
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
         self.inner.rotate(id, plan, at, a).await
     }
+    async fn append_event(&self, e: &keygate::core::AuditEvent) -> Result<(), StoreError> {
+        self.inner.append_event(e).await
+    }
     async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         self.inner.list_audit(q).await
     }

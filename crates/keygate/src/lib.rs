@@ -32,6 +32,7 @@ pub mod cache;
 pub mod credentials;
 mod extract;
 pub mod layer;
+pub mod lifecycle;
 pub mod problem;
 pub mod verifier;
 
@@ -41,6 +42,7 @@ pub use keygate_core as core;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
 pub use keygate_store as store;
 pub use layer::{KeygateLayer, KeygateService};
+pub use lifecycle::{Sweep, SweepReport};
 pub use problem::Problem;
 pub use verifier::{ApiKey, Keygate, KeygateBuilder, SystemClock, Verification};
 

@@ -585,3 +585,91 @@ fn incident_revoke_by_owner_and_scope_with_a_dry_run_first() {
     let err = bad_input(&db.run(&["incident", "revoke"]));
     assert!(err.contains("at least one"), "{err}");
 }
+
+#[test]
+fn rotate_due_applies_the_max_age_policy_once() {
+    let db = Db::new();
+    let old1 = db.json(&["keys", "create", "--name", "old1", "--json"]);
+    let old2 = db.json(&["keys", "create", "--name", "old2", "--json"]);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let young = db.json(&["keys", "create", "--name", "young", "--json"]);
+    let events = || db.ok(&["audit", "--json"]).lines().count();
+    let before = events();
+
+    let dry = db.json(&[
+        "rotate-due",
+        "--max-age",
+        "1s",
+        "--action",
+        "expire",
+        "--grace",
+        "0",
+        "--dry-run",
+        "--json",
+    ]);
+    let mut due: Vec<&str> = dry["past_max_age"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    due.sort();
+    let mut want = vec![old1["id"].as_str().unwrap(), old2["id"].as_str().unwrap()];
+    want.sort();
+    assert_eq!(due, want);
+    assert_eq!(dry["expiry_shortened"].as_array().unwrap().len(), 2);
+    assert_eq!(events(), before, "a dry run writes nothing");
+    assert_eq!(
+        db.ok(&["keys", "verify", old1["key"].as_str().unwrap()]),
+        "VALID\n"
+    );
+
+    let notified = db.json(&["rotate-due", "--max-age", "1s", "--json"]);
+    assert_eq!(notified["max_age_notices"].as_array().unwrap().len(), 2);
+    let again = db.json(&["rotate-due", "--max-age", "1s", "--json"]);
+    assert_eq!(
+        again["max_age_notices"],
+        serde_json::json!([]),
+        "notified once"
+    );
+    assert_eq!(
+        db.ok(&["keys", "verify", old1["key"].as_str().unwrap()]),
+        "VALID\n",
+        "notify changes no key"
+    );
+
+    let expired = db.json(&[
+        "rotate-due",
+        "--max-age",
+        "1s",
+        "--action",
+        "expire",
+        "--grace",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(expired["expiry_shortened"].as_array().unwrap().len(), 2);
+    let out = db.run(&["keys", "verify", old2["key"].as_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "EXPIRED\n");
+    assert_eq!(
+        db.ok(&["keys", "verify", young["key"].as_str().unwrap()]),
+        "VALID\n"
+    );
+    let twice = db.json(&[
+        "rotate-due",
+        "--max-age",
+        "1s",
+        "--action",
+        "expire",
+        "--grace",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(
+        twice["expiry_shortened"],
+        serde_json::json!([]),
+        "twice in a row acts once"
+    );
+    let trail = db.ok(&["audit", "--type", "key.max_age_exceeded", "--json"]);
+    assert_eq!(trail.lines().count(), 2);
+}

@@ -1368,3 +1368,63 @@ fn a_key_with_keygate_self_rotate_rotates_itself() {
         .get("/v1/keys", new_key)
         .problem(403, "INSUFFICIENT_SCOPE");
 }
+
+#[test]
+fn the_scheduler_announces_expiring_expired_and_old_keys() {
+    let s = service(&[
+        "--sweep-every",
+        "1s",
+        "--expiry-warning",
+        "1h",
+        "--max-age",
+        "1h",
+    ]);
+    let soon = s.create(json!({"name": "soon", "expires_in": "30m"}));
+    let gone = s.create(json!({"name": "gone", "expires_at": "2020-01-01T00:00:00Z"}));
+    let later = s.create(json!({"name": "later", "expires_in": "90d"}));
+    let wait_for = |kind: &str, id: &str| {
+        let started = std::time::Instant::now();
+        loop {
+            let page = s
+                .server
+                .get(&format!("/v1/audit?type={kind}&key_id={id}"), &s.admin)
+                .expect(200);
+            if let Some(event) = page["items"].as_array().unwrap().first() {
+                assert_eq!(event["actor"], "scheduler");
+                return page["items"].as_array().unwrap().len();
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "no {kind} for {id}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    assert_eq!(
+        wait_for("key.expiring_soon", soon["id"].as_str().unwrap()),
+        1
+    );
+    assert_eq!(wait_for("key.expired", gone["id"].as_str().unwrap()), 1);
+    // Later sweeps do not repeat a notice, and a key far from expiry gets none.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        wait_for("key.expiring_soon", soon["id"].as_str().unwrap()),
+        1
+    );
+    let none = s
+        .server
+        .get(
+            &format!(
+                "/v1/audit?type=key.expiring_soon&key_id={}",
+                later["id"].as_str().unwrap()
+            ),
+            &s.admin,
+        )
+        .expect(200);
+    assert_eq!(none["items"], json!([]));
+    let old = s
+        .server
+        .get("/v1/audit?type=key.max_age_exceeded", &s.admin)
+        .expect(200);
+    assert_eq!(old["items"], json!([]), "nothing is an hour old yet");
+}

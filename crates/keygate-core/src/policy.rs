@@ -1,0 +1,105 @@
+//! Lifecycle policies: which keys a sweep must act on, decided here so that the CLI's
+//! `rotate-due` and the server's scheduler agree, and so that running a sweep twice acts once.
+
+use crate::record::{KeyRecord, Status};
+use crate::time::{Lifetime, Timestamp};
+
+/// What to do with a key older than the maximum age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeAction {
+    /// Announce it (`key.max_age_exceeded`), once.
+    Notify,
+    /// Make it expire after a grace period (and announce it).
+    Expire,
+}
+
+/// The maximum-age policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxAge {
+    /// Keys older than this are due.
+    pub max_age: Lifetime,
+    /// With [`AgeAction::Expire`]: how long a due key keeps working.
+    pub grace_ms: i64,
+    /// What to do.
+    pub action: AgeAction,
+}
+
+/// Whether `record` is older than the policy allows and still usable (not revoked, expired or
+/// rotated: those are handled already).
+pub fn past_max_age(record: &KeyRecord, now: Timestamp, policy: &MaxAge) -> bool {
+    let usable = matches!(record.status(now), Status::Active | Status::Disabled);
+    usable
+        && record.rotated_to.is_none()
+        && now.unix_ms() - record.created_at.unix_ms() >= policy.max_age.as_ms()
+}
+
+/// With [`AgeAction::Expire`]: the expiry to set, or `None` if the key already expires at or
+/// before `now + grace` (so a second sweep changes nothing, and a sweep never extends a key).
+pub fn shortened_expiry(record: &KeyRecord, now: Timestamp, grace_ms: i64) -> Option<Timestamp> {
+    let end = Timestamp::from_unix_ms(now.unix_ms().saturating_add(grace_ms))?;
+    match record.expires_at {
+        Some(existing) if existing <= end => None,
+        _ => Some(end),
+    }
+}
+
+/// Whether `record` expires within `warning` of `now` (and has not yet).
+pub fn expiring_soon(record: &KeyRecord, now: Timestamp, warning: Lifetime) -> bool {
+    record.status(now) == Status::Active
+        && record
+            .expires_at
+            .is_some_and(|e| e.unix_ms() - now.unix_ms() <= warning.as_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Prefix;
+    use crate::record::{KeySpec, issue};
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms).unwrap()
+    }
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn age_expiry_and_warnings() {
+        let spec = KeySpec {
+            name: "k".into(),
+            ..KeySpec::default()
+        };
+        let (mut r, _) = issue(spec, &Prefix::default(), t(0)).unwrap();
+        let policy = MaxAge {
+            max_age: Lifetime::parse("90d").unwrap(),
+            grace_ms: 7 * DAY,
+            action: AgeAction::Expire,
+        };
+        assert!(!past_max_age(&r, t(89 * DAY), &policy));
+        assert!(past_max_age(&r, t(90 * DAY), &policy));
+        let end = shortened_expiry(&r, t(90 * DAY), policy.grace_ms).unwrap();
+        assert_eq!(end, t(97 * DAY));
+        r.expires_at = Some(end);
+        assert_eq!(
+            shortened_expiry(&r, t(91 * DAY), policy.grace_ms),
+            None,
+            "idempotent"
+        );
+        assert!(expiring_soon(
+            &r,
+            t(91 * DAY),
+            Lifetime::parse("7d").unwrap()
+        ));
+        assert!(!expiring_soon(
+            &r,
+            t(80 * DAY),
+            Lifetime::parse("7d").unwrap()
+        ));
+        assert!(
+            !past_max_age(&r, t(98 * DAY), &policy),
+            "expired keys are done"
+        );
+        r.revoke(t(91 * DAY), None).unwrap();
+        assert!(!past_max_age(&r, t(92 * DAY), &policy));
+    }
+}

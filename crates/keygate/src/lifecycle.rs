@@ -1,0 +1,154 @@
+//! Lifecycle sweeps: the maximum-age policy, expiry warnings and expiry notices, applied to
+//! every key. The CLI's `rotate-due` and the server's scheduler both call [`Keygate::sweep`];
+//! each notice is written once per key (the audit trail is the memory), so sweeps can run as
+//! often as wanted and twice in a row act once.
+
+use keygate_core::policy::{AgeAction, MaxAge, expiring_soon, past_max_age, shortened_expiry};
+use keygate_core::{Audit, AuditEvent, EventKind, KeyId, KeyPatch, KeyRecord, Lifetime, Status};
+use keygate_store::{AuditQuery, ListQuery, MAX_PAGE_SIZE, StoreError};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::Keygate;
+
+/// What a sweep checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// The maximum-age policy, if any.
+    pub max_age: Option<MaxAge>,
+    /// Announce keys expiring within this long (`key.expiring_soon`), if set.
+    pub expiry_warning: Option<Lifetime>,
+    /// Announce keys that have expired (`key.expired`).
+    pub announce_expired: bool,
+}
+
+/// What a sweep did (or, in a dry run, would do), by key id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    /// Keys past the maximum age.
+    pub past_max_age: Vec<KeyId>,
+    /// Keys whose expiry the policy brought forward.
+    pub expiry_shortened: Vec<KeyId>,
+    /// `key.max_age_exceeded` notices written.
+    pub max_age_notices: Vec<KeyId>,
+    /// `key.expiring_soon` notices written.
+    pub expiring_soon_notices: Vec<KeyId>,
+    /// `key.expired` notices written.
+    pub expired_notices: Vec<KeyId>,
+}
+
+impl Keygate {
+    /// Applies `sweep` to every key; with `dry_run`, reports what it would do and writes nothing.
+    pub async fn sweep(
+        &self,
+        sweep: &Sweep,
+        dry_run: bool,
+        audit: &Audit,
+    ) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        let mut query = ListQuery::new(self.now());
+        query.limit = MAX_PAGE_SIZE;
+        loop {
+            let page = self.list(query.clone()).await?;
+            for record in &page.items {
+                self.sweep_one(record, sweep, dry_run, audit, &mut report)
+                    .await?;
+            }
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        Ok(report)
+    }
+
+    async fn sweep_one(
+        &self,
+        record: &KeyRecord,
+        sweep: &Sweep,
+        dry_run: bool,
+        audit: &Audit,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        if let Some(policy) = &sweep.max_age
+            && past_max_age(record, now, policy)
+        {
+            report.past_max_age.push(record.id.clone());
+            if policy.action == AgeAction::Expire
+                && let Some(end) = shortened_expiry(record, now, policy.grace_ms)
+            {
+                report.expiry_shortened.push(record.id.clone());
+                if !dry_run {
+                    let patch = KeyPatch {
+                        expires_at: Some(Some(end)),
+                        ..KeyPatch::default()
+                    };
+                    self.update(&record.id, patch, audit).await?;
+                }
+            }
+            let details =
+                json!({"created_at": record.created_at, "max_age_ms": policy.max_age.as_ms()});
+            if self
+                .notice_once(
+                    EventKind::KeyMaxAgeExceeded,
+                    record,
+                    details,
+                    dry_run,
+                    audit,
+                )
+                .await?
+            {
+                report.max_age_notices.push(record.id.clone());
+            }
+        }
+        if let Some(warning) = sweep.expiry_warning
+            && expiring_soon(record, now, warning)
+        {
+            let details = json!({"expires_at": record.expires_at});
+            if self
+                .notice_once(EventKind::KeyExpiringSoon, record, details, dry_run, audit)
+                .await?
+            {
+                report.expiring_soon_notices.push(record.id.clone());
+            }
+        }
+        if sweep.announce_expired && record.status(now) == Status::Expired {
+            let details = json!({"expires_at": record.expires_at});
+            if self
+                .notice_once(EventKind::KeyExpired, record, details, dry_run, audit)
+                .await?
+            {
+                report.expired_notices.push(record.id.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a `kind` notice for `record` unless the trail has one already; `true` if it was
+    /// (or, in a dry run, would be) written.
+    async fn notice_once(
+        &self,
+        kind: EventKind,
+        record: &KeyRecord,
+        details: Value,
+        dry_run: bool,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
+        let seen = AuditQuery {
+            key_id: Some(record.id.clone()),
+            kind: Some(kind),
+            limit: 1,
+            ..AuditQuery::default()
+        };
+        if !self.audit_trail(&seen).await?.items.is_empty() {
+            return Ok(false);
+        }
+        if !dry_run {
+            let details: Map<String, Value> = details.as_object().cloned().unwrap_or_default();
+            let event = AuditEvent::notice(kind, record, audit, self.now(), details);
+            self.store().append_event(&event).await?;
+        }
+        Ok(true)
+    }
+}
