@@ -440,6 +440,17 @@ pub async fn rotate_key(
     OptionalApiJson(body): OptionalApiJson<RotateKey>,
 ) -> Result<Response, ApiError> {
     let id = key_id(&id)?;
+    rotation(&app, &id, body, &caller.audit(&request_id)).await
+}
+
+/// Rotates `id` with the grace period of `body` (default 24h) and answers 201 with the
+/// successor, its key and its location.
+async fn rotation(
+    app: &AppState,
+    id: &KeyId,
+    body: Option<RotateKey>,
+    audit: &Audit,
+) -> Result<Response, ApiError> {
     let grace = body
         .and_then(|b| b.grace_period)
         .unwrap_or_else(|| "24h".to_owned());
@@ -448,11 +459,8 @@ pub async fn rotate_key(
             "grace_period: expected 0 or a duration such as 24h; {e}"
         ))
     })?;
-    let (old, new, key) = app
-        .keygate
-        .rotate(&id, grace_ms, &caller.audit(&request_id))
-        .await?;
-    tracing::info!(actor = %caller.0.id(), key_id = %old.id, successor = %new.id, request_id = %request_id.0, "key rotated over the API");
+    let (old, new, key) = app.keygate.rotate(id, grace_ms, audit).await?;
+    tracing::info!(actor = %audit.actor, key_id = %old.id, successor = %new.id, request_id = audit.request_id.as_deref().unwrap_or("-"), "key rotated over the API");
     let location = format!("/v1/keys/{}", new.id);
     let created = CreatedKey {
         key: key.expose().to_owned(),
@@ -472,7 +480,8 @@ pub async fn rotate_key(
     post, path = "/v1/self/rotate", tag = "keys",
     request_body(content = Option<RotateKey>, description = "Optional grace period (default 24h)"),
     responses(
-        (status = 201, description = "The successor; `key` is shown only here", body = CreatedKey),
+        (status = 201, description = "The successor; `key` is shown only here", body = CreatedKey,
+         headers(("location" = String, description = "/v1/keys/{successor id}"))),
         (status = 400, description = "Invalid field", body = super::ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid key", body = super::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks keygate:self-rotate", body = super::ProblemDoc, content_type = "application/problem+json"),
@@ -487,20 +496,6 @@ pub async fn rotate_self(
     OptionalApiJson(body): OptionalApiJson<RotateKey>,
 ) -> Result<Response, ApiError> {
     key.require(SELF_ROTATE)?;
-    let grace = body
-        .and_then(|b| b.grace_period)
-        .unwrap_or_else(|| "24h".to_owned());
-    let grace_ms = parse_grace(&grace).map_err(|e| {
-        ApiError::bad_request(format!(
-            "grace_period: expected 0 or a duration such as 24h; {e}"
-        ))
-    })?;
     let audit = Audit::by(Actor::SelfService(key.id().clone())).in_request(request_id.0.as_ref());
-    let (old, new, plain) = app.keygate.rotate(key.id(), grace_ms, &audit).await?;
-    tracing::info!(key_id = %old.id, successor = %new.id, request_id = %request_id.0, "key rotated itself");
-    let created = CreatedKey {
-        key: plain.expose().to_owned(),
-        view: KeyView::of(new, app.keygate.now()),
-    };
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    rotation(&app, key.id(), body, &audit).await
 }
