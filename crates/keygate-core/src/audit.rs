@@ -26,6 +26,8 @@ pub enum Actor {
     SelfService(KeyId),
     /// A program using the library directly.
     Library,
+    /// A caller that did not (or could not) authenticate.
+    Anonymous,
 }
 
 impl fmt::Display for Actor {
@@ -37,6 +39,7 @@ impl fmt::Display for Actor {
             Self::Server => f.write_str("server"),
             Self::SelfService(id) => write!(f, "self:{id}"),
             Self::Library => f.write_str("library"),
+            Self::Anonymous => f.write_str("anonymous"),
         }
     }
 }
@@ -88,11 +91,13 @@ pub enum EventKind {
     KeyExpiringSoon,
     /// A key passed its expiry time (announced once per key).
     KeyExpired,
+    /// A request to keygate's own API was refused for its credentials (401 or 403).
+    AdminAuthFailed,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -100,6 +105,7 @@ impl EventKind {
         Self::KeyMaxAgeExceeded,
         Self::KeyExpiringSoon,
         Self::KeyExpired,
+        Self::AdminAuthFailed,
     ];
 
     /// The stable name, e.g. `key.created`.
@@ -112,6 +118,7 @@ impl EventKind {
             Self::KeyMaxAgeExceeded => "key.max_age_exceeded",
             Self::KeyExpiringSoon => "key.expiring_soon",
             Self::KeyExpired => "key.expired",
+            Self::AdminAuthFailed => "admin.auth_failed",
         }
     }
 
@@ -206,6 +213,19 @@ impl AuditEvent {
         let mut event = Self::new(kind, record, audit, at);
         event.details = details;
         event
+    }
+
+    /// `admin.auth_failed`: a refused request to keygate's own API; no key, no secret.
+    pub fn auth_failure(audit: &Audit, at: Timestamp, details: Map<String, Value>) -> Self {
+        Self {
+            seq: 0,
+            at,
+            kind: EventKind::AdminAuthFailed,
+            actor: audit.actor.to_string(),
+            key_id: None,
+            request_id: audit.request_id.clone(),
+            details,
+        }
     }
 
     /// `kind` for a change from `before` to `after`, listing each changed field's old and new

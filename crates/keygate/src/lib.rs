@@ -43,7 +43,7 @@ pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, P
 pub use keygate_store as store;
 pub use layer::{KeygateLayer, KeygateService};
 pub use lifecycle::{Sweep, SweepReport};
-pub use problem::Problem;
+pub use problem::{Problem, ProblemCode};
 pub use verifier::{ApiKey, Keygate, KeygateBuilder, SystemClock, Verification};
 
 impl Keygate {

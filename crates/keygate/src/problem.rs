@@ -124,6 +124,11 @@ impl std::fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+/// Put in every problem response's extensions, so middleware can see the code without
+/// parsing the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemCode(pub &'static str);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -137,6 +142,7 @@ impl IntoResponse for Problem {
         if self.status == 503 {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        response.extensions_mut().insert(ProblemCode(self.code));
         response
     }
 }

@@ -17,7 +17,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use keygate::{CredentialSource, Keygate, Problem};
+use std::sync::Mutex;
+
+use keygate::core::{Actor, Audit, AuditEvent};
+use keygate::{CredentialSource, Keygate, Problem, ProblemCode};
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -126,11 +129,16 @@ pub fn router(keygate: Keygate, metrics: Arc<Metrics>) -> Router {
         metrics: metrics.clone(),
         openapi,
     };
+    let tracking = Arc::new(Tracking {
+        metrics,
+        keygate: state.keygate.clone(),
+        failures: Mutex::new(FailureWindow::default()),
+    });
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(from_fn_with_state(metrics, track))
+        .layer(from_fn_with_state(tracking, track))
         .with_state(state)
 }
 
@@ -157,7 +165,12 @@ async fn method_not_allowed() -> Problem {
 /// path or query: they may hold a key), status and latency — and its latency in the metrics.
 /// One event rather than a span per request: a span's fields are formatted and stored for
 /// every request, which cost more than the rest of a `/v1/verify` call.
-async fn track(State(metrics): State<Arc<Metrics>>, mut request: Request, next: Next) -> Response {
+async fn track(
+    State(tracking): State<Arc<Tracking>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let metrics = &tracking.metrics;
     let started = Instant::now();
     let id = RequestId(request_id(request.headers()).into());
     let route = request.extensions().get::<MatchedPath>().cloned();
@@ -175,10 +188,81 @@ async fn track(State(metrics): State<Arc<Metrics>>, mut request: Request, next: 
         latency_ms = took.as_secs_f64() * 1000.0,
         "request finished"
     );
+    if (status == 401 || status == 403)
+        && route
+            .as_ref()
+            .is_some_and(|r| r.as_str().starts_with("/v1/") && r.as_str() != "/v1/self/rotate")
+    {
+        let code = response
+            .extensions()
+            .get::<ProblemCode>()
+            .map_or("-", |c| c.0);
+        let route = route.as_ref().map_or("-", MatchedPath::as_str);
+        tracking.auth_failed(&id, method.as_str(), route, status, code);
+    }
     if let Ok(value) = HeaderValue::from_str(&id.0) {
         response.headers_mut().insert("x-request-id", value);
     }
     response.into_response()
+}
+
+/// Most `admin.auth_failed` events written per minute (per node): a flood of bad keys must
+/// not flood the audit trail. The rest are counted, and the next event says how many.
+const AUTH_FAILURES_PER_MINUTE: u32 = 20;
+
+/// What the per-request middleware needs.
+#[derive(Debug)]
+struct Tracking {
+    metrics: Arc<Metrics>,
+    keygate: Keygate,
+    failures: Mutex<FailureWindow>,
+}
+
+#[derive(Debug, Default)]
+struct FailureWindow {
+    started: Option<Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+impl Tracking {
+    /// Records a refused request to keygate's own API in the audit trail, rate-limited, off
+    /// the request's path.
+    fn auth_failed(&self, id: &RequestId, method: &str, route: &str, status: u16, code: &str) {
+        let suppressed = {
+            let mut window = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if window
+                .started
+                .is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(60))
+            {
+                window.started = Some(now);
+                window.written = 0;
+            }
+            if window.written >= AUTH_FAILURES_PER_MINUTE {
+                window.suppressed += 1;
+                return;
+            }
+            window.written += 1;
+            std::mem::take(&mut window.suppressed)
+        };
+        let mut details = serde_json::Map::new();
+        details.insert("method".into(), method.into());
+        details.insert("route".into(), route.into());
+        details.insert("status".into(), status.into());
+        details.insert("code".into(), code.into());
+        if suppressed > 0 {
+            details.insert("suppressed_before".into(), suppressed.into());
+        }
+        let audit = Audit::by(Actor::Anonymous).in_request(id.0.as_ref());
+        let event = AuditEvent::auth_failure(&audit, self.keygate.now(), details);
+        let keygate = self.keygate.clone();
+        tokio::spawn(async move {
+            if let Err(e) = keygate.store().append_event(&event).await {
+                tracing::warn!(error = %e, "could not record an admin authentication failure");
+            }
+        });
+    }
 }
 
 /// The id of the request being served, for log lines (and later the audit log).

@@ -1428,3 +1428,57 @@ fn the_scheduler_announces_expiring_expired_and_old_keys() {
         .expect(200);
     assert_eq!(old["items"], json!([]), "nothing is an hour old yet");
 }
+
+#[test]
+fn refused_admin_requests_are_audited_without_flooding_the_trail() {
+    let s = service(&[]);
+    let client = cli_key(&s.db, &["--scope", "orders:read"]);
+    s.server
+        .send("GET", "/v1/keys", None, None)
+        .problem(401, "MISSING");
+    s.server
+        .get("/v1/keys", "kg_garbage")
+        .problem(401, "MALFORMED");
+    s.server
+        .get("/v1/keys", &client)
+        .problem(403, "INSUFFICIENT_SCOPE");
+    let failures = |s: &Service| {
+        s.server
+            .get("/v1/audit?type=admin.auth_failed&limit=1000", &s.admin)
+            .expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let started = std::time::Instant::now();
+    while failures(&s).len() < 3 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "not recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let events = failures(&s);
+    let codes: Vec<&str> = events
+        .iter()
+        .map(|e| e["details"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["MISSING", "MALFORMED", "INSUFFICIENT_SCOPE"]);
+    assert_eq!(events[0]["actor"], "anonymous");
+    assert_eq!(events[0]["details"]["route"], "/v1/keys");
+    assert!(events[0]["request_id"].is_string());
+    assert!(events[0]["key_id"].is_null());
+    assert!(
+        !serde_json::to_string(&events)
+            .unwrap()
+            .contains(&client[3..]),
+        "no key in the trail"
+    );
+
+    // A flood: at most 20 a minute are written.
+    for _ in 0..40 {
+        s.server.get("/v1/keys", "kg_garbage");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(failures(&s).len(), 20);
+}
