@@ -23,6 +23,7 @@ pub mod policy;
 pub mod record;
 pub mod scope;
 pub mod time;
+pub mod webhook;
 
 pub use audit::{Actor, Audit, AuditEvent, EventKind};
 pub use format::{
