@@ -123,3 +123,115 @@ mod tests {
         assert!(wants(&["*".to_string()], EventKind::KeyCreated));
     }
 }
+
+/// A webhook endpoint: where events go. `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Endpoint {
+    /// `whk_` + ULID.
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// Event types it receives (`*` for all).
+    pub events: Vec<String>,
+    /// The signing secret (shown once at creation).
+    #[serde(skip)]
+    pub secret: String,
+    /// Send `{"text": ...}` for Slack incoming webhooks instead of the event object.
+    pub slack: bool,
+    /// A disabled endpoint gets nothing.
+    pub enabled: bool,
+    /// When it was added.
+    pub created_at: crate::Timestamp,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("slack", &self.slack)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most attempts before a delivery is given up.
+pub const MAX_ATTEMPTS: u32 = 12;
+
+/// When to try again after `attempts` failed attempts: 1 s, 2 s, 4 s, … capped at one hour;
+/// `None` once [`MAX_ATTEMPTS`] are spent.
+pub fn retry_after_ms(attempts: u32) -> Option<i64> {
+    (attempts < MAX_ATTEMPTS).then(|| (1_000i64 << attempts.min(22)).min(3_600_000))
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for its (next) attempt.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Given up after [`MAX_ATTEMPTS`].
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One event on its way to one endpoint (the durable outbox row), with its log.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Delivery {
+    /// Outbox position; also the `webhook-id` (`msg_<id>`).
+    pub id: i64,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The audit event it carries.
+    pub event_seq: i64,
+    /// The JSON body to POST.
+    pub payload: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next_attempt_at: crate::Timestamp,
+    /// The receiver's last HTTP status.
+    pub last_status: Option<u16>,
+    /// The last error (connection refused, timeout, ...).
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<crate::Timestamp>,
+    /// The endpoint's URL (for the sender).
+    #[serde(skip)]
+    pub url: String,
+    /// The endpoint's secret (for the sender).
+    #[serde(skip)]
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("endpoint_id", &self.endpoint_id)
+            .field("status", &self.status)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}

@@ -47,7 +47,8 @@ macro_rules! conformance_suite {
             watchers_see_every_change,
             only_one_first_key,
             every_change_is_in_the_audit_trail,
-            rotation_is_one_atomic_step
+            rotation_is_one_atomic_step,
+            events_fill_the_webhook_outbox
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -720,5 +721,142 @@ pub async fn rotation_is_one_atomic_step(store: Arc<dyn Store>) {
             .items
             .len(),
         3
+    );
+}
+
+/// Every audit event queues one delivery per enabled endpoint that wants its type, in the same
+/// transaction; attempts are recorded; the log lists them.
+pub async fn events_fill_the_webhook_outbox(store: Arc<dyn Store>) {
+    use crate::Attempt;
+    use keygate_core::webhook::{DeliveryStatus, Endpoint};
+    let endpoint = |id: &str, events: &[&str], slack: bool, enabled: bool| Endpoint {
+        id: id.into(),
+        url: format!("http://127.0.0.1:9/{id}"),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        slack,
+        enabled,
+        created_at: at(0),
+    };
+    store
+        .create_endpoint(&endpoint("whk_rotations", &["key.rotated"], false, true))
+        .await
+        .expect("endpoint");
+    store
+        .create_endpoint(&endpoint("whk_slack", &["*"], true, true))
+        .await
+        .expect("endpoint");
+    store
+        .create_endpoint(&endpoint("whk_off", &["*"], false, false))
+        .await
+        .expect("endpoint");
+    assert_eq!(store.list_endpoints().await.expect("endpoints").len(), 3);
+
+    let r = record("hooked", None, at(0));
+    store.create(&r, &audit()).await.expect("create");
+    let due = store.due_deliveries(at(10), 100).await.expect("due");
+    assert_eq!(
+        due.iter()
+            .map(|d| d.endpoint_id.as_str())
+            .collect::<Vec<_>>(),
+        ["whk_slack"]
+    );
+    let slack: serde_json::Value = serde_json::from_str(&due[0].payload).expect("json");
+    assert!(
+        slack["text"]
+            .as_str()
+            .expect("text")
+            .contains("key.created")
+    );
+    assert_eq!(due[0].url, "http://127.0.0.1:9/whk_slack");
+
+    let new_key = keygate_core::generate(&keygate_core::Prefix::default());
+    let plan = |old: &KeyRecord| {
+        keygate_core::plan_rotation(old, &new_key, KeyId::generate(at(20)), at(20), 0)
+    };
+    store
+        .rotate(&r.id, &plan, at(20), &audit())
+        .await
+        .expect("rotate");
+    let due = store.due_deliveries(at(30), 100).await.expect("due");
+    let to_rotations: Vec<_> = due
+        .iter()
+        .filter(|d| d.endpoint_id == "whk_rotations")
+        .collect();
+    assert_eq!(to_rotations.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&to_rotations[0].payload).expect("json");
+    assert_eq!(body["type"], "key.rotated");
+    assert_eq!(body["data"]["key_id"], serde_json::json!(r.id));
+    assert_eq!(body["data"]["seq"], to_rotations[0].event_seq);
+    assert_eq!(
+        due.len(),
+        4,
+        "slack: created, rotated, created; rotations: rotated"
+    );
+    assert!(!due.iter().any(|d| d.endpoint_id == "whk_off"));
+
+    // A failed attempt waits for its retry; a success ends it; a give-up marks it failed.
+    let first = due[0].id;
+    let failed = Attempt {
+        at: at(31),
+        delivered: false,
+        status: Some(500),
+        error: None,
+        next_attempt_at: Some(at(1_031)),
+    };
+    store.finish_attempt(first, &failed).await.expect("attempt");
+    assert!(
+        !store
+            .due_deliveries(at(32), 100)
+            .await
+            .expect("due")
+            .iter()
+            .any(|d| d.id == first)
+    );
+    assert!(
+        store
+            .due_deliveries(at(1_031), 100)
+            .await
+            .expect("due")
+            .iter()
+            .any(|d| d.id == first)
+    );
+    let ok = Attempt {
+        at: at(1_032),
+        delivered: true,
+        status: Some(204),
+        error: None,
+        next_attempt_at: None,
+    };
+    store.finish_attempt(first, &ok).await.expect("attempt");
+    store
+        .finish_attempt(first, &failed)
+        .await
+        .expect("a late attempt changes nothing");
+    let log = store.list_deliveries("whk_slack", 10).await.expect("log");
+    let done = log.iter().find(|d| d.id == first).expect("in the log");
+    assert_eq!(
+        (done.status, done.attempts, done.last_status),
+        (DeliveryStatus::Delivered, 2, Some(204))
+    );
+    assert_eq!(done.delivered_at, Some(at(1_032)));
+    let give_up = Attempt {
+        at: at(40),
+        delivered: false,
+        status: None,
+        error: Some("refused".into()),
+        next_attempt_at: None,
+    };
+    store
+        .finish_attempt(to_rotations[0].id, &give_up)
+        .await
+        .expect("attempt");
+    let log = store
+        .list_deliveries("whk_rotations", 10)
+        .await
+        .expect("log");
+    assert_eq!(
+        (log[0].status, log[0].last_error.as_deref()),
+        (DeliveryStatus::Failed, Some("refused"))
     );
 }

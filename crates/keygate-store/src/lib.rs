@@ -24,6 +24,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use keygate_core::webhook::{Delivery, Endpoint};
 use keygate_core::{
     Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, RecordError, Status,
     Timestamp,
@@ -127,6 +128,21 @@ pub struct Page {
 /// successor); see [`Store::rotate`].
 pub type RotationPlan<'a> =
     dyn Fn(&KeyRecord) -> Result<(KeyRecord, KeyRecord), RecordError> + Send + Sync + 'a;
+
+/// The outcome of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// When it was made.
+    pub at: Timestamp,
+    /// The receiver answered 2xx.
+    pub delivered: bool,
+    /// The receiver's HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// When to try again; `None` with `delivered == false` gives up.
+    pub next_attempt_at: Option<Timestamp>,
+}
 
 /// Filters and position for [`Store::list_audit`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -272,6 +288,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends a notice that changes no key (`key.expiring_soon`, `key.expired`,
     /// `key.max_age_exceeded`) to the audit trail.
     async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Adds a webhook endpoint.
+    async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError>;
+
+    /// Every webhook endpoint.
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;
+
+    /// Pending deliveries whose next attempt is due at `now`, oldest first.
+    async fn due_deliveries(&self, now: Timestamp, limit: u32)
+    -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records the outcome of an attempt at delivery `id` (a no-op if it is no longer pending).
+    async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError>;
+
+    /// The latest deliveries to an endpoint, newest first: its delivery log.
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
 
     /// Audit events matching `query`, oldest first, one page at a time. The trail is
     /// append-only: no method changes or removes an event.

@@ -13,6 +13,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 
+use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint};
+
+use crate::Attempt;
 use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
 use crate::{
     AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts, Store, StoreError,
@@ -108,11 +111,7 @@ impl PostgresStore {
         .map_err(backend)?;
         let (kind, at, audit) = event;
         let event = AuditEvent::changed(kind, &before, &record, audit, at);
-        sql::insert_event::<Postgres>(&event)
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        record_event(&mut tx, &event).await?;
         notify(&mut tx, &self.channel, &record.hash).await?;
         if let Some(successor) = &successor {
             insert(&mut tx, &self.channel, successor, audit).await?;
@@ -130,11 +129,7 @@ async fn insert(
     audit: &Audit,
 ) -> Result<(), StoreError> {
     let event = AuditEvent::created(record, audit, record.created_at);
-    sql::insert_event::<Postgres>(&event)
-        .build()
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
+    record_event(tx, &event).await?;
     sqlx::query(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
              expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
@@ -294,12 +289,99 @@ impl Store for PostgresStore {
     }
 
     async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        sql::insert_event::<Postgres>(event)
-            .build()
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(backend)
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        record_event(&mut tx, event).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(endpoint.id.clone())
+        .bind(endpoint.url.clone())
+        .bind(to_json(&endpoint.events))
+        .bind(endpoint.secret.clone())
+        .bind(endpoint.slack)
+        .bind(endpoint.enabled)
+        .bind(endpoint.created_at.unix_ms())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(backend)
+    }
+
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        let rows: Vec<sql::EndpointRow> = sqlx::query_as(
+            "SELECT id, url, events, secret, slack, enabled, created_at FROM webhook_endpoints \
+             ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(Endpoint::try_from).collect()
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows: Vec<sql::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+             ORDER BY d.id LIMIT $2",
+            sql::DELIVERY_COLUMNS
+        )))
+        .bind(now.unix_ms())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(Delivery::try_from).collect()
+    }
+
+    async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
+        let status = if attempt.delivered {
+            DeliveryStatus::Delivered
+        } else if attempt.next_attempt_at.is_some() {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Failed
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
+             last_status = $2, last_error = $3, \
+             next_attempt_at = COALESCE($4, next_attempt_at), \
+             delivered_at = $5 WHERE id = $6 AND status = 'pending'",
+        )
+        .bind(status.as_str().to_owned())
+        .bind(attempt.status.map(i32::from))
+        .bind(attempt.error.clone())
+        .bind(attempt.next_attempt_at.map(Timestamp::unix_ms))
+        .bind(attempt.delivered.then(|| attempt.at.unix_ms()))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(backend)
+    }
+
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows: Vec<sql::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} WHERE d.endpoint_id = $1 ORDER BY d.id DESC LIMIT $2",
+            sql::DELIVERY_COLUMNS
+        )))
+        .bind(endpoint_id.to_owned())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(Delivery::try_from).collect()
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
@@ -399,6 +481,36 @@ fn parse_hex(text: &str) -> Option<KeyHash> {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(KeyHash::from_bytes(bytes))
+}
+
+/// Writes an audit event and its webhook deliveries (the durable outbox), inside the caller's
+/// transaction.
+async fn record_event(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    let mut insert = sql::insert_event::<Postgres>(event);
+    insert.push(" RETURNING seq");
+    let seq: i64 = insert
+        .build_query_scalar()
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let endpoints: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT id, events, slack FROM webhook_endpoints WHERE enabled = TRUE")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(backend)?;
+    if let Some(mut deliveries) =
+        sql::deliveries_for::<Postgres>(event, seq, endpoints, event.at.unix_ms())
+    {
+        deliveries
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn backend(e: sqlx::Error) -> StoreError {

@@ -262,6 +262,123 @@ where
     sql
 }
 
+/// The outbox rows for an event stored at `seq`: one per enabled endpoint (`endpoints`: id,
+/// events JSON, slack) that wants its type; `None` if none does.
+pub(crate) fn deliveries_for<DB>(
+    event: &AuditEvent,
+    seq: i64,
+    endpoints: Vec<(String, String, bool)>,
+    now_ms: i64,
+) -> Option<QueryBuilder<DB>>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let mut stored = event.clone();
+    stored.seq = seq;
+    let rows: Vec<(String, String)> = endpoints
+        .into_iter()
+        .filter(|(_, events, _)| {
+            let filter: Vec<String> = serde_json::from_str(events).unwrap_or_default();
+            keygate_core::webhook::wants(&filter, event.kind)
+        })
+        .map(|(id, _, slack)| {
+            (
+                id,
+                keygate_core::webhook::payload(&stored, slack).to_string(),
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut sql = QueryBuilder::<DB>::new(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_seq, payload, next_attempt_at) ",
+    );
+    sql.push_values(rows, |mut row, (endpoint, payload)| {
+        row.push_bind(endpoint)
+            .push_bind(seq)
+            .push_bind(payload)
+            .push_bind(now_ms);
+    });
+    Some(sql)
+}
+
+/// The delivery columns, joined with the endpoint's URL and secret.
+pub(crate) const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.event_seq, d.payload, d.status, \
+    d.attempts, d.next_attempt_at, d.last_status, d.last_error, d.delivered_at, e.url, e.secret \
+    FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id";
+
+/// A delivery row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DeliveryRow {
+    id: i64,
+    endpoint_id: String,
+    event_seq: i64,
+    payload: String,
+    status: String,
+    attempts: i32,
+    next_attempt_at: i64,
+    last_status: Option<i32>,
+    last_error: Option<String>,
+    delivered_at: Option<i64>,
+    url: String,
+    secret: String,
+}
+
+impl TryFrom<DeliveryRow> for keygate_core::webhook::Delivery {
+    type Error = StoreError;
+
+    fn try_from(r: DeliveryRow) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("webhook delivery {}", r.id));
+        Ok(Self {
+            id: r.id,
+            endpoint_id: r.endpoint_id.clone(),
+            event_seq: r.event_seq,
+            payload: r.payload.clone(),
+            status: keygate_core::webhook::DeliveryStatus::parse(&r.status).ok_or_else(corrupt)?,
+            attempts: u32::try_from(r.attempts).map_err(|_| corrupt())?,
+            next_attempt_at: Timestamp::from_unix_ms(r.next_attempt_at).ok_or_else(corrupt)?,
+            last_status: r.last_status.and_then(|s| u16::try_from(s).ok()),
+            last_error: r.last_error.clone(),
+            delivered_at: r.delivered_at.and_then(Timestamp::from_unix_ms),
+            url: r.url.clone(),
+            secret: r.secret.clone(),
+        })
+    }
+}
+
+/// An endpoint row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EndpointRow {
+    id: String,
+    url: String,
+    events: String,
+    secret: String,
+    slack: bool,
+    enabled: bool,
+    created_at: i64,
+}
+
+impl TryFrom<EndpointRow> for keygate_core::webhook::Endpoint {
+    type Error = StoreError;
+
+    fn try_from(r: EndpointRow) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("webhook endpoint {}", r.id));
+        Ok(Self {
+            events: serde_json::from_str(&r.events).map_err(|_| corrupt())?,
+            created_at: Timestamp::from_unix_ms(r.created_at).ok_or_else(corrupt)?,
+            id: r.id,
+            url: r.url,
+            secret: r.secret,
+            slack: r.slack,
+            enabled: r.enabled,
+        })
+    }
+}
+
 /// The audit query: filters, cursor, oldest first, one row more than the page.
 pub(crate) fn audit_query<DB>(query: &AuditQuery, cursor: Option<i64>) -> QueryBuilder<DB>
 where

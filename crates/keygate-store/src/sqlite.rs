@@ -10,6 +10,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::mpsc;
 
+use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint};
+
+use crate::Attempt;
 use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
 use crate::{
     AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts, Store, StoreError,
@@ -119,11 +122,7 @@ impl SqliteStore {
         .map_err(backend)?;
         let (kind, at, audit) = event;
         let event = AuditEvent::changed(kind, &before, &record, audit, at);
-        sql::insert_event::<Sqlite>(&event)
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        record_event(&mut tx, &event).await?;
         log_change(&mut tx, &record.hash).await?;
         if let Some(successor) = &successor {
             insert(&mut tx, successor, audit).await?;
@@ -140,11 +139,7 @@ async fn insert(
     audit: &Audit,
 ) -> Result<(), StoreError> {
     let event = AuditEvent::created(record, audit, record.created_at);
-    sql::insert_event::<Sqlite>(&event)
-        .build()
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
+    record_event(tx, &event).await?;
     sqlx::query(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
              expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
@@ -307,12 +302,99 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        sql::insert_event::<Sqlite>(event)
-            .build()
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(backend)
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        record_event(&mut tx, event).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(endpoint.id.clone())
+        .bind(endpoint.url.clone())
+        .bind(to_json(&endpoint.events))
+        .bind(endpoint.secret.clone())
+        .bind(endpoint.slack)
+        .bind(endpoint.enabled)
+        .bind(endpoint.created_at.unix_ms())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(backend)
+    }
+
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        let rows: Vec<sql::EndpointRow> = sqlx::query_as(
+            "SELECT id, url, events, secret, slack, enabled, created_at FROM webhook_endpoints \
+             ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(Endpoint::try_from).collect()
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows: Vec<sql::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} WHERE d.status = 'pending' AND d.next_attempt_at <= ? \
+             ORDER BY d.id LIMIT ?",
+            sql::DELIVERY_COLUMNS
+        )))
+        .bind(now.unix_ms())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(Delivery::try_from).collect()
+    }
+
+    async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
+        let status = if attempt.delivered {
+            DeliveryStatus::Delivered
+        } else if attempt.next_attempt_at.is_some() {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Failed
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, \
+             last_status = ?, last_error = ?, \
+             next_attempt_at = COALESCE(?, next_attempt_at), \
+             delivered_at = ? WHERE id = ? AND status = 'pending'",
+        )
+        .bind(status.as_str().to_owned())
+        .bind(attempt.status.map(i32::from))
+        .bind(attempt.error.clone())
+        .bind(attempt.next_attempt_at.map(Timestamp::unix_ms))
+        .bind(attempt.delivered.then(|| attempt.at.unix_ms()))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(backend)
+    }
+
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows: Vec<sql::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} WHERE d.endpoint_id = ? ORDER BY d.id DESC LIMIT ?",
+            sql::DELIVERY_COLUMNS
+        )))
+        .bind(endpoint_id.to_owned())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(Delivery::try_from).collect()
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
@@ -422,6 +504,36 @@ async fn follow_changes(pool: SqlitePool, mut seen: i64, tx: mpsc::Sender<Change
                 .await;
         }
     }
+}
+
+/// Writes an audit event and its webhook deliveries (the durable outbox), inside the caller's
+/// transaction.
+async fn record_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    let mut insert = sql::insert_event::<Sqlite>(event);
+    insert.push(" RETURNING seq");
+    let seq: i64 = insert
+        .build_query_scalar()
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)?;
+    let endpoints: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT id, events, slack FROM webhook_endpoints WHERE enabled = TRUE")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(backend)?;
+    if let Some(mut deliveries) =
+        sql::deliveries_for::<Sqlite>(event, seq, endpoints, event.at.unix_ms())
+    {
+        deliveries
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn backend(e: sqlx::Error) -> StoreError {

@@ -106,6 +106,32 @@ impl Store for Counting {
     async fn append_event(&self, e: &keygate::core::AuditEvent) -> Result<(), StoreError> {
         self.inner.append_event(e).await
     }
+    async fn create_endpoint(
+        &self,
+        e: &keygate::core::webhook::Endpoint,
+    ) -> Result<(), StoreError> {
+        self.inner.create_endpoint(e).await
+    }
+    async fn list_endpoints(&self) -> Result<Vec<keygate::core::webhook::Endpoint>, StoreError> {
+        self.inner.list_endpoints().await
+    }
+    async fn due_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<keygate::core::webhook::Delivery>, StoreError> {
+        self.inner.due_deliveries(now, limit).await
+    }
+    async fn finish_attempt(&self, id: i64, a: &keygate::store::Attempt) -> Result<(), StoreError> {
+        self.inner.finish_attempt(id, a).await
+    }
+    async fn list_deliveries(
+        &self,
+        e: &str,
+        limit: u32,
+    ) -> Result<Vec<keygate::core::webhook::Delivery>, StoreError> {
+        self.inner.list_deliveries(e, limit).await
+    }
     async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         self.inner.list_audit(q).await
     }
