@@ -93,11 +93,13 @@ pub enum EventKind {
     KeyExpired,
     /// A request to keygate's own API was refused for its credentials (401 or 403).
     AdminAuthFailed,
+    /// A webhook endpoint was added.
+    WebhookCreated,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -106,6 +108,7 @@ impl EventKind {
         Self::KeyExpiringSoon,
         Self::KeyExpired,
         Self::AdminAuthFailed,
+        Self::WebhookCreated,
     ];
 
     /// The stable name, e.g. `key.created`.
@@ -119,6 +122,7 @@ impl EventKind {
             Self::KeyExpiringSoon => "key.expiring_soon",
             Self::KeyExpired => "key.expired",
             Self::AdminAuthFailed => "admin.auth_failed",
+            Self::WebhookCreated => "webhook.created",
         }
     }
 
@@ -225,6 +229,24 @@ impl AuditEvent {
             key_id: None,
             request_id: audit.request_id.clone(),
             details,
+        }
+    }
+
+    /// `webhook.created`: id, URL, event filter and format; never the signing secret.
+    pub fn webhook_created(
+        endpoint: &crate::webhook::Endpoint,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let details = json!({"webhook_id": endpoint.id, "url": endpoint.url, "events": endpoint.events, "slack": endpoint.slack});
+        Self {
+            seq: 0,
+            at,
+            kind: EventKind::WebhookCreated,
+            actor: audit.actor.to_string(),
+            key_id: None,
+            request_id: audit.request_id.clone(),
+            details: details.as_object().cloned().unwrap_or_default(),
         }
     }
 

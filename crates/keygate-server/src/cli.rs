@@ -37,6 +37,9 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print the audit trail, oldest first (`--json`: one JSON object per line, for a SIEM).
     Audit(AuditArgs),
+    /// Manage webhook endpoints (signed deliveries of key events).
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Apply the maximum-age policy once (for cron): announce keys older than --max-age, or
     /// make them expire after --grace. Running it twice in a row acts once.
     RotateDue(RotateDueArgs),
@@ -106,6 +109,39 @@ pub enum KeysCommand {
         /// A scope the key must hold (repeatable).
         #[arg(long = "scope", value_name = "SCOPE", value_parser = parse_scope)]
         scopes: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keygate webhooks ...`
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Add an endpoint; prints its signing secret once.
+    Add {
+        /// Where deliveries are POSTed.
+        url: String,
+        /// An event type to receive, e.g. key.rotated (repeatable; default: all).
+        #[arg(long = "event", value_name = "TYPE")]
+        events: Vec<String>,
+        /// Send Slack-compatible `{"text": ...}` payloads.
+        #[arg(long)]
+        slack: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List endpoints (never their secrets).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An endpoint's delivery log, newest first.
+    Deliveries {
+        /// Endpoint id (whk_...).
+        id: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

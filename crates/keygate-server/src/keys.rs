@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use crate::Failure;
 use crate::cli::{
     AuditArgs, CreateArgs, IncidentArgs, KeysCommand, ListArgs, RotateDueArgs, StatusArg,
+    WebhooksCommand,
 };
 
 /// Changes made from the command line are audited as `cli`.
@@ -481,6 +482,89 @@ pub async fn rotate_due(keygate: &Keygate, args: RotateDueArgs) -> Result<u8, Fa
         )?;
         if args.dry_run {
             writeln!(out, "(dry run: nothing changed)")?;
+        }
+    }
+    Ok(0)
+}
+
+/// `keygate webhooks ...`
+pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8, Failure> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        WebhooksCommand::Add {
+            url,
+            events,
+            slack,
+            json,
+        } => {
+            let endpoint = keygate.add_webhook(&url, events, slack, &cli()).await?;
+            if json {
+                let mut body =
+                    serde_json::to_value(&endpoint).map_err(|e| Failure::Other(e.to_string()))?;
+                body["secret"] = Value::String(endpoint.secret.clone());
+                writeln!(out, "{body}")?;
+            } else {
+                writeln!(
+                    out,
+                    "Added {} -> {} ({})",
+                    endpoint.id,
+                    endpoint.url,
+                    endpoint.events.join(",")
+                )?;
+                writeln!(
+                    out,
+                    "Signing secret, shown only this once:\n\n{}\n",
+                    endpoint.secret
+                )?;
+            }
+        }
+        WebhooksCommand::List { json } => {
+            let endpoints = keygate.webhooks().await?;
+            if json {
+                let text =
+                    serde_json::to_string(&endpoints).map_err(|e| Failure::Other(e.to_string()))?;
+                writeln!(out, "{text}")?;
+            } else {
+                for e in &endpoints {
+                    writeln!(
+                        out,
+                        "{}  {}  {}{}",
+                        e.id,
+                        e.url,
+                        e.events.join(","),
+                        if e.slack { "  (slack)" } else { "" }
+                    )?;
+                }
+                if endpoints.is_empty() {
+                    writeln!(out, "(no webhooks)")?;
+                }
+            }
+        }
+        WebhooksCommand::Deliveries { id, json } => {
+            let deliveries = keygate.webhook_deliveries(&id, 100).await?;
+            if json {
+                let text = serde_json::to_string(&deliveries)
+                    .map_err(|e| Failure::Other(e.to_string()))?;
+                writeln!(out, "{text}")?;
+            } else {
+                for d in &deliveries {
+                    writeln!(
+                        out,
+                        "msg_{}  event {}  {}  attempts {}  last {}{}",
+                        d.id,
+                        d.event_seq,
+                        d.status.as_str(),
+                        d.attempts,
+                        d.last_status.map_or("-".to_owned(), |s| s.to_string()),
+                        d.last_error
+                            .as_deref()
+                            .map_or(String::new(), |e| format!(" ({e})"))
+                    )?;
+                }
+                if deliveries.is_empty() {
+                    writeln!(out, "(no deliveries)")?;
+                }
+            }
         }
     }
     Ok(0)

@@ -9,6 +9,7 @@ mod config;
 mod keys;
 mod metrics;
 mod serve;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -64,9 +65,11 @@ fn main() -> ExitCode {
     // The service wants every core; a one-shot CLI command needs one thread.
     let mut builder = match cli.command {
         Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
-        Command::Keys(_) | Command::Audit(_) | Command::Incident(_) | Command::RotateDue(_) => {
-            tokio::runtime::Builder::new_current_thread()
-        }
+        Command::Keys(_)
+        | Command::Audit(_)
+        | Command::Incident(_)
+        | Command::RotateDue(_)
+        | Command::Webhooks(_) => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let serve_args = match &cli.command {
         Command::Serve(args) => Some(args),
-        Command::Keys(_) | Command::Audit(_) | Command::Incident(_) | Command::RotateDue(_) => None,
+        _ => None,
     };
     let settings = Settings::resolve(&cli, serve_args)?;
     match cli.command {
@@ -101,6 +104,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     keys::incident_revoke(&keygate, args).await
                 }
                 Command::RotateDue(args) => keys::rotate_due(&keygate, args).await,
+                Command::Webhooks(command) => keys::webhooks(&keygate, command).await,
                 Command::Serve(_) => unreachable!("handled above"),
             }
         }

@@ -36,6 +36,9 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
         )))
         .build();
     bootstrap(&keygate).await?;
+    // reqwest's TLS runs on rustls with the ring provider (no aws-lc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::spawn(crate::webhooks::deliver_forever(keygate.clone()));
     tokio::spawn(scheduler(
         keygate.clone(),
         settings.sweep.clone(),

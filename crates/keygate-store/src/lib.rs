@@ -289,8 +289,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `key.max_age_exceeded`) to the audit trail.
     async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
-    /// Adds a webhook endpoint.
-    async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError>;
+    /// Adds a webhook endpoint, with its `webhook.created` event.
+    async fn create_endpoint(&self, endpoint: &Endpoint, audit: &Audit) -> Result<(), StoreError>;
 
     /// Every webhook endpoint.
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;

@@ -307,7 +307,8 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn create_endpoint(&self, endpoint: &Endpoint) -> Result<(), StoreError> {
+    async fn create_endpoint(&self, endpoint: &Endpoint, audit: &Audit) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         sqlx::query(
             "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -319,10 +320,12 @@ impl Store for SqliteStore {
         .bind(endpoint.slack)
         .bind(endpoint.enabled)
         .bind(endpoint.created_at.unix_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map(drop)
-        .map_err(backend)
+        .map_err(backend)?;
+        let event = AuditEvent::webhook_created(endpoint, audit, endpoint.created_at);
+        record_event(&mut tx, &event).await?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {

@@ -109,8 +109,9 @@ impl Store for Counting {
     async fn create_endpoint(
         &self,
         e: &keygate::core::webhook::Endpoint,
+        a: &Audit,
     ) -> Result<(), StoreError> {
-        self.inner.create_endpoint(e).await
+        self.inner.create_endpoint(e, a).await
     }
     async fn list_endpoints(&self) -> Result<Vec<keygate::core::webhook::Endpoint>, StoreError> {
         self.inner.list_endpoints().await

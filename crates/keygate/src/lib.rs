@@ -35,6 +35,7 @@ pub mod layer;
 pub mod lifecycle;
 pub mod problem;
 pub mod verifier;
+pub mod webhooks;
 
 pub use cache::{CacheConfig, CacheStats};
 pub use credentials::CredentialSource;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod keys;
 pub mod ops;
 pub mod verify;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +71,7 @@ pub struct ProblemDoc {
         (name = "keys", description = "Manage keys (keygate:admin; keygate:read may list and show)"),
         (name = "verify", description = "Check a key (keygate:verify or keygate:admin)"),
         (name = "audit", description = "The append-only audit trail (keygate:read or keygate:admin)"),
+        (name = "webhooks", description = "Signed event deliveries (keygate:admin; keygate:read may list)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -108,6 +110,8 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::rotate_self))
         .routes(routes!(verify::verify))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::list_deliveries))
         .layer(admin_auth);
     let ops = OpenApiRouter::new()
         .routes(routes!(ops::healthz))

@@ -6,3 +6,4 @@ mod nodes;
 mod openapi_check;
 mod serve;
 mod support;
+mod webhooks;

@@ -1,0 +1,174 @@
+//! `/v1/webhooks`: endpoints that receive key events, signed, and their delivery logs.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use keygate::core::webhook::{Delivery, Endpoint};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{Caller, Manage, Read};
+use super::error::{ApiError, ApiJson};
+use super::{AppState, RequestId};
+
+/// `POST /v1/webhooks` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where deliveries are POSTed (https://, or http:// for local receivers).
+    pub url: String,
+    /// Event types to receive, e.g. `key.rotated`; `*` or absent for all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Send `{"text": ...}` (Slack incoming webhooks) instead of the event object.
+    #[serde(default)]
+    pub slack: bool,
+}
+
+/// An endpoint, as listed (never its secret).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDoc {
+    /// `whk_` + ULID.
+    pub id: String,
+    /// Where deliveries go.
+    pub url: String,
+    /// Event types it receives.
+    pub events: Vec<String>,
+    /// Slack-compatible payloads.
+    pub slack: bool,
+    /// Whether it receives anything.
+    pub enabled: bool,
+    /// When it was added.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// A new endpoint and, this once, its signing secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedWebhook {
+    /// The Standard Webhooks signing secret (`whsec_...`): verify `webhook-signature` with it.
+    pub secret: String,
+    /// The endpoint.
+    #[serde(flatten)]
+    #[schema(inline, value_type = WebhookDoc)]
+    pub endpoint: Endpoint,
+}
+
+/// Endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    /// Every endpoint.
+    #[schema(value_type = Vec<WebhookDoc>)]
+    pub items: Vec<Endpoint>,
+}
+
+/// One delivery attempt record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDoc {
+    /// Outbox position (the `webhook-id` is `msg_<id>`).
+    pub id: i64,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The audit event carried.
+    pub event_seq: i64,
+    /// The JSON body sent.
+    pub payload: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    #[schema(format = DateTime)]
+    pub next_attempt_at: String,
+    /// The receiver's last HTTP status.
+    pub last_status: Option<u16>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub delivered_at: Option<String>,
+}
+
+/// An endpoint's delivery log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    /// The latest deliveries, newest first.
+    #[schema(value_type = Vec<DeliveryDoc>)]
+    pub items: Vec<Delivery>,
+}
+
+/// Add a webhook endpoint.
+#[utoipa::path(
+    post, path = "/v1/webhooks", tag = "webhooks",
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "Added; `secret` is shown only here", body = CreatedWebhook),
+        (status = 400, description = "Invalid field", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn create_webhook(
+    State(app): State<AppState>,
+    caller: Caller<Manage>,
+    request_id: RequestId,
+    ApiJson(body): ApiJson<CreateWebhook>,
+) -> Result<Response, ApiError> {
+    let endpoint = app
+        .keygate
+        .add_webhook(
+            &body.url,
+            body.events,
+            body.slack,
+            &caller.audit(&request_id),
+        )
+        .await?;
+    let created = CreatedWebhook {
+        secret: endpoint.secret.clone(),
+        endpoint,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// List webhook endpoints.
+#[utoipa::path(
+    get, path = "/v1/webhooks", tag = "webhooks",
+    responses(
+        (status = 200, description = "Every endpoint", body = WebhookList),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:read or keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list_webhooks(
+    State(app): State<AppState>,
+    _caller: Caller<Read>,
+) -> Result<Json<WebhookList>, ApiError> {
+    Ok(Json(WebhookList {
+        items: app.keygate.webhooks().await?,
+    }))
+}
+
+/// An endpoint's delivery log (latest 100).
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "Latest deliveries, newest first", body = DeliveryList),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:read or keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn list_deliveries(
+    State(app): State<AppState>,
+    _caller: Caller<Read>,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    Ok(Json(DeliveryList {
+        items: app.keygate.webhook_deliveries(&id, 100).await?,
+    }))
+}

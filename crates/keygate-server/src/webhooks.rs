@@ -1,0 +1,149 @@
+//! The webhook sender: takes due deliveries from the durable outbox, POSTs them signed
+//! (Standard Webhooks headers), and records each attempt; failures are retried with
+//! exponential backoff (1 s, 2 s, 4 s, … up to an hour, 12 attempts). Delivery is at least
+//! once: receivers should deduplicate on `webhook-id`.
+
+use std::time::Duration;
+
+use keygate::Keygate;
+use keygate::core::Timestamp;
+use keygate::core::webhook::{Delivery, retry_after_ms, sign};
+use keygate::store::Attempt;
+
+/// How long a receiver has to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs until the process ends.
+pub async fn deliver_forever(keygate: Keygate) {
+    let client = match reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are off");
+            return;
+        }
+    };
+    loop {
+        let due = keygate.store().due_deliveries(keygate.now(), 50).await;
+        match due {
+            Ok(batch) if !batch.is_empty() => {
+                for delivery in batch {
+                    deliver(&keygate, &client, delivery).await;
+                }
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the webhook outbox; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn deliver(keygate: &Keygate, client: &reqwest::Client, delivery: Delivery) {
+    let message_id = format!("msg_{}", delivery.id);
+    let timestamp = keygate.now().unix_ms().div_euclid(1000);
+    let Some(signature) = sign(
+        &delivery.secret,
+        &message_id,
+        timestamp,
+        delivery.payload.as_bytes(),
+    ) else {
+        tracing::error!(
+            delivery = delivery.id,
+            "the endpoint's secret is malformed; giving up"
+        );
+        record(
+            keygate,
+            &delivery,
+            None,
+            Some("malformed signing secret".into()),
+            false,
+            true,
+        )
+        .await;
+        return;
+    };
+    let response = client
+        .post(&delivery.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &message_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(delivery.payload.clone())
+        .send()
+        .await;
+    match response {
+        Ok(r) if r.status().is_success() => {
+            record(
+                keygate,
+                &delivery,
+                Some(r.status().as_u16()),
+                None,
+                true,
+                false,
+            )
+            .await;
+        }
+        Ok(r) => {
+            let status = r.status().as_u16();
+            record(
+                keygate,
+                &delivery,
+                Some(status),
+                Some(format!("HTTP {status}")),
+                false,
+                false,
+            )
+            .await;
+        }
+        Err(e) => {
+            // The error names the URL at most: no secret, no payload.
+            let why = if e.is_timeout() {
+                "timed out".to_owned()
+            } else if e.is_connect() {
+                "could not connect".to_owned()
+            } else {
+                "request failed".to_owned()
+            };
+            record(keygate, &delivery, None, Some(why), false, false).await;
+        }
+    }
+}
+
+async fn record(
+    keygate: &Keygate,
+    delivery: &Delivery,
+    status: Option<u16>,
+    error: Option<String>,
+    delivered: bool,
+    give_up: bool,
+) {
+    let now = keygate.now();
+    let next_attempt_at = if delivered || give_up {
+        None
+    } else {
+        retry_after_ms(delivery.attempts + 1)
+            .and_then(|ms| Timestamp::from_unix_ms(now.unix_ms() + ms))
+    };
+    let attempt = Attempt {
+        at: now,
+        delivered,
+        status,
+        error,
+        next_attempt_at,
+    };
+    if let Err(e) = keygate.store().finish_attempt(delivery.id, &attempt).await {
+        tracing::warn!(error = %e, delivery = delivery.id, "cannot record a webhook attempt");
+    } else if !delivered {
+        tracing::info!(
+            delivery = delivery.id,
+            attempts = delivery.attempts + 1,
+            retry = next_attempt_at.is_some(),
+            "webhook delivery failed"
+        );
+    }
+}
