@@ -244,7 +244,7 @@ pub const MAX_GRACE: Lifetime = Lifetime::MAX;
 /// than it would have anyway) and then verifies `EXPIRED`; a zero grace ends it at once.
 ///
 /// Returns (the old record as it must be stored now, the new record). `new_key` and `new_id`
-/// come from [`generate`](crate::format::generate) and [`KeyId::generate`]; passing them in keeps this a pure function
+/// come from [`generate`] and [`KeyId::generate`]; passing them in keeps this a pure function
 /// the store can run inside its transaction.
 pub fn plan_rotation(
     old: &KeyRecord,
