@@ -24,13 +24,14 @@ pub struct MaxAge {
     pub action: AgeAction,
 }
 
-/// Whether `record` is older than the policy allows and still usable (not revoked, expired or
-/// rotated: those are handled already).
+/// Whether `record` is older than allowed — its own `max_age` if it has one, else the
+/// policy's — and still usable (not revoked, expired or rotated: those are handled already).
 pub fn past_max_age(record: &KeyRecord, now: Timestamp, policy: &MaxAge) -> bool {
     let usable = matches!(record.status(now), Status::Active | Status::Disabled);
+    let limit = record.max_age.unwrap_or(policy.max_age);
     usable
         && record.rotated_to.is_none()
-        && now.unix_ms() - record.created_at.unix_ms() >= policy.max_age.as_ms()
+        && now.unix_ms() - record.created_at.unix_ms() >= limit.as_ms()
 }
 
 /// With [`AgeAction::Expire`]: the expiry to set, or `None` if the key already expires at or
@@ -101,5 +102,20 @@ mod tests {
         );
         r.revoke(t(91 * DAY), None).unwrap();
         assert!(!past_max_age(&r, t(92 * DAY), &policy));
+        // A key's own maximum age wins over the policy's, either way.
+        let spec = KeySpec {
+            name: "short".into(),
+            max_age: Some(Lifetime::parse("30d").unwrap()),
+            ..KeySpec::default()
+        };
+        let (short, _) = issue(spec, &Prefix::default(), t(0)).unwrap();
+        assert!(past_max_age(&short, t(30 * DAY), &policy));
+        let spec = KeySpec {
+            name: "long".into(),
+            max_age: Some(Lifetime::parse("365d").unwrap()),
+            ..KeySpec::default()
+        };
+        let (long, _) = issue(spec, &Prefix::default(), t(0)).unwrap();
+        assert!(!past_max_age(&long, t(100 * DAY), &policy));
     }
 }

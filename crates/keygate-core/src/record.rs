@@ -55,6 +55,8 @@ pub struct KeyRecord {
     pub rotated_to: Option<KeyId>,
     /// When it was rotated (its grace period runs from here to `expires_at`).
     pub rotated_at: Option<Timestamp>,
+    /// This key's own maximum age, overriding the deployment's policy.
+    pub max_age: Option<Lifetime>,
 }
 
 /// Where a key stands at a given time. Precedence: revoked, then expired, then disabled.
@@ -150,6 +152,8 @@ pub struct KeySpec {
     pub metadata: Map<String, Value>,
     /// When the key expires, if ever.
     pub expires: Option<Expiry>,
+    /// Its own maximum age, overriding the deployment's policy.
+    pub max_age: Option<Lifetime>,
 }
 
 /// A field that failed a check, and why. The message never repeats a secret.
@@ -231,6 +235,7 @@ pub fn issue(
         rotated_from: None,
         rotated_to: None,
         rotated_at: None,
+        max_age: spec.max_age,
     };
     Ok((record, key))
 }
@@ -286,6 +291,7 @@ pub fn plan_rotation(
         rotated_from: Some(old.id.clone()),
         rotated_to: None,
         rotated_at: None,
+        max_age: old.max_age,
     };
     let mut old_after = old.clone();
     let end = Timestamp::from_unix_ms(now.unix_ms().saturating_add(grace_ms)).unwrap_or(now);
@@ -310,6 +316,8 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<Timestamp>>,
     /// Enable or disable. A revoked key cannot be enabled.
     pub enabled: Option<bool>,
+    /// New maximum age; `Some(None)` returns the key to the deployment's policy.
+    pub max_age: Option<Option<Lifetime>>,
 }
 
 impl KeyPatch {
@@ -348,6 +356,9 @@ impl KeyPatch {
         }
         if let Some(v) = self.enabled {
             record.enabled = v;
+        }
+        if let Some(v) = self.max_age {
+            record.max_age = v;
         }
         Ok(())
     }

@@ -162,6 +162,30 @@ pub fn parse_grace(text: &str) -> Result<i64, TimeError> {
     }
 }
 
+/// The largest whole unit: `90d`, `2w`, `12h`, `45s` (or `<n>ms`).
+impl fmt::Display for Lifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, ms) in [
+            ("w", 7 * 86_400_000),
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if self.0 % ms == 0 {
+                return write!(f, "{}{unit}", self.0 / ms);
+            }
+        }
+        write!(f, "{}ms", self.0)
+    }
+}
+
+impl Serialize for Lifetime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl std::str::FromStr for Lifetime {
     type Err = TimeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -289,6 +313,15 @@ mod tests {
         assert_eq!(Lifetime::parse("36501d"), Err(TimeError::OutOfRange));
         let t = Timestamp::from_unix_ms(MAX_MS - 10).unwrap();
         assert!(t.checked_add(Lifetime::parse("1s").unwrap()).is_none());
+    }
+
+    #[test]
+    fn lifetimes_print_in_their_largest_unit() {
+        for text in ["2w", "90d", "12h", "30m", "45s"] {
+            assert_eq!(Lifetime::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(Lifetime::parse("14d").unwrap().to_string(), "2w");
+        assert_eq!(Lifetime::from_ms(1500).unwrap().to_string(), "1500ms");
     }
 
     #[test]

@@ -310,6 +310,9 @@ pub struct CreateArgs {
     /// Expiry time, RFC 3339 (e.g. 2027-01-31T00:00:00Z).
     #[arg(long, value_name = "RFC3339", value_parser = parse_timestamp)]
     pub expires_at: Option<Timestamp>,
+    /// This key's own maximum age (e.g. 30d), overriding the policy of rotate-due/serve.
+    #[arg(long, value_name = "DURATION", value_parser = parse_lifetime)]
+    pub max_age: Option<Lifetime>,
     /// A JSON object to attach, e.g. '{"plan":"pro"}'.
     #[arg(long, value_name = "JSON", value_parser = parse_metadata)]
     pub metadata: Option<Map<String, Value>>,

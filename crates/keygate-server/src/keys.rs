@@ -38,6 +38,7 @@ struct KeyView<'a> {
     rotated_from: Option<&'a str>,
     rotated_to: Option<&'a str>,
     rotated_at: Option<Timestamp>,
+    max_age: Option<keygate_core::Lifetime>,
 }
 
 /// `keys create --json`: the key's view plus, this once, the key itself.
@@ -67,6 +68,7 @@ impl<'a> KeyView<'a> {
             rotated_from: r.rotated_from.as_ref().map(|id| id.as_str()),
             rotated_to: r.rotated_to.as_ref().map(|id| id.as_str()),
             rotated_at: r.rotated_at,
+            max_age: r.max_age,
         }
     }
 }
@@ -175,6 +177,7 @@ async fn create(keygate: &Keygate, args: CreateArgs, out: &mut impl Write) -> Re
             (None, Some(at)) => Some(Expiry::At(at)),
             (None, None) => None,
         },
+        max_age: args.max_age,
     };
     let (record, key) = keygate.issue(spec, &cli()).await?;
     if args.json {
@@ -294,6 +297,9 @@ fn print_key(
     writeln!(out, "created_at:  {}", view.created_at)?;
     writeln!(out, "expires_at:  {}", time_text(view.expires_at))?;
     writeln!(out, "last_used:   {}", time_text(view.last_used_at))?;
+    if let Some(max_age) = view.max_age {
+        writeln!(out, "max_age:     {max_age}")?;
+    }
     if let Some(from) = view.rotated_from {
         writeln!(out, "rotated from: {from}")?;
     }

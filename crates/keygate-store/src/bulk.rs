@@ -8,7 +8,7 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 use crate::sql::to_json;
 use crate::{PostgresStore, SqliteStore, StoreError};
 
-/// Rows per INSERT statement (16 parameters each, under SQLite's and PostgreSQL's limits).
+/// Rows per INSERT statement (17 parameters each, under SQLite's and PostgreSQL's limits).
 const BATCH: usize = 1000;
 
 /// Issues `n` keys into `store`; returns the plaintexts of the first `keep` of them.
@@ -111,7 +111,7 @@ where
     let mut sql = QueryBuilder::<DB>::new(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
          expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
-         rotated_to, rotated_at) ",
+         rotated_to, rotated_at, max_age_ms) ",
     );
     sql.push_values(batch, |mut row, r| {
         row.push_bind(r.id.as_str().to_owned())
@@ -129,7 +129,8 @@ where
             .push_bind(r.last_used_at.map(Timestamp::unix_ms))
             .push_bind(r.rotated_from.as_ref().map(|id| id.as_str().to_owned()))
             .push_bind(r.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
-            .push_bind(r.rotated_at.map(Timestamp::unix_ms));
+            .push_bind(r.rotated_at.map(Timestamp::unix_ms))
+            .push_bind(r.max_age.map(keygate_core::Lifetime::as_ms));
     });
     sql
 }

@@ -89,6 +89,7 @@ fn record(name: &str, owner: Option<&str>, created: Timestamp) -> KeyRecord {
             .cloned()
             .unwrap_or_default(),
         expires: None,
+        max_age: None,
     };
     issue(spec, &Prefix::default(), created)
         .expect("valid spec")
@@ -106,6 +107,7 @@ pub async fn create_then_get_round_trips_every_field(store: Arc<dyn Store>) {
     full.rotated_from = Some(KeyId::generate(at(-10)));
     full.rotated_to = Some(KeyId::generate(at(10)));
     full.rotated_at = Some(at(6));
+    full.max_age = keygate_core::Lifetime::parse("30d").ok();
     let mut bare = record("bare", None, at(1));
     bare.scopes.clear();
     bare.metadata.clear();
@@ -320,6 +322,7 @@ pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
         metadata: Some(json!({"tier": 2}).as_object().cloned().unwrap_or_default()),
         expires_at: Some(Some(at(1_000))),
         enabled: Some(false),
+        max_age: Some(keygate_core::Lifetime::parse("1d").ok()),
     };
     let updated = store
         .update(&r.id, patch, now(), &audit())
@@ -331,6 +334,7 @@ pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
     assert_eq!(updated.metadata["tier"], json!(2));
     assert_eq!(updated.expires_at, Some(at(1_000)));
     assert!(!updated.enabled);
+    assert_eq!(updated.max_age, keygate_core::Lifetime::parse("1d").ok());
     assert_eq!(
         (updated.hash, &updated.start, updated.created_at),
         (r.hash, &r.start, r.created_at)

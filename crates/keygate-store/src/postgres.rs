@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keygate_core::{Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
+use keygate_core::{
+    Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
+};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
@@ -92,8 +94,8 @@ impl PostgresStore {
         let successor = change(&mut record)?;
         sqlx::query(
             "UPDATE keys SET name = $1, owner = $2, scopes = $3, metadata = $4, expires_at = $5, \
-             revoked_at = $6, revoked_reason = $7, enabled = $8, rotated_to = $9, rotated_at = $10 \
-             WHERE id = $11",
+             revoked_at = $6, revoked_reason = $7, enabled = $8, rotated_to = $9, rotated_at = $10, \
+             max_age_ms = $11 WHERE id = $12",
         )
         .bind(record.name.clone())
         .bind(record.owner.clone())
@@ -105,6 +107,7 @@ impl PostgresStore {
         .bind(record.enabled)
         .bind(record.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
         .bind(record.rotated_at.map(Timestamp::unix_ms))
+        .bind(record.max_age.map(Lifetime::as_ms))
         .bind(record.id.as_str().to_owned())
         .execute(&mut *tx)
         .await
@@ -133,8 +136,8 @@ async fn insert(
     sqlx::query(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
              expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
-             rotated_to, rotated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             rotated_to, rotated_at, max_age_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(record.id.as_str().to_owned())
     .bind(record.name.clone())
@@ -157,6 +160,7 @@ async fn insert(
     )
     .bind(record.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
     .bind(record.rotated_at.map(Timestamp::unix_ms))
+    .bind(record.max_age.map(Lifetime::as_ms))
     .execute(&mut **tx)
     .await
     .map_err(|e| match e.as_database_error() {

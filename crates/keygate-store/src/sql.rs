@@ -13,7 +13,7 @@ macro_rules! select_where {
         concat!(
             "SELECT id, name, start, hash, owner, scopes, metadata, created_at, expires_at, ",
             "revoked_at, revoked_reason, enabled, last_used_at, rotated_from, rotated_to, ",
-            "rotated_at FROM keys WHERE ",
+            "rotated_at, max_age_ms FROM keys WHERE ",
             $condition
         )
     };
@@ -39,6 +39,7 @@ pub(crate) struct Row {
     rotated_from: Option<String>,
     rotated_to: Option<String>,
     rotated_at: Option<i64>,
+    max_age_ms: Option<i64>,
 }
 
 impl TryFrom<Row> for KeyRecord {
@@ -71,6 +72,7 @@ impl TryFrom<Row> for KeyRecord {
             rotated_from: row.rotated_from.as_deref().map(key_id).transpose()?,
             rotated_to: row.rotated_to.as_deref().map(key_id).transpose()?,
             rotated_at: row.rotated_at.map(time).transpose()?,
+            max_age: row.max_age_ms.and_then(keygate_core::Lifetime::from_ms),
         })
     }
 }

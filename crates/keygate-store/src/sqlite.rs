@@ -5,7 +5,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keygate_core::{Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
+use keygate_core::{
+    Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::mpsc;
@@ -103,8 +105,8 @@ impl SqliteStore {
         let successor = change(&mut record)?;
         sqlx::query(
             "UPDATE keys SET name = ?, owner = ?, scopes = ?, metadata = ?, expires_at = ?, \
-             revoked_at = ?, revoked_reason = ?, enabled = ?, rotated_to = ?, rotated_at = ? \
-             WHERE id = ?",
+             revoked_at = ?, revoked_reason = ?, enabled = ?, rotated_to = ?, rotated_at = ?, \
+             max_age_ms = ? WHERE id = ?",
         )
         .bind(record.name.clone())
         .bind(record.owner.clone())
@@ -116,6 +118,7 @@ impl SqliteStore {
         .bind(record.enabled)
         .bind(record.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
         .bind(record.rotated_at.map(Timestamp::unix_ms))
+        .bind(record.max_age.map(Lifetime::as_ms))
         .bind(record.id.as_str().to_owned())
         .execute(&mut *tx)
         .await
@@ -143,7 +146,8 @@ async fn insert(
     sqlx::query(
         "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
              expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
-             rotated_to, rotated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             rotated_to, rotated_at, max_age_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(record.id.as_str().to_owned())
     .bind(record.name.clone())
@@ -166,6 +170,7 @@ async fn insert(
     )
     .bind(record.rotated_to.as_ref().map(|id| id.as_str().to_owned()))
     .bind(record.rotated_at.map(Timestamp::unix_ms))
+    .bind(record.max_age.map(Lifetime::as_ms))
     .execute(&mut **tx)
     .await
     .map_err(|e| match e.as_database_error() {

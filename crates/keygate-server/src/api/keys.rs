@@ -66,6 +66,9 @@ pub struct KeyView {
     /// When it was rotated; it works until `expires_at`.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub rotated_at: Option<Timestamp>,
+    /// Its own maximum age (e.g. `30d`), overriding the deployment's policy.
+    #[schema(value_type = Option<String>, example = "30d")]
+    pub max_age: Option<Lifetime>,
 }
 
 impl KeyView {
@@ -88,6 +91,7 @@ impl KeyView {
             rotated_from: record.rotated_from,
             rotated_to: record.rotated_to,
             rotated_at: record.rotated_at,
+            max_age: record.max_age,
         }
     }
 }
@@ -127,6 +131,10 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(example = "90d")]
     pub expires_in: Option<String>,
+    /// This key's own maximum age (e.g. `30d`), overriding the deployment's policy.
+    #[serde(default)]
+    #[schema(example = "30d")]
+    pub max_age: Option<String>,
 }
 
 /// `PATCH /v1/keys/{id}` body: only the fields present change; `null` clears `owner` and
@@ -154,6 +162,10 @@ pub struct UpdateKey {
     /// Enable or disable. A revoked key cannot be enabled (409).
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Its own maximum age (e.g. `30d`), or `null` to follow the deployment's policy.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub max_age: Option<Option<String>>,
 }
 
 /// `Some(value)` for a field that is present, even as `null`; absent fields stay `None`.
@@ -207,6 +219,10 @@ pub struct KeyPage {
     pub next_cursor: Option<String>,
 }
 
+fn parse_max_age(text: &str) -> Result<Lifetime, ApiError> {
+    Lifetime::parse(text).map_err(|e| ApiError::bad_request(format!("max_age: {e}")))
+}
+
 fn key_id(raw: &str) -> Result<KeyId, ApiError> {
     KeyId::parse(raw).ok_or_else(ApiError::no_such_key)
 }
@@ -252,6 +268,7 @@ pub async fn create_key(
         scopes: body.scopes,
         metadata: body.metadata.unwrap_or_default(),
         expires,
+        max_age: body.max_age.as_deref().map(parse_max_age).transpose()?,
     };
     let (record, key) = app.keygate.issue(spec, &caller.audit(&request_id)).await?;
     tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key issued over the API");
@@ -372,6 +389,10 @@ pub async fn update_key(
         metadata: body.metadata,
         expires_at: body.expires_at,
         enabled: body.enabled,
+        max_age: body
+            .max_age
+            .map(|m| m.as_deref().map(parse_max_age).transpose())
+            .transpose()?,
     };
     let record = app
         .keygate

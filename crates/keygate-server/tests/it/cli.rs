@@ -673,3 +673,29 @@ fn rotate_due_applies_the_max_age_policy_once() {
     let trail = db.ok(&["audit", "--type", "key.max_age_exceeded", "--json"]);
     assert_eq!(trail.lines().count(), 2);
 }
+
+#[test]
+fn a_keys_own_max_age_overrides_the_policy() {
+    let db = Db::new();
+    let strict = db.json(&[
+        "keys",
+        "create",
+        "--name",
+        "strict",
+        "--max-age",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(strict["max_age"], "1s");
+    let lax = db.json(&["keys", "create", "--name", "lax", "--json"]);
+    assert!(lax["max_age"].is_null());
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let report = db.json(&["rotate-due", "--max-age", "90d", "--dry-run", "--json"]);
+    assert_eq!(report["past_max_age"], serde_json::json!([strict["id"]]));
+    assert!(
+        db.ok(&["keys", "show", strict["id"].as_str().unwrap()])
+            .contains("max_age:     1s")
+    );
+    let out = db.run(&["keys", "create", "--name", "x", "--max-age", "forever"]);
+    assert!(bad_input(&out).contains("--max-age"));
+}

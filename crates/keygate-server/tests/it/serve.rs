@@ -173,6 +173,19 @@ fn keys_endpoints_round_trip() {
     let found = s.server.get("/v1/keys?q=BILL", &s.admin).expect(200);
     assert_eq!(found["items"][0]["id"], id.as_str());
 
+    // A key's own maximum age: set, shown, cleared.
+    let own = s.create(json!({"name": "own max age", "max_age": "30d"}));
+    assert_eq!(own["max_age"], "30d");
+    let own_path = format!("/v1/keys/{}", own["id"].as_str().unwrap());
+    let cleared = s
+        .server
+        .json("PATCH", &own_path, &s.admin, &json!({"max_age": null}))
+        .expect(200);
+    assert!(cleared["max_age"].is_null());
+    s.server
+        .json("PATCH", &own_path, &s.admin, &json!({"max_age": "soon"}))
+        .problem(400, "BAD_REQUEST");
+
     // Patch: rename, clear owner, disable.
     let patched = s
         .server

@@ -1,0 +1,2 @@
+-- A key's own maximum age (milliseconds), overriding the deployment's policy.
+ALTER TABLE keys ADD COLUMN max_age_ms INTEGER;
