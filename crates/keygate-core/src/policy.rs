@@ -11,6 +11,9 @@ pub enum AgeAction {
     Notify,
     /// Make it expire after a grace period (and announce it).
     Expire,
+    /// Issue its successor, delivered sealed to the webhook endpoints that receive secrets,
+    /// and let the old key work for the grace period.
+    Rotate,
 }
 
 /// The maximum-age policy.

@@ -140,6 +140,8 @@ pub struct Endpoint {
     pub slack: bool,
     /// A disabled endpoint gets nothing.
     pub enabled: bool,
+    /// It also receives the new plaintext keys the rotation policy issues.
+    pub receives_secrets: bool,
     /// When it was added.
     pub created_at: crate::Timestamp,
 }

@@ -128,6 +128,9 @@ pub enum WebhooksCommand {
         /// Send Slack-compatible `{"text": ...}` payloads.
         #[arg(long)]
         slack: bool,
+        /// Also receive the new keys the rotation policy issues (a vault you trust).
+        #[arg(long)]
+        receives_secrets: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -176,6 +179,9 @@ pub enum AgeActionArg {
     Notify,
     /// Bring the key's expiry forward to now + grace (and notify).
     Expire,
+    /// Issue the successor, delivered sealed only to webhook endpoints that receive secrets
+    /// (needs KEYGATE_SECRET_KEY), and let the old key work for the grace period.
+    Rotate,
 }
 
 /// `keygate incident ...`
@@ -398,6 +404,7 @@ impl From<AgeActionArg> for keygate_core::policy::AgeAction {
         match a {
             AgeActionArg::Notify => Self::Notify,
             AgeActionArg::Expire => Self::Expire,
+            AgeActionArg::Rotate => Self::Rotate,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! max_age_grace = "7d"  # with "expire": how long a due key keeps working
 //! expiry_warning = "7d" # announce keys expiring within this long
 //! sweep_every = "1m"    # how often the scheduler sweeps
+//! secret_key = "..."    # base64 of 32 bytes; seals keys the "rotate" action delivers
 //! ```
 
 use std::path::Path;
@@ -48,6 +49,7 @@ struct FileConfig {
     max_age_grace: Option<String>,
     expiry_warning: Option<String>,
     sweep_every: Option<String>,
+    secret_key: Option<String>,
 }
 
 /// Settings every command uses.
@@ -73,6 +75,9 @@ pub struct Settings {
     pub sweep: keygate::Sweep,
     /// How often the scheduler sweeps.
     pub sweep_every: Lifetime,
+    /// Seals new keys waiting in the webhook outbox: `KEYGATE_SECRET_KEY` (never a flag, so it
+    /// stays out of process listings) or the file's `secret_key`.
+    pub sealing_key: Option<keygate::sealing::SealingKey>,
 }
 
 impl Settings {
@@ -149,7 +154,17 @@ impl Settings {
             expiry_warning: Some(expiry_warning),
             announce_expired: true,
         };
+        let sealing_key = std::env::var("KEYGATE_SECRET_KEY")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or(file.secret_key)
+            .map(|text| {
+                keygate::sealing::SealingKey::from_base64(&text)
+                    .map_err(|e| Failure::Config(format!("KEYGATE_SECRET_KEY: {e}")))
+            })
+            .transpose()?;
         Ok(Self {
+            sealing_key,
             sweep,
             sweep_every,
             cache_ttl,

@@ -481,6 +481,7 @@ pub async fn rotate_due(keygate: &Keygate, args: RotateDueArgs) -> Result<u8, Fa
             "{} expiries {verb} brought forward",
             report.expiry_shortened.len()
         )?;
+        writeln!(out, "{} keys {verb} rotated", report.rotated.len())?;
         writeln!(
             out,
             "{} key.max_age_exceeded events {verb} written",
@@ -501,9 +502,12 @@ pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8,
             url,
             events,
             slack,
+            receives_secrets,
             json,
         } => {
-            let endpoint = keygate.add_webhook(&url, events, slack, &cli()).await?;
+            let endpoint = keygate
+                .add_webhook(&url, events, slack, receives_secrets, &cli())
+                .await?;
             if json {
                 let mut body =
                     serde_json::to_value(&endpoint).map_err(|e| Failure::Other(e.to_string()))?;

@@ -96,6 +96,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .prefix(settings.prefix)
                 .usage_flush_interval(None)
                 .cache(None)
+                .sealing_key(settings.sealing_key)
                 .build();
             match command {
                 Command::Keys(command) => keys::run(&keygate, command).await,

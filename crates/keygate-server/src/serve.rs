@@ -31,6 +31,7 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     let keygate = Keygate::builder(store.clone())
         .prefix(settings.prefix.clone())
         .cache(cache)
+        .sealing_key(settings.sealing_key.clone())
         .usage_flush_interval(Some(Duration::from_millis(
             settings.usage_flush.as_ms().unsigned_abs(),
         )))

@@ -45,13 +45,25 @@ pub async fn deliver_forever(keygate: Keygate) {
 
 async fn deliver(keygate: &Keygate, client: &reqwest::Client, delivery: Delivery) {
     let message_id = format!("msg_{}", delivery.id);
+    // A new key from the rotation policy waits sealed; it is opened only to be sent.
+    let body = if delivery
+        .payload
+        .starts_with(keygate::sealing::SEALED_PREFIX)
+    {
+        match keygate.unseal(&delivery.payload) {
+            Some(body) => body,
+            None => {
+                let why =
+                    "cannot unseal: KEYGATE_SECRET_KEY is missing or not the one that sealed it";
+                record(keygate, &delivery, None, Some(why.into()), false, false).await;
+                return;
+            }
+        }
+    } else {
+        delivery.payload.clone()
+    };
     let timestamp = keygate.now().unix_ms().div_euclid(1000);
-    let Some(signature) = sign(
-        &delivery.secret,
-        &message_id,
-        timestamp,
-        delivery.payload.as_bytes(),
-    ) else {
+    let Some(signature) = sign(&delivery.secret, &message_id, timestamp, body.as_bytes()) else {
         tracing::error!(
             delivery = delivery.id,
             "the endpoint's secret is malformed; giving up"
@@ -73,7 +85,7 @@ async fn deliver(keygate: &Keygate, client: &reqwest::Client, delivery: Delivery
         .header("webhook-id", &message_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
-        .body(delivery.payload.clone())
+        .body(body)
         .send()
         .await;
     match response {

@@ -48,7 +48,8 @@ macro_rules! conformance_suite {
             only_one_first_key,
             every_change_is_in_the_audit_trail,
             rotation_is_one_atomic_step,
-            events_fill_the_webhook_outbox
+            events_fill_the_webhook_outbox,
+            sealed_successors_go_only_to_secret_endpoints
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -664,7 +665,7 @@ pub async fn rotation_is_one_atomic_step(store: Arc<dyn Store>) {
     let new_id = KeyId::generate(at(100));
     let plan = |r: &KeyRecord| plan_rotation(r, &new_key, new_id.clone(), at(100), 5_000);
     let (old_after, new) = store
-        .rotate(&old.id, &plan, at(100), &audit())
+        .rotate(&old.id, &plan, at(100), &audit(), None)
         .await
         .expect("rotate");
     assert_eq!(old_after.rotated_to.as_ref(), Some(&new.id));
@@ -704,12 +705,12 @@ pub async fn rotation_is_one_atomic_step(store: Arc<dyn Store>) {
     let again_key = generate(&Prefix::default());
     let again = |r: &KeyRecord| plan_rotation(r, &again_key, KeyId::generate(at(200)), at(200), 0);
     assert!(matches!(
-        store.rotate(&old.id, &again, at(200), &audit()).await,
+        store.rotate(&old.id, &again, at(200), &audit(), None).await,
         Err(StoreError::Record(RecordError::AlreadyRotated))
     ));
     assert!(matches!(
         store
-            .rotate(&KeyId::generate(at(0)), &again, at(200), &audit())
+            .rotate(&KeyId::generate(at(0)), &again, at(200), &audit(), None)
             .await,
         Err(StoreError::NotFound)
     ));
@@ -741,6 +742,7 @@ pub async fn events_fill_the_webhook_outbox(store: Arc<dyn Store>) {
         slack,
         enabled,
         created_at: at(0),
+        receives_secrets: false,
     };
     store
         .create_endpoint(
@@ -801,7 +803,7 @@ pub async fn events_fill_the_webhook_outbox(store: Arc<dyn Store>) {
         keygate_core::plan_rotation(old, &new_key, KeyId::generate(at(20)), at(20), 0)
     };
     store
-        .rotate(&r.id, &plan, at(20), &audit())
+        .rotate(&r.id, &plan, at(20), &audit(), None)
         .await
         .expect("rotate");
     let due = store.due_deliveries(at(30), 100).await.expect("due");
@@ -885,4 +887,53 @@ pub async fn events_fill_the_webhook_outbox(store: Arc<dyn Store>) {
         (log[0].status, log[0].last_error.as_deref()),
         (DeliveryStatus::Failed, Some("refused"))
     );
+}
+
+/// A rotation with a sealed successor queues it for the endpoints that receive secrets, and
+/// for no other.
+pub async fn sealed_successors_go_only_to_secret_endpoints(store: Arc<dyn Store>) {
+    use keygate_core::webhook::Endpoint;
+    let endpoint = |id: &str, receives_secrets: bool| Endpoint {
+        id: id.into(),
+        url: format!("http://127.0.0.1:9/{id}"),
+        events: vec!["key.revoked".into()],
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        slack: false,
+        enabled: true,
+        created_at: at(0),
+        receives_secrets,
+    };
+    store
+        .create_endpoint(&endpoint("whk_vault", true), &audit())
+        .await
+        .expect("endpoint");
+    store
+        .create_endpoint(&endpoint("whk_plain", false), &audit())
+        .await
+        .expect("endpoint");
+    let r = record("sealed", None, at(0));
+    store.create(&r, &audit()).await.expect("create");
+    let new_key = keygate_core::generate(&keygate_core::Prefix::default());
+    let plan = |old: &KeyRecord| {
+        keygate_core::plan_rotation(old, &new_key, KeyId::generate(at(20)), at(20), 0)
+    };
+    store
+        .rotate(&r.id, &plan, at(20), &audit(), Some("sealed:v1:opaque"))
+        .await
+        .expect("rotate");
+    let due = store.due_deliveries(at(30), 100).await.expect("due");
+    let sealed: Vec<_> = due
+        .iter()
+        .filter(|d| d.payload == "sealed:v1:opaque")
+        .collect();
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(sealed[0].endpoint_id, "whk_vault");
+    let rotated = store
+        .list_audit(&AuditQuery {
+            kind: Some(EventKind::KeyRotated),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(sealed[0].event_seq, rotated.items[0].seq);
 }

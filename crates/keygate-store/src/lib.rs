@@ -276,13 +276,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Rotates the key `id` in one transaction: `plan` (keygate-core's
     /// [`plan_rotation`](keygate_core::plan_rotation)) turns the stored record into the old
     /// record as it must now be and its successor; both are written, with `key.rotated` and
-    /// `key.created` events. Returns (old, successor).
+    /// `key.created` events. With `sealed` (the successor's plaintext, sealed by the caller),
+    /// also queues it for every enabled endpoint that receives secrets. Returns (old,
+    /// successor).
     async fn rotate(
         &self,
         id: &KeyId,
         plan: &RotationPlan<'_>,
         at: Timestamp,
         audit: &Audit,
+        sealed: Option<&str>,
     ) -> Result<(KeyRecord, KeyRecord), StoreError>;
 
     /// Appends a notice that changes no key (`key.expiring_soon`, `key.expired`,

@@ -79,6 +79,7 @@ impl PostgresStore {
         &self,
         id: &KeyId,
         event: (EventKind, Timestamp, &Audit),
+        sealed: Option<&str>,
         change: impl FnOnce(&mut KeyRecord) -> Result<Option<KeyRecord>, StoreError> + Send,
     ) -> Result<(KeyRecord, Option<KeyRecord>), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
@@ -114,10 +115,24 @@ impl PostgresStore {
         .map_err(backend)?;
         let (kind, at, audit) = event;
         let event = AuditEvent::changed(kind, &before, &record, audit, at);
-        record_event(&mut tx, &event).await?;
+        let event_seq = record_event(&mut tx, &event).await?;
         notify(&mut tx, &self.channel, &record.hash).await?;
         if let Some(successor) = &successor {
             insert(&mut tx, &self.channel, successor, audit).await?;
+            if let Some(sealed) = sealed {
+                // The successor's plaintext, sealed, for the endpoints trusted with secrets only.
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (endpoint_id, event_seq, payload, next_attempt_at) \
+                     SELECT id, $1, $2, $3 FROM webhook_endpoints \
+                     WHERE enabled = TRUE AND receives_secrets = TRUE",
+                )
+                .bind(event_seq)
+                .bind(sealed.to_owned())
+                .bind(at.unix_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
         }
         tx.commit().await.map_err(backend)?;
         Ok((record, successor))
@@ -251,7 +266,7 @@ impl Store for PostgresStore {
         at: Timestamp,
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        self.modify(id, (EventKind::KeyUpdated, at, audit), |record| {
+        self.modify(id, (EventKind::KeyUpdated, at, audit), None, |record| {
             patch.apply(record)?;
             Ok(None)
         })
@@ -266,7 +281,7 @@ impl Store for PostgresStore {
         reason: Option<String>,
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        self.modify(id, (EventKind::KeyRevoked, at, audit), |record| {
+        self.modify(id, (EventKind::KeyRevoked, at, audit), None, |record| {
             record.revoke(at, reason)?;
             Ok(None)
         })
@@ -280,9 +295,10 @@ impl Store for PostgresStore {
         plan: &RotationPlan<'_>,
         at: Timestamp,
         audit: &Audit,
+        sealed: Option<&str>,
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
         let (old, new) = self
-            .modify(id, (EventKind::KeyRotated, at, audit), |record| {
+            .modify(id, (EventKind::KeyRotated, at, audit), sealed, |record| {
                 let (old_after, new) = plan(record)?;
                 *record = old_after;
                 Ok(Some(new))
@@ -301,8 +317,8 @@ impl Store for PostgresStore {
     async fn create_endpoint(&self, endpoint: &Endpoint, audit: &Audit) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         sqlx::query(
-            "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, created_at, \
+             receives_secrets) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(endpoint.id.clone())
         .bind(endpoint.url.clone())
@@ -311,6 +327,7 @@ impl Store for PostgresStore {
         .bind(endpoint.slack)
         .bind(endpoint.enabled)
         .bind(endpoint.created_at.unix_ms())
+        .bind(endpoint.receives_secrets)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -321,8 +338,8 @@ impl Store for PostgresStore {
 
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         let rows: Vec<sql::EndpointRow> = sqlx::query_as(
-            "SELECT id, url, events, secret, slack, enabled, created_at FROM webhook_endpoints \
-             ORDER BY id",
+            "SELECT id, url, events, secret, slack, enabled, created_at, receives_secrets \
+             FROM webhook_endpoints ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
@@ -495,7 +512,7 @@ fn parse_hex(text: &str) -> Option<KeyHash> {
 async fn record_event(
     tx: &mut Transaction<'_, Postgres>,
     event: &AuditEvent,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let mut insert = sql::insert_event::<Postgres>(event);
     insert.push(" RETURNING seq");
     let seq: i64 = insert
@@ -517,7 +534,7 @@ async fn record_event(
             .await
             .map_err(backend)?;
     }
-    Ok(())
+    Ok(seq)
 }
 
 fn backend(e: sqlx::Error) -> StoreError {

@@ -362,6 +362,7 @@ pub(crate) struct EndpointRow {
     slack: bool,
     enabled: bool,
     created_at: i64,
+    receives_secrets: bool,
 }
 
 impl TryFrom<EndpointRow> for keygate_core::webhook::Endpoint {
@@ -377,6 +378,7 @@ impl TryFrom<EndpointRow> for keygate_core::webhook::Endpoint {
             secret: r.secret,
             slack: r.slack,
             enabled: r.enabled,
+            receives_secrets: r.receives_secrets,
         })
     }
 }

@@ -86,6 +86,7 @@ impl SqliteStore {
         &self,
         id: &KeyId,
         event: (EventKind, Timestamp, &Audit),
+        sealed: Option<&str>,
         change: impl FnOnce(&mut KeyRecord) -> Result<Option<KeyRecord>, StoreError> + Send,
     ) -> Result<(KeyRecord, Option<KeyRecord>), StoreError> {
         // IMMEDIATE takes the write lock up front, so read-modify-write cannot interleave.
@@ -125,10 +126,24 @@ impl SqliteStore {
         .map_err(backend)?;
         let (kind, at, audit) = event;
         let event = AuditEvent::changed(kind, &before, &record, audit, at);
-        record_event(&mut tx, &event).await?;
+        let event_seq = record_event(&mut tx, &event).await?;
         log_change(&mut tx, &record.hash).await?;
         if let Some(successor) = &successor {
             insert(&mut tx, successor, audit).await?;
+            if let Some(sealed) = sealed {
+                // The successor's plaintext, sealed, for the endpoints trusted with secrets only.
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (endpoint_id, event_seq, payload, next_attempt_at) \
+                     SELECT id, ?, ?, ? FROM webhook_endpoints \
+                     WHERE enabled = TRUE AND receives_secrets = TRUE",
+                )
+                .bind(event_seq)
+                .bind(sealed.to_owned())
+                .bind(at.unix_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
         }
         tx.commit().await.map_err(backend)?;
         Ok((record, successor))
@@ -265,7 +280,7 @@ impl Store for SqliteStore {
         at: Timestamp,
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        self.modify(id, (EventKind::KeyUpdated, at, audit), |record| {
+        self.modify(id, (EventKind::KeyUpdated, at, audit), None, |record| {
             patch.apply(record)?;
             Ok(None)
         })
@@ -280,7 +295,7 @@ impl Store for SqliteStore {
         reason: Option<String>,
         audit: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        self.modify(id, (EventKind::KeyRevoked, at, audit), |record| {
+        self.modify(id, (EventKind::KeyRevoked, at, audit), None, |record| {
             record.revoke(at, reason)?;
             Ok(None)
         })
@@ -294,9 +309,10 @@ impl Store for SqliteStore {
         plan: &RotationPlan<'_>,
         at: Timestamp,
         audit: &Audit,
+        sealed: Option<&str>,
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
         let (old, new) = self
-            .modify(id, (EventKind::KeyRotated, at, audit), |record| {
+            .modify(id, (EventKind::KeyRotated, at, audit), sealed, |record| {
                 let (old_after, new) = plan(record)?;
                 *record = old_after;
                 Ok(Some(new))
@@ -315,8 +331,8 @@ impl Store for SqliteStore {
     async fn create_endpoint(&self, endpoint: &Endpoint, audit: &Audit) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         sqlx::query(
-            "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, created_at, \
+             receives_secrets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(endpoint.id.clone())
         .bind(endpoint.url.clone())
@@ -325,6 +341,7 @@ impl Store for SqliteStore {
         .bind(endpoint.slack)
         .bind(endpoint.enabled)
         .bind(endpoint.created_at.unix_ms())
+        .bind(endpoint.receives_secrets)
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -335,8 +352,8 @@ impl Store for SqliteStore {
 
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         let rows: Vec<sql::EndpointRow> = sqlx::query_as(
-            "SELECT id, url, events, secret, slack, enabled, created_at FROM webhook_endpoints \
-             ORDER BY id",
+            "SELECT id, url, events, secret, slack, enabled, created_at, receives_secrets \
+             FROM webhook_endpoints ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
@@ -519,7 +536,7 @@ async fn follow_changes(pool: SqlitePool, mut seen: i64, tx: mpsc::Sender<Change
 async fn record_event(
     tx: &mut Transaction<'_, Sqlite>,
     event: &AuditEvent,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let mut insert = sql::insert_event::<Sqlite>(event);
     insert.push(" RETURNING seq");
     let seq: i64 = insert
@@ -541,7 +558,7 @@ async fn record_event(
             .await
             .map_err(backend)?;
     }
-    Ok(())
+    Ok(seq)
 }
 
 fn backend(e: sqlx::Error) -> StoreError {

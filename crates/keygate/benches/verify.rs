@@ -100,8 +100,9 @@ impl Store for Counting {
         plan: &keygate::store::RotationPlan<'_>,
         at: Timestamp,
         a: &Audit,
+        sealed: Option<&str>,
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        self.inner.rotate(id, plan, at, a).await
+        self.inner.rotate(id, plan, at, a, sealed).await
     }
     async fn append_event(&self, e: &keygate::core::AuditEvent) -> Result<(), StoreError> {
         self.inner.append_event(e).await

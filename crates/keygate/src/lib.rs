@@ -34,6 +34,7 @@ mod extract;
 pub mod layer;
 pub mod lifecycle;
 pub mod problem;
+pub mod sealing;
 pub mod verifier;
 pub mod webhooks;
 

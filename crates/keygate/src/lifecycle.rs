@@ -29,6 +29,8 @@ pub struct SweepReport {
     pub past_max_age: Vec<KeyId>,
     /// Keys whose expiry the policy brought forward.
     pub expiry_shortened: Vec<KeyId>,
+    /// Keys the policy rotated (their successors went, sealed, to secret-receiving webhooks).
+    pub rotated: Vec<KeyId>,
     /// `key.max_age_exceeded` notices written.
     pub max_age_notices: Vec<KeyId>,
     /// `key.expiring_soon` notices written.
@@ -85,6 +87,13 @@ impl Keygate {
                         ..KeyPatch::default()
                     };
                     self.update(&record.id, patch, audit).await?;
+                }
+            }
+            if policy.action == AgeAction::Rotate {
+                report.rotated.push(record.id.clone());
+                if !dry_run {
+                    self.rotate_delivering(&record.id, policy.grace_ms, audit)
+                        .await?;
                 }
             }
             let details =

@@ -19,6 +19,7 @@ use keygate_core::{
 use keygate_store::{AuditPage, AuditQuery, Change, ListQuery, Page, Store, StoreError};
 
 use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
+use crate::sealing::SealingKey;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -155,6 +156,7 @@ struct Inner {
     /// Verifications by outcome, indexed like `Outcome::ALL`.
     counts: [AtomicU64; Outcome::ALL.len()],
     cache: Option<Cache>,
+    sealing: Option<SealingKey>,
 }
 
 /// Builds a [`Keygate`]: `Keygate::builder(store).prefix(..).clock(..).build()`.
@@ -165,9 +167,17 @@ pub struct KeygateBuilder {
     prefix: Prefix,
     usage_flush: Option<Duration>,
     cache: Option<CacheConfig>,
+    sealing: Option<SealingKey>,
 }
 
 impl KeygateBuilder {
+    /// The key that seals new plaintext keys waiting in the webhook outbox (see
+    /// [`Keygate::rotate_delivering`]); without one, such rotations are refused.
+    pub fn sealing_key(mut self, key: Option<SealingKey>) -> Self {
+        self.sealing = key;
+        self
+    }
+
     /// The verification cache (default: [`CacheConfig::default`]); `None` turns it off, so
     /// every verification asks the store (one-shot tools such as the CLI).
     pub fn cache(mut self, cache: Option<CacheConfig>) -> Self {
@@ -206,6 +216,7 @@ impl KeygateBuilder {
                 usage: Mutex::new(HashMap::new()),
                 counts: Default::default(),
                 cache: self.cache.map(Cache::new),
+                sealing: self.sealing,
             }),
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -285,6 +296,7 @@ impl Keygate {
             prefix: Prefix::default(),
             usage_flush: Some(Duration::from_secs(10)),
             cache: Some(CacheConfig::default()),
+            sealing: None,
         }
     }
 
@@ -482,11 +494,64 @@ impl Keygate {
         let new_key = generate(&self.inner.prefix);
         let new_id = KeyId::generate(now);
         let plan = |old: &KeyRecord| plan_rotation(old, &new_key, new_id.clone(), now, grace_ms);
-        let (old, new) = self.inner.store.rotate(id, &plan, now, audit).await?;
+        let (old, new) = self.inner.store.rotate(id, &plan, now, audit, None).await?;
         self.forget(&old.hash);
         self.forget(&new.hash);
         tracing::info!(key_id = %old.id, successor = %new.id, "rotated API key");
         Ok((old, new, new_key))
+    }
+
+    /// Rotates a key for the rotation policy, when no person is there to receive the new key:
+    /// the successor's plaintext is sealed (see [`crate::sealing`]) and queued, in the same
+    /// transaction as the rotation, for every webhook endpoint that receives secrets — and
+    /// shown to nobody else. Refused without a sealing key or such an endpoint.
+    pub async fn rotate_delivering(
+        &self,
+        id: &KeyId,
+        grace_ms: i64,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
+        let sealing = self.inner.sealing.as_ref().ok_or_else(|| {
+            StoreError::Config(
+                "rotating for the policy needs KEYGATE_SECRET_KEY (to seal the new keys)".into(),
+            )
+        })?;
+        let trusted = self
+            .inner
+            .store
+            .list_endpoints()
+            .await?
+            .iter()
+            .any(|e| e.enabled && e.receives_secrets);
+        if !trusted {
+            return Err(StoreError::Config(
+                "rotating for the policy needs a webhook endpoint that receives secrets".into(),
+            ));
+        }
+        let now = self.now();
+        let new_key = generate(&self.inner.prefix);
+        let new_id = KeyId::generate(now);
+        let message = serde_json::json!({
+            "type": "key.successor",
+            "timestamp": now,
+            "data": {"key_id": id, "successor_id": new_id, "key": new_key.expose()},
+        });
+        let sealed = sealing.seal(&message.to_string());
+        let plan = |old: &KeyRecord| plan_rotation(old, &new_key, new_id.clone(), now, grace_ms);
+        let (old, new) = self
+            .inner
+            .store
+            .rotate(id, &plan, now, audit, Some(&sealed))
+            .await?;
+        self.forget(&old.hash);
+        self.forget(&new.hash);
+        tracing::info!(key_id = %old.id, successor = %new.id, "rotated API key for the policy");
+        Ok((old, new))
+    }
+
+    /// Opens a sealed outbox payload with this instance's sealing key.
+    pub fn unseal(&self, sealed: &str) -> Option<String> {
+        self.inner.sealing.as_ref()?.open(sealed)
     }
 
     /// The key with this id.

@@ -9,13 +9,15 @@ use crate::Keygate;
 
 impl Keygate {
     /// Adds an endpoint receiving `events` (event type names, or `*`), as the event object or,
-    /// with `slack`, as `{"text": ...}`. The returned endpoint carries its signing secret:
+    /// with `slack`, as `{"text": ...}`; with `receives_secrets`, also the new keys the rotation
+    /// policy issues (use only for a vault or secrets manager you trust). The returned endpoint carries its signing secret:
     /// show it once.
     pub async fn add_webhook(
         &self,
         url: &str,
         events: Vec<String>,
         slack: bool,
+        receives_secrets: bool,
         audit: &Audit,
     ) -> Result<Endpoint, StoreError> {
         let field = |field: &'static str, message: &str| {
@@ -49,6 +51,7 @@ impl Keygate {
             slack,
             enabled: true,
             created_at: now,
+            receives_secrets,
         };
         self.store().create_endpoint(&endpoint, audit).await?;
         tracing::info!(webhook_id = %endpoint.id, "added webhook endpoint");

@@ -24,6 +24,9 @@ pub struct CreateWebhook {
     /// Send `{"text": ...}` (Slack incoming webhooks) instead of the event object.
     #[serde(default)]
     pub slack: bool,
+    /// Also receive the new keys the rotation policy issues (a vault you trust).
+    #[serde(default)]
+    pub receives_secrets: bool,
 }
 
 /// An endpoint, as listed (never its secret).
@@ -39,6 +42,8 @@ pub struct WebhookDoc {
     pub slack: bool,
     /// Whether it receives anything.
     pub enabled: bool,
+    /// Whether it receives the new keys the rotation policy issues.
+    pub receives_secrets: bool,
     /// When it was added.
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -123,6 +128,7 @@ pub async fn create_webhook(
             &body.url,
             body.events,
             body.slack,
+            body.receives_secrets,
             &caller.audit(&request_id),
         )
         .await?;

@@ -358,3 +358,129 @@ fn a_pending_delivery_survives_a_restart() {
     let listed = server.get("/v1/webhooks", &admin).expect(200);
     assert_eq!(listed["items"][0]["id"], hook_id);
 }
+
+#[test]
+fn rotate_due_rotates_once_and_delivers_the_new_key_sealed_to_a_trusted_endpoint() {
+    // base64 of 32 bytes, as `openssl rand -base64 32` would print.
+    let secret_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let first = Server::start(&db, &[], &[]);
+    let (_, stdout) = first.stop();
+    let admin = printed_key(&stdout).unwrap();
+    let server = Server::start(&db, &[], &[("KEYGATE_SECRET_KEY", secret_key)]);
+    let receiver = Receiver::start(&[]);
+    let hook = server
+        .json(
+            "POST",
+            "/v1/webhooks",
+            &admin,
+            &json!({"url": receiver.url(), "events": ["key.rotated"], "receives_secrets": true}),
+        )
+        .expect(201);
+    assert_eq!(hook["receives_secrets"], true);
+    let created = server
+        .json("POST", "/v1/keys", &admin, &json!({"name": "aging"}))
+        .expect(201);
+    let old_id = created["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let rotate_due = |with_key: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+        cmd.args([
+            "--database",
+            db.to_str().unwrap(),
+            "rotate-due",
+            "--max-age",
+            "1s",
+            "--action",
+            "rotate",
+            "--grace",
+            "1h",
+            "--json",
+        ])
+        .env_remove("KEYGATE_SECRET_KEY");
+        if with_key {
+            cmd.env("KEYGATE_SECRET_KEY", secret_key);
+        }
+        cmd.output().unwrap()
+    };
+    // Without the sealing key it refuses, and rotates nothing.
+    let out = rotate_due(false);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEYGATE_SECRET_KEY"));
+    assert!(
+        server
+            .get(&format!("/v1/keys/{old_id}"), &admin)
+            .expect(200)["rotated_to"]
+            .is_null()
+    );
+
+    let out = rotate_due(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["rotated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id == old_id.as_str())
+    );
+    let again: Value = serde_json::from_slice(&rotate_due(true).stdout).unwrap();
+    assert_eq!(again["rotated"], json!([]), "twice in a row rotates once");
+
+    // The trusted endpoint gets the successor's key (sealed at rest, opened to send), signed.
+    let old = server
+        .get(&format!("/v1/keys/{old_id}"), &admin)
+        .expect(200);
+    let successor_id = old["rotated_to"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let message = loop {
+        let got = receiver.got.lock().unwrap().clone();
+        if let Some(m) = got.iter().find(|m| {
+            let body = m.json();
+            body["type"] == "key.successor" && body["data"]["key_id"] == old_id.as_str()
+        }) {
+            break m.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no successor delivered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let body = message.json();
+    assert_eq!(body["data"]["successor_id"], successor_id.as_str());
+    let new_key = body["data"]["key"].as_str().unwrap();
+    let verdict = server
+        .json("POST", "/v1/verify", &admin, &json!({"key": new_key}))
+        .expect(200);
+    assert_eq!(
+        (verdict["code"].as_str(), verdict["key"]["id"].as_str()),
+        (Some("VALID"), Some(successor_id.as_str()))
+    );
+    let timestamp: i64 = message.header("webhook-timestamp").parse().unwrap();
+    let expected = keygate_core::webhook::sign(
+        hook["secret"].as_str().unwrap(),
+        message.header("webhook-id"),
+        timestamp,
+        message.body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(message.header("webhook-signature"), expected);
+
+    // At rest, the new key never appears in plain text.
+    let files: Vec<u8> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        !files
+            .windows(new_key.len() - 3)
+            .any(|w| w == &new_key.as_bytes()[3..])
+    );
+}
