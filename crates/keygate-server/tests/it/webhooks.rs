@@ -318,8 +318,8 @@ fn a_pending_delivery_survives_a_restart() {
         db,
         _dir,
     } = r;
-    let (status, _) = server.stop();
-    assert!(status.success());
+    // Killed, not stopped: nothing gets a chance to flush.
+    drop(server);
 
     // The receiver comes up; a new server process delivers what the old one could not.
     let receiver = Receiver::start_on(port, &[]);
