@@ -55,6 +55,19 @@ pub fn expiring_soon(record: &KeyRecord, now: Timestamp, warning: Lifetime) -> b
             .is_some_and(|e| e.unix_ms() - now.unix_ms() <= warning.as_ms())
 }
 
+/// How far back a sweep looks for keys that expired: older expiries were announced by an
+/// earlier sweep (or the scheduler was down for longer than this), and checking them again on
+/// every sweep would cost an audit lookup per expired key, forever.
+pub const EXPIRED_LOOKBACK: Lifetime = Lifetime(7 * 86_400_000);
+
+/// Whether `record` expired (unrevoked) within [`EXPIRED_LOOKBACK`] of `now`.
+pub fn expired_recently(record: &KeyRecord, now: Timestamp) -> bool {
+    record.status(now) == Status::Expired
+        && record
+            .expires_at
+            .is_some_and(|e| now.unix_ms() - e.unix_ms() <= EXPIRED_LOOKBACK.as_ms())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +116,12 @@ mod tests {
             !past_max_age(&r, t(98 * DAY), &policy),
             "expired keys are done"
         );
+        assert!(expired_recently(&r, t(98 * DAY)));
+        assert!(
+            !expired_recently(&r, t(105 * DAY)),
+            "long expired: announced before"
+        );
+        assert!(!expired_recently(&r, t(96 * DAY)), "not expired yet");
         r.revoke(t(91 * DAY), None).unwrap();
         assert!(!past_max_age(&r, t(92 * DAY), &policy));
         // A key's own maximum age wins over the policy's, either way.

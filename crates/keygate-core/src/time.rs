@@ -111,7 +111,7 @@ impl<'de> Deserialize<'de> for Timestamp {
 /// A length of time such as a key's lifetime, in whole milliseconds; written `90d`, `12h`,
 /// `30m`, `45s` or `2w`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct Lifetime(i64);
+pub struct Lifetime(pub(crate) i64);
 
 impl Lifetime {
     /// Longest lifetime accepted: 100 years.

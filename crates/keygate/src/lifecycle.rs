@@ -3,8 +3,10 @@
 //! each notice is written once per key (the audit trail is the memory), so sweeps can run as
 //! often as wanted and twice in a row act once.
 
-use keygate_core::policy::{AgeAction, MaxAge, expiring_soon, past_max_age, shortened_expiry};
-use keygate_core::{Audit, AuditEvent, EventKind, KeyId, KeyPatch, KeyRecord, Lifetime, Status};
+use keygate_core::policy::{
+    AgeAction, MaxAge, expired_recently, expiring_soon, past_max_age, shortened_expiry,
+};
+use keygate_core::{Audit, AuditEvent, EventKind, KeyId, KeyPatch, KeyRecord, Lifetime};
 use keygate_store::{AuditQuery, ListQuery, MAX_PAGE_SIZE, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -122,7 +124,7 @@ impl Keygate {
                 report.expiring_soon_notices.push(record.id.clone());
             }
         }
-        if sweep.announce_expired && record.status(now) == Status::Expired {
+        if sweep.announce_expired && expired_recently(record, now) {
             let details = json!({"expires_at": record.expires_at});
             if self
                 .notice_once(EventKind::KeyExpired, record, details, dry_run, audit)

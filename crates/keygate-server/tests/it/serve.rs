@@ -1393,7 +1393,8 @@ fn the_scheduler_announces_expiring_expired_and_old_keys() {
         "1h",
     ]);
     let soon = s.create(json!({"name": "soon", "expires_in": "30m"}));
-    let gone = s.create(json!({"name": "gone", "expires_at": "2020-01-01T00:00:00Z"}));
+    let gone = s.create(json!({"name": "gone", "expires_in": "1s"}));
+    let ancient = s.create(json!({"name": "ancient", "expires_at": "2020-01-01T00:00:00Z"}));
     let later = s.create(json!({"name": "later", "expires_in": "90d"}));
     let wait_for = |kind: &str, id: &str| {
         let started = std::time::Instant::now();
@@ -1435,6 +1436,21 @@ fn the_scheduler_announces_expiring_expired_and_old_keys() {
         )
         .expect(200);
     assert_eq!(none["items"], json!([]));
+    let long_gone = s
+        .server
+        .get(
+            &format!(
+                "/v1/audit?type=key.expired&key_id={}",
+                ancient["id"].as_str().unwrap()
+            ),
+            &s.admin,
+        )
+        .expect(200);
+    assert_eq!(
+        long_gone["items"],
+        json!([]),
+        "expiries older than the lookback were announced before"
+    );
     let old = s
         .server
         .get("/v1/audit?type=key.max_age_exceeded", &s.admin)
