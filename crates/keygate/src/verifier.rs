@@ -490,14 +490,39 @@ impl Keygate {
         grace_ms: i64,
         audit: &Audit,
     ) -> Result<(KeyRecord, KeyRecord, PlainKey), StoreError> {
+        self.rotate_sealing(id, grace_ms, audit, None).await
+    }
+
+    /// The rotation both entry points share: a new key and id, core's plan inside the store's
+    /// transaction, and — with `seal` — the successor's plaintext sealed into the outbox for
+    /// secret-receiving endpoints. Both keys leave this process's cache.
+    async fn rotate_sealing(
+        &self,
+        id: &KeyId,
+        grace_ms: i64,
+        audit: &Audit,
+        seal: Option<&SealingKey>,
+    ) -> Result<(KeyRecord, KeyRecord, PlainKey), StoreError> {
         let now = self.now();
         let new_key = generate(&self.inner.prefix);
         let new_id = KeyId::generate(now);
+        let sealed = seal.map(|sealing| {
+            let message = serde_json::json!({
+                "type": "key.successor",
+                "timestamp": now,
+                "data": {"key_id": id, "successor_id": new_id, "key": new_key.expose()},
+            });
+            sealing.seal(&message.to_string())
+        });
         let plan = |old: &KeyRecord| plan_rotation(old, &new_key, new_id.clone(), now, grace_ms);
-        let (old, new) = self.inner.store.rotate(id, &plan, now, audit, None).await?;
+        let (old, new) = self
+            .inner
+            .store
+            .rotate(id, &plan, now, audit, sealed.as_deref())
+            .await?;
         self.forget(&old.hash);
         self.forget(&new.hash);
-        tracing::info!(key_id = %old.id, successor = %new.id, "rotated API key");
+        tracing::info!(key_id = %old.id, successor = %new.id, sealed = seal.is_some(), "rotated API key");
         Ok((old, new, new_key))
     }
 
@@ -528,24 +553,9 @@ impl Keygate {
                 "rotating for the policy needs a webhook endpoint that receives secrets".into(),
             ));
         }
-        let now = self.now();
-        let new_key = generate(&self.inner.prefix);
-        let new_id = KeyId::generate(now);
-        let message = serde_json::json!({
-            "type": "key.successor",
-            "timestamp": now,
-            "data": {"key_id": id, "successor_id": new_id, "key": new_key.expose()},
-        });
-        let sealed = sealing.seal(&message.to_string());
-        let plan = |old: &KeyRecord| plan_rotation(old, &new_key, new_id.clone(), now, grace_ms);
-        let (old, new) = self
-            .inner
-            .store
-            .rotate(id, &plan, now, audit, Some(&sealed))
+        let (old, new, _shown_to_nobody) = self
+            .rotate_sealing(id, grace_ms, audit, Some(sealing))
             .await?;
-        self.forget(&old.hash);
-        self.forget(&new.hash);
-        tracing::info!(key_id = %old.id, successor = %new.id, "rotated API key for the policy");
         Ok((old, new))
     }
 
