@@ -3,14 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use keygate::core::{AuditEvent, EventKind, KeyId, Timestamp};
-use keygate::store::{AuditQuery, MAX_PAGE_SIZE};
+use keygate::store::AuditQuery;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{Caller, Read};
-use super::error::{ApiError, ApiQuery};
+use super::error::{ApiError, ApiQuery, page_limit};
 
 /// `GET /v1/audit` query.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -108,12 +108,7 @@ pub async fn list_audit(
         ..AuditQuery::default()
     };
     if let Some(limit) = params.limit {
-        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-            return Err(ApiError::bad_request(format!(
-                "limit: must be between 1 and {MAX_PAGE_SIZE}"
-            )));
-        }
-        query.limit = limit;
+        query.limit = page_limit(limit)?;
     }
     let page = app.keygate.audit_trail(&query).await?;
     Ok(Json(AuditPageDoc {

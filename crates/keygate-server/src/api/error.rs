@@ -221,6 +221,18 @@ fn is_short_identifier(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':')
 }
 
+/// A page size from a query, checked against 1..=[`MAX_PAGE_SIZE`](keygate::store::MAX_PAGE_SIZE).
+pub fn page_limit(limit: u32) -> Result<u32, ApiError> {
+    let max = keygate::store::MAX_PAGE_SIZE;
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "limit: must be between 1 and {max}"
+        )))
+    }
+}
+
 /// A query string deserialized into `T` (no unknown parameters; 400 naming the parameter).
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);

@@ -11,13 +11,13 @@ use keygate::core::{
     Actor, Audit, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp,
     parse_grace,
 };
-use keygate::store::{ListQuery, MAX_PAGE_SIZE};
+use keygate::store::ListQuery;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Caller, Manage, Read};
-use super::error::{ApiError, ApiJson, ApiQuery, OptionalApiJson};
+use super::error::{ApiError, ApiJson, ApiQuery, OptionalApiJson, page_limit};
 use super::{AppState, RequestId};
 
 /// A key as the API shows it: everything but the secret and its hash.
@@ -309,12 +309,7 @@ pub async fn list_keys(
         })?),
     };
     if let Some(limit) = params.limit {
-        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-            return Err(ApiError::bad_request(format!(
-                "limit: must be between 1 and {MAX_PAGE_SIZE}"
-            )));
-        }
-        query.limit = limit;
+        query.limit = page_limit(limit)?;
     }
     query.owner = params.owner;
     query.name_contains = params.q;
