@@ -99,9 +99,7 @@ pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure>
                     view: KeyView::of(&new, now),
                     key: key.expose(),
                 };
-                let text =
-                    serde_json::to_string(&created).map_err(|e| Failure::Other(e.to_string()))?;
-                writeln!(out, "{text}")?;
+                print_json(&mut out, &created)?;
             } else {
                 writeln!(out, "Rotated {} -> {} ({})", old.id, new.id, new.name)?;
                 writeln!(
@@ -185,8 +183,7 @@ async fn create(keygate: &Keygate, args: CreateArgs, out: &mut impl Write) -> Re
             view: KeyView::of(&record, keygate.now()),
             key: key.expose(),
         };
-        let text = serde_json::to_string(&created).map_err(|e| Failure::Other(e.to_string()))?;
-        writeln!(out, "{text}")?;
+        print_json(out, &created)?;
     } else {
         writeln!(out, "Created {} ({})", record.id, record.name)?;
         writeln!(out, "Scopes:  {}", scopes_text(&record.scopes))?;
@@ -225,8 +222,7 @@ async fn list(keygate: &Keygate, args: ListArgs, out: &mut impl Write) -> Result
     let now = keygate.now();
     if args.json {
         let views: Vec<KeyView<'_>> = records.iter().map(|r| KeyView::of(r, now)).collect();
-        let text = serde_json::to_string(&views).map_err(|e| Failure::Other(e.to_string()))?;
-        writeln!(out, "{text}")?;
+        print_json(out, &views)?;
         return Ok(());
     }
     let rows: Vec<[String; 8]> = records
@@ -283,8 +279,7 @@ fn print_key(
 ) -> Result<(), Failure> {
     let view = KeyView::of(record, now);
     if json {
-        let text = serde_json::to_string(&view).map_err(|e| Failure::Other(e.to_string()))?;
-        writeln!(out, "{text}")?;
+        print_json(out, &view)?;
         return Ok(());
     }
     writeln!(out, "id:          {}", view.id)?;
@@ -321,6 +316,13 @@ fn scopes_text(scopes: &[String]) -> String {
     }
 }
 
+/// Writes `value` as one line of JSON.
+fn print_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string(value).map_err(|e| Failure::Other(e.to_string()))?;
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
 /// A time, or `never` (no expiry; never used).
 fn time_text(t: Option<Timestamp>) -> String {
     t.map_or_else(|| "never".into(), |t| t.to_string())
@@ -341,9 +343,7 @@ pub async fn audit(keygate: &Keygate, args: AuditArgs) -> Result<u8, Failure> {
         let page = keygate.audit_trail(&query).await?;
         for event in &page.items {
             if args.json {
-                let line =
-                    serde_json::to_string(event).map_err(|e| Failure::Other(e.to_string()))?;
-                writeln!(out, "{line}")?;
+                print_json(&mut out, event)?;
             } else {
                 writeln!(
                     out,
@@ -531,9 +531,7 @@ pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8,
         WebhooksCommand::List { json } => {
             let endpoints = keygate.webhooks().await?;
             if json {
-                let text =
-                    serde_json::to_string(&endpoints).map_err(|e| Failure::Other(e.to_string()))?;
-                writeln!(out, "{text}")?;
+                print_json(&mut out, &endpoints)?;
             } else {
                 for e in &endpoints {
                     writeln!(
@@ -553,9 +551,7 @@ pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8,
         WebhooksCommand::Deliveries { id, json } => {
             let deliveries = keygate.webhook_deliveries(&id, 100).await?;
             if json {
-                let text = serde_json::to_string(&deliveries)
-                    .map_err(|e| Failure::Other(e.to_string()))?;
-                writeln!(out, "{text}")?;
+                print_json(&mut out, &deliveries)?;
             } else {
                 for d in &deliveries {
                     writeln!(
