@@ -9,36 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::Server;
-
-/// Issues a key with the CLI on `database` and returns (id, key).
-fn cli_create(database: &str, extra: &[&str]) -> (String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args([
-            "--database",
-            database,
-            "keys",
-            "create",
-            "--name",
-            "node test",
-            "--json",
-        ])
-        .args(extra)
-        .env_remove("KEYGATE_DATABASE")
-        .env_remove("KEYGATE_PREFIX")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        v["id"].as_str().unwrap().to_owned(),
-        v["key"].as_str().unwrap().to_owned(),
-    )
-}
+use crate::support::{Server, cli_create};
 
 fn verify(server: &Server, admin: &str, key: &str) -> (u16, Value) {
     let r = server.json("POST", "/v1/verify", admin, &json!({"key": key}));

@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::openapi_check::Contract;
-use crate::support::{Server, printed_key};
+use crate::support::{Server, cli_create, keygate_json, printed_key};
+
+/// Issues a key with the CLI on the SQLite file `db`; returns the plaintext.
+fn cli_key(db: &std::path::Path, extra: &[&str]) -> String {
+    cli_create(&format!("sqlite://{}", db.display()), extra).1
+}
 
 struct Service {
     server: Server,
@@ -29,32 +34,6 @@ fn service(args: &[&str]) -> Service {
         db,
         _dir: dir,
     }
-}
-
-/// Issues a key with the CLI on `db` and returns the plaintext.
-fn cli_key(db: &std::path::Path, extra: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args([
-            "--database",
-            &format!("sqlite://{}", db.display()),
-            "keys",
-            "create",
-            "--name",
-            "test",
-            "--json",
-        ])
-        .args(extra)
-        .env_remove("KEYGATE_DATABASE")
-        .env_remove("KEYGATE_PREFIX")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["key"].as_str().unwrap().to_owned()
 }
 
 impl Service {
@@ -1290,25 +1269,10 @@ fn rotation_with_a_grace_period_over_the_api_and_the_cli() {
     assert!(p["detail"].as_str().unwrap().contains("grace_period"));
 
     // The CLI rotates too, with no grace: the old key is over at once.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args([
-            "--database",
-            s.db.to_str().unwrap(),
-            "keys",
-            "rotate",
-            new_id,
-            "--grace",
-            "0",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let third = keygate_json(
+        s.db.to_str().unwrap(),
+        &["keys", "rotate", new_id, "--grace", "0", "--json"],
     );
-    let third: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(third["rotated_from"], new_id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while s.verify(new_key, &[])["code"] != "EXPIRED" {

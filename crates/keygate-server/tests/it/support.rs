@@ -212,6 +212,35 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     rest[..end].parse().ok()
 }
 
+/// Runs `keygate --database <database> <args>` (a `--json` command), asserts it succeeded,
+/// and returns what it printed.
+pub fn keygate_json(database: &str, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--database", database])
+        .args(args)
+        .env_remove("KEYGATE_DATABASE")
+        .env_remove("KEYGATE_PREFIX")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Issues a key with the CLI on `database`, with `extra` arguments; returns (id, key).
+pub fn cli_create(database: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["keys", "create", "--name", "test", "--json"];
+    args.extend_from_slice(extra);
+    let v = keygate_json(database, &args);
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["key"].as_str().unwrap().to_owned(),
+    )
+}
+
 /// The bootstrap admin key printed on stdout, if any.
 pub fn printed_key(stdout: &str) -> Option<String> {
     stdout

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, printed_key};
+use crate::support::{Server, keygate_json, printed_key};
 
 /// A request the receiver got.
 #[derive(Debug, Clone)]
@@ -265,25 +265,10 @@ fn a_pending_delivery_survives_a_restart() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/hook");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args([
-            "--database",
-            r.db.to_str().unwrap(),
-            "webhooks",
-            "add",
-            &url,
-            "--event",
-            "key.revoked",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let hook = keygate_json(
+        r.db.to_str().unwrap(),
+        &["webhooks", "add", &url, "--event", "key.revoked", "--json"],
     );
-    let hook: Value = serde_json::from_slice(&out.stdout).unwrap();
     let created = r
         .server
         .json("POST", "/v1/keys", &r.admin, &json!({"name": "doomed"}))
