@@ -49,7 +49,8 @@ macro_rules! conformance_suite {
             every_change_is_in_the_audit_trail,
             rotation_is_one_atomic_step,
             events_fill_the_webhook_outbox,
-            sealed_successors_go_only_to_secret_endpoints
+            sealed_successors_go_only_to_secret_endpoints,
+            the_sweep_filter_reads_only_candidates
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -936,4 +937,56 @@ pub async fn sealed_successors_go_only_to_secret_endpoints(store: Arc<dyn Store>
         .await
         .expect("audit");
     assert_eq!(sealed[0].event_seq, rotated.items[0].seq);
+}
+
+/// The sweep filter lists the keys a sweep may act on — old, expiring soon, recently expired —
+/// and not the others (young, long expired, revoked, rotated).
+pub async fn the_sweep_filter_reads_only_candidates(store: Arc<dyn Store>) {
+    use crate::SweepFilter;
+    const HOUR: i64 = 3_600_000;
+    let mut keys = Vec::new();
+    let mut add = |name: &str, created: i64, expires: Option<i64>| {
+        let mut r = record(name, None, at(created));
+        r.expires_at = expires.map(at);
+        keys.push(r);
+    };
+    add("old", -100 * HOUR, None);
+    add("young", -HOUR, None);
+    add("expiring", -HOUR, Some(2 * HOUR));
+    add("far", -HOUR, Some(100 * HOUR));
+    add("just expired", -HOUR, Some(-HOUR));
+    add("long expired", -HOUR, Some(-1000 * HOUR));
+    let mut own = record("own max age", None, at(-2 * HOUR));
+    own.max_age = keygate_core::Lifetime::from_ms(HOUR);
+    keys.push(own);
+    let mut revoked = record("revoked", None, at(-100 * HOUR));
+    revoked.revoked_at = Some(at(-HOUR));
+    keys.push(revoked);
+    let mut rotated = record("rotated", None, at(-100 * HOUR));
+    rotated.rotated_to = Some(KeyId::generate(at(0)));
+    keys.push(rotated);
+    for r in &keys {
+        store.create(r, &audit()).await.expect("create");
+    }
+    let mut q = ListQuery::new(now());
+    q.sweep = Some(SweepFilter {
+        max_age_ms: Some(10 * HOUR),
+        expiring_until: Some(at(24 * HOUR)),
+        expired_since: Some(at(-24 * HOUR)),
+    });
+    let mut names: Vec<String> = store
+        .list(&q)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["expiring", "just expired", "old", "own max age"]);
+    q.sweep = Some(SweepFilter::default());
+    assert!(
+        store.list(&q).await.expect("list").items.is_empty(),
+        "no condition, no candidate"
+    );
 }

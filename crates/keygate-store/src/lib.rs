@@ -86,6 +86,20 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// The time the status filter is judged at.
     pub now: Timestamp,
+    /// Only keys a lifecycle sweep may have to act on (a superset: keygate-core decides).
+    pub sweep: Option<SweepFilter>,
+}
+
+/// Which keys a lifecycle sweep looks at, so that it reads those rather than every key. Any
+/// key matching one of the set conditions (and not revoked) is listed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepFilter {
+    /// Keys older than their own maximum age, or than this one (milliseconds), unrotated.
+    pub max_age_ms: Option<i64>,
+    /// Keys not yet expired that expire at or before this time.
+    pub expiring_until: Option<Timestamp>,
+    /// Keys expired at or after this time (and by [`ListQuery::now`]).
+    pub expired_since: Option<Timestamp>,
 }
 
 impl ListQuery {
@@ -98,6 +112,7 @@ impl ListQuery {
             limit: DEFAULT_PAGE_SIZE,
             cursor: None,
             now,
+            sweep: None,
         }
     }
 

@@ -148,6 +148,32 @@ where
                 });
         }
     }
+    if let Some(sweep) = &query.sweep {
+        // The same rules as keygate-core's policy functions, loosened to a superset.
+        sql.push(" AND revoked_at IS NULL AND (1 = 0");
+        if let Some(max_age) = sweep.max_age_ms {
+            sql.push(" OR (rotated_to IS NULL AND created_at + COALESCE(max_age_ms, ")
+                .push_bind(max_age)
+                .push(") <= ")
+                .push_bind(now)
+                .push(")");
+        }
+        if let Some(until) = sweep.expiring_until {
+            sql.push(" OR (expires_at > ")
+                .push_bind(now)
+                .push(" AND expires_at <= ")
+                .push_bind(until.unix_ms())
+                .push(")");
+        }
+        if let Some(since) = sweep.expired_since {
+            sql.push(" OR (expires_at <= ")
+                .push_bind(now)
+                .push(" AND expires_at >= ")
+                .push_bind(since.unix_ms())
+                .push(")");
+        }
+        sql.push(")");
+    }
     sql.push(" ORDER BY id DESC LIMIT ")
         .push_bind(i64::from(query.page_size()) + 1);
     sql

@@ -4,10 +4,11 @@
 //! often as wanted and twice in a row act once.
 
 use keygate_core::policy::{
-    AgeAction, MaxAge, expired_recently, expiring_soon, past_max_age, shortened_expiry,
+    AgeAction, EXPIRED_LOOKBACK, MaxAge, expired_recently, expiring_soon, past_max_age,
+    shortened_expiry,
 };
-use keygate_core::{Audit, AuditEvent, EventKind, KeyId, KeyPatch, KeyRecord, Lifetime};
-use keygate_store::{AuditQuery, ListQuery, MAX_PAGE_SIZE, StoreError};
+use keygate_core::{Audit, AuditEvent, EventKind, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp};
+use keygate_store::{AuditQuery, ListQuery, MAX_PAGE_SIZE, StoreError, SweepFilter};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -50,8 +51,20 @@ impl Keygate {
         audit: &Audit,
     ) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
-        let mut query = ListQuery::new(self.now());
+        let now = self.now();
+        let mut query = ListQuery::new(now);
         query.limit = MAX_PAGE_SIZE;
+        // Read only the keys the sweep may act on, not every key.
+        query.sweep = Some(SweepFilter {
+            max_age_ms: sweep.max_age.map(|p| p.max_age.as_ms()),
+            expiring_until: sweep
+                .expiry_warning
+                .and_then(|warning| now.checked_add(warning)),
+            expired_since: sweep
+                .announce_expired
+                .then(|| Timestamp::from_unix_ms(now.unix_ms() - EXPIRED_LOOKBACK.as_ms()))
+                .flatten(),
+        });
         loop {
             let page = self.list(query.clone()).await?;
             for record in &page.items {
