@@ -28,6 +28,8 @@ pub enum Actor {
     Library,
     /// A caller that did not (or could not) authenticate.
     Anonymous,
+    /// A person signed in to the admin web UI with a username and password.
+    User(String),
 }
 
 impl fmt::Display for Actor {
@@ -40,6 +42,7 @@ impl fmt::Display for Actor {
             Self::SelfService(id) => write!(f, "self:{id}"),
             Self::Library => f.write_str("library"),
             Self::Anonymous => f.write_str("anonymous"),
+            Self::User(name) => write!(f, "user:{name}"),
         }
     }
 }
@@ -95,11 +98,17 @@ pub enum EventKind {
     AdminAuthFailed,
     /// A webhook endpoint was added.
     WebhookCreated,
+    /// Someone signed in to the admin web UI.
+    AdminSignedIn,
+    /// A sign-in to the admin web UI was refused (wrong key or password, or throttled).
+    AdminSignInFailed,
+    /// An admin-UI user's password or role was set (`keygate admin set-password`).
+    AdminPasswordSet,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 12] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -109,6 +118,9 @@ impl EventKind {
         Self::KeyExpired,
         Self::AdminAuthFailed,
         Self::WebhookCreated,
+        Self::AdminSignedIn,
+        Self::AdminSignInFailed,
+        Self::AdminPasswordSet,
     ];
 
     /// The stable name, e.g. `key.created`.
@@ -123,6 +135,9 @@ impl EventKind {
             Self::KeyExpired => "key.expired",
             Self::AdminAuthFailed => "admin.auth_failed",
             Self::WebhookCreated => "webhook.created",
+            Self::AdminSignedIn => "admin.signed_in",
+            Self::AdminSignInFailed => "admin.sign_in_failed",
+            Self::AdminPasswordSet => "admin.password_set",
         }
     }
 
@@ -221,10 +236,21 @@ impl AuditEvent {
 
     /// `admin.auth_failed`: a refused request to keygate's own API; no key, no secret.
     pub fn auth_failure(audit: &Audit, at: Timestamp, details: Map<String, Value>) -> Self {
+        Self::about_admin(EventKind::AdminAuthFailed, audit, at, details)
+    }
+
+    /// An event about keygate's own administration (`admin.*`), about no key: `details` must
+    /// hold nothing secret.
+    pub fn about_admin(
+        kind: EventKind,
+        audit: &Audit,
+        at: Timestamp,
+        details: Map<String, Value>,
+    ) -> Self {
         Self {
             seq: 0,
             at,
-            kind: EventKind::AdminAuthFailed,
+            kind,
             actor: audit.actor.to_string(),
             key_id: None,
             request_id: audit.request_id.clone(),

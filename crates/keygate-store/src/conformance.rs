@@ -50,7 +50,9 @@ macro_rules! conformance_suite {
             rotation_is_one_atomic_step,
             events_fill_the_webhook_outbox,
             sealed_successors_go_only_to_secret_endpoints,
-            the_sweep_filter_reads_only_candidates
+            the_sweep_filter_reads_only_candidates,
+            search_matches_name_owner_or_start,
+            admin_users_are_set_replaced_and_audited
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -654,6 +656,30 @@ pub async fn every_change_is_in_the_audit_trail(store: Arc<dyn Store>) {
         store.list_audit(&paged).await,
         Err(StoreError::InvalidCursor)
     ));
+    // Newest first, paged, gives the same events in reverse.
+    let mut backwards = AuditQuery {
+        limit: 3,
+        newest_first: true,
+        ..AuditQuery::default()
+    };
+    let newest = store.list_audit(&backwards).await.expect("audit");
+    backwards.cursor = newest.next_cursor.clone();
+    let older = store.list_audit(&backwards).await.expect("audit");
+    assert_eq!(older.next_cursor, None);
+    let reversed: Vec<i64> = newest
+        .items
+        .iter()
+        .chain(&older.items)
+        .map(|e| e.seq)
+        .collect();
+    let mut forwards: Vec<i64> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|e| e.seq)
+        .collect();
+    forwards.reverse();
+    assert_eq!(reversed, forwards);
 }
 
 /// A rotation writes the old key's new state and its successor together, with both events;
@@ -989,4 +1015,84 @@ pub async fn the_sweep_filter_reads_only_candidates(store: Arc<dyn Store>) {
         store.list(&q).await.expect("list").items.is_empty(),
         "no condition, no candidate"
     );
+}
+
+/// The search text matches a key's name, owner or display start, case-insensitively, with
+/// `%` and `_` taken literally.
+pub async fn search_matches_name_owner_or_start(store: Arc<dyn Store>) {
+    let keys = [
+        record("Billing prod", Some("acct_ops"), at(0)),
+        record("reports", Some("ACCT_BI"), at(1)),
+        record("50% promo", None, at(2)),
+    ];
+    for key in &keys {
+        store.create(key, &audit()).await.expect("create");
+    }
+    let search = |text: &str| {
+        let store = store.clone();
+        let mut q = ListQuery::new(now());
+        q.search = Some(text.to_owned());
+        async move {
+            let page = store.list(&q).await.expect("list");
+            page.items.into_iter().map(|r| r.name).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(search("billing").await, ["Billing prod"]);
+    assert_eq!(search("acct_").await, ["reports", "Billing prod"]);
+    assert_eq!(search("bi").await, ["reports", "Billing prod"]);
+    assert_eq!(search("0%").await, ["50% promo"]);
+    assert_eq!(search(&keys[1].start).await, ["reports"]);
+    assert_eq!(search(&keys[1].start.to_uppercase()).await, ["reports"]);
+    assert!(search("nothing like it").await.is_empty());
+}
+
+/// An admin-UI user is stored, found by name, replaced (keeping its creation time), and each
+/// change leaves an `admin.password_set` event naming the user but not the hash.
+pub async fn admin_users_are_set_replaced_and_audited(store: Arc<dyn Store>) {
+    use keygate_core::AdminUser;
+    assert!(store.get_admin_user("ada").await.expect("get").is_none());
+    let user = AdminUser {
+        username: "ada".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        read_only: false,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    store.set_admin_user(&user, &audit()).await.expect("set");
+    assert_eq!(
+        store.get_admin_user("ada").await.expect("get"),
+        Some(user.clone())
+    );
+    assert!(store.get_admin_user("ADA").await.expect("get").is_none());
+    let replaced = AdminUser {
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdDI$aGFzaDI".into(),
+        read_only: true,
+        created_at: at(5),
+        updated_at: at(5),
+        ..user.clone()
+    };
+    store
+        .set_admin_user(&replaced, &audit())
+        .await
+        .expect("replace");
+    let stored = store
+        .get_admin_user("ada")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(stored.created_at, at(0), "creation time kept");
+    assert_eq!(stored.updated_at, at(5));
+    assert!(stored.read_only);
+    assert_eq!(stored.password_hash, replaced.password_hash);
+    let q = AuditQuery {
+        kind: Some(EventKind::AdminPasswordSet),
+        ..AuditQuery::default()
+    };
+    let events = store.list_audit(&q).await.expect("audit").items;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].details["username"], "ada");
+    assert_eq!(events[1].details["read_only"], true);
+    assert!(events[1].key_id.is_none());
+    let text = serde_json::to_string(&events).expect("json");
+    assert!(!text.contains("argon2id"), "no hash in the trail");
 }

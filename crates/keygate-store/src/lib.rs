@@ -26,8 +26,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keygate_core::webhook::{Delivery, Endpoint};
 use keygate_core::{
-    Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, RecordError, Status,
-    Timestamp,
+    AdminUser, Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, RecordError,
+    Status, Timestamp,
 };
 
 #[cfg(feature = "bench")]
@@ -80,6 +80,9 @@ pub struct ListQuery {
     pub status: Option<Status>,
     /// Only keys whose name contains this text (ASCII case-insensitive).
     pub name_contains: Option<String>,
+    /// Only keys whose name, owner or display start contains this text (ASCII
+    /// case-insensitive): the admin UI's search box.
+    pub search: Option<String>,
     /// Page size, 1 to [`MAX_PAGE_SIZE`] (out-of-range values are clamped).
     pub limit: u32,
     /// Where the previous page ended ([`Page::next_cursor`]).
@@ -109,6 +112,7 @@ impl ListQuery {
             owner: None,
             status: None,
             name_contains: None,
+            search: None,
             limit: DEFAULT_PAGE_SIZE,
             cursor: None,
             now,
@@ -172,6 +176,8 @@ pub struct AuditQuery {
     pub limit: u32,
     /// Where the previous page ended ([`AuditPage::next_cursor`]).
     pub cursor: Option<String>,
+    /// Newest events first (the default is oldest first, the order to follow the trail in).
+    pub newest_first: bool,
 }
 
 impl AuditQuery {
@@ -312,6 +318,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every webhook endpoint.
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;
+
+    /// Adds an admin-UI user, or replaces the password and role of an existing one (keeping
+    /// its creation time), with an `admin.password_set` event, in one transaction.
+    async fn set_admin_user(&self, user: &AdminUser, audit: &Audit) -> Result<(), StoreError>;
+
+    /// The admin-UI user called `username`.
+    async fn get_admin_user(&self, username: &str) -> Result<Option<AdminUser>, StoreError>;
 
     /// Pending deliveries whose next attempt is due at `now`, oldest first.
     async fn due_deliveries(&self, now: Timestamp, limit: u32)

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keygate_core::{
-    Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
+    AdminUser, Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime,
+    Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
@@ -345,6 +346,38 @@ impl Store for PostgresStore {
         .await
         .map_err(backend)?;
         rows.into_iter().map(Endpoint::try_from).collect()
+    }
+
+    async fn set_admin_user(&self, user: &AdminUser, audit: &Audit) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO admin_users ({}) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, \
+             read_only = excluded.read_only, updated_at = excluded.updated_at",
+            sql::ADMIN_USER_COLUMNS
+        )))
+        .bind(user.username.clone())
+        .bind(user.password_hash.clone())
+        .bind(user.read_only)
+        .bind(user.created_at.unix_ms())
+        .bind(user.updated_at.unix_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        record_event(&mut tx, &sql::password_set_event(user, audit)).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_admin_user(&self, username: &str) -> Result<Option<AdminUser>, StoreError> {
+        let row: Option<sql::AdminUserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM admin_users WHERE username = $1",
+            sql::ADMIN_USER_COLUMNS
+        )))
+        .bind(username.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(AdminUser::try_from).transpose()
     }
 
     async fn due_deliveries(

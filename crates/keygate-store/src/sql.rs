@@ -126,6 +126,16 @@ where
             .push_bind(contains_pattern(text))
             .push(" ESCAPE '\\'");
     }
+    if let Some(text) = &query.search {
+        let pattern = contains_pattern(text);
+        sql.push(format!(" AND (name {like} "))
+            .push_bind(pattern.clone())
+            .push(format!(" ESCAPE '\\' OR owner {like} "))
+            .push_bind(pattern.clone())
+            .push(format!(" ESCAPE '\\' OR start {like} "))
+            .push_bind(pattern)
+            .push(" ESCAPE '\\')");
+    }
     if let Some(cursor) = cursor {
         sql.push(" AND id < ").push_bind(cursor.as_str().to_owned());
     }
@@ -409,6 +419,46 @@ impl TryFrom<EndpointRow> for keygate_core::webhook::Endpoint {
     }
 }
 
+/// An admin-UI user row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AdminUserRow {
+    username: String,
+    password_hash: String,
+    read_only: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// Columns of [`AdminUserRow`].
+pub(crate) const ADMIN_USER_COLUMNS: &str =
+    "username, password_hash, read_only, created_at, updated_at";
+
+impl TryFrom<AdminUserRow> for keygate_core::AdminUser {
+    type Error = StoreError;
+
+    fn try_from(r: AdminUserRow) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("admin user {}", r.username));
+        Ok(Self {
+            created_at: Timestamp::from_unix_ms(r.created_at).ok_or_else(corrupt)?,
+            updated_at: Timestamp::from_unix_ms(r.updated_at).ok_or_else(corrupt)?,
+            username: r.username,
+            password_hash: r.password_hash,
+            read_only: r.read_only,
+        })
+    }
+}
+
+/// The `admin.password_set` event for `user`: name and role, never the hash.
+pub(crate) fn password_set_event(
+    user: &keygate_core::AdminUser,
+    audit: &keygate_core::Audit,
+) -> AuditEvent {
+    let mut details = Map::new();
+    details.insert("username".into(), Value::from(user.username.clone()));
+    details.insert("read_only".into(), Value::from(user.read_only));
+    AuditEvent::about_admin(EventKind::AdminPasswordSet, audit, user.updated_at, details)
+}
+
 /// The audit query: filters, cursor, oldest first, one row more than the page.
 pub(crate) fn audit_query<DB>(query: &AuditQuery, cursor: Option<i64>) -> QueryBuilder<DB>
 where
@@ -430,10 +480,19 @@ where
         sql.push(" AND at >= ").push_bind(since.unix_ms());
     }
     if let Some(cursor) = cursor {
-        sql.push(" AND seq > ").push_bind(cursor);
+        sql.push(if query.newest_first {
+            " AND seq < "
+        } else {
+            " AND seq > "
+        })
+        .push_bind(cursor);
     }
-    sql.push(" ORDER BY seq ASC LIMIT ")
-        .push_bind(i64::from(query.page_size()) + 1);
+    sql.push(if query.newest_first {
+        " ORDER BY seq DESC LIMIT "
+    } else {
+        " ORDER BY seq ASC LIMIT "
+    })
+    .push_bind(i64::from(query.page_size()) + 1);
     sql
 }
 

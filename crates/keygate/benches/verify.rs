@@ -117,6 +117,19 @@ impl Store for Counting {
     async fn list_endpoints(&self) -> Result<Vec<keygate::core::webhook::Endpoint>, StoreError> {
         self.inner.list_endpoints().await
     }
+    async fn set_admin_user(
+        &self,
+        user: &keygate::core::AdminUser,
+        audit: &Audit,
+    ) -> Result<(), StoreError> {
+        self.inner.set_admin_user(user, audit).await
+    }
+    async fn get_admin_user(
+        &self,
+        username: &str,
+    ) -> Result<Option<keygate::core::AdminUser>, StoreError> {
+        self.inner.get_admin_user(username).await
+    }
     async fn due_deliveries(
         &self,
         now: Timestamp,

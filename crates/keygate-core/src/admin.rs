@@ -1,0 +1,97 @@
+//! People who sign in to the admin web UI with a username and password (rather than an admin
+//! key): the rules for a username and a password, and the record kept. The password itself is
+//! never kept; the record holds its argon2id hash (a PHC string), made by the server.
+
+use crate::time::Timestamp;
+
+/// Longest username, in bytes.
+pub const MAX_USERNAME: usize = 64;
+/// Shortest password, in characters.
+pub const MIN_PASSWORD: usize = 12;
+/// Longest password, in bytes (hashing is deliberately slow; bound the work).
+pub const MAX_PASSWORD: usize = 1024;
+
+/// An admin-UI user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminUser {
+    /// Sign-in name: 1–64 of `A–Z a–z 0–9 . _ @ -`.
+    pub username: String,
+    /// argon2id hash of the password, as a PHC string.
+    pub password_hash: String,
+    /// Sees everything, changes nothing (like a `keygate:read` key).
+    pub read_only: bool,
+    /// When the user was first set.
+    pub created_at: Timestamp,
+    /// When the password or role last changed (sessions signed in before are ended).
+    pub updated_at: Timestamp,
+}
+
+impl std::fmt::Debug for AdminUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminUser")
+            .field("username", &self.username)
+            .field("password_hash", &"<redacted>")
+            .field("read_only", &self.read_only)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
+}
+
+/// Checks a username; the error says what is wrong.
+pub fn check_username(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_USERNAME {
+        return Err(format!("a username has 1 to {MAX_USERNAME} characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+    {
+        return Err("a username may hold only letters, digits and . _ @ -".into());
+    }
+    Ok(())
+}
+
+/// Checks a new password's length; the error says what is wrong.
+pub fn check_password(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(format!(
+            "a password needs at least {MIN_PASSWORD} characters"
+        ));
+    }
+    if password.len() > MAX_PASSWORD {
+        return Err(format!("a password has at most {MAX_PASSWORD} bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_and_passwords() {
+        for ok in ["ada", "ops.team", "a_b-c@example.com", &"x".repeat(64)] {
+            assert_eq!(check_username(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "with space", "ünï", "a/b", &"x".repeat(65), "a\nb"] {
+            assert!(check_username(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_password("short").is_err());
+        assert!(check_password("twelve chars").is_ok());
+        assert!(check_password(&"p".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_hash() {
+        let t = Timestamp::from_unix_ms(0).unwrap();
+        let user = AdminUser {
+            username: "ada".into(),
+            password_hash: "$argon2id$v=19$secret".into(),
+            read_only: false,
+            created_at: t,
+            updated_at: t,
+        };
+        assert!(!format!("{user:?}").contains("argon2id"));
+    }
+}
