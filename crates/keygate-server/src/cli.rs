@@ -47,6 +47,27 @@ pub enum Command {
     /// --dry-run first.
     #[command(subcommand)]
     Incident(IncidentCommand),
+    /// Admin web UI users (sign-in with a username and password).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `keygate admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Add a user of the admin web UI, or change its password or role (ends its sessions).
+    /// Reads the password from the terminal twice, or one line from stdin with
+    /// --password-stdin.
+    SetPassword {
+        /// Username: letters, digits and . _ @ - (at most 64).
+        username: String,
+        /// The user may look but not change anything.
+        #[arg(long)]
+        read_only: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 /// `keygate keys ...`
@@ -270,6 +291,12 @@ pub struct ServeArgs {
     /// How often last-used times are written, e.g. 10s [default: 10s].
     #[arg(long, env = "KEYGATE_USAGE_FLUSH", value_name = "DURATION", value_parser = parse_lifetime)]
     pub usage_flush: Option<Lifetime>,
+    /// Admin UI: sign out after this long without a request [default: 30m].
+    #[arg(long, env = "KEYGATE_ADMIN_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub admin_idle_timeout: Option<Lifetime>,
+    /// Admin UI: mark cookies Secure even without `X-Forwarded-Proto: https` (serve over https).
+    #[arg(long, env = "KEYGATE_SECURE_COOKIES")]
+    pub secure_cookies: bool,
 }
 
 /// How log lines look.

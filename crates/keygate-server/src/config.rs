@@ -50,6 +50,8 @@ struct FileConfig {
     expiry_warning: Option<String>,
     sweep_every: Option<String>,
     secret_key: Option<String>,
+    admin_idle_timeout: Option<String>,
+    secure_cookies: Option<bool>,
 }
 
 /// Settings every command uses.
@@ -78,6 +80,10 @@ pub struct Settings {
     /// Seals new keys waiting in the webhook outbox: `KEYGATE_SECRET_KEY` (never a flag, so it
     /// stays out of process listings) or the file's `secret_key`.
     pub sealing_key: Option<keygate::sealing::SealingKey>,
+    /// Admin UI: a session ends after this long without a request.
+    pub admin_idle_timeout: Lifetime,
+    /// Admin UI: always mark cookies `Secure` (they are anyway behind `X-Forwarded-Proto: https`).
+    pub secure_cookies: bool,
 }
 
 impl Settings {
@@ -127,6 +133,12 @@ impl Settings {
             file.expiry_warning,
             "7d",
         )?;
+        let admin_idle_timeout = lifetime(
+            "admin_idle_timeout",
+            serve.and_then(|s| s.admin_idle_timeout),
+            file.admin_idle_timeout,
+            "30m",
+        )?;
         let max_age = match (serve.and_then(|s| s.max_age), file.max_age) {
             (Some(v), _) => Some(v),
             (None, Some(text)) => Some(
@@ -164,6 +176,9 @@ impl Settings {
             })
             .transpose()?;
         Ok(Self {
+            admin_idle_timeout,
+            secure_cookies: serve.is_some_and(|s| s.secure_cookies)
+                || file.secure_cookies.unwrap_or(false),
             sealing_key,
             sweep,
             sweep_every,

@@ -336,7 +336,7 @@ pub async fn audit(keygate: &Keygate, args: AuditArgs) -> Result<u8, Failure> {
         kind: args.kind,
         since: args.since,
         limit: keygate::store::MAX_PAGE_SIZE,
-        cursor: None,
+        ..keygate::store::AuditQuery::default()
     };
     let mut printed = 0;
     loop {
@@ -574,4 +574,73 @@ pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8,
         }
     }
     Ok(0)
+}
+
+/// `keygate admin set-password`: adds or changes an admin-UI user. The password is read from
+/// the terminal (twice) or from stdin's first line, checked, hashed with argon2id, and never
+/// printed or stored in the clear.
+pub async fn admin(keygate: &Keygate, command: crate::cli::AdminCommand) -> Result<u8, Failure> {
+    let crate::cli::AdminCommand::SetPassword {
+        username,
+        read_only,
+        password_stdin,
+    } = command;
+    keygate_core::admin::check_username(&username)
+        .map_err(|e| Failure::Other(format!("username: {e}")))?;
+    let password = read_password(password_stdin)?;
+    keygate_core::admin::check_password(&password)
+        .map_err(|e| Failure::Other(format!("password: {e}")))?;
+    let hash = tokio::task::spawn_blocking(move || crate::admin::password::hash(&password))
+        .await
+        .map_err(|e| Failure::Other(e.to_string()))?
+        .map_err(Failure::Other)?;
+    let now = keygate.now();
+    let created_at = keygate
+        .store()
+        .get_admin_user(&username)
+        .await?
+        .map_or(now, |u| u.created_at);
+    let user = keygate_core::AdminUser {
+        username,
+        password_hash: hash,
+        read_only,
+        created_at,
+        updated_at: now,
+    };
+    keygate
+        .store()
+        .set_admin_user(&user, &Audit::by(Actor::Cli))
+        .await?;
+    println!(
+        "admin UI user {} set ({}); sign in at /admin",
+        user.username,
+        if read_only {
+            "read-only"
+        } else {
+            "full access"
+        }
+    );
+    Ok(0)
+}
+
+fn read_password(from_stdin: bool) -> Result<String, Failure> {
+    use std::io::{BufRead, IsTerminal};
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Other(
+            "no terminal to ask for the password on; pass it with --password-stdin".into(),
+        ));
+    }
+    let first = rpassword::prompt_password("Password: ")?;
+    let second = rpassword::prompt_password("Password again: ")?;
+    if first != second {
+        return Err(Failure::Other(
+            "the two passwords differ; nothing was changed".into(),
+        ));
+    }
+    Ok(first)
 }

@@ -3,6 +3,7 @@
 //! Exit status: 0 done; 1 `keys verify` found the key not VALID; 2 bad input or an unusable
 //! database, with one line on standard error and nothing written.
 
+mod admin;
 mod api;
 mod cli;
 mod config;
@@ -69,7 +70,8 @@ fn main() -> ExitCode {
         | Command::Audit(_)
         | Command::Incident(_)
         | Command::RotateDue(_)
-        | Command::Webhooks(_) => tokio::runtime::Builder::new_current_thread(),
+        | Command::Webhooks(_)
+        | Command::Admin(_) => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -106,6 +108,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
                 Command::RotateDue(args) => keys::rotate_due(&keygate, args).await,
                 Command::Webhooks(command) => keys::webhooks(&keygate, command).await,
+                Command::Admin(command) => keys::admin(&keygate, command).await,
                 Command::Serve(_) => unreachable!("handled above"),
             }
         }

@@ -50,7 +50,13 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
         .map_err(|e| Failure::Config(format!("cannot listen on {}: {e}", settings.listen)))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %without_password(&settings.database), "listening");
-    let app = api::router(keygate.clone(), Arc::new(Metrics::default()));
+    let admin = Arc::new(crate::admin::AdminUi::new(
+        Duration::from_millis(settings.admin_idle_timeout.as_ms().unsigned_abs()),
+        settings.secure_cookies,
+    ));
+    let app = api::router(keygate.clone(), Arc::new(Metrics::default()), admin);
+    // The peer address feeds the admin UI's sign-in throttle.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The rendered OpenAPI document.
     pub openapi: Arc<String>,
+    /// The admin web UI's sessions and sign-in throttle.
+    pub admin: Arc<crate::admin::AdminUi>,
 }
 
 /// An RFC 9457 problem, as documented.
@@ -124,14 +126,19 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole HTTP application.
-pub fn router(keygate: Keygate, metrics: Arc<Metrics>) -> Router {
+/// The whole HTTP application: the API, the operations endpoints and the admin UI.
+pub fn router(
+    keygate: Keygate,
+    metrics: Arc<Metrics>,
+    admin: Arc<crate::admin::AdminUi>,
+) -> Router {
     let (router, doc) = routes(&keygate);
     let openapi = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
     let state = AppState {
         keygate,
         metrics: metrics.clone(),
         openapi,
+        admin,
     };
     let tracking = Arc::new(Tracking {
         metrics,
@@ -139,6 +146,7 @@ pub fn router(keygate: Keygate, metrics: Arc<Metrics>) -> Router {
         failures: Mutex::new(FailureWindow::default()),
     });
     router
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

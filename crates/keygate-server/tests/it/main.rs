@@ -1,6 +1,8 @@
 //! keygate-server's integration tests, in one binary: the `keygate` command line, and
 //! `keygate serve` started as a real process on port 0 with a temp SQLite file.
 
+mod admin;
+mod browser;
 mod cli;
 mod nodes;
 mod openapi_check;

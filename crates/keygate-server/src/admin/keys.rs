@@ -1,0 +1,569 @@
+//! The key pages: list and search, detail (with rotation chain and audit events), issue,
+//! revoke, rotate, disable and enable.
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use http::StatusCode;
+use keygate::core::{
+    AuditEvent, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, parse_grace,
+};
+use keygate::store::{AuditQuery, ListQuery};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::session::{Flash, PlainSecret};
+use super::views::{self, Nav};
+use super::{Admin, Posted, UiError};
+use crate::api::AppState;
+
+/// Keys per page in the list.
+const PAGE: u32 = 25;
+
+/// `GET /admin/keys` query.
+#[derive(Debug, Deserialize, Default)]
+pub struct ListParams {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+fn parse_id(raw: &str) -> Result<KeyId, UiError> {
+    KeyId::parse(raw).ok_or_else(UiError::no_such_key)
+}
+
+async fn load(app: &AppState, raw: &str) -> Result<KeyRecord, UiError> {
+    let id = parse_id(raw)?;
+    app.keygate.get(&id).await?.ok_or_else(UiError::no_such_key)
+}
+
+/// `GET /admin/keys`: search, filter by status, page.
+pub async fn list(
+    State(app): State<AppState>,
+    admin: Admin,
+    Query(params): Query<ListParams>,
+) -> Result<Response, UiError> {
+    let now = app.keygate.now();
+    let mut query = ListQuery::new(now);
+    query.limit = PAGE;
+    query.status = match params.status.as_str() {
+        "" | "all" => None,
+        text => Some(Status::parse(text).ok_or_else(|| {
+            UiError::bad_request("Status must be active, disabled, expired, revoked or all.")
+        })?),
+    };
+    let search = params.q.trim();
+    query.search = (!search.is_empty()).then(|| search.to_owned());
+    query.cursor = (!params.cursor.is_empty()).then(|| params.cursor.clone());
+    let page = app.keygate.list(query).await?;
+    let counts = app.keygate.store().count_by_status(now).await?;
+    let status_option = |value: &str, label: String| {
+        html! { option value=(value) selected[params.status == value] { (label) } }
+    };
+    let body = html! {
+        div.toolbar {
+            form.search method="get" action="/admin/keys" role="search" {
+                label for="q" { "Search" }
+                input #q type="search" name="q" value=(search) placeholder="Name, owner or kg_4fT0";
+                label for="status" { "Status" }
+                select #status name="status" {
+                    (status_option("", format!("All ({})", counts.active + counts.disabled + counts.expired + counts.revoked)))
+                    (status_option("active", format!("Active ({})", counts.active)))
+                    (status_option("disabled", format!("Disabled ({})", counts.disabled)))
+                    (status_option("expired", format!("Expired ({})", counts.expired)))
+                    (status_option("revoked", format!("Revoked ({})", counts.revoked)))
+                }
+                button.button type="submit" { "Search" }
+            }
+            @if admin.can_manage {
+                a.button.primary href="/admin/keys/new" { "New key" }
+            }
+        }
+        @if page.items.is_empty() {
+            p.empty { "No keys match." }
+        } @else {
+            div.table-wrap {
+                table #keys {
+                    caption.visually-hidden { "Keys, newest first" }
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Start" } th scope="col" { "Owner" }
+                        th scope="col" { "Scopes" } th scope="col" { "Status" } th scope="col" { "Last used" }
+                        th scope="col" { "Created" } th scope="col" { "Expires" }
+                    } }
+                    tbody {
+                        @for key in &page.items {
+                            tr data-key-id=(key.id) {
+                                td data-label="Name" { a href={ "/admin/keys/" (key.id) } { (key.name) } }
+                                td data-label="Start" { code { (key.start) "…" } }
+                                td data-label="Owner" { @if let Some(o) = &key.owner { (o) } @else { span.muted { "—" } } }
+                                td data-label="Scopes" { (views::scopes(&key.scopes)) }
+                                td data-label="Status" { (views::status_badge(key.status(now))) }
+                                td data-label="Last used" { (views::time(key.last_used_at, "never")) }
+                                td data-label="Created" { (views::time(Some(key.created_at), "")) }
+                                td data-label="Expires" { (views::time(key.expires_at, "never")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (views::pager(
+            "/admin/keys",
+            &[("q", search.to_owned()), ("status", params.status.clone())],
+            page.next_cursor.as_deref(),
+            !params.cursor.is_empty(),
+        ))
+    };
+    Ok(views::page(admin.page(&app, Nav::Keys), "Keys", body).into_response())
+}
+
+/// The issue form's fields.
+#[derive(Debug, Deserialize, Default)]
+pub struct NewKey {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    scopes: String,
+    #[serde(default)]
+    expires_in: String,
+    #[serde(default)]
+    max_age: String,
+    #[serde(default)]
+    metadata: String,
+}
+
+/// `GET /admin/keys/new`.
+pub async fn new_form(State(app): State<AppState>, admin: Admin) -> Result<Response, UiError> {
+    if !admin.can_manage {
+        return Err(UiError::read_only());
+    }
+    Ok(new_key_page(&app, &admin, &NewKey::default(), None).into_response())
+}
+
+fn new_key_page(app: &AppState, admin: &Admin, form: &NewKey, error: Option<&str>) -> Markup {
+    let body = html! {
+        @if let Some(text) = error { p.error role="alert" #form-error { (text) } }
+        form.card.stack method="post" action="/admin/keys" {
+            (views::csrf_field(&admin.session.csrf))
+            label for="name" { "Name" span.req { " (required)" } }
+            input #name type="text" name="name" value=(form.name) required maxlength="200"
+                aria-describedby="name-help";
+            p.help #name-help { "What the key is for, e.g. \"billing service (prod)\"." }
+            label for="owner" { "Owner" }
+            input #owner type="text" name="owner" value=(form.owner) maxlength="200"
+                aria-describedby="owner-help";
+            p.help #owner-help { "Your user, team or customer id. Optional." }
+            label for="scopes" { "Scopes" }
+            input #scopes type="text" name="scopes" value=(form.scopes) aria-describedby="scopes-help"
+                placeholder="orders:read orders:write";
+            p.help #scopes-help { "Separated by spaces or commas. " code { "orders:*" } " grants every orders scope." }
+            label for="expires_in" { "Expires in" }
+            input #expires_in type="text" name="expires_in" value=(form.expires_in) list="lifetimes"
+                aria-describedby="expires-help" placeholder="never";
+            datalist #lifetimes { option value="7d"; option value="30d"; option value="90d"; option value="365d"; }
+            p.help #expires-help { "Empty for never, or a lifetime such as " code { "90d" } ", " code { "12h" } ", " code { "2w" } "." }
+            label for="max_age" { "Maximum age" }
+            input #max_age type="text" name="max_age" value=(form.max_age) aria-describedby="max-age-help";
+            p.help #max-age-help { "Optional: this key's own rotation policy, e.g. " code { "30d" } "." }
+            label for="metadata" { "Metadata" }
+            textarea #metadata name="metadata" rows="3" aria-describedby="metadata-help" { (form.metadata) }
+            p.help #metadata-help { "Optional JSON object, e.g. " code { "{\"plan\": \"pro\"}" } "." }
+            div.actions {
+                button.button.primary type="submit" { "Issue key" }
+                a.button href="/admin/keys" { "Cancel" }
+            }
+        }
+    };
+    views::page(admin.page(app, Nav::Keys), "New key", body)
+}
+
+fn split_scopes(text: &str) -> Vec<String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn optional(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+fn spec_of(form: &NewKey) -> Result<KeySpec, String> {
+    let expires = optional(&form.expires_in)
+        .filter(|t| t != "never")
+        .map(|t| Lifetime::parse(&t).map(Expiry::In))
+        .transpose()
+        .map_err(|e| format!("Expires in: {e}."))?;
+    let max_age = optional(&form.max_age)
+        .map(|t| Lifetime::parse(&t))
+        .transpose()
+        .map_err(|e| format!("Maximum age: {e}."))?;
+    let metadata = match optional(&form.metadata) {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err("Metadata: must be a JSON object such as {\"plan\": \"pro\"}.".into()),
+        },
+    };
+    Ok(KeySpec {
+        name: form.name.trim().to_owned(),
+        owner: optional(&form.owner),
+        scopes: split_scopes(&form.scopes),
+        metadata,
+        expires,
+        max_age,
+    })
+}
+
+/// `POST /admin/keys`: issue, then show the key once on its page.
+pub async fn create(State(app): State<AppState>, posted: Posted<NewKey>) -> Response {
+    let Posted { admin, form } = posted;
+    let spec = match spec_of(&form) {
+        Ok(spec) => spec,
+        Err(message) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                new_key_page(&app, &admin, &form, Some(&message)),
+            )
+                .into_response();
+        }
+    };
+    match app.keygate.issue(spec, &admin.audit).await {
+        Ok((record, key)) => {
+            tracing::info!(actor = %admin.audit.actor, key_id = %record.id, "key issued in the admin UI");
+            app.admin.sessions.flash(
+                &admin.session.id,
+                Flash::Secret {
+                    title: format!("New key \"{}\"", record.name),
+                    value: PlainSecret::Key(key),
+                    key: Some(record.id.clone()),
+                },
+            );
+            Redirect::to(&format!("/admin/keys/{}", record.id)).into_response()
+        }
+        Err(e) => {
+            let error = UiError::from(e);
+            if error.status == StatusCode::BAD_REQUEST {
+                (
+                    StatusCode::BAD_REQUEST,
+                    new_key_page(&app, &admin, &form, Some(&error.detail)),
+                )
+                    .into_response()
+            } else {
+                error.into_response()
+            }
+        }
+    }
+}
+
+/// The keys before and after `record` in its rotation chain, oldest first (at most ten each
+/// way).
+async fn chain(app: &AppState, record: &KeyRecord) -> Result<Vec<KeyRecord>, UiError> {
+    let mut before = Vec::new();
+    let mut at = record.rotated_from.clone();
+    while let Some(id) = at.take().filter(|_| before.len() < 10) {
+        if let Some(r) = app.keygate.get(&id).await? {
+            at = r.rotated_from.clone();
+            before.push(r);
+        }
+    }
+    before.reverse();
+    let mut after = Vec::new();
+    let mut at = record.rotated_to.clone();
+    while let Some(id) = at.take().filter(|_| after.len() < 10) {
+        if let Some(r) = app.keygate.get(&id).await? {
+            at = r.rotated_to.clone();
+            after.push(r);
+        }
+    }
+    before.push(record.clone());
+    before.extend(after);
+    Ok(before)
+}
+
+/// `GET /admin/keys/{id}`.
+pub async fn show(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    let record = load(&app, &id).await?;
+    let now = app.keygate.now();
+    let status = record.status(now);
+    let chain = chain(&app, &record).await?;
+    let events = app
+        .keygate
+        .audit_trail(&AuditQuery {
+            key_id: Some(record.id.clone()),
+            limit: 100,
+            newest_first: true,
+            ..AuditQuery::default()
+        })
+        .await?;
+    let revoked = record.revoked_at.is_some();
+    let body = html! {
+        div.detail-head {
+            (views::status_badge(status))
+            code.start { (record.start) "…" }
+        }
+        div.grid {
+            section.card aria-labelledby="about" {
+                h2 #about { "Key" }
+                dl.fields {
+                    dt { "Id" } dd { code #key-id { (record.id) } }
+                    dt { "Name" } dd { (record.name) }
+                    dt { "Owner" } dd { @if let Some(o) = &record.owner { (o) } @else { span.muted { "none" } } }
+                    dt { "Scopes" } dd { (views::scopes(&record.scopes)) }
+                    dt { "Status" } dd #key-status { (status.as_str()) @if !record.enabled && !revoked { " (disabled)" } }
+                    dt { "Created" } dd { (views::time(Some(record.created_at), "")) }
+                    dt { "Expires" } dd { (views::time(record.expires_at, "never")) }
+                    dt { "Last used" } dd { (views::time(record.last_used_at, "never")) }
+                    @if let Some(max_age) = record.max_age { dt { "Maximum age" } dd { (max_age) } }
+                    @if revoked {
+                        dt { "Revoked" } dd { (views::time(record.revoked_at, "")) }
+                        dt { "Reason" } dd { @if let Some(r) = &record.revoked_reason { (r) } @else { span.muted { "none given" } } }
+                    }
+                    @if let Some(at) = record.rotated_at { dt { "Rotated" } dd { (views::time(Some(at), "")) } }
+                    dt { "Metadata" } dd { (views::json_block(&Value::Object(record.metadata.clone()))) }
+                }
+            }
+            @if admin.can_manage && !revoked {
+                section.card aria-labelledby="actions" {
+                    h2 #actions { "Actions" }
+                    @if record.rotated_to.is_none() {
+                        form.stack method="post" action={ "/admin/keys/" (record.id) "/rotate" } {
+                            (views::csrf_field(&admin.session.csrf))
+                            label for="grace" { "Grace period for the old key" }
+                            input #grace type="text" name="grace" value="24h" aria-describedby="grace-help";
+                            p.help #grace-help { "How long this key keeps working after rotation: " code { "0" } " or e.g. " code { "24h" } ", " code { "7d" } "." }
+                            button.button #rotate type="submit" { "Rotate key" }
+                        }
+                    }
+                    form method="post" action={ "/admin/keys/" (record.id) "/enabled" } {
+                        (views::csrf_field(&admin.session.csrf))
+                        @if record.enabled {
+                            input type="hidden" name="enabled" value="false";
+                            button.button #disable type="submit" { "Disable key" }
+                        } @else {
+                            input type="hidden" name="enabled" value="true";
+                            button.button #enable type="submit" { "Enable key" }
+                        }
+                    }
+                    a.button.danger #revoke href={ "/admin/keys/" (record.id) "/revoke" } { "Revoke key…" }
+                }
+            }
+        }
+        @if chain.len() > 1 {
+            section aria-labelledby="chain" {
+                h2 #chain { "Rotation chain" }
+                ol.chain {
+                    @for key in &chain {
+                        li {
+                            @if key.id == record.id { strong { code { (key.id) } " (this key)" } }
+                            @else { (views::key_link(&key.id)) }
+                            " " (views::status_badge(key.status(now)))
+                            " created " (views::time(Some(key.created_at), ""))
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="events" {
+            h2 #events { "Audit events" }
+            (events_table(&events.items, false))
+            @if events.next_cursor.is_some() {
+                p { a href={ "/admin/audit?key=" (record.id) } { "All events of this key" } }
+            }
+        }
+    };
+    Ok(views::page(admin.page(&app, Nav::Keys), &record.name, body).into_response())
+}
+
+/// Audit events as a table, newest first; `with_key` adds a column linking each event's key.
+pub fn events_table(events: &[AuditEvent], with_key: bool) -> Markup {
+    html! {
+        @if events.is_empty() { p.empty { "No events." } }
+        @else {
+            div.table-wrap {
+                table.events {
+                    thead { tr {
+                        th scope="col" { "Time" } th scope="col" { "Event" } th scope="col" { "Actor" }
+                        @if with_key { th scope="col" { "Key" } }
+                        th scope="col" { "Details" }
+                    } }
+                    tbody {
+                        @for event in events {
+                            tr {
+                                td data-label="Time" { (views::time(Some(event.at), "")) }
+                                td data-label="Event" { code { (event.kind) } }
+                                td data-label="Actor" { (event.actor) }
+                                @if with_key {
+                                    td data-label="Key" { @if let Some(id) = &event.key_id { (views::key_link(id)) } @else { span.muted { "—" } } }
+                                }
+                                td data-label="Details" {
+                                    @if event.details.is_empty() { span.muted { "—" } }
+                                    @else {
+                                        details {
+                                            summary { (summary(&event.details)) }
+                                            (views::json_block(&Value::Object(event.details.clone())))
+                                        }
+                                    }
+                                    @if let Some(r) = &event.request_id { div.muted.small { "request " (r) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The changed fields' names, e.g. "name, enabled".
+fn summary(details: &Map<String, Value>) -> String {
+    let names: Vec<&str> = details.keys().map(String::as_str).take(4).collect();
+    let more = details.len().saturating_sub(4);
+    if more > 0 {
+        format!("{} +{more}", names.join(", "))
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `GET /admin/keys/{id}/revoke`: the confirmation.
+pub async fn revoke_form(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    if !admin.can_manage {
+        return Err(UiError::read_only());
+    }
+    let record = load(&app, &id).await?;
+    let body = html! {
+        form.card.stack method="post" action={ "/admin/keys/" (record.id) "/revoke" } {
+            (views::csrf_field(&admin.session.csrf))
+            p.warn {
+                "Revoking " strong { (record.name) } " (" code { (record.start) "…" } ") is final: "
+                "every request with it is refused from now on, on every node. It cannot be undone."
+            }
+            label for="reason" { "Reason" }
+            textarea #reason name="reason" rows="2" maxlength="500" aria-describedby="reason-help" {}
+            p.help #reason-help { "Kept with the key and in the audit log, e.g. \"leaked in a CI log\"." }
+            div.actions {
+                button.button.danger #confirm-revoke type="submit" { "Revoke key" }
+                a.button href={ "/admin/keys/" (record.id) } { "Cancel" }
+            }
+        }
+    };
+    Ok(views::page(admin.page(&app, Nav::Keys), "Revoke key", body).into_response())
+}
+
+/// The revoke form's fields.
+#[derive(Debug, Deserialize)]
+pub struct RevokeForm {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /admin/keys/{id}/revoke`.
+pub async fn revoke(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted<RevokeForm>,
+) -> Result<Response, UiError> {
+    let id = parse_id(&id)?;
+    let record = app
+        .keygate
+        .revoke(&id, optional(&posted.form.reason), &posted.admin.audit)
+        .await?;
+    tracing::info!(actor = %posted.admin.audit.actor, key_id = %record.id, "key revoked in the admin UI");
+    app.admin.sessions.flash(
+        &posted.admin.session.id,
+        Flash::Notice(format!("Key \"{}\" revoked.", record.name)),
+    );
+    Ok(Redirect::to(&format!("/admin/keys/{id}")).into_response())
+}
+
+/// The rotate form's fields.
+#[derive(Debug, Deserialize)]
+pub struct RotateForm {
+    #[serde(default)]
+    grace: String,
+}
+
+/// `POST /admin/keys/{id}/rotate`: issue the successor and show it once on its page.
+pub async fn rotate(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted<RotateForm>,
+) -> Result<Response, UiError> {
+    let id = parse_id(&id)?;
+    let grace = optional(&posted.form.grace).unwrap_or_else(|| "24h".to_owned());
+    let grace_ms = parse_grace(&grace).map_err(|e| {
+        UiError::bad_request(format!(
+            "Grace period: expected 0 or a duration such as 24h; {e}."
+        ))
+    })?;
+    let (old, new, key) = app
+        .keygate
+        .rotate(&id, grace_ms, &posted.admin.audit)
+        .await?;
+    tracing::info!(actor = %posted.admin.audit.actor, key_id = %old.id, successor = %new.id, "key rotated in the admin UI");
+    let session = &posted.admin.session.id;
+    app.admin.sessions.flash(
+        session,
+        Flash::Notice(match old.expires_at {
+            Some(at) => format!("Rotated. The old key ({}…) works until {at}.", old.start),
+            None => format!("Rotated. The old key ({}…) no longer works.", old.start),
+        }),
+    );
+    app.admin.sessions.flash(
+        session,
+        Flash::Secret {
+            title: format!("New key \"{}\"", new.name),
+            value: PlainSecret::Key(key),
+            key: Some(new.id.clone()),
+        },
+    );
+    Ok(Redirect::to(&format!("/admin/keys/{}", new.id)).into_response())
+}
+
+/// The enable/disable form's field.
+#[derive(Debug, Deserialize)]
+pub struct EnabledForm {
+    enabled: bool,
+}
+
+/// `POST /admin/keys/{id}/enabled`.
+pub async fn set_enabled(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted<EnabledForm>,
+) -> Result<Response, UiError> {
+    let id = parse_id(&id)?;
+    let patch = KeyPatch {
+        enabled: Some(posted.form.enabled),
+        ..KeyPatch::default()
+    };
+    let record = app.keygate.update(&id, patch, &posted.admin.audit).await?;
+    app.admin.sessions.flash(
+        &posted.admin.session.id,
+        Flash::Notice(format!(
+            "Key \"{}\" {}.",
+            record.name,
+            if record.enabled {
+                "enabled"
+            } else {
+                "disabled"
+            }
+        )),
+    );
+    Ok(Redirect::to(&format!("/admin/keys/{id}")).into_response())
+}

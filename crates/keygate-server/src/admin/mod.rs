@@ -1,0 +1,464 @@
+//! The admin web UI at `/admin`: server-rendered pages over the same [`Keygate`] calls as the
+//! JSON API. Sign-in with an admin key or a username and password, sessions with a CSRF token,
+//! read-only admins, and no asset from anywhere but keygate itself.
+//!
+//! Every state-changing request is a form POST taken through [`Posted`], which checks the
+//! session, the CSRF token and the right to change things before the handler runs.
+
+mod keys;
+pub mod password;
+pub mod session;
+mod signin;
+mod trail;
+mod views;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::middleware::map_response;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use keygate::core::scope::AdminAction;
+use keygate::core::{Actor, Audit, Status};
+use keygate::store::StoreError;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{AppState, RequestId};
+use session::{COOKIE, Principal, SessionView, Sessions, Throttle, tokens_match};
+
+/// The admin UI's own state: this node's sessions and sign-in throttle.
+#[derive(Debug)]
+pub struct AdminUi {
+    /// Signed-in sessions.
+    pub sessions: Sessions,
+    /// Failed sign-ins per address.
+    pub throttle: Throttle,
+    /// Mark cookies `Secure` even without `X-Forwarded-Proto: https`.
+    pub secure_cookies: bool,
+}
+
+impl AdminUi {
+    /// Sessions ending after `idle` without a request.
+    pub fn new(idle: Duration, secure_cookies: bool) -> Self {
+        Self {
+            sessions: Sessions::new(idle),
+            throttle: Throttle::default(),
+            secure_cookies,
+        }
+    }
+}
+
+/// The `/admin` routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(home))
+        .route("/admin/", get(home))
+        .route("/admin/login", get(signin::form).post(signin::submit))
+        .route("/admin/logout", post(signin::sign_out))
+        .route("/admin/keys", get(keys::list).post(keys::create))
+        .route("/admin/keys/new", get(keys::new_form))
+        .route("/admin/keys/{id}", get(keys::show))
+        .route(
+            "/admin/keys/{id}/revoke",
+            get(keys::revoke_form).post(keys::revoke),
+        )
+        .route("/admin/keys/{id}/rotate", post(keys::rotate))
+        .route("/admin/keys/{id}/enabled", post(keys::set_enabled))
+        .route("/admin/audit", get(trail::audit))
+        .route(
+            "/admin/webhooks",
+            get(trail::webhooks).post(trail::add_webhook),
+        )
+        .route("/admin/webhooks/{id}", get(trail::deliveries))
+        .route("/admin/assets/admin.css", get(css))
+        .route("/admin/assets/admin.js", get(js))
+        .route("/admin/{*rest}", get(not_found).post(not_found))
+        .layer(map_response(protect))
+}
+
+async fn home() -> Redirect {
+    Redirect::to("/admin/keys")
+}
+
+async fn not_found() -> UiError {
+    UiError::new(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such page in the admin UI.",
+    )
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/admin.css"))
+}
+
+async fn js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/admin.js"),
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Headers on every admin response: nothing from elsewhere may load or frame the pages, and
+/// no page (one may hold a new key) is stored by the browser or a proxy.
+async fn protect(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let set = |headers: &mut HeaderMap, name: &'static str, value: &'static str| {
+        headers.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        headers,
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(headers, "x-frame-options", "DENY");
+    set(headers, "x-content-type-options", "nosniff");
+    set(headers, "referrer-policy", "no-referrer");
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        set(headers, "cache-control", "no-store");
+    }
+    response
+}
+
+/// An error page.
+#[derive(Debug)]
+pub struct UiError {
+    status: StatusCode,
+    title: String,
+    detail: String,
+    retry_after: Option<u64>,
+}
+
+impl UiError {
+    /// A page with `status`, a title and what to do about it.
+    pub fn new(status: StatusCode, title: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            title: title.into(),
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Invalid input", detail)
+    }
+
+    fn csrf() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Form refused",
+            "This form was not sent from a current keygate page (its security token is missing \
+             or stale), so nothing was changed. Go back, reload the page and try again.",
+        )
+    }
+
+    fn read_only() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "Read-only access",
+            "You are signed in read-only: you can look at everything but change nothing.",
+        )
+    }
+
+    fn no_such_key() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "No such key",
+            "There is no key with that id.",
+        )
+    }
+}
+
+impl From<StoreError> for UiError {
+    fn from(e: StoreError) -> Self {
+        let problem = crate::api::error::ApiError::from(e).0;
+        Self::new(
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            problem.title,
+            capitalized(&problem.detail),
+        )
+    }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            views::error_page(self.status, &self.title, &self.detail),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// A signed-in person, checked again against the store on every request: a session ends as
+/// soon as its key stops being an active admin key or its user's password or role changes.
+#[derive(Debug)]
+pub struct Admin {
+    /// The session.
+    pub session: SessionView,
+    /// How the page names them.
+    pub display: String,
+    /// Whether they may change things (else read-only).
+    pub can_manage: bool,
+    /// The audit context of their changes.
+    pub audit: Audit,
+}
+
+impl Admin {
+    /// The context a page is drawn with; takes the session's one-time messages.
+    fn page(&self, app: &AppState, nav: views::Nav) -> views::Ctx {
+        views::Ctx {
+            who: self.display.clone(),
+            read_only: !self.can_manage,
+            csrf: self.session.csrf.clone(),
+            flashes: app.admin.sessions.take_flashes(&self.session.id),
+            nav,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
+        let request_id = RequestId::from_request_parts(parts, app)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let session = cookie(&parts.headers, COOKIE)
+            .and_then(|token| app.admin.sessions.find(token))
+            .ok_or_else(|| to_sign_in(parts))?;
+        let now = app.keygate.now();
+        let checked = match &session.principal {
+            Principal::Key(id) => app
+                .keygate
+                .get(id)
+                .await
+                .map_err(|e| UiError::from(e).into_response())?
+                .filter(|r| {
+                    r.status(now) == Status::Active && AdminAction::Read.permitted(&r.scopes)
+                })
+                .map(|r| {
+                    (
+                        format!("{} ({})", r.name, r.start),
+                        AdminAction::Manage.permitted(&r.scopes),
+                        Actor::Admin(r.id),
+                    )
+                }),
+            Principal::User { name, since } => app
+                .keygate
+                .store()
+                .get_admin_user(name)
+                .await
+                .map_err(|e| UiError::from(e).into_response())?
+                .filter(|u| u.updated_at == *since)
+                .map(|u| (u.username.clone(), !u.read_only, Actor::User(u.username))),
+        };
+        let Some((display, can_manage, actor)) = checked else {
+            app.admin.sessions.end(&session.id);
+            return Err(to_sign_in(parts));
+        };
+        Ok(Self {
+            session,
+            display,
+            can_manage,
+            audit: Audit::by(actor).in_request(request_id.0.as_ref()),
+        })
+    }
+}
+
+/// To the sign-in page, coming back here afterwards (for a page, not a form post).
+fn to_sign_in(parts: &Parts) -> Response {
+    let next = (parts.method == Method::GET)
+        .then(|| parts.uri.path_and_query().map(|p| p.as_str().to_owned()))
+        .flatten()
+        .filter(|p| safe_next(p));
+    let location = match next {
+        Some(next) => format!(
+            "/admin/login?{}",
+            serde_urlencoded::to_string([("next", next)]).unwrap_or_default()
+        ),
+        None => "/admin/login".to_owned(),
+    };
+    Redirect::to(&location).into_response()
+}
+
+/// Whether `next` is a page of the admin UI to return to after sign-in (never elsewhere).
+pub fn safe_next(next: &str) -> bool {
+    next.starts_with("/admin/")
+        && !next.starts_with("/admin/login")
+        && !next.contains("//")
+        && !next.contains('\\')
+        && next.len() <= 1000
+}
+
+/// A state-changing form, accepted only from a signed-in admin who may change things, with
+/// the session's CSRF token in the `csrf` field. The body is form-encoded (at most 64 KiB).
+#[derive(Debug)]
+pub struct Posted<T> {
+    /// Who posted it.
+    pub admin: Admin,
+    /// The form's fields.
+    pub form: T,
+}
+
+#[derive(Deserialize, Default)]
+struct CsrfField {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The fields of a form body, the CSRF token checked against `expected`.
+async fn form_body<T: DeserializeOwned>(
+    request: Request,
+    app: &AppState,
+    expected: &str,
+) -> Result<T, UiError> {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(UiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Not a form",
+            "This address takes a form submitted from a keygate page.",
+        ));
+    }
+    let bytes = Bytes::from_request(request, app)
+        .await
+        .map_err(|_| UiError::bad_request("The form is too large (at most 64 KiB)."))?;
+    let csrf: CsrfField = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+    if !tokens_match(&csrf.csrf, expected) {
+        return Err(UiError::csrf());
+    }
+    serde_urlencoded::from_bytes(&bytes)
+        .map_err(|e| UiError::bad_request(format!("The form could not be read: {e}.")))
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, app: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let admin = Admin::from_request_parts(&mut parts, app).await?;
+        let request = Request::from_parts(parts, body);
+        let form = form_body(request, app, &admin.session.csrf)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !admin.can_manage {
+            return Err(UiError::read_only().into_response());
+        }
+        Ok(Self { admin, form })
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, `Secure` when asked; `max_age` 0 deletes.
+fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+}
+
+/// Whether cookies must be `Secure`: configured so, or the request came over https through a
+/// proxy.
+fn secure(app: &AppState, headers: &HeaderMap) -> bool {
+    app.admin.secure_cookies
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+/// The peer's address (not `X-Forwarded-For`, which any client can write).
+fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_inside_the_admin_ui() {
+        assert!(safe_next("/admin/keys?status=active"));
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/admin/",
+            "/admin//evil",
+            "/admin/\\evil",
+            "/v1/keys",
+            "/admin/login?next=/admin/keys",
+        ] {
+            assert!(!safe_next(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_read_from_any_cookie_header() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("keygate_session=xyz"),
+        );
+        assert_eq!(cookie(&headers, "b"), Some("2"));
+        assert_eq!(cookie(&headers, COOKIE), Some("xyz"));
+        assert_eq!(cookie(&headers, "c"), None);
+        let set = set_cookie(COOKIE, "t", "/admin", 60, true);
+        let set = set.to_str().unwrap();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.ends_with("Secure")
+        );
+    }
+}

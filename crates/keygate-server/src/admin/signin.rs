@@ -1,0 +1,330 @@
+//! Signing in (with an admin key, or a username and password) and out. Failed attempts are
+//! throttled per address and written to the audit trail as `admin.sign_in_failed`; the key
+//! or password presented is never written anywhere.
+
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use http::{HeaderValue, StatusCode, header};
+use keygate::core::scope::AdminAction;
+use keygate::core::{Actor, Audit, AuditEvent, EventKind, Outcome};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::session::{ABSOLUTE_LIFETIME, COOKIE, Principal, SIGNIN_COOKIE, random_token};
+use super::{Admin, client_ip, cookie, form_body, password, safe_next, secure, set_cookie, views};
+use crate::api::{AppState, RequestId};
+
+/// `GET /admin/login` query.
+#[derive(Debug, Deserialize)]
+pub struct SignInQuery {
+    #[serde(default)]
+    next: Option<String>,
+    #[serde(default)]
+    signed_out: Option<String>,
+}
+
+/// The sign-in form's fields.
+#[derive(Debug, Deserialize, Default)]
+pub struct SignInForm {
+    #[serde(default)]
+    method: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// `GET /admin/login`: the sign-in page (or on to the keys, if signed in already).
+pub async fn form(State(app): State<AppState>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let query: SignInQuery = Query::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or(SignInQuery {
+            next: None,
+            signed_out: None,
+        });
+    let next = query.next.filter(|n| safe_next(n)).unwrap_or_default();
+    if Admin::from_request_parts(&mut parts, &app).await.is_ok() {
+        let to = if next.is_empty() {
+            "/admin/keys"
+        } else {
+            &next
+        };
+        return Redirect::to(to).into_response();
+    }
+    let token = cookie(&parts.headers, SIGNIN_COOKIE)
+        .filter(|t| t.len() == 43)
+        .map_or_else(random_token, str::to_owned);
+    let notice = query.signed_out.is_some().then_some("You are signed out.");
+    let mut response = sign_in_page(StatusCode::OK, &token, &next, notice, None).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(
+            SIGNIN_COOKIE,
+            &token,
+            "/admin/login",
+            3600,
+            secure(&app, &parts.headers),
+        ),
+    );
+    response
+}
+
+fn sign_in_page(
+    status: StatusCode,
+    csrf: &str,
+    next: &str,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> (StatusCode, Markup) {
+    let hidden = |method: &str| {
+        html! {
+            (views::csrf_field(csrf))
+            input type="hidden" name="method" value=(method);
+            input type="hidden" name="next" value=(next);
+        }
+    };
+    let body = html! {
+        @if let Some(text) = notice { p.notice role="status" { (text) } }
+        @if let Some(text) = error { p.error role="alert" #signin-error { (text) } }
+        div.signin {
+            form.card method="post" action="/admin/login" aria-labelledby="with-key" {
+                h2 #with-key { "With an admin key" }
+                (hidden("key"))
+                label for="key" { "Admin key" }
+                input #key type="password" name="key" required autocomplete="off" spellcheck="false"
+                    aria-describedby="key-help";
+                p.help #key-help { "A key with the scope " code { "keygate:admin" } ", or "
+                    code { "keygate:read" } " for a read-only view." }
+                button.button.primary type="submit" { "Sign in with key" }
+            }
+            form.card method="post" action="/admin/login" aria-labelledby="with-password" {
+                h2 #with-password { "With a username and password" }
+                (hidden("password"))
+                label for="username" { "Username" }
+                input #username type="text" name="username" required autocomplete="username"
+                    autocapitalize="none" spellcheck="false";
+                label for="password" { "Password" }
+                input #password type="password" name="password" required autocomplete="current-password";
+                p.help { "Set with " code { "keygate admin set-password <username>" } "." }
+                button.button.primary type="submit" { "Sign in" }
+            }
+        }
+    };
+    (status, views::bare_page("Sign in", body))
+}
+
+/// `POST /admin/login`.
+pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let request_id = RequestId::from_request_parts(&mut parts, &app)
+        .await
+        .unwrap_or_else(|never| match never {});
+    let ip = client_ip(&parts);
+    let secure = secure(&app, &parts.headers);
+    let expected = cookie(&parts.headers, SIGNIN_COOKIE)
+        .unwrap_or_default()
+        .to_owned();
+    let form: SignInForm = match form_body(Request::from_parts(parts, body), &app, &expected).await
+    {
+        Ok(form) => form,
+        Err(e) => return e.into_response(),
+    };
+    let next = Some(form.next.clone())
+        .filter(|n| safe_next(n))
+        .unwrap_or_else(|| "/admin/keys".to_owned());
+    let refuse = |status: StatusCode, message: &str| {
+        sign_in_page(status, &expected, &form.next, None, Some(message)).into_response()
+    };
+    if let Err(wait) = app.admin.throttle.check(ip) {
+        let secs = wait.as_secs().max(1);
+        let mut response = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many failed sign-ins from your address. Try again in {secs} s."),
+        );
+        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let checked = match form.method.as_str() {
+        "key" => by_key(&app, &form.key).await,
+        "password" => by_password(&app, &form.username, &form.password).await,
+        _ => Err(Refusal::new("UNKNOWN_METHOD", Map::new())),
+    };
+    let mut details = Map::new();
+    details.insert("method".into(), json!(form.method));
+    details.insert("address".into(), json!(ip.to_string()));
+    match checked {
+        Ok((principal, actor, read_only)) => {
+            app.admin.throttle.succeeded(ip);
+            let token = app.admin.sessions.start(principal);
+            details.insert("read_only".into(), json!(read_only));
+            let audit = Audit::by(actor.clone()).in_request(request_id.0.as_ref());
+            let mut event = AuditEvent::about_admin(
+                EventKind::AdminSignedIn,
+                &audit,
+                app.keygate.now(),
+                details,
+            );
+            if let Actor::Admin(id) = actor {
+                event.key_id = Some(id);
+            }
+            record(&app, &event).await;
+            tracing::info!(actor = %audit.actor, request_id = %request_id.0, "signed in to the admin UI");
+            let mut response = Redirect::to(&next).into_response();
+            let headers = response.headers_mut();
+            let lifetime = ABSOLUTE_LIFETIME.as_secs();
+            headers.append(
+                header::SET_COOKIE,
+                set_cookie(COOKIE, &token, "/admin", lifetime, secure),
+            );
+            headers.append(
+                header::SET_COOKIE,
+                set_cookie(SIGNIN_COOKIE, "", "/admin/login", 0, secure),
+            );
+            response
+        }
+        Err(refusal) => {
+            let (failures, wait) = app.admin.throttle.failed(ip);
+            details.insert("reason".into(), json!(refusal.reason));
+            details.insert("failures".into(), json!(failures));
+            if let Some(wait) = wait {
+                details.insert("locked_for_s".into(), json!(wait.as_secs()));
+            }
+            details.extend(refusal.details);
+            let audit = Audit::by(Actor::Anonymous).in_request(request_id.0.as_ref());
+            let event = AuditEvent::about_admin(
+                EventKind::AdminSignInFailed,
+                &audit,
+                app.keygate.now(),
+                details,
+            );
+            record(&app, &event).await;
+            tracing::warn!(request_id = %request_id.0, reason = refusal.reason, %ip, failures, "admin UI sign-in refused");
+            let message = if form.method == "password" {
+                "That username and password do not match."
+            } else {
+                "That key cannot sign in: it must be a valid, active key with keygate:admin or keygate:read."
+            };
+            refuse(StatusCode::UNAUTHORIZED, message)
+        }
+    }
+}
+
+/// Why a sign-in was refused, for the audit trail (never the key or password).
+struct Refusal {
+    reason: &'static str,
+    details: Map<String, Value>,
+}
+
+impl Refusal {
+    fn new(reason: &'static str, details: Map<String, Value>) -> Self {
+        Self { reason, details }
+    }
+}
+
+async fn by_key(app: &AppState, presented: &str) -> Result<(Principal, Actor, bool), Refusal> {
+    let presented = presented.trim();
+    let verification = app
+        .keygate
+        .verify::<&str>(presented, &[])
+        .await
+        .map_err(|_| Refusal::new("STORE_UNAVAILABLE", Map::new()))?;
+    let key = match verification.key {
+        Some(key) if verification.outcome == Outcome::Valid => key,
+        found => {
+            let mut details = Map::new();
+            if let Some(key) = found {
+                details.insert("key_id".into(), json!(key.id()));
+            }
+            return Err(Refusal::new(verification.outcome.code(), details));
+        }
+    };
+    if !AdminAction::Read.permitted(key.scopes()) {
+        let mut details = Map::new();
+        details.insert("key_id".into(), json!(key.id()));
+        return Err(Refusal::new("INSUFFICIENT_SCOPE", details));
+    }
+    let read_only = !AdminAction::Manage.permitted(key.scopes());
+    Ok((
+        Principal::Key(key.id().clone()),
+        Actor::Admin(key.id().clone()),
+        read_only,
+    ))
+}
+
+async fn by_password(
+    app: &AppState,
+    username: &str,
+    password: &str,
+) -> Result<(Principal, Actor, bool), Refusal> {
+    let mut details = Map::new();
+    if keygate::core::admin::check_username(username).is_ok() {
+        details.insert("username".into(), json!(username));
+    }
+    let user = if details.is_empty() {
+        None
+    } else {
+        app.keygate
+            .store()
+            .get_admin_user(username)
+            .await
+            .map_err(|_| Refusal::new("STORE_UNAVAILABLE", Map::new()))?
+    };
+    // Hash even for an unknown user, so the time taken does not tell which names exist.
+    let phc = user
+        .as_ref()
+        .map_or_else(|| password::decoy().to_owned(), |u| u.password_hash.clone());
+    let given = password.to_owned();
+    let matched = password.len() <= keygate::core::admin::MAX_PASSWORD
+        && tokio::task::spawn_blocking(move || password::matches(&given, &phc))
+            .await
+            .unwrap_or(false);
+    match user {
+        Some(user) if matched => Ok((
+            Principal::User {
+                name: user.username.clone(),
+                since: user.updated_at,
+            },
+            Actor::User(user.username),
+            user.read_only,
+        )),
+        Some(_) => Err(Refusal::new("WRONG_PASSWORD", details)),
+        None => Err(Refusal::new("UNKNOWN_USER", details)),
+    }
+}
+
+async fn record(app: &AppState, event: &AuditEvent) {
+    if let Err(e) = app.keygate.store().append_event(event).await {
+        tracing::warn!(error = %e, kind = %event.kind, "could not record a sign-in event");
+    }
+}
+
+/// `POST /admin/logout`: ends the session (read-only admins may too).
+pub async fn sign_out(State(app): State<AppState>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let secure = secure(&app, &parts.headers);
+    let admin = match Admin::from_request_parts(&mut parts, &app).await {
+        Ok(admin) => admin,
+        Err(response) => return response,
+    };
+    if let Err(e) =
+        form_body::<Map<String, Value>>(Request::from_parts(parts, body), &app, &admin.session.csrf)
+            .await
+    {
+        return e.into_response();
+    }
+    app.admin.sessions.end(&admin.session.id);
+    let mut response = Redirect::to("/admin/login?signed_out=1").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(COOKIE, "", "/admin", 0, secure),
+    );
+    response
+}
