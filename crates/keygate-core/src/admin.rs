@@ -38,6 +38,69 @@ impl std::fmt::Debug for AdminUser {
     }
 }
 
+/// Who an admin-UI session belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Signed in with an admin key (`keygate:admin`, or `keygate:read` for a read-only view).
+    Key(crate::KeyId),
+    /// Signed in with a username and password; the session ends if the user changes after
+    /// `since` (a new password or role).
+    User {
+        /// Username.
+        name: String,
+        /// The user's `updated_at` at sign-in.
+        since: Timestamp,
+    },
+}
+
+impl Principal {
+    /// The stored form: `key:<key id>`, or `user:<updated_at ms>:<username>`.
+    pub fn encode(&self) -> String {
+        match self {
+            Self::Key(id) => format!("key:{id}"),
+            Self::User { name, since } => format!("user:{}:{name}", since.unix_ms()),
+        }
+    }
+
+    /// Reads [`Principal::encode`]'s form.
+    pub fn decode(text: &str) -> Option<Self> {
+        if let Some(id) = text.strip_prefix("key:") {
+            return crate::KeyId::parse(id).map(Self::Key);
+        }
+        let (since, name) = text.strip_prefix("user:")?.split_once(':')?;
+        Some(Self::User {
+            name: name.to_owned(),
+            since: Timestamp::from_unix_ms(since.parse().ok()?)?,
+        })
+    }
+}
+
+/// An admin-UI session as stored. The session's token lives only in the browser's cookie;
+/// the store keeps its SHA-256 as `id`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminSession {
+    /// SHA-256 of the cookie's token.
+    pub id: [u8; 32],
+    /// Who signed in.
+    pub principal: Principal,
+    /// The token every state-changing form must carry.
+    pub csrf: String,
+    /// When the session began.
+    pub created_at: Timestamp,
+    /// The last request seen (updated at most every few seconds).
+    pub last_seen_at: Timestamp,
+}
+
+impl std::fmt::Debug for AdminSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSession")
+            .field("principal", &self.principal)
+            .field("created_at", &self.created_at)
+            .field("last_seen_at", &self.last_seen_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Checks a username; the error says what is wrong.
 pub fn check_username(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_USERNAME {
@@ -80,6 +143,23 @@ mod tests {
         assert!(check_password("short").is_err());
         assert!(check_password("twelve chars").is_ok());
         assert!(check_password(&"p".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn principals_round_trip() {
+        let t = Timestamp::from_unix_ms(1_767_225_600_000).unwrap();
+        for p in [
+            Principal::Key(crate::KeyId::generate(t)),
+            Principal::User {
+                name: "a:b@c".into(),
+                since: t,
+            },
+        ] {
+            assert_eq!(Principal::decode(&p.encode()), Some(p));
+        }
+        for bad in ["", "key:nope", "user:x:ada", "user:12", "admin:key_x"] {
+            assert_eq!(Principal::decode(bad), None, "{bad}");
+        }
     }
 
     #[test]

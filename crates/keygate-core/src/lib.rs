@@ -26,7 +26,7 @@ pub mod scope;
 pub mod time;
 pub mod webhook;
 
-pub use admin::AdminUser;
+pub use admin::{AdminSession, AdminUser};
 pub use audit::{Actor, Audit, AuditEvent, EventKind};
 pub use format::{
     KeyHash, ParseError, ParsedKey, PlainKey, Prefix, generate, parse, parse_with_prefix,

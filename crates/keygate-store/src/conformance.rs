@@ -52,7 +52,8 @@ macro_rules! conformance_suite {
             sealed_successors_go_only_to_secret_endpoints,
             the_sweep_filter_reads_only_candidates,
             search_matches_name_owner_or_start,
-            admin_users_are_set_replaced_and_audited
+            admin_users_are_set_replaced_and_audited,
+            admin_sessions_live_end_and_hand_out_messages_once
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -1095,4 +1096,89 @@ pub async fn admin_users_are_set_replaced_and_audited(store: Arc<dyn Store>) {
     assert!(events[1].key_id.is_none());
     let text = serde_json::to_string(&events).expect("json");
     assert!(!text.contains("argon2id"), "no hash in the trail");
+}
+
+/// Sessions are stored by id, touched forward only, ended with their messages, purged when
+/// idle or old; each message is taken once, in order.
+pub async fn admin_sessions_live_end_and_hand_out_messages_once(store: Arc<dyn Store>) {
+    use keygate_core::AdminSession;
+    use keygate_core::admin::Principal;
+    let session = |n: u8, principal: Principal, created: i64| AdminSession {
+        id: [n; 32],
+        principal,
+        csrf: format!("csrf-{n}"),
+        created_at: at(created),
+        last_seen_at: at(created),
+    };
+    let key = session(1, Principal::Key(KeyId::generate(now())), 0);
+    let user = session(
+        2,
+        Principal::User {
+            name: "ada".into(),
+            since: at(-5),
+        },
+        1_000,
+    );
+    for s in [&key, &user] {
+        store.create_session(s).await.expect("create");
+        assert_eq!(
+            store.get_session(&s.id).await.expect("get").as_ref(),
+            Some(s)
+        );
+    }
+    assert!(store.create_session(&key).await.is_err(), "ids are unique");
+    assert!(store.get_session(&[9; 32]).await.expect("get").is_none());
+
+    store.touch_session(&key.id, at(500)).await.expect("touch");
+    store.touch_session(&key.id, at(100)).await.expect("touch");
+    let touched = store
+        .get_session(&key.id)
+        .await
+        .expect("get")
+        .expect("live");
+    assert_eq!(touched.last_seen_at, at(500), "never backwards");
+
+    store.push_flash(&key.id, "first").await.expect("flash");
+    store.push_flash(&key.id, "second").await.expect("flash");
+    store.push_flash(&user.id, "theirs").await.expect("flash");
+    let (a, b) = tokio::join!(store.take_flashes(&key.id), store.take_flashes(&key.id));
+    let mut taken = a.expect("take");
+    taken.extend(b.expect("take"));
+    assert_eq!(taken, ["first", "second"], "each once, in order");
+    assert!(store.take_flashes(&key.id).await.expect("take").is_empty());
+
+    // Ending a session drops it and its messages.
+    store.end_session(&user.id).await.expect("end");
+    assert!(store.get_session(&user.id).await.expect("get").is_none());
+    assert!(store.take_flashes(&user.id).await.expect("take").is_empty());
+
+    // Purging: idle ones, and ones begun too long ago however active.
+    let fresh = session(3, Principal::Key(KeyId::generate(now())), 10_000);
+    let old_but_active = session(4, Principal::Key(KeyId::generate(now())), -50_000);
+    for s in [&fresh, &old_but_active] {
+        store.create_session(s).await.expect("create");
+    }
+    store
+        .touch_session(&old_but_active.id, at(20_000))
+        .await
+        .expect("touch");
+    store
+        .push_flash(&key.id, "lost with its session")
+        .await
+        .expect("flash");
+    let purged = store
+        .purge_sessions(at(5_000), at(-10_000))
+        .await
+        .expect("purge");
+    assert_eq!(purged, 2, "the idle one (1) and the old one (4)");
+    assert!(store.get_session(&key.id).await.expect("get").is_none());
+    assert!(
+        store
+            .get_session(&old_but_active.id)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(store.get_session(&fresh.id).await.expect("get").is_some());
+    assert!(store.take_flashes(&key.id).await.expect("take").is_empty());
 }

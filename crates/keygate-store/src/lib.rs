@@ -26,8 +26,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keygate_core::webhook::{Delivery, Endpoint};
 use keygate_core::{
-    AdminUser, Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, RecordError,
-    Status, Timestamp,
+    AdminSession, AdminUser, Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord,
+    RecordError, Status, Timestamp,
 };
 
 #[cfg(feature = "bench")]
@@ -325,6 +325,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The admin-UI user called `username`.
     async fn get_admin_user(&self, username: &str) -> Result<Option<AdminUser>, StoreError>;
+
+    /// Stores a new admin-UI session.
+    async fn create_session(&self, session: &AdminSession) -> Result<(), StoreError>;
+
+    /// The session whose token hashes to `id`.
+    async fn get_session(&self, id: &[u8; 32]) -> Result<Option<AdminSession>, StoreError>;
+
+    /// Records a request in session `id` at `at`.
+    async fn touch_session(&self, id: &[u8; 32], at: Timestamp) -> Result<(), StoreError>;
+
+    /// Ends session `id` (and drops its messages).
+    async fn end_session(&self, id: &[u8; 32]) -> Result<(), StoreError>;
+
+    /// Ends every session idle since before `idle_before` or begun before `begun_before`;
+    /// returns how many.
+    async fn purge_sessions(
+        &self,
+        idle_before: Timestamp,
+        begun_before: Timestamp,
+    ) -> Result<u64, StoreError>;
+
+    /// Queues a (sealed) one-time message for session `id`'s next page.
+    async fn push_flash(&self, id: &[u8; 32], sealed: &str) -> Result<(), StoreError>;
+
+    /// Takes session `id`'s messages, oldest first: a message is returned once, to one caller.
+    async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError>;
 
     /// Pending deliveries whose next attempt is due at `now`, oldest first.
     async fn due_deliveries(&self, now: Timestamp, limit: u32)

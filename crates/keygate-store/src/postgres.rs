@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keygate_core::{
-    AdminUser, Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime,
-    Timestamp,
+    AdminSession, AdminUser, Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord,
+    Lifetime, Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
@@ -378,6 +378,108 @@ impl Store for PostgresStore {
         .await
         .map_err(backend)?;
         row.map(AdminUser::try_from).transpose()
+    }
+
+    async fn create_session(&self, session: &AdminSession) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO admin_sessions ({}) VALUES ($1, $2, $3, $4, $5)",
+            sql::SESSION_COLUMNS
+        )))
+        .bind(session.id.to_vec())
+        .bind(session.principal.encode())
+        .bind(session.csrf.clone())
+        .bind(session.created_at.unix_ms())
+        .bind(session.last_seen_at.unix_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_session(&self, id: &[u8; 32]) -> Result<Option<AdminSession>, StoreError> {
+        let row: Option<sql::SessionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM admin_sessions WHERE id = $1",
+            sql::SESSION_COLUMNS
+        )))
+        .bind(id.to_vec())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(AdminSession::try_from).transpose()
+    }
+
+    async fn touch_session(&self, id: &[u8; 32], at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE admin_sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1",
+        )
+        .bind(at.unix_ms())
+        .bind(id.to_vec())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn end_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for statement in [
+            "DELETE FROM admin_flashes WHERE session_id = $1",
+            "DELETE FROM admin_sessions WHERE id = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(id.to_vec())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn purge_sessions(
+        &self,
+        idle_before: Timestamp,
+        begun_before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query(
+            "DELETE FROM admin_flashes WHERE session_id IN (SELECT id FROM admin_sessions \
+             WHERE last_seen_at < $1 OR created_at < $2)",
+        )
+        .bind(idle_before.unix_ms())
+        .bind(begun_before.unix_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let done =
+            sqlx::query("DELETE FROM admin_sessions WHERE last_seen_at < $1 OR created_at < $2")
+                .bind(idle_before.unix_ms())
+                .bind(begun_before.unix_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn push_flash(&self, id: &[u8; 32], sealed: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO admin_flashes (session_id, sealed) VALUES ($1, $2)")
+            .bind(id.to_vec())
+            .bind(sealed.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError> {
+        let mut taken: Vec<(i64, String)> =
+            sqlx::query_as("DELETE FROM admin_flashes WHERE session_id = $1 RETURNING id, sealed")
+                .bind(id.to_vec())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        taken.sort_by_key(|(n, _)| *n);
+        Ok(taken.into_iter().map(|(_, sealed)| sealed).collect())
     }
 
     async fn due_deliveries(

@@ -448,6 +448,34 @@ impl TryFrom<AdminUserRow> for keygate_core::AdminUser {
     }
 }
 
+/// An admin-UI session row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SessionRow {
+    id: Vec<u8>,
+    principal: String,
+    csrf: String,
+    created_at: i64,
+    last_seen_at: i64,
+}
+
+/// Columns of [`SessionRow`].
+pub(crate) const SESSION_COLUMNS: &str = "id, principal, csrf, created_at, last_seen_at";
+
+impl TryFrom<SessionRow> for keygate_core::AdminSession {
+    type Error = StoreError;
+
+    fn try_from(r: SessionRow) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt("admin session".into());
+        Ok(Self {
+            id: r.id.try_into().map_err(|_| corrupt())?,
+            principal: keygate_core::admin::Principal::decode(&r.principal).ok_or_else(corrupt)?,
+            csrf: r.csrf,
+            created_at: Timestamp::from_unix_ms(r.created_at).ok_or_else(corrupt)?,
+            last_seen_at: Timestamp::from_unix_ms(r.last_seen_at).ok_or_else(corrupt)?,
+        })
+    }
+}
+
 /// The `admin.password_set` event for `user`: name and role, never the hash.
 pub(crate) fn password_set_event(
     user: &keygate_core::AdminUser,

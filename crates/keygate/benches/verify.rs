@@ -130,6 +130,30 @@ impl Store for Counting {
     ) -> Result<Option<keygate::core::AdminUser>, StoreError> {
         self.inner.get_admin_user(username).await
     }
+    async fn create_session(&self, s: &keygate::core::AdminSession) -> Result<(), StoreError> {
+        self.inner.create_session(s).await
+    }
+    async fn get_session(
+        &self,
+        id: &[u8; 32],
+    ) -> Result<Option<keygate::core::AdminSession>, StoreError> {
+        self.inner.get_session(id).await
+    }
+    async fn touch_session(&self, id: &[u8; 32], at: Timestamp) -> Result<(), StoreError> {
+        self.inner.touch_session(id, at).await
+    }
+    async fn end_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+        self.inner.end_session(id).await
+    }
+    async fn purge_sessions(&self, idle: Timestamp, begun: Timestamp) -> Result<u64, StoreError> {
+        self.inner.purge_sessions(idle, begun).await
+    }
+    async fn push_flash(&self, id: &[u8; 32], sealed: &str) -> Result<(), StoreError> {
+        self.inner.push_flash(id, sealed).await
+    }
+    async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError> {
+        self.inner.take_flashes(id).await
+    }
     async fn due_deliveries(
         &self,
         now: Timestamp,

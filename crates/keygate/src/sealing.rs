@@ -27,6 +27,11 @@ impl SealingKey {
         Ok(Self(bytes))
     }
 
+    /// From 32 bytes already random (or derived from a random secret).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     fn key(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("32-byte AES-256 key"))
     }

@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::session::{Flash, PlainSecret};
+use super::session::{Flash, Secret};
 use super::views::{self, Nav};
 use super::{Admin, Posted, UiError};
 use crate::api::AppState;
@@ -117,7 +117,7 @@ pub async fn list(
             !params.cursor.is_empty(),
         ))
     };
-    Ok(views::page(admin.page(&app, Nav::Keys), "Keys", body).into_response())
+    Ok(views::page(admin.page(&app, Nav::Keys).await, "Keys", body).into_response())
 }
 
 /// The issue form's fields.
@@ -142,10 +142,12 @@ pub async fn new_form(State(app): State<AppState>, admin: Admin) -> Result<Respo
     if !admin.can_manage {
         return Err(UiError::read_only());
     }
-    Ok(new_key_page(&app, &admin, &NewKey::default(), None).into_response())
+    Ok(new_key_page(&app, &admin, &NewKey::default(), None)
+        .await
+        .into_response())
 }
 
-fn new_key_page(app: &AppState, admin: &Admin, form: &NewKey, error: Option<&str>) -> Markup {
+async fn new_key_page(app: &AppState, admin: &Admin, form: &NewKey, error: Option<&str>) -> Markup {
     let body = html! {
         @if let Some(text) = error { p.error role="alert" #form-error { (text) } }
         form.card.stack method="post" action="/admin/keys" {
@@ -179,7 +181,7 @@ fn new_key_page(app: &AppState, admin: &Admin, form: &NewKey, error: Option<&str
             }
         }
     };
-    views::page(admin.page(app, Nav::Keys), "New key", body)
+    views::page(admin.page(app, Nav::Keys).await, "New key", body)
 }
 
 fn split_scopes(text: &str) -> Vec<String> {
@@ -222,44 +224,39 @@ fn spec_of(form: &NewKey) -> Result<KeySpec, String> {
 }
 
 /// `POST /admin/keys`: issue, then show the key once on its page.
-pub async fn create(State(app): State<AppState>, posted: Posted<NewKey>) -> Response {
+pub async fn create(
+    State(app): State<AppState>,
+    posted: Posted<NewKey>,
+) -> Result<Response, UiError> {
     let Posted { admin, form } = posted;
-    let spec = match spec_of(&form) {
-        Ok(spec) => spec,
-        Err(message) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                new_key_page(&app, &admin, &form, Some(&message)),
-            )
-                .into_response();
-        }
+    let issued = match spec_of(&form) {
+        Ok(spec) => app
+            .keygate
+            .issue(spec, &admin.audit)
+            .await
+            .map_err(UiError::from),
+        Err(message) => Err(UiError::bad_request(message)),
     };
-    match app.keygate.issue(spec, &admin.audit).await {
-        Ok((record, key)) => {
-            tracing::info!(actor = %admin.audit.actor, key_id = %record.id, "key issued in the admin UI");
-            app.admin.sessions.flash(
-                &admin.session.id,
-                Flash::Secret {
-                    title: format!("New key \"{}\"", record.name),
-                    value: PlainSecret::Key(key),
-                    key: Some(record.id.clone()),
-                },
-            );
-            Redirect::to(&format!("/admin/keys/{}", record.id)).into_response()
+    let (record, key) = match issued {
+        Ok(issued) => issued,
+        Err(error) if error.status == StatusCode::BAD_REQUEST => {
+            let page = new_key_page(&app, &admin, &form, Some(&error.detail)).await;
+            return Ok((StatusCode::BAD_REQUEST, page).into_response());
         }
-        Err(e) => {
-            let error = UiError::from(e);
-            if error.status == StatusCode::BAD_REQUEST {
-                (
-                    StatusCode::BAD_REQUEST,
-                    new_key_page(&app, &admin, &form, Some(&error.detail)),
-                )
-                    .into_response()
-            } else {
-                error.into_response()
-            }
-        }
-    }
+        Err(error) => return Err(error),
+    };
+    tracing::info!(actor = %admin.audit.actor, key_id = %record.id, "key issued in the admin UI");
+    admin
+        .flash(
+            &app,
+            Flash::Secret {
+                title: format!("New key \"{}\"", record.name),
+                value: Secret::new(key.expose()),
+                key: Some(record.id.to_string()),
+            },
+        )
+        .await?;
+    Ok(Redirect::to(&format!("/admin/keys/{}", record.id)).into_response())
 }
 
 /// The keys before and after `record` in its rotation chain, oldest first (at most ten each
@@ -382,7 +379,7 @@ pub async fn show(
             }
         }
     };
-    Ok(views::page(admin.page(&app, Nav::Keys), &record.name, body).into_response())
+    Ok(views::page(admin.page(&app, Nav::Keys).await, &record.name, body).into_response())
 }
 
 /// Audit events as a table, newest first; `with_key` adds a column linking each event's key.
@@ -462,7 +459,7 @@ pub async fn revoke_form(
             }
         }
     };
-    Ok(views::page(admin.page(&app, Nav::Keys), "Revoke key", body).into_response())
+    Ok(views::page(admin.page(&app, Nav::Keys).await, "Revoke key", body).into_response())
 }
 
 /// The revoke form's fields.
@@ -484,10 +481,13 @@ pub async fn revoke(
         .revoke(&id, optional(&posted.form.reason), &posted.admin.audit)
         .await?;
     tracing::info!(actor = %posted.admin.audit.actor, key_id = %record.id, "key revoked in the admin UI");
-    app.admin.sessions.flash(
-        &posted.admin.session.id,
-        Flash::Notice(format!("Key \"{}\" revoked.", record.name)),
-    );
+    posted
+        .admin
+        .flash(
+            &app,
+            Flash::Notice(format!("Key \"{}\" revoked.", record.name)),
+        )
+        .await?;
     Ok(Redirect::to(&format!("/admin/keys/{id}")).into_response())
 }
 
@@ -516,22 +516,26 @@ pub async fn rotate(
         .rotate(&id, grace_ms, &posted.admin.audit)
         .await?;
     tracing::info!(actor = %posted.admin.audit.actor, key_id = %old.id, successor = %new.id, "key rotated in the admin UI");
-    let session = &posted.admin.session.id;
-    app.admin.sessions.flash(
-        session,
-        Flash::Notice(match old.expires_at {
-            Some(at) => format!("Rotated. The old key ({}…) works until {at}.", old.start),
-            None => format!("Rotated. The old key ({}…) no longer works.", old.start),
-        }),
-    );
-    app.admin.sessions.flash(
-        session,
-        Flash::Secret {
-            title: format!("New key \"{}\"", new.name),
-            value: PlainSecret::Key(key),
-            key: Some(new.id.clone()),
-        },
-    );
+    let admin = &posted.admin;
+    admin
+        .flash(
+            &app,
+            Flash::Notice(match old.expires_at {
+                Some(at) => format!("Rotated. The old key ({}…) works until {at}.", old.start),
+                None => format!("Rotated. The old key ({}…) no longer works.", old.start),
+            }),
+        )
+        .await?;
+    admin
+        .flash(
+            &app,
+            Flash::Secret {
+                title: format!("New key \"{}\"", new.name),
+                value: Secret::new(key.expose()),
+                key: Some(new.id.to_string()),
+            },
+        )
+        .await?;
     Ok(Redirect::to(&format!("/admin/keys/{}", new.id)).into_response())
 }
 
@@ -553,17 +557,20 @@ pub async fn set_enabled(
         ..KeyPatch::default()
     };
     let record = app.keygate.update(&id, patch, &posted.admin.audit).await?;
-    app.admin.sessions.flash(
-        &posted.admin.session.id,
-        Flash::Notice(format!(
-            "Key \"{}\" {}.",
-            record.name,
-            if record.enabled {
-                "enabled"
-            } else {
-                "disabled"
-            }
-        )),
-    );
+    posted
+        .admin
+        .flash(
+            &app,
+            Flash::Notice(format!(
+                "Key \"{}\" {}.",
+                record.name,
+                if record.enabled {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+            )),
+        )
+        .await?;
     Ok(Redirect::to(&format!("/admin/keys/{id}")).into_response())
 }

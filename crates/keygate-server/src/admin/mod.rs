@@ -239,14 +239,32 @@ pub struct Admin {
 
 impl Admin {
     /// The context a page is drawn with; takes the session's one-time messages.
-    fn page(&self, app: &AppState, nav: views::Nav) -> views::Ctx {
+    async fn page(&self, app: &AppState, nav: views::Nav) -> views::Ctx {
+        let flashes = app
+            .admin
+            .sessions
+            .take_flashes(app.keygate.store().as_ref(), &self.session)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not read the session's messages");
+                Vec::new()
+            });
         views::Ctx {
             who: self.display.clone(),
             read_only: !self.can_manage,
             csrf: self.session.csrf.clone(),
-            flashes: app.admin.sessions.take_flashes(&self.session.id),
+            flashes,
             nav,
         }
+    }
+
+    /// Queues a one-time message for this person's next page.
+    async fn flash(&self, app: &AppState, flash: session::Flash) -> Result<(), UiError> {
+        app.admin
+            .sessions
+            .flash(app.keygate.store().as_ref(), &self.session, &flash)
+            .await
+            .map_err(UiError::from)
     }
 }
 
@@ -257,10 +275,18 @@ impl FromRequestParts<AppState> for Admin {
         let request_id = RequestId::from_request_parts(parts, app)
             .await
             .unwrap_or_else(|never| match never {});
-        let session = cookie(&parts.headers, COOKIE)
-            .and_then(|token| app.admin.sessions.find(token))
-            .ok_or_else(|| to_sign_in(parts))?;
         let now = app.keygate.now();
+        let store = app.keygate.store().as_ref();
+        let found = match cookie(&parts.headers, COOKIE) {
+            Some(token) => app
+                .admin
+                .sessions
+                .find(store, token, now)
+                .await
+                .map_err(|e| UiError::from(e).into_response())?,
+            None => None,
+        };
+        let session = found.ok_or_else(|| to_sign_in(parts))?;
         let checked = match &session.principal {
             Principal::Key(id) => app
                 .keygate
@@ -287,7 +313,11 @@ impl FromRequestParts<AppState> for Admin {
                 .map(|u| (u.username.clone(), !u.read_only, Actor::User(u.username))),
         };
         let Some((display, can_manage, actor)) = checked else {
-            app.admin.sessions.end(&session.id);
+            app.admin
+                .sessions
+                .end(store, &session.id)
+                .await
+                .map_err(|e| UiError::from(e).into_response())?;
             return Err(to_sign_in(parts));
         };
         Ok(Self {

@@ -1,9 +1,12 @@
-//! Admin-UI sessions and sign-in throttling, kept in this node's memory.
+//! Admin-UI sessions, in the store (so that every node behind a load balancer knows them),
+//! and the sign-in throttle, in this node's memory.
 //!
 //! A session is found by the SHA-256 of its cookie's random token (the token itself is not
-//! kept), carries its own CSRF token, ends after an idle timeout or twelve hours, and holds
-//! one-time messages ("flashes"): a new key's plaintext waits there between the form that
-//! issued it and the page that shows it, and is gone once shown.
+//! stored), carries its own CSRF token, and ends after an idle timeout or twelve hours. It
+//! holds one-time messages ("flashes"): a new key's plaintext waits there between the form
+//! that issued it and the page that shows it, sealed (AES-256-GCM) under a key derived from
+//! the session token, which only the browser holds — so the database never holds it
+//! readably — and it is deleted as it is shown.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,9 +15,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keygate::core::{KeyId, PlainKey, Timestamp};
+use keygate::core::{AdminSession, Timestamp};
+use keygate::sealing::SealingKey;
+use keygate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+pub use keygate::core::admin::Principal;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "keygate_session";
@@ -23,78 +31,47 @@ pub const SIGNIN_COOKIE: &str = "keygate_signin";
 /// The longest a session lives, however active.
 pub const ABSOLUTE_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// Who signed in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// With an admin key (`keygate:admin`, or `keygate:read` for a read-only view).
-    Key(KeyId),
-    /// With a username and password; the session ends if the user changes after `since`.
-    User {
-        /// Username.
-        name: String,
-        /// The user's `updated_at` at sign-in.
-        since: Timestamp,
-    },
-}
-
 /// A one-time message for the next page.
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Flash {
     /// A secret to show exactly once (a new key, a webhook signing secret).
     Secret {
         /// What it is, e.g. "New key".
         title: String,
         /// The secret.
-        value: PlainSecret,
-        /// The key it belongs to, if it is a key.
-        key: Option<KeyId>,
+        value: Secret,
+        /// The id of the key it is, if it is a key.
+        key: Option<String>,
     },
     /// A confirmation such as "Key revoked".
     Notice(String),
 }
 
-/// A secret held only until shown; `Debug` never shows it.
-pub enum PlainSecret {
-    /// An API key.
-    Key(PlainKey),
-    /// Any other secret text.
-    Text(String),
-}
+/// Secret text, held only until shown; `Debug` never shows it.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
 
-impl PlainSecret {
+impl Secret {
+    /// Wraps `text`.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
     /// The secret text, to put in the page that shows it once.
     pub fn expose(&self) -> &str {
-        match self {
-            Self::Key(key) => key.expose(),
-            Self::Text(text) => text,
-        }
+        &self.0
     }
 }
 
-impl std::fmt::Debug for Flash {
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Secret { title, key, .. } => f
-                .debug_struct("Secret")
-                .field("title", title)
-                .field("key", key)
-                .field("value", &"<redacted>")
-                .finish(),
-            Self::Notice(text) => f.debug_tuple("Notice").field(text).finish(),
-        }
+        f.write_str("Secret([redacted])")
     }
-}
-
-#[derive(Debug)]
-struct Session {
-    principal: Principal,
-    csrf: String,
-    created: Instant,
-    last_seen: Instant,
-    flashes: Vec<Flash>,
 }
 
 /// What a request learns of its session.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionView {
     /// The session's id (the hash of its token).
     pub id: [u8; 32],
@@ -102,13 +79,23 @@ pub struct SessionView {
     pub principal: Principal,
     /// The token every state-changing form must carry.
     pub csrf: String,
+    /// The cookie's token: the key to the session's sealed messages. Never stored.
+    token: String,
 }
 
-/// Every session of this node.
+impl std::fmt::Debug for SessionView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionView")
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts, finds and ends sessions in the store.
 #[derive(Debug)]
 pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Session>>,
     idle: Duration,
+    last_purge: Mutex<Option<Instant>>,
 }
 
 /// A random 256-bit token, URL-safe base64.
@@ -122,85 +109,134 @@ fn id_of(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The key sealing a session's messages: derived from its token, so the store cannot open
+/// them.
+fn flash_key(token: &str) -> SealingKey {
+    let mut hash = Sha256::new();
+    hash.update(b"keygate admin flash v1\0");
+    hash.update(token.as_bytes());
+    SealingKey::from_bytes(hash.finalize().into())
+}
+
 /// Whether two tokens are equal, in time independent of where they differ.
 pub fn tokens_match(given: &str, expected: &str) -> bool {
     !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Sessions {
-    /// No sessions; each ends after `idle` without a request.
+    /// Sessions ending after `idle` without a request.
     pub fn new(idle: Duration) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
             idle,
+            last_purge: Mutex::new(None),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn alive(&self, session: &Session, now: Instant) -> bool {
-        now.duration_since(session.last_seen) < self.idle
-            && now.duration_since(session.created) < ABSOLUTE_LIFETIME
+    fn alive(&self, session: &AdminSession, now: Timestamp) -> bool {
+        now.unix_ms() - session.last_seen_at.unix_ms() < ms(self.idle)
+            && now.unix_ms() - session.created_at.unix_ms() < ms(ABSOLUTE_LIFETIME)
     }
 
     /// Starts a session for `principal` and returns its cookie token (a fresh one: a token
-    /// planted before sign-in is never promoted).
-    pub fn start(&self, principal: Principal) -> String {
+    /// planted before sign-in is never promoted). Clears out dead sessions now and then.
+    pub async fn start(
+        &self,
+        store: &dyn Store,
+        principal: Principal,
+        now: Timestamp,
+    ) -> Result<String, StoreError> {
+        let purge = {
+            let mut last = self.last_purge.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if purge {
+            let before =
+                |d: Duration| Timestamp::from_unix_ms(now.unix_ms() - ms(d)).unwrap_or(now);
+            store
+                .purge_sessions(before(self.idle), before(ABSOLUTE_LIFETIME))
+                .await?;
+        }
         let token = random_token();
-        let now = Instant::now();
-        let mut map = self.lock();
-        map.retain(|_, s| self.alive(s, now));
-        map.insert(
-            id_of(&token),
-            Session {
+        store
+            .create_session(&AdminSession {
+                id: id_of(&token),
                 principal,
                 csrf: random_token(),
-                created: now,
-                last_seen: now,
-                flashes: Vec::new(),
-            },
-        );
-        token
+                created_at: now,
+                last_seen_at: now,
+            })
+            .await?;
+        Ok(token)
     }
 
-    /// The live session of `token`, marked as used now; an expired one is removed.
-    pub fn find(&self, token: &str) -> Option<SessionView> {
+    /// The live session of `token`, marked as used; an expired one is ended.
+    pub async fn find(
+        &self,
+        store: &dyn Store,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionView>, StoreError> {
         let id = id_of(token);
-        let now = Instant::now();
-        let mut map = self.lock();
-        let session = map.get_mut(&id)?;
-        if !self.alive(session, now) {
-            map.remove(&id);
-            return None;
+        let Some(session) = store.get_session(&id).await? else {
+            return Ok(None);
+        };
+        if !self.alive(&session, now) {
+            store.end_session(&id).await?;
+            return Ok(None);
         }
-        session.last_seen = now;
-        Some(SessionView {
+        // Written at most every quarter of the idle time (and every 30 s), not per request.
+        let every = ms(self.idle / 4).min(30_000);
+        if now.unix_ms() - session.last_seen_at.unix_ms() >= every {
+            store.touch_session(&id, now).await?;
+        }
+        Ok(Some(SessionView {
             id,
-            principal: session.principal.clone(),
-            csrf: session.csrf.clone(),
-        })
+            principal: session.principal,
+            csrf: session.csrf,
+            token: token.to_owned(),
+        }))
     }
 
     /// Ends a session (sign-out, or its principal lost its rights).
-    pub fn end(&self, id: &[u8; 32]) {
-        self.lock().remove(id);
+    pub async fn end(&self, store: &dyn Store, id: &[u8; 32]) -> Result<(), StoreError> {
+        store.end_session(id).await
     }
 
-    /// Queues a message for the session's next page.
-    pub fn flash(&self, id: &[u8; 32], flash: Flash) {
-        if let Some(session) = self.lock().get_mut(id) {
-            session.flashes.push(flash);
-        }
+    /// Queues a message for the session's next page, sealed.
+    pub async fn flash(
+        &self,
+        store: &dyn Store,
+        session: &SessionView,
+        flash: &Flash,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(flash).unwrap_or_default();
+        let sealed = flash_key(&session.token).seal(&text);
+        store.push_flash(&session.id, &sealed).await
     }
 
-    /// Takes the session's messages: each is shown once.
-    pub fn take_flashes(&self, id: &[u8; 32]) -> Vec<Flash> {
-        self.lock()
-            .get_mut(id)
-            .map(|s| std::mem::take(&mut s.flashes))
-            .unwrap_or_default()
+    /// Takes the session's messages: each is shown once. A message that cannot be opened
+    /// (it cannot happen without tampering) is dropped.
+    pub async fn take_flashes(
+        &self,
+        store: &dyn Store,
+        session: &SessionView,
+    ) -> Result<Vec<Flash>, StoreError> {
+        let key = flash_key(&session.token);
+        Ok(store
+            .take_flashes(&session.id)
+            .await?
+            .iter()
+            .filter_map(|sealed| key.open(sealed))
+            .filter_map(|text| serde_json::from_str(&text).ok())
+            .collect())
     }
 }
 
@@ -276,31 +312,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sessions_are_found_by_token_and_ended() {
-        let sessions = Sessions::new(Duration::from_secs(60));
-        let t = Timestamp::from_unix_ms(0).unwrap();
-        let token = sessions.start(Principal::User {
-            name: "ada".into(),
-            since: t,
-        });
-        let view = sessions.find(&token).expect("live");
-        assert!(sessions.find("not-a-token").is_none());
-        assert_eq!(view.csrf.len(), 43);
-        sessions.flash(&view.id, Flash::Notice("hello".into()));
-        assert_eq!(sessions.take_flashes(&view.id).len(), 1);
-        assert!(sessions.take_flashes(&view.id).is_empty(), "shown once");
-        sessions.end(&view.id);
-        assert!(sessions.find(&token).is_none());
-    }
-
-    #[test]
-    fn idle_sessions_end() {
-        let sessions = Sessions::new(Duration::from_millis(1));
-        let token = sessions.start(Principal::Key(KeyId::generate(
-            Timestamp::from_unix_ms(0).unwrap(),
-        )));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(sessions.find(&token).is_none());
+    fn flashes_are_sealed_under_the_session_token() {
+        let flash = Flash::Secret {
+            title: "New key".into(),
+            value: Secret::new("kg_supersecret"),
+            key: None,
+        };
+        let text = serde_json::to_string(&flash).unwrap();
+        let sealed = flash_key("token-a").seal(&text);
+        assert!(!sealed.contains("supersecret"));
+        assert_eq!(
+            flash_key("token-a").open(&sealed).as_deref(),
+            Some(text.as_str())
+        );
+        assert_eq!(flash_key("token-b").open(&sealed), None);
     }
 
     #[test]
@@ -340,7 +365,7 @@ mod tests {
     fn flash_debug_hides_the_secret() {
         let flash = Flash::Secret {
             title: "Webhook secret".into(),
-            value: PlainSecret::Text("whsec_supersecret".into()),
+            value: Secret::new("whsec_supersecret"),
             key: None,
         };
         assert!(!format!("{flash:?}").contains("supersecret"));

@@ -163,7 +163,16 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
     match checked {
         Ok((principal, actor, read_only)) => {
             app.admin.throttle.succeeded(ip);
-            let token = app.admin.sessions.start(principal);
+            let store = app.keygate.store().as_ref();
+            let token = match app
+                .admin
+                .sessions
+                .start(store, principal, app.keygate.now())
+                .await
+            {
+                Ok(token) => token,
+                Err(e) => return super::UiError::from(e).into_response(),
+            };
             details.insert("read_only".into(), json!(read_only));
             let audit = Audit::by(actor.clone()).in_request(request_id.0.as_ref());
             let mut event = AuditEvent::about_admin(
@@ -320,7 +329,14 @@ pub async fn sign_out(State(app): State<AppState>, request: Request) -> Response
     {
         return e.into_response();
     }
-    app.admin.sessions.end(&admin.session.id);
+    if let Err(e) = app
+        .admin
+        .sessions
+        .end(app.keygate.store().as_ref(), &admin.session.id)
+        .await
+    {
+        return super::UiError::from(e).into_response();
+    }
     let mut response = Redirect::to("/admin/login?signed_out=1").into_response();
     response.headers_mut().append(
         header::SET_COOKIE,

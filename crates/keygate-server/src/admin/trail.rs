@@ -9,7 +9,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::keys::events_table;
-use super::session::{Flash, PlainSecret};
+use super::session::{Flash, Secret};
 use super::views::{self, Nav};
 use super::{Admin, Posted, UiError};
 use crate::api::AppState;
@@ -89,7 +89,7 @@ pub async fn audit(
             !params.cursor.is_empty(),
         ))
     };
-    Ok(views::page(admin.page(&app, Nav::Audit), "Audit log", body).into_response())
+    Ok(views::page(admin.page(&app, Nav::Audit).await, "Audit log", body).into_response())
 }
 
 /// `GET /admin/webhooks`: the endpoints and (for admins) a form to add one.
@@ -137,7 +137,7 @@ pub async fn webhooks(State(app): State<AppState>, admin: Admin) -> Result<Respo
             }
         }
     };
-    Ok(views::page(admin.page(&app, Nav::Webhooks), "Webhooks", body).into_response())
+    Ok(views::page(admin.page(&app, Nav::Webhooks).await, "Webhooks", body).into_response())
 }
 
 /// The add-endpoint form's fields.
@@ -173,14 +173,16 @@ pub async fn add_webhook(
             &admin.audit,
         )
         .await?;
-    app.admin.sessions.flash(
-        &admin.session.id,
-        Flash::Secret {
-            title: format!("Signing secret of {}", endpoint.url),
-            value: PlainSecret::Text(endpoint.secret.clone()),
-            key: None,
-        },
-    );
+    admin
+        .flash(
+            &app,
+            Flash::Secret {
+                title: format!("Signing secret of {}", endpoint.url),
+                value: Secret::new(endpoint.secret.clone()),
+                key: None,
+            },
+        )
+        .await?;
     Ok(Redirect::to(&format!("/admin/webhooks/{}", endpoint.id)).into_response())
 }
 
@@ -234,7 +236,12 @@ pub async fn deliveries(
         }
         p { a href="/admin/webhooks" { "All endpoints" } }
     };
-    Ok(views::page(admin.page(&app, Nav::Webhooks), "Webhook deliveries", body).into_response())
+    Ok(views::page(
+        admin.page(&app, Nav::Webhooks).await,
+        "Webhook deliveries",
+        body,
+    )
+    .into_response())
 }
 
 /// The event type a delivery carries (its payload's `type`, or Slack text's absence of one).

@@ -647,3 +647,56 @@ fn sessions_end_when_idle_or_when_the_key_is_revoked_and_cookies_follow_https() 
     );
     assert_eq!(location(&reply), "/admin/keys");
 }
+
+#[test]
+fn sessions_and_the_one_time_key_work_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _url, admin) = started(&dir, &[]);
+    let b = Server::start(&dir.path().join("keygate.db"), &[], &[]);
+    let mut on_a = Ui::new(&a);
+    assert_eq!(on_a.sign_in_key(&admin).status, 303);
+    // The same browser, its next requests sent to the other node.
+    let mut on_b = Ui::new(&b);
+    on_b.cookies = on_a.cookies.clone();
+    let page = on_b.get("/admin/keys/new");
+    assert_eq!(page.status, 200, "node b knows the session");
+    let created = on_b.post(
+        "/admin/keys",
+        &[("csrf", &Ui::csrf(&page)), ("name", "made on b")],
+    );
+    assert_eq!(created.status, 303, "{}", created.text());
+    let shown = on_a.get(location(&created));
+    assert!(
+        shown.text().contains("data-secret"),
+        "node a shows the key issued on b"
+    );
+    assert!(
+        !on_b.get(location(&created)).text().contains("data-secret"),
+        "once in all"
+    );
+    // The sealed message never sat readable in the database.
+    let key = shown
+        .text()
+        .split("data-secret>")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap()
+        .to_owned();
+    let db = std::fs::read(dir.path().join("keygate.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("keygate.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes
+                .windows(key.len() - 3)
+                .any(|w| w == &key.as_bytes()[3..])
+        );
+    }
+    // Signing out on b ends the session on a too.
+    let page = on_b.get("/admin/keys");
+    assert_eq!(
+        on_b.post("/admin/logout", &[("csrf", &Ui::csrf(&page))])
+            .status,
+        303
+    );
+    assert_eq!(on_a.get("/admin/keys").status, 303);
+}

@@ -99,15 +99,27 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// The text of the first element matching `css` once it contains `want`, waiting (up to
+/// 10 s) through page loads: right after a click the old page may still be there.
+async fn wait_text(c: &Client, css: &str, want: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..100 {
+        if let Ok(element) = c.find(Locator::Css(css)).await
+            && let Ok(text) = element.text().await
+        {
+            if text.contains(want) {
+                return text;
+            }
+            last = text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css} never showed {want:?}; last seen {last:?}");
+}
+
+/// The text of an element that only the next page has.
 async fn text_of(c: &Client, css: &str) -> String {
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    wait_text(c, css, "").await
 }
 
 async fn click(c: &Client, css: &str) {
@@ -157,7 +169,7 @@ async fn admin_ui_in_chromium() {
 
     // Signing in: the UI sends us to the sign-in page, then back.
     c.goto(&format!("{base}/admin")).await.unwrap();
-    assert_eq!(text_of(&c, "h1").await, "Sign in");
+    wait_text(&c, "h1", "Sign in").await;
     assert!(
         c.current_url()
             .await
@@ -165,14 +177,16 @@ async fn admin_ui_in_chromium() {
             .path()
             .ends_with("/admin/login")
     );
+    let shots = artifacts();
+    std::fs::write(shots.join("sign-in.png"), c.screenshot().await.unwrap()).unwrap();
     fill(&c, "#key", &admin).await;
     click(&c, "form[aria-labelledby=with-key] button[type=submit]").await;
-    assert_eq!(text_of(&c, "h1").await, "Keys");
-    assert!(text_of(&c, "#keys").await.contains("orders service"));
+    wait_text(&c, "h1", "Keys").await;
+    wait_text(&c, "#keys", "orders service").await;
 
     // Issue a key in the form; it is shown once, with a working copy button.
     click(&c, "a[href='/admin/keys/new']").await;
-    assert_eq!(text_of(&c, "h1").await, "New key");
+    wait_text(&c, "h1", "New key").await;
     fill(&c, "#name", "browser-made key").await;
     fill(&c, "#owner", "acct_browser").await;
     fill(&c, "#scopes", "orders:read orders:write").await;
@@ -195,7 +209,7 @@ async fn admin_ui_in_chromium() {
 
     // Reload: gone.
     c.refresh().await.unwrap();
-    assert_eq!(text_of(&c, "h1").await, "browser-made key");
+    wait_text(&c, "h1", "browser-made key").await;
     assert!(
         c.find_all(Locator::Css("#secret-value"))
             .await
@@ -203,6 +217,7 @@ async fn admin_ui_in_chromium() {
             .is_empty()
     );
     assert!(!c.source().await.unwrap().contains(&key));
+    std::fs::write(shots.join("key-detail.png"), c.screenshot().await.unwrap()).unwrap();
 
     // The key works against the API.
     let verified = server
@@ -218,11 +233,11 @@ async fn admin_ui_in_chromium() {
 
     // Revoke it in the UI, with a confirmation and a reason.
     click(&c, "#revoke").await;
-    assert_eq!(text_of(&c, "h1").await, "Revoke key");
+    wait_text(&c, "h1", "Revoke key").await;
     fill(&c, "#reason", "revoked from the browser test").await;
     click(&c, "#confirm-revoke").await;
-    assert!(text_of(&c, ".notice").await.contains("revoked"));
-    assert_eq!(text_of(&c, "#key-status").await, "revoked");
+    wait_text(&c, ".notice", "revoked").await;
+    wait_text(&c, "#key-status", "revoked").await;
     assert!(
         c.source()
             .await
@@ -252,7 +267,7 @@ async fn admin_ui_in_chromium() {
     .await
     .unwrap();
     click(&c, "#disable").await;
-    assert_eq!(text_of(&c, "h1").await, "Form refused");
+    wait_text(&c, "h1", "Form refused").await;
     assert_eq!(
         keygate_json(&url, &["keys", "show", victim_id, "--json"])["status"],
         "active"
@@ -276,7 +291,6 @@ async fn admin_ui_in_chromium() {
     // Screenshots of the keys list: desktop, and a phone (no sideways scrolling).
     c.goto(&format!("{base}/admin/keys")).await.unwrap();
     text_of(&c, "#keys").await;
-    let shots = artifacts();
     std::fs::write(shots.join("keys-list.png"), c.screenshot().await.unwrap()).unwrap();
     c.set_window_size(390, 844).await.unwrap();
     c.goto(&format!("{base}/admin/keys")).await.unwrap();
@@ -303,7 +317,7 @@ async fn admin_ui_in_chromium() {
     // Sign out.
     c.set_window_size(1280, 900).await.unwrap();
     click(&c, "header form[action='/admin/logout'] button").await;
-    assert!(text_of(&c, ".notice").await.contains("signed out"));
+    wait_text(&c, ".notice", "signed out").await;
     c.close().await.unwrap();
 
     let logs = server.logs();
