@@ -1,7 +1,7 @@
 //! The key pages: list and search, detail (with rotation chain and audit events), issue,
 //! revoke, rotate, disable and enable.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use http::StatusCode;
 use keygate::core::{
@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::session::{Flash, Secret};
 use super::views::{self, Nav};
-use super::{Admin, Posted, UiError};
+use super::{Admin, PageQuery, Posted, UiError};
 use crate::api::AppState;
 
 /// Keys per page in the list.
@@ -44,7 +44,7 @@ async fn load(app: &AppState, raw: &str) -> Result<KeyRecord, UiError> {
 pub async fn list(
     State(app): State<AppState>,
     admin: Admin,
-    Query(params): Query<ListParams>,
+    PageQuery(params): PageQuery<ListParams>,
 ) -> Result<Response, UiError> {
     let now = app.keygate.now();
     let mut query = ListQuery::new(now);

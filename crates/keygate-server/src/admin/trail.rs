@@ -1,7 +1,7 @@
 //! The audit log page (filters, newest first) and the webhooks pages (endpoints, adding one,
 //! each endpoint's delivery log).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use keygate::core::{EventKind, KeyId, Timestamp};
 use keygate::store::AuditQuery;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::keys::events_table;
 use super::session::{Flash, Secret};
 use super::views::{self, Nav};
-use super::{Admin, Posted, UiError};
+use super::{Admin, PageQuery, Posted, UiError};
 use crate::api::AppState;
 
 /// `GET /admin/audit` query.
@@ -31,7 +31,7 @@ pub struct AuditParams {
 pub async fn audit(
     State(app): State<AppState>,
     admin: Admin,
-    Query(params): Query<AuditParams>,
+    PageQuery(params): PageQuery<AuditParams>,
 ) -> Result<Response, UiError> {
     let kind = match params.kind.as_str() {
         "" => None,

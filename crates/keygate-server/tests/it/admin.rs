@@ -700,3 +700,75 @@ fn sessions_and_the_one_time_key_work_across_nodes() {
     );
     assert_eq!(on_a.get("/admin/keys").status, 303);
 }
+
+#[test]
+fn the_keys_list_pages_searches_and_filters_and_the_audit_log_is_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _url, admin) = started(&dir, &[]);
+    for n in 0..30 {
+        let owner = if n % 3 == 0 {
+            "acct_three"
+        } else {
+            "acct_other"
+        };
+        server
+            .json(
+                "POST",
+                "/v1/keys",
+                &admin,
+                &json!({"name": format!("svc-{n:02}"), "owner": owner}),
+            )
+            .expect(201);
+    }
+    let mut ui = Ui::new(&server);
+    assert_eq!(ui.sign_in_key(&admin).status, 303);
+    let rows = |text: &str| text.matches("data-key-id=").count();
+    let first = ui.get("/admin/keys").text();
+    assert_eq!(rows(&first), 25);
+    assert!(
+        first.contains("svc-29") && !first.contains("svc-04"),
+        "newest first"
+    );
+    let next = first
+        .split("rel=\"next\" href=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a next page")
+        .replace("&amp;", "&");
+    let second = ui.get(&next).text();
+    assert_eq!(rows(&second), 7, "30 + 2 admin keys");
+    assert!(second.contains("svc-00") && second.contains("First page"));
+    assert!(!second.contains("rel=\"next\""));
+
+    let owned = ui.get("/admin/keys?q=ACCT_THREE").text();
+    assert_eq!(rows(&owned), 10, "search matches the owner, any case");
+    let by_start = ui.get("/admin/keys?q=svc-1").text();
+    assert_eq!(rows(&by_start), 10);
+    let start = first
+        .split("<code>")
+        .nth(1)
+        .and_then(|r| r.split('…').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        rows(&ui.get(&format!("/admin/keys?q={start}")).text()),
+        1,
+        "by start {start}"
+    );
+    assert_eq!(rows(&ui.get("/admin/keys?status=revoked").text()), 0);
+    assert!(
+        ui.get("/admin/keys?status=active")
+            .text()
+            .contains("Active (32)")
+    );
+    assert_eq!(
+        ui.get("/admin/keys?q=a&q=b").status,
+        400,
+        "an unreadable query is a 400 page"
+    );
+
+    let audit = ui.get("/admin/audit?kind=key.created").text();
+    let newest = audit.find("svc-29").expect("newest event shown");
+    let older = audit.find("svc-28").expect("older event shown");
+    assert!(newest < older, "newest first");
+}

@@ -122,6 +122,21 @@ async fn text_of(c: &Client, css: &str) -> String {
     wait_text(c, css, "").await
 }
 
+/// Form controls on the page without a label (every one needs one, for screen readers).
+async fn assert_labelled(c: &Client) {
+    let unlabelled = c
+        .execute(
+            "return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))\
+               .filter(function (e) { return !(e.labels && e.labels.length) && !e.getAttribute('aria-label'); })\
+               .map(function (e) { return e.name || e.id; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let page = c.current_url().await.unwrap();
+    assert_eq!(unlabelled, json!([]), "unlabelled controls on {page}");
+}
+
 async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css))
         .await
@@ -170,6 +185,7 @@ async fn admin_ui_in_chromium() {
     // Signing in: the UI sends us to the sign-in page, then back.
     c.goto(&format!("{base}/admin")).await.unwrap();
     wait_text(&c, "h1", "Sign in").await;
+    assert_labelled(&c).await;
     assert!(
         c.current_url()
             .await
@@ -183,10 +199,12 @@ async fn admin_ui_in_chromium() {
     click(&c, "form[aria-labelledby=with-key] button[type=submit]").await;
     wait_text(&c, "h1", "Keys").await;
     wait_text(&c, "#keys", "orders service").await;
+    assert_labelled(&c).await;
 
     // Issue a key in the form; it is shown once, with a working copy button.
     click(&c, "a[href='/admin/keys/new']").await;
     wait_text(&c, "h1", "New key").await;
+    assert_labelled(&c).await;
     fill(&c, "#name", "browser-made key").await;
     fill(&c, "#owner", "acct_browser").await;
     fill(&c, "#scopes", "orders:read orders:write").await;
@@ -210,6 +228,7 @@ async fn admin_ui_in_chromium() {
     // Reload: gone.
     c.refresh().await.unwrap();
     wait_text(&c, "h1", "browser-made key").await;
+    assert_labelled(&c).await;
     assert!(
         c.find_all(Locator::Css("#secret-value"))
             .await
@@ -234,6 +253,7 @@ async fn admin_ui_in_chromium() {
     // Revoke it in the UI, with a confirmation and a reason.
     click(&c, "#revoke").await;
     wait_text(&c, "h1", "Revoke key").await;
+    assert_labelled(&c).await;
     fill(&c, "#reason", "revoked from the browser test").await;
     click(&c, "#confirm-revoke").await;
     wait_text(&c, ".notice", "revoked").await;
@@ -272,6 +292,11 @@ async fn admin_ui_in_chromium() {
         keygate_json(&url, &["keys", "show", victim_id, "--json"])["status"],
         "active"
     );
+
+    for page in ["audit", "webhooks"] {
+        c.goto(&format!("{base}/admin/{page}")).await.unwrap();
+        assert_labelled(&c).await;
+    }
 
     // The session cookie: HttpOnly, SameSite=Strict, not the key.
     let cookies = c.get_all_cookies().await.unwrap();
