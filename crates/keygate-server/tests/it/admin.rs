@@ -119,6 +119,19 @@ impl<'a> Ui<'a> {
     }
 }
 
+/// Asserts that no file of the database (main, WAL, shared memory) holds `secret`.
+fn assert_not_stored(dir: &std::path::Path, secret: &str) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds a secret",
+            path.display()
+        );
+    }
+}
+
 fn location(reply: &Reply) -> &str {
     reply.header("location").unwrap_or_default()
 }
@@ -280,20 +293,8 @@ fn key_sign_in_issue_shows_the_key_once_and_nowhere_else() {
     assert!(ui.cookies.values().all(|v| !v.contains(&key[3..])));
     let search = ui.get("/admin/keys?q=acct_42&status=active");
     assert!(search.text().contains("billing &lt;script&gt;"));
-    let db = std::fs::read(dir.path().join("keygate.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("keygate.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
-        assert!(
-            !bytes
-                .windows(key.len() - 3)
-                .any(|w| w == &key.as_bytes()[3..])
-        );
-        assert!(
-            !bytes
-                .windows(admin.len() - 3)
-                .any(|w| w == &admin.as_bytes()[3..])
-        );
-    }
+    assert_not_stored(dir.path(), &key[3..]);
+    assert_not_stored(dir.path(), &admin[3..]);
     let logs = server.logs();
     assert!(!logs.contains(&key[3..]), "new key in the log");
     assert!(!logs.contains(&admin[3..]), "admin key in the log");
@@ -566,16 +567,8 @@ fn password_sign_in_is_throttled_audited_and_ends_on_change() {
     assert_eq!(failures[5]["details"]["reason"], "UNKNOWN_USER");
     let signed_in = audit_of(&url, "admin.signed_in");
     assert_eq!(signed_in[0]["actor"], "user:ada");
-    let db = std::fs::read(dir.path().join("keygate.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("keygate.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
-        assert!(
-            !bytes
-                .windows(password.len())
-                .any(|w| w == password.as_bytes())
-        );
-        assert!(!bytes.windows(14).any(|w| w == b"wrong password"));
-    }
+    assert_not_stored(dir.path(), password);
+    assert_not_stored(dir.path(), "wrong password");
     assert!(!server.logs().contains("horse battery"));
 
     // Changing the password ends the user's sessions.
@@ -682,15 +675,7 @@ fn sessions_and_the_one_time_key_work_across_nodes() {
         .and_then(|r| r.split('<').next())
         .unwrap()
         .to_owned();
-    let db = std::fs::read(dir.path().join("keygate.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("keygate.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
-        assert!(
-            !bytes
-                .windows(key.len() - 3)
-                .any(|w| w == &key.as_bytes()[3..])
-        );
-    }
+    assert_not_stored(dir.path(), &key[3..]);
     // Signing out on b ends the session on a too.
     let page = on_b.get("/admin/keys");
     assert_eq!(
