@@ -92,7 +92,7 @@ fn a_revoke_from_the_cli_reaches_the_running_servers_cache_within_a_second() {
 }
 
 /// The PostgreSQL URL for a fresh schema, or `None` (and a note) when not configured.
-fn postgres(test: &str) -> Option<String> {
+pub(crate) fn postgres(test: &str) -> Option<String> {
     let Ok(base) = std::env::var("KEYGATE_TEST_POSTGRES") else {
         eprintln!("skipped {test}: KEYGATE_TEST_POSTGRES is not set");
         return None;
