@@ -130,6 +130,7 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
     let expected = cookie(&parts.headers, SIGNIN_COOKIE)
         .unwrap_or_default()
         .to_owned();
+    let previous = cookie(&parts.headers, COOKIE).map(str::to_owned);
     let form: SignInForm = match form_body(Request::from_parts(parts, body), &app, &expected).await
     {
         Ok(form) => form,
@@ -157,6 +158,15 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
         "password" => by_password(&app, &form.username, &form.password).await,
         _ => Err(Refusal::new("UNKNOWN_METHOD", Map::new())),
     };
+    if matches!(&checked, Err(r) if r.reason == STORE_UNAVAILABLE) {
+        // Not the caller's failure: no throttling, no event (the store is what is down).
+        return super::UiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again shortly",
+            "The key store cannot be reached, so nobody can sign in right now.",
+        )
+        .into_response();
+    }
     let mut details = Map::new();
     details.insert("method".into(), json!(form.method));
     details.insert("address".into(), json!(ip.to_string()));
@@ -164,6 +174,16 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
         Ok((principal, actor, read_only)) => {
             app.admin.throttle.succeeded(ip);
             let store = app.keygate.store().as_ref();
+            // Signing in again (perhaps as someone else) ends the session this browser had.
+            if let Some(token) = previous
+                && let Ok(Some(old)) = app
+                    .admin
+                    .sessions
+                    .find(store, &token, app.keygate.now())
+                    .await
+            {
+                let _ = app.admin.sessions.end(store, &old.id).await;
+            }
             let token = match app
                 .admin
                 .sessions
@@ -226,6 +246,8 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
     }
 }
 
+const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+
 /// Why a sign-in was refused, for the audit trail (never the key or password).
 struct Refusal {
     reason: &'static str,
@@ -244,7 +266,7 @@ async fn by_key(app: &AppState, presented: &str) -> Result<(Principal, Actor, bo
         .keygate
         .verify::<&str>(presented, &[])
         .await
-        .map_err(|_| Refusal::new("STORE_UNAVAILABLE", Map::new()))?;
+        .map_err(|_| Refusal::new(STORE_UNAVAILABLE, Map::new()))?;
     let key = match verification.key {
         Some(key) if verification.outcome == Outcome::Valid => key,
         found => {
@@ -284,7 +306,7 @@ async fn by_password(
             .store()
             .get_admin_user(username)
             .await
-            .map_err(|_| Refusal::new("STORE_UNAVAILABLE", Map::new()))?
+            .map_err(|_| Refusal::new(STORE_UNAVAILABLE, Map::new()))?
     };
     // Hash even for an unknown user, so the time taken does not tell which names exist.
     let phc = user
