@@ -59,7 +59,7 @@ pub async fn list(
     query.search = (!search.is_empty()).then(|| search.to_owned());
     query.cursor = (!params.cursor.is_empty()).then(|| params.cursor.clone());
     let page = app.keygate.list(query).await?;
-    let counts = app.keygate.store().count_by_status(now).await?;
+    let counts = app.admin.counts(&app.keygate).await?;
     let status_option = |value: &str, label: String| {
         html! { option value=(value) selected[params.status == value] { (label) } }
     };
