@@ -5,7 +5,8 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use http::StatusCode;
 use keygate::core::{
-    AuditEvent, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, parse_grace,
+    AuditEvent, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp,
+    parse_grace,
 };
 use keygate::store::{AuditQuery, ListQuery};
 use maud::{Markup, html};
@@ -120,8 +121,8 @@ pub async fn list(
     Ok(views::page(admin.page(&app, Nav::Keys).await, "Keys", body).into_response())
 }
 
-/// The issue form's fields.
-#[derive(Debug, Deserialize, Default)]
+/// The issue and edit forms' fields.
+#[derive(Debug, Deserialize, Default, Clone)]
 pub struct NewKey {
     #[serde(default)]
     name: String,
@@ -131,6 +132,8 @@ pub struct NewKey {
     scopes: String,
     #[serde(default)]
     expires_in: String,
+    #[serde(default)]
+    expires_at: String,
     #[serde(default)]
     max_age: String,
     #[serde(default)]
@@ -142,15 +145,50 @@ pub async fn new_form(State(app): State<AppState>, admin: Admin) -> Result<Respo
     if !admin.can_manage {
         return Err(UiError::read_only());
     }
-    Ok(new_key_page(&app, &admin, &NewKey::default(), None)
+    Ok(key_form_page(&app, &admin, &NewKey::default(), None, None)
         .await
         .into_response())
 }
 
-async fn new_key_page(app: &AppState, admin: &Admin, form: &NewKey, error: Option<&str>) -> Markup {
+/// Which form the key fields are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyFormKind {
+    /// Issue a key: a lifetime from now.
+    Issue,
+    /// Edit a key: an expiry time.
+    Edit,
+}
+
+/// The page with the issue form, or (with `editing`) the edit form of that key.
+async fn key_form_page(
+    app: &AppState,
+    admin: &Admin,
+    form: &NewKey,
+    editing: Option<&KeyRecord>,
+    error: Option<&str>,
+) -> Markup {
+    let kind = if editing.is_some() {
+        KeyFormKind::Edit
+    } else {
+        KeyFormKind::Issue
+    };
+    let (action, title, submit, cancel) = match editing {
+        Some(record) => (
+            format!("/admin/keys/{}/edit", record.id),
+            format!("Edit {}", record.name),
+            "Save changes",
+            format!("/admin/keys/{}", record.id),
+        ),
+        None => (
+            "/admin/keys".to_owned(),
+            "New key".to_owned(),
+            "Issue key",
+            "/admin/keys".to_owned(),
+        ),
+    };
     let body = html! {
         @if let Some(text) = error { p.error role="alert" #form-error { (text) } }
-        form.card.stack method="post" action="/admin/keys" {
+        form.card.stack method="post" action=(action) {
             (views::csrf_field(&admin.session.csrf))
             label for="name" { "Name" span.req { " (required)" } }
             input #name type="text" name="name" value=(form.name) required maxlength="200"
@@ -164,11 +202,18 @@ async fn new_key_page(app: &AppState, admin: &Admin, form: &NewKey, error: Optio
             input #scopes type="text" name="scopes" value=(form.scopes) aria-describedby="scopes-help"
                 placeholder="orders:read orders:write";
             p.help #scopes-help { "Separated by spaces or commas. " code { "orders:*" } " grants every orders scope." }
-            label for="expires_in" { "Expires in" }
-            input #expires_in type="text" name="expires_in" value=(form.expires_in) list="lifetimes"
-                aria-describedby="expires-help" placeholder="never";
-            datalist #lifetimes { option value="7d"; option value="30d"; option value="90d"; option value="365d"; }
-            p.help #expires-help { "Empty for never, or a lifetime such as " code { "90d" } ", " code { "12h" } ", " code { "2w" } "." }
+            @if kind == KeyFormKind::Issue {
+                label for="expires_in" { "Expires in" }
+                input #expires_in type="text" name="expires_in" value=(form.expires_in) list="lifetimes"
+                    aria-describedby="expires-help" placeholder="never";
+                datalist #lifetimes { option value="7d"; option value="30d"; option value="90d"; option value="365d"; }
+                p.help #expires-help { "Empty for never, or a lifetime such as " code { "90d" } ", " code { "12h" } ", " code { "2w" } "." }
+            } @else {
+                label for="expires_at" { "Expires at" }
+                input #expires_at type="text" name="expires_at" value=(form.expires_at)
+                    aria-describedby="expires-help" placeholder="never";
+                p.help #expires-help { "Empty for never, or a UTC time such as " code { "2027-01-31T00:00:00Z" } "." }
+            }
             label for="max_age" { "Maximum age" }
             input #max_age type="text" name="max_age" value=(form.max_age) aria-describedby="max-age-help";
             p.help #max-age-help { "Optional: this key's own rotation policy, e.g. " code { "30d" } "." }
@@ -176,12 +221,12 @@ async fn new_key_page(app: &AppState, admin: &Admin, form: &NewKey, error: Optio
             textarea #metadata name="metadata" rows="3" aria-describedby="metadata-help" { (form.metadata) }
             p.help #metadata-help { "Optional JSON object, e.g. " code { "{\"plan\": \"pro\"}" } "." }
             div.actions {
-                button.button.primary type="submit" { "Issue key" }
-                a.button href="/admin/keys" { "Cancel" }
+                button.button.primary type="submit" { (submit) }
+                a.button href=(cancel) { "Cancel" }
             }
         }
     };
-    views::page(admin.page(app, Nav::Keys).await, "New key", body)
+    views::page(admin.page(app, Nav::Keys).await, &title, body)
 }
 
 fn split_scopes(text: &str) -> Vec<String> {
@@ -223,6 +268,112 @@ fn spec_of(form: &NewKey) -> Result<KeySpec, String> {
     })
 }
 
+/// The edit form of `record`, filled in with what it holds now.
+fn form_of(record: &KeyRecord) -> NewKey {
+    NewKey {
+        name: record.name.clone(),
+        owner: record.owner.clone().unwrap_or_default(),
+        scopes: record.scopes.join(" "),
+        expires_in: String::new(),
+        expires_at: record
+            .expires_at
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default(),
+        max_age: record.max_age.map(|m| m.to_string()).unwrap_or_default(),
+        metadata: if record.metadata.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string_pretty(&record.metadata).unwrap_or_default()
+        },
+    }
+}
+
+/// What the edit `form` changes in `record`: only the fields that differ.
+fn patch_of(form: &NewKey, record: &KeyRecord) -> Result<Option<KeyPatch>, String> {
+    let spec = spec_of(&NewKey {
+        expires_in: String::new(),
+        ..form.clone()
+    })?;
+    let expires_at = optional(&form.expires_at)
+        .filter(|t| t != "never")
+        .map(|t| Timestamp::parse_rfc3339(&t))
+        .transpose()
+        .map_err(|e| format!("Expires at: {e}."))?;
+    let patch = KeyPatch {
+        name: (spec.name != record.name).then_some(spec.name),
+        owner: (spec.owner != record.owner).then_some(spec.owner),
+        scopes: (spec.scopes != record.scopes).then_some(spec.scopes),
+        metadata: (spec.metadata != record.metadata).then_some(spec.metadata),
+        expires_at: (expires_at != record.expires_at).then_some(expires_at),
+        max_age: (spec.max_age != record.max_age).then_some(spec.max_age),
+        enabled: None,
+    };
+    let changed = patch.name.is_some()
+        || patch.owner.is_some()
+        || patch.scopes.is_some()
+        || patch.metadata.is_some()
+        || patch.expires_at.is_some()
+        || patch.max_age.is_some();
+    Ok(changed.then_some(patch))
+}
+
+/// `GET /admin/keys/{id}/edit`.
+pub async fn edit_form(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    if !admin.can_manage {
+        return Err(UiError::read_only());
+    }
+    let record = load(&app, &id).await?;
+    Ok(
+        key_form_page(&app, &admin, &form_of(&record), Some(&record), None)
+            .await
+            .into_response(),
+    )
+}
+
+/// `POST /admin/keys/{id}/edit`: change what differs, audited field by field.
+pub async fn edit(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted<NewKey>,
+) -> Result<Response, UiError> {
+    let Posted { admin, form } = posted;
+    let record = load(&app, &id).await?;
+    let updated = match patch_of(&form, &record) {
+        Ok(None) => {
+            admin
+                .flash(&app, Flash::Notice("Nothing changed.".into()))
+                .await?;
+            return Ok(Redirect::to(&format!("/admin/keys/{}", record.id)).into_response());
+        }
+        Ok(Some(patch)) => app
+            .keygate
+            .update(&record.id, patch, &admin.audit)
+            .await
+            .map_err(UiError::from),
+        Err(message) => Err(UiError::bad_request(message)),
+    };
+    let updated = match updated {
+        Ok(updated) => updated,
+        Err(error) if error.status == StatusCode::BAD_REQUEST => {
+            let page = key_form_page(&app, &admin, &form, Some(&record), Some(&error.detail)).await;
+            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+        }
+        Err(error) => return Err(error),
+    };
+    tracing::info!(actor = %admin.audit.actor, key_id = %updated.id, "key changed in the admin UI");
+    admin
+        .flash(
+            &app,
+            Flash::Notice(format!("Saved changes to \"{}\".", updated.name)),
+        )
+        .await?;
+    Ok(Redirect::to(&format!("/admin/keys/{}", updated.id)).into_response())
+}
+
 /// `POST /admin/keys`: issue, then show the key once on its page.
 pub async fn create(
     State(app): State<AppState>,
@@ -240,7 +391,7 @@ pub async fn create(
     let (record, key) = match issued {
         Ok(issued) => issued,
         Err(error) if error.status == StatusCode::BAD_REQUEST => {
-            let page = new_key_page(&app, &admin, &form, Some(&error.detail)).await;
+            let page = key_form_page(&app, &admin, &form, None, Some(&error.detail)).await;
             return Ok((StatusCode::BAD_REQUEST, page).into_response());
         }
         Err(error) => return Err(error),
@@ -352,6 +503,8 @@ pub async fn show(
                             button.button #enable type="submit" { "Enable key" }
                         }
                     }
+                    a.button #edit href={ "/admin/keys/" (record.id) "/edit" } { "Edit…" }
+                    " "
                     a.button.danger #revoke href={ "/admin/keys/" (record.id) "/revoke" } { "Revoke key…" }
                 }
             }

@@ -94,6 +94,10 @@ pub fn routes() -> Router<AppState> {
             "/admin/keys/{id}/revoke",
             get(keys::revoke_form).post(keys::revoke),
         )
+        .route(
+            "/admin/keys/{id}/edit",
+            get(keys::edit_form).post(keys::edit),
+        )
         .route("/admin/keys/{id}/rotate", post(keys::rotate))
         .route("/admin/keys/{id}/enabled", post(keys::set_enabled))
         .route("/admin/audit", get(trail::audit))

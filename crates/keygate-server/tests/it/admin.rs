@@ -454,6 +454,7 @@ fn read_only_admins_see_no_buttons_and_are_refused() {
         "id=\"rotate\"",
         "id=\"revoke\"",
         "id=\"disable\"",
+        "id=\"edit\"",
         "/enabled",
     ] {
         assert!(
@@ -464,6 +465,7 @@ fn read_only_admins_see_no_buttons_and_are_refused() {
     assert!(!ui.get("/admin/webhooks").text().contains("Add an endpoint"));
     assert_eq!(ui.get("/admin/keys/new").status, 403);
     assert_eq!(ui.get(&format!("/admin/keys/{id}/revoke")).status, 403);
+    assert_eq!(ui.get(&format!("/admin/keys/{id}/edit")).status, 403);
     // The server refuses the forms even with a valid token.
     let csrf = Ui::csrf(&detail);
     for (path, fields) in [
@@ -474,6 +476,7 @@ fn read_only_admins_see_no_buttons_and_are_refused() {
             format!("/admin/keys/{id}/enabled"),
             vec![("enabled", "false")],
         ),
+        (format!("/admin/keys/{id}/edit"), vec![("name", "renamed")]),
         (
             "/admin/webhooks".to_owned(),
             vec![("url", "https://example.com/h")],
@@ -795,4 +798,88 @@ fn the_keys_list_pages_searches_and_filters_and_the_audit_log_is_newest_first() 
     let newest = audit.find("svc-29").expect("newest event shown");
     let older = audit.find("svc-28").expect("older event shown");
     assert!(newest < older, "newest first");
+}
+
+#[test]
+fn editing_a_key_changes_what_differs_and_audits_each_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url, admin) = started(&dir, &[]);
+    let (id, key) = cli_create(&url, &["--scope", "orders:read", "--owner", "acct_1"]);
+    let mut ui = Ui::new(&server);
+    assert_eq!(ui.sign_in_key(&admin).status, 303);
+    let form = ui.get(&format!("/admin/keys/{id}/edit"));
+    assert_eq!(form.status, 200);
+    let text = form.text();
+    assert!(
+        text.contains("value=\"acct_1\"") && text.contains("value=\"orders:read\""),
+        "filled in"
+    );
+    let csrf = Ui::csrf(&form);
+    let edit = |ui: &mut Ui, fields: &[(&str, &str)]| {
+        let mut all = vec![
+            ("csrf", csrf.as_str()),
+            ("name", "test"),
+            ("owner", "acct_1"),
+            ("scopes", "orders:read"),
+        ];
+        for (k, v) in fields {
+            all.retain(|(name, _)| name != k);
+            all.push((k, v));
+        }
+        ui.post(&format!("/admin/keys/{id}/edit"), &all)
+    };
+    // Nothing changed: no update, no event.
+    assert_eq!(edit(&mut ui, &[]).status, 303);
+    assert!(
+        ui.get(&format!("/admin/keys/{id}"))
+            .text()
+            .contains("Nothing changed.")
+    );
+    assert!(audit_of(&url, "key.updated").is_empty());
+    // Bad input: the form again with the error; nothing stored.
+    for (field, value) in [
+        ("expires_at", "next tuesday"),
+        ("metadata", "[]"),
+        ("name", ""),
+    ] {
+        let reply = edit(&mut ui, &[(field, value)]);
+        assert_eq!(reply.status, 400, "{field}: {}", reply.text());
+        assert!(reply.text().contains("Save changes"), "the form again");
+    }
+    assert!(audit_of(&url, "key.updated").is_empty());
+    let saved = edit(
+        &mut ui,
+        &[
+            ("name", "billing"),
+            ("scopes", "orders:read orders:write"),
+            ("owner", ""),
+            ("expires_at", "2099-01-01T00:00:00Z"),
+            ("metadata", "{\"plan\": \"pro\"}"),
+        ],
+    );
+    assert_eq!(saved.status, 303, "{}", saved.text());
+    let shown = keygate_json(&url, &["keys", "show", &id, "--json"]);
+    assert_eq!(shown["name"], "billing");
+    assert_eq!(shown["owner"], Value::Null);
+    assert_eq!(shown["scopes"], json!(["orders:read", "orders:write"]));
+    assert_eq!(shown["expires_at"], "2099-01-01T00:00:00.000Z");
+    assert_eq!(shown["metadata"]["plan"], "pro");
+    let events = audit_of(&url, "key.updated");
+    assert_eq!(events.len(), 1);
+    let changed: Vec<&String> = events[0]["details"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        changed,
+        ["expires_at", "metadata", "name", "owner", "scopes"]
+    );
+    assert!(events[0]["actor"].as_str().unwrap().starts_with("admin:"));
+    // The key itself still works, with its new scope.
+    let verified = server
+        .json(
+            "POST",
+            "/v1/verify",
+            &admin,
+            &json!({"key": key, "scopes": ["orders:write"]}),
+        )
+        .expect(200);
+    assert_eq!(verified["valid"], true);
 }

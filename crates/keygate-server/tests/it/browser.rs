@@ -250,6 +250,17 @@ async fn admin_ui_in_chromium() {
     assert_eq!(verified["valid"], true, "{verified}");
     assert_eq!(verified["key"]["owner"], "acct_browser");
 
+    // Edit it: a new owner.
+    click(&c, "#edit").await;
+    wait_text(&c, "h1", "Edit browser-made key").await;
+    assert_labelled(&c).await;
+    let owner = c.find(Locator::Css("#owner")).await.unwrap();
+    owner.clear().await.unwrap();
+    owner.send_keys("acct_renamed").await.unwrap();
+    click(&c, "button.primary[type=submit]").await;
+    wait_text(&c, ".notice", "Saved changes").await;
+    assert!(c.source().await.unwrap().contains("acct_renamed"));
+
     // Revoke it in the UI, with a confirmation and a reason.
     click(&c, "#revoke").await;
     wait_text(&c, "h1", "Revoke key").await;
