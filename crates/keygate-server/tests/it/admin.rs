@@ -170,7 +170,7 @@ fn set_password(database: &str, user: &str, password: &str, extra: &[&str]) -> (
 fn started(dir: &tempfile::TempDir, args: &[&str]) -> (Server, String, String) {
     let db = dir.path().join("keygate.db");
     let url = format!("sqlite://{}", db.display());
-    let server = Server::start(&db, args, &[("KEYGATE_LOG_LEVEL", "debug")]);
+    let server = Server::start(&db, args, &[("KEYGATE_LOG_LEVEL", "trace")]);
     // The bootstrap key reaches stdout only when the server exits: issue another admin key.
     let (_, admin) = cli_create(&url, &["--scope", "keygate:admin"]);
     (server, url, admin)
