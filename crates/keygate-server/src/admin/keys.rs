@@ -344,10 +344,13 @@ pub async fn edit(
     let record = load(&app, &id).await?;
     let updated = match patch_of(&form, &record) {
         Ok(None) => {
-            admin
-                .flash(&app, Flash::Notice("Nothing changed.".into()))
-                .await?;
-            return Ok(Redirect::to(&format!("/admin/keys/{}", record.id)).into_response());
+            return admin
+                .done(
+                    &app,
+                    "Nothing changed.".into(),
+                    &format!("/admin/keys/{}", record.id),
+                )
+                .await;
         }
         Ok(Some(patch)) => app
             .keygate
@@ -366,12 +369,12 @@ pub async fn edit(
     };
     tracing::info!(actor = %admin.audit.actor, key_id = %updated.id, "key changed in the admin UI");
     admin
-        .flash(
+        .done(
             &app,
-            Flash::Notice(format!("Saved changes to \"{}\".", updated.name)),
+            format!("Saved changes to \"{}\".", updated.name),
+            &format!("/admin/keys/{}", updated.id),
         )
-        .await?;
-    Ok(Redirect::to(&format!("/admin/keys/{}", updated.id)).into_response())
+        .await
 }
 
 /// `POST /admin/keys`: issue, then show the key once on its page.
@@ -636,12 +639,12 @@ pub async fn revoke(
     tracing::info!(actor = %posted.admin.audit.actor, key_id = %record.id, "key revoked in the admin UI");
     posted
         .admin
-        .flash(
+        .done(
             &app,
-            Flash::Notice(format!("Key \"{}\" revoked.", record.name)),
+            format!("Key \"{}\" revoked.", record.name),
+            &format!("/admin/keys/{id}"),
         )
-        .await?;
-    Ok(Redirect::to(&format!("/admin/keys/{id}")).into_response())
+        .await
 }
 
 /// The rotate form's fields.
@@ -673,15 +676,6 @@ pub async fn rotate(
     admin
         .flash(
             &app,
-            Flash::Notice(match old.expires_at {
-                Some(at) => format!("Rotated. The old key ({}…) works until {at}.", old.start),
-                None => format!("Rotated. The old key ({}…) no longer works.", old.start),
-            }),
-        )
-        .await?;
-    admin
-        .flash(
-            &app,
             Flash::Secret {
                 title: format!("New key \"{}\"", new.name),
                 value: Secret::new(key.expose()),
@@ -689,7 +683,13 @@ pub async fn rotate(
             },
         )
         .await?;
-    Ok(Redirect::to(&format!("/admin/keys/{}", new.id)).into_response())
+    let notice = match old.expires_at {
+        Some(at) => format!("Rotated. The old key ({}…) works until {at}.", old.start),
+        None => format!("Rotated. The old key ({}…) no longer works.", old.start),
+    };
+    admin
+        .done(&app, notice, &format!("/admin/keys/{}", new.id))
+        .await
 }
 
 /// The enable/disable form's field.
@@ -710,20 +710,14 @@ pub async fn set_enabled(
         ..KeyPatch::default()
     };
     let record = app.keygate.update(&id, patch, &posted.admin.audit).await?;
+    let state = if record.enabled {
+        "enabled"
+    } else {
+        "disabled"
+    };
+    let notice = format!("Key \"{}\" {state}.", record.name);
     posted
         .admin
-        .flash(
-            &app,
-            Flash::Notice(format!(
-                "Key \"{}\" {}.",
-                record.name,
-                if record.enabled {
-                    "enabled"
-                } else {
-                    "disabled"
-                }
-            )),
-        )
-        .await?;
-    Ok(Redirect::to(&format!("/admin/keys/{id}")).into_response())
+        .done(&app, notice, &format!("/admin/keys/{id}"))
+        .await
 }

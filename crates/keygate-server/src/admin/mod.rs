@@ -288,6 +288,12 @@ impl Admin {
         }
     }
 
+    /// Confirms a change on the next page: queues `notice` and redirects (303) to `to`.
+    async fn done(&self, app: &AppState, notice: String, to: &str) -> Result<Response, UiError> {
+        self.flash(app, session::Flash::Notice(notice)).await?;
+        Ok(Redirect::to(to).into_response())
+    }
+
     /// Queues a one-time message for this person's next page.
     async fn flash(&self, app: &AppState, flash: session::Flash) -> Result<(), UiError> {
         app.admin
