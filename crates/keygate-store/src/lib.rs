@@ -34,6 +34,7 @@ use keygate_core::{
 pub mod bulk;
 pub mod conformance;
 mod postgres;
+mod sessions;
 mod sql;
 mod sqlite;
 

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint};
 
 use crate::Attempt;
+use crate::sessions::SessionTables;
 use crate::sql::{self, Row, count_by_status_sql, select_where, to_json};
 use crate::{
     AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts, Store, StoreError,
@@ -369,70 +370,23 @@ impl Store for PostgresStore {
     }
 
     async fn get_admin_user(&self, username: &str) -> Result<Option<AdminUser>, StoreError> {
-        let row: Option<sql::AdminUserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM admin_users WHERE username = $1",
-            sql::ADMIN_USER_COLUMNS
-        )))
-        .bind(username.to_owned())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.map(AdminUser::try_from).transpose()
+        SessionTables(&self.pool).get_admin_user(username).await
     }
 
     async fn create_session(&self, session: &AdminSession) -> Result<(), StoreError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO admin_sessions ({}) VALUES ($1, $2, $3, $4, $5)",
-            sql::SESSION_COLUMNS
-        )))
-        .bind(session.id.to_vec())
-        .bind(session.principal.encode())
-        .bind(session.csrf.clone())
-        .bind(session.created_at.unix_ms())
-        .bind(session.last_seen_at.unix_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
+        SessionTables(&self.pool).create(session).await
     }
 
     async fn get_session(&self, id: &[u8; 32]) -> Result<Option<AdminSession>, StoreError> {
-        let row: Option<sql::SessionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM admin_sessions WHERE id = $1",
-            sql::SESSION_COLUMNS
-        )))
-        .bind(id.to_vec())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.map(AdminSession::try_from).transpose()
+        SessionTables(&self.pool).get(id).await
     }
 
     async fn touch_session(&self, id: &[u8; 32], at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE admin_sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1",
-        )
-        .bind(at.unix_ms())
-        .bind(id.to_vec())
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
+        SessionTables(&self.pool).touch(id, at).await
     }
 
     async fn end_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        for statement in [
-            "DELETE FROM admin_flashes WHERE session_id = $1",
-            "DELETE FROM admin_sessions WHERE id = $1",
-        ] {
-            sqlx::query(statement)
-                .bind(id.to_vec())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)
+        SessionTables(&self.pool).end(id).await
     }
 
     async fn purge_sessions(
@@ -440,46 +394,17 @@ impl Store for PostgresStore {
         idle_before: Timestamp,
         begun_before: Timestamp,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query(
-            "DELETE FROM admin_flashes WHERE session_id IN (SELECT id FROM admin_sessions \
-             WHERE last_seen_at < $1 OR created_at < $2)",
-        )
-        .bind(idle_before.unix_ms())
-        .bind(begun_before.unix_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let done =
-            sqlx::query("DELETE FROM admin_sessions WHERE last_seen_at < $1 OR created_at < $2")
-                .bind(idle_before.unix_ms())
-                .bind(begun_before.unix_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(done.rows_affected())
+        SessionTables(&self.pool)
+            .purge(idle_before, begun_before)
+            .await
     }
 
     async fn push_flash(&self, id: &[u8; 32], sealed: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO admin_flashes (session_id, sealed) VALUES ($1, $2)")
-            .bind(id.to_vec())
-            .bind(sealed.to_owned())
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        SessionTables(&self.pool).push_flash(id, sealed).await
     }
 
     async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError> {
-        let mut taken: Vec<(i64, String)> =
-            sqlx::query_as("DELETE FROM admin_flashes WHERE session_id = $1 RETURNING id, sealed")
-                .bind(id.to_vec())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        taken.sort_by_key(|(n, _)| *n);
-        Ok(taken.into_iter().map(|(_, sealed)| sealed).collect())
+        SessionTables(&self.pool).take_flashes(id).await
     }
 
     async fn due_deliveries(
