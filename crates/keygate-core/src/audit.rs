@@ -104,11 +104,13 @@ pub enum EventKind {
     AdminSignInFailed,
     /// An admin-UI user's password or role was set (`keygate admin set-password`).
     AdminPasswordSet,
+    /// An admin-UI user was removed (`keygate admin remove-user`).
+    AdminUserRemoved,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -121,6 +123,7 @@ impl EventKind {
         Self::AdminSignedIn,
         Self::AdminSignInFailed,
         Self::AdminPasswordSet,
+        Self::AdminUserRemoved,
     ];
 
     /// The stable name, e.g. `key.created`.
@@ -138,6 +141,7 @@ impl EventKind {
             Self::AdminSignedIn => "admin.signed_in",
             Self::AdminSignInFailed => "admin.sign_in_failed",
             Self::AdminPasswordSet => "admin.password_set",
+            Self::AdminUserRemoved => "admin.user_removed",
         }
     }
 

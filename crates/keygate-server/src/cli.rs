@@ -68,6 +68,17 @@ pub enum AdminCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// List the admin web UI's users (never their password hashes).
+    Users {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user of the admin web UI; their sessions end at once.
+    RemoveUser {
+        /// Username.
+        username: String,
+    },
 }
 
 /// `keygate keys ...`

@@ -580,11 +580,68 @@ pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8,
 /// the terminal (twice) or from stdin's first line, checked, hashed with argon2id, and never
 /// printed or stored in the clear.
 pub async fn admin(keygate: &Keygate, command: crate::cli::AdminCommand) -> Result<u8, Failure> {
-    let crate::cli::AdminCommand::SetPassword {
-        username,
-        read_only,
-        password_stdin,
-    } = command;
+    use crate::cli::AdminCommand;
+    match command {
+        AdminCommand::SetPassword {
+            username,
+            read_only,
+            password_stdin,
+        } => set_password(keygate, username, read_only, password_stdin).await,
+        AdminCommand::Users { json } => admin_users(keygate, json).await,
+        AdminCommand::RemoveUser { username } => {
+            let removed = keygate
+                .store()
+                .remove_admin_user(&username, keygate.now(), &Audit::by(Actor::Cli))
+                .await?;
+            if !removed {
+                return Err(Failure::Other(format!(
+                    "no admin UI user called {username}"
+                )));
+            }
+            println!("admin UI user {username} removed; their sessions have ended");
+            Ok(0)
+        }
+    }
+}
+
+/// `keygate admin users`: name, role and times; never the hash.
+async fn admin_users(keygate: &Keygate, json: bool) -> Result<u8, Failure> {
+    let users = keygate.store().list_admin_users().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let list: Vec<Value> = users
+            .iter()
+            .map(|u| {
+                json!({"username": u.username, "read_only": u.read_only,
+                       "created_at": u.created_at, "updated_at": u.updated_at})
+            })
+            .collect();
+        print_json(&mut out, &Value::Array(list))?;
+        return Ok(0);
+    }
+    for u in &users {
+        let role = if u.read_only {
+            "read-only"
+        } else {
+            "full access"
+        };
+        writeln!(out, "{}\t{role}\tpassword set {}", u.username, u.updated_at)?;
+    }
+    if users.is_empty() {
+        writeln!(
+            out,
+            "no admin UI users (keygate admin set-password NAME adds one)"
+        )?;
+    }
+    Ok(0)
+}
+
+async fn set_password(
+    keygate: &Keygate,
+    username: String,
+    read_only: bool,
+    password_stdin: bool,
+) -> Result<u8, Failure> {
     keygate_core::admin::check_username(&username)
         .map_err(|e| Failure::Other(format!("username: {e}")))?;
     let password = read_password(password_stdin)?;

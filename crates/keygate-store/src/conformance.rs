@@ -1096,6 +1096,46 @@ pub async fn admin_users_are_set_replaced_and_audited(store: Arc<dyn Store>) {
     assert!(events[1].key_id.is_none());
     let text = serde_json::to_string(&events).expect("json");
     assert!(!text.contains("argon2id"), "no hash in the trail");
+
+    // Listing, by name; removing, audited; removing again finds nobody and writes nothing.
+    let bob = AdminUser {
+        username: "bob".into(),
+        ..user.clone()
+    };
+    store.set_admin_user(&bob, &audit()).await.expect("set");
+    let names: Vec<String> = store
+        .list_admin_users()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["ada", "bob"]);
+    assert!(
+        store
+            .remove_admin_user("ada", at(9), &audit())
+            .await
+            .expect("remove")
+    );
+    assert!(store.get_admin_user("ada").await.expect("get").is_none());
+    assert!(
+        !store
+            .remove_admin_user("ada", at(10), &audit())
+            .await
+            .expect("remove")
+    );
+    let removed = store
+        .list_audit(&AuditQuery {
+            kind: Some(EventKind::AdminUserRemoved),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit")
+        .items;
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].details["username"], "ada");
+    assert_eq!(removed[0].at, at(9));
+    assert_eq!(store.list_admin_users().await.expect("list").len(), 1);
 }
 
 /// Sessions are stored by id, touched forward only, ended with their messages, purged when

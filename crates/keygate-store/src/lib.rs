@@ -327,6 +327,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The admin-UI user called `username`.
     async fn get_admin_user(&self, username: &str) -> Result<Option<AdminUser>, StoreError>;
 
+    /// Every admin-UI user, by name.
+    async fn list_admin_users(&self) -> Result<Vec<AdminUser>, StoreError>;
+
+    /// Removes admin-UI user `username`, with an `admin.user_removed` event, in one
+    /// transaction; `false` (and nothing written) if there is no such user. Their sessions end
+    /// at their next request.
+    async fn remove_admin_user(
+        &self,
+        username: &str,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<bool, StoreError>;
+
     /// Stores a new admin-UI session.
     async fn create_session(&self, session: &AdminSession) -> Result<(), StoreError>;
 

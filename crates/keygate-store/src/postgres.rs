@@ -373,6 +373,31 @@ impl Store for PostgresStore {
         SessionTables(&self.pool).get_admin_user(username).await
     }
 
+    async fn list_admin_users(&self) -> Result<Vec<AdminUser>, StoreError> {
+        SessionTables(&self.pool).list_admin_users().await
+    }
+
+    async fn remove_admin_user(
+        &self,
+        username: &str,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let removed: Option<(String,)> =
+            sqlx::query_as("DELETE FROM admin_users WHERE username = $1 RETURNING username")
+                .bind(username.to_owned())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        if removed.is_none() {
+            return Ok(false);
+        }
+        record_event(&mut tx, &sql::user_removed_event(username, audit, at)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
     async fn create_session(&self, session: &AdminSession) -> Result<(), StoreError> {
         SessionTables(&self.pool).create(session).await
     }

@@ -42,6 +42,16 @@ where
         row.map(AdminUser::try_from).transpose()
     }
 
+    pub(crate) async fn list_admin_users(&self) -> Result<Vec<AdminUser>, StoreError> {
+        let rows: Vec<AdminUserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ADMIN_USER_COLUMNS} FROM admin_users ORDER BY username"
+        )))
+        .fetch_all(self.0)
+        .await
+        .map_err(backend)?;
+        rows.into_iter().map(AdminUser::try_from).collect()
+    }
+
     pub(crate) async fn create(&self, session: &AdminSession) -> Result<(), StoreError> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"

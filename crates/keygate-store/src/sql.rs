@@ -477,6 +477,17 @@ impl TryFrom<SessionRow> for keygate_core::AdminSession {
 }
 
 /// The `admin.password_set` event for `user`: name and role, never the hash.
+pub(crate) fn user_removed_event(
+    username: &str,
+    audit: &keygate_core::Audit,
+    at: Timestamp,
+) -> AuditEvent {
+    let mut details = Map::new();
+    details.insert("username".into(), Value::from(username.to_owned()));
+    AuditEvent::about_admin(EventKind::AdminUserRemoved, audit, at, details)
+}
+
+/// The `admin.password_set` event for `user`: name and role, never the hash.
 pub(crate) fn password_set_event(
     user: &keygate_core::AdminUser,
     audit: &keygate_core::Audit,

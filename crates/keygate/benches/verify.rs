@@ -130,6 +130,17 @@ impl Store for Counting {
     ) -> Result<Option<keygate::core::AdminUser>, StoreError> {
         self.inner.get_admin_user(username).await
     }
+    async fn list_admin_users(&self) -> Result<Vec<keygate::core::AdminUser>, StoreError> {
+        self.inner.list_admin_users().await
+    }
+    async fn remove_admin_user(
+        &self,
+        username: &str,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
+        self.inner.remove_admin_user(username, at, audit).await
+    }
     async fn create_session(&self, s: &keygate::core::AdminSession) -> Result<(), StoreError> {
         self.inner.create_session(s).await
     }

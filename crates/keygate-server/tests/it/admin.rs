@@ -581,6 +581,32 @@ fn password_sign_in_is_throttled_audited_and_ends_on_change() {
         ui.sign_in_password("ada", "another long password").status,
         303
     );
+
+    // Listing never shows a hash; removing a user ends their session and their sign-in.
+    let users = keygate_json(&url, &["admin", "users", "--json"]);
+    assert_eq!(users[0]["username"], "ada");
+    assert_eq!(users[0]["read_only"], false);
+    assert!(!users.to_string().contains("argon2"), "{users}");
+    let remove = || {
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["--database", &url, "admin", "remove-user", "ada"])
+            .output()
+            .unwrap()
+    };
+    assert!(remove().status.success());
+    assert_eq!(ui.get("/admin/keys").status, 303, "session ended");
+    assert_eq!(
+        ui.sign_in_password("ada", "another long password").status,
+        401
+    );
+    let again = remove();
+    assert_eq!(again.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr).trim(),
+        "keygate: error: no admin UI user called ada"
+    );
+    assert_eq!(audit_of(&url, "admin.user_removed")[0]["actor"], "cli");
+    assert_eq!(keygate_json(&url, &["admin", "users", "--json"]), json!([]));
 }
 
 #[test]
