@@ -308,6 +308,10 @@ pub struct ServeArgs {
     /// Admin UI: mark cookies Secure even without `X-Forwarded-Proto: https` (serve over https).
     #[arg(long, env = "KEYGATE_SECURE_COOKIES")]
     pub secure_cookies: bool,
+    /// Admin UI: behind a reverse proxy, throttle sign-ins by the client address the proxy
+    /// appends to `X-Forwarded-For` (only if every request comes through that proxy).
+    #[arg(long, env = "KEYGATE_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
 }
 
 /// How log lines look.

@@ -52,6 +52,7 @@ struct FileConfig {
     secret_key: Option<String>,
     admin_idle_timeout: Option<String>,
     secure_cookies: Option<bool>,
+    trust_forwarded_for: Option<bool>,
 }
 
 /// Settings every command uses.
@@ -84,6 +85,8 @@ pub struct Settings {
     pub admin_idle_timeout: Lifetime,
     /// Admin UI: always mark cookies `Secure` (they are anyway behind `X-Forwarded-Proto: https`).
     pub secure_cookies: bool,
+    /// Admin UI: take the client's address from the last `X-Forwarded-For` entry.
+    pub trust_forwarded_for: bool,
 }
 
 impl Settings {
@@ -179,6 +182,8 @@ impl Settings {
             admin_idle_timeout,
             secure_cookies: serve.is_some_and(|s| s.secure_cookies)
                 || file.secure_cookies.unwrap_or(false),
+            trust_forwarded_for: serve.is_some_and(|s| s.trust_forwarded_for)
+                || file.trust_forwarded_for.unwrap_or(false),
             sealing_key,
             sweep,
             sweep_every,

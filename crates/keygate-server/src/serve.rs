@@ -53,6 +53,7 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     let admin = Arc::new(crate::admin::AdminUi::new(
         Duration::from_millis(settings.admin_idle_timeout.as_ms().unsigned_abs()),
         settings.secure_cookies,
+        settings.trust_forwarded_for,
     ));
     let app = api::router(keygate.clone(), Arc::new(Metrics::default()), admin);
     // The peer address feeds the admin UI's sign-in throttle.

@@ -41,6 +41,8 @@ pub struct AdminUi {
     pub throttle: Throttle,
     /// Mark cookies `Secure` even without `X-Forwarded-Proto: https`.
     pub secure_cookies: bool,
+    /// Take the client's address from the last `X-Forwarded-For` entry (behind a proxy).
+    pub trust_forwarded_for: bool,
     /// The keys list's status counts, and when they were counted.
     counts: std::sync::Mutex<Option<(std::time::Instant, StatusCounts)>>,
 }
@@ -51,11 +53,12 @@ const COUNTS_FOR: Duration = Duration::from_secs(10);
 
 impl AdminUi {
     /// Sessions ending after `idle` without a request.
-    pub fn new(idle: Duration, secure_cookies: bool) -> Self {
+    pub fn new(idle: Duration, secure_cookies: bool, trust_forwarded_for: bool) -> Self {
         Self {
             sessions: Sessions::new(idle),
             throttle: Throttle::default(),
             secure_cookies,
+            trust_forwarded_for,
             counts: std::sync::Mutex::new(None),
         }
     }
@@ -500,12 +503,24 @@ fn secure(app: &AppState, headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
-/// The peer's address (not `X-Forwarded-For`, which any client can write).
-fn client_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+/// The client's address: the peer's, or — when configured to trust a proxy — the last entry
+/// of `X-Forwarded-For` (the one that proxy appended; entries before it are the client's
+/// word). Never `X-Forwarded-For` otherwise: any client can write it.
+fn client_ip(app: &AppState, parts: &Parts) -> IpAddr {
+    let forwarded = app
+        .admin
+        .trust_forwarded_for
+        .then(|| parts.headers.get_all("x-forwarded-for").iter().next_back())
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    forwarded.unwrap_or_else(|| {
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+    })
 }
 
 #[cfg(test)]

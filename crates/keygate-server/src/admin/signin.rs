@@ -125,7 +125,7 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
     let request_id = RequestId::from_request_parts(&mut parts, &app)
         .await
         .unwrap_or_else(|never| match never {});
-    let ip = client_ip(&parts);
+    let ip = client_ip(&app, &parts);
     let secure = secure(&app, &parts.headers);
     let expected = cookie(&parts.headers, SIGNIN_COOKIE)
         .unwrap_or_default()

@@ -909,3 +909,45 @@ fn editing_a_key_changes_what_differs_and_audits_each_field() {
         .expect(200);
     assert_eq!(verified["valid"], true);
 }
+
+/// Five wrong keys from the client `ui` (headers included), then `ui`'s next attempt.
+fn lock_out(ui: &mut Ui) -> u16 {
+    for _ in 0..5 {
+        assert_eq!(ui.sign_in_key("kg_notarealkey").status, 401);
+    }
+    ui.sign_in_key("kg_notarealkey").status
+}
+
+#[test]
+fn the_throttle_ignores_x_forwarded_for_unless_told_to_trust_the_proxy() {
+    // By default the peer address counts: a made-up X-Forwarded-For does not get round it.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _url, admin) = started(&dir, &[]);
+    let mut ui = Ui::new(&server);
+    ui.extra
+        .push(("X-Forwarded-For".into(), b"198.51.100.1".to_vec()));
+    assert_eq!(lock_out(&mut ui), 429);
+    let mut spoofer = Ui::new(&server);
+    spoofer
+        .extra
+        .push(("X-Forwarded-For".into(), b"198.51.100.2".to_vec()));
+    assert_eq!(spoofer.sign_in_key(&admin).status, 429);
+
+    // Behind a trusted proxy, each forwarded client has its own count.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url, admin) = started(&dir, &["--trust-forwarded-for"]);
+    let mut attacker = Ui::new(&server);
+    attacker.extra.push((
+        "X-Forwarded-For".into(),
+        b"203.0.113.9, 198.51.100.1".to_vec(),
+    ));
+    assert_eq!(lock_out(&mut attacker), 429);
+    let mut colleague = Ui::new(&server);
+    colleague.extra.push((
+        "X-Forwarded-For".into(),
+        b"203.0.113.9, 198.51.100.7".to_vec(),
+    ));
+    assert_eq!(colleague.sign_in_key(&admin).status, 303, "not locked out");
+    let failures = audit_of(&url, "admin.sign_in_failed");
+    assert_eq!(failures[0]["details"]["address"], "198.51.100.1");
+}
