@@ -252,7 +252,7 @@ impl Store for PostgresStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let cursor = query.cursor_id()?;
-        let mut sql = sql::list_query::<Postgres>(query, cursor.as_ref(), "ILIKE");
+        let mut sql = sql::list_query::<Postgres>(query, cursor.as_ref(), &sql::POSTGRES);
         let rows: Vec<Row> = sql
             .build_query_as()
             .fetch_all(&self.pool)

@@ -103,12 +103,11 @@ fn contains_pattern(text: &str) -> String {
 
 /// The list query: filters, the status predicate with core's precedence (revoked, expired,
 /// disabled, active), the cursor, newest first, one row more than the page to tell whether
-/// another page follows. `like` is the case-insensitive match operator (`LIKE` on SQLite,
-/// `ILIKE` on PostgreSQL).
+/// another page follows. `dialect` holds what differs between the backends.
 pub(crate) fn list_query<DB>(
     query: &ListQuery,
     cursor: Option<&KeyId>,
-    like: &str,
+    dialect: &Dialect,
 ) -> QueryBuilder<DB>
 where
     DB: Database,
@@ -116,6 +115,7 @@ where
     String: for<'q> Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
+    let like = dialect.like;
     let now = query.now.unix_ms();
     let mut sql = QueryBuilder::<DB>::new(select_where!("1 = 1"));
     if let Some(owner) = &query.owner {
@@ -184,10 +184,38 @@ where
         }
         sql.push(")");
     }
-    sql.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(query.page_size()) + 1);
+    let text_filter = query.search.is_some() || query.name_contains.is_some();
+    sql.push(if text_filter {
+        dialect.filtered_order
+    } else {
+        " ORDER BY id DESC LIMIT "
+    })
+    .push_bind(i64::from(query.page_size()) + 1);
     sql
 }
+
+/// What the list query writes differently per backend.
+#[derive(Debug)]
+pub(crate) struct Dialect {
+    /// The case-insensitive match operator: `LIKE` on SQLite, `ILIKE` on PostgreSQL.
+    pub like: &'static str,
+    /// The order clause when a text filter reads every row anyway. On SQLite `+id` keeps the
+    /// planner from walking the id index (a random row lookup per key: 300 ms at 100,000
+    /// keys) instead of scanning the table and sorting the few matches (27 ms).
+    pub filtered_order: &'static str,
+}
+
+/// SQLite's dialect.
+pub(crate) const SQLITE: Dialect = Dialect {
+    like: "LIKE",
+    filtered_order: " ORDER BY +id DESC LIMIT ",
+};
+
+/// PostgreSQL's dialect (its planner weighs the filter's selectivity itself).
+pub(crate) const POSTGRES: Dialect = Dialect {
+    like: "ILIKE",
+    filtered_order: " ORDER BY id DESC LIMIT ",
+};
 
 /// Cuts the extra row off and turns it into the next cursor.
 pub(crate) fn page(mut items: Vec<KeyRecord>, size: u32) -> crate::Page {

@@ -266,7 +266,7 @@ impl Store for SqliteStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let cursor = query.cursor_id()?;
-        let mut sql = sql::list_query::<Sqlite>(query, cursor.as_ref(), "LIKE");
+        let mut sql = sql::list_query::<Sqlite>(query, cursor.as_ref(), &sql::SQLITE);
         let rows: Vec<Row> = sql
             .build_query_as()
             .fetch_all(&self.pool)
