@@ -159,28 +159,37 @@ where
         }
     }
     if let Some(sweep) = &query.sweep {
-        // The same rules as keygate-core's policy functions, loosened to a superset.
-        sql.push(" AND revoked_at IS NULL AND (1 = 0");
+        // The same rules as keygate-core's policy functions, loosened to a superset. Expiring
+        // soon (now, until] and expired lately [since, now] are read as one range [since,
+        // until], so that the `keys_expiring` index serves the sweep instead of a table scan.
+        let expiry = match (sweep.expired_since, sweep.expiring_until) {
+            (None, None) => None,
+            (since, until) => Some((
+                since.map_or(now, Timestamp::unix_ms),
+                until.map_or(now, Timestamp::unix_ms),
+            )),
+        };
+        sql.push(" AND revoked_at IS NULL AND (");
         if let Some(max_age) = sweep.max_age_ms {
-            sql.push(" OR (rotated_to IS NULL AND created_at + COALESCE(max_age_ms, ")
+            sql.push("(rotated_to IS NULL AND created_at + COALESCE(max_age_ms, ")
                 .push_bind(max_age)
                 .push(") <= ")
                 .push_bind(now)
-                .push(")");
+                .push(")")
+                .push(if expiry.is_some() { " OR " } else { "" });
         }
-        if let Some(until) = sweep.expiring_until {
-            sql.push(" OR (expires_at > ")
-                .push_bind(now)
-                .push(" AND expires_at <= ")
-                .push_bind(until.unix_ms())
-                .push(")");
-        }
-        if let Some(since) = sweep.expired_since {
-            sql.push(" OR (expires_at <= ")
-                .push_bind(now)
-                .push(" AND expires_at >= ")
-                .push_bind(since.unix_ms())
-                .push(")");
+        match expiry {
+            Some((from, to)) => {
+                sql.push("(expires_at >= ")
+                    .push_bind(from)
+                    .push(" AND expires_at <= ")
+                    .push_bind(to)
+                    .push(")");
+            }
+            None if sweep.max_age_ms.is_none() => {
+                sql.push("1 = 0");
+            }
+            None => {}
         }
         sql.push(")");
     }
