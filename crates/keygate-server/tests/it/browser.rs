@@ -307,6 +307,8 @@ async fn admin_ui_in_chromium() {
     for page in ["audit", "webhooks"] {
         c.goto(&format!("{base}/admin/{page}")).await.unwrap();
         assert_labelled(&c).await;
+        let shot = shots.join(format!("{page}.png"));
+        std::fs::write(shot, c.screenshot().await.unwrap()).unwrap();
     }
 
     // The session cookie: HttpOnly, SameSite=Strict, not the key.
