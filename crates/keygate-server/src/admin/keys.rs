@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::session::{Flash, Secret};
 use super::views::{self, Nav};
-use super::{Admin, PageQuery, Posted, UiError};
+use super::{Admin, PageQuery, Posted, UiError, split_list};
 use crate::api::AppState;
 
 /// Keys per page in the list.
@@ -229,13 +229,6 @@ async fn key_form_page(
     views::page(admin.page(app, Nav::Keys).await, &title, body)
 }
 
-fn split_scopes(text: &str) -> Vec<String> {
-    text.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
 fn optional(text: &str) -> Option<String> {
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())
@@ -261,7 +254,7 @@ fn spec_of(form: &NewKey) -> Result<KeySpec, String> {
     Ok(KeySpec {
         name: form.name.trim().to_owned(),
         owner: optional(&form.owner),
-        scopes: split_scopes(&form.scopes),
+        scopes: split_list(&form.scopes),
         metadata,
         expires,
         max_age,
@@ -416,26 +409,29 @@ pub async fn create(
 /// The keys before and after `record` in its rotation chain, oldest first (at most ten each
 /// way).
 async fn chain(app: &AppState, record: &KeyRecord) -> Result<Vec<KeyRecord>, UiError> {
-    let mut before = Vec::new();
-    let mut at = record.rotated_from.clone();
-    while let Some(id) = at.take().filter(|_| before.len() < 10) {
+    let mut chain = follow(app, record, |r| r.rotated_from.clone()).await?;
+    chain.reverse();
+    chain.push(record.clone());
+    chain.extend(follow(app, record, |r| r.rotated_to.clone()).await?);
+    Ok(chain)
+}
+
+/// The keys reached from `record` by `step` (one link of the rotation chain), nearest first,
+/// at most ten.
+async fn follow(
+    app: &AppState,
+    record: &KeyRecord,
+    step: fn(&KeyRecord) -> Option<KeyId>,
+) -> Result<Vec<KeyRecord>, UiError> {
+    let mut found = Vec::new();
+    let mut at = step(record);
+    while let Some(id) = at.take().filter(|_| found.len() < 10) {
         if let Some(r) = app.keygate.get(&id).await? {
-            at = r.rotated_from.clone();
-            before.push(r);
+            at = step(&r);
+            found.push(r);
         }
     }
-    before.reverse();
-    let mut after = Vec::new();
-    let mut at = record.rotated_to.clone();
-    while let Some(id) = at.take().filter(|_| after.len() < 10) {
-        if let Some(r) = app.keygate.get(&id).await? {
-            at = r.rotated_to.clone();
-            after.push(r);
-        }
-    }
-    before.push(record.clone());
-    before.extend(after);
-    Ok(before)
+    Ok(found)
 }
 
 /// `GET /admin/keys/{id}`.

@@ -332,15 +332,14 @@ impl FromRequestParts<AppState> for Admin {
                 .get(id)
                 .await
                 .map_err(|e| UiError::from(e).into_response())?
-                .filter(|r| {
-                    r.status(now) == Status::Active && AdminAction::Read.permitted(&r.scopes)
-                })
-                .map(|r| {
-                    (
+                .filter(|r| r.status(now) == Status::Active)
+                .and_then(|r| {
+                    let can_manage = key_can_manage(&r.scopes)?;
+                    Some((
                         format!("{} ({})", r.name, r.start),
-                        AdminAction::Manage.permitted(&r.scopes),
+                        can_manage,
                         Actor::Admin(r.id),
-                    )
+                    ))
                 }),
             Principal::User { name, since } => app
                 .keygate
@@ -366,6 +365,22 @@ impl FromRequestParts<AppState> for Admin {
             audit: Audit::by(actor).in_request(request_id.0.as_ref()),
         })
     }
+}
+
+/// Whether an admin key with `scopes` may use the UI: `None` if not at all, else whether it
+/// may change things (`keygate:admin`) or only look (`keygate:read`).
+fn key_can_manage(scopes: &[String]) -> Option<bool> {
+    AdminAction::Read
+        .permitted(scopes)
+        .then(|| AdminAction::Manage.permitted(scopes))
+}
+
+/// A form's list field (scopes, event types): items separated by commas or whitespace.
+fn split_list(text: &str) -> Vec<String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// To the sign-in page, coming back here afterwards (for a page, not a form post).

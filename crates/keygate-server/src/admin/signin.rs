@@ -5,18 +5,20 @@
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use http::{HeaderValue, StatusCode, header};
-use keygate::core::scope::AdminAction;
 use keygate::core::{Actor, Audit, AuditEvent, EventKind, Outcome};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::session::{ABSOLUTE_LIFETIME, COOKIE, Principal, SIGNIN_COOKIE, random_token};
-use super::{Admin, client_ip, cookie, form_body, password, safe_next, secure, set_cookie, views};
+use super::{
+    Admin, client_ip, cookie, form_body, key_can_manage, password, safe_next, secure, set_cookie,
+    views,
+};
 use crate::api::{AppState, RequestId};
 
 /// `GET /admin/login` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Default)]
 pub struct SignInQuery {
     #[serde(default)]
     next: Option<String>,
@@ -44,10 +46,7 @@ pub async fn form(State(app): State<AppState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
     let query: SignInQuery = Query::try_from_uri(&parts.uri)
         .map(|q| q.0)
-        .unwrap_or(SignInQuery {
-            next: None,
-            signed_out: None,
-        });
+        .unwrap_or_default();
     let next = query.next.filter(|n| safe_next(n)).unwrap_or_default();
     if Admin::from_request_parts(&mut parts, &app).await.is_ok() {
         let to = if next.is_empty() {
@@ -277,16 +276,15 @@ async fn by_key(app: &AppState, presented: &str) -> Result<(Principal, Actor, bo
             return Err(Refusal::new(verification.outcome.code(), details));
         }
     };
-    if !AdminAction::Read.permitted(key.scopes()) {
+    let Some(can_manage) = key_can_manage(key.scopes()) else {
         let mut details = Map::new();
         details.insert("key_id".into(), json!(key.id()));
         return Err(Refusal::new("INSUFFICIENT_SCOPE", details));
-    }
-    let read_only = !AdminAction::Manage.permitted(key.scopes());
+    };
     Ok((
         Principal::Key(key.id().clone()),
         Actor::Admin(key.id().clone()),
-        read_only,
+        !can_manage,
     ))
 }
 

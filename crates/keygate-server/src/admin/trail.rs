@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::keys::events_table;
 use super::session::{Flash, Secret};
 use super::views::{self, Nav};
-use super::{Admin, PageQuery, Posted, UiError};
+use super::{Admin, PageQuery, Posted, UiError, split_list};
 use crate::api::AppState;
 
 /// `GET /admin/audit` query.
@@ -157,12 +157,7 @@ pub async fn add_webhook(
     posted: Posted<NewWebhook>,
 ) -> Result<Response, UiError> {
     let Posted { admin, form } = posted;
-    let events: Vec<String> = form
-        .events
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let events = split_list(&form.events);
     let endpoint = app
         .keygate
         .add_webhook(
