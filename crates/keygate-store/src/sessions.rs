@@ -90,45 +90,30 @@ where
         Ok(())
     }
 
+    /// Ends a session; its messages go with it (`ON DELETE CASCADE`).
     pub(crate) async fn end(&self, id: &[u8; 32]) -> Result<(), StoreError> {
-        let mut tx = self.0.begin().await.map_err(backend)?;
-        for statement in [
-            "DELETE FROM admin_flashes WHERE session_id = $1",
-            "DELETE FROM admin_sessions WHERE id = $1",
-        ] {
-            sqlx::query(statement)
-                .bind(id.to_vec())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)
+        sqlx::query("DELETE FROM admin_sessions WHERE id = $1")
+            .bind(id.to_vec())
+            .execute(self.0)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
+    /// Ends idle and old sessions, with their messages (`ON DELETE CASCADE`).
     pub(crate) async fn purge(
         &self,
         idle_before: Timestamp,
         begun_before: Timestamp,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.0.begin().await.map_err(backend)?;
-        sqlx::query(
-            "DELETE FROM admin_flashes WHERE session_id IN (SELECT id FROM admin_sessions \
-             WHERE last_seen_at < $1 OR created_at < $2)",
-        )
-        .bind(idle_before.unix_ms())
-        .bind(begun_before.unix_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
         let ended: Vec<(Vec<u8>,)> = sqlx::query_as(
             "DELETE FROM admin_sessions WHERE last_seen_at < $1 OR created_at < $2 RETURNING id",
         )
         .bind(idle_before.unix_ms())
         .bind(begun_before.unix_ms())
-        .fetch_all(&mut *tx)
+        .fetch_all(self.0)
         .await
         .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
         Ok(ended.len() as u64)
     }
 
