@@ -652,16 +652,12 @@ async fn set_password(
         .map_err(|e| Failure::Other(e.to_string()))?
         .map_err(Failure::Other)?;
     let now = keygate.now();
-    let created_at = keygate
-        .store()
-        .get_admin_user(&username)
-        .await?
-        .map_or(now, |u| u.created_at);
+    // For an existing user the store keeps the first `created_at`.
     let user = keygate_core::AdminUser {
         username,
         password_hash: hash,
         read_only,
-        created_at,
+        created_at: now,
         updated_at: now,
     };
     keygate
