@@ -261,13 +261,7 @@ fn key_sign_in_issue_shows_the_key_once_and_nowhere_else() {
     assert!(keygate_core::parse(&key).is_ok(), "{key}");
 
     // The key works, with what the form gave it.
-    let verified = server.json(
-        "POST",
-        "/v1/verify",
-        &admin,
-        &json!({"key": key, "scopes": ["orders:write"]}),
-    );
-    let verified = verified.expect(200);
+    let verified = server.verify(&admin, &key, &["orders:write"]);
     assert_eq!(verified["valid"], true, "{verified}");
     assert_eq!(verified["key"]["owner"], "acct_42");
     assert_eq!(verified["key"]["metadata"]["plan"], "pro");
@@ -899,14 +893,7 @@ fn editing_a_key_changes_what_differs_and_audits_each_field() {
     );
     assert!(events[0]["actor"].as_str().unwrap().starts_with("admin:"));
     // The key itself still works, with its new scope.
-    let verified = server
-        .json(
-            "POST",
-            "/v1/verify",
-            &admin,
-            &json!({"key": key, "scopes": ["orders:write"]}),
-        )
-        .expect(200);
+    let verified = server.verify(&admin, &key, &["orders:write"]);
     assert_eq!(verified["valid"], true);
 }
 

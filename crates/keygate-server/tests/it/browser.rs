@@ -239,14 +239,7 @@ async fn admin_ui_in_chromium() {
     std::fs::write(shots.join("key-detail.png"), c.screenshot().await.unwrap()).unwrap();
 
     // The key works against the API.
-    let verified = server
-        .json(
-            "POST",
-            "/v1/verify",
-            &admin,
-            &json!({"key": key, "scopes": ["orders:write"]}),
-        )
-        .expect(200);
+    let verified = server.verify(&admin, &key, &["orders:write"]);
     assert_eq!(verified["valid"], true, "{verified}");
     assert_eq!(verified["key"]["owner"], "acct_browser");
 
@@ -276,9 +269,7 @@ async fn admin_ui_in_chromium() {
             .contains("revoked from the browser test")
     );
     assert_eq!(c.current_url().await.unwrap(), key_page);
-    let refused = server
-        .json("POST", "/v1/verify", &admin, &json!({"key": key}))
-        .expect(200);
+    let refused = server.verify(&admin, &key, &[]);
     assert_eq!(
         (refused["valid"].as_bool(), refused["code"].as_str()),
         (Some(false), Some("REVOKED")),

@@ -44,14 +44,7 @@ impl Service {
     }
 
     fn verify(&self, key: &str, scopes: &[&str]) -> Value {
-        self.server
-            .json(
-                "POST",
-                "/v1/verify",
-                &self.admin,
-                &json!({"key": key, "scopes": scopes}),
-            )
-            .expect(200)
+        self.server.verify(&self.admin, key, scopes)
     }
 }
 

@@ -116,6 +116,18 @@ impl Server {
         self.send(method, path, Some(key), Some(("application/json", &bytes)))
     }
 
+    /// `POST /v1/verify` of `key` for `scopes`, authenticated by `admin`; asserts 200 and
+    /// returns the answer.
+    pub fn verify(&self, admin: &str, key: &str, scopes: &[&str]) -> Value {
+        self.json(
+            "POST",
+            "/v1/verify",
+            admin,
+            &serde_json::json!({"key": key, "scopes": scopes}),
+        )
+        .expect(200)
+    }
+
     /// Any request, with exactly these headers.
     pub fn raw(
         &self,
