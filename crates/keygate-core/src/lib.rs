@@ -15,7 +15,6 @@
 //! assert_eq!(decide(&record, now, &["users:read"]), Outcome::InsufficientScope);
 //! ```
 
-pub mod admin;
 pub mod audit;
 pub mod format;
 pub mod id;
@@ -26,7 +25,6 @@ pub mod scope;
 pub mod time;
 pub mod webhook;
 
-pub use admin::{AdminSession, AdminUser};
 pub use audit::{Actor, Audit, AuditEvent, EventKind};
 pub use format::{
     KeyHash, ParseError, ParsedKey, PlainKey, Prefix, generate, parse, parse_with_prefix,

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use keygate_core::{Audit, KeySpec, Prefix, issue};
 use keygate_store::{
-    ListQuery, PostgresStore, SqliteStore, Store, StoreError, conformance::now, open,
+    KeyStore, ListQuery, PostgresStore, SqliteStore, Store, StoreError, conformance::now, open,
 };
 
-async fn fresh() -> Option<Arc<dyn Store>> {
+async fn fresh() -> Arc<dyn Store> {
     let dir = tempfile::tempdir().expect("tempdir").keep();
     let url = format!("sqlite://{}", dir.join("keys.db").display());
-    Some(Arc::new(SqliteStore::connect(&url).await.expect("open")))
+    Arc::new(SqliteStore::connect(&url).await.expect("open"))
 }
 
 mod sqlite_conformance {
@@ -19,19 +19,14 @@ mod sqlite_conformance {
 }
 
 /// A fresh schema in the PostgreSQL named by `KEYGATE_TEST_POSTGRES` (`.ci/run` sets it), so
-/// that parallel tests and runs never share tables; `None` (the case is skipped, and says so)
-/// when the variable is not set.
-async fn fresh_postgres() -> Option<Arc<dyn Store>> {
-    let Ok(base) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-        return None;
-    };
-    let schema = keygate_store::test_schema(&base).await;
-    let url = keygate_store::with_search_path(&base, &schema);
-    Some(Arc::new(
+/// that parallel tests and runs never share tables.
+async fn fresh_postgres() -> Arc<dyn Store> {
+    let url = keygate_store::testing::fresh_postgres_url().await;
+    Arc::new(
         PostgresStore::connect(&url)
             .await
             .expect("connect to PostgreSQL"),
-    ))
+    )
 }
 
 mod postgres_conformance {

@@ -1,5 +1,6 @@
-//! What the SQL backends share: the row shape, its conversion to a [`KeyRecord`], and the
-//! list query (filters, status precedence, cursor), built once for any sqlx database.
+//! Rows as the database returns them, their conversion to keygate's records, and the queries
+//! that are built rather than written out (lists, audit pages, outbox rows), for any sqlx
+//! database.
 
 use keygate_core::{AuditEvent, EventKind, KeyHash, KeyId, KeyRecord, Status, Timestamp};
 use serde_json::{Map, Value};
@@ -103,11 +104,13 @@ fn contains_pattern(text: &str) -> String {
 
 /// The list query: filters, the status predicate with core's precedence (revoked, expired,
 /// disabled, active), the cursor, newest first, one row more than the page to tell whether
-/// another page follows. `dialect` holds what differs between the backends.
+/// another page follows. `like` is the case-insensitive match operator and `filtered_order`
+/// the order clause for text-filtered lists (see [`Backend`](super::Backend)).
 pub(crate) fn list_query<DB>(
     query: &ListQuery,
     cursor: Option<&KeyId>,
-    dialect: &Dialect,
+    like: &str,
+    filtered_order: &'static str,
 ) -> QueryBuilder<DB>
 where
     DB: Database,
@@ -115,7 +118,6 @@ where
     String: for<'q> Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    let like = dialect.like;
     let now = query.now.unix_ms();
     let mut sql = QueryBuilder::<DB>::new(select_where!("1 = 1"));
     if let Some(owner) = &query.owner {
@@ -195,36 +197,13 @@ where
     }
     let text_filter = query.search.is_some() || query.name_contains.is_some();
     sql.push(if text_filter {
-        dialect.filtered_order
+        filtered_order
     } else {
         " ORDER BY id DESC LIMIT "
     })
     .push_bind(i64::from(query.page_size()) + 1);
     sql
 }
-
-/// What the list query writes differently per backend.
-#[derive(Debug)]
-pub(crate) struct Dialect {
-    /// The case-insensitive match operator: `LIKE` on SQLite, `ILIKE` on PostgreSQL.
-    pub like: &'static str,
-    /// The order clause when a text filter reads every row anyway. On SQLite `+id` keeps the
-    /// planner from walking the id index (a random row lookup per key: 300 ms at 100,000
-    /// keys) instead of scanning the table and sorting the few matches (27 ms).
-    pub filtered_order: &'static str,
-}
-
-/// SQLite's dialect.
-pub(crate) const SQLITE: Dialect = Dialect {
-    like: "LIKE",
-    filtered_order: " ORDER BY +id DESC LIMIT ",
-};
-
-/// PostgreSQL's dialect (its planner weighs the filter's selectivity itself).
-pub(crate) const POSTGRES: Dialect = Dialect {
-    like: "ILIKE",
-    filtered_order: " ORDER BY id DESC LIMIT ",
-};
 
 /// Cuts the extra row off and turns it into the next cursor.
 pub(crate) fn page(mut items: Vec<KeyRecord>, size: u32) -> crate::Page {
@@ -238,26 +217,18 @@ pub(crate) fn page(mut items: Vec<KeyRecord>, size: u32) -> crate::Page {
     crate::Page { items, next_cursor }
 }
 
-/// `count_by_status` columns, with core's precedence; `$now` is the time, bound once.
-macro_rules! count_by_status_sql {
-    ($now:literal) => {
-        concat!(
-            "SELECT ",
-            "COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS revoked, ",
-            "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ",
-            $now,
-            " THEN 1 ELSE 0 END), 0) AS expired, ",
-            "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ",
-            $now,
-            ") AND enabled = FALSE THEN 1 ELSE 0 END), 0) AS disabled, ",
-            "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ",
-            $now,
-            ") AND enabled = TRUE THEN 1 ELSE 0 END), 0) AS active ",
-            "FROM keys"
-        )
-    };
-}
-pub(crate) use count_by_status_sql;
+/// `count_by_status`, with core's precedence; `$1` is the time.
+pub(crate) const COUNT_BY_STATUS: &str = concat!(
+    "SELECT ",
+    "COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS revoked, ",
+    "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1 ",
+    "THEN 1 ELSE 0 END), 0) AS expired, ",
+    "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) ",
+    "AND enabled = FALSE THEN 1 ELSE 0 END), 0) AS disabled, ",
+    "COALESCE(SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) ",
+    "AND enabled = TRUE THEN 1 ELSE 0 END), 0) AS active ",
+    "FROM keys"
+);
 
 /// The four counts as the query returns them.
 #[derive(Debug, sqlx::FromRow)]
@@ -470,7 +441,7 @@ pub(crate) struct AdminUserRow {
 pub(crate) const ADMIN_USER_COLUMNS: &str =
     "username, password_hash, read_only, created_at, updated_at";
 
-impl TryFrom<AdminUserRow> for keygate_core::AdminUser {
+impl TryFrom<AdminUserRow> for crate::AdminUser {
     type Error = StoreError;
 
     fn try_from(r: AdminUserRow) -> Result<Self, StoreError> {
@@ -498,14 +469,14 @@ pub(crate) struct SessionRow {
 /// Columns of [`SessionRow`].
 pub(crate) const SESSION_COLUMNS: &str = "id, principal, csrf, created_at, last_seen_at";
 
-impl TryFrom<SessionRow> for keygate_core::AdminSession {
+impl TryFrom<SessionRow> for crate::AdminSession {
     type Error = StoreError;
 
     fn try_from(r: SessionRow) -> Result<Self, StoreError> {
         let corrupt = || StoreError::Corrupt("admin session".into());
         Ok(Self {
             id: r.id.try_into().map_err(|_| corrupt())?,
-            principal: keygate_core::admin::Principal::decode(&r.principal).ok_or_else(corrupt)?,
+            principal: crate::Principal::decode(&r.principal).ok_or_else(corrupt)?,
             csrf: r.csrf,
             created_at: Timestamp::from_unix_ms(r.created_at).ok_or_else(corrupt)?,
             last_seen_at: Timestamp::from_unix_ms(r.last_seen_at).ok_or_else(corrupt)?,
@@ -513,7 +484,7 @@ impl TryFrom<SessionRow> for keygate_core::AdminSession {
     }
 }
 
-/// The `admin.password_set` event for `user`: name and role, never the hash.
+/// The `admin.user_removed` event for `username`.
 pub(crate) fn user_removed_event(
     username: &str,
     audit: &keygate_core::Audit,
@@ -526,7 +497,7 @@ pub(crate) fn user_removed_event(
 
 /// The `admin.password_set` event for `user`: name and role, never the hash.
 pub(crate) fn password_set_event(
-    user: &keygate_core::AdminUser,
+    user: &crate::AdminUser,
     audit: &keygate_core::Audit,
 ) -> AuditEvent {
     let mut details = Map::new();

@@ -1,0 +1,183 @@
+//! The store's roles. A caller depends on the role it needs; [`Store`] is every role at once.
+
+use async_trait::async_trait;
+use keygate_core::webhook::{Delivery, Endpoint};
+use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
+use tokio::sync::mpsc;
+
+use crate::accounts::{AdminSession, AdminUser};
+use crate::query::{
+    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts,
+};
+use crate::StoreError;
+
+/// Keys: their records, every change to them (each with its audit event, in one transaction),
+/// the change feed caches follow, and the database's health.
+#[async_trait]
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// The record with this hash: the verify path's lookup.
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// The record with this id.
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Keys matching `query`, newest first, one page at a time.
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// How many keys have each status at `now`.
+    async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError>;
+
+    /// Stores a new record, and its `key.created` event. [`StoreError::Duplicate`] if its id or
+    /// hash is taken.
+    async fn create(&self, record: &KeyRecord, audit: &Audit) -> Result<(), StoreError>;
+
+    /// Stores `record` only if the store holds no key at all, atomically (for the bootstrap
+    /// admin key: several nodes starting on one empty database must issue one key, not one
+    /// each). `Ok(false)` if there were keys already.
+    async fn create_if_empty(&self, record: &KeyRecord, audit: &Audit) -> Result<bool, StoreError>;
+
+    /// Applies `patch` atomically, with its `key.updated` event (time `at`), and returns the
+    /// updated record.
+    async fn update(
+        &self,
+        id: &KeyId,
+        patch: KeyPatch,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Revokes the key at `at` atomically, with its `key.revoked` event, and returns the updated
+    /// record. [`RecordError::AlreadyRevoked`](keygate_core::RecordError::AlreadyRevoked) if it
+    /// was revoked before.
+    async fn revoke(
+        &self,
+        id: &KeyId,
+        at: Timestamp,
+        reason: Option<String>,
+        audit: &Audit,
+    ) -> Result<KeyRecord, StoreError>;
+
+    /// Rotates the key `id` in one transaction: `plan` (keygate-core's
+    /// [`plan_rotation`](keygate_core::plan_rotation)) turns the stored record into the old
+    /// record as it must now be and its successor; both are written, with `key.rotated` and
+    /// `key.created` events. With `sealed` (the successor's plaintext, sealed by the caller),
+    /// also queues it for every enabled endpoint that receives secrets. Returns (old,
+    /// successor).
+    async fn rotate(
+        &self,
+        id: &KeyId,
+        plan: &RotationPlan<'_>,
+        at: Timestamp,
+        audit: &Audit,
+        sealed: Option<&str>,
+    ) -> Result<(KeyRecord, KeyRecord), StoreError>;
+
+    /// Records last-used times in one batch; a time never moves backwards; unknown ids are
+    /// ignored.
+    async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+
+    /// Follows changes to keys made by any process on this database, this one included,
+    /// until the receiver is dropped.
+    async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError>;
+
+    /// Checks that the database answers and is the one opened.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Checks that the database takes writes (a probe row is written): a full disk or a
+    /// read-only file shows here before a real change fails.
+    async fn ping_write(&self, at: Timestamp) -> Result<(), StoreError>;
+
+    /// Closes the store's connections (for a clean shutdown); later calls fail.
+    async fn close(&self);
+}
+
+/// The append-only audit trail. Key changes write their events themselves (in their own
+/// transaction); this role adds notices that change no key and reads the trail.
+#[async_trait]
+pub trait AuditLog: Send + Sync + std::fmt::Debug {
+    /// Appends a notice that changes no key (`key.expiring_soon`, `admin.signed_in`, ...),
+    /// with its webhook deliveries, in one transaction.
+    async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Events matching `query`, one page at a time. No method changes or removes an event.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+}
+
+/// Webhook endpoints and the durable outbox of deliveries (rows written in the same
+/// transaction as the event they carry).
+#[async_trait]
+pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
+    /// Adds a webhook endpoint, with its `webhook.created` event.
+    async fn create_endpoint(&self, endpoint: &Endpoint, audit: &Audit) -> Result<(), StoreError>;
+
+    /// Every webhook endpoint.
+    async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;
+
+    /// Pending deliveries whose next attempt is due at `now`, oldest first.
+    async fn due_deliveries(&self, now: Timestamp, limit: u32)
+    -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records the outcome of an attempt at delivery `id` (a no-op if it is no longer pending).
+    async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError>;
+
+    /// The latest deliveries to an endpoint, newest first: its delivery log.
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
+}
+
+/// The admin web UI's accounts: users with passwords, sessions, and their one-time messages.
+#[async_trait]
+pub trait AdminAccounts: Send + Sync + std::fmt::Debug {
+    /// Adds an admin-UI user, or replaces the password and role of an existing one (keeping
+    /// its creation time), with an `admin.password_set` event, in one transaction.
+    async fn set_admin_user(&self, user: &AdminUser, audit: &Audit) -> Result<(), StoreError>;
+
+    /// The admin-UI user called `username`.
+    async fn get_admin_user(&self, username: &str) -> Result<Option<AdminUser>, StoreError>;
+
+    /// Every admin-UI user, by name.
+    async fn list_admin_users(&self) -> Result<Vec<AdminUser>, StoreError>;
+
+    /// Removes admin-UI user `username`, with an `admin.user_removed` event, in one
+    /// transaction; `false` (and nothing written) if there is no such user.
+    async fn remove_admin_user(
+        &self,
+        username: &str,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores a new admin-UI session.
+    async fn create_session(&self, session: &AdminSession) -> Result<(), StoreError>;
+
+    /// The session whose token hashes to `id`.
+    async fn get_session(&self, id: &[u8; 32]) -> Result<Option<AdminSession>, StoreError>;
+
+    /// Records a request in session `id` at `at`.
+    async fn touch_session(&self, id: &[u8; 32], at: Timestamp) -> Result<(), StoreError>;
+
+    /// Ends session `id` (and drops its messages).
+    async fn end_session(&self, id: &[u8; 32]) -> Result<(), StoreError>;
+
+    /// Ends every session idle since before `idle_before` or begun before `begun_before`;
+    /// returns how many.
+    async fn purge_sessions(
+        &self,
+        idle_before: Timestamp,
+        begun_before: Timestamp,
+    ) -> Result<u64, StoreError>;
+
+    /// Queues a (sealed) one-time message for session `id`'s next page.
+    async fn push_flash(&self, id: &[u8; 32], sealed: &str) -> Result<(), StoreError>;
+
+    /// Takes session `id`'s messages, oldest first: a message is returned once, to one caller.
+    async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError>;
+}
+
+/// Every role: what [`open`](crate::open) returns and keygate's library manages keys through.
+pub trait Store: KeyStore + AuditLog + WebhookOutbox + AdminAccounts {}
+
+impl<T: KeyStore + AuditLog + WebhookOutbox + AdminAccounts> Store for T {}

@@ -1,0 +1,881 @@
+//! [`SqlStore`]: every role of the store, its SQL written once over sqlx with `$n`
+//! placeholders, for any database a [`Backend`] describes.
+//!
+//! Every change goes through one write transaction ([`WriteTx`]) that holds a pooled
+//! connection of its own: it is committed, or rolled back, or — if even that fails, or the
+//! caller gave up half-way — the connection is closed instead of going back to the pool, so a
+//! failed transaction (a full disk, a lost server) never poisons the next user of that
+//! connection.
+
+mod rows;
+
+use std::future::Future;
+
+use async_trait::async_trait;
+use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint};
+use keygate_core::{
+    Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
+};
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool};
+use tokio::sync::mpsc;
+
+pub(crate) use rows::to_json;
+use rows::{Row, select_where};
+
+use crate::accounts::{AdminSession, AdminUser};
+use crate::query::{
+    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts,
+};
+use crate::roles::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
+use crate::StoreError;
+
+/// What differs between the databases [`SqlStore`] runs on. Everything else — every query,
+/// every transaction's content — is written once, in this module.
+pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
+    /// The sqlx database.
+    type Db: Database;
+
+    /// The statement that opens a write transaction (`BEGIN IMMEDIATE` takes SQLite's write
+    /// lock at once, so that read-modify-write cannot interleave).
+    const BEGIN_WRITE: &'static str;
+    /// Appended to the `SELECT` of a read-modify-write to lock the row (PostgreSQL's
+    /// `FOR UPDATE`; nothing where the transaction holds the lock already).
+    const LOCK_ROW: &'static str;
+    /// Run first in `create_if_empty`'s transaction, so that two nodes bootstrapping at once
+    /// issue one key between them (`None` where [`Backend::BEGIN_WRITE`] suffices).
+    const LOCK_KEYS_TABLE: Option<&'static str>;
+    /// The case-insensitive match operator.
+    const LIKE: &'static str;
+    /// The order clause of a list filtered by text (where a filter reads every row anyway).
+    const FILTERED_ORDER: &'static str;
+
+    /// The connection pool.
+    fn pool(&self) -> &Pool<Self::Db>;
+
+    /// Tells every process on this database that the key with `hash` changed, inside the
+    /// change's transaction.
+    fn signal_change<'c>(
+        &'c self,
+        conn: &'c mut <Self::Db as Database>::Connection,
+        hash: &'c KeyHash,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+
+    /// Writes last-used times, inside the caller's transaction; a time never moves backwards.
+    fn record_usage<'c>(
+        &'c self,
+        conn: &'c mut <Self::Db as Database>::Connection,
+        usage: &'c [(KeyId, Timestamp)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+
+    /// Follows changes made by any process, until the receiver is dropped.
+    fn watch(&self) -> impl Future<Output = Result<mpsc::Receiver<Change>, StoreError>> + Send;
+
+    /// Whether the database is still the one that was opened (a SQLite file deleted or
+    /// replaced under a running server is not); checked before every write and by pings.
+    fn check_identity(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The store: every role, over one [`Backend`].
+#[derive(Debug)]
+pub struct SqlStore<B> {
+    backend: B,
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// A store over an opened, migrated backend.
+    pub fn new(backend: B) -> Self {
+        Self { backend }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool<B::Db> {
+        self.backend.pool()
+    }
+}
+
+/// A write transaction on a pooled connection of its own; see the module docs.
+pub(crate) struct WriteTx<DB: Database> {
+    conn: PoolConnection<DB>,
+    open: bool,
+}
+
+impl<DB: Database> WriteTx<DB> {
+    fn conn(&mut self) -> &mut DB::Connection {
+        &mut self.conn
+    }
+}
+
+impl<DB: Database> Drop for WriteTx<DB> {
+    fn drop(&mut self) {
+        if self.open {
+            // Neither committed nor rolled back (a failure, or a cancelled request): the
+            // connection's state is unknown, so it must not serve anyone else.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+pub(crate) fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn time(ms: Option<Timestamp>) -> Option<i64> {
+    ms.map(Timestamp::unix_ms)
+}
+
+fn id_text(id: Option<&KeyId>) -> Option<String> {
+    id.map(|id| id.as_str().to_owned())
+}
+
+/// Wraps an `impl` block of [`SqlStore`] in the one list of what the SQL needs of the
+/// database's types, so the list is written once.
+macro_rules! sql_impl {
+    ($(#[$attr:meta])* impl $($role:ident)? { $($body:tt)* }) => {
+        $(#[$attr])*
+        // The row types are this module's own; the impls are used through the roles.
+        #[allow(private_bounds)]
+        impl<B: Backend> $($role for)? SqlStore<B>
+        where
+            for<'c> &'c mut <B::Db as Database>::Connection: sqlx::Executor<'c, Database = B::Db>,
+            for<'c> &'c Pool<B::Db>: sqlx::Executor<'c, Database = B::Db>,
+            <B::Db as Database>::Arguments: sqlx::IntoArguments<B::Db> + Default,
+            for<'q> i64: sqlx::Encode<'q, B::Db> + sqlx::Decode<'q, B::Db> + sqlx::Type<B::Db>,
+            for<'q> i32: sqlx::Encode<'q, B::Db> + sqlx::Decode<'q, B::Db> + sqlx::Type<B::Db>,
+            for<'q> bool: sqlx::Encode<'q, B::Db> + sqlx::Decode<'q, B::Db> + sqlx::Type<B::Db>,
+            for<'q> String: sqlx::Encode<'q, B::Db> + sqlx::Decode<'q, B::Db> + sqlx::Type<B::Db>,
+            for<'q> Vec<u8>: sqlx::Encode<'q, B::Db> + sqlx::Decode<'q, B::Db> + sqlx::Type<B::Db>,
+            for<'q> Option<i64>: sqlx::Encode<'q, B::Db>,
+            for<'q> Option<i32>: sqlx::Encode<'q, B::Db>,
+            for<'q> Option<String>: sqlx::Encode<'q, B::Db>,
+            for<'r> Row: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::Counts: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::AuditRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::DeliveryRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::EndpointRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::AdminUserRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::SessionRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (i64,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (bool,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (String,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (Vec<u8>,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (i64, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (String, String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+        {
+            $($body)*
+        }
+    };
+}
+
+sql_impl! {
+    impl {
+        /// Opens a write transaction (after checking the database is still the one opened).
+        async fn begin_write(&self) -> Result<WriteTx<B::Db>, StoreError> {
+            self.backend.check_identity()?;
+            let conn = self.pool().acquire().await.map_err(backend)?;
+            let mut tx = WriteTx { conn, open: true };
+            sqlx::raw_sql(B::BEGIN_WRITE)
+                .execute(tx.conn())
+                .await
+                .map_err(backend)?;
+            Ok(tx)
+        }
+
+        /// Commits `tx` if `result` is a success, else rolls it back; returns `result` (or the
+        /// commit's failure).
+        async fn finish<T>(
+            &self,
+            mut tx: WriteTx<B::Db>,
+            result: Result<T, StoreError>,
+        ) -> Result<T, StoreError> {
+            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = sqlx::raw_sql(end).execute(tx.conn()).await;
+            if ended.is_ok() {
+                tx.open = false;
+            }
+            match (result, ended) {
+                (Ok(value), Ok(_)) => Ok(value),
+                (Ok(_), Err(e)) => Err(backend(e)),
+                (Err(e), _) => Err(e),
+            }
+        }
+
+        /// Writes an audit event and its webhook deliveries (the durable outbox) inside `tx`;
+        /// returns the event's position in the trail.
+        async fn record_event(
+            &self,
+            tx: &mut WriteTx<B::Db>,
+            event: &AuditEvent,
+        ) -> Result<i64, StoreError> {
+            let mut insert = rows::insert_event::<B::Db>(event);
+            insert.push(" RETURNING seq");
+            let (seq,): (i64,) = insert
+                .build_query_as()
+                .fetch_one(tx.conn())
+                .await
+                .map_err(backend)?;
+            let endpoints: Vec<(String, String, bool)> = sqlx::query_as(
+                "SELECT id, events, slack FROM webhook_endpoints WHERE enabled = TRUE",
+            )
+            .fetch_all(tx.conn())
+            .await
+            .map_err(backend)?;
+            if let Some(mut deliveries) =
+                rows::deliveries_for::<B::Db>(event, seq, endpoints, event.at.unix_ms())
+            {
+                deliveries
+                    .build()
+                    .execute(tx.conn())
+                    .await
+                    .map_err(backend)?;
+            }
+            Ok(seq)
+        }
+
+        /// Inserts a new key with its `key.created` event and change signal, inside `tx`.
+        async fn insert_key(
+            &self,
+            tx: &mut WriteTx<B::Db>,
+            record: &KeyRecord,
+            audit: &Audit,
+        ) -> Result<(), StoreError> {
+            let event = AuditEvent::created(record, audit, record.created_at);
+            self.record_event(tx, &event).await?;
+            sqlx::query(
+                "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
+                 expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
+                 rotated_to, rotated_at, max_age_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(record.id.as_str().to_owned())
+            .bind(record.name.clone())
+            .bind(record.start.clone())
+            .bind(record.hash.as_bytes().to_vec())
+            .bind(record.owner.clone())
+            .bind(to_json(&record.scopes))
+            .bind(to_json(&record.metadata))
+            .bind(record.created_at.unix_ms())
+            .bind(time(record.expires_at))
+            .bind(time(record.revoked_at))
+            .bind(record.revoked_reason.clone())
+            .bind(record.enabled)
+            .bind(time(record.last_used_at))
+            .bind(id_text(record.rotated_from.as_ref()))
+            .bind(id_text(record.rotated_to.as_ref()))
+            .bind(time(record.rotated_at))
+            .bind(record.max_age.map(Lifetime::as_ms))
+            .execute(tx.conn())
+            .await
+            .map_err(|e| match e.as_database_error() {
+                Some(db) if db.is_unique_violation() => StoreError::Duplicate,
+                _ => backend(e),
+            })?;
+            // A new key must drop "no such key" answers other processes may have cached.
+            self.backend.signal_change(tx.conn(), &record.hash).await
+        }
+
+        /// Read-modify-write of one key in one transaction: `change` (a rule of keygate-core)
+        /// edits the record and may return a successor to insert; the change's event (`kind`,
+        /// at `at`) and signal are written with it. With `sealed`, the successor's sealed
+        /// plaintext is queued for the endpoints trusted with secrets.
+        async fn modify(
+            &self,
+            id: &KeyId,
+            (kind, at, audit): (EventKind, Timestamp, &Audit),
+            sealed: Option<&str>,
+            change: impl FnOnce(&mut KeyRecord) -> Result<Option<KeyRecord>, StoreError> + Send,
+        ) -> Result<(KeyRecord, Option<KeyRecord>), StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                let select = format!("{}{}", select_where!("id = $1"), B::LOCK_ROW);
+                let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(id.as_str().to_owned())
+                    .fetch_optional(tx.conn())
+                    .await
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound)?;
+                let before = KeyRecord::try_from(row)?;
+                let mut record = before.clone();
+                let successor = change(&mut record)?;
+                sqlx::query(
+                    "UPDATE keys SET name = $1, owner = $2, scopes = $3, metadata = $4, \
+                     expires_at = $5, revoked_at = $6, revoked_reason = $7, enabled = $8, \
+                     rotated_to = $9, rotated_at = $10, max_age_ms = $11 WHERE id = $12",
+                )
+                .bind(record.name.clone())
+                .bind(record.owner.clone())
+                .bind(to_json(&record.scopes))
+                .bind(to_json(&record.metadata))
+                .bind(time(record.expires_at))
+                .bind(time(record.revoked_at))
+                .bind(record.revoked_reason.clone())
+                .bind(record.enabled)
+                .bind(id_text(record.rotated_to.as_ref()))
+                .bind(time(record.rotated_at))
+                .bind(record.max_age.map(Lifetime::as_ms))
+                .bind(record.id.as_str().to_owned())
+                .execute(tx.conn())
+                .await
+                .map_err(backend)?;
+                let event = AuditEvent::changed(kind, &before, &record, audit, at);
+                let event_seq = self.record_event(tx, &event).await?;
+                self.backend.signal_change(tx.conn(), &record.hash).await?;
+                if let Some(successor) = &successor {
+                    self.insert_key(tx, successor, audit).await?;
+                    if let Some(sealed) = sealed {
+                        // The successor's plaintext, sealed, for the endpoints trusted with
+                        // secrets only.
+                        sqlx::query(
+                            "INSERT INTO webhook_deliveries (endpoint_id, event_seq, payload, \
+                             next_attempt_at) SELECT id, $1, $2, $3 FROM webhook_endpoints \
+                             WHERE enabled = TRUE AND receives_secrets = TRUE",
+                        )
+                        .bind(event_seq)
+                        .bind(sealed.to_owned())
+                        .bind(at.unix_ms())
+                        .execute(tx.conn())
+                        .await
+                        .map_err(backend)?;
+                    }
+                }
+                Ok((record, successor))
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+    }
+}
+
+sql_impl! {
+    #[async_trait]
+    impl KeyStore {
+        async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+            let row: Option<Row> = sqlx::query_as(select_where!("hash = $1"))
+                .bind(hash.as_bytes().to_vec())
+                .fetch_optional(self.pool())
+                .await
+                .map_err(backend)?;
+            row.map(KeyRecord::try_from).transpose()
+        }
+
+        async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+            let row: Option<Row> = sqlx::query_as(select_where!("id = $1"))
+                .bind(id.as_str().to_owned())
+                .fetch_optional(self.pool())
+                .await
+                .map_err(backend)?;
+            row.map(KeyRecord::try_from).transpose()
+        }
+
+        async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+            let cursor = query.cursor_id()?;
+            let mut sql =
+                rows::list_query::<B::Db>(query, cursor.as_ref(), B::LIKE, B::FILTERED_ORDER);
+            let found: Vec<Row> = sql
+                .build_query_as()
+                .fetch_all(self.pool())
+                .await
+                .map_err(backend)?;
+            Ok(rows::page(rows::records(found)?, query.page_size()))
+        }
+
+        async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError> {
+            let counts: rows::Counts = sqlx::query_as(rows::COUNT_BY_STATUS)
+                .bind(now.unix_ms())
+                .fetch_one(self.pool())
+                .await
+                .map_err(backend)?;
+            Ok(counts.into())
+        }
+
+        async fn create(&self, record: &KeyRecord, audit: &Audit) -> Result<(), StoreError> {
+            let mut tx = self.begin_write().await?;
+            let result = self.insert_key(&mut tx, record, audit).await;
+            self.finish(tx, result).await
+        }
+
+        async fn create_if_empty(
+            &self,
+            record: &KeyRecord,
+            audit: &Audit,
+        ) -> Result<bool, StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                if let Some(lock) = B::LOCK_KEYS_TABLE {
+                    sqlx::raw_sql(lock).execute(tx.conn()).await.map_err(backend)?;
+                }
+                let (any,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM keys)")
+                    .fetch_one(tx.conn())
+                    .await
+                    .map_err(backend)?;
+                if any {
+                    return Ok(false);
+                }
+                self.insert_key(tx, record, audit).await?;
+                Ok(true)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn update(
+            &self,
+            id: &KeyId,
+            patch: KeyPatch,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<KeyRecord, StoreError> {
+            self.modify(id, (EventKind::KeyUpdated, at, audit), None, |record| {
+                patch.apply(record)?;
+                Ok(None)
+            })
+            .await
+            .map(|(record, _)| record)
+        }
+
+        async fn revoke(
+            &self,
+            id: &KeyId,
+            at: Timestamp,
+            reason: Option<String>,
+            audit: &Audit,
+        ) -> Result<KeyRecord, StoreError> {
+            self.modify(id, (EventKind::KeyRevoked, at, audit), None, |record| {
+                record.revoke(at, reason)?;
+                Ok(None)
+            })
+            .await
+            .map(|(record, _)| record)
+        }
+
+        async fn rotate(
+            &self,
+            id: &KeyId,
+            plan: &RotationPlan<'_>,
+            at: Timestamp,
+            audit: &Audit,
+            sealed: Option<&str>,
+        ) -> Result<(KeyRecord, KeyRecord), StoreError> {
+            let (old, new) = self
+                .modify(id, (EventKind::KeyRotated, at, audit), sealed, |record| {
+                    let (old_after, new) = plan(record)?;
+                    *record = old_after;
+                    Ok(Some(new))
+                })
+                .await?;
+            let new =
+                new.ok_or_else(|| StoreError::Corrupt("rotation made no successor".into()))?;
+            Ok((old, new))
+        }
+
+        async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+            if usage.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.begin_write().await?;
+            let result = self.backend.record_usage(tx.conn(), usage).await;
+            self.finish(tx, result).await
+        }
+
+        async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {
+            self.backend.watch().await
+        }
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.backend.check_identity()?;
+            sqlx::query("SELECT 1")
+                .execute(self.pool())
+                .await
+                .map(drop)
+                .map_err(backend)
+        }
+
+        async fn ping_write(&self, at: Timestamp) -> Result<(), StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                sqlx::query(
+                    "INSERT INTO health_probe (id, at) VALUES (1, $1) \
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                )
+                .bind(at.unix_ms())
+                .execute(tx.conn())
+                .await
+                .map(drop)
+                .map_err(backend)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn close(&self) {
+            // On SQLite, closing the last connection checkpoints the WAL into the file.
+            self.pool().close().await;
+        }
+    }
+}
+
+sql_impl! {
+    #[async_trait]
+    impl AuditLog {
+        async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+            let mut tx = self.begin_write().await?;
+            let result = self.record_event(&mut tx, event).await.map(drop);
+            self.finish(tx, result).await
+        }
+
+        async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+            let cursor = query.cursor_seq()?;
+            let mut sql = rows::audit_query::<B::Db>(query, cursor);
+            let found: Vec<rows::AuditRow> = sql
+                .build_query_as()
+                .fetch_all(self.pool())
+                .await
+                .map_err(backend)?;
+            rows::audit_page(found, query.page_size())
+        }
+    }
+}
+
+sql_impl! {
+    #[async_trait]
+    impl WebhookOutbox {
+        async fn create_endpoint(&self, endpoint: &Endpoint, audit: &Audit) -> Result<(), StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                sqlx::query(
+                    "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, \
+                     created_at, receives_secrets) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(endpoint.id.clone())
+                .bind(endpoint.url.clone())
+                .bind(to_json(&endpoint.events))
+                .bind(endpoint.secret.clone())
+                .bind(endpoint.slack)
+                .bind(endpoint.enabled)
+                .bind(endpoint.created_at.unix_ms())
+                .bind(endpoint.receives_secrets)
+                .execute(tx.conn())
+                .await
+                .map_err(backend)?;
+                let event = AuditEvent::webhook_created(endpoint, audit, endpoint.created_at);
+                self.record_event(tx, &event).await.map(drop)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+            let found: Vec<rows::EndpointRow> = sqlx::query_as(
+                "SELECT id, url, events, secret, slack, enabled, created_at, receives_secrets \
+                 FROM webhook_endpoints ORDER BY id",
+            )
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(Endpoint::try_from).collect()
+        }
+
+        async fn due_deliveries(
+            &self,
+            now: Timestamp,
+            limit: u32,
+        ) -> Result<Vec<Delivery>, StoreError> {
+            let found: Vec<rows::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                 ORDER BY d.id LIMIT $2",
+                rows::DELIVERY_COLUMNS
+            )))
+            .bind(now.unix_ms())
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(Delivery::try_from).collect()
+        }
+
+        async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
+            let status = if attempt.delivered {
+                DeliveryStatus::Delivered
+            } else if attempt.next_attempt_at.is_some() {
+                DeliveryStatus::Pending
+            } else {
+                DeliveryStatus::Failed
+            };
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
+                     last_status = $2, last_error = $3, \
+                     next_attempt_at = COALESCE($4, next_attempt_at), \
+                     delivered_at = $5 WHERE id = $6 AND status = 'pending'",
+                )
+                .bind(status.as_str().to_owned())
+                .bind(attempt.status.map(i32::from))
+                .bind(attempt.error.clone())
+                .bind(time(attempt.next_attempt_at))
+                .bind(attempt.delivered.then(|| attempt.at.unix_ms()))
+                .bind(id)
+                .execute(tx.conn())
+                .await
+                .map(drop)
+                .map_err(backend)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn list_deliveries(
+            &self,
+            endpoint_id: &str,
+            limit: u32,
+        ) -> Result<Vec<Delivery>, StoreError> {
+            let found: Vec<rows::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} WHERE d.endpoint_id = $1 ORDER BY d.id DESC LIMIT $2",
+                rows::DELIVERY_COLUMNS
+            )))
+            .bind(endpoint_id.to_owned())
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(Delivery::try_from).collect()
+        }
+    }
+}
+
+sql_impl! {
+    #[async_trait]
+    impl AdminAccounts {
+        async fn set_admin_user(&self, user: &AdminUser, audit: &Audit) -> Result<(), StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO admin_users ({}) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, \
+                     read_only = excluded.read_only, updated_at = excluded.updated_at",
+                    rows::ADMIN_USER_COLUMNS
+                )))
+                .bind(user.username.clone())
+                .bind(user.password_hash.clone())
+                .bind(user.read_only)
+                .bind(user.created_at.unix_ms())
+                .bind(user.updated_at.unix_ms())
+                .execute(tx.conn())
+                .await
+                .map_err(backend)?;
+                self.record_event(tx, &rows::password_set_event(user, audit))
+                    .await
+                    .map(drop)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn get_admin_user(&self, username: &str) -> Result<Option<AdminUser>, StoreError> {
+            let row: Option<rows::AdminUserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM admin_users WHERE username = $1",
+                rows::ADMIN_USER_COLUMNS
+            )))
+            .bind(username.to_owned())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(backend)?;
+            row.map(AdminUser::try_from).transpose()
+        }
+
+        async fn list_admin_users(&self) -> Result<Vec<AdminUser>, StoreError> {
+            let found: Vec<rows::AdminUserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM admin_users ORDER BY username",
+                rows::ADMIN_USER_COLUMNS
+            )))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(AdminUser::try_from).collect()
+        }
+
+        async fn remove_admin_user(
+            &self,
+            username: &str,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<bool, StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                let removed: Option<(String,)> =
+                    sqlx::query_as("DELETE FROM admin_users WHERE username = $1 RETURNING username")
+                        .bind(username.to_owned())
+                        .fetch_optional(tx.conn())
+                        .await
+                        .map_err(backend)?;
+                if removed.is_none() {
+                    return Ok(false);
+                }
+                self.record_event(tx, &rows::user_removed_event(username, audit, at))
+                    .await?;
+                Ok(true)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn create_session(&self, session: &AdminSession) -> Result<(), StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO admin_sessions ({}) VALUES ($1, $2, $3, $4, $5)",
+                    rows::SESSION_COLUMNS
+                )))
+                .bind(session.id.to_vec())
+                .bind(session.principal.encode())
+                .bind(session.csrf.clone())
+                .bind(session.created_at.unix_ms())
+                .bind(session.last_seen_at.unix_ms())
+                .execute(tx.conn())
+                .await
+                .map(drop)
+                .map_err(backend)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn get_session(&self, id: &[u8; 32]) -> Result<Option<AdminSession>, StoreError> {
+            let row: Option<rows::SessionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM admin_sessions WHERE id = $1",
+                rows::SESSION_COLUMNS
+            )))
+            .bind(id.to_vec())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(backend)?;
+            row.map(AdminSession::try_from).transpose()
+        }
+
+        async fn touch_session(&self, id: &[u8; 32], at: Timestamp) -> Result<(), StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                sqlx::query(
+                    "UPDATE admin_sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1",
+                )
+                .bind(at.unix_ms())
+                .bind(id.to_vec())
+                .execute(tx.conn())
+                .await
+                .map(drop)
+                .map_err(backend)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn end_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
+            // Its messages go with it (`ON DELETE CASCADE`).
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                sqlx::query("DELETE FROM admin_sessions WHERE id = $1")
+                    .bind(id.to_vec())
+                    .execute(tx.conn())
+                    .await
+                    .map(drop)
+                    .map_err(backend)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn purge_sessions(
+            &self,
+            idle_before: Timestamp,
+            begun_before: Timestamp,
+        ) -> Result<u64, StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                let ended: Vec<(Vec<u8>,)> = sqlx::query_as(
+                    "DELETE FROM admin_sessions WHERE last_seen_at < $1 OR created_at < $2 \
+                     RETURNING id",
+                )
+                .bind(idle_before.unix_ms())
+                .bind(begun_before.unix_ms())
+                .fetch_all(tx.conn())
+                .await
+                .map_err(backend)?;
+                Ok(ended.len() as u64)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn push_flash(&self, id: &[u8; 32], sealed: &str) -> Result<(), StoreError> {
+            {
+ let mut tx = self.begin_write().await?;
+ let result = async {
+ let tx = &mut tx;
+                sqlx::query("INSERT INTO admin_flashes (session_id, sealed) VALUES ($1, $2)")
+                    .bind(id.to_vec())
+                    .bind(sealed.to_owned())
+                    .execute(tx.conn())
+                    .await
+                    .map(drop)
+                    .map_err(backend)
+            }
+ .await;
+ self.finish(tx, result).await
+ }
+        }
+
+        async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let result = sqlx::query_as(
+                "DELETE FROM admin_flashes WHERE session_id = $1 RETURNING id, sealed",
+            )
+            .bind(id.to_vec())
+            .fetch_all(tx.conn())
+            .await
+            .map_err(backend);
+            let mut taken: Vec<(i64, String)> = self.finish(tx, result).await?;
+            taken.sort_by_key(|(n, _)| *n);
+            Ok(taken.into_iter().map(|(_, sealed)| sealed).collect())
+        }
+    }
+}
