@@ -20,9 +20,9 @@ use keygate_core::{
 };
 use serde_json::json;
 
-use crate::{AuditQuery, Change, ListQuery, Store, StoreError};
 #[allow(unused_imports)]
 use crate::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
+use crate::{AuditQuery, Change, ListQuery, Store, StoreError};
 
 /// Expands to one `#[tokio::test]` per conformance case; `$fresh` is a closure returning a
 /// future of `Arc<dyn Store>`: a fresh, empty store (it panics if the backend cannot be had:

@@ -43,6 +43,8 @@ pub mod accounts;
 pub mod bulk;
 #[cfg(feature = "test-util")]
 pub mod conformance;
+#[cfg(feature = "sqlite")]
+mod dbfile;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod query;

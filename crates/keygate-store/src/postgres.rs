@@ -73,7 +73,8 @@ impl Backend for Postgres {
     const LOCK_ROW: &'static str = " FOR UPDATE";
     /// Self-conflicting: a second bootstrap waits until the first commits, then sees its key.
     /// Ordinary reads are not blocked.
-    const LOCK_KEYS_TABLE: Option<&'static str> = Some("LOCK TABLE keys IN SHARE ROW EXCLUSIVE MODE");
+    const LOCK_KEYS_TABLE: Option<&'static str> =
+        Some("LOCK TABLE keys IN SHARE ROW EXCLUSIVE MODE");
     const LIKE: &'static str = "ILIKE";
     /// The planner weighs a filter's selectivity itself.
     const FILTERED_ORDER: &'static str = " ORDER BY id DESC LIMIT ";
@@ -83,7 +84,11 @@ impl Backend for Postgres {
     }
 
     /// `NOTIFY`, delivered by PostgreSQL when the transaction commits.
-    async fn signal_change(&self, conn: &mut PgConnection, hash: &KeyHash) -> Result<(), StoreError> {
+    async fn signal_change(
+        &self,
+        conn: &mut PgConnection,
+        hash: &KeyHash,
+    ) -> Result<(), StoreError> {
         let hex: String = hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(self.channel.clone())

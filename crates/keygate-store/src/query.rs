@@ -1,7 +1,9 @@
 //! What callers ask the store for and what it answers: list and audit queries with their
 //! pages, status counts, change notices, delivery attempts.
 
-use keygate_core::{AuditEvent, EventKind, KeyHash, KeyId, KeyRecord, RecordError, Status, Timestamp};
+use keygate_core::{
+    AuditEvent, EventKind, KeyHash, KeyId, KeyRecord, RecordError, Status, Timestamp,
+};
 
 use crate::StoreError;
 
@@ -190,4 +192,3 @@ pub enum Change {
     /// Changes may have been missed (a lost connection): drop everything.
     Everything,
 }
-

@@ -5,11 +5,11 @@ use keygate_core::webhook::{Delivery, Endpoint};
 use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
 use tokio::sync::mpsc;
 
+use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser};
 use crate::query::{
     Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts,
 };
-use crate::StoreError;
 
 /// Keys: their records, every change to them (each with its audit event, in one transaction),
 /// the change feed caches follow, and the database's health.

@@ -1,7 +1,6 @@
 //! SQLite: one file, WAL mode, migrations from `migrations/sqlite` applied on open. Changes
 //! are logged in `key_changes` so that other processes on the same file can follow them.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
 
+use crate::dbfile::DbFile;
 use crate::sql::{Backend, SqlStore, backend};
 use crate::{Change, StoreError};
 
@@ -27,8 +27,8 @@ pub type SqliteStore = SqlStore<Sqlite>;
 #[derive(Debug)]
 pub struct Sqlite {
     pool: SqlitePool,
-    /// The file and its identity (device, inode) when it was opened; `None` in memory.
-    file: Option<(PathBuf, (u64, u64))>,
+    /// The file as it was opened; `None` in memory.
+    file: Option<DbFile>,
 }
 
 impl SqlStore<Sqlite> {
@@ -54,7 +54,7 @@ impl SqlStore<Sqlite> {
             .pragma("cache_size", "-1024");
         let path = (!memory).then(|| options.get_filename().to_path_buf());
         if let Some(path) = &path {
-            create_private(path)?;
+            DbFile::create_private(path)?;
         }
         // Each in-memory connection would be a separate database: keep exactly one. Files: no
         // ping before each use (a broken connection fails its query, which is reported).
@@ -77,48 +77,9 @@ impl SqlStore<Sqlite> {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot migrate the SQLite database: {e}")))?;
-        let file = match path {
-            Some(path) => {
-                let identity = identity(&path).map_err(|e| {
-                    StoreError::Backend(format!("cannot read {}: {e}", path.display()))
-                })?;
-                Some((path, identity))
-            }
-            None => None,
-        };
+        let file = path.map(DbFile::opened).transpose()?;
         Ok(Self::new(Sqlite { pool, file }))
     }
-}
-
-/// Creates the database file empty with mode 0600 if it is missing, so that SQLite (which
-/// gives `-wal` and `-shm` the database file's mode) never makes any of them world-readable.
-fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Backend(format!(
-            "cannot create {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
-/// The file's (device, inode): what tells the file at a path from one that replaced it.
-fn identity(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    let meta = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    let identity = {
-        use std::os::unix::fs::MetadataExt;
-        (meta.dev(), meta.ino())
-    };
-    // Elsewhere only a missing file is noticed.
-    #[cfg(not(unix))]
-    let identity = (0, u64::from(meta.is_file()));
-    Ok(identity)
 }
 
 impl Backend for Sqlite {
@@ -140,9 +101,9 @@ impl Backend for Sqlite {
         conn: &mut SqliteConnection,
         hash: &KeyHash,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO key_changes (hash, changed_at) VALUES ($1, $2)")
+        let insert = format!("INSERT INTO key_changes (hash, changed_at) VALUES ($1, {NOW_MS})");
+        sqlx::query(sqlx::AssertSqlSafe(insert))
             .bind(hash.as_bytes().to_vec())
-            .bind(now_ms())
             .execute(conn)
             .await
             .map(drop)
@@ -154,19 +115,21 @@ impl Backend for Sqlite {
         conn: &mut SqliteConnection,
         usage: &[(KeyId, Timestamp)],
     ) -> Result<(), StoreError> {
-        // One short statement per key, in the caller's transaction: no array parameters here.
-        for (id, at) in usage {
-            sqlx::query(
-                "UPDATE keys SET last_used_at = $1 WHERE id = $2 \
-                 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(at.unix_ms())
-            .bind(id.as_str().to_owned())
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-        }
-        Ok(())
+        // One statement for the batch: the pairs travel as one JSON array.
+        let pairs: Vec<(&str, i64)> = usage
+            .iter()
+            .map(|(id, at)| (id.as_str(), at.unix_ms()))
+            .collect();
+        sqlx::query(
+            "UPDATE keys SET last_used_at = u.at FROM (SELECT value ->> 0 AS id, value ->> 1 AS at \
+             FROM json_each($1)) AS u WHERE keys.id = u.id \
+             AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)",
+        )
+        .bind(serde_json::to_string(&pairs).map_err(|e| StoreError::Backend(e.to_string()))?)
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(backend)
     }
 
     async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {
@@ -180,28 +143,12 @@ impl Backend for Sqlite {
     }
 
     fn check_identity(&self) -> Result<(), StoreError> {
-        let Some((path, opened)) = &self.file else {
-            return Ok(());
-        };
-        match identity(path) {
-            Ok(now) if now == *opened => Ok(()),
-            _ => {
-                tracing::error!(path = %path.display(), "the SQLite database file was deleted or replaced while open; refusing to write to it (restart keygate)");
-                Err(StoreError::Backend(format!(
-                    "the database file {} was deleted or replaced while keygate had it open; \
-                     restart keygate",
-                    path.display()
-                )))
-            }
-        }
+        self.file.as_ref().map_or(Ok(()), DbFile::check)
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+/// SQLite's own clock in whole milliseconds, for the change log.
+const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
 /// Polls `key_changes` for rows after `seen` and sends their hashes, until the receiver is
 /// dropped or the pool closes. Also trims the log now and then.
@@ -236,8 +183,9 @@ async fn follow_changes(pool: SqlitePool, mut seen: i64, tx: mpsc::Sender<Change
             }
         }
         if polls.is_multiple_of(300) {
-            let _ = sqlx::query("DELETE FROM key_changes WHERE changed_at < $1")
-                .bind(now_ms() - CHANGE_LOG_KEEP_MS)
+            let trim = format!("DELETE FROM key_changes WHERE changed_at < {NOW_MS} - $1");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(trim))
+                .bind(CHANGE_LOG_KEEP_MS)
                 .execute(&pool)
                 .await;
         }

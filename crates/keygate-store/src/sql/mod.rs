@@ -23,12 +23,12 @@ use tokio::sync::mpsc;
 pub(crate) use rows::to_json;
 use rows::{Row, select_where};
 
+use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser};
 use crate::query::{
     Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts,
 };
 use crate::roles::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
-use crate::StoreError;
 
 /// What differs between the databases [`SqlStore`] runs on. Everything else — every query,
 /// every transaction's content — is written once, in this module.
