@@ -2,7 +2,7 @@
 //! async; the only thing it asks the OS for is randomness when generating keys and ids.
 //!
 //! ```
-//! use keygate_core::{decide, issue, parse, KeySpec, Outcome, Prefix, Timestamp};
+//! use keygate_core::{decide, issue, parse, KeyGrant, KeySpec, Outcome, Prefix, Timestamp};
 //!
 //! let now = Timestamp::from_unix_ms(1_800_000_000_000).unwrap();
 //! let spec = KeySpec { name: "billing".into(), scopes: vec!["orders:*".into()], ..KeySpec::default() };
@@ -11,12 +11,14 @@
 //! // The holder presents the key; the verifier parses it and looks the record up by hash.
 //! let parsed = parse(key.expose()).unwrap();
 //! assert_eq!(parsed.hash(), record.hash);
-//! assert_eq!(decide(&record, now, &["orders:read"]), Outcome::Valid);
-//! assert_eq!(decide(&record, now, &["users:read"]), Outcome::InsufficientScope);
+//! let grant = KeyGrant::from(record);
+//! assert_eq!(decide(&grant, now, &["orders:read"]), Outcome::Valid);
+//! assert_eq!(decide(&grant, now, &["users:read"]), Outcome::InsufficientScope);
 //! ```
 
 pub mod audit;
 pub mod format;
+pub mod grant;
 pub mod id;
 pub mod outcome;
 pub mod policy;
@@ -29,7 +31,10 @@ pub use audit::{Actor, Audit, AuditEvent, EventKind};
 pub use format::{
     KeyHash, ParseError, ParsedKey, PlainKey, Prefix, generate, parse, parse_with_prefix,
 };
+pub use grant::KeyGrant;
 pub use id::KeyId;
-pub use outcome::{Outcome, decide};
-pub use record::{Expiry, KeyPatch, KeyRecord, KeySpec, RecordError, Status, issue, plan_rotation};
+pub use outcome::{Outcome, decide, lacks_scope};
+pub use record::{
+    DEFAULT_GRACE, Expiry, KeyPatch, KeyRecord, KeySpec, RecordError, Status, issue, plan_rotation,
+};
 pub use time::{Clock, FixedClock, Lifetime, TimeError, Timestamp, parse_grace};

@@ -5,7 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{KeyRecord, Status};
+use crate::grant::KeyGrant;
+use crate::record::Status;
 use crate::scope::first_missing;
 use crate::time::Timestamp;
 
@@ -64,6 +65,21 @@ impl Outcome {
         self == Self::Valid
     }
 
+    /// A sentence saying why, safe to show the caller: it never repeats the key. For
+    /// `INSUFFICIENT_SCOPE` the scope is named by [`lacks_scope`] instead where it is known.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Self::Valid => "the API key is valid",
+            Self::Missing => "no API key was presented",
+            Self::Malformed => "the API key is not well-formed",
+            Self::NotFound => "no such API key",
+            Self::Revoked => "the API key has been revoked",
+            Self::Expired => "the API key has expired",
+            Self::Disabled => "the API key is disabled",
+            Self::InsufficientScope => "the API key lacks a required scope",
+        }
+    }
+
     /// A short human title for the outcome.
     pub fn title(self) -> &'static str {
         match self {
@@ -85,16 +101,21 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Decides whether the key stored as `record` may be used at `now` for `required` scopes.
+/// The detail of an `INSUFFICIENT_SCOPE` refusal that names the missing scope.
+pub fn lacks_scope(scope: &str) -> String {
+    format!("the API key lacks the scope `{scope}`")
+}
+
+/// Decides whether the key `grant` may be used at `now` for `required` scopes.
 ///
 /// Order: revoked, expired, disabled, then scopes. Expiry is checked here and only here, so
 /// no path can forget it.
-pub fn decide<R: AsRef<str>>(record: &KeyRecord, now: Timestamp, required: &[R]) -> Outcome {
-    match record.status(now) {
+pub fn decide<R: AsRef<str>>(grant: &KeyGrant, now: Timestamp, required: &[R]) -> Outcome {
+    match grant.status(now) {
         Status::Revoked => Outcome::Revoked,
         Status::Expired => Outcome::Expired,
         Status::Disabled => Outcome::Disabled,
-        Status::Active => match first_missing(&record.scopes, required) {
+        Status::Active => match first_missing(&grant.scopes, required) {
             Some(_) => Outcome::InsufficientScope,
             None => Outcome::Valid,
         },
@@ -111,13 +132,13 @@ mod tests {
         Timestamp::from_unix_ms(ms).unwrap()
     }
 
-    fn record(scopes: &[&str]) -> KeyRecord {
+    fn record(scopes: &[&str]) -> KeyGrant {
         let spec = KeySpec {
             name: "k".into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..KeySpec::default()
         };
-        issue(spec, &Prefix::default(), t(0)).unwrap().0
+        KeyGrant::from(issue(spec, &Prefix::default(), t(0)).unwrap().0)
     }
 
     const NONE: [&str; 0] = [];
@@ -157,7 +178,7 @@ mod tests {
         assert_eq!(decide(&r, t(1), &["x"]), Outcome::Disabled);
         r.expires_at = Some(t(1));
         assert_eq!(decide(&r, t(1), &["x"]), Outcome::Expired);
-        r.revoked_at = Some(t(0));
+        r.revoked = true;
         assert_eq!(decide(&r, t(1), &["x"]), Outcome::Revoked);
     }
 

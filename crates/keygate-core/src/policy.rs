@@ -55,6 +55,48 @@ pub fn expiring_soon(record: &KeyRecord, now: Timestamp, warning: Lifetime) -> b
             .is_some_and(|e| e.unix_ms() - now.unix_ms() <= warning.as_ms())
 }
 
+/// Which keys an incident concerns: every unrevoked key that matches all the filters given.
+/// An empty filter matches nothing (revoking every key is not an incident response).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IncidentFilter {
+    /// Keys of this owner.
+    pub owner: Option<String>,
+    /// Keys created before this time.
+    pub created_before: Option<Timestamp>,
+    /// Keys created at or after this time.
+    pub created_after: Option<Timestamp>,
+    /// Keys holding a scope that grants this one (`orders:*` matches `orders:write`).
+    pub scope: Option<String>,
+}
+
+impl IncidentFilter {
+    /// Whether no filter is set.
+    pub fn is_empty(&self) -> bool {
+        self.owner.is_none()
+            && self.created_before.is_none()
+            && self.created_after.is_none()
+            && self.scope.is_none()
+    }
+
+    /// Whether `record` is concerned.
+    pub fn matches(&self, record: &KeyRecord) -> bool {
+        !self.is_empty()
+            && record.revoked_at.is_none()
+            && self
+                .owner
+                .as_deref()
+                .is_none_or(|o| record.owner.as_deref() == Some(o))
+            && self.created_before.is_none_or(|t| record.created_at < t)
+            && self.created_after.is_none_or(|t| record.created_at >= t)
+            && self.scope.as_deref().is_none_or(|wanted| {
+                record
+                    .scopes
+                    .iter()
+                    .any(|held| crate::scope::grants(held, wanted))
+            })
+    }
+}
+
 /// How far back a sweep looks for keys that expired: older expiries were announced by an
 /// earlier sweep (or the scheduler was down for longer than this), and checking them again on
 /// every sweep would cost an audit lookup per expired key, forever.
@@ -79,6 +121,63 @@ mod tests {
     }
 
     const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn incidents_match_every_filter_given_and_never_all_keys() {
+        let spec = KeySpec {
+            name: "k".into(),
+            owner: Some("acct_1".into()),
+            scopes: vec!["orders:*".into()],
+            ..KeySpec::default()
+        };
+        let (mut r, _) = issue(spec, &Prefix::default(), t(1000)).unwrap();
+        assert!(
+            !IncidentFilter::default().matches(&r),
+            "no filter, no match"
+        );
+        let by = |f: IncidentFilter| f.matches(&r);
+        assert!(by(IncidentFilter {
+            owner: Some("acct_1".into()),
+            ..Default::default()
+        }));
+        assert!(!by(IncidentFilter {
+            owner: Some("acct_2".into()),
+            ..Default::default()
+        }));
+        assert!(by(IncidentFilter {
+            scope: Some("orders:write".into()),
+            ..Default::default()
+        }));
+        assert!(!by(IncidentFilter {
+            scope: Some("users:read".into()),
+            ..Default::default()
+        }));
+        assert!(by(IncidentFilter {
+            created_before: Some(t(1001)),
+            ..Default::default()
+        }));
+        assert!(!by(IncidentFilter {
+            created_before: Some(t(1000)),
+            ..Default::default()
+        }));
+        assert!(by(IncidentFilter {
+            created_after: Some(t(1000)),
+            ..Default::default()
+        }));
+        assert!(!by(IncidentFilter {
+            owner: Some("acct_1".into()),
+            created_after: Some(t(1001)),
+            ..Default::default()
+        }));
+        r.revoke(t(2000), None).unwrap();
+        assert!(
+            !IncidentFilter {
+                owner: Some("acct_1".into()),
+                ..Default::default()
+            }
+            .matches(&r)
+        );
+    }
 
     #[test]
     fn age_expiry_and_warnings() {

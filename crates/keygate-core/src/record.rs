@@ -102,18 +102,31 @@ impl fmt::Display for Status {
     }
 }
 
-impl KeyRecord {
-    /// The key's status at `now`.
-    pub fn status(&self, now: Timestamp) -> Status {
-        if self.revoked_at.is_some() {
+impl Status {
+    /// The status at `now` of a key revoked or not, expiring at `expires_at`, enabled or not:
+    /// revoked, then expired, then disabled. The one rule every view of a key uses.
+    pub fn at(now: Timestamp, revoked: bool, expires_at: Option<Timestamp>, enabled: bool) -> Self {
+        if revoked {
             Status::Revoked
-        } else if self.expires_at.is_some_and(|e| now >= e) {
+        } else if expires_at.is_some_and(|e| now >= e) {
             Status::Expired
-        } else if !self.enabled {
+        } else if !enabled {
             Status::Disabled
         } else {
             Status::Active
         }
+    }
+}
+
+impl KeyRecord {
+    /// The key's status at `now`.
+    pub fn status(&self, now: Timestamp) -> Status {
+        Status::at(
+            now,
+            self.revoked_at.is_some(),
+            self.expires_at,
+            self.enabled,
+        )
     }
 
     /// Revokes the key at `at`. Revocation is final: revoking twice is an error.
@@ -242,6 +255,9 @@ pub fn issue(
 
 /// Longest grace period a rotation may give the old key.
 pub const MAX_GRACE: Lifetime = Lifetime::MAX;
+
+/// The grace period of a rotation when none is given: a day.
+pub const DEFAULT_GRACE: Lifetime = Lifetime(86_400_000);
 
 /// Plans the rotation of `old` into a new key: the new record copies name, owner, scopes,
 /// metadata, the enabled flag and (if the old key had one) its lifetime; the two link through

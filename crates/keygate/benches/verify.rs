@@ -15,14 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keygate::core::{
-    Audit, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, Timestamp, decide, generate,
-    issue, parse,
+    Audit, KeyGrant, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, Timestamp, decide,
+    generate, issue, parse,
 };
-use keygate::store::{
-    AuditPage, AuditQuery, Change, ListQuery, Page, PostgresStore, SqliteStore, StatusCounts,
-    Store, StoreError, bulk,
-};
-use keygate::{Keygate, PlainKey};
+use keygate::store::{Change, KeyStore, PostgresStore, SqliteStore, Store, StoreError};
+use keygate::{Keygate, ListQuery, Page, PlainKey, StatusCounts, Verifier, VerifierConfig};
+use keygate_store::bulk;
 
 fn core(c: &mut Criterion) {
     let prefix = Prefix::default();
@@ -34,7 +32,7 @@ fn core(c: &mut Criterion) {
         scopes: vec!["orders:*".into(), "users:read".into()],
         ..KeySpec::default()
     };
-    let record: KeyRecord = issue(spec, &prefix, now).unwrap().0;
+    let grant = KeyGrant::from(issue(spec, &prefix, now).unwrap().0);
 
     let mut g = c.benchmark_group("core");
     g.bench_function("generate", |b| b.iter(|| generate(black_box(&prefix))));
@@ -46,12 +44,13 @@ fn core(c: &mut Criterion) {
         b.iter(|| parse(black_box(&text)).unwrap().hash())
     });
     g.bench_function("decide_with_scope", |b| {
-        b.iter(|| decide(black_box(&record), now, &["orders:read"]))
+        b.iter(|| decide(black_box(&grant), now, &["orders:read"]))
     });
     g.finish();
 }
 
-/// A store that counts lookups, to prove which paths never reach it.
+/// The keys role of a store, counting lookups, to prove which paths never reach it. (The
+/// verifier needs this role only, so this is all a wrapper has to forward.)
 #[derive(Debug)]
 struct Counting {
     inner: Arc<dyn Store>,
@@ -59,22 +58,25 @@ struct Counting {
 }
 
 #[async_trait]
-impl Store for Counting {
+impl KeyStore for Counting {
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.inner.find_by_hash(hash).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
+        self.inner.list(q).await
+    }
+    async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError> {
+        self.inner.count_by_status(now).await
+    }
     async fn create(&self, r: &KeyRecord, a: &Audit) -> Result<(), StoreError> {
         self.inner.create(r, a).await
     }
     async fn create_if_empty(&self, r: &KeyRecord, a: &Audit) -> Result<bool, StoreError> {
         self.inner.create_if_empty(r, a).await
-    }
-    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        self.lookups.fetch_add(1, Ordering::Relaxed);
-        self.inner.find_by_hash(hash).await
-    }
-    async fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
-        self.inner.list(q).await
     }
     async fn update(
         &self,
@@ -89,10 +91,10 @@ impl Store for Counting {
         &self,
         id: &KeyId,
         at: Timestamp,
-        r: Option<String>,
+        reason: Option<String>,
         a: &Audit,
     ) -> Result<KeyRecord, StoreError> {
-        self.inner.revoke(id, at, r, a).await
+        self.inner.revoke(id, at, reason, a).await
     }
     async fn rotate(
         &self,
@@ -104,98 +106,20 @@ impl Store for Counting {
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
         self.inner.rotate(id, plan, at, a, sealed).await
     }
-    async fn append_event(&self, e: &keygate::core::AuditEvent) -> Result<(), StoreError> {
-        self.inner.append_event(e).await
-    }
-    async fn create_endpoint(
-        &self,
-        e: &keygate::core::webhook::Endpoint,
-        a: &Audit,
-    ) -> Result<(), StoreError> {
-        self.inner.create_endpoint(e, a).await
-    }
-    async fn list_endpoints(&self) -> Result<Vec<keygate::core::webhook::Endpoint>, StoreError> {
-        self.inner.list_endpoints().await
-    }
-    async fn set_admin_user(
-        &self,
-        user: &keygate::core::AdminUser,
-        audit: &Audit,
-    ) -> Result<(), StoreError> {
-        self.inner.set_admin_user(user, audit).await
-    }
-    async fn get_admin_user(
-        &self,
-        username: &str,
-    ) -> Result<Option<keygate::core::AdminUser>, StoreError> {
-        self.inner.get_admin_user(username).await
-    }
-    async fn list_admin_users(&self) -> Result<Vec<keygate::core::AdminUser>, StoreError> {
-        self.inner.list_admin_users().await
-    }
-    async fn remove_admin_user(
-        &self,
-        username: &str,
-        at: Timestamp,
-        audit: &Audit,
-    ) -> Result<bool, StoreError> {
-        self.inner.remove_admin_user(username, at, audit).await
-    }
-    async fn create_session(&self, s: &keygate::core::AdminSession) -> Result<(), StoreError> {
-        self.inner.create_session(s).await
-    }
-    async fn get_session(
-        &self,
-        id: &[u8; 32],
-    ) -> Result<Option<keygate::core::AdminSession>, StoreError> {
-        self.inner.get_session(id).await
-    }
-    async fn touch_session(&self, id: &[u8; 32], at: Timestamp) -> Result<(), StoreError> {
-        self.inner.touch_session(id, at).await
-    }
-    async fn end_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
-        self.inner.end_session(id).await
-    }
-    async fn purge_sessions(&self, idle: Timestamp, begun: Timestamp) -> Result<u64, StoreError> {
-        self.inner.purge_sessions(idle, begun).await
-    }
-    async fn push_flash(&self, id: &[u8; 32], sealed: &str) -> Result<(), StoreError> {
-        self.inner.push_flash(id, sealed).await
-    }
-    async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError> {
-        self.inner.take_flashes(id).await
-    }
-    async fn due_deliveries(
-        &self,
-        now: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<keygate::core::webhook::Delivery>, StoreError> {
-        self.inner.due_deliveries(now, limit).await
-    }
-    async fn finish_attempt(&self, id: i64, a: &keygate::store::Attempt) -> Result<(), StoreError> {
-        self.inner.finish_attempt(id, a).await
-    }
-    async fn list_deliveries(
-        &self,
-        e: &str,
-        limit: u32,
-    ) -> Result<Vec<keygate::core::webhook::Delivery>, StoreError> {
-        self.inner.list_deliveries(e, limit).await
-    }
-    async fn list_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
-        self.inner.list_audit(q).await
-    }
-    async fn record_usage(&self, u: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        self.inner.record_usage(u).await
-    }
-    async fn count_by_status(&self, now: Timestamp) -> Result<StatusCounts, StoreError> {
-        self.inner.count_by_status(now).await
+    async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.inner.record_usage(usage).await
     }
     async fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, StoreError> {
         self.inner.watch().await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
+    }
+    async fn ping_write(&self, at: Timestamp) -> Result<(), StoreError> {
+        self.inner.ping_write(at).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
     }
 }
 
@@ -227,7 +151,7 @@ async fn postgres_with(n: usize) -> Option<(Arc<dyn Store>, Vec<String>)> {
     let base = std::env::var("KEYGATE_TEST_POSTGRES").ok()?;
     let schema = format!("kgbench_{n}");
     let hot = bench_dir().join(format!("postgres-{n}.keys"));
-    let url = keygate::store::with_search_path(&base, &schema);
+    let url = keygate_store::testing::with_search_path(&base, &schema);
     let admin = PostgresStore::connect(&base).await.unwrap();
     let exists: bool = sqlx_exists(&admin, &schema).await;
     if !(exists && hot.exists()) {
@@ -287,7 +211,7 @@ fn verify(c: &mut Criterion) {
         });
         (counting, keys[0].clone())
     });
-    let cached = Keygate::new(counting.clone());
+    let cached = Verifier::new(counting.clone(), VerifierConfig::default());
     let malformed = "kg_definitely_not_a_key";
     let mut bad_checksum = key.clone();
     let last = bad_checksum.pop().unwrap();

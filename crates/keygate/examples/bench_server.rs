@@ -17,9 +17,7 @@ async fn main() {
     let database =
         std::env::var("KEYGATE_DATABASE").unwrap_or_else(|_| "sqlite://keygate.db".to_owned());
     let listen = std::env::var("KEYGATE_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let store = keygate::store::open(&database)
-        .await
-        .expect("open the database");
+    let store = keygate::open(&database).await.expect("open the database");
     let keygate = Keygate::new(store);
     let app = Router::new()
         .route("/protected", get(hello))

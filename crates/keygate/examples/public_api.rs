@@ -62,7 +62,7 @@ async fn main() {
     let database =
         std::env::var("KEYGATE_DATABASE").unwrap_or_else(|_| "sqlite://keygate.db".to_owned());
     let listen = std::env::var("KEYGATE_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let store = match keygate::store::open(&database).await {
+    let store = match keygate::open(&database).await {
         Ok(store) => store,
         Err(e) => {
             eprintln!("public_api: cannot open {database}: {e}");

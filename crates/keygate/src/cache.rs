@@ -1,7 +1,7 @@
-//! The verification cache: stored records (and "no such key" answers) by key hash, so that a
-//! hit costs no database round trip.
+//! The verification cache: what verification needs of stored keys ([`KeyGrant`]s, not whole
+//! records) and "no such key" answers, by key hash, so that a hit costs no database round trip.
 //!
-//! - Records are cached, not decisions: expiry and scopes are decided afresh on every hit.
+//! - Grants are cached, not decisions: expiry and scopes are decided afresh on every hit.
 //! - Bounded: at most `capacity` records and `capacity / 4` negative entries (a flood of
 //!   made-up keys cannot push real keys out); full maps drop expired entries, then a tenth.
 //! - Every change invalidates: locally at once, and from other processes through the store's
@@ -9,13 +9,14 @@
 //!   a change notice is ever lost.
 //! - An epoch counter makes "fetch then insert" safe against an invalidation that lands while
 //!   the fetch is in flight: the stale result is not inserted.
+//! - Ages are read from the verifier's [`Clock`], so tests move time instead of waiting.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use keygate_core::{KeyHash, KeyRecord};
+use keygate_core::{Clock, KeyGrant, KeyHash, Timestamp};
 
 /// How the verification cache behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +42,8 @@ impl Default for CacheConfig {
 /// What the cache knows about a hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Lookup {
-    /// Known: the record, or `None` for "no such key".
-    Hit(Option<Arc<KeyRecord>>),
+    /// Known: the grant, or `None` for "no such key".
+    Hit(Option<Arc<KeyGrant>>),
     /// Not known (or too old): ask the store.
     Miss,
 }
@@ -50,6 +51,7 @@ pub(crate) enum Lookup {
 #[derive(Debug)]
 pub(crate) struct Cache {
     config: CacheConfig,
+    clock: Arc<dyn Clock>,
     maps: RwLock<Maps>,
     epoch: AtomicU64,
     hits: AtomicU64,
@@ -58,14 +60,20 @@ pub(crate) struct Cache {
 
 #[derive(Debug, Default)]
 struct Maps {
-    found: HashMap<KeyHash, (Arc<KeyRecord>, Instant)>,
-    absent: HashMap<KeyHash, Instant>,
+    found: HashMap<KeyHash, (Arc<KeyGrant>, Timestamp)>,
+    absent: HashMap<KeyHash, Timestamp>,
+}
+
+/// Whether an entry cached at `at` is still fresh at `now`.
+fn fresh(now: Timestamp, at: Timestamp, ttl: Duration) -> bool {
+    u128::try_from(now.unix_ms() - at.unix_ms()).is_ok_and(|age| age < ttl.as_millis())
 }
 
 impl Cache {
-    pub(crate) fn new(config: CacheConfig) -> Self {
+    pub(crate) fn new(config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
             config,
+            clock,
             maps: RwLock::new(Maps::default()),
             epoch: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -74,17 +82,17 @@ impl Cache {
     }
 
     pub(crate) fn get(&self, hash: &KeyHash) -> Lookup {
-        let now = Instant::now();
+        let now = self.clock.now();
         let lookup = {
             let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
-            if let Some((record, at)) = maps.found.get(hash) {
-                if now.duration_since(*at) < self.config.ttl {
-                    Lookup::Hit(Some(record.clone()))
+            if let Some((grant, at)) = maps.found.get(hash) {
+                if fresh(now, *at, self.config.ttl) {
+                    Lookup::Hit(Some(grant.clone()))
                 } else {
                     Lookup::Miss
                 }
             } else if let Some(at) = maps.absent.get(hash) {
-                if now.duration_since(*at) < self.config.negative_ttl {
+                if fresh(now, *at, self.config.negative_ttl) {
                     Lookup::Hit(None)
                 } else {
                     Lookup::Miss
@@ -108,31 +116,29 @@ impl Cache {
     }
 
     /// Caches what the store said, unless something was invalidated since `epoch`.
-    pub(crate) fn insert(&self, hash: KeyHash, record: Option<Arc<KeyRecord>>, epoch: u64) {
+    pub(crate) fn insert(&self, hash: KeyHash, grant: Option<Arc<KeyGrant>>, epoch: u64) {
         let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
         // Checked under the write lock: invalidations bump the epoch under it too.
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        let now = Instant::now();
-        match record {
-            Some(record) => {
+        let now = self.clock.now();
+        match grant {
+            Some(grant) => {
                 if maps.found.len() >= self.config.capacity {
                     let ttl = self.config.ttl;
                     make_room(&mut maps.found, self.config.capacity, |(_, at)| {
-                        now.duration_since(*at) < ttl
+                        fresh(now, *at, ttl)
                     });
                 }
                 maps.absent.remove(&hash);
-                maps.found.insert(hash, (record, now));
+                maps.found.insert(hash, (grant, now));
             }
             None => {
                 let capacity = (self.config.capacity / 4).max(1);
                 if maps.absent.len() >= capacity {
                     let ttl = self.config.negative_ttl;
-                    make_room(&mut maps.absent, capacity, |at| {
-                        now.duration_since(*at) < ttl
-                    });
+                    make_room(&mut maps.absent, capacity, |at| fresh(now, *at, ttl));
                 }
                 maps.found.remove(&hash);
                 maps.absent.insert(hash, now);
@@ -175,7 +181,7 @@ pub struct CacheStats {
     pub hits: u64,
     /// Lookups that went to the store.
     pub misses: u64,
-    /// Records held.
+    /// Keys held.
     pub records: usize,
     /// "No such key" answers held.
     pub negatives: usize,
@@ -197,22 +203,23 @@ fn make_room<V>(map: &mut HashMap<KeyHash, V>, capacity: usize, fresh: impl Fn(&
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keygate_core::{KeySpec, Prefix, Timestamp, issue};
+    use keygate_core::{FixedClock, KeyRecord, KeySpec, Prefix, issue};
 
-    fn record() -> Arc<KeyRecord> {
+    fn record() -> (KeyHash, Arc<KeyGrant>) {
         let spec = KeySpec {
             name: "k".into(),
             ..KeySpec::default()
         };
-        Arc::new(
-            issue(
-                spec,
-                &Prefix::default(),
-                Timestamp::from_unix_ms(0).unwrap(),
-            )
-            .unwrap()
-            .0,
-        )
+        let record: KeyRecord = issue(spec, &Prefix::default(), t(0)).unwrap().0;
+        (record.hash, Arc::new(KeyGrant::from(record)))
+    }
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms).unwrap()
+    }
+
+    fn clock() -> Arc<FixedClock> {
+        Arc::new(FixedClock::new(t(1_000_000)))
     }
 
     fn config(capacity: usize) -> CacheConfig {
@@ -225,13 +232,13 @@ mod tests {
 
     #[test]
     fn hits_misses_and_invalidation() {
-        let cache = Cache::new(config(10));
-        let r = record();
-        assert_eq!(cache.get(&r.hash), Lookup::Miss);
-        cache.insert(r.hash, Some(r.clone()), cache.epoch());
-        assert_eq!(cache.get(&r.hash), Lookup::Hit(Some(r.clone())));
-        cache.invalidate(&r.hash);
-        assert_eq!(cache.get(&r.hash), Lookup::Miss);
+        let cache = Cache::new(config(10), clock());
+        let (hash, grant) = record();
+        assert_eq!(cache.get(&hash), Lookup::Miss);
+        cache.insert(hash, Some(grant.clone()), cache.epoch());
+        assert_eq!(cache.get(&hash), Lookup::Hit(Some(grant.clone())));
+        cache.invalidate(&hash);
+        assert_eq!(cache.get(&hash), Lookup::Miss);
         let unknown = KeyHash::of("nope");
         cache.insert(unknown, None, cache.epoch());
         assert_eq!(cache.get(&unknown), Lookup::Hit(None));
@@ -243,41 +250,52 @@ mod tests {
 
     #[test]
     fn a_fetch_that_raced_an_invalidation_is_not_cached() {
-        let cache = Cache::new(config(10));
-        let r = record();
+        let cache = Cache::new(config(10), clock());
+        let (hash, grant) = record();
         let epoch = cache.epoch();
-        cache.invalidate(&r.hash); // e.g. a revoke lands while the store answers
-        cache.insert(r.hash, Some(r.clone()), epoch);
-        assert_eq!(cache.get(&r.hash), Lookup::Miss);
+        cache.invalidate(&hash); // e.g. a revoke lands while the store answers
+        cache.insert(hash, Some(grant), epoch);
+        assert_eq!(cache.get(&hash), Lookup::Miss);
     }
 
     #[test]
-    fn entries_expire() {
-        let cache = Cache::new(CacheConfig {
-            ttl: Duration::from_millis(30),
-            negative_ttl: Duration::from_millis(30),
-            capacity: 10,
-        });
-        let r = record();
-        cache.insert(r.hash, Some(r.clone()), cache.epoch());
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(cache.get(&r.hash), Lookup::Miss);
+    fn entries_expire_by_the_clock() {
+        let clock = clock();
+        let cache = Cache::new(
+            CacheConfig {
+                ttl: Duration::from_millis(30_000),
+                negative_ttl: Duration::from_millis(10_000),
+                capacity: 10,
+            },
+            clock.clone(),
+        );
+        let (hash, grant) = record();
+        let unknown = KeyHash::of("nope");
+        cache.insert(hash, Some(grant.clone()), cache.epoch());
+        cache.insert(unknown, None, cache.epoch());
+        clock.advance(keygate_core::Lifetime::from_ms(9_999).unwrap());
+        assert_eq!(cache.get(&unknown), Lookup::Hit(None));
+        clock.advance(keygate_core::Lifetime::from_ms(1).unwrap());
+        assert_eq!(cache.get(&unknown), Lookup::Miss, "negative TTL is shorter");
+        assert_eq!(cache.get(&hash), Lookup::Hit(Some(grant)));
+        clock.advance(keygate_core::Lifetime::from_ms(20_000).unwrap());
+        assert_eq!(cache.get(&hash), Lookup::Miss);
     }
 
     #[test]
     fn bounded_and_negatives_cannot_crowd_out_records() {
-        let cache = Cache::new(config(100));
-        let kept = record();
-        cache.insert(kept.hash, Some(kept.clone()), cache.epoch());
+        let cache = Cache::new(config(100), clock());
+        let (kept, grant) = record();
+        cache.insert(kept, Some(grant.clone()), cache.epoch());
         for i in 0..10_000 {
             cache.insert(KeyHash::of(&format!("junk {i}")), None, cache.epoch());
         }
         let stats = cache.stats();
         assert!(stats.negatives <= 25, "{stats:?}");
-        assert_eq!(cache.get(&kept.hash), Lookup::Hit(Some(kept)));
+        assert_eq!(cache.get(&kept), Lookup::Hit(Some(grant)));
         for _ in 0..500 {
-            let r = record();
-            cache.insert(r.hash, Some(r), cache.epoch());
+            let (hash, grant) = record();
+            cache.insert(hash, Some(grant), cache.epoch());
         }
         assert!(cache.stats().records <= 100);
     }

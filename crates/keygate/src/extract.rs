@@ -4,23 +4,8 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use http::StatusCode;
 use http::request::Parts;
 
+use crate::key::ApiKey;
 use crate::problem::Problem;
-use crate::verifier::ApiKey;
-
-impl ApiKey {
-    /// Refuses with 403 `INSUFFICIENT_SCOPE` unless the key grants `scope`: for checks that
-    /// depend on the request (`key.require("orders:write")?` in a handler).
-    pub fn require(&self, scope: &str) -> Result<(), Problem> {
-        if self.has_scope(scope) {
-            Ok(())
-        } else {
-            Err(Problem::from_outcome(
-                keygate_core::Outcome::InsufficientScope,
-                format!("the API key lacks the scope `{scope}`"),
-            ))
-        }
-    }
-}
 
 /// `ApiKey` as an extractor: the verified key. Using it on a route without a
 /// [`KeygateLayer`](crate::KeygateLayer) is a bug, answered with 500.

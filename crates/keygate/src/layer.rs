@@ -16,18 +16,19 @@ use std::task::{Context, Poll};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Request};
 use keygate_core::scope::{check_scope, first_missing};
-use keygate_core::{Outcome, Timestamp};
+use keygate_core::{Outcome, Timestamp, lacks_scope};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::credentials::{CredentialSource, extract};
+use crate::key::ApiKey;
 use crate::problem::Problem;
-use crate::verifier::{ApiKey, Keygate};
+use crate::verify::Verifier;
 
 /// Layer that requires a valid API key (and optionally scopes) on every request.
 #[derive(Debug, Clone)]
 pub struct KeygateLayer {
-    keygate: Keygate,
+    verifier: Verifier,
     config: Arc<LayerConfig>,
 }
 
@@ -41,10 +42,11 @@ struct LayerConfig {
 }
 
 impl KeygateLayer {
-    /// A layer that accepts `Authorization: Api-Key <key>` and requires no scope.
-    pub fn new(keygate: Keygate) -> Self {
+    /// A layer over `verifier` that accepts `Authorization: Api-Key <key>` and requires no
+    /// scope (`keygate.layer()` is the usual way to get one).
+    pub fn new(verifier: Verifier) -> Self {
         Self {
-            keygate,
+            verifier,
             config: Arc::new(LayerConfig {
                 sources: vec![CredentialSource::ApiKeyScheme],
                 realm: "keygate".into(),
@@ -152,7 +154,7 @@ impl<S> Layer<S> for KeygateLayer {
     fn layer(&self, inner: S) -> Self::Service {
         KeygateService {
             inner,
-            keygate: self.keygate.clone(),
+            verifier: self.verifier.clone(),
             config: self.config.clone(),
         }
     }
@@ -162,7 +164,7 @@ impl<S> Layer<S> for KeygateLayer {
 #[derive(Debug, Clone)]
 pub struct KeygateService<S> {
     inner: S,
-    keygate: Keygate,
+    verifier: Verifier,
     config: Arc<LayerConfig>,
 }
 
@@ -184,13 +186,13 @@ where
         // The clone is not ready yet; keep the one that is (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let keygate = self.keygate.clone();
+        let verifier = self.verifier.clone();
         let config = self.config.clone();
         Box::pin(async move {
             if let Some(key) = request.extensions().get::<ApiKey>() {
                 if let Some(missing) = first_missing(key.scopes(), &config.required) {
-                    let detail = format!("the API key lacks the scope `{missing}`");
-                    keygate.count(Outcome::InsufficientScope);
+                    let detail = lacks_scope(missing);
+                    verifier.count(Outcome::InsufficientScope);
                     return Ok(config.reject(Outcome::InsufficientScope, detail));
                 }
                 return inner.call(request).await;
@@ -201,11 +203,11 @@ where
                     match extract(request.headers(), request.uri().query(), &config.sources) {
                         Ok(p) => p,
                         Err(e) => {
-                            keygate.count(e.outcome);
+                            verifier.count(e.outcome);
                             return Ok(config.reject(e.outcome, e.detail));
                         }
                     };
-                keygate.verify(&presented, &config.required).await
+                verifier.verify(&presented, &config.required).await
             };
             match verification {
                 Ok(v) if v.outcome.is_valid() => {

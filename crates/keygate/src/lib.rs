@@ -11,7 +11,7 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let keygate = Keygate::new(keygate::store::open("sqlite://keygate.db").await?);
+//! let keygate = Keygate::new(keygate::open("sqlite://keygate.db").await?);
 //! let app = Router::new()
 //!     .route("/api/orders/", get(orders))
 //!     .route_layer(keygate.layer().require_scopes(["orders:read"]));
@@ -25,33 +25,69 @@
 //! `MISSING`, `MALFORMED`, `NOT_FOUND`, `REVOKED`, `EXPIRED`, `DISABLED` (401, with
 //! `WWW-Authenticate`) or `INSUFFICIENT_SCOPE` (403). No response repeats the presented key.
 //!
-//! [`Keygate`] also issues, lists, updates and revokes keys; every rule it applies lives in
-//! [`keygate_core`], and every byte it stores goes through a [`store::Store`].
+//! [`Keygate`] also issues, lists, updates, rotates and revokes keys; every rule it applies
+//! lives in [`keygate_core`], and every byte it stores goes through the store's roles
+//! ([`store`]). Failures are [`Error`]s, rendered once as a [`Problem`]. The verifier
+//! ([`Verifier`]) needs only the store's keys role.
 
+pub mod accounts;
 pub mod cache;
 pub mod credentials;
+mod error;
 mod extract;
+mod key;
 pub mod layer;
 pub mod lifecycle;
+mod manage;
 pub mod problem;
 pub mod sealing;
-pub mod verifier;
+mod verify;
 pub mod webhooks;
+
+use std::sync::Arc;
 
 pub use cache::{CacheConfig, CacheStats};
 pub use credentials::CredentialSource;
+pub use error::Error;
+pub use key::{ApiKey, CreatedKey, KeyView};
 pub use keygate_core as core;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
-pub use keygate_store as store;
+pub use keygate_store::{
+    Attempt, AuditPage, AuditQuery, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
+    StatusCounts, SweepFilter,
+};
 pub use layer::{KeygateLayer, KeygateService};
 pub use lifecycle::{Sweep, SweepReport};
+pub use manage::{Keygate, KeygateBuilder};
 pub use problem::{Problem, ProblemCode};
-pub use verifier::{ApiKey, Keygate, KeygateBuilder, SystemClock, Verification};
+pub use verify::{SystemClock, Verification, Verifier, VerifierConfig};
+
+/// The store behind keygate, for programs that implement or wrap one (most programs need only
+/// [`open`]): its roles, its SQL implementation and backends, and its errors.
+pub mod store {
+    pub use keygate_store::{
+        AdminAccounts, AuditLog, Backend, Change, KeyStore, RotationPlan, SqlStore, Store,
+        StoreError, WebhookOutbox,
+    };
+    #[cfg(feature = "postgres")]
+    pub use keygate_store::{Postgres, PostgresStore};
+    #[cfg(feature = "sqlite")]
+    pub use keygate_store::{Sqlite, SqliteStore};
+}
+
+/// Opens the store a URL names, creating and migrating it as needed: `sqlite://path`,
+/// `sqlite:path` or a plain path (SQLite, the default), `sqlite::memory:`, or
+/// `postgres://user@host/db` (PostgreSQL, for many nodes).
+pub async fn open(url: &str) -> Result<Arc<dyn store::Store>, Error> {
+    keygate_store::open(url)
+        .await
+        .map_err(Error::store("open the database"))
+}
 
 impl Keygate {
-    /// A [`KeygateLayer`] over this verifier with the defaults: `Authorization: Api-Key`, no
-    /// required scope.
+    /// A [`KeygateLayer`] over this instance's verifier with the defaults:
+    /// `Authorization: Api-Key`, no required scope.
     pub fn layer(&self) -> KeygateLayer {
-        KeygateLayer::new(self.clone())
+        KeygateLayer::new(self.verifier().clone())
     }
 }

@@ -8,11 +8,12 @@ use keygate_core::policy::{
     shortened_expiry,
 };
 use keygate_core::{Audit, AuditEvent, EventKind, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp};
-use keygate_store::{AuditQuery, ListQuery, MAX_PAGE_SIZE, StoreError, SweepFilter};
+use keygate_store::{AuditQuery, ListQuery, MAX_PAGE_SIZE, SweepFilter};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::Keygate;
+use crate::error::Error;
 
 /// What a sweep checks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,7 +50,7 @@ impl Keygate {
         sweep: &Sweep,
         dry_run: bool,
         audit: &Audit,
-    ) -> Result<SweepReport, StoreError> {
+    ) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
         let now = self.now();
         let mut query = ListQuery::new(now);
@@ -86,7 +87,7 @@ impl Keygate {
         dry_run: bool,
         audit: &Audit,
         report: &mut SweepReport,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let now = self.now();
         if let Some(policy) = &sweep.max_age
             && past_max_age(record, now, policy)
@@ -158,7 +159,7 @@ impl Keygate {
         details: Value,
         dry_run: bool,
         audit: &Audit,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, Error> {
         let seen = AuditQuery {
             key_id: Some(record.id.clone()),
             kind: Some(kind),
@@ -171,7 +172,7 @@ impl Keygate {
         if !dry_run {
             let details: Map<String, Value> = details.as_object().cloned().unwrap_or_default();
             let event = AuditEvent::notice(kind, record, audit, self.now(), details);
-            self.store().append_event(&event).await?;
+            self.record_event(&event).await?;
         }
         Ok(true)
     }

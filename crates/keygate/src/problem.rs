@@ -75,7 +75,29 @@ impl Problem {
         Self::new(status, outcome.code(), outcome.title(), detail)
     }
 
-    /// 503: the key store could not be asked.
+    /// 400 with a detail that names the field.
+    pub fn bad_request(detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "Invalid request",
+            detail,
+        )
+    }
+
+    /// 503: the key store could not be asked to `action` (e.g. "issue the key").
+    pub fn unavailable_to(action: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "Key store unavailable",
+            format!(
+                "could not {action} right now: the key store is unavailable; try again shortly"
+            ),
+        )
+    }
+
+    /// 503: the key store could not be asked whether a key is valid.
     pub fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

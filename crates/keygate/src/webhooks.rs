@@ -2,10 +2,11 @@
 //! durable outbox, and `keygate serve` delivers them (signed, retried).
 
 use keygate_core::webhook::{Delivery, Endpoint, check_url, generate_secret};
-use keygate_core::{Audit, EventKind, KeyId, RecordError};
-use keygate_store::StoreError;
+use keygate_core::{Audit, EventKind, KeyId, Timestamp};
+use keygate_store::Attempt;
 
 use crate::Keygate;
+use crate::error::Error;
 
 impl Keygate {
     /// Adds an endpoint receiving `events` (event type names, or `*`), as the event object or,
@@ -19,12 +20,10 @@ impl Keygate {
         slack: bool,
         receives_secrets: bool,
         audit: &Audit,
-    ) -> Result<Endpoint, StoreError> {
-        let field = |field: &'static str, message: &str| {
-            StoreError::Record(RecordError::Field {
-                field,
-                message: message.to_owned(),
-            })
+    ) -> Result<Endpoint, Error> {
+        let field = |field: &'static str, message: &str| Error::Invalid {
+            field,
+            message: message.to_owned(),
         };
         check_url(url).map_err(|why| field("url", why))?;
         let events = if events.is_empty() {
@@ -32,11 +31,10 @@ impl Keygate {
         } else {
             events
         };
-        if let Some(unknown) = events
+        if events
             .iter()
-            .find(|e| *e != "*" && EventKind::parse(e).is_none())
+            .any(|e| e != "*" && EventKind::parse(e).is_none())
         {
-            let _ = unknown;
             return Err(field(
                 "events",
                 "each must be `*` or an event type such as key.rotated",
@@ -53,14 +51,20 @@ impl Keygate {
             created_at: now,
             receives_secrets,
         };
-        self.store().create_endpoint(&endpoint, audit).await?;
+        self.store()
+            .create_endpoint(&endpoint, audit)
+            .await
+            .map_err(Error::store("add the webhook"))?;
         tracing::info!(webhook_id = %endpoint.id, "added webhook endpoint");
         Ok(endpoint)
     }
 
     /// Every webhook endpoint (their secrets stay in the records: do not print them).
-    pub async fn webhooks(&self) -> Result<Vec<Endpoint>, StoreError> {
-        self.store().list_endpoints().await
+    pub async fn webhooks(&self) -> Result<Vec<Endpoint>, Error> {
+        self.store()
+            .list_endpoints()
+            .await
+            .map_err(Error::store("list webhooks"))
     }
 
     /// An endpoint's delivery log, newest first.
@@ -68,7 +72,26 @@ impl Keygate {
         &self,
         endpoint_id: &str,
         limit: u32,
-    ) -> Result<Vec<Delivery>, StoreError> {
-        self.store().list_deliveries(endpoint_id, limit).await
+    ) -> Result<Vec<Delivery>, Error> {
+        self.store()
+            .list_deliveries(endpoint_id, limit)
+            .await
+            .map_err(Error::store("read the delivery log"))
+    }
+
+    /// Pending deliveries due at `now`, oldest first, at most `limit`: the sender's next batch.
+    pub async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<Delivery>, Error> {
+        self.store()
+            .due_deliveries(now, limit)
+            .await
+            .map_err(Error::store("read the webhook outbox"))
+    }
+
+    /// Records the outcome of an attempt at delivery `id`.
+    pub async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), Error> {
+        self.store()
+            .finish_attempt(id, attempt)
+            .await
+            .map_err(Error::store("record the delivery attempt"))
     }
 }

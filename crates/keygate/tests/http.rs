@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::{Router, routing::get};
 use keygate::core::{Audit, Expiry, KeySpec, Lifetime, Timestamp};
-use keygate::store::{SqliteStore, Store};
+use keygate::store::{KeyStore, SqliteStore, Store};
 use keygate::{ApiKey, CredentialSource, KeyPatch, Keygate, PlainKey};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -207,8 +207,7 @@ async fn example_app_answers_each_outcome() {
 
     let revoked = s.key(&[]).await;
     let id = s
-        .keygate
-        .store()
+        .store
         .find_by_hash(&revoked.hash())
         .await
         .unwrap()
@@ -237,8 +236,7 @@ async fn example_app_answers_each_outcome() {
 
     let disabled = s.key(&[]).await;
     let id = s
-        .keygate
-        .store()
+        .store
         .find_by_hash(&disabled.hash())
         .await
         .unwrap()
@@ -441,14 +439,7 @@ async fn a_store_outage_is_503_not_500() {
 async fn last_used_is_written_in_batches_not_per_request() {
     let s = example().await;
     let key = s.key(&[]).await;
-    let id = s
-        .keygate
-        .store()
-        .find_by_hash(&key.hash())
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let id = s.store.find_by_hash(&key.hash()).await.unwrap().unwrap().id;
     for _ in 0..5 {
         assert_eq!(s.with_key("/api/public/", key.expose()).await.status, 200);
     }
@@ -469,8 +460,7 @@ async fn last_used_is_written_in_batches_not_per_request() {
     // Refused keys do not count as use.
     let revoked = s.key(&[]).await;
     let rid = s
-        .keygate
-        .store()
+        .store
         .find_by_hash(&revoked.hash())
         .await
         .unwrap()
@@ -493,7 +483,7 @@ async fn last_used_is_written_in_batches_not_per_request() {
 #[tokio::test]
 async fn usage_is_flushed_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
-    let store = keygate::store::open(dir.path().join("k.db").to_str().unwrap())
+    let store = keygate::open(dir.path().join("k.db").to_str().unwrap())
         .await
         .unwrap();
     let keygate = Keygate::builder(store)
@@ -572,14 +562,7 @@ async fn logs_never_contain_the_key() {
         s.with_key("/api/public/", presented).await;
         s.with_key("/api/orders/", presented).await;
     }
-    let id = s
-        .keygate
-        .store()
-        .find_by_hash(&key.hash())
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let id = s.store.find_by_hash(&key.hash()).await.unwrap().unwrap().id;
     s.keygate
         .revoke(&id, None, &Audit::library())
         .await
@@ -646,7 +629,7 @@ async fn many_requests_at_once() {
 async fn a_rotated_key_works_through_its_grace_period_and_says_so() {
     use keygate::core::FixedClock;
     let dir = tempfile::tempdir().unwrap();
-    let store = keygate::store::open(dir.path().join("k.db").to_str().unwrap())
+    let store = keygate::open(dir.path().join("k.db").to_str().unwrap())
         .await
         .unwrap();
     let clock = Arc::new(FixedClock::new(

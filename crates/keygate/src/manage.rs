@@ -1,0 +1,407 @@
+//! [`Keygate`]: the verifier and the key manager over one store. Every change made through it
+//! drops the key from this process's cache at once (other processes hear of it through the
+//! store's change feed), and carries an [`Audit`] context that the store writes with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_core::policy::IncidentFilter;
+use keygate_core::{
+    Audit, AuditEvent, Clock, KeyId, KeyPatch, KeyRecord, KeySpec, PlainKey, Prefix, Timestamp,
+    generate, issue, plan_rotation,
+};
+use keygate_store::{AuditPage, AuditQuery, ListQuery, MAX_PAGE_SIZE, Page, StatusCounts, Store};
+
+use crate::cache::{CacheConfig, CacheStats};
+use crate::error::Error;
+use crate::sealing::SealingKey;
+use crate::verify::{Verification, Verifier, VerifierConfig};
+
+/// Verifies presented keys and manages keys, over a store and a clock. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Keygate {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    verifier: Verifier,
+    store: Arc<dyn Store>,
+    prefix: Prefix,
+    sealing: Option<SealingKey>,
+}
+
+/// Builds a [`Keygate`]: `Keygate::builder(store).prefix(..).clock(..).build()`.
+#[derive(Debug)]
+pub struct KeygateBuilder {
+    store: Arc<dyn Store>,
+    verifier: VerifierConfig,
+    prefix: Prefix,
+    sealing: Option<SealingKey>,
+}
+
+impl KeygateBuilder {
+    /// The key that seals new plaintext keys waiting in the webhook outbox (see
+    /// [`Keygate::rotate_delivering`]); without one, such rotations are refused.
+    pub fn sealing_key(mut self, key: Option<SealingKey>) -> Self {
+        self.sealing = key;
+        self
+    }
+
+    /// The verification cache (default: [`CacheConfig::default`]); `None` turns it off, so
+    /// every verification asks the store (one-shot tools such as the CLI).
+    pub fn cache(mut self, cache: Option<CacheConfig>) -> Self {
+        self.verifier.cache = cache;
+        self
+    }
+
+    /// The prefix of keys this instance issues (default `kg`). Keys of any well-formed prefix
+    /// still verify, so changing it does not break keys already handed out.
+    pub fn prefix(mut self, prefix: Prefix) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// Where "now" comes from (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.verifier.clock = clock;
+        self
+    }
+
+    /// How often last-used times are written (default 10 s); `None` writes them only when
+    /// [`Keygate::flush_usage`] is called.
+    pub fn usage_flush_interval(mut self, every: Option<Duration>) -> Self {
+        self.verifier.usage_flush = every;
+        self
+    }
+
+    /// Builds it. Inside a Tokio runtime this starts the verifier's background tasks (see
+    /// [`Verifier::new`]).
+    pub fn build(self) -> Keygate {
+        let keys: Arc<dyn keygate_store::KeyStore> = self.store.clone();
+        Keygate {
+            inner: Arc::new(Inner {
+                verifier: Verifier::new(keys, self.verifier),
+                store: self.store,
+                prefix: self.prefix,
+                sealing: self.sealing,
+            }),
+        }
+    }
+}
+
+impl Keygate {
+    /// A builder over `store`.
+    pub fn builder(store: Arc<dyn Store>) -> KeygateBuilder {
+        KeygateBuilder {
+            store,
+            verifier: VerifierConfig::default(),
+            prefix: Prefix::default(),
+            sealing: None,
+        }
+    }
+
+    /// A verifier and manager over `store` with the defaults.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// The store, for this crate's own modules.
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// The verifier (what the layer uses).
+    pub fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
+    }
+
+    /// The current time by this instance's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.verifier.now()
+    }
+
+    /// The prefix new keys get.
+    pub fn prefix(&self) -> &Prefix {
+        &self.inner.prefix
+    }
+
+    /// Checks a presented key for the `required` scopes. `Err` only when the store fails.
+    pub async fn verify<R: AsRef<str> + Sync>(
+        &self,
+        presented: &str,
+        required: &[R],
+    ) -> Result<Verification, Error> {
+        self.inner.verifier.verify(presented, required).await
+    }
+
+    /// Writes the last-used times gathered since the previous flush, in one batch.
+    pub async fn flush_usage(&self) -> Result<(), Error> {
+        self.inner.verifier.flush_usage().await
+    }
+
+    /// Cache counters; `None` when the cache is off.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.inner.verifier.cache_stats()
+    }
+
+    /// How many verifications ended with each outcome since this instance was built.
+    pub fn verification_counts(&self) -> Vec<(keygate_core::Outcome, u64)> {
+        self.inner.verifier.verification_counts()
+    }
+
+    /// Checks that the store answers (and, on SQLite, is still the file it opened).
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.store()
+            .ping()
+            .await
+            .map_err(Error::store("reach the key store"))
+    }
+
+    /// Checks that the store takes writes (a probe row is written).
+    pub async fn ping_write(&self) -> Result<(), Error> {
+        self.store()
+            .ping_write(self.now())
+            .await
+            .map_err(Error::store("write to the key store"))
+    }
+
+    /// Closes the store's connections (for a clean shutdown).
+    pub async fn close(&self) {
+        self.store().close().await;
+    }
+
+    /// Issues a key from `spec` and stores its record. The [`PlainKey`] is the only copy of
+    /// the secret: hand it over and drop it.
+    pub async fn issue(
+        &self,
+        spec: KeySpec,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, PlainKey), Error> {
+        let (record, key) = issue(spec, &self.inner.prefix, self.now())?;
+        self.store()
+            .create(&record, audit)
+            .await
+            .map_err(Error::store("issue the key"))?;
+        self.inner.verifier.forget(&record.hash);
+        tracing::info!(key_id = %record.id, "issued API key");
+        Ok((record, key))
+    }
+
+    /// Issues a key only if the store holds none at all (the bootstrap admin key), atomically:
+    /// `None` if there were keys already.
+    pub async fn issue_first(
+        &self,
+        spec: KeySpec,
+        audit: &Audit,
+    ) -> Result<Option<(KeyRecord, PlainKey)>, Error> {
+        let (record, key) = issue(spec, &self.inner.prefix, self.now())?;
+        let issued = self
+            .store()
+            .create_if_empty(&record, audit)
+            .await
+            .map_err(Error::store("issue the first key"))?;
+        if !issued {
+            return Ok(None);
+        }
+        self.inner.verifier.forget(&record.hash);
+        tracing::info!(key_id = %record.id, "issued the first API key");
+        Ok(Some((record, key)))
+    }
+
+    /// Rotates a key: issues its successor (same name, owner, scopes, metadata and lifetime)
+    /// and lets the old key work for `grace_ms` more milliseconds (0: not at all), after which
+    /// it verifies `EXPIRED`. Returns (the old record, the successor, the successor's key,
+    /// shown once). Refused for a revoked key, or one rotated already.
+    pub async fn rotate(
+        &self,
+        id: &KeyId,
+        grace_ms: i64,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord, PlainKey), Error> {
+        self.rotate_sealing(id, grace_ms, audit, None).await
+    }
+
+    /// The rotation both entry points share: a new key and id, core's plan inside the store's
+    /// transaction, and — with `seal` — the successor's plaintext sealed into the outbox for
+    /// secret-receiving endpoints. Both keys leave this process's cache.
+    async fn rotate_sealing(
+        &self,
+        id: &KeyId,
+        grace_ms: i64,
+        audit: &Audit,
+        seal: Option<&SealingKey>,
+    ) -> Result<(KeyRecord, KeyRecord, PlainKey), Error> {
+        let now = self.now();
+        let new_key = generate(&self.inner.prefix);
+        let new_id = KeyId::generate(now);
+        let sealed = seal.map(|sealing| {
+            let message = serde_json::json!({
+                "type": "key.successor",
+                "timestamp": now,
+                "data": {"key_id": id, "successor_id": new_id, "key": new_key.expose()},
+            });
+            sealing.seal(&message.to_string())
+        });
+        let plan = |old: &KeyRecord| plan_rotation(old, &new_key, new_id.clone(), now, grace_ms);
+        let (old, new) = self
+            .store()
+            .rotate(id, &plan, now, audit, sealed.as_deref())
+            .await
+            .map_err(Error::store("rotate the key"))?;
+        self.inner.verifier.forget(&old.hash);
+        self.inner.verifier.forget(&new.hash);
+        tracing::info!(key_id = %old.id, successor = %new.id, sealed = seal.is_some(), "rotated API key");
+        Ok((old, new, new_key))
+    }
+
+    /// Rotates a key for the rotation policy, when no person is there to receive the new key:
+    /// the successor's plaintext is sealed (see [`crate::sealing`]) and queued, in the same
+    /// transaction as the rotation, for every webhook endpoint that receives secrets — and
+    /// shown to nobody else. Refused without a sealing key or such an endpoint.
+    pub async fn rotate_delivering(
+        &self,
+        id: &KeyId,
+        grace_ms: i64,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord), Error> {
+        let sealing = self.inner.sealing.as_ref().ok_or_else(|| {
+            Error::NotConfigured(
+                "rotating for the policy needs KEYGATE_SECRET_KEY (to seal the new keys)".into(),
+            )
+        })?;
+        let trusted = self
+            .webhooks()
+            .await?
+            .iter()
+            .any(|e| e.enabled && e.receives_secrets);
+        if !trusted {
+            return Err(Error::NotConfigured(
+                "rotating for the policy needs a webhook endpoint that receives secrets".into(),
+            ));
+        }
+        let (old, new, _shown_to_nobody) = self
+            .rotate_sealing(id, grace_ms, audit, Some(sealing))
+            .await?;
+        Ok((old, new))
+    }
+
+    /// Opens a sealed outbox payload with this instance's sealing key.
+    pub fn unseal(&self, sealed: &str) -> Option<String> {
+        self.inner.sealing.as_ref()?.open(sealed)
+    }
+
+    /// The key with this id.
+    pub async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, Error> {
+        self.store()
+            .get(id)
+            .await
+            .map_err(Error::store("read the key"))
+    }
+
+    /// A page of keys; the status filter is judged now.
+    pub async fn list(&self, mut query: ListQuery) -> Result<Page, Error> {
+        query.now = self.now();
+        self.store()
+            .list(&query)
+            .await
+            .map_err(Error::store("list keys"))
+    }
+
+    /// How many keys have each status now.
+    pub async fn count_by_status(&self) -> Result<StatusCounts, Error> {
+        self.store()
+            .count_by_status(self.now())
+            .await
+            .map_err(Error::store("count keys"))
+    }
+
+    /// A page of the audit trail.
+    pub async fn audit_trail(&self, query: &AuditQuery) -> Result<AuditPage, Error> {
+        self.store()
+            .list_audit(query)
+            .await
+            .map_err(Error::store("read the audit trail"))
+    }
+
+    /// Appends an event that changes no key (a notice, a sign-in, a refused request) to the
+    /// audit trail, with its webhook deliveries.
+    pub async fn record_event(&self, event: &AuditEvent) -> Result<(), Error> {
+        self.store()
+            .append_event(event)
+            .await
+            .map_err(Error::store("write to the audit trail"))
+    }
+
+    /// Changes a key's editable fields.
+    pub async fn update(
+        &self,
+        id: &KeyId,
+        patch: KeyPatch,
+        audit: &Audit,
+    ) -> Result<KeyRecord, Error> {
+        let record = self
+            .store()
+            .update(id, patch, self.now(), audit)
+            .await
+            .map_err(Error::store("change the key"))?;
+        self.inner.verifier.forget(&record.hash);
+        tracing::info!(key_id = %id, "updated API key");
+        Ok(record)
+    }
+
+    /// Revokes a key now, for good.
+    pub async fn revoke(
+        &self,
+        id: &KeyId,
+        reason: Option<String>,
+        audit: &Audit,
+    ) -> Result<KeyRecord, Error> {
+        let record = self
+            .store()
+            .revoke(id, self.now(), reason, audit)
+            .await
+            .map_err(Error::store("revoke the key"))?;
+        self.inner.verifier.forget(&record.hash);
+        tracing::info!(key_id = %id, "revoked API key");
+        Ok(record)
+    }
+
+    /// Incident response: every unrevoked key `filter` matches (an empty filter matches
+    /// nothing). Unless `dry_run`, revokes each with `reason`; a key revoked by someone else
+    /// meanwhile counts as done. Returns (matched, revoked by this call).
+    pub async fn revoke_matching(
+        &self,
+        filter: &IncidentFilter,
+        reason: &str,
+        dry_run: bool,
+        audit: &Audit,
+    ) -> Result<(Vec<KeyRecord>, Vec<KeyId>), Error> {
+        let mut query = ListQuery::new(self.now());
+        query.owner = filter.owner.clone();
+        query.limit = MAX_PAGE_SIZE;
+        let mut matched = Vec::new();
+        loop {
+            let page = self.list(query.clone()).await?;
+            matched.extend(page.items.into_iter().filter(|r| filter.matches(r)));
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        let mut revoked = Vec::new();
+        if !dry_run {
+            for record in &matched {
+                match self
+                    .revoke(&record.id, Some(reason.to_owned()), audit)
+                    .await
+                {
+                    Ok(_) => revoked.push(record.id.clone()),
+                    Err(Error::AlreadyRevoked) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok((matched, revoked))
+    }
+}

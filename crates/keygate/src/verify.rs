@@ -1,0 +1,301 @@
+//! [`Verifier`]: checks presented keys over the store's keys role, a cache and a clock.
+//!
+//! Verify path: parse (length, alphabet, prefix, checksum) → SHA-256 → cache → store lookup by
+//! hash → [`decide`]. Garbage is refused before any lookup. A successful verification does not
+//! write: last-used times are kept in memory and written in batches. The cache follows the
+//! store's change feed, so a change made by any process reaches it.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use keygate_core::scope::first_missing;
+use keygate_core::{
+    Clock, KeyGrant, KeyHash, KeyId, Outcome, Timestamp, decide, lacks_scope, parse,
+};
+use keygate_store::{Change, KeyStore};
+
+use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
+use crate::error::Error;
+use crate::key::ApiKey;
+
+/// What [`Verifier::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// The decision, with its stable code.
+    pub outcome: Outcome,
+    /// The key, whenever one was found (valid or not).
+    pub key: Option<ApiKey>,
+    /// A sentence saying why, safe to show the caller (it never repeats the key).
+    pub detail: Cow<'static, str>,
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Timestamp::from_unix_ms(ms).expect("the system clock is between years 1970 and 9999")
+    }
+}
+
+/// How a [`Verifier`] behaves.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// Where "now" comes from (default: the system clock).
+    pub clock: Arc<dyn Clock>,
+    /// The cache (default: [`CacheConfig::default`]); `None` asks the store every time.
+    pub cache: Option<CacheConfig>,
+    /// How often last-used times are written (default 10 s); `None`: only when
+    /// [`Verifier::flush_usage`] is called.
+    pub usage_flush: Option<Duration>,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            cache: Some(CacheConfig::default()),
+            usage_flush: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Checks presented keys. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    usage: Mutex<HashMap<KeyId, Timestamp>>,
+    /// Verifications by outcome, indexed like `Outcome::ALL`.
+    counts: [AtomicU64; Outcome::ALL.len()],
+    cache: Option<Cache>,
+}
+
+impl Verifier {
+    /// A verifier over the keys role of a store. Inside a Tokio runtime it also starts the
+    /// background tasks that write last-used times and follow the store's change feed; they
+    /// end when the last clone of the verifier is dropped.
+    pub fn new(store: Arc<dyn KeyStore>, config: VerifierConfig) -> Self {
+        let verifier = Self {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                cache: config.cache.map(|c| Cache::new(c, config.clock.clone())),
+                clock: config.clock,
+                usage: Mutex::new(HashMap::new()),
+                counts: Default::default(),
+            }),
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            if let Some(every) = config.usage_flush {
+                handle.spawn(flush_loop(Arc::downgrade(&verifier.inner), every));
+            }
+            if verifier.inner.cache.is_some() {
+                handle.spawn(follow_changes(Arc::downgrade(&verifier.inner), store));
+            }
+        }
+        verifier
+    }
+
+    /// The current time by this verifier's clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Checks a presented key for the `required` scopes. `Err` only when the store fails.
+    pub async fn verify<R: AsRef<str> + Sync>(
+        &self,
+        presented: &str,
+        required: &[R],
+    ) -> Result<Verification, Error> {
+        if presented.is_empty() {
+            return Ok(self.refused(Outcome::Missing, Outcome::Missing.detail()));
+        }
+        let parsed = match parse(presented) {
+            Ok(p) => p,
+            Err(e) => return Ok(self.refused(Outcome::Malformed, e.reason())),
+        };
+        let Some(grant) = self.lookup(parsed.hash()).await? else {
+            return Ok(self.refused(Outcome::NotFound, Outcome::NotFound.detail()));
+        };
+        let now = self.now();
+        let outcome = decide(&grant, now, required);
+        let detail = match outcome {
+            Outcome::Valid => {
+                self.note_usage(&grant.id, now);
+                Cow::Borrowed(outcome.detail())
+            }
+            Outcome::InsufficientScope => Cow::Owned(lacks_scope(
+                first_missing(&grant.scopes, required).unwrap_or_default(),
+            )),
+            other => Cow::Borrowed(other.detail()),
+        };
+        tracing::debug!(key_id = %grant.id, outcome = outcome.code(), "verified API key");
+        self.count(outcome);
+        Ok(Verification {
+            outcome,
+            key: Some(ApiKey::from(grant)),
+            detail,
+        })
+    }
+
+    /// The grant of the key with this hash: from the cache, else from the store (and then
+    /// cached).
+    async fn lookup(&self, hash: KeyHash) -> Result<Option<Arc<KeyGrant>>, Error> {
+        let find = |hash| async move {
+            let found = self.inner.store.find_by_hash(&hash).await;
+            found
+                .map(|r| r.map(|r| Arc::new(KeyGrant::from(r))))
+                .map_err(Error::store("check the API key"))
+        };
+        let Some(cache) = &self.inner.cache else {
+            return find(hash).await;
+        };
+        if let Lookup::Hit(grant) = cache.get(&hash) {
+            return Ok(grant);
+        }
+        let epoch = cache.epoch();
+        let grant = find(hash).await?;
+        cache.insert(hash, grant.clone(), epoch);
+        Ok(grant)
+    }
+
+    /// Drops a key from this process's cache (after a change made here).
+    pub(crate) fn forget(&self, hash: &KeyHash) {
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate(hash);
+        }
+    }
+
+    /// Cache counters; `None` when the cache is off.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.inner.cache.as_ref().map(Cache::stats)
+    }
+
+    fn refused(&self, outcome: Outcome, detail: &'static str) -> Verification {
+        tracing::debug!(outcome = outcome.code(), "refused API key");
+        self.count(outcome);
+        Verification {
+            outcome,
+            key: None,
+            detail: Cow::Borrowed(detail),
+        }
+    }
+
+    /// Counts one verification with this outcome (the layer also counts the requests it
+    /// refuses before a key could be read).
+    pub(crate) fn count(&self, outcome: Outcome) {
+        if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+            self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many verifications ended with each outcome since this verifier was built.
+    pub fn verification_counts(&self) -> Vec<(Outcome, u64)> {
+        Outcome::ALL
+            .iter()
+            .zip(&self.inner.counts)
+            .map(|(o, c)| (*o, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn note_usage(&self, id: &KeyId, at: Timestamp) {
+        let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+        match usage.get_mut(id) {
+            Some(t) => *t = (*t).max(at),
+            None => {
+                usage.insert(id.clone(), at);
+            }
+        }
+    }
+
+    /// Writes the last-used times gathered since the previous flush, in one batch.
+    /// On failure they are kept for the next try.
+    pub async fn flush_usage(&self) -> Result<(), Error> {
+        let batch: Vec<(KeyId, Timestamp)> = {
+            let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+            // Take the map rather than drain it, so its memory goes back between bursts.
+            std::mem::take(&mut *usage).into_iter().collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.inner.store.record_usage(&batch).await {
+            let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, at) in batch {
+                let t = usage.entry(id).or_insert(at);
+                *t = (*t).max(at);
+            }
+            return Err(Error::store("record key usage")(e));
+        }
+        Ok(())
+    }
+}
+
+/// Applies the store's change feed to the cache for as long as the verifier lives. If the
+/// feed cannot be had (the database is away), retries every second, and clears the cache on
+/// each (re)subscription since changes may have been missed.
+async fn follow_changes(inner: Weak<Inner>, store: Arc<dyn KeyStore>) {
+    loop {
+        let mut changes = loop {
+            match store.watch().await {
+                Ok(rx) => break rx,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow key changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if inner.strong_count() == 0 {
+                        return;
+                    }
+                }
+            }
+        };
+        match inner.upgrade() {
+            Some(inner) => {
+                if let Some(cache) = &inner.cache {
+                    cache.clear();
+                }
+            }
+            None => return,
+        }
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(1), changes.recv()).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let Some(cache) = &inner.cache else { return };
+            match next {
+                Ok(Some(Change::Key(hash))) => cache.invalidate(&hash),
+                Ok(Some(Change::Everything)) => cache.clear(),
+                Ok(None) => break, // the feed ended: subscribe again
+                Err(_) => {}       // quiet second: just check we are still wanted
+            }
+        }
+    }
+}
+
+async fn flush_loop(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = (Verifier { inner }).flush_usage().await {
+            tracing::warn!(error = %e, "could not record key usage; will retry");
+        }
+    }
+}
