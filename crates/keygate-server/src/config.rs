@@ -20,12 +20,14 @@
 
 use std::path::Path;
 
-use keygate_core::{Lifetime, Prefix};
+use keygate::core::{Lifetime, Prefix};
 use serde::Deserialize;
 
 use crate::Failure;
-use crate::cli::{AgeActionArg, Cli, LogFormat, LogLevel, ServeArgs, parse_lifetime, parse_prefix};
-use keygate_core::policy::MaxAge;
+use crate::cli::args::{
+    AgeActionArg, Cli, LogFormat, LogLevel, ServeArgs, parse_lifetime, parse_prefix,
+};
+use keygate::core::policy::MaxAge;
 
 /// Default database URL.
 pub const DEFAULT_DATABASE: &str = "sqlite://keygate.db";
@@ -152,7 +154,7 @@ impl Settings {
         };
         let grace_ms = match (serve.and_then(|s| s.max_age_grace), file.max_age_grace) {
             (Some(v), _) => v,
-            (None, Some(text)) => keygate_core::parse_grace(&text)
+            (None, Some(text)) => keygate::core::parse_grace(&text)
                 .map_err(|e| Failure::Config(format!("config file: max_age_grace: {e}")))?,
             (None, None) => 7 * 86_400_000,
         };

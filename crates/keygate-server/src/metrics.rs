@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keygate::Keygate;
 use keygate::core::Status;
-use keygate::store::StatusCounts;
+use keygate::StatusCounts;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [

@@ -1,119 +1,128 @@
-//! `keygate serve`: logging, the store, the bootstrap admin key, the HTTP server and a
-//! graceful shutdown.
+//! `keygate serve`: the store, the bootstrap admin key, the background jobs, the HTTP server
+//! and a graceful shutdown. [`Service::open`] builds everything but the listener, so tests
+//! can serve [`Service::router`] in-process.
 
 use std::io::Write;
 use std::sync::Arc;
-
 use std::time::Duration;
 
+use axum::Router;
 use keygate::core::scope::ADMIN;
-use keygate::core::{Actor, Audit, KeySpec};
-use keygate::{CacheConfig, Keygate};
+use keygate::core::{Actor, Audit, Clock, KeyRecord, KeySpec, Lifetime};
+use keygate::{CacheConfig, Keygate, PlainKey};
 
-use crate::Failure;
-use crate::api;
-use crate::cli::{LogFormat, LogLevel};
 use crate::config::Settings;
-use crate::metrics::Metrics;
+use crate::logging::init_logging;
+use crate::{AppState, Failure, app};
+
+/// A `Duration` from a lifetime.
+fn duration(lifetime: Lifetime) -> Duration {
+    Duration::from_millis(lifetime.as_ms().unsigned_abs())
+}
+
+/// The service, built from its settings: the store opened, the keygate over it, the state
+/// the HTTP application is served from.
+#[derive(Debug)]
+pub struct Service {
+    /// The verifier and key manager.
+    pub keygate: Keygate,
+    /// What every request handler reaches.
+    pub state: AppState,
+    settings: Settings,
+}
+
+impl Service {
+    /// Opens the store named by `settings` and builds the service over it, on `clock` (the
+    /// system clock in production; a fixed one in tests).
+    pub async fn open(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, Failure> {
+        let store = keygate::open(&settings.database).await?;
+        let cache = (settings.cache_size > 0).then(|| CacheConfig {
+            ttl: duration(settings.cache_ttl),
+            negative_ttl: duration(settings.cache_ttl).min(Duration::from_secs(10)),
+            capacity: settings.cache_size,
+        });
+        let keygate = Keygate::builder(store)
+            .prefix(settings.prefix.clone())
+            .cache(cache)
+            .clock(clock)
+            .sealing_key(settings.sealing_key.clone())
+            .usage_flush_interval(Some(duration(settings.usage_flush)))
+            .build();
+        let state = AppState::new(keygate.clone(), &settings);
+        Ok(Self {
+            keygate,
+            state,
+            settings,
+        })
+    }
+
+    /// The HTTP application: the JSON API, the operations endpoints and the admin UI.
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// Starts the background jobs (webhook sender, scheduler) on the current runtime.
+    pub fn spawn_jobs(&self) {
+        tokio::spawn(crate::jobs::deliver::run(self.keygate.clone()));
+        tokio::spawn(crate::jobs::scheduler::run(
+            self.keygate.clone(),
+            self.settings.sweep.clone(),
+            duration(self.settings.sweep_every),
+        ));
+    }
+}
 
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> Result<(), Failure> {
     // Keep the guard to the end: dropping it flushes the log lines still queued.
     let _log_guard = init_logging(settings.log_format, settings.log_level);
     let shutdown = shutdown_signal()?;
-    let store = keygate::store::open(&settings.database).await?;
-    let cache = (settings.cache_size > 0).then(|| CacheConfig {
-        ttl: Duration::from_millis(settings.cache_ttl.as_ms().unsigned_abs()),
-        negative_ttl: Duration::from_millis(settings.cache_ttl.as_ms().unsigned_abs())
-            .min(Duration::from_secs(10)),
-        capacity: settings.cache_size,
-    });
-    let keygate = Keygate::builder(store.clone())
-        .prefix(settings.prefix.clone())
-        .cache(cache)
-        .sealing_key(settings.sealing_key.clone())
-        .usage_flush_interval(Some(Duration::from_millis(
-            settings.usage_flush.as_ms().unsigned_abs(),
-        )))
-        .build();
-    bootstrap(&keygate).await?;
+    let service = Service::open(settings, Arc::new(keygate::SystemClock)).await?;
+    if let Some((record, key)) = bootstrap(&service.keygate).await? {
+        print_bootstrap_key(&record, &key)?;
+    }
     // reqwest's TLS runs on rustls with the ring provider (no aws-lc).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::spawn(crate::webhooks::deliver_forever(keygate.clone()));
-    tokio::spawn(scheduler(
-        keygate.clone(),
-        settings.sweep.clone(),
-        Duration::from_millis(settings.sweep_every.as_ms().unsigned_abs()),
-    ));
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
+    service.spawn_jobs();
+    let listen = &service.settings.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Failure::Config(format!("cannot listen on {}: {e}", settings.listen)))?;
+        .map_err(|e| Failure::Config(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, database = %without_password(&settings.database), "listening");
-    let admin = Arc::new(crate::admin::AdminUi::new(
-        Duration::from_millis(settings.admin_idle_timeout.as_ms().unsigned_abs()),
-        settings.secure_cookies,
-        settings.trust_forwarded_for,
-    ));
-    let app = api::router(keygate.clone(), Arc::new(Metrics::default()), admin);
+    let database = without_password(&service.settings.database);
+    tracing::info!(%addr, %database, "listening");
     // The peer address feeds the admin UI's sign-in throttle.
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = service
+        .router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     tracing::info!("shutting down: in-flight requests finished; writing key usage");
-    if let Err(e) = keygate.flush_usage().await {
+    if let Err(e) = service.keygate.flush_usage().await {
         tracing::error!(error = %e, "could not write key usage");
     }
-    store.close().await;
+    service.keygate.close().await;
     served.map_err(Failure::Io)
 }
 
-/// Sweeps the keys every `every`: the maximum-age policy, expiry warnings, expiry notices.
-/// Several nodes may sweep at once: each notice is written once per key however many run
-/// (a race between two nodes may at worst write one twice).
-async fn scheduler(keygate: Keygate, sweep: keygate::Sweep, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match keygate
-            .sweep(&sweep, false, &Audit::by(Actor::Scheduler))
-            .await
-        {
-            Ok(report) => {
-                let acted = report.expiry_shortened.len()
-                    + report.max_age_notices.len()
-                    + report.expiring_soon_notices.len()
-                    + report.expired_notices.len();
-                if acted > 0 {
-                    tracing::info!(
-                        expiry_shortened = report.expiry_shortened.len(),
-                        max_age_notices = report.max_age_notices.len(),
-                        expiring_soon = report.expiring_soon_notices.len(),
-                        expired = report.expired_notices.len(),
-                        "sweep"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "sweep failed; will retry"),
-        }
-    }
-}
-
-/// On an empty database, issues one `keygate:admin` key and prints it once on stdout (never
-/// to the log). Later starts find keys and print nothing.
-async fn bootstrap(keygate: &Keygate) -> Result<(), Failure> {
+/// On an empty database, issues one `keygate:admin` key (atomically: several nodes starting
+/// on one empty database issue one key between them). Later starts find keys: `None`.
+pub async fn bootstrap(keygate: &Keygate) -> Result<Option<(KeyRecord, PlainKey)>, Failure> {
     let spec = KeySpec {
         name: "bootstrap admin".into(),
         scopes: vec![ADMIN.into()],
         ..KeySpec::default()
     };
-    // Atomic: several nodes starting on one empty database issue one key between them.
-    let Some((record, key)) = keygate.issue_first(spec, &Audit::by(Actor::Server)).await? else {
-        return Ok(());
-    };
-    tracing::warn!(key_id = %record.id, "empty database: issued a bootstrap admin key (printed once on stdout)");
+    let issued = keygate.issue_first(spec, &Audit::by(Actor::Server)).await?;
+    if let Some((record, _)) = &issued {
+        tracing::warn!(key_id = %record.id, "empty database: issued a bootstrap admin key (printed once on stdout)");
+    }
+    Ok(issued)
+}
+
+/// Prints the bootstrap key once on stdout, never to the log.
+fn print_bootstrap_key(record: &KeyRecord, key: &PlainKey) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -124,37 +133,6 @@ async fn bootstrap(keygate: &Keygate) -> Result<(), Failure> {
     )?;
     out.flush()?;
     Ok(())
-}
-
-/// Logs go to stderr through a background writer, so a request never waits on a write(2);
-/// the queue blocks rather than drop lines when it is full.
-fn init_logging(format: LogFormat, level: LogLevel) -> tracing_appender::non_blocking::WorkerGuard {
-    let level = match level {
-        LogLevel::Error => tracing::Level::ERROR,
-        LogLevel::Warn => tracing::Level::WARN,
-        LogLevel::Info => tracing::Level::INFO,
-        LogLevel::Debug => tracing::Level::DEBUG,
-        LogLevel::Trace => tracing::Level::TRACE,
-    };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(writer)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
-        LogFormat::Json => tracing::subscriber::set_global_default(
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .finish(),
-        ),
-    };
-    guard
 }
 
 /// A database URL fit for a log line: any password replaced.

@@ -8,8 +8,8 @@ use axum::{Router, routing::get};
 use keygate::core::{Audit, Expiry, KeySpec, Lifetime, Timestamp};
 use keygate::store::{KeyStore, SqliteStore, Store};
 use keygate::{ApiKey, CredentialSource, KeyPatch, Keygate, PlainKey};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::json;
+use keygate_testkit::{Reply, raw_request};
 
 /// The example app itself, so that these tests check exactly what `cargo run --example` serves.
 #[allow(dead_code)]
@@ -61,23 +61,12 @@ impl Server {
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
-        let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        )
-        .into_bytes();
-        for (name, value) in headers {
-            req.extend_from_slice(name.as_bytes());
-            req.extend_from_slice(b": ");
-            req.extend_from_slice(value);
-            req.extend_from_slice(b"\r\n");
-        }
-        req.extend_from_slice(b"\r\n");
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        stream.write_all(&req).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        Reply::parse(raw)
+        let headers: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+            .collect();
+        let request = raw_request("GET", path, &self.addr.to_string(), &headers, None);
+        keygate_testkit::send(self.addr, &request).await
     }
 
     async fn with_key(&self, path: &str, key: &str) -> Reply {
@@ -86,96 +75,6 @@ impl Server {
             &[("Authorization", format!("Api-Key {key}").as_bytes())],
         )
         .await
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    raw: Vec<u8>,
-}
-
-impl Reply {
-    fn parse(raw: Vec<u8>) -> Self {
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a full response");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .map(|l| {
-                let (k, v) = l.split_once(':').unwrap();
-                (k.to_ascii_lowercase(), v.trim().to_owned())
-            })
-            .collect();
-        let body = raw[split + 4..].to_vec();
-        Reply {
-            status,
-            headers,
-            body,
-            raw,
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// Asserts a problem+json refusal with this status and code, and returns it.
-    fn problem(&self, status: u16, code: &str) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.raw)
-        );
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json")
-        );
-        let p = self.json();
-        assert_eq!(p["code"], code, "{p}");
-        assert_eq!(p["status"], status);
-        assert!(
-            p["type"]
-                .as_str()
-                .unwrap()
-                .starts_with("urn:keygate:problem:")
-        );
-        assert!(!p["title"].as_str().unwrap().is_empty());
-        assert!(!p["detail"].as_str().unwrap().is_empty());
-        if status == 401 {
-            assert_eq!(
-                self.header("www-authenticate"),
-                Some("Api-Key realm=\"keygate\"")
-            );
-        }
-        p
-    }
-
-    fn assert_no_echo(&self, secret: &str) {
-        let body_part = &secret[secret.len() - 20..];
-        let text = String::from_utf8_lossy(&self.raw);
-        assert!(!text.contains(body_part), "response echoes the key: {text}");
     }
 }
 

@@ -5,10 +5,11 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use http::StatusCode;
 use keygate::core::{
+    DEFAULT_GRACE,
     AuditEvent, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp,
     parse_grace,
 };
-use keygate::store::{AuditQuery, ListQuery};
+use keygate::{AuditQuery, ListQuery};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -487,7 +488,7 @@ pub async fn show(
                         form.stack method="post" action={ "/admin/keys/" (record.id) "/rotate" } {
                             (views::csrf_field(&admin.session.csrf))
                             label for="grace" { "Grace period for the old key" }
-                            input #grace type="text" name="grace" value="24h" aria-describedby="grace-help";
+                            input #grace type="text" name="grace" value=(DEFAULT_GRACE) aria-describedby="grace-help";
                             p.help #grace-help { "How long this key keeps working after rotation: " code { "0" } " or e.g. " code { "24h" } ", " code { "7d" } "." }
                             button.button #rotate type="submit" { "Rotate key" }
                         }
@@ -657,7 +658,7 @@ pub async fn rotate(
     posted: Posted<RotateForm>,
 ) -> Result<Response, UiError> {
     let id = parse_id(&id)?;
-    let grace = optional(&posted.form.grace).unwrap_or_else(|| "24h".to_owned());
+    let grace = optional(&posted.form.grace).unwrap_or_else(|| DEFAULT_GRACE.to_string());
     let grace_ms = parse_grace(&grace).map_err(|e| {
         UiError::bad_request(format!(
             "Grace period: expected 0 or a duration such as 24h; {e}."

@@ -24,8 +24,8 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use keygate::core::scope::AdminAction;
-use keygate::core::{Actor, Audit, Status};
-use keygate::store::{StatusCounts, StoreError};
+use keygate::core::{Actor, Audit, Status, Timestamp};
+use keygate::StatusCounts;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -44,7 +44,7 @@ pub struct AdminUi {
     /// Take the client's address from the last `X-Forwarded-For` entry (behind a proxy).
     pub trust_forwarded_for: bool,
     /// The keys list's status counts, and when they were counted.
-    counts: std::sync::Mutex<Option<(std::time::Instant, StatusCounts)>>,
+    counts: std::sync::Mutex<Option<(Timestamp, StatusCounts)>>,
 }
 
 /// How long the keys list's status counts are reused: counting reads every key (≈30 ms per
@@ -64,16 +64,16 @@ impl AdminUi {
     }
 
     /// How many keys have each status: counted at most every [`COUNTS_FOR`].
-    async fn counts(&self, keygate: &keygate::Keygate) -> Result<StatusCounts, StoreError> {
+    async fn counts(&self, keygate: &keygate::Keygate) -> Result<StatusCounts, keygate::Error> {
+        let now = keygate.now();
         let cached = *self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, counts)) = cached
-            && at.elapsed() < COUNTS_FOR
+            && (now.unix_ms() - at.unix_ms()) < COUNTS_FOR.as_millis() as i64
         {
             return Ok(counts);
         }
-        let counts = keygate.store().count_by_status(keygate.now()).await?;
-        *self.counts.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((std::time::Instant::now(), counts));
+        let counts = keygate.count_by_status().await?;
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, counts));
         Ok(counts)
     }
 
@@ -221,9 +221,9 @@ impl UiError {
     }
 }
 
-impl From<StoreError> for UiError {
-    fn from(e: StoreError) -> Self {
-        let problem = crate::api::error::ApiError::from(e).0;
+impl From<keygate::Error> for UiError {
+    fn from(e: keygate::Error) -> Self {
+        let problem = keygate::Problem::from(e);
         Self::new(
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             problem.title,
@@ -276,7 +276,7 @@ impl Admin {
         let flashes = app
             .admin
             .sessions
-            .take_flashes(app.keygate.store().as_ref(), &self.session)
+            .take_flashes(&app.keygate, &self.session)
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "could not read the session's messages");
@@ -301,7 +301,7 @@ impl Admin {
     async fn flash(&self, app: &AppState, flash: session::Flash) -> Result<(), UiError> {
         app.admin
             .sessions
-            .flash(app.keygate.store().as_ref(), &self.session, &flash)
+            .flash(&app.keygate, &self.session, &flash)
             .await
             .map_err(UiError::from)
     }
@@ -315,12 +315,11 @@ impl FromRequestParts<AppState> for Admin {
             .await
             .unwrap_or_else(|never| match never {});
         let now = app.keygate.now();
-        let store = app.keygate.store().as_ref();
         let found = match cookie(&parts.headers, COOKIE) {
             Some(token) => app
                 .admin
                 .sessions
-                .find(store, token, now)
+                .find(&app.keygate, token)
                 .await
                 .map_err(|e| UiError::from(e).into_response())?,
             None => None,
@@ -343,8 +342,8 @@ impl FromRequestParts<AppState> for Admin {
                 }),
             Principal::User { name, since } => app
                 .keygate
-                .store()
-                .get_admin_user(name)
+                .accounts()
+                .user(name)
                 .await
                 .map_err(|e| UiError::from(e).into_response())?
                 .filter(|u| u.updated_at == *since)
@@ -353,7 +352,7 @@ impl FromRequestParts<AppState> for Admin {
         let Some((display, can_manage, actor)) = checked else {
             app.admin
                 .sessions
-                .end(store, &session.id)
+                .end(&app.keygate, &session.id)
                 .await
                 .map_err(|e| UiError::from(e).into_response())?;
             return Err(to_sign_in(parts));

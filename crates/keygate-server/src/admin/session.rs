@@ -11,18 +11,19 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keygate::core::{AdminSession, Timestamp};
+use keygate::Keygate;
+use keygate::accounts::AdminSession;
+use keygate::core::Timestamp;
 use keygate::sealing::SealingKey;
-use keygate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use keygate::core::admin::Principal;
+pub use keygate::accounts::Principal;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "keygate_session";
@@ -95,7 +96,7 @@ impl std::fmt::Debug for SessionView {
 #[derive(Debug)]
 pub struct Sessions {
     idle: Duration,
-    last_purge: Mutex<Option<Instant>>,
+    last_purge: Mutex<Option<Timestamp>>,
 }
 
 /// A random 256-bit token, URL-safe base64.
@@ -145,27 +146,28 @@ impl Sessions {
     /// planted before sign-in is never promoted). Clears out dead sessions now and then.
     pub async fn start(
         &self,
-        store: &dyn Store,
+        keygate: &Keygate,
         principal: Principal,
-        now: Timestamp,
-    ) -> Result<String, StoreError> {
+    ) -> Result<String, keygate::Error> {
+        let now = keygate.now();
         let purge = {
             let mut last = self.last_purge.lock().unwrap_or_else(|p| p.into_inner());
-            let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+            let due = last.is_none_or(|at| now.unix_ms() - at.unix_ms() >= 60_000);
             if due {
-                *last = Some(Instant::now());
+                *last = Some(now);
             }
             due
         };
+        let accounts = keygate.accounts();
         if purge {
             let before =
                 |d: Duration| Timestamp::from_unix_ms(now.unix_ms() - ms(d)).unwrap_or(now);
-            store
+            accounts
                 .purge_sessions(before(self.idle), before(ABSOLUTE_LIFETIME))
                 .await?;
         }
         let token = random_token();
-        store
+        accounts
             .create_session(&AdminSession {
                 id: id_of(&token),
                 principal,
@@ -180,22 +182,23 @@ impl Sessions {
     /// The live session of `token`, marked as used; an expired one is ended.
     pub async fn find(
         &self,
-        store: &dyn Store,
+        keygate: &Keygate,
         token: &str,
-        now: Timestamp,
-    ) -> Result<Option<SessionView>, StoreError> {
+    ) -> Result<Option<SessionView>, keygate::Error> {
+        let now = keygate.now();
+        let accounts = keygate.accounts();
         let id = id_of(token);
-        let Some(session) = store.get_session(&id).await? else {
+        let Some(session) = accounts.session(&id).await? else {
             return Ok(None);
         };
         if !self.alive(&session, now) {
-            store.end_session(&id).await?;
+            accounts.end_session(&id).await?;
             return Ok(None);
         }
         // Written at most every quarter of the idle time (and every 30 s), not per request.
         let every = ms(self.idle / 4).min(30_000);
         if now.unix_ms() - session.last_seen_at.unix_ms() >= every {
-            store.touch_session(&id, now).await?;
+            accounts.touch_session(&id, now).await?;
         }
         Ok(Some(SessionView {
             id,
@@ -206,31 +209,32 @@ impl Sessions {
     }
 
     /// Ends a session (sign-out, or its principal lost its rights).
-    pub async fn end(&self, store: &dyn Store, id: &[u8; 32]) -> Result<(), StoreError> {
-        store.end_session(id).await
+    pub async fn end(&self, keygate: &Keygate, id: &[u8; 32]) -> Result<(), keygate::Error> {
+        keygate.accounts().end_session(id).await
     }
 
     /// Queues a message for the session's next page, sealed.
     pub async fn flash(
         &self,
-        store: &dyn Store,
+        keygate: &Keygate,
         session: &SessionView,
         flash: &Flash,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), keygate::Error> {
         let text = serde_json::to_string(flash).unwrap_or_default();
         let sealed = flash_key(&session.token).seal(&text);
-        store.push_flash(&session.id, &sealed).await
+        keygate.accounts().push_flash(&session.id, &sealed).await
     }
 
     /// Takes the session's messages: each is shown once. A message that cannot be opened
     /// (it cannot happen without tampering) is dropped.
     pub async fn take_flashes(
         &self,
-        store: &dyn Store,
+        keygate: &Keygate,
         session: &SessionView,
-    ) -> Result<Vec<Flash>, StoreError> {
+    ) -> Result<Vec<Flash>, keygate::Error> {
         let key = flash_key(&session.token);
-        Ok(store
+        Ok(keygate
+            .accounts()
             .take_flashes(&session.id)
             .await?
             .iter()
@@ -250,8 +254,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 #[derive(Debug)]
 struct Failures {
     count: u32,
-    last: Instant,
-    locked_until: Option<Instant>,
+    last: Timestamp,
+    locked_until: Option<Timestamp>,
 }
 
 /// Slows down guessing: after [`FREE_ATTEMPTS`] failed sign-ins from one address, each
@@ -268,27 +272,28 @@ impl Throttle {
     }
 
     /// `Err(wait)` while `ip` must wait before trying again.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
+    pub fn check(&self, ip: IpAddr, now: Timestamp) -> Result<(), Duration> {
         match self.lock().get(&ip).and_then(|f| f.locked_until) {
-            Some(until) if until > now => Err(until - now),
+            Some(until) if until > now => Err(Duration::from_millis(
+                (until.unix_ms() - now.unix_ms()).unsigned_abs(),
+            )),
             _ => Ok(()),
         }
     }
 
     /// Counts a failure from `ip`; returns how many in a row and the wait now imposed.
-    pub fn failed(&self, ip: IpAddr) -> (u32, Option<Duration>) {
-        let now = Instant::now();
+    pub fn failed(&self, ip: IpAddr, now: Timestamp) -> (u32, Option<Duration>) {
+        let forget = |last: Timestamp| now.unix_ms() - last.unix_ms() >= ms(FORGET_AFTER);
         let mut map = self.lock();
         if map.len() > 100_000 {
-            map.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
+            map.retain(|_, f| !forget(f.last));
         }
         let entry = map.entry(ip).or_insert(Failures {
             count: 0,
             last: now,
             locked_until: None,
         });
-        if now.duration_since(entry.last) >= FORGET_AFTER {
+        if forget(entry.last) {
             entry.count = 0;
         }
         entry.count += 1;
@@ -297,7 +302,8 @@ impl Throttle {
             let doublings = (entry.count - FREE_ATTEMPTS).min(20);
             Duration::from_secs(1u64 << doublings).min(MAX_LOCKOUT)
         });
-        entry.locked_until = wait.map(|w| now + w);
+        entry.locked_until =
+            wait.and_then(|w| Timestamp::from_unix_ms(now.unix_ms() + ms(w)));
         (entry.count, wait)
     }
 
@@ -331,26 +337,27 @@ mod tests {
     #[test]
     fn throttle_imposes_growing_waits_after_free_attempts() {
         let throttle = Throttle::default();
+        let now = Timestamp::from_unix_ms(1_800_000_000_000).unwrap();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for n in 1..FREE_ATTEMPTS {
-            assert_eq!(throttle.failed(ip), (n, None));
-            assert!(throttle.check(ip).is_ok());
+            assert_eq!(throttle.failed(ip, now), (n, None));
+            assert!(throttle.check(ip, now).is_ok());
         }
         assert_eq!(
-            throttle.failed(ip),
+            throttle.failed(ip, now),
             (FREE_ATTEMPTS, Some(Duration::from_secs(1)))
         );
-        assert!(throttle.check(ip).is_err());
-        assert_eq!(throttle.failed(ip).1, Some(Duration::from_secs(2)));
-        assert_eq!(throttle.failed(ip).1, Some(Duration::from_secs(4)));
+        assert!(throttle.check(ip, now).is_err());
+        assert_eq!(throttle.failed(ip, now).1, Some(Duration::from_secs(2)));
+        assert_eq!(throttle.failed(ip, now).1, Some(Duration::from_secs(4)));
         for _ in 0..30 {
-            throttle.failed(ip);
+            throttle.failed(ip, now);
         }
-        assert_eq!(throttle.failed(ip).1, Some(MAX_LOCKOUT));
+        assert_eq!(throttle.failed(ip, now).1, Some(MAX_LOCKOUT));
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(throttle.check(other).is_ok(), "per address");
+        assert!(throttle.check(other, now).is_ok(), "per address");
         throttle.succeeded(ip);
-        assert!(throttle.check(ip).is_ok());
+        assert!(throttle.check(ip, now).is_ok());
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
     let refuse = |status: StatusCode, message: &str| {
         sign_in_page(status, &expected, &form.next, None, Some(message)).into_response()
     };
-    if let Err(wait) = app.admin.throttle.check(ip) {
+    if let Err(wait) = app.admin.throttle.check(ip, app.keygate.now()) {
         let secs = wait.as_secs().max(1);
         let mut response = refuse(
             StatusCode::TOO_MANY_REQUESTS,
@@ -172,21 +172,16 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
     match checked {
         Ok((principal, actor, read_only)) => {
             app.admin.throttle.succeeded(ip);
-            let store = app.keygate.store().as_ref();
             // Signing in again (perhaps as someone else) ends the session this browser had.
             if let Some(token) = previous
-                && let Ok(Some(old)) = app
-                    .admin
-                    .sessions
-                    .find(store, &token, app.keygate.now())
-                    .await
+                && let Ok(Some(old)) = app.admin.sessions.find(&app.keygate, &token).await
             {
-                let _ = app.admin.sessions.end(store, &old.id).await;
+                let _ = app.admin.sessions.end(&app.keygate, &old.id).await;
             }
             let token = match app
                 .admin
                 .sessions
-                .start(store, principal, app.keygate.now())
+                .start(&app.keygate, principal)
                 .await
             {
                 Ok(token) => token,
@@ -219,7 +214,7 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
             response
         }
         Err(refusal) => {
-            let (failures, wait) = app.admin.throttle.failed(ip);
+            let (failures, wait) = app.admin.throttle.failed(ip, app.keygate.now());
             details.insert("reason".into(), json!(refusal.reason));
             details.insert("failures".into(), json!(failures));
             if let Some(wait) = wait {
@@ -294,15 +289,15 @@ async fn by_password(
     password: &str,
 ) -> Result<(Principal, Actor, bool), Refusal> {
     let mut details = Map::new();
-    if keygate::core::admin::check_username(username).is_ok() {
+    if keygate::accounts::check_username(username).is_ok() {
         details.insert("username".into(), json!(username));
     }
     let user = if details.is_empty() {
         None
     } else {
         app.keygate
-            .store()
-            .get_admin_user(username)
+            .accounts()
+            .user(username)
             .await
             .map_err(|_| Refusal::new(STORE_UNAVAILABLE, Map::new()))?
     };
@@ -311,7 +306,7 @@ async fn by_password(
         .as_ref()
         .map_or_else(|| password::decoy().to_owned(), |u| u.password_hash.clone());
     let given = password.to_owned();
-    let matched = password.len() <= keygate::core::admin::MAX_PASSWORD
+    let matched = password.len() <= keygate::accounts::MAX_PASSWORD
         && tokio::task::spawn_blocking(move || password::matches(&given, &phc))
             .await
             .unwrap_or(false);
@@ -330,7 +325,7 @@ async fn by_password(
 }
 
 async fn record(app: &AppState, event: &AuditEvent) {
-    if let Err(e) = app.keygate.store().append_event(event).await {
+    if let Err(e) = app.keygate.record_event(event).await {
         tracing::warn!(error = %e, kind = %event.kind, "could not record a sign-in event");
     }
 }
@@ -352,7 +347,7 @@ pub async fn sign_out(State(app): State<AppState>, request: Request) -> Response
     if let Err(e) = app
         .admin
         .sessions
-        .end(app.keygate.store().as_ref(), &admin.session.id)
+        .end(&app.keygate, &admin.session.id)
         .await
     {
         return super::UiError::from(e).into_response();

@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use keygate::core::{EventKind, KeyId, Timestamp};
-use keygate::store::AuditQuery;
+use keygate::AuditQuery;
 use maud::html;
 use serde::Deserialize;
 

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use keygate::core::{AuditEvent, EventKind, KeyId, Timestamp};
-use keygate::store::AuditQuery;
+use keygate::AuditQuery;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};

@@ -8,8 +8,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, StatusCode, header};
 use keygate::Problem;
-use keygate::core::RecordError;
-use keygate::store::StoreError;
 use serde::de::DeserializeOwned;
 
 /// Largest accepted request body.
@@ -22,12 +20,7 @@ pub struct ApiError(pub Problem);
 impl ApiError {
     /// 400 with a detail that names the field.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            "Invalid request",
-            detail.into(),
-        ))
+        Self(Problem::bad_request(detail.into()))
     }
 
     /// 404 for a key id.
@@ -53,48 +46,9 @@ impl From<Problem> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound => Self::no_such_key(),
-            StoreError::Record(RecordError::AlreadyRevoked) => Self(Problem::new(
-                StatusCode::CONFLICT,
-                "ALREADY_REVOKED",
-                "Key already revoked",
-                "the key is revoked; revocation is final",
-            )),
-            StoreError::Record(RecordError::AlreadyRotated) => Self(Problem::new(
-                StatusCode::CONFLICT,
-                "ALREADY_ROTATED",
-                "Key already rotated",
-                "the key was rotated already; rotate its successor instead",
-            )),
-            StoreError::Record(RecordError::Field { field, message }) => {
-                Self::bad_request(format!("{field}: {message}"))
-            }
-            StoreError::InvalidCursor => {
-                Self::bad_request("cursor: not a cursor this API handed out")
-            }
-            StoreError::Duplicate => Self(Problem::new(
-                StatusCode::CONFLICT,
-                "CONFLICT",
-                "Conflict",
-                "a key with that id or hash exists already; try again",
-            )),
-            StoreError::Config(_) | StoreError::Backend(_) => {
-                tracing::error!(error = %e, "key store failed");
-                Self(Problem::unavailable())
-            }
-            StoreError::Corrupt(_) => {
-                tracing::error!(error = %e, "key store returned unreadable data");
-                Self(Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "INTERNAL",
-                    "Internal error",
-                    "a stored key could not be read; see the server log",
-                ))
-            }
-        }
+impl From<keygate::Error> for ApiError {
+    fn from(e: keygate::Error) -> Self {
+        Self(Problem::from(e))
     }
 }
 
@@ -221,9 +175,9 @@ fn is_short_identifier(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':')
 }
 
-/// A page size from a query, checked against 1..=[`MAX_PAGE_SIZE`](keygate::store::MAX_PAGE_SIZE).
+/// A page size from a query, checked against 1..=[`MAX_PAGE_SIZE`](keygate::MAX_PAGE_SIZE).
 pub fn page_limit(limit: u32) -> Result<u32, ApiError> {
-    let max = keygate::store::MAX_PAGE_SIZE;
+    let max = keygate::MAX_PAGE_SIZE;
     if (1..=max).contains(&limit) {
         Ok(limit)
     } else {

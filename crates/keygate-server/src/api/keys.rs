@@ -5,13 +5,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use keygate::ApiKey;
 use keygate::core::scope::SELF_ROTATE;
 use keygate::core::{
-    Actor, Audit, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp,
+    Actor, Audit, DEFAULT_GRACE, Expiry, KeyId, KeyPatch, KeySpec, Lifetime, Status, Timestamp,
     parse_grace,
 };
-use keygate::store::ListQuery;
+use keygate::{ApiKey, CreatedKey, KeyView};
+use keygate::ListQuery;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -19,93 +19,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Caller, Manage, Read};
 use super::error::{ApiError, ApiJson, ApiQuery, OptionalApiJson, page_limit};
 use super::{AppState, RequestId};
-
-/// A key as the API shows it: everything but the secret and its hash.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KeyView {
-    /// Public id, `key_` + ULID.
-    #[schema(value_type = String, example = "key_01JDZ8Q3K5V6W7X8Y9Z0ABCDEF")]
-    pub id: KeyId,
-    /// Display form: prefix and the first four secret characters.
-    #[schema(example = "kg_4fT0")]
-    pub start: String,
-    /// Human name.
-    pub name: String,
-    /// Owner id.
-    pub owner: Option<String>,
-    /// Scopes the key holds.
-    pub scopes: Vec<String>,
-    /// Free-form JSON object.
-    #[schema(value_type = Object)]
-    pub metadata: Map<String, Value>,
-    /// `active`, `disabled`, `expired` or `revoked`, now.
-    #[schema(value_type = String, example = "active")]
-    pub status: Status,
-    /// Whether the key is enabled (a disabled key is refused until enabled again).
-    pub enabled: bool,
-    /// When it was issued (RFC 3339).
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: Timestamp,
-    /// When it expires, if ever.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub expires_at: Option<Timestamp>,
-    /// When it was revoked, if it was.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub revoked_at: Option<Timestamp>,
-    /// Why it was revoked.
-    pub revoked_reason: Option<String>,
-    /// Last successful verification (written in batches, so it may lag a few seconds).
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub last_used_at: Option<Timestamp>,
-    /// The key this one replaced, if it came from a rotation.
-    #[schema(value_type = Option<String>)]
-    pub rotated_from: Option<KeyId>,
-    /// The key that replaced this one, if it was rotated.
-    #[schema(value_type = Option<String>)]
-    pub rotated_to: Option<KeyId>,
-    /// When it was rotated; it works until `expires_at`.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub rotated_at: Option<Timestamp>,
-    /// Its own maximum age (e.g. `30d`), overriding the deployment's policy.
-    #[schema(value_type = Option<String>, example = "30d")]
-    pub max_age: Option<Lifetime>,
-}
-
-impl KeyView {
-    /// The view of `record` at `now`.
-    pub fn of(record: KeyRecord, now: Timestamp) -> Self {
-        Self {
-            status: record.status(now),
-            id: record.id,
-            start: record.start,
-            name: record.name,
-            owner: record.owner,
-            scopes: record.scopes,
-            metadata: record.metadata,
-            enabled: record.enabled,
-            created_at: record.created_at,
-            expires_at: record.expires_at,
-            revoked_at: record.revoked_at,
-            revoked_reason: record.revoked_reason,
-            last_used_at: record.last_used_at,
-            rotated_from: record.rotated_from,
-            rotated_to: record.rotated_to,
-            rotated_at: record.rotated_at,
-            max_age: record.max_age,
-        }
-    }
-}
-
-/// A new key: its view plus the key itself, in this response only.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedKey {
-    /// The key. Shown only in this response: keygate keeps only its hash.
-    #[schema(example = "kg_4fT0yQm7cLw2Rk9sZ1xV8nB3hJ6dF5aP0q2Zb81Qe")]
-    pub key: String,
-    /// Everything else about the key.
-    #[serde(flatten)]
-    pub view: KeyView,
-}
 
 /// `POST /v1/keys` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -178,7 +91,7 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Optio
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
     /// How long the old key keeps working: `0` (not at all) or a lifetime such as `24h`.
-    /// Default `24h`.
+    /// Default: one day.
     #[serde(default)]
     #[schema(example = "24h")]
     pub grace_period: Option<String>,
@@ -435,7 +348,7 @@ pub async fn revoke_key(
 #[utoipa::path(
     post, path = "/v1/keys/{id}/rotate", tag = "keys",
     params(("id" = String, Path, description = "Key id")),
-    request_body(content = Option<RotateKey>, description = "Optional grace period (default 24h)"),
+    request_body(content = Option<RotateKey>, description = "Optional grace period (default one day)"),
     responses(
         (status = 201, description = "The successor; `key` is shown only here", body = CreatedKey,
          headers(("location" = String, description = "/v1/keys/{successor id}"))),
@@ -467,14 +380,14 @@ async fn rotation(
     body: Option<RotateKey>,
     audit: &Audit,
 ) -> Result<Response, ApiError> {
-    let grace = body
-        .and_then(|b| b.grace_period)
-        .unwrap_or_else(|| "24h".to_owned());
-    let grace_ms = parse_grace(&grace).map_err(|e| {
-        ApiError::bad_request(format!(
-            "grace_period: expected 0 or a duration such as 24h; {e}"
-        ))
-    })?;
+    let grace_ms = match body.and_then(|b| b.grace_period) {
+        None => DEFAULT_GRACE.as_ms(),
+        Some(text) => parse_grace(&text).map_err(|e| {
+            ApiError::bad_request(format!(
+                "grace_period: expected 0 or a duration such as 24h; {e}"
+            ))
+        })?,
+    };
     let (old, new, key) = app.keygate.rotate(id, grace_ms, audit).await?;
     tracing::info!(actor = %audit.actor, key_id = %old.id, successor = %new.id, request_id = audit.request_id.as_deref().unwrap_or("-"), "key rotated over the API");
     let location = format!("/v1/keys/{}", new.id);
@@ -494,7 +407,7 @@ async fn rotation(
 /// admin rotation; audited with the actor `self:<key id>`.
 #[utoipa::path(
     post, path = "/v1/self/rotate", tag = "keys",
-    request_body(content = Option<RotateKey>, description = "Optional grace period (default 24h)"),
+    request_body(content = Option<RotateKey>, description = "Optional grace period (default one day)"),
     responses(
         (status = 201, description = "The successor; `key` is shown only here", body = CreatedKey,
          headers(("location" = String, description = "/v1/keys/{successor id}"))),

@@ -31,18 +31,7 @@ use utoipa_axum::routes;
 use crate::metrics::Metrics;
 use error::MAX_BODY_BYTES;
 
-/// What every handler can reach.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The verifier and key manager.
-    pub keygate: Keygate,
-    /// Request counters.
-    pub metrics: Arc<Metrics>,
-    /// The rendered OpenAPI document.
-    pub openapi: Arc<String>,
-    /// The admin web UI's sessions and sign-in throttle.
-    pub admin: Arc<crate::admin::AdminUi>,
-}
+pub use crate::AppState;
 
 /// An RFC 9457 problem, as documented.
 #[derive(Debug, Serialize, ToSchema)]
@@ -126,22 +115,17 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole HTTP application: the API, the operations endpoints and the admin UI.
-pub fn router(
-    keygate: Keygate,
-    metrics: Arc<Metrics>,
-    admin: Arc<crate::admin::AdminUi>,
-) -> Router {
-    let (router, doc) = routes(&keygate);
-    let openapi = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
-    let state = AppState {
-        keygate,
-        metrics: metrics.clone(),
-        openapi,
-        admin,
-    };
+/// The OpenAPI document of the routes [`router`] serves, as JSON.
+pub fn document(keygate: &Keygate) -> String {
+    let (_, doc) = routes(keygate);
+    doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// The whole HTTP application over `state`: the API, the operations endpoints and the admin UI.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes(&state.keygate);
     let tracking = Arc::new(Tracking {
-        metrics,
+        metrics: state.metrics.clone(),
         keygate: state.keygate.clone(),
         failures: Mutex::new(FailureWindow::default()),
     });
@@ -270,7 +254,7 @@ impl Tracking {
         let event = AuditEvent::auth_failure(&audit, self.keygate.now(), details);
         let keygate = self.keygate.clone();
         tokio::spawn(async move {
-            if let Err(e) = keygate.store().append_event(&event).await {
+            if let Err(e) = keygate.record_event(&event).await {
                 tracing::warn!(error = %e, "could not record an admin authentication failure");
             }
         });

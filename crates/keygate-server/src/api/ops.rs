@@ -31,7 +31,7 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, description = "The database does not answer", body = super::ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
-    app.keygate.store().ping().await?;
+    app.keygate.ping().await?;
     Ok(Json(Health { status: "ready" }))
 }
 
@@ -42,11 +42,7 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
         (status = 503, description = "The database does not answer", body = super::ProblemDoc, content_type = "application/problem+json"),
     ))]
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let counts = app
-        .keygate
-        .store()
-        .count_by_status(app.keygate.now())
-        .await?;
+    let counts = app.keygate.count_by_status().await?;
     let text = app.metrics.render(&app.keygate, &counts);
     let mut response = text.into_response();
     response.headers_mut().insert(

@@ -4,9 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use keygate::ApiKey;
 use keygate::core::scope::check_scope;
-use keygate::core::{KeyId, Outcome, Timestamp};
+use keygate::core::Outcome;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -48,30 +47,6 @@ impl utoipa::PartialSchema for OutcomeCode {
 
 impl ToSchema for OutcomeCode {}
 
-/// What the key is, when one was found: the documented shape of [`ApiKey`]'s JSON.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VerifiedKey {
-    /// Public id.
-    #[schema(value_type = String)]
-    pub id: KeyId,
-    /// Name.
-    pub name: String,
-    /// Owner id.
-    pub owner: Option<String>,
-    /// Scopes it holds.
-    pub scopes: Vec<String>,
-    /// Its metadata.
-    #[schema(value_type = Object)]
-    pub metadata: Map<String, Value>,
-    /// When it expires, if ever.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub expires_at: Option<Timestamp>,
-    /// Set while the key is in the grace period of a rotation: the successor's id. Tell the
-    /// client to switch before `expires_at`.
-    #[schema(value_type = Option<String>)]
-    pub rotated_to: Option<KeyId>,
-}
-
 /// `POST /v1/verify` answer. Always 200: a refused key is an answer, not an error.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VerifyResponse {
@@ -83,7 +58,6 @@ pub struct VerifyResponse {
     pub detail: String,
     /// The key, when one was found (even if refused).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<VerifiedKey>)]
     pub key: Option<ApiKey>,
 }
 

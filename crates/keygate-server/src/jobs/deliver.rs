@@ -5,21 +5,39 @@
 
 use std::time::Duration;
 
-use keygate::Keygate;
 use keygate::core::Timestamp;
 use keygate::core::webhook::{Delivery, retry_after_ms, sign};
-use keygate::store::Attempt;
+use keygate::{Attempt, Keygate};
 
 /// How long a receiver has to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs until the process ends.
-pub async fn deliver_forever(keygate: Keygate) {
-    let client = match reqwest::Client::builder()
+/// The HTTP client deliveries go through: a timeout per attempt, no redirects followed.
+pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-    {
+}
+
+/// Attempts every delivery due now (at most `batch`), recording each attempt; returns how
+/// many were attempted.
+pub async fn deliver_due(
+    keygate: &Keygate,
+    client: &reqwest::Client,
+    batch: u32,
+) -> Result<usize, keygate::Error> {
+    let due = keygate.due_deliveries(keygate.now(), batch).await?;
+    let attempted = due.len();
+    for delivery in due {
+        deliver(keygate, client, delivery).await;
+    }
+    Ok(attempted)
+}
+
+/// Delivers until the process ends: a batch whenever some are due, else a look every 250 ms.
+pub async fn run(keygate: Keygate) {
+    let client = match client() {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are off");
@@ -27,14 +45,9 @@ pub async fn deliver_forever(keygate: Keygate) {
         }
     };
     loop {
-        let due = keygate.store().due_deliveries(keygate.now(), 50).await;
-        match due {
-            Ok(batch) if !batch.is_empty() => {
-                for delivery in batch {
-                    deliver(&keygate, &client, delivery).await;
-                }
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        match deliver_due(&keygate, &client, 50).await {
+            Ok(0) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the webhook outbox; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -148,7 +161,7 @@ async fn record(
         error,
         next_attempt_at,
     };
-    if let Err(e) = keygate.store().finish_attempt(delivery.id, &attempt).await {
+    if let Err(e) = keygate.finish_attempt(delivery.id, &attempt).await {
         tracing::warn!(error = %e, delivery = delivery.id, "cannot record a webhook attempt");
     } else if !delivered {
         tracing::info!(

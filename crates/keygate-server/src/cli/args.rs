@@ -2,7 +2,7 @@
 //! database, so bad input never writes.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keygate_core::{EventKind, KeyId, Lifetime, Prefix, Timestamp, scope::check_scope};
+use keygate::core::{EventKind, KeyId, Lifetime, Prefix, Timestamp, scope::check_scope};
 use serde_json::{Map, Value};
 
 /// keygate: API-key authentication for public HTTP APIs.
@@ -115,9 +115,9 @@ pub enum KeysCommand {
         /// Key id (key_...).
         #[arg(value_parser = parse_id)]
         id: KeyId,
-        /// How long the old key keeps working: 0 or a duration such as 24h.
-        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace_arg)]
-        grace: i64,
+        /// How long the old key keeps working: 0 or a duration such as 24h [default: one day].
+        #[arg(long, value_name = "DURATION", value_parser = parse_grace_arg)]
+        grace: Option<i64>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -405,7 +405,7 @@ pub enum StatusArg {
 }
 
 pub(crate) fn parse_grace_arg(s: &str) -> Result<i64, String> {
-    keygate_core::parse_grace(s).map_err(|e| format!("expected 0 or a duration such as 24h; {e}"))
+    keygate::core::parse_grace(s).map_err(|e| format!("expected 0 or a duration such as 24h; {e}"))
 }
 
 fn parse_event_kind(s: &str) -> Result<EventKind, String> {
@@ -441,7 +441,7 @@ fn parse_metadata(s: &str) -> Result<Map<String, Value>, String> {
     }
 }
 
-impl From<AgeActionArg> for keygate_core::policy::AgeAction {
+impl From<AgeActionArg> for keygate::core::policy::AgeAction {
     fn from(a: AgeActionArg) -> Self {
         match a {
             AgeActionArg::Notify => Self::Notify,

@@ -1,0 +1,265 @@
+//! `keygate keys ...`, `keygate incident revoke` and `keygate rotate-due`: each command is a
+//! few calls on [`Keygate`] and a printout.
+
+use std::io::{BufRead, Write};
+
+use keygate::core::policy::{IncidentFilter, MaxAge};
+use keygate::core::{Actor, Audit, DEFAULT_GRACE, Expiry, Status};
+use keygate::{CreatedKey, KeyPatch, KeySpec, KeyView, Keygate, ListQuery, MAX_PAGE_SIZE, Outcome};
+use serde_json::{Value, json};
+
+use super::args::{CreateArgs, IncidentArgs, KeysCommand, ListArgs, RotateDueArgs, StatusArg};
+use super::output::{print_json, print_key, print_table, scopes_text, time_text};
+use crate::Failure;
+
+/// Changes made from the command line are audited as `cli`.
+pub(super) fn cli() -> Audit {
+    Audit::by(Actor::Cli)
+}
+
+/// Runs one `keys` command; `Ok(code)` is the exit status.
+pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure> {
+    let mut out = std::io::stdout().lock();
+    let now = keygate.now();
+    match command {
+        KeysCommand::Create(args) => create(keygate, args, &mut out).await?,
+        KeysCommand::List(args) => list(keygate, args, &mut out).await?,
+        KeysCommand::Show { id, json } => {
+            let record = keygate.get(&id).await?.ok_or(keygate::Error::NotFound)?;
+            print_key(&mut out, &KeyView::of(record, now), json)?;
+        }
+        KeysCommand::Revoke { id, reason, json } => {
+            let record = keygate.revoke(&id, reason, &cli()).await?;
+            if json {
+                print_key(&mut out, &KeyView::of(record, now), true)?;
+            } else {
+                writeln!(out, "Revoked {}", record.id)?;
+            }
+        }
+        KeysCommand::Rotate { id, grace, json } => {
+            let grace = grace.unwrap_or(DEFAULT_GRACE.as_ms());
+            let (old, new, key) = keygate.rotate(&id, grace, &cli()).await?;
+            if json {
+                let created = CreatedKey {
+                    key: key.expose().to_owned(),
+                    view: KeyView::of(new, now),
+                };
+                print_json(&mut out, &created)?;
+            } else {
+                writeln!(out, "Rotated {} -> {} ({})", old.id, new.id, new.name)?;
+                writeln!(
+                    out,
+                    "The old key works until {}.",
+                    time_text(old.expires_at)
+                )?;
+                writeln!(out, "\nThe new key, shown only this once:\n\n{}", key.expose())?;
+            }
+        }
+        KeysCommand::Disable { id } => {
+            let record = keygate.update(&id, enabled(false), &cli()).await?;
+            writeln!(out, "Disabled {}", record.id)?;
+        }
+        KeysCommand::Enable { id } => {
+            let record = keygate.update(&id, enabled(true), &cli()).await?;
+            writeln!(out, "Enabled {} (now {})", record.id, record.status(now))?;
+        }
+        KeysCommand::Verify { key, scopes, json } => {
+            let key = if key == "-" {
+                read_key_from_stdin()?
+            } else {
+                key
+            };
+            let verification = keygate.verify(&key, &scopes).await?;
+            keygate.flush_usage().await?;
+            if json {
+                let body = json!({
+                    "valid": verification.outcome.is_valid(),
+                    "code": verification.outcome.code(),
+                    "detail": verification.detail,
+                    "key": verification.key,
+                });
+                writeln!(out, "{body}")?;
+            } else {
+                writeln!(out, "{}", verification.outcome.code())?;
+            }
+            return Ok(if verification.outcome == Outcome::Valid {
+                0
+            } else {
+                1
+            });
+        }
+    }
+    Ok(0)
+}
+
+fn enabled(on: bool) -> KeyPatch {
+    KeyPatch {
+        enabled: Some(on),
+        ..KeyPatch::default()
+    }
+}
+
+fn read_key_from_stdin() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
+
+async fn create(keygate: &Keygate, args: CreateArgs, out: &mut impl Write) -> Result<(), Failure> {
+    let spec = KeySpec {
+        name: args.name,
+        owner: args.owner,
+        scopes: args.scopes,
+        metadata: args.metadata.unwrap_or_default(),
+        expires: match (args.expires_in, args.expires_at) {
+            (Some(lifetime), _) => Some(Expiry::In(lifetime)),
+            (None, Some(at)) => Some(Expiry::At(at)),
+            (None, None) => None,
+        },
+        max_age: args.max_age,
+    };
+    let (record, key) = keygate.issue(spec, &cli()).await?;
+    if args.json {
+        let created = CreatedKey {
+            key: key.expose().to_owned(),
+            view: KeyView::of(record, keygate.now()),
+        };
+        return print_json(out, &created);
+    }
+    writeln!(out, "Created {} ({})", record.id, record.name)?;
+    writeln!(out, "Scopes:  {}", scopes_text(&record.scopes))?;
+    writeln!(out, "Expires: {}", time_text(record.expires_at))?;
+    writeln!(out, "\nThe key, shown only this once:\n\n{}", key.expose())?;
+    Ok(())
+}
+
+async fn list(keygate: &Keygate, args: ListArgs, out: &mut impl Write) -> Result<(), Failure> {
+    let mut query = ListQuery::new(keygate.now());
+    query.owner = args.owner;
+    query.name_contains = args.search;
+    query.status = match args.status {
+        StatusArg::Active => Some(Status::Active),
+        StatusArg::Disabled => Some(Status::Disabled),
+        StatusArg::Expired => Some(Status::Expired),
+        StatusArg::Revoked => Some(Status::Revoked),
+        StatusArg::All => None,
+    };
+    let wanted = args.limit.map_or(usize::MAX, |n| n as usize);
+    query.limit = args.limit.unwrap_or(MAX_PAGE_SIZE);
+    let mut records = Vec::new();
+    loop {
+        let page = keygate.list(query.clone()).await?;
+        records.extend(page.items);
+        match page.next_cursor {
+            Some(cursor) if records.len() < wanted => query.cursor = Some(cursor),
+            _ => break,
+        }
+    }
+    records.truncate(wanted);
+    let now = keygate.now();
+    let views: Vec<KeyView> = records.into_iter().map(|r| KeyView::of(r, now)).collect();
+    if args.json {
+        return print_json(out, &views);
+    }
+    let rows: Vec<[String; 8]> = views
+        .iter()
+        .map(|v| {
+            [
+                v.id.to_string(),
+                v.name.clone(),
+                v.start.clone(),
+                v.owner.clone().unwrap_or_else(|| "-".into()),
+                v.status.to_string(),
+                scopes_text(&v.scopes),
+                time_text(v.expires_at),
+                time_text(v.last_used_at),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "NAME",
+        "START",
+        "OWNER",
+        "STATUS",
+        "SCOPES",
+        "EXPIRES",
+        "LAST USED",
+    ];
+    print_table(out, header, &rows, "(no keys)")
+}
+
+/// `keygate incident revoke`: every unrevoked key matching all filters; `--dry-run` lists them.
+pub async fn incident_revoke(keygate: &Keygate, args: IncidentArgs) -> Result<u8, Failure> {
+    let filter = IncidentFilter {
+        owner: args.owner,
+        created_before: args.created_before,
+        created_after: args.created_after,
+        scope: args.scope,
+    };
+    if filter.is_empty() {
+        return Err(Failure::Other(
+            "give at least one of --owner, --created-before, --created-after, --scope".into(),
+        ));
+    }
+    let (matched, revoked) = keygate
+        .revoke_matching(&filter, &args.reason, args.dry_run, &cli())
+        .await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let body = json!({
+            "dry_run": args.dry_run,
+            "matched": matched.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            "revoked": revoked.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{body}")?;
+        return Ok(0);
+    }
+    for r in &matched {
+        let owner = r.owner.as_deref().unwrap_or("-");
+        writeln!(out, "{}  {}  {owner}", r.id, r.name)?;
+    }
+    if args.dry_run {
+        let n = matched.len();
+        writeln!(out, "{n} keys would be revoked (dry run: nothing changed)")?;
+    } else {
+        writeln!(out, "{} keys revoked", revoked.len())?;
+    }
+    Ok(0)
+}
+
+/// `keygate rotate-due`: the maximum-age policy, once.
+pub async fn rotate_due(keygate: &Keygate, args: RotateDueArgs) -> Result<u8, Failure> {
+    let sweep = keygate::Sweep {
+        max_age: Some(MaxAge {
+            max_age: args.max_age,
+            grace_ms: args.grace,
+            action: args.action.into(),
+        }),
+        expiry_warning: None,
+        announce_expired: false,
+    };
+    let report = keygate.sweep(&sweep, args.dry_run, &cli()).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut body = serde_json::to_value(&report).map_err(|e| Failure::Other(e.to_string()))?;
+        body["dry_run"] = Value::Bool(args.dry_run);
+        writeln!(out, "{body}")?;
+        return Ok(0);
+    }
+    let verb = if args.dry_run { "would be" } else { "were" };
+    let due = report.past_max_age.len();
+    writeln!(out, "{due} keys are past the maximum age")?;
+    for id in &report.past_max_age {
+        writeln!(out, "  {id}")?;
+    }
+    let shortened = report.expiry_shortened.len();
+    writeln!(out, "{shortened} expiries {verb} brought forward")?;
+    writeln!(out, "{} keys {verb} rotated", report.rotated.len())?;
+    let notices = report.max_age_notices.len();
+    writeln!(out, "{notices} key.max_age_exceeded events {verb} written")?;
+    if args.dry_run {
+        writeln!(out, "(dry run: nothing changed)")?;
+    }
+    Ok(0)
+}

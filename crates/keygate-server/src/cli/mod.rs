@@ -1,0 +1,32 @@
+//! The command line: what clap parses ([`args`]) and the one-shot commands that manage keys
+//! from the shell (everything but `serve`, which is [`crate::serve`]).
+
+mod admin;
+pub mod args;
+mod audit;
+mod keys;
+mod output;
+mod webhooks;
+
+use keygate::Keygate;
+
+pub use args::{Cli, Command};
+
+use crate::Failure;
+
+/// Runs a one-shot command on `keygate`; `Ok(code)` is the exit status.
+pub async fn run(keygate: &Keygate, command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Keys(command) => keys::run(keygate, command).await,
+        Command::Audit(args) => audit::audit(keygate, args).await,
+        Command::Incident(args::IncidentCommand::Revoke(args)) => {
+            keys::incident_revoke(keygate, args).await
+        }
+        Command::RotateDue(args) => keys::rotate_due(keygate, args).await,
+        Command::Webhooks(command) => webhooks::webhooks(keygate, command).await,
+        Command::Admin(command) => admin::run(keygate, command).await,
+        Command::Serve(_) => Err(Failure::Other(
+            "serve is not a one-shot command".into(),
+        )),
+    }
+}

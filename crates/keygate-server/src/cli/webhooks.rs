@@ -1,0 +1,94 @@
+//! `keygate webhooks ...`: add endpoints (the signing secret is printed once), list them, read
+//! an endpoint's delivery log.
+
+use std::io::Write;
+
+use keygate::Keygate;
+use serde_json::Value;
+
+use super::args::WebhooksCommand;
+use super::output::print_json;
+use crate::Failure;
+
+/// `keygate webhooks ...`
+pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8, Failure> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        WebhooksCommand::Add {
+            url,
+            events,
+            slack,
+            receives_secrets,
+            json,
+        } => {
+            let endpoint = keygate
+                .add_webhook(&url, events, slack, receives_secrets, &super::keys::cli())
+                .await?;
+            if json {
+                let mut body =
+                    serde_json::to_value(&endpoint).map_err(|e| Failure::Other(e.to_string()))?;
+                body["secret"] = Value::String(endpoint.secret.clone());
+                writeln!(out, "{body}")?;
+            } else {
+                writeln!(
+                    out,
+                    "Added {} -> {} ({})",
+                    endpoint.id,
+                    endpoint.url,
+                    endpoint.events.join(",")
+                )?;
+                writeln!(
+                    out,
+                    "Signing secret, shown only this once:\n\n{}\n",
+                    endpoint.secret
+                )?;
+            }
+        }
+        WebhooksCommand::List { json } => {
+            let endpoints = keygate.webhooks().await?;
+            if json {
+                print_json(&mut out, &endpoints)?;
+            } else {
+                for e in &endpoints {
+                    writeln!(
+                        out,
+                        "{}  {}  {}{}",
+                        e.id,
+                        e.url,
+                        e.events.join(","),
+                        if e.slack { "  (slack)" } else { "" }
+                    )?;
+                }
+                if endpoints.is_empty() {
+                    writeln!(out, "(no webhooks)")?;
+                }
+            }
+        }
+        WebhooksCommand::Deliveries { id, json } => {
+            let deliveries = keygate.webhook_deliveries(&id, 100).await?;
+            if json {
+                print_json(&mut out, &deliveries)?;
+            } else {
+                for d in &deliveries {
+                    writeln!(
+                        out,
+                        "msg_{}  event {}  {}  attempts {}  last {}{}",
+                        d.id,
+                        d.event_seq,
+                        d.status.as_str(),
+                        d.attempts,
+                        d.last_status.map_or("-".to_owned(), |s| s.to_string()),
+                        d.last_error
+                            .as_deref()
+                            .map_or(String::new(), |e| format!(" ({e})"))
+                    )?;
+                }
+                if deliveries.is_empty() {
+                    writeln!(out, "(no deliveries)")?;
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+

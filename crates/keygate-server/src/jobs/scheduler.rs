@@ -1,0 +1,44 @@
+//! The scheduler: every `sweep_every`, the maximum-age policy, expiry warnings and expiry
+//! notices (see [`keygate::Sweep`]). Several nodes may sweep at once: each notice is written
+//! once per key however many run (a race between two nodes may at worst write one twice).
+
+use std::time::Duration;
+
+use keygate::core::{Actor, Audit};
+use keygate::{Keygate, Sweep, SweepReport};
+
+/// One sweep, as the scheduler does it (actor `scheduler`), logged if it did anything.
+pub async fn sweep_once(keygate: &Keygate, sweep: &Sweep) -> Result<SweepReport, keygate::Error> {
+    let report = keygate
+        .sweep(sweep, false, &Audit::by(Actor::Scheduler))
+        .await?;
+    let acted = report.expiry_shortened.len()
+        + report.rotated.len()
+        + report.max_age_notices.len()
+        + report.expiring_soon_notices.len()
+        + report.expired_notices.len();
+    if acted > 0 {
+        tracing::info!(
+            expiry_shortened = report.expiry_shortened.len(),
+            rotated = report.rotated.len(),
+            max_age_notices = report.max_age_notices.len(),
+            expiring_soon = report.expiring_soon_notices.len(),
+            expired = report.expired_notices.len(),
+            "sweep"
+        );
+    }
+    Ok(report)
+}
+
+/// Sweeps every `every`, until the process ends; a failed sweep is logged and retried next
+/// time.
+pub async fn run(keygate: Keygate, sweep: Sweep, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sweep_once(&keygate, &sweep).await {
+            tracing::warn!(error = %e, "sweep failed; will retry");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! keygate-server: the `keygate` command as a library — the key service (`keygate serve`: the
+//! JSON API, `/v1/verify`, the admin web UI, the background jobs) and key management from the
+//! shell. `main.rs` only parses the command line and calls [`run`]; tests serve [`app`]
+//! in-process.
+//!
+//! Modules by job: [`cli`] (the command line), [`api`] (JSON `/v1`, operations, OpenAPI),
+//! [`admin`] (the web UI), [`jobs`] (scheduler, webhook sender), [`config`] (settings),
+//! [`serve`] (putting the service together). The store is reached only through the
+//! [`keygate`] library.
+
+pub mod admin;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod jobs;
+pub mod logging;
+pub mod metrics;
+pub mod serve;
+
+use std::sync::Arc;
+
+use axum::Router;
+use keygate::Keygate;
+
+pub use cli::{Cli, Command};
+pub use config::Settings;
+
+/// What every request handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The verifier and key manager.
+    pub keygate: Keygate,
+    /// Request counters.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The rendered OpenAPI document.
+    pub openapi: Arc<String>,
+    /// The admin web UI's sessions and sign-in throttle.
+    pub admin: Arc<admin::AdminUi>,
+}
+
+impl AppState {
+    /// The state of a service over `keygate` with `settings`.
+    pub fn new(keygate: Keygate, settings: &Settings) -> Self {
+        let admin = admin::AdminUi::new(
+            std::time::Duration::from_millis(settings.admin_idle_timeout.as_ms().unsigned_abs()),
+            settings.secure_cookies,
+            settings.trust_forwarded_for,
+        );
+        Self {
+            openapi: Arc::new(api::document(&keygate)),
+            keygate,
+            metrics: Arc::default(),
+            admin: Arc::new(admin),
+        }
+    }
+}
+
+/// The whole HTTP application over `state`: the JSON API, the operations endpoints and the
+/// admin UI.
+pub fn app(state: AppState) -> Router {
+    api::router(state)
+}
+
+/// Why a command failed; printed as one line, exit status 2.
+#[derive(Debug)]
+pub enum Failure {
+    /// keygate refused or failed.
+    Keygate(keygate::Error),
+    /// Writing output failed.
+    Io(std::io::Error),
+    /// The configuration is not usable.
+    Config(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl From<keygate::Error> for Failure {
+    fn from(e: keygate::Error) -> Self {
+        Self::Keygate(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Keygate(e) => write!(f, "{e}"),
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Config(e) | Self::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Runs a parsed command line; `Ok(code)` is the exit status.
+pub async fn run(cli: Cli) -> Result<u8, Failure> {
+    let serve_args = match &cli.command {
+        Command::Serve(args) => Some(args),
+        _ => None,
+    };
+    let settings = Settings::resolve(&cli, serve_args)?;
+    if let Command::Serve(_) = cli.command {
+        return serve::run(settings).await.map(|()| 0);
+    }
+    // A one-shot command: no cache, usage written before exit.
+    let keygate = Keygate::builder(keygate::open(&settings.database).await?)
+        .prefix(settings.prefix)
+        .usage_flush_interval(None)
+        .cache(None)
+        .sealing_key(settings.sealing_key)
+        .build();
+    cli::run(&keygate, cli.command).await
+}
