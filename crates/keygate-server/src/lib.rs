@@ -113,5 +113,5 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         .cache(None)
         .sealing_key(settings.sealing_key)
         .build();
-    cli::run(&keygate, cli.command).await
+    cli::run(&keygate, cli.command, &mut std::io::stdout().lock()).await
 }

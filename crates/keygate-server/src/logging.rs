@@ -4,7 +4,10 @@ use crate::cli::args::{LogFormat, LogLevel};
 
 /// Logs go to stderr through a background writer, so a request never waits on a write(2);
 /// the queue blocks rather than drop lines when it is full.
-pub fn init_logging(format: LogFormat, level: LogLevel) -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init_logging(
+    format: LogFormat,
+    level: LogLevel,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let level = match level {
         LogLevel::Error => tracing::Level::ERROR,
         LogLevel::Warn => tracing::Level::WARN,
@@ -32,4 +35,3 @@ pub fn init_logging(format: LogFormat, level: LogLevel) -> tracing_appender::non
     };
     guard
 }
-

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keygate::Keygate;
-use keygate::core::Status;
 use keygate::StatusCounts;
+use keygate::core::Status;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [

@@ -5,9 +5,8 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use http::StatusCode;
 use keygate::core::{
-    DEFAULT_GRACE,
-    AuditEvent, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status, Timestamp,
-    parse_grace,
+    AuditEvent, DEFAULT_GRACE, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status,
+    Timestamp, parse_grace,
 };
 use keygate::{AuditQuery, ListQuery};
 use maud::{Markup, html};

@@ -23,9 +23,9 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use keygate::StatusCounts;
 use keygate::core::scope::AdminAction;
 use keygate::core::{Actor, Audit, Status, Timestamp};
-use keygate::StatusCounts;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 

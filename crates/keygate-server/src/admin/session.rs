@@ -302,8 +302,7 @@ impl Throttle {
             let doublings = (entry.count - FREE_ATTEMPTS).min(20);
             Duration::from_secs(1u64 << doublings).min(MAX_LOCKOUT)
         });
-        entry.locked_until =
-            wait.and_then(|w| Timestamp::from_unix_ms(now.unix_ms() + ms(w)));
+        entry.locked_until = wait.and_then(|w| Timestamp::from_unix_ms(now.unix_ms() + ms(w)));
         (entry.count, wait)
     }
 

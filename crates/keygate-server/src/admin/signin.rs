@@ -178,12 +178,7 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
             {
                 let _ = app.admin.sessions.end(&app.keygate, &old.id).await;
             }
-            let token = match app
-                .admin
-                .sessions
-                .start(&app.keygate, principal)
-                .await
-            {
+            let token = match app.admin.sessions.start(&app.keygate, principal).await {
                 Ok(token) => token,
                 Err(e) => return super::UiError::from(e).into_response(),
             };

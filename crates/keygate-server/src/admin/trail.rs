@@ -3,8 +3,8 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use keygate::core::{EventKind, KeyId, Timestamp};
 use keygate::AuditQuery;
+use keygate::core::{EventKind, KeyId, Timestamp};
 use maud::html;
 use serde::Deserialize;
 

@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use keygate::core::{AuditEvent, EventKind, KeyId, Timestamp};
 use keygate::AuditQuery;
+use keygate::core::{AuditEvent, EventKind, KeyId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};

@@ -5,13 +5,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use keygate::ListQuery;
 use keygate::core::scope::SELF_ROTATE;
 use keygate::core::{
     Actor, Audit, DEFAULT_GRACE, Expiry, KeyId, KeyPatch, KeySpec, Lifetime, Status, Timestamp,
     parse_grace,
 };
 use keygate::{ApiKey, CreatedKey, KeyView};
-use keygate::ListQuery;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};

@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use keygate::ApiKey;
-use keygate::core::scope::check_scope;
 use keygate::core::Outcome;
+use keygate::core::scope::check_scope;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa::openapi::RefOr;

@@ -16,14 +16,18 @@ use crate::Failure;
 /// `keygate admin set-password`: adds or changes an admin-UI user. The password is read from
 /// the terminal (twice) or from stdin's first line, checked, hashed with argon2id, and never
 /// printed or stored in the clear.
-pub async fn run(keygate: &Keygate, command: AdminCommand) -> Result<u8, Failure> {
+pub async fn run(
+    keygate: &Keygate,
+    command: AdminCommand,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
     match command {
         AdminCommand::SetPassword {
             username,
             read_only,
             password_stdin,
-        } => set_password(keygate, username, read_only, password_stdin).await,
-        AdminCommand::Users { json } => admin_users(keygate, json).await,
+        } => set_password(keygate, username, read_only, password_stdin, out).await,
+        AdminCommand::Users { json } => admin_users(keygate, json, out).await,
         AdminCommand::RemoveUser { username } => {
             let removed = keygate.accounts().remove_user(&username, &cli()).await?;
             if !removed {
@@ -31,16 +35,18 @@ pub async fn run(keygate: &Keygate, command: AdminCommand) -> Result<u8, Failure
                     "no admin UI user called {username}"
                 )));
             }
-            println!("admin UI user {username} removed; their sessions have ended");
+            writeln!(
+                out,
+                "admin UI user {username} removed; their sessions have ended"
+            )?;
             Ok(0)
         }
     }
 }
 
 /// `keygate admin users`: name, role and times; never the hash.
-async fn admin_users(keygate: &Keygate, json: bool) -> Result<u8, Failure> {
+async fn admin_users(keygate: &Keygate, json: bool, out: &mut dyn Write) -> Result<u8, Failure> {
     let users = keygate.accounts().users().await?;
-    let mut out = std::io::stdout().lock();
     if json {
         let list: Vec<Value> = users
             .iter()
@@ -49,7 +55,7 @@ async fn admin_users(keygate: &Keygate, json: bool) -> Result<u8, Failure> {
                        "created_at": u.created_at, "updated_at": u.updated_at})
             })
             .collect();
-        print_json(&mut out, &Value::Array(list))?;
+        print_json(out, &Value::Array(list))?;
         return Ok(0);
     }
     for u in &users {
@@ -74,12 +80,11 @@ async fn set_password(
     username: String,
     read_only: bool,
     password_stdin: bool,
+    out: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    check_username(&username)
-        .map_err(|e| Failure::Other(format!("username: {e}")))?;
+    check_username(&username).map_err(|e| Failure::Other(format!("username: {e}")))?;
     let password = read_password(password_stdin)?;
-    check_password(&password)
-        .map_err(|e| Failure::Other(format!("password: {e}")))?;
+    check_password(&password).map_err(|e| Failure::Other(format!("password: {e}")))?;
     let hash = tokio::task::spawn_blocking(move || crate::admin::password::hash(&password))
         .await
         .map_err(|e| Failure::Other(e.to_string()))?
@@ -94,7 +99,8 @@ async fn set_password(
         updated_at: now,
     };
     keygate.accounts().set_user(&user, &cli()).await?;
-    println!(
+    writeln!(
+        out,
         "admin UI user {} set ({}); sign in at /admin",
         user.username,
         if read_only {
@@ -102,7 +108,7 @@ async fn set_password(
         } else {
             "full access"
         }
-    );
+    )?;
     Ok(0)
 }
 

@@ -10,8 +10,7 @@ use super::output::print_json;
 use crate::Failure;
 
 /// `keygate audit`: every matching event, oldest first.
-pub async fn audit(keygate: &Keygate, args: AuditArgs) -> Result<u8, Failure> {
-    let mut out = std::io::stdout().lock();
+pub async fn audit(keygate: &Keygate, args: AuditArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     let mut query = AuditQuery {
         key_id: args.key_id,
         kind: args.kind,
@@ -24,7 +23,7 @@ pub async fn audit(keygate: &Keygate, args: AuditArgs) -> Result<u8, Failure> {
         let page = keygate.audit_trail(&query).await?;
         for event in &page.items {
             if args.json {
-                print_json(&mut out, event)?;
+                print_json(out, event)?;
             } else {
                 writeln!(
                     out,
@@ -49,4 +48,3 @@ pub async fn audit(keygate: &Keygate, args: AuditArgs) -> Result<u8, Failure> {
     }
     Ok(0)
 }
-

@@ -18,20 +18,23 @@ pub(super) fn cli() -> Audit {
 }
 
 /// Runs one `keys` command; `Ok(code)` is the exit status.
-pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure> {
-    let mut out = std::io::stdout().lock();
+pub async fn run(
+    keygate: &Keygate,
+    command: KeysCommand,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
     let now = keygate.now();
     match command {
-        KeysCommand::Create(args) => create(keygate, args, &mut out).await?,
-        KeysCommand::List(args) => list(keygate, args, &mut out).await?,
+        KeysCommand::Create(args) => create(keygate, args, out).await?,
+        KeysCommand::List(args) => list(keygate, args, out).await?,
         KeysCommand::Show { id, json } => {
             let record = keygate.get(&id).await?.ok_or(keygate::Error::NotFound)?;
-            print_key(&mut out, &KeyView::of(record, now), json)?;
+            print_key(out, &KeyView::of(record, now), json)?;
         }
         KeysCommand::Revoke { id, reason, json } => {
             let record = keygate.revoke(&id, reason, &cli()).await?;
             if json {
-                print_key(&mut out, &KeyView::of(record, now), true)?;
+                print_key(out, &KeyView::of(record, now), true)?;
             } else {
                 writeln!(out, "Revoked {}", record.id)?;
             }
@@ -44,7 +47,7 @@ pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure>
                     key: key.expose().to_owned(),
                     view: KeyView::of(new, now),
                 };
-                print_json(&mut out, &created)?;
+                print_json(out, &created)?;
             } else {
                 writeln!(out, "Rotated {} -> {} ({})", old.id, new.id, new.name)?;
                 writeln!(
@@ -52,7 +55,11 @@ pub async fn run(keygate: &Keygate, command: KeysCommand) -> Result<u8, Failure>
                     "The old key works until {}.",
                     time_text(old.expires_at)
                 )?;
-                writeln!(out, "\nThe new key, shown only this once:\n\n{}", key.expose())?;
+                writeln!(
+                    out,
+                    "\nThe new key, shown only this once:\n\n{}",
+                    key.expose()
+                )?;
             }
         }
         KeysCommand::Disable { id } => {
@@ -105,7 +112,7 @@ fn read_key_from_stdin() -> Result<String, Failure> {
     Ok(line.trim().to_owned())
 }
 
-async fn create(keygate: &Keygate, args: CreateArgs, out: &mut impl Write) -> Result<(), Failure> {
+async fn create(keygate: &Keygate, args: CreateArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let spec = KeySpec {
         name: args.name,
         owner: args.owner,
@@ -133,7 +140,7 @@ async fn create(keygate: &Keygate, args: CreateArgs, out: &mut impl Write) -> Re
     Ok(())
 }
 
-async fn list(keygate: &Keygate, args: ListArgs, out: &mut impl Write) -> Result<(), Failure> {
+async fn list(keygate: &Keygate, args: ListArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let mut query = ListQuery::new(keygate.now());
     query.owner = args.owner;
     query.name_contains = args.search;
@@ -190,7 +197,11 @@ async fn list(keygate: &Keygate, args: ListArgs, out: &mut impl Write) -> Result
 }
 
 /// `keygate incident revoke`: every unrevoked key matching all filters; `--dry-run` lists them.
-pub async fn incident_revoke(keygate: &Keygate, args: IncidentArgs) -> Result<u8, Failure> {
+pub async fn incident_revoke(
+    keygate: &Keygate,
+    args: IncidentArgs,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
     let filter = IncidentFilter {
         owner: args.owner,
         created_before: args.created_before,
@@ -205,7 +216,6 @@ pub async fn incident_revoke(keygate: &Keygate, args: IncidentArgs) -> Result<u8
     let (matched, revoked) = keygate
         .revoke_matching(&filter, &args.reason, args.dry_run, &cli())
         .await?;
-    let mut out = std::io::stdout().lock();
     if args.json {
         let body = json!({
             "dry_run": args.dry_run,
@@ -229,7 +239,11 @@ pub async fn incident_revoke(keygate: &Keygate, args: IncidentArgs) -> Result<u8
 }
 
 /// `keygate rotate-due`: the maximum-age policy, once.
-pub async fn rotate_due(keygate: &Keygate, args: RotateDueArgs) -> Result<u8, Failure> {
+pub async fn rotate_due(
+    keygate: &Keygate,
+    args: RotateDueArgs,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
     let sweep = keygate::Sweep {
         max_age: Some(MaxAge {
             max_age: args.max_age,
@@ -240,7 +254,6 @@ pub async fn rotate_due(keygate: &Keygate, args: RotateDueArgs) -> Result<u8, Fa
         announce_expired: false,
     };
     let report = keygate.sweep(&sweep, args.dry_run, &cli()).await?;
-    let mut out = std::io::stdout().lock();
     if args.json {
         let mut body = serde_json::to_value(&report).map_err(|e| Failure::Other(e.to_string()))?;
         body["dry_run"] = Value::Bool(args.dry_run);

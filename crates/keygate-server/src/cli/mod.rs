@@ -8,25 +8,25 @@ mod keys;
 mod output;
 mod webhooks;
 
+use std::io::Write;
+
 use keygate::Keygate;
 
 pub use args::{Cli, Command};
 
 use crate::Failure;
 
-/// Runs a one-shot command on `keygate`; `Ok(code)` is the exit status.
-pub async fn run(keygate: &Keygate, command: Command) -> Result<u8, Failure> {
+/// Runs a one-shot command on `keygate`, printing to `out`; `Ok(code)` is the exit status.
+pub async fn run(keygate: &Keygate, command: Command, out: &mut dyn Write) -> Result<u8, Failure> {
     match command {
-        Command::Keys(command) => keys::run(keygate, command).await,
-        Command::Audit(args) => audit::audit(keygate, args).await,
+        Command::Keys(command) => keys::run(keygate, command, out).await,
+        Command::Audit(args) => audit::audit(keygate, args, out).await,
         Command::Incident(args::IncidentCommand::Revoke(args)) => {
-            keys::incident_revoke(keygate, args).await
+            keys::incident_revoke(keygate, args, out).await
         }
-        Command::RotateDue(args) => keys::rotate_due(keygate, args).await,
-        Command::Webhooks(command) => webhooks::webhooks(keygate, command).await,
-        Command::Admin(command) => admin::run(keygate, command).await,
-        Command::Serve(_) => Err(Failure::Other(
-            "serve is not a one-shot command".into(),
-        )),
+        Command::RotateDue(args) => keys::rotate_due(keygate, args, out).await,
+        Command::Webhooks(command) => webhooks::webhooks(keygate, command, out).await,
+        Command::Admin(command) => admin::run(keygate, command, out).await,
+        Command::Serve(_) => Err(Failure::Other("serve is not a one-shot command".into())),
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::Failure;
 
 /// Writes `value` as one line of JSON.
-pub fn print_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), Failure> {
+pub fn print_json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string(value).map_err(|e| Failure::Other(e.to_string()))?;
     writeln!(out, "{text}")?;
     Ok(())
@@ -32,7 +32,7 @@ pub fn time_text(t: Option<Timestamp>) -> String {
 }
 
 /// A key, as JSON or as `field: value` lines (never its secret or hash: a view has neither).
-pub fn print_key(out: &mut impl Write, view: &KeyView, json: bool) -> Result<(), Failure> {
+pub fn print_key(out: &mut dyn Write, view: &KeyView, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(out, view);
     }
@@ -68,7 +68,7 @@ pub fn print_key(out: &mut impl Write, view: &KeyView, json: bool) -> Result<(),
 
 /// Rows under a header, each column as wide as its widest cell; `empty` if there are none.
 pub fn print_table<const N: usize>(
-    out: &mut impl Write,
+    out: &mut dyn Write,
     header: [&str; N],
     rows: &[[String; N]],
     empty: &str,

@@ -11,8 +11,11 @@ use super::output::print_json;
 use crate::Failure;
 
 /// `keygate webhooks ...`
-pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8, Failure> {
-    let mut out = std::io::stdout().lock();
+pub async fn webhooks(
+    keygate: &Keygate,
+    command: WebhooksCommand,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
     match command {
         WebhooksCommand::Add {
             url,
@@ -47,7 +50,7 @@ pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8,
         WebhooksCommand::List { json } => {
             let endpoints = keygate.webhooks().await?;
             if json {
-                print_json(&mut out, &endpoints)?;
+                print_json(out, &endpoints)?;
             } else {
                 for e in &endpoints {
                     writeln!(
@@ -67,7 +70,7 @@ pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8,
         WebhooksCommand::Deliveries { id, json } => {
             let deliveries = keygate.webhook_deliveries(&id, 100).await?;
             if json {
-                print_json(&mut out, &deliveries)?;
+                print_json(out, &deliveries)?;
             } else {
                 for d in &deliveries {
                     writeln!(
@@ -91,4 +94,3 @@ pub async fn webhooks(keygate: &Keygate, command: WebhooksCommand) -> Result<u8,
     }
     Ok(0)
 }
-
