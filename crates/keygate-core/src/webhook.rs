@@ -97,6 +97,20 @@ mod tests {
     }
 
     #[test]
+    fn retries_back_off_from_a_second_to_an_hour_and_stop() {
+        let waits: Vec<Option<i64>> = (1..=13).map(retry_after_ms).collect();
+        assert_eq!(
+            &waits[..4],
+            [Some(1_000), Some(2_000), Some(4_000), Some(8_000)]
+        );
+        assert_eq!(waits[10], Some(1_024_000));
+        assert_eq!(waits[11], None, "12 attempts in all");
+        assert_eq!(retry_after_ms(12), None);
+        assert_eq!(retry_after_ms(11), Some(1_024_000));
+        assert!(waits.iter().flatten().all(|w| *w <= 3_600_000));
+    }
+
+    #[test]
     fn secrets_urls_and_filters() {
         let secret = generate_secret();
         assert!(secret.starts_with("whsec_"));
@@ -160,10 +174,11 @@ impl std::fmt::Debug for Endpoint {
 /// Most attempts before a delivery is given up.
 pub const MAX_ATTEMPTS: u32 = 12;
 
-/// When to try again after `attempts` failed attempts: 1 s, 2 s, 4 s, … capped at one hour;
-/// `None` once [`MAX_ATTEMPTS`] are spent.
+/// How long to wait after `attempts` failed attempts (1 or more): 1 s, 2 s, 4 s, … capped at
+/// one hour; `None` once [`MAX_ATTEMPTS`] are spent.
 pub fn retry_after_ms(attempts: u32) -> Option<i64> {
-    (attempts < MAX_ATTEMPTS).then(|| (1_000i64 << attempts.min(22)).min(3_600_000))
+    (attempts < MAX_ATTEMPTS)
+        .then(|| (1_000i64 << attempts.saturating_sub(1).min(22)).min(3_600_000))
 }
 
 /// Where a delivery stands.

@@ -56,6 +56,11 @@ impl Service {
         })
     }
 
+    /// The settings it was built from.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The HTTP application: the JSON API, the operations endpoints and the admin UI.
     pub fn router(&self) -> Router {
         app(self.state.clone())
@@ -81,8 +86,6 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     if let Some((record, key)) = bootstrap(&service.keygate).await? {
         print_bootstrap_key(&record, &key)?;
     }
-    // reqwest's TLS runs on rustls with the ring provider (no aws-lc).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     service.spawn_jobs();
     let listen = &service.settings.listen;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -5,6 +5,24 @@
 //! with what attackers send. [`send`] (async) and [`send_blocking`] deliver it over a fresh
 //! TCP connection and parse the answer into a [`Reply`].
 
+pub mod postgres {
+    //! PostgreSQL for tests: a fresh schema per test on the server `KEYGATE_TEST_POSTGRES`
+    //! names. PostgreSQL tests are compiled in only when it was set at build time (otherwise
+    //! they are reported as ignored), and fail — never pass — when it is missing at run time.
+
+    /// A database URL whose `search_path` is a fresh, empty schema.
+    ///
+    /// # Panics
+    /// If `KEYGATE_TEST_POSTGRES` is not set or the server cannot be reached.
+    pub fn fresh_url() -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(keygate_store::testing::fresh_postgres_url())
+    }
+}
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,8 +37,8 @@ pub fn raw_request(
     headers: &[(String, Vec<u8>)],
     body: Option<&[u8]>,
 ) -> Vec<u8> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n")
-        .into_bytes();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n").into_bytes();
     for (name, value) in headers {
         req.extend_from_slice(name.as_bytes());
         req.extend_from_slice(b": ");

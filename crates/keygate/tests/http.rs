@@ -8,8 +8,8 @@ use axum::{Router, routing::get};
 use keygate::core::{Audit, Expiry, KeySpec, Lifetime, Timestamp};
 use keygate::store::{KeyStore, SqliteStore, Store};
 use keygate::{ApiKey, CredentialSource, KeyPatch, Keygate, PlainKey};
-use serde_json::json;
 use keygate_testkit::{Reply, raw_request};
+use serde_json::json;
 
 /// The example app itself, so that these tests check exactly what `cargo run --example` serves.
 #[allow(dead_code)]

@@ -216,7 +216,7 @@ struct Tracking {
 
 #[derive(Debug, Default)]
 struct FailureWindow {
-    started: Option<Instant>,
+    started: Option<keygate::core::Timestamp>,
     written: u32,
     suppressed: u64,
 }
@@ -227,10 +227,10 @@ impl Tracking {
     fn auth_failed(&self, id: &RequestId, method: &str, route: &str, status: u16, code: &str) {
         let suppressed = {
             let mut window = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
+            let now = self.keygate.now();
             if window
                 .started
-                .is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(60))
+                .is_none_or(|s| now.unix_ms() - s.unix_ms() >= 60_000)
             {
                 window.started = Some(now);
                 window.written = 0;
@@ -280,20 +280,27 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
     }
 }
 
+/// The caller's `X-Request-Id` if it is a short token of safe characters, else a new one. At
+/// most 36 characters (a UUID) — shorter than any API key — and never one shaped like a key:
+/// a client that sends its key there must not get it logged.
 fn request_id(headers: &HeaderMap) -> String {
     let given = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            (1..=64).contains(&v.len())
+            (1..=MAX_REQUEST_ID).contains(&v.len())
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && keygate::core::parse(v).is_err()
         });
     match given {
         Some(id) => id.to_owned(),
         None => next_request_id(),
     }
 }
+
+/// Longest `X-Request-Id` taken from a caller.
+const MAX_REQUEST_ID: usize = 36;
 
 /// A fresh id: 32 random bits chosen at start-up, then a counter — unique within and (with
 /// overwhelming likelihood) across processes, without a system call per request.

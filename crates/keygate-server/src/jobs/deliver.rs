@@ -14,6 +14,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP client deliveries go through: a timeout per attempt, no redirects followed.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+    // reqwest's TLS runs on rustls with the ring provider (no aws-lc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

@@ -5,22 +5,21 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Reply, Server, cli_create, keygate_json};
+use crate::support::{App, Http, Reply, assert_not_stored, cli_create, keygate_json};
 
 /// A cookie-keeping client for the HTML pages (redirects are not followed: tests look at
-/// them).
+/// them), over the app in-process or a server process alike.
 pub struct Ui<'a> {
-    server: &'a Server,
-    cookies: HashMap<String, String>,
-    extra: Vec<(String, Vec<u8>)>,
+    server: &'a dyn Http,
+    pub cookies: HashMap<String, String>,
+    pub extra: Vec<(String, Vec<u8>)>,
 }
 
 impl<'a> Ui<'a> {
-    pub fn new(server: &'a Server) -> Self {
+    pub fn new(server: &'a dyn Http) -> Self {
         Self {
             server,
             cookies: HashMap::new(),
@@ -119,20 +118,7 @@ impl<'a> Ui<'a> {
     }
 }
 
-/// Asserts that no file of the database (main, WAL, shared memory) holds `secret`.
-fn assert_not_stored(dir: &std::path::Path, secret: &str) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        assert!(
-            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "{} holds a secret",
-            path.display()
-        );
-    }
-}
-
-fn location(reply: &Reply) -> &str {
+pub fn location(reply: &Reply) -> &str {
     reply.header("location").unwrap_or_default()
 }
 
@@ -167,16 +153,16 @@ fn set_password(database: &str, user: &str, password: &str, extra: &[&str]) -> (
     )
 }
 
-fn started(dir: &tempfile::TempDir, args: &[&str]) -> (Server, String, String) {
+/// The app in-process on a file in `dir`, its URL, and an admin key named `test`.
+fn started(dir: &tempfile::TempDir, args: &[&str]) -> (App, String, String) {
     let db = dir.path().join("keygate.db");
     let url = format!("sqlite://{}", db.display());
-    let server = Server::start(&db, args, &[("KEYGATE_LOG_LEVEL", "trace")]);
-    // The bootstrap key reaches stdout only when the server exits: issue another admin key.
+    let server = App::on(&db, args);
     let (_, admin) = cli_create(&url, &["--scope", "keygate:admin"]);
     (server, url, admin)
 }
 
-fn audit_of(url: &str, kind: &str) -> Vec<Value> {
+pub fn audit_of(url: &str, kind: &str) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["--database", url, "audit", "--type", kind, "--json"])
         .output()
@@ -258,7 +244,7 @@ fn key_sign_in_issue_shows_the_key_once_and_nowhere_else() {
         .and_then(|r| r.split('<').next())
         .expect("plaintext shown")
         .to_owned();
-    assert!(keygate_core::parse(&key).is_ok(), "{key}");
+    assert!(keygate::core::parse(&key).is_ok(), "{key}");
 
     // The key works, with what the form gave it.
     let verified = server.verify(&admin, &key, &["orders:write"]);
@@ -543,7 +529,7 @@ fn password_sign_in_is_throttled_audited_and_ends_on_change() {
     let locked = ui.sign_in_password("ada", password);
     assert_eq!(locked.status, 429, "{}", locked.text());
     assert_eq!(locked.header("retry-after"), Some("1"));
-    std::thread::sleep(Duration::from_millis(1100));
+    server.advance("1s");
     let unknown = ui.sign_in_password("nobody", password);
     assert_eq!(unknown.status, 401);
     assert_eq!(
@@ -551,7 +537,7 @@ fn password_sign_in_is_throttled_audited_and_ends_on_change() {
         429,
         "longer wait now"
     );
-    std::thread::sleep(Duration::from_millis(2100));
+    server.advance("2s");
     let signed = ui.sign_in_password("ada", password);
     assert_eq!(signed.status, 303, "{}", signed.text());
     assert!(ui.get("/admin/keys").text().contains("ada"));
@@ -610,7 +596,7 @@ fn sessions_end_when_idle_or_when_the_key_is_revoked_and_cookies_follow_https() 
     let mut ui = Ui::new(&server);
     assert_eq!(ui.sign_in_key(&admin).status, 303);
     assert_eq!(ui.get("/admin/keys").status, 200);
-    std::thread::sleep(Duration::from_millis(1300));
+    server.advance("1s");
     assert_eq!(ui.get("/admin/keys").status, 303, "idle session ended");
 
     let (second_id, second) = cli_create(&url, &["--scope", "keygate:admin"]);
@@ -625,7 +611,6 @@ fn sessions_end_when_idle_or_when_the_key_is_revoked_and_cookies_follow_https() 
             &json!({}),
         )
         .expect(200);
-    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         ui.get("/admin/audit").status,
         303,
@@ -664,90 +649,6 @@ fn sessions_end_when_idle_or_when_the_key_is_revoked_and_cookies_follow_https() 
     assert_eq!(location(&reply), "/admin/keys");
 }
 
-/// Signs in on node `a`, issues a key in a form posted to node `b`, and sees it shown once,
-/// on `a`; signing out on `b` ends the session on `a`. Returns the key.
-fn across_nodes(a: &Server, b: &Server, admin: &str) -> String {
-    let mut on_a = Ui::new(a);
-    assert_eq!(on_a.sign_in_key(admin).status, 303);
-    // The same browser, its next requests sent to the other node.
-    let mut on_b = Ui::new(b);
-    on_b.cookies = on_a.cookies.clone();
-    let page = on_b.get("/admin/keys/new");
-    assert_eq!(page.status, 200, "node b knows the session");
-    let created = on_b.post(
-        "/admin/keys",
-        &[("csrf", &Ui::csrf(&page)), ("name", "made on b")],
-    );
-    assert_eq!(created.status, 303, "{}", created.text());
-    let shown = on_a.get(location(&created));
-    assert!(
-        shown.text().contains("data-secret"),
-        "node a shows the key issued on b"
-    );
-    assert!(
-        !on_b.get(location(&created)).text().contains("data-secret"),
-        "once in all"
-    );
-    let key = shown
-        .text()
-        .split("data-secret>")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap()
-        .to_owned();
-    let page = on_b.get("/admin/keys");
-    assert_eq!(
-        on_b.post("/admin/logout", &[("csrf", &Ui::csrf(&page))])
-            .status,
-        303
-    );
-    assert_eq!(on_a.get("/admin/keys").status, 303, "signed out everywhere");
-    key
-}
-
-#[test]
-fn sessions_and_the_one_time_key_work_across_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, url, admin) = started(&dir, &[]);
-    let b = Server::start(&dir.path().join("keygate.db"), &[], &[]);
-    let key = across_nodes(&a, &b, &admin);
-    // The sealed message never sat readable in the database.
-    assert_not_stored(dir.path(), &key[3..]);
-    assert_eq!(audit_of(&url, "admin.signed_in").len(), 1);
-}
-
-#[test]
-#[cfg_attr(
-    not(keygate_test_postgres),
-    ignore = "set KEYGATE_TEST_POSTGRES=postgres://USER@HOST:PORT/DB to run"
-)]
-fn sessions_and_the_one_time_key_work_across_nodes_on_postgres() {
-    let Some(url) = crate::nodes::postgres("admin_ui_on_postgres") else {
-        return;
-    };
-    let a = Server::start_url(&url, &[], &[]);
-    let b = Server::start_url(&url, &[], &[]);
-    let (_, admin) = cli_create(&url, &["--scope", "keygate:admin"]);
-    let key = across_nodes(&a, &b, &admin);
-    // Dump the whole schema: the key is not in it, in any table.
-    let (base, schema) = url.split_once("?options=-csearch_path%3D").unwrap();
-    let dump = Command::new("pg_dump")
-        .args(["--data-only", "--schema", schema, base])
-        .output()
-        .unwrap();
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let dump = String::from_utf8_lossy(&dump.stdout);
-    assert!(
-        dump.contains("admin_sessions") && dump.contains("made on b"),
-        "a real dump"
-    );
-    assert!(!dump.contains(&key[3..]), "the key is in the database");
-}
-
 #[test]
 fn the_keys_list_pages_searches_and_filters_and_the_audit_log_is_newest_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -766,6 +667,7 @@ fn the_keys_list_pages_searches_and_filters_and_the_audit_log_is_newest_first() 
                 &json!({"name": format!("svc-{n:02}"), "owner": owner}),
             )
             .expect(201);
+        server.tick();
     }
     let mut ui = Ui::new(&server);
     assert_eq!(ui.sign_in_key(&admin).status, 303);

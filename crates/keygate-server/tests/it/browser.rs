@@ -15,7 +15,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::support::{Server, cli_create, keygate_json};
+use crate::support::{Http, Server, cli_create, keygate_json};
 
 /// A chromedriver process, killed on drop.
 struct Driver {
@@ -211,7 +211,7 @@ async fn admin_ui_in_chromium() {
     fill(&c, "#expires_in", "30d").await;
     click(&c, "button.primary[type=submit]").await;
     let key = text_of(&c, "#secret-value").await;
-    assert!(keygate_core::parse(&key).is_ok(), "{key}");
+    assert!(keygate::core::parse(&key).is_ok(), "{key}");
     assert!(
         text_of(&c, "section.secret")
             .await

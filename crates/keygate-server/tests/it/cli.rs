@@ -587,115 +587,123 @@ fn incident_revoke_by_owner_and_scope_with_a_dry_run_first() {
 }
 
 #[test]
-fn rotate_due_applies_the_max_age_policy_once() {
+fn a_bad_max_age_is_refused_before_anything_is_written() {
     let db = Db::new();
-    let old1 = db.json(&["keys", "create", "--name", "old1", "--json"]);
-    let old2 = db.json(&["keys", "create", "--name", "old2", "--json"]);
-    std::thread::sleep(std::time::Duration::from_millis(1200));
-    let young = db.json(&["keys", "create", "--name", "young", "--json"]);
-    let events = || db.ok(&["audit", "--json"]).lines().count();
-    let before = events();
-
-    let dry = db.json(&[
-        "rotate-due",
-        "--max-age",
-        "1s",
-        "--action",
-        "expire",
-        "--grace",
-        "0",
-        "--dry-run",
-        "--json",
-    ]);
-    let mut due: Vec<&str> = dry["past_max_age"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    due.sort();
-    let mut want = vec![old1["id"].as_str().unwrap(), old2["id"].as_str().unwrap()];
-    want.sort();
-    assert_eq!(due, want);
-    assert_eq!(dry["expiry_shortened"].as_array().unwrap().len(), 2);
-    assert_eq!(events(), before, "a dry run writes nothing");
-    assert_eq!(
-        db.ok(&["keys", "verify", old1["key"].as_str().unwrap()]),
-        "VALID\n"
-    );
-
-    let notified = db.json(&["rotate-due", "--max-age", "1s", "--json"]);
-    assert_eq!(notified["max_age_notices"].as_array().unwrap().len(), 2);
-    let again = db.json(&["rotate-due", "--max-age", "1s", "--json"]);
-    assert_eq!(
-        again["max_age_notices"],
-        serde_json::json!([]),
-        "notified once"
-    );
-    assert_eq!(
-        db.ok(&["keys", "verify", old1["key"].as_str().unwrap()]),
-        "VALID\n",
-        "notify changes no key"
-    );
-
-    let expired = db.json(&[
-        "rotate-due",
-        "--max-age",
-        "1s",
-        "--action",
-        "expire",
-        "--grace",
-        "0",
-        "--json",
-    ]);
-    assert_eq!(expired["expiry_shortened"].as_array().unwrap().len(), 2);
-    let out = db.run(&["keys", "verify", old2["key"].as_str().unwrap()]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "EXPIRED\n");
-    assert_eq!(
-        db.ok(&["keys", "verify", young["key"].as_str().unwrap()]),
-        "VALID\n"
-    );
-    let twice = db.json(&[
-        "rotate-due",
-        "--max-age",
-        "1s",
-        "--action",
-        "expire",
-        "--grace",
-        "0",
-        "--json",
-    ]);
-    assert_eq!(
-        twice["expiry_shortened"],
-        serde_json::json!([]),
-        "twice in a row acts once"
-    );
-    let trail = db.ok(&["audit", "--type", "key.max_age_exceeded", "--json"]);
-    assert_eq!(trail.lines().count(), 2);
-}
-
-#[test]
-fn a_keys_own_max_age_overrides_the_policy() {
-    let db = Db::new();
-    let strict = db.json(&[
-        "keys",
-        "create",
-        "--name",
-        "strict",
-        "--max-age",
-        "1s",
-        "--json",
-    ]);
-    assert_eq!(strict["max_age"], "1s");
-    let lax = db.json(&["keys", "create", "--name", "lax", "--json"]);
-    assert!(lax["max_age"].is_null());
-    std::thread::sleep(std::time::Duration::from_millis(1200));
-    let report = db.json(&["rotate-due", "--max-age", "90d", "--dry-run", "--json"]);
-    assert_eq!(report["past_max_age"], serde_json::json!([strict["id"]]));
-    assert!(
-        db.ok(&["keys", "show", strict["id"].as_str().unwrap()])
-            .contains("max_age:     1s")
-    );
     let out = db.run(&["keys", "create", "--name", "x", "--max-age", "forever"]);
     assert!(bad_input(&out).contains("--max-age"));
+}
+
+/// The policy commands run in this process, on the app's fixed clock: keys age without
+/// waiting. (Exit codes and output streams are the process tests' business above.)
+mod on_a_fixed_clock {
+    use serde_json::{Value, json};
+
+    use crate::support::App;
+
+    fn ok(app: &App, args: &[&str]) -> Value {
+        let (code, out) = app.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    fn verify(app: &App, key: &Value) -> String {
+        let (_, out) = app.cli(&["keys", "verify", key["key"].as_str().unwrap()]);
+        out.trim().to_owned()
+    }
+
+    fn events(app: &App, kind: &str) -> usize {
+        let (code, out) = app.cli(&["audit", "--type", kind, "--json"]);
+        assert_eq!(code, 0);
+        out.lines().count()
+    }
+
+    #[test]
+    fn rotate_due_applies_the_max_age_policy_once() {
+        let app = App::new(&[]);
+        let old1 = ok(&app, &["keys", "create", "--name", "old1", "--json"]);
+        let old2 = ok(&app, &["keys", "create", "--name", "old2", "--json"]);
+        app.advance("2s");
+        let young = ok(&app, &["keys", "create", "--name", "young", "--json"]);
+        let all_events = || app.cli(&["audit", "--json"]).1.lines().count();
+        let before = all_events();
+        let expire = [
+            "rotate-due",
+            "--max-age",
+            "1s",
+            "--action",
+            "expire",
+            "--grace",
+            "0",
+            "--json",
+        ];
+
+        let dry = ok(&app, &[&expire[..], &["--dry-run"]].concat());
+        let mut due: Vec<&str> = dry["past_max_age"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        due.sort();
+        let admin = ok(&app, &["keys", "verify", &app.admin, "--json"]);
+        let mut want = vec![
+            admin["key"]["id"].as_str().unwrap(),
+            old1["id"].as_str().unwrap(),
+            old2["id"].as_str().unwrap(),
+        ];
+        want.sort();
+        assert_eq!(
+            due, want,
+            "the bootstrap key, old1 and old2 are 2 s old; young is not"
+        );
+        assert_eq!(dry["expiry_shortened"].as_array().unwrap().len(), 3);
+        assert_eq!(all_events(), before, "a dry run writes nothing");
+        assert_eq!(verify(&app, &old1), "VALID");
+
+        let notified = ok(&app, &["rotate-due", "--max-age", "1s", "--json"]);
+        assert_eq!(notified["max_age_notices"].as_array().unwrap().len(), 3);
+        let again = ok(&app, &["rotate-due", "--max-age", "1s", "--json"]);
+        assert_eq!(again["max_age_notices"], json!([]), "notified once");
+        assert_eq!(verify(&app, &old1), "VALID", "notify changes no key");
+
+        let expired = ok(&app, &expire);
+        assert_eq!(expired["expiry_shortened"].as_array().unwrap().len(), 3);
+        assert_eq!(verify(&app, &old2), "EXPIRED");
+        assert_eq!(verify(&app, &young), "VALID");
+        let twice = ok(&app, &expire);
+        assert_eq!(
+            twice["expiry_shortened"],
+            json!([]),
+            "twice in a row acts once"
+        );
+        assert_eq!(events(&app, "key.max_age_exceeded"), 3);
+    }
+
+    #[test]
+    fn a_keys_own_max_age_overrides_the_policy() {
+        let app = App::new(&[]);
+        let strict = ok(
+            &app,
+            &[
+                "keys",
+                "create",
+                "--name",
+                "strict",
+                "--max-age",
+                "1s",
+                "--json",
+            ],
+        );
+        assert_eq!(strict["max_age"], "1s");
+        let lax = ok(&app, &["keys", "create", "--name", "lax", "--json"]);
+        assert!(lax["max_age"].is_null());
+        app.advance("2s");
+        let report = ok(
+            &app,
+            &["rotate-due", "--max-age", "90d", "--dry-run", "--json"],
+        );
+        assert_eq!(report["past_max_age"], json!([strict["id"]]));
+        let (_, shown) = app.cli(&["keys", "show", strict["id"].as_str().unwrap()]);
+        assert!(shown.contains("max_age:     1s"), "{shown}");
+    }
 }

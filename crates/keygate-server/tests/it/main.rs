@@ -1,7 +1,9 @@
-//! keygate-server's integration tests, in one binary: the `keygate` command line, and
-//! `keygate serve` started as a real process on port 0 with a temp SQLite file.
+//! keygate-server's integration tests, in one binary: the application in-process (most of
+//! them: `support::App`), and the `keygate` binary as a process where a process is the point
+//! (start-up output, signals, restarts, several nodes, the CLI's exit codes, the browser).
 
 mod admin;
+mod api;
 mod browser;
 mod cli;
 mod nodes;

@@ -3,13 +3,15 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, cli_create};
+use crate::admin::{Ui, audit_of, location};
+use crate::support::{Http, Server, assert_not_stored, cli_create, postgres_url};
 
 fn verify(server: &Server, admin: &str, key: &str) -> (u16, Value) {
     let r = server.json("POST", "/v1/verify", admin, &json!({"key": key}));
@@ -91,29 +93,13 @@ fn a_revoke_from_the_cli_reaches_the_running_servers_cache_within_a_second() {
     );
 }
 
-/// The PostgreSQL URL for a fresh schema, or `None` (and a note) when not configured.
-pub(crate) fn postgres(test: &str) -> Option<String> {
-    let Ok(base) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-        eprintln!("skipped {test}: KEYGATE_TEST_POSTGRES is not set");
-        return None;
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let schema = runtime.block_on(keygate_store::test_schema(&base));
-    Some(keygate_store::with_search_path(&base, &schema))
-}
-
 #[test]
 #[cfg_attr(
     not(keygate_test_postgres),
     ignore = "set KEYGATE_TEST_POSTGRES=postgres://USER@HOST:PORT/DB to run"
 )]
 fn two_nodes_on_postgres_revocation_reaches_the_other_within_a_second() {
-    let Some(url) = postgres("two_nodes_on_postgres") else {
-        return;
-    };
+    let url = postgres_url();
     let a = Server::start_url(&url, &[], &[]);
     let b = Server::start_url(&url, &[], &[]);
     let (_, admin) = cli_create(&url, &["--scope", "keygate:admin"]);
@@ -246,9 +232,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     ignore = "set KEYGATE_TEST_POSTGRES=postgres://USER@HOST:PORT/DB to run"
 )]
 fn a_database_outage_fails_closed_and_heals_without_a_restart() {
-    let Some(url) = postgres("database_outage") else {
-        return;
-    };
+    let url = postgres_url();
     let relay = Relay::start("127.0.0.1:5432".parse().unwrap());
     let relayed = url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", relay.port));
     assert_ne!(
@@ -308,4 +292,89 @@ fn a_database_outage_fails_closed_and_heals_without_a_restart() {
         json!([]),
         "the failed create left nothing behind"
     );
+}
+
+/// Signs in on node `a`, issues a key in a form posted to node `b`, and sees it shown once,
+/// on `a`; signing out on `b` ends the session on `a`. Returns the key.
+fn across_nodes(a: &Server, b: &Server, admin: &str) -> String {
+    let mut on_a = Ui::new(a);
+    assert_eq!(on_a.sign_in_key(admin).status, 303);
+    // The same browser, its next requests sent to the other node.
+    let mut on_b = Ui::new(b);
+    on_b.cookies = on_a.cookies.clone();
+    let page = on_b.get("/admin/keys/new");
+    assert_eq!(page.status, 200, "node b knows the session");
+    let created = on_b.post(
+        "/admin/keys",
+        &[("csrf", &Ui::csrf(&page)), ("name", "made on b")],
+    );
+    assert_eq!(created.status, 303, "{}", created.text());
+    let shown = on_a.get(location(&created));
+    assert!(
+        shown.text().contains("data-secret"),
+        "node a shows the key issued on b"
+    );
+    assert!(
+        !on_b.get(location(&created)).text().contains("data-secret"),
+        "once in all"
+    );
+    let key = shown
+        .text()
+        .split("data-secret>")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap()
+        .to_owned();
+    let page = on_b.get("/admin/keys");
+    assert_eq!(
+        on_b.post("/admin/logout", &[("csrf", &Ui::csrf(&page))])
+            .status,
+        303
+    );
+    assert_eq!(on_a.get("/admin/keys").status, 303, "signed out everywhere");
+    key
+}
+
+#[test]
+fn sessions_and_the_one_time_key_work_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keygate.db");
+    let url = format!("sqlite://{}", db.display());
+    let a = Server::start(&db, &[], &[]);
+    let b = Server::start(&db, &[], &[]);
+    let (_, admin) = cli_create(&url, &["--scope", "keygate:admin"]);
+    let key = across_nodes(&a, &b, &admin);
+    // The sealed message never sat readable in the database.
+    assert_not_stored(dir.path(), &key[3..]);
+    assert_eq!(audit_of(&url, "admin.signed_in").len(), 1);
+}
+
+#[test]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "set KEYGATE_TEST_POSTGRES=postgres://USER@HOST:PORT/DB to run"
+)]
+fn sessions_and_the_one_time_key_work_across_nodes_on_postgres() {
+    let url = postgres_url();
+    let a = Server::start_url(&url, &[], &[]);
+    let b = Server::start_url(&url, &[], &[]);
+    let (_, admin) = cli_create(&url, &["--scope", "keygate:admin"]);
+    let key = across_nodes(&a, &b, &admin);
+    // Dump the whole schema: the key is not in it, in any table.
+    let (base, schema) = url.split_once("?options=-csearch_path%3D").unwrap();
+    let dump = Command::new("pg_dump")
+        .args(["--data-only", "--schema", schema, base])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("admin_sessions") && dump.contains("made on b"),
+        "a real dump"
+    );
+    assert!(!dump.contains(&key[3..]), "the key is in the database");
 }

@@ -1,13 +1,303 @@
-//! Running `keygate serve` as a child process and talking HTTP/1.1 to it over plain TCP.
+//! Two ways to reach the service, with one request API ([`Http`]):
+//!
+//! - [`App`]: the application in this process ([`keygate_server::serve::Service`] over a real
+//!   SQLite file), requests sent with `tower::ServiceExt::oneshot`, time on a fixed clock,
+//!   log lines captured. Most tests use it: no process to start, no time to wait for.
+//! - [`Server`]: `keygate serve` as a child process, spoken to over TCP, for what needs a
+//!   process: start-up output, signals, restarts, two nodes, the browser.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
+use axum::Router;
+use axum::body::Body;
+use keygate::Keygate;
+use keygate::core::{FixedClock, Lifetime, Timestamp};
+use keygate_server::serve::Service;
 use serde_json::Value;
+use tower::ServiceExt;
+
+pub use keygate_testkit::Reply;
+
+/// Requests, whichever way the service is reached.
+pub trait Http {
+    /// Any request, with exactly these headers.
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, Vec<u8>)],
+        body: Option<&[u8]>,
+    ) -> Reply;
+
+    /// One request; `key` goes in `Authorization: Api-Key`.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<(&str, &[u8])>,
+    ) -> Reply {
+        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+        if let Some(key) = key {
+            headers.push((
+                "Authorization".into(),
+                format!("Api-Key {key}").into_bytes(),
+            ));
+        }
+        if let Some((content_type, _)) = body {
+            headers.push(("Content-Type".into(), content_type.as_bytes().to_vec()));
+        }
+        self.raw(method, path, &headers, body.map(|(_, b)| b))
+    }
+
+    /// GET with a key.
+    fn get(&self, path: &str, key: &str) -> Reply {
+        self.send("GET", path, Some(key), None)
+    }
+
+    /// A JSON request with a key.
+    fn json(&self, method: &str, path: &str, key: &str, body: &Value) -> Reply {
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.send(method, path, Some(key), Some(("application/json", &bytes)))
+    }
+
+    /// `POST /v1/verify` of `key` for `scopes`, authenticated by `admin`; asserts 200 and
+    /// returns the answer.
+    fn verify(&self, admin: &str, key: &str, scopes: &[&str]) -> Value {
+        self.json(
+            "POST",
+            "/v1/verify",
+            admin,
+            &serde_json::json!({"key": key, "scopes": scopes}),
+        )
+        .expect(200)
+    }
+}
+
+/// The address an in-process request comes from (the admin UI's throttle reads it).
+pub const PEER: &str = "192.0.2.10:50000";
+
+/// The service in this process, over a SQLite file, on a fixed clock.
+pub struct App {
+    router: Router,
+    /// The service (its keygate, its state).
+    pub service: Service,
+    /// The clock; move it with [`App::advance`].
+    pub clock: Arc<FixedClock>,
+    /// The bootstrap admin key.
+    pub admin: String,
+    /// The database file.
+    pub db: PathBuf,
+    logs: Arc<Mutex<Vec<u8>>>,
+    _log_guard: tracing::subscriber::DefaultGuard,
+    _dir: Option<tempfile::TempDir>,
+    /// Last, so that it outlives everything that runs on it.
+    rt: tokio::runtime::Runtime,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // Close the store while its runtime runs (the pool's connections close on it).
+        self.rt.block_on(self.service.keygate.close());
+    }
+}
+
+/// Writes captured log lines into a shared buffer.
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl App {
+    /// A fresh database, and the service on it with `args` (as `keygate serve` takes them).
+    pub fn new(args: &[&str]) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let mut app = Self::on(&dir.path().join("keys.db"), args);
+        app._dir = Some(dir);
+        app
+    }
+
+    /// The service on the SQLite file `db`, with `args`; logs captured at trace level.
+    pub fn on(db: &Path, args: &[&str]) -> App {
+        let url = format!("sqlite://{}", db.display());
+        Self::on_url(&url, args, db.to_path_buf())
+    }
+
+    /// The service on the database at `url`.
+    pub fn on_url(url: &str, args: &[&str], db: PathBuf) -> App {
+        let mut argv = vec!["keygate", "serve", "--database", url];
+        argv.extend_from_slice(args);
+        let cli = <keygate_server::Cli as clap::Parser>::try_parse_from(&argv).unwrap();
+        let keygate_server::Command::Serve(serve) = &cli.command else {
+            unreachable!()
+        };
+        let settings = keygate_server::Settings::resolve(&cli, Some(serve)).unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer({
+                let capture = Capture(logs.clone());
+                move || capture.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let log_guard = tracing::subscriber::set_default(subscriber);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let clock = Arc::new(FixedClock::new(wall_clock()));
+        let (service, admin) = rt.block_on(async {
+            let service = Service::open(settings, clock.clone()).await.unwrap();
+            let issued = keygate_server::serve::bootstrap(&service.keygate)
+                .await
+                .unwrap();
+            let admin = match issued {
+                Some((_, key)) => key.expose().to_owned(),
+                None => String::new(),
+            };
+            (service, admin)
+        });
+        App {
+            router: service.router(),
+            rt,
+            service,
+            clock,
+            admin,
+            db,
+            logs,
+            _log_guard: log_guard,
+            _dir: None,
+        }
+    }
+
+    /// The keygate behind the service.
+    pub fn keygate(&self) -> &Keygate {
+        &self.service.keygate
+    }
+
+    /// Runs `future` on the app's runtime (background tasks run meanwhile).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(future)
+    }
+
+    /// Moves the clock forward by `by` (`2s`, `1h`, ...).
+    pub fn advance(&self, by: &str) {
+        self.clock.advance(Lifetime::parse(by).unwrap());
+    }
+
+    /// Moves the clock forward by a millisecond (so that keys made one after another get ids
+    /// in that order: ids begin with their time).
+    pub fn tick(&self) {
+        self.clock.advance(Lifetime::from_ms(1).unwrap());
+    }
+
+    /// The clock's time.
+    pub fn now(&self) -> Timestamp {
+        use keygate::core::Clock;
+        self.clock.now()
+    }
+
+    /// Everything logged so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
+    }
+
+    /// Lets background tasks run until `done` says so (at most 5 s of real time).
+    pub fn settle(&self, what: &str, mut done: impl FnMut(&App) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done(self) {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            self.rt
+                .block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
+        }
+    }
+
+    /// Runs a one-shot command (`keys rotate ...`) in this process, on the app's keygate and
+    /// clock; returns the exit status (2 for a failure) and what it printed (or the error).
+    pub fn cli(&self, args: &[&str]) -> (u8, String) {
+        let mut argv = vec!["keygate"];
+        argv.extend_from_slice(args);
+        let cli = <keygate_server::Cli as clap::Parser>::try_parse_from(&argv).unwrap();
+        let mut out = Vec::new();
+        let ran = self.rt.block_on(keygate_server::cli::run(
+            self.keygate(),
+            cli.command,
+            &mut out,
+        ));
+        match ran {
+            Ok(code) => (code, String::from_utf8(out).unwrap()),
+            Err(e) => (2, e.to_string()),
+        }
+    }
+
+    /// `POST /v1/keys` with the admin key; asserts 201.
+    pub fn create(&self, body: Value) -> Value {
+        self.json("POST", "/v1/keys", &self.admin, &body)
+            .expect(201)
+    }
+}
+
+impl Http for App {
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, Vec<u8>)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let mut request = http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_slice());
+        }
+        if let Some(body) = body {
+            request = request.header("content-length", body.len());
+        }
+        let mut request = request
+            .body(Body::from(body.map(<[u8]>::to_vec).unwrap_or_default()))
+            .unwrap();
+        request.extensions_mut().insert(axum::extract::ConnectInfo(
+            PEER.parse::<SocketAddr>().unwrap(),
+        ));
+        self.rt.block_on(async {
+            let response = self.router.clone().oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            Reply::from_parts(status, headers, body.to_vec())
+        })
+    }
+}
+
+/// Now by the system clock, whole milliseconds.
+pub fn wall_clock() -> Timestamp {
+    use keygate::core::Clock;
+    keygate::SystemClock.now()
+}
 
 /// A running `keygate serve`.
 pub struct Server {
@@ -84,87 +374,6 @@ impl Server {
         }
     }
 
-    /// Sends one request; `key` goes in `Authorization: Api-Key`.
-    pub fn send(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<(&str, &[u8])>,
-    ) -> Reply {
-        let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-        if let Some(key) = key {
-            headers.push((
-                "Authorization".into(),
-                format!("Api-Key {key}").into_bytes(),
-            ));
-        }
-        if let Some((content_type, _)) = body {
-            headers.push(("Content-Type".into(), content_type.as_bytes().to_vec()));
-        }
-        self.raw(method, path, &headers, body.map(|(_, b)| b))
-    }
-
-    /// GET with an admin key.
-    pub fn get(&self, path: &str, key: &str) -> Reply {
-        self.send("GET", path, Some(key), None)
-    }
-
-    /// A JSON request with a key.
-    pub fn json(&self, method: &str, path: &str, key: &str, body: &Value) -> Reply {
-        let bytes = serde_json::to_vec(body).unwrap();
-        self.send(method, path, Some(key), Some(("application/json", &bytes)))
-    }
-
-    /// `POST /v1/verify` of `key` for `scopes`, authenticated by `admin`; asserts 200 and
-    /// returns the answer.
-    pub fn verify(&self, admin: &str, key: &str, scopes: &[&str]) -> Value {
-        self.json(
-            "POST",
-            "/v1/verify",
-            admin,
-            &serde_json::json!({"key": key, "scopes": scopes}),
-        )
-        .expect(200)
-    }
-
-    /// Any request, with exactly these headers.
-    pub fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(String, Vec<u8>)],
-        body: Option<&[u8]>,
-    ) -> Reply {
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        )
-        .into_bytes();
-        for (name, value) in headers {
-            req.extend_from_slice(name.as_bytes());
-            req.extend_from_slice(b": ");
-            req.extend_from_slice(value);
-            req.extend_from_slice(b"\r\n");
-        }
-        if let Some(body) = body {
-            req.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-        }
-        req.extend_from_slice(b"\r\n");
-        let mut stream = TcpStream::connect(self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        stream.write_all(&req).unwrap();
-        if let Some(body) = body {
-            // The server may answer (413) and close before reading all of a large body.
-            let _ = stream.write_all(body);
-        }
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        Reply::parse(raw)
-    }
-
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -172,14 +381,10 @@ impl Server {
 
     /// Waits (up to 10 s) until the log contains `needle`, then returns the whole log.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        for _ in 0..200 {
+        poll("the log line", Duration::from_secs(10), || {
             let logs = self.logs();
-            if logs.contains(needle) {
-                return logs;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("never logged {needle:?}: {}", self.logs());
+            logs.contains(needle).then_some(logs)
+        })
     }
 
     /// Everything logged so far (stderr).
@@ -204,6 +409,20 @@ impl Server {
     }
 }
 
+impl Http for Server {
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, Vec<u8>)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let request =
+            keygate_testkit::raw_request(method, path, &self.addr.to_string(), headers, body);
+        keygate_testkit::send_blocking(self.addr, &request)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -222,6 +441,19 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
         .or_else(|| line.split_once("\"addr\":\"").map(|(_, r)| r))?;
     let end = rest.find([' ', '"']).unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+/// Polls `check` every 20 ms until it gives a value, for at most `within`; panics naming
+/// `what` otherwise. For conditions another process brings about, never to wait for time.
+pub fn poll<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs `keygate --database <database> <args>` (a `--json` command), asserts it succeeded,
@@ -258,96 +490,26 @@ pub fn printed_key(stdout: &str) -> Option<String> {
     stdout
         .lines()
         .map(str::trim)
-        .find(|l| keygate_core::parse(l).is_ok())
+        .find(|l| keygate::core::parse(l).is_ok())
         .map(str::to_owned)
 }
 
-/// An HTTP response.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    pub raw: Vec<u8>,
-}
+pub use keygate_testkit::postgres::fresh_url as postgres_url;
 
-impl Reply {
-    fn parse(raw: Vec<u8>) -> Self {
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no full response: {:?}", String::from_utf8_lossy(&raw)));
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let body = raw[split + 4..].to_vec();
-        Reply {
-            status,
-            headers,
-            body,
-            raw,
-        }
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.raw)))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// Asserts this status with a JSON body, and returns the body.
-    pub fn expect(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.raw)
-        );
-        self.json()
-    }
-
-    /// Asserts an RFC 9457 problem with this status and code, and returns it.
-    pub fn problem(&self, status: u16, code: &str) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.raw)
-        );
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json")
-        );
-        let p = self.json();
-        assert_eq!(p["code"], code, "{p}");
-        assert_eq!(p["status"], status);
-        for member in ["type", "title", "detail"] {
+/// Asserts that no file in `dir` (database, WAL, shared memory) holds `secret`.
+pub fn assert_not_stored(dir: &Path, secret: &str) {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
             assert!(
-                p[member].as_str().is_some_and(|s| !s.is_empty()),
-                "{member} in {p}"
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the secret",
+                path.display()
             );
+            checked += 1;
         }
-        p
     }
+    assert!(checked > 0, "no files in {}", dir.display());
 }
