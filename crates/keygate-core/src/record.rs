@@ -575,7 +575,13 @@ mod tests {
             scopes: Some(vec!["NOPE".into()]),
             ..KeyPatch::default()
         };
-        assert!(bad.apply(&mut r).is_err());
+        assert!(matches!(
+            bad.apply(&mut r),
+            Err(RecordError::Field {
+                field: "scopes",
+                ..
+            })
+        ));
         assert_eq!(r, before);
         KeyPatch {
             name: Some("new".into()),
@@ -654,7 +660,13 @@ mod tests {
             plan_rotation(&revoked, &new_key, KeyId::generate(t(0)), t(6), 0),
             Err(RecordError::AlreadyRevoked)
         );
-        assert!(plan_rotation(&old, &new_key, KeyId::generate(t(0)), t(6), -1).is_err());
+        assert!(matches!(
+            plan_rotation(&old, &new_key, KeyId::generate(t(0)), t(6), -1),
+            Err(RecordError::Field {
+                field: "grace_period",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -576,7 +576,10 @@ pub async fn every_change_is_in_the_audit_trail(store: Arc<dyn Store>) {
         .revoke(&r.id, at(9), Some("leaked".into()), &audit())
         .await
         .expect("revoke");
-    assert!(store.revoke(&r.id, at(10), None, &audit()).await.is_err());
+    assert!(matches!(
+        store.revoke(&r.id, at(10), None, &audit()).await,
+        Err(StoreError::Record(RecordError::AlreadyRevoked))
+    ));
     let other = record("other", None, at(1));
     store.create(&other, &audit()).await.expect("create");
 
@@ -1165,7 +1168,10 @@ pub async fn admin_sessions_live_end_and_hand_out_messages_once(store: Arc<dyn S
             Some(s)
         );
     }
-    assert!(store.create_session(&key).await.is_err(), "ids are unique");
+    assert!(
+        matches!(store.create_session(&key).await, Err(StoreError::Duplicate)),
+        "ids are unique"
+    );
     assert!(store.get_session(&[9; 32]).await.expect("get").is_none());
 
     store.touch_session(&key.id, at(500)).await.expect("touch");

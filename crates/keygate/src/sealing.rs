@@ -94,7 +94,14 @@ mod tests {
         assert_eq!(key.open(&sealed).as_deref(), Some(r#"{"key":"kg_secret"}"#));
         assert_eq!(other.open(&sealed), None);
         assert_eq!(key.open("plain text"), None);
-        assert!(SealingKey::from_base64("short").is_err());
+        assert_eq!(
+            SealingKey::from_base64("short").err(),
+            Some("the secret key must be base64")
+        );
+        assert_eq!(
+            SealingKey::from_base64("c2hvcnQ=").err(),
+            Some("the secret key must be 32 bytes (base64 of 32 random bytes)")
+        );
         assert_eq!(format!("{key:?}"), "SealingKey([redacted])");
     }
 }

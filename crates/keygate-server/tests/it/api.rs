@@ -770,18 +770,16 @@ fn openapi_document_matches_the_server() {
     );
     let mut missing = good.clone();
     missing.as_object_mut().unwrap().remove("name");
-    assert!(
-        contract
-            .accepts("get", "/v1/keys/{id}", 200, &missing)
-            .is_err()
-    );
+    let why = contract
+        .accepts("get", "/v1/keys/{id}", 200, &missing)
+        .unwrap_err();
+    assert!(why.contains("name"), "{why}");
     let mut wrong = good;
     wrong["enabled"] = json!("yes");
-    assert!(
-        contract
-            .accepts("get", "/v1/keys/{id}", 200, &wrong)
-            .is_err()
-    );
+    let why = contract
+        .accepts("get", "/v1/keys/{id}", 200, &wrong)
+        .unwrap_err();
+    assert!(why.contains("enabled"), "{why}");
 }
 
 #[test]

@@ -198,16 +198,27 @@ fn an_in_flight_request_finishes_after_sigterm() {
     use std::io::{Read, Write};
     let s = service(&[]);
     let body = br#"{"name": "created during shutdown"}"#;
+    // `Expect: 100-continue`: the server says `100 Continue` when the handler starts reading
+    // the body, which tells the test the request is in flight (no guessing with a sleep).
     let head = format!(
         "POST /v1/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Api-Key {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         s.admin,
         body.len()
     );
     let mut stream = std::net::TcpStream::connect(s.server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
     stream.write_all(&body[..10]).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
     // The request is in flight: signal, then send the rest of its body.
     let Service {
         server, db, _dir, ..

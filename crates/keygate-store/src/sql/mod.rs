@@ -123,8 +123,13 @@ impl<DB: Database> Drop for WriteTx<DB> {
     }
 }
 
+/// A database error as a [`StoreError`]: a unique constraint is [`StoreError::Duplicate`],
+/// anything else the database failing.
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    match e.as_database_error() {
+        Some(db) if db.is_unique_violation() => StoreError::Duplicate,
+        _ => StoreError::Backend(e.to_string()),
+    }
 }
 
 fn time(ms: Option<Timestamp>) -> Option<i64> {
@@ -273,10 +278,7 @@ sql_impl! {
             .bind(record.max_age.map(Lifetime::as_ms))
             .execute(tx.conn())
             .await
-            .map_err(|e| match e.as_database_error() {
-                Some(db) if db.is_unique_violation() => StoreError::Duplicate,
-                _ => backend(e),
-            })?;
+            .map_err(backend)?;
             // A new key must drop "no such key" answers other processes may have cached.
             self.backend.signal_change(tx.conn(), &record.hash).await
         }
