@@ -36,6 +36,8 @@ pub struct AppState {
     pub openapi: Arc<String>,
     /// The admin web UI's sessions and sign-in throttle.
     pub admin: Arc<admin::AdminUi>,
+    /// Where each request's log line goes.
+    pub access_log: logging::AccessLog,
 }
 
 impl AppState {
@@ -51,6 +53,7 @@ impl AppState {
             keygate,
             metrics: Arc::default(),
             admin: Arc::new(admin),
+            access_log: logging::AccessLog::default(),
         }
     }
 }

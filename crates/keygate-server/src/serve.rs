@@ -80,9 +80,10 @@ impl Service {
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> Result<(), Failure> {
     // Keep the guard to the end: dropping it flushes the log lines still queued.
-    let _log_guard = init_logging(settings.log_format, settings.log_level);
+    let (_log_guard, access_log) = init_logging(settings.log_format, settings.log_level);
     let shutdown = shutdown_signal()?;
-    let service = Service::open(settings, Arc::new(keygate::SystemClock)).await?;
+    let mut service = Service::open(settings, Arc::new(keygate::SystemClock)).await?;
+    service.state.access_log = access_log;
     if let Some((record, key)) = bootstrap(&service.keygate).await? {
         print_bootstrap_key(&record, &key)?;
     }

@@ -125,6 +125,7 @@ pub fn document(keygate: &Keygate) -> String {
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes(&state.keygate);
     let tracking = Arc::new(Tracking {
+        access_log: state.access_log.clone(),
         metrics: state.metrics.clone(),
         keygate: state.keygate.clone(),
         failures: Mutex::new(FailureWindow::default()),
@@ -176,13 +177,12 @@ async fn track(
     let took = started.elapsed();
     let status = response.status().as_u16();
     metrics.observe(status, took);
-    tracing::info!(
-        request_id = %id.0,
-        %method,
-        route = route.as_ref().map_or("-", MatchedPath::as_str),
+    tracking.access_log.record(
+        &id.0,
+        method.as_str(),
+        route.as_ref().map_or("-", MatchedPath::as_str),
         status,
-        latency_ms = took.as_secs_f64() * 1000.0,
-        "request finished"
+        took,
     );
     if (status == 401 || status == 403)
         && route
@@ -209,6 +209,7 @@ const AUTH_FAILURES_PER_MINUTE: u32 = 20;
 /// What the per-request middleware needs.
 #[derive(Debug)]
 struct Tracking {
+    access_log: crate::logging::AccessLog,
     metrics: Arc<Metrics>,
     keygate: Keygate,
     failures: Mutex<FailureWindow>,
