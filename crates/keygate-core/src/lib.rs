@@ -21,6 +21,7 @@ pub mod format;
 pub mod grant;
 pub mod id;
 pub mod outcome;
+pub mod patterns;
 pub mod policy;
 pub mod record;
 pub mod scope;

@@ -380,6 +380,11 @@ impl KeyPatch {
     }
 }
 
+/// Checks an owner id (as a filter, say): 1–200 characters, not blank, no control characters.
+pub fn check_owner(owner: String) -> Result<String, RecordError> {
+    check_text("owner", owner, MAX_OWNER_CHARS)
+}
+
 fn check_text(field: &'static str, text: String, max_chars: usize) -> Result<String, RecordError> {
     if text.trim().is_empty() {
         return Err(RecordError::field(field, "must not be empty"));

@@ -68,7 +68,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Like [`ApiJson`], but an empty body is `None` (for `POST .../revoke` with no reason).
+/// Like [`ApiJson`], but an empty body, or the JSON `null`, is `None` (for `POST .../revoke`
+/// with no reason).
 #[derive(Debug)]
 pub struct OptionalApiJson<T>(pub Option<T>);
 
@@ -82,7 +83,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalApiJson<T> 
             return Ok(Self(None));
         }
         json?;
-        parse_json(&bytes).map(|v| Self(Some(v)))
+        parse_json::<Option<T>>(&bytes).map(Self)
     }
 }
 
@@ -124,7 +125,13 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Parses a request body. It must be a JSON object (or, where a body is optional, `null`):
+/// serde would otherwise read a struct from an array by position.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') && !bytes.trim_ascii().eq(b"null") {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -224,7 +224,13 @@ pub async fn list_keys(
     if let Some(limit) = params.limit {
         query.limit = page_limit(limit)?;
     }
-    query.owner = params.owner;
+    query.owner = params
+        .owner
+        .map(|owner| {
+            keygate::core::record::check_owner(owner)
+                .map_err(|e| ApiError::from(keygate::Error::from(e)))
+        })
+        .transpose()?;
     query.name_contains = params.q;
     query.cursor = params.cursor;
     let page = app.keygate.list(query).await?;

@@ -80,6 +80,12 @@ pub async fn verify(
     _caller: Caller<Verify>,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
+    let most = super::contract::MAX_VERIFY_SCOPES;
+    if body.scopes.len() > most {
+        return Err(ApiError::bad_request(format!(
+            "scopes: at most {most} scopes"
+        )));
+    }
     for (i, scope) in body.scopes.iter().enumerate() {
         check_scope(scope).map_err(|why| ApiError::bad_request(format!("scopes[{i}]: {why}")))?;
     }

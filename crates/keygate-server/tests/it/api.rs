@@ -295,7 +295,7 @@ fn bad_input_gets_the_right_problem_never_a_500() {
             "{\"name\": \"a\"} trailing",
             "after the JSON",
         ),
-        ("POST", "/v1/keys", "[]", "expected struct"),
+        ("POST", "/v1/keys", "[]", "JSON object"),
         ("POST", "/v1/keys", "{}", "name"),
         ("POST", "/v1/keys", "{\"name\": \"a\", \"nmae\": 1}", "nmae"),
         ("POST", "/v1/keys", "{\"name\": 5}", "name"),
@@ -355,6 +355,10 @@ fn bad_input_gets_the_right_problem_never_a_500() {
             "scopes[0]",
         ),
         ("POST", "/v1/verify", "{\"key\": [\"kg_x\"]}", "key"),
+        // Serde would read a struct from an array, by position: only objects are bodies.
+        ("POST", "/v1/verify", "[\"kg_x\", []]", "JSON object"),
+        ("PATCH", &key_path, "[null, null]", "JSON object"),
+        ("POST", "/v1/keys", "\"billing\"", "JSON object"),
     ];
     for (method, path, body, field) in cases {
         let p = send(method, path, body).problem(400, "BAD_REQUEST");
@@ -363,8 +367,18 @@ fn bad_input_gets_the_right_problem_never_a_500() {
             "{method} {path} {body}: {p}"
         );
     }
+    // Where a body is optional, `null` is no body.
+    let other = s.create(json!({"name": "revoked with a null body"}));
+    let revoked = send(
+        "POST",
+        &format!("/v1/keys/{}/revoke", other["id"].as_str().unwrap()),
+        "null",
+    )
+    .expect(200);
+    assert!(revoked["revoked_reason"].is_null());
     for query in [
         "status=zombie",
+        "owner=%01",
         "limit=0",
         "limit=1001",
         "limit=ten",

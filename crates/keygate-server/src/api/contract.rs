@@ -1,0 +1,162 @@
+//! What the OpenAPI document promises beyond types: every limit the server enforces on a
+//! request — lengths, patterns, ranges, enumerations, combinations — written into the document
+//! from the same constants and rules the server checks with (`keygate::core`), so that a client
+//! generated from it never sends what the server refuses. Each entry must find its place in the
+//! generated document (a typo is a start-up panic, caught by the tests).
+
+use keygate::core::audit::EventKind;
+use keygate::core::record::{MAX_NAME_CHARS, MAX_OWNER_CHARS, MAX_REASON_CHARS};
+use keygate::core::scope::{MAX_SCOPE_LEN, MAX_SCOPES};
+use keygate::core::{Status, patterns};
+use serde_json::{Value, json};
+
+use super::error::MAX_BODY_BYTES;
+
+/// Most scopes a `/v1/verify` request may ask for.
+pub const MAX_VERIFY_SCOPES: usize = MAX_SCOPES;
+
+/// Longest webhook URL.
+pub const MAX_URL_LEN: usize = 2000;
+
+/// Adds the constraints to the document `doc` (the generated OpenAPI, as JSON).
+pub fn constrain(doc: &mut Value) {
+    let text = |max: usize| json!({"minLength": 1, "maxLength": max, "pattern": patterns::TEXT});
+    let scopes = |most: usize| {
+        json!({"maxItems": most, "items": {
+            "minLength": 1, "maxLength": MAX_SCOPE_LEN, "pattern": patterns::SCOPE}})
+    };
+    let lifetime = json!({"pattern": patterns::lifetime()});
+    let key_id = json!({"pattern": patterns::KEY_ID});
+    let page_size = json!({"minimum": 1, "maximum": keygate::MAX_PAGE_SIZE});
+
+    for component in ["CreateKey", "UpdateKey"] {
+        property(doc, component, "name", text(MAX_NAME_CHARS));
+        property(doc, component, "owner", text(MAX_OWNER_CHARS));
+        property(doc, component, "scopes", scopes(MAX_SCOPES));
+        property(doc, component, "max_age", lifetime.clone());
+        property(
+            doc,
+            component,
+            "metadata",
+            json!({"description": format!(
+                "A JSON object of at most {} bytes (compact JSON).",
+                keygate::core::record::MAX_METADATA_BYTES
+            )}),
+        );
+    }
+    property(doc, "CreateKey", "expires_in", lifetime.clone());
+    // One or the other, not both.
+    component(doc, "CreateKey")["not"] = json!({"required": ["expires_at", "expires_in"]});
+    property(doc, "RevokeKey", "reason", text(MAX_REASON_CHARS));
+    property(
+        doc,
+        "RotateKey",
+        "grace_period",
+        json!({"pattern": patterns::grace()}),
+    );
+    property(doc, "VerifyRequest", "scopes", scopes(MAX_VERIFY_SCOPES));
+    let events: Vec<&str> = std::iter::once("*")
+        .chain(EventKind::ALL.iter().map(|k| k.as_str()))
+        .collect();
+    property(
+        doc,
+        "CreateWebhook",
+        "events",
+        json!({"items": {"enum": events}}),
+    );
+    property(
+        doc,
+        "CreateWebhook",
+        "url",
+        json!({"format": "uri", "maxLength": MAX_URL_LEN,
+               "pattern": r"^https?://[^\s/?#@]+([/?#][^\s]*)?$"}),
+    );
+
+    let statuses: Vec<&str> = [
+        Status::Active,
+        Status::Disabled,
+        Status::Expired,
+        Status::Revoked,
+    ]
+    .iter()
+    .map(|s| s.as_str())
+    .chain(["all"])
+    .collect();
+    parameter(doc, "/v1/keys", "get", "owner", text(MAX_OWNER_CHARS));
+    parameter(doc, "/v1/keys", "get", "status", json!({"enum": statuses}));
+    parameter(doc, "/v1/keys", "get", "limit", page_size.clone());
+    parameter(doc, "/v1/keys", "get", "cursor", key_id.clone());
+    parameter(doc, "/v1/audit", "get", "key_id", key_id.clone());
+    let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    parameter(doc, "/v1/audit", "get", "type", json!({"enum": kinds}));
+    parameter(
+        doc,
+        "/v1/audit",
+        "get",
+        "since",
+        json!({"format": "date-time"}),
+    );
+    parameter(doc, "/v1/audit", "get", "limit", page_size);
+    parameter(
+        doc,
+        "/v1/audit",
+        "get",
+        "cursor",
+        json!({"pattern": "^[0-9]{1,18}$"}),
+    );
+    for (path, methods) in [
+        ("/v1/keys/{id}", &["get", "patch"][..]),
+        ("/v1/keys/{id}/revoke", &["post"]),
+        ("/v1/keys/{id}/rotate", &["post"]),
+    ] {
+        for method in methods {
+            parameter(doc, path, method, "id", key_id.clone());
+        }
+    }
+    // Every body is capped: say so where a client generator will read it.
+    let limit = format!(" Request bodies are at most {MAX_BODY_BYTES} bytes.");
+    if let Some(description) = doc["info"]["description"].as_str() {
+        doc["info"]["description"] = Value::String(format!("{description}{limit}"));
+    }
+}
+
+/// Component `name`'s schema; panics if the document has none.
+fn component<'d>(doc: &'d mut Value, name: &str) -> &'d mut Value {
+    let found = &mut doc["components"]["schemas"][name];
+    assert!(found.is_object(), "no component {name} in the document");
+    found
+}
+
+/// Merges `extra` into property `name` of component `schema` (into its `items` for the
+/// `items` key of an array).
+fn property(doc: &mut Value, schema: &str, name: &str, extra: Value) {
+    let target = &mut component(doc, schema)["properties"][name];
+    assert!(target.is_object(), "no property {schema}.{name}");
+    merge(target, extra);
+}
+
+/// Merges `extra` into the schema of parameter `name` of `method path`.
+fn parameter(doc: &mut Value, path: &str, method: &str, name: &str, extra: Value) {
+    let parameters = doc["paths"][path][method]["parameters"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("no parameters for {method} {path}"));
+    let found = parameters
+        .iter_mut()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no parameter {name} of {method} {path}"));
+    merge(&mut found["schema"], extra);
+}
+
+fn merge(target: &mut Value, extra: Value) {
+    let (Some(target), Value::Object(extra)) = (target.as_object_mut(), extra) else {
+        panic!("a constraint must go into a schema object");
+    };
+    for (key, value) in extra {
+        match (target.get_mut(&key), value) {
+            (Some(existing @ Value::Object(_)), value @ Value::Object(_)) => merge(existing, value),
+            (_, value) => {
+                target.insert(key, value);
+            }
+        }
+    }
+}
