@@ -7,8 +7,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use keygate_core::{KeyHash, KeyId, Timestamp};
-use sqlx::PgConnection;
+use keygate_core::KeyHash;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 
@@ -23,8 +22,7 @@ pub type PostgresStore = SqlStore<Postgres>;
 /// The PostgreSQL [`Backend`].
 #[derive(Debug)]
 pub struct Postgres {
-    pool: PgPool,
-    /// The notification channel; the payload is the changed key's hash in hex.
+    /// The notification channel (see migration `0010_change_signal.sql`).
     channel: String,
 }
 
@@ -47,22 +45,11 @@ impl SqlStore<Postgres> {
         MIGRATOR.run(&pool).await.map_err(|e| {
             StoreError::Backend(format!("cannot migrate the PostgreSQL database: {e}"))
         })?;
-        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        let channel: String = sqlx::query_scalar("SELECT keygate_channel()")
             .fetch_one(&pool)
             .await
             .map_err(backend)?;
-        let channel: String = format!("keygate_changes_{schema}")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .take(63)
-            .collect();
-        Ok(Self::new(Postgres { pool, channel }))
+        Ok(Self::new(pool, Postgres { channel }))
     }
 }
 
@@ -78,52 +65,15 @@ impl Backend for Postgres {
     const LIKE: &'static str = "ILIKE";
     /// The planner weighs a filter's selectivity itself.
     const FILTERED_ORDER: &'static str = " ORDER BY id DESC LIMIT ";
-
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// `NOTIFY`, delivered by PostgreSQL when the transaction commits.
-    async fn signal_change(
-        &self,
-        conn: &mut PgConnection,
-        hash: &KeyHash,
-    ) -> Result<(), StoreError> {
-        let hex: String = hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(self.channel.clone())
-            .bind(hex)
-            .execute(conn)
-            .await
-            .map(drop)
-            .map_err(backend)
-    }
+    const SIGNAL_CHANGE: &'static str = "SELECT keygate_key_changed($1)";
+    const RECORD_USAGE: &'static str = "UPDATE keys AS k SET last_used_at = (u.pair ->> 1)::bigint \
+        FROM jsonb_array_elements($1::text::jsonb) AS u(pair) \
+        WHERE k.id = u.pair ->> 0 \
+        AND (k.last_used_at IS NULL OR k.last_used_at < (u.pair ->> 1)::bigint)";
 
-    /// One statement for the whole batch.
-    async fn record_usage(
-        &self,
-        conn: &mut PgConnection,
-        usage: &[(KeyId, Timestamp)],
-    ) -> Result<(), StoreError> {
-        let ids: Vec<String> = usage.iter().map(|(id, _)| id.as_str().to_owned()).collect();
-        let times: Vec<i64> = usage.iter().map(|(_, at)| at.unix_ms()).collect();
-        sqlx::query(
-            "UPDATE keys AS k SET last_used_at = u.at \
-             FROM UNNEST($1::text[], $2::bigint[]) AS u(id, at) \
-             WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
-        )
-        .bind(ids)
-        .bind(times)
-        .execute(conn)
-        .await
-        .map(drop)
-        .map_err(backend)
-    }
-
-    async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool)
-            .await
-            .map_err(backend)?;
+    async fn watch(&self, pool: &PgPool) -> Result<mpsc::Receiver<Change>, StoreError> {
+        let mut listener = PgListener::connect_with(pool).await.map_err(backend)?;
         listener.listen(&self.channel).await.map_err(backend)?;
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(follow_notifications(listener, tx));

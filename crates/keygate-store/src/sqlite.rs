@@ -4,9 +4,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use keygate_core::{KeyHash, KeyId, Timestamp};
+use keygate_core::KeyHash;
+use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::dbfile::DbFile;
@@ -20,13 +20,19 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
 /// How long entries stay in the change log (a watcher further behind than this resyncs).
 const CHANGE_LOG_KEEP_MS: i64 = 10 * 60 * 1000;
 
+/// SQLite's own clock in whole milliseconds, for the change log.
+macro_rules! now_ms {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    };
+}
+
 /// The store in a SQLite file.
 pub type SqliteStore = SqlStore<Sqlite>;
 
 /// The SQLite [`Backend`].
 #[derive(Debug)]
 pub struct Sqlite {
-    pool: SqlitePool,
     /// The file as it was opened; `None` in memory.
     file: Option<DbFile>,
 }
@@ -78,7 +84,7 @@ impl SqlStore<Sqlite> {
             .await
             .map_err(|e| StoreError::Backend(format!("cannot migrate the SQLite database: {e}")))?;
         let file = path.map(DbFile::opened).transpose()?;
-        Ok(Self::new(Sqlite { pool, file }))
+        Ok(Self::new(pool, Sqlite { file }))
     }
 }
 
@@ -92,53 +98,23 @@ impl Backend for Sqlite {
     /// 300 ms at 100,000 keys) instead of scanning the table and sorting the few matches.
     const FILTERED_ORDER: &'static str = " ORDER BY +id DESC LIMIT ";
 
-    fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
+    const SIGNAL_CHANGE: &'static str = concat!(
+        "INSERT INTO key_changes (hash, changed_at) VALUES ($1, ",
+        now_ms!(),
+        ")"
+    );
+    /// One statement for the batch (SQLite has no arrays: the pairs travel as JSON).
+    const RECORD_USAGE: &'static str = "UPDATE keys SET last_used_at = u.at \
+        FROM (SELECT value ->> 0 AS id, value ->> 1 AS at FROM json_each($1)) AS u \
+        WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)";
 
-    async fn signal_change(
-        &self,
-        conn: &mut SqliteConnection,
-        hash: &KeyHash,
-    ) -> Result<(), StoreError> {
-        let insert = format!("INSERT INTO key_changes (hash, changed_at) VALUES ($1, {NOW_MS})");
-        sqlx::query(sqlx::AssertSqlSafe(insert))
-            .bind(hash.as_bytes().to_vec())
-            .execute(conn)
-            .await
-            .map(drop)
-            .map_err(backend)
-    }
-
-    async fn record_usage(
-        &self,
-        conn: &mut SqliteConnection,
-        usage: &[(KeyId, Timestamp)],
-    ) -> Result<(), StoreError> {
-        // One statement for the batch: the pairs travel as one JSON array.
-        let pairs: Vec<(&str, i64)> = usage
-            .iter()
-            .map(|(id, at)| (id.as_str(), at.unix_ms()))
-            .collect();
-        sqlx::query(
-            "UPDATE keys SET last_used_at = u.at FROM (SELECT value ->> 0 AS id, value ->> 1 AS at \
-             FROM json_each($1)) AS u WHERE keys.id = u.id \
-             AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)",
-        )
-        .bind(serde_json::to_string(&pairs).map_err(|e| StoreError::Backend(e.to_string()))?)
-        .execute(conn)
-        .await
-        .map(drop)
-        .map_err(backend)
-    }
-
-    async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {
+    async fn watch(&self, pool: &SqlitePool) -> Result<mpsc::Receiver<Change>, StoreError> {
         let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
-            .fetch_one(&self.pool)
+            .fetch_one(pool)
             .await
             .map_err(backend)?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(follow_changes(self.pool.clone(), start, tx));
+        tokio::spawn(follow_changes(pool.clone(), start, tx));
         Ok(rx)
     }
 
@@ -146,9 +122,6 @@ impl Backend for Sqlite {
         self.file.as_ref().map_or(Ok(()), DbFile::check)
     }
 }
-
-/// SQLite's own clock in whole milliseconds, for the change log.
-const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
 /// Polls `key_changes` for rows after `seen` and sends their hashes, until the receiver is
 /// dropped or the pool closes. Also trims the log now and then.
@@ -183,8 +156,12 @@ async fn follow_changes(pool: SqlitePool, mut seen: i64, tx: mpsc::Sender<Change
             }
         }
         if polls.is_multiple_of(300) {
-            let trim = format!("DELETE FROM key_changes WHERE changed_at < {NOW_MS} - $1");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(trim))
+            let trim = concat!(
+                "DELETE FROM key_changes WHERE changed_at < ",
+                now_ms!(),
+                " - $1"
+            );
+            let _ = sqlx::query(trim)
                 .bind(CHANGE_LOG_KEEP_MS)
                 .execute(&pool)
                 .await;

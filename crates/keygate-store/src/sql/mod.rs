@@ -49,27 +49,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
     const LIKE: &'static str;
     /// The order clause of a list filtered by text (where a filter reads every row anyway).
     const FILTERED_ORDER: &'static str;
-
-    /// The connection pool.
-    fn pool(&self) -> &Pool<Self::Db>;
-
-    /// Tells every process on this database that the key with `hash` changed, inside the
-    /// change's transaction.
-    fn signal_change<'c>(
-        &'c self,
-        conn: &'c mut <Self::Db as Database>::Connection,
-        hash: &'c KeyHash,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
-
-    /// Writes last-used times, inside the caller's transaction; a time never moves backwards.
-    fn record_usage<'c>(
-        &'c self,
-        conn: &'c mut <Self::Db as Database>::Connection,
-        usage: &'c [(KeyId, Timestamp)],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+    /// The statement, run in a change's transaction, that tells every process on this
+    /// database that the key whose hash is `$1` changed.
+    const SIGNAL_CHANGE: &'static str;
+    /// The statement writing a batch of last-used times, `$1` being a JSON array of
+    /// `[key id, time]` pairs; a time never moves backwards.
+    const RECORD_USAGE: &'static str;
 
     /// Follows changes made by any process, until the receiver is dropped.
-    fn watch(&self) -> impl Future<Output = Result<mpsc::Receiver<Change>, StoreError>> + Send;
+    fn watch(
+        &self,
+        pool: &Pool<Self::Db>,
+    ) -> impl Future<Output = Result<mpsc::Receiver<Change>, StoreError>> + Send;
 
     /// Whether the database is still the one that was opened (a SQLite file deleted or
     /// replaced under a running server is not); checked before every write and by pings.
@@ -80,14 +71,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
 
 /// The store: every role, over one [`Backend`].
 #[derive(Debug)]
-pub struct SqlStore<B> {
+pub struct SqlStore<B: Backend> {
+    pool: Pool<B::Db>,
     backend: B,
 }
 
 impl<B: Backend> SqlStore<B> {
-    /// A store over an opened, migrated backend.
-    pub fn new(backend: B) -> Self {
-        Self { backend }
+    /// A store over an opened, migrated database.
+    pub fn new(pool: Pool<B::Db>, backend: B) -> Self {
+        Self { pool, backend }
     }
 
     /// The backend.
@@ -97,7 +89,7 @@ impl<B: Backend> SqlStore<B> {
 
     /// The connection pool.
     pub fn pool(&self) -> &Pool<B::Db> {
-        self.backend.pool()
+        &self.pool
     }
 }
 
@@ -125,6 +117,20 @@ impl<DB: Database> Drop for WriteTx<DB> {
 
 /// A database error as a [`StoreError`]: a unique constraint is [`StoreError::Duplicate`],
 /// anything else the database failing.
+/// Runs `$body` (an expression giving a `Result`, with `$tx` the open [`WriteTx`]) in a write
+/// transaction of `$store`, committing it on success and rolling it back otherwise.
+macro_rules! in_write {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let mut tx = $store.begin_write().await?;
+        let result = async {
+            let $tx = &mut tx;
+            $body
+        }
+        .await;
+        $store.finish(tx, result).await
+    }};
+}
+
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
     match e.as_database_error() {
         Some(db) if db.is_unique_violation() => StoreError::Duplicate,
@@ -212,6 +218,25 @@ sql_impl! {
             }
         }
 
+        /// Runs one statement in `tx`.
+        async fn exec(
+            &self,
+            tx: &mut WriteTx<B::Db>,
+            query: sqlx::query::Query<'_, B::Db, <B::Db as Database>::Arguments>,
+        ) -> Result<(), StoreError> {
+            query.execute(tx.conn()).await.map(drop).map_err(backend)
+        }
+
+        /// Tells every process that the key with `hash` changed, inside `tx`.
+        async fn signal_change(
+            &self,
+            tx: &mut WriteTx<B::Db>,
+            hash: &KeyHash,
+        ) -> Result<(), StoreError> {
+            self.exec(tx, sqlx::query(B::SIGNAL_CHANGE).bind(hash.as_bytes().to_vec()))
+                .await
+        }
+
         /// Writes an audit event and its webhook deliveries (the durable outbox) inside `tx`;
         /// returns the event's position in the trail.
         async fn record_event(
@@ -280,7 +305,7 @@ sql_impl! {
             .await
             .map_err(backend)?;
             // A new key must drop "no such key" answers other processes may have cached.
-            self.backend.signal_change(tx.conn(), &record.hash).await
+            self.signal_change(tx, &record.hash).await
         }
 
         /// Read-modify-write of one key in one transaction: `change` (a rule of keygate-core)
@@ -294,10 +319,7 @@ sql_impl! {
             sealed: Option<&str>,
             change: impl FnOnce(&mut KeyRecord) -> Result<Option<KeyRecord>, StoreError> + Send,
         ) -> Result<(KeyRecord, Option<KeyRecord>), StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
+            in_write!(self, |tx| {
                 let select = format!("{}{}", select_where!("id = $1"), B::LOCK_ROW);
                 let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(select))
                     .bind(id.as_str().to_owned())
@@ -330,7 +352,7 @@ sql_impl! {
                 .map_err(backend)?;
                 let event = AuditEvent::changed(kind, &before, &record, audit, at);
                 let event_seq = self.record_event(tx, &event).await?;
-                self.backend.signal_change(tx.conn(), &record.hash).await?;
+                self.signal_change(tx, &record.hash).await?;
                 if let Some(successor) = &successor {
                     self.insert_key(tx, successor, audit).await?;
                     if let Some(sealed) = sealed {
@@ -350,10 +372,7 @@ sql_impl! {
                     }
                 }
                 Ok((record, successor))
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
     }
 }
@@ -411,10 +430,7 @@ sql_impl! {
             record: &KeyRecord,
             audit: &Audit,
         ) -> Result<bool, StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
+            in_write!(self, |tx| {
                 if let Some(lock) = B::LOCK_KEYS_TABLE {
                     sqlx::raw_sql(lock).execute(tx.conn()).await.map_err(backend)?;
                 }
@@ -427,10 +443,7 @@ sql_impl! {
                 }
                 self.insert_key(tx, record, audit).await?;
                 Ok(true)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn update(
@@ -487,13 +500,18 @@ sql_impl! {
             if usage.is_empty() {
                 return Ok(());
             }
+            let pairs: Vec<(&str, i64)> = usage
+                .iter()
+                .map(|(id, at)| (id.as_str(), at.unix_ms()))
+                .collect();
+            let pairs = serde_json::to_string(&pairs).expect("pairs are JSON");
             let mut tx = self.begin_write().await?;
-            let result = self.backend.record_usage(tx.conn(), usage).await;
+            let result = self.exec(&mut tx, sqlx::query(B::RECORD_USAGE).bind(pairs)).await;
             self.finish(tx, result).await
         }
 
         async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {
-            self.backend.watch().await
+            self.backend.watch(&self.pool).await
         }
 
         async fn ping(&self) -> Result<(), StoreError> {
@@ -506,23 +524,14 @@ sql_impl! {
         }
 
         async fn ping_write(&self, at: Timestamp) -> Result<(), StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
-                sqlx::query(
+            in_write!(self, |tx| {
+                self.exec(tx, sqlx::query(
                     "INSERT INTO health_probe (id, at) VALUES (1, $1) \
                      ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                 )
-                .bind(at.unix_ms())
-                .execute(tx.conn())
+                .bind(at.unix_ms()))
                 .await
-                .map(drop)
-                .map_err(backend)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn close(&self) {
@@ -558,10 +567,7 @@ sql_impl! {
     #[async_trait]
     impl WebhookOutbox {
         async fn create_endpoint(&self, endpoint: &Endpoint, audit: &Audit) -> Result<(), StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
+            in_write!(self, |tx| {
                 sqlx::query(
                     "INSERT INTO webhook_endpoints (id, url, events, secret, slack, enabled, \
                      created_at, receives_secrets) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -579,10 +585,7 @@ sql_impl! {
                 .map_err(backend)?;
                 let event = AuditEvent::webhook_created(endpoint, audit, endpoint.created_at);
                 self.record_event(tx, &event).await.map(drop)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
@@ -622,11 +625,8 @@ sql_impl! {
             } else {
                 DeliveryStatus::Failed
             };
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
-                sqlx::query(
+            in_write!(self, |tx| {
+                self.exec(tx, sqlx::query(
                     "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
                      last_status = $2, last_error = $3, \
                      next_attempt_at = COALESCE($4, next_attempt_at), \
@@ -637,15 +637,9 @@ sql_impl! {
                 .bind(attempt.error.clone())
                 .bind(time(attempt.next_attempt_at))
                 .bind(attempt.delivered.then(|| attempt.at.unix_ms()))
-                .bind(id)
-                .execute(tx.conn())
+                .bind(id))
                 .await
-                .map(drop)
-                .map_err(backend)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn list_deliveries(
@@ -671,10 +665,7 @@ sql_impl! {
     #[async_trait]
     impl AdminAccounts {
         async fn set_admin_user(&self, user: &AdminUser, audit: &Audit) -> Result<(), StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
+            in_write!(self, |tx| {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO admin_users ({}) VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, \
@@ -692,10 +683,7 @@ sql_impl! {
                 self.record_event(tx, &rows::password_set_event(user, audit))
                     .await
                     .map(drop)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn get_admin_user(&self, username: &str) -> Result<Option<AdminUser>, StoreError> {
@@ -727,10 +715,7 @@ sql_impl! {
             at: Timestamp,
             audit: &Audit,
         ) -> Result<bool, StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
+            in_write!(self, |tx| {
                 let removed: Option<(String,)> =
                     sqlx::query_as("DELETE FROM admin_users WHERE username = $1 RETURNING username")
                         .bind(username.to_owned())
@@ -743,18 +728,12 @@ sql_impl! {
                 self.record_event(tx, &rows::user_removed_event(username, audit, at))
                     .await?;
                 Ok(true)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn create_session(&self, session: &AdminSession) -> Result<(), StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+            in_write!(self, |tx| {
+                self.exec(tx, sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO admin_sessions ({}) VALUES ($1, $2, $3, $4, $5)",
                     rows::SESSION_COLUMNS
                 )))
@@ -762,15 +741,9 @@ sql_impl! {
                 .bind(session.principal.encode())
                 .bind(session.csrf.clone())
                 .bind(session.created_at.unix_ms())
-                .bind(session.last_seen_at.unix_ms())
-                .execute(tx.conn())
+                .bind(session.last_seen_at.unix_ms()))
                 .await
-                .map(drop)
-                .map_err(backend)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn get_session(&self, id: &[u8; 32]) -> Result<Option<AdminSession>, StoreError> {
@@ -786,41 +759,23 @@ sql_impl! {
         }
 
         async fn touch_session(&self, id: &[u8; 32], at: Timestamp) -> Result<(), StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
-                sqlx::query(
+            in_write!(self, |tx| {
+                self.exec(tx, sqlx::query(
                     "UPDATE admin_sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1",
                 )
                 .bind(at.unix_ms())
-                .bind(id.to_vec())
-                .execute(tx.conn())
+                .bind(id.to_vec()))
                 .await
-                .map(drop)
-                .map_err(backend)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn end_session(&self, id: &[u8; 32]) -> Result<(), StoreError> {
             // Its messages go with it (`ON DELETE CASCADE`).
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
-                sqlx::query("DELETE FROM admin_sessions WHERE id = $1")
-                    .bind(id.to_vec())
-                    .execute(tx.conn())
+            in_write!(self, |tx| {
+                self.exec(tx, sqlx::query("DELETE FROM admin_sessions WHERE id = $1")
+                    .bind(id.to_vec()))
                     .await
-                    .map(drop)
-                    .map_err(backend)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn purge_sessions(
@@ -828,10 +783,7 @@ sql_impl! {
             idle_before: Timestamp,
             begun_before: Timestamp,
         ) -> Result<u64, StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
+            in_write!(self, |tx| {
                 let ended: Vec<(Vec<u8>,)> = sqlx::query_as(
                     "DELETE FROM admin_sessions WHERE last_seen_at < $1 OR created_at < $2 \
                      RETURNING id",
@@ -842,28 +794,16 @@ sql_impl! {
                 .await
                 .map_err(backend)?;
                 Ok(ended.len() as u64)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn push_flash(&self, id: &[u8; 32], sealed: &str) -> Result<(), StoreError> {
-            {
- let mut tx = self.begin_write().await?;
- let result = async {
- let tx = &mut tx;
-                sqlx::query("INSERT INTO admin_flashes (session_id, sealed) VALUES ($1, $2)")
+            in_write!(self, |tx| {
+                self.exec(tx, sqlx::query("INSERT INTO admin_flashes (session_id, sealed) VALUES ($1, $2)")
                     .bind(id.to_vec())
-                    .bind(sealed.to_owned())
-                    .execute(tx.conn())
+                    .bind(sealed.to_owned()))
                     .await
-                    .map(drop)
-                    .map_err(backend)
-            }
- .await;
- self.finish(tx, result).await
- }
+            })
         }
 
         async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError> {
