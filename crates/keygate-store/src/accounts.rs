@@ -95,6 +95,27 @@ impl std::fmt::Debug for AdminSession {
     }
 }
 
+/// Sign-in attempts counted against one subject (an address or a username).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SignInAttempts {
+    /// Failures in a row.
+    pub failures: u32,
+    /// When the last failure was counted.
+    pub last_at: Option<Timestamp>,
+    /// No attempt is checked before this time.
+    pub locked_until: Option<Timestamp>,
+    /// Attempts admitted and being checked now.
+    pub pending: u32,
+    /// When the oldest of them was admitted.
+    pub pending_since: Option<Timestamp>,
+}
+
+/// How an attempt changes the counts of its subjects: given what is stored for each (in the
+/// order asked), what to store for each (`None` removes it). A rule of the library's, run by
+/// the store inside one write transaction.
+pub type AttemptsPlan<'a> =
+    dyn Fn(&[Option<SignInAttempts>]) -> Vec<Option<SignInAttempts>> + Send + Sync + 'a;
+
 #[cfg(test)]
 mod tests {
     use super::*;

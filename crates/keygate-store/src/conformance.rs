@@ -55,7 +55,9 @@ macro_rules! conformance_suite {
             the_sweep_filter_reads_only_candidates,
             search_matches_name_owner_or_start,
             admin_users_are_set_replaced_and_audited,
-            admin_sessions_live_end_and_hand_out_messages_once
+            admin_sessions_live_end_and_hand_out_messages_once,
+            sign_in_counts_are_counted_one_attempt_after_another,
+            server_secrets_are_made_once
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -1226,4 +1228,88 @@ pub async fn admin_sessions_live_end_and_hand_out_messages_once(store: Arc<dyn S
     );
     assert!(store.get_session(&fresh.id).await.expect("get").is_some());
     assert!(store.take_flashes(&key.id).await.expect("take").is_empty());
+}
+
+/// Sign-in counts: read, planned and written in one transaction, so concurrent attempts are
+/// each counted (none lost to a race), and purged once old.
+pub async fn sign_in_counts_are_counted_one_attempt_after_another(store: Arc<dyn Store>) {
+    use crate::SignInAttempts;
+    let subjects = vec!["address:192.0.2.1".to_owned(), "user:ada".to_owned()];
+    let count_one = |at: Timestamp| {
+        move |read: &[Option<SignInAttempts>]| -> Vec<Option<SignInAttempts>> {
+            read.iter()
+                .map(|r| {
+                    Some(SignInAttempts {
+                        failures: r.map_or(0, |r| r.failures) + 1,
+                        last_at: Some(at),
+                        ..SignInAttempts::default()
+                    })
+                })
+                .collect()
+        }
+    };
+    let first = store
+        .count_sign_in(&subjects, &count_one(at(1)))
+        .await
+        .expect("count");
+    assert_eq!(first, vec![None, None]);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        let subjects = subjects.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .count_sign_in(&subjects, &count_one(at(2)))
+                .await
+                .expect("count")
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let seen = store
+        .count_sign_in(&subjects, &|read: &[Option<SignInAttempts>]| read.to_vec())
+        .await
+        .expect("read");
+    assert_eq!(seen[0].map(|a| a.failures), Some(21), "no attempt lost");
+    assert_eq!(
+        seen[1].map(|a| (a.failures, a.last_at)),
+        Some((21, Some(at(2))))
+    );
+    // A plan may lock, count pending attempts, and remove a subject.
+    let locked = Some(SignInAttempts {
+        failures: 1,
+        last_at: Some(at(3)),
+        locked_until: Some(at(100)),
+        pending: 2,
+        pending_since: Some(at(4)),
+    });
+    store
+        .count_sign_in(&subjects, &|_: &[Option<SignInAttempts>]| {
+            vec![locked, None]
+        })
+        .await
+        .expect("write");
+    let seen = store
+        .count_sign_in(&subjects, &|read: &[Option<SignInAttempts>]| read.to_vec())
+        .await
+        .expect("read");
+    assert_eq!(seen, vec![locked, None]);
+    // Old counts go, unless they still lock.
+    assert_eq!(
+        store.purge_sign_in_counts(at(50)).await.expect("purge"),
+        0,
+        "still locked"
+    );
+    assert_eq!(store.purge_sign_in_counts(at(101)).await.expect("purge"), 1);
+}
+
+/// A server secret is made by whoever asks first; everyone gets that one.
+pub async fn server_secrets_are_made_once(store: Arc<dyn Store>) {
+    let first = store.server_secret("signin", &[1; 32]).await.expect("make");
+    assert_eq!(first, [1; 32]);
+    let again = store.server_secret("signin", &[2; 32]).await.expect("read");
+    assert_eq!(again, [1; 32], "the first one stays");
+    let other = store.server_secret("other", &[3; 32]).await.expect("make");
+    assert_eq!(other, [3; 32]);
 }

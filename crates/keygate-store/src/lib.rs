@@ -55,7 +55,7 @@ mod sqlite;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use accounts::{AdminSession, AdminUser, Principal};
+pub use accounts::{AdminSession, AdminUser, AttemptsPlan, Principal, SignInAttempts};
 #[cfg(feature = "postgres")]
 pub use postgres::{Postgres, PostgresStore};
 pub use query::{

@@ -6,7 +6,7 @@ use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Times
 use tokio::sync::mpsc;
 
 use crate::StoreError;
-use crate::accounts::{AdminSession, AdminUser};
+use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
     Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts,
 };
@@ -175,6 +175,22 @@ pub trait AdminAccounts: Send + Sync + std::fmt::Debug {
 
     /// Takes session `id`'s messages, oldest first: a message is returned once, to one caller.
     async fn take_flashes(&self, id: &[u8; 32]) -> Result<Vec<String>, StoreError>;
+
+    /// Reads the sign-in counts of `subjects`, lets `plan` decide what they become, and writes
+    /// that — in one write transaction, so that concurrent attempts are counted one after the
+    /// other, on every node. Returns what was read.
+    async fn count_sign_in(
+        &self,
+        subjects: &[String],
+        plan: &AttemptsPlan<'_>,
+    ) -> Result<Vec<Option<SignInAttempts>>, StoreError>;
+
+    /// Forgets the sign-in counts last changed before `before` that lock nothing any more.
+    async fn purge_sign_in_counts(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// The server secret called `name`: `fresh` is stored if there is none yet (whichever node
+    /// asks first makes it), and the stored one is returned.
+    async fn server_secret(&self, name: &str, fresh: &[u8; 32]) -> Result<[u8; 32], StoreError>;
 }
 
 /// Every role: what [`open`](crate::open) returns and keygate's library manages keys through.

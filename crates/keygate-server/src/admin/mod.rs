@@ -30,15 +30,27 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{AppState, RequestId};
-use session::{COOKIE, Principal, SessionView, Sessions, Throttle, tokens_match};
+use session::{COOKIE, Principal, SessionView, Sessions, tokens_match};
 
-/// The admin UI's own state: this node's sessions and sign-in throttle.
+/// Most passwords checked at once on a node. argon2id takes 19 MiB and tens of milliseconds
+/// per check by design; sign-ins beyond this wait their turn (briefly), so that a burst cannot
+/// take the node's memory.
+pub const MAX_PASSWORD_CHECKS: usize = 2;
+
+/// How long a sign-in waits for its turn at a password check before it is told to come back.
+pub const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(2);
+
+/// The admin UI's own state: its sessions, and what bounds sign-ins on this node.
 #[derive(Debug)]
 pub struct AdminUi {
     /// Signed-in sessions.
     pub sessions: Sessions,
-    /// Failed sign-ins per address.
-    pub throttle: Throttle,
+    /// Turns at checking a password ([`MAX_PASSWORD_CHECKS`]).
+    pub password_checks: tokio::sync::Semaphore,
+    /// The key that signs sign-in forms' tokens (shared by every node, read once).
+    signin_key: tokio::sync::OnceCell<[u8; 32]>,
+    /// When old sign-in counts were last cleared out.
+    counts_purged: std::sync::Mutex<Option<Timestamp>>,
     /// Mark cookies `Secure` even without `X-Forwarded-Proto: https`.
     pub secure_cookies: bool,
     /// Take the client's address from the last `X-Forwarded-For` entry (behind a proxy).
@@ -56,7 +68,9 @@ impl AdminUi {
     pub fn new(idle: Duration, secure_cookies: bool, trust_forwarded_for: bool) -> Self {
         Self {
             sessions: Sessions::new(idle),
-            throttle: Throttle::default(),
+            password_checks: tokio::sync::Semaphore::new(MAX_PASSWORD_CHECKS),
+            signin_key: tokio::sync::OnceCell::new(),
+            counts_purged: std::sync::Mutex::new(None),
             secure_cookies,
             trust_forwarded_for,
             counts: std::sync::Mutex::new(None),
@@ -75,6 +89,35 @@ impl AdminUi {
         let counts = keygate.count_by_status().await?;
         *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, counts));
         Ok(counts)
+    }
+
+    /// The key that signs sign-in forms' tokens.
+    async fn signin_key(&self, keygate: &keygate::Keygate) -> Result<[u8; 32], keygate::Error> {
+        self.signin_key
+            .get_or_try_init(|| async {
+                keygate
+                    .accounts()
+                    .server_secret("admin-sign-in-token")
+                    .await
+            })
+            .await
+            .copied()
+    }
+
+    /// Clears out old sign-in counts, at most once a minute.
+    async fn purge_sign_in_counts(&self, keygate: &keygate::Keygate) {
+        let now = keygate.now();
+        let due = {
+            let mut last = self.counts_purged.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|at| now.unix_ms() - at.unix_ms() >= 60_000);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due && let Err(e) = keygate.accounts().purge_sign_in_counts().await {
+            tracing::warn!(error = %e, "could not clear out old sign-in counts");
+        }
     }
 
     /// Drops the cached counts (a change is being made).

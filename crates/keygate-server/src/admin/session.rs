@@ -1,5 +1,5 @@
 //! Admin-UI sessions, in the store (so that every node behind a load balancer knows them),
-//! and the sign-in throttle, in this node's memory.
+//! and the sign-in form's signed token.
 //!
 //! A session is found by the SHA-256 of its cookie's random token (the token itself is not
 //! stored), carries its own CSRF token, and ends after an idle timeout or twelve hours. It
@@ -8,8 +8,6 @@
 //! the session token, which only the browser holds — so the database never holds it
 //! readably — and it is deleted as it is shown.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -244,71 +242,47 @@ impl Sessions {
     }
 }
 
-/// Failed sign-ins allowed from one address before it must wait.
-pub const FREE_ATTEMPTS: u32 = 5;
-/// The longest wait imposed.
-pub const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
-/// Failures older than this are forgotten.
-const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
-
+/// The sign-in form's token (there is no session yet to tie a CSRF token to): a random nonce
+/// and the time it was made, signed with a key every node shares (HMAC-SHA256), so that only
+/// tokens keygate issued — recently — are taken; a cookie an attacker plants is not one.
 #[derive(Debug)]
-struct Failures {
-    count: u32,
-    last: Timestamp,
-    locked_until: Option<Timestamp>,
-}
+pub struct SignInToken;
 
-/// Slows down guessing: after [`FREE_ATTEMPTS`] failed sign-ins from one address, each
-/// further attempt must wait 1 s, then 2 s, 4 s … up to [`MAX_LOCKOUT`]; attempts during the
-/// wait are refused without being checked.
-#[derive(Debug, Default)]
-pub struct Throttle {
-    map: Mutex<HashMap<IpAddr, Failures>>,
-}
+/// How long a sign-in form's token is good for.
+pub const SIGNIN_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
-impl Throttle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+impl SignInToken {
+    /// A new token, made at `now`.
+    pub fn issue(key: &[u8; 32], now: Timestamp) -> String {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).expect("the OS random source works");
+        let body = format!("{}.{}", URL_SAFE_NO_PAD.encode(nonce), now.unix_ms() / 1000);
+        let mac = Self::mac(key, &body);
+        format!("{body}.{mac}")
     }
 
-    /// `Err(wait)` while `ip` must wait before trying again.
-    pub fn check(&self, ip: IpAddr, now: Timestamp) -> Result<(), Duration> {
-        match self.lock().get(&ip).and_then(|f| f.locked_until) {
-            Some(until) if until > now => Err(Duration::from_millis(
-                (until.unix_ms() - now.unix_ms()).unsigned_abs(),
-            )),
-            _ => Ok(()),
-        }
+    /// Whether `token` is one issued with `key` less than [`SIGNIN_TOKEN_LIFETIME`] before
+    /// `now`.
+    pub fn valid(key: &[u8; 32], token: &str, now: Timestamp) -> bool {
+        let Some((body, mac)) = token.rsplit_once('.') else {
+            return false;
+        };
+        let Some(issued) = body
+            .split_once('.')
+            .and_then(|(_, secs)| secs.parse::<i64>().ok())
+        else {
+            return false;
+        };
+        let age = now.unix_ms() / 1000 - issued;
+        (0..=SIGNIN_TOKEN_LIFETIME.as_secs() as i64).contains(&age)
+            && tokens_match(mac, &Self::mac(key, body))
     }
 
-    /// Counts a failure from `ip`; returns how many in a row and the wait now imposed.
-    pub fn failed(&self, ip: IpAddr, now: Timestamp) -> (u32, Option<Duration>) {
-        let forget = |last: Timestamp| now.unix_ms() - last.unix_ms() >= ms(FORGET_AFTER);
-        let mut map = self.lock();
-        if map.len() > 100_000 {
-            map.retain(|_, f| !forget(f.last));
-        }
-        let entry = map.entry(ip).or_insert(Failures {
-            count: 0,
-            last: now,
-            locked_until: None,
-        });
-        if forget(entry.last) {
-            entry.count = 0;
-        }
-        entry.count += 1;
-        entry.last = now;
-        let wait = (entry.count >= FREE_ATTEMPTS).then(|| {
-            let doublings = (entry.count - FREE_ATTEMPTS).min(20);
-            Duration::from_secs(1u64 << doublings).min(MAX_LOCKOUT)
-        });
-        entry.locked_until = wait.and_then(|w| Timestamp::from_unix_ms(now.unix_ms() + ms(w)));
-        (entry.count, wait)
-    }
-
-    /// A successful sign-in from `ip` clears its failures.
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.lock().remove(&ip);
+    fn mac(key: &[u8; 32], body: &str) -> String {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+        mac.update(body.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 }
 
@@ -334,29 +308,29 @@ mod tests {
     }
 
     #[test]
-    fn throttle_imposes_growing_waits_after_free_attempts() {
-        let throttle = Throttle::default();
+    fn sign_in_tokens_are_ours_recent_and_whole() {
+        let key = [7u8; 32];
         let now = Timestamp::from_unix_ms(1_800_000_000_000).unwrap();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        for n in 1..FREE_ATTEMPTS {
-            assert_eq!(throttle.failed(ip, now), (n, None));
-            assert!(throttle.check(ip, now).is_ok());
-        }
-        assert_eq!(
-            throttle.failed(ip, now),
-            (FREE_ATTEMPTS, Some(Duration::from_secs(1)))
+        let token = SignInToken::issue(&key, now);
+        assert!(SignInToken::valid(&key, &token, now));
+        let later = |secs: i64| Timestamp::from_unix_ms(now.unix_ms() + secs * 1000).unwrap();
+        assert!(SignInToken::valid(&key, &token, later(3600)));
+        assert!(!SignInToken::valid(&key, &token, later(3601)), "too old");
+        assert!(
+            !SignInToken::valid(&key, &token, later(-1)),
+            "from the future"
         );
-        assert!(throttle.check(ip, now).is_err());
-        assert_eq!(throttle.failed(ip, now).1, Some(Duration::from_secs(2)));
-        assert_eq!(throttle.failed(ip, now).1, Some(Duration::from_secs(4)));
-        for _ in 0..30 {
-            throttle.failed(ip, now);
-        }
-        assert_eq!(throttle.failed(ip, now).1, Some(MAX_LOCKOUT));
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(throttle.check(other, now).is_ok(), "per address");
-        throttle.succeeded(ip);
-        assert!(throttle.check(ip, now).is_ok());
+        assert!(!SignInToken::valid(&[8u8; 32], &token, now), "another key");
+        assert!(!SignInToken::valid(&key, &token[..token.len() - 1], now));
+        assert!(
+            !SignInToken::valid(&key, &random_token(), now),
+            "a planted one"
+        );
+        assert_ne!(
+            token,
+            SignInToken::issue(&key, now),
+            "a fresh nonce each time"
+        );
     }
 
     #[test]

@@ -1,6 +1,11 @@
-//! Signing in (with an admin key, or a username and password) and out. Failed attempts are
-//! throttled per address and written to the audit trail as `admin.sign_in_failed`; the key
-//! or password presented is never written anywhere.
+//! Signing in (with an admin key, or a username and password) and out.
+//!
+//! Every attempt is counted against its address and (with a password) its username in the
+//! store — on every node, before anything is checked — so after a few failures each further
+//! attempt must wait, and a burst cannot outrun the count; a success takes back only its own
+//! attempt. Passwords are checked a few at a time per node ([`MAX_PASSWORD_CHECKS`]). The
+//! form carries a token keygate signed. Failures are written to the audit trail as
+//! `admin.sign_in_failed`; the key or password presented is never written anywhere.
 
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -10,12 +15,13 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::session::{ABSOLUTE_LIFETIME, COOKIE, Principal, SIGNIN_COOKIE, random_token};
+use super::session::{ABSOLUTE_LIFETIME, COOKIE, Principal, SIGNIN_COOKIE, SignInToken};
 use super::{
-    Admin, client_ip, cookie, form_body, key_can_manage, password, safe_next, secure, set_cookie,
-    views,
+    Admin, PASSWORD_CHECK_WAIT, client_ip, cookie, form_body, key_can_manage, password, safe_next,
+    secure, set_cookie, views,
 };
 use crate::api::{AppState, RequestId};
+use keygate::accounts::{Admission, Finished, address_subject, user_subject};
 
 /// `GET /admin/login` query.
 #[derive(Debug, Deserialize, Default)]
@@ -56,9 +62,15 @@ pub async fn form(State(app): State<AppState>, request: Request) -> Response {
         };
         return Redirect::to(to).into_response();
     }
+    let key = match app.admin.signin_key(&app.keygate).await {
+        Ok(key) => key,
+        Err(e) => return super::UiError::from(e).into_response(),
+    };
+    let now = app.keygate.now();
+    // Keep a token we issued (another tab's form stays good), else issue one.
     let token = cookie(&parts.headers, SIGNIN_COOKIE)
-        .filter(|t| t.len() == 43)
-        .map_or_else(random_token, str::to_owned);
+        .filter(|t| SignInToken::valid(&key, t, now))
+        .map_or_else(|| SignInToken::issue(&key, now), str::to_owned);
     let notice = query.signed_out.is_some().then_some("You are signed out.");
     let mut response = sign_in_page(StatusCode::OK, &token, &next, notice, None).into_response();
     response.headers_mut().insert(
@@ -130,6 +142,12 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
         .unwrap_or_default()
         .to_owned();
     let previous = cookie(&parts.headers, COOKIE).map(str::to_owned);
+    let issued = match app.admin.signin_key(&app.keygate).await {
+        Ok(key) => SignInToken::valid(&key, &expected, app.keygate.now()),
+        Err(e) => return super::UiError::from(e).into_response(),
+    };
+    // The form must carry the cookie's token, and the token must be one keygate issued.
+    let expected = if issued { expected } else { String::new() };
     let form: SignInForm = match form_body(Request::from_parts(parts, body), &app, &expected).await
     {
         Ok(form) => form,
@@ -141,37 +159,77 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
     let refuse = |status: StatusCode, message: &str| {
         sign_in_page(status, &expected, &form.next, None, Some(message)).into_response()
     };
-    if let Err(wait) = app.admin.throttle.check(ip, app.keygate.now()) {
-        let secs = wait.as_secs().max(1);
-        let mut response = refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("Too many failed sign-ins from your address. Try again in {secs} s."),
-        );
-        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
+    // Counted before anything is checked: against the address, and the username tried.
+    app.admin.purge_sign_in_counts(&app.keygate).await;
+    let username = (form.method == "password"
+        && keygate::accounts::check_username(&form.username).is_ok())
+    .then_some(form.username.as_str());
+    let mut subjects = vec![address_subject(ip)];
+    subjects.extend(username.map(user_subject));
+    let failures_before = match app.keygate.accounts().admit_sign_in(&subjects).await {
+        Ok(Admission::Check { failures }) => failures,
+        Ok(Admission::Wait(wait)) => {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut response = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Too many failed sign-ins. Try again in {secs} s."),
+            );
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
         }
-        return response;
-    }
+        Err(e) => return super::UiError::from(e).into_response(),
+    };
     let checked = match form.method.as_str() {
         "key" => by_key(&app, &form.key).await,
         "password" => by_password(&app, &form.username, &form.password).await,
         _ => Err(Refusal::new("UNKNOWN_METHOD", Map::new())),
     };
-    if matches!(&checked, Err(r) if r.reason == STORE_UNAVAILABLE) {
-        // Not the caller's failure: no throttling, no event (the store is what is down).
-        return super::UiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Try again shortly",
-            "The key store cannot be reached, so nobody can sign in right now.",
-        )
-        .into_response();
+    let how = match &checked {
+        Ok(_) => Finished::Succeeded,
+        Err(r) if r.reason == STORE_UNAVAILABLE || r.reason == BUSY => Finished::Unchecked,
+        Err(_) => Finished::Failed,
+    };
+    let lockout = app
+        .keygate
+        .accounts()
+        .finish_sign_in(&subjects, how)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not finish counting a sign-in attempt");
+            None
+        });
+    match &checked {
+        Err(r) if r.reason == STORE_UNAVAILABLE => {
+            // Not the caller's failure: no event (the store is what is down).
+            return super::UiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again shortly",
+                "The key store cannot be reached, so nobody can sign in right now.",
+            )
+            .into_response();
+        }
+        Err(r) if r.reason == BUSY => {
+            // Not checked, so not counted: ask the caller to come again.
+            let mut response = super::UiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again shortly",
+                "Too many sign-ins are being checked right now. Try again in a second.",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        _ => {}
     }
     let mut details = Map::new();
     details.insert("method".into(), json!(form.method));
     details.insert("address".into(), json!(ip.to_string()));
     match checked {
         Ok((principal, actor, read_only)) => {
-            app.admin.throttle.succeeded(ip);
             // Signing in again (perhaps as someone else) ends the session this browser had.
             if let Some(token) = previous
                 && let Ok(Some(old)) = app.admin.sessions.find(&app.keygate, &token).await
@@ -209,10 +267,9 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
             response
         }
         Err(refusal) => {
-            let (failures, wait) = app.admin.throttle.failed(ip, app.keygate.now());
             details.insert("reason".into(), json!(refusal.reason));
-            details.insert("failures".into(), json!(failures));
-            if let Some(wait) = wait {
+            details.insert("failures".into(), json!(failures_before + 1));
+            if let Some(wait) = lockout {
                 details.insert("locked_for_s".into(), json!(wait.as_secs()));
             }
             details.extend(refusal.details);
@@ -224,7 +281,7 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
                 details,
             );
             record(&app, &event).await;
-            tracing::warn!(request_id = %request_id.0, reason = refusal.reason, %ip, failures, "admin UI sign-in refused");
+            tracing::warn!(request_id = %request_id.0, reason = refusal.reason, %ip, failures = failures_before + 1, "admin UI sign-in refused");
             let message = if form.method == "password" {
                 "That username and password do not match."
             } else {
@@ -236,6 +293,8 @@ pub async fn submit(State(app): State<AppState>, request: Request) -> Response {
 }
 
 const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+/// Every turn at checking a password was taken for longer than [`PASSWORD_CHECK_WAIT`].
+const BUSY: &str = "BUSY";
 
 /// Why a sign-in was refused, for the audit trail (never the key or password).
 struct Refusal {
@@ -296,10 +355,16 @@ async fn by_password(
             .await
             .map_err(|_| Refusal::new(STORE_UNAVAILABLE, Map::new()))?
     };
-    // Hash even for an unknown user, so the time taken does not tell which names exist.
+    // Hash even for an unknown user, so the time taken does not tell which names exist; at
+    // most MAX_PASSWORD_CHECKS at a time.
     let phc = user
         .as_ref()
         .map_or_else(|| password::decoy().to_owned(), |u| u.password_hash.clone());
+    let Ok(Ok(_turn)) =
+        tokio::time::timeout(PASSWORD_CHECK_WAIT, app.admin.password_checks.acquire()).await
+    else {
+        return Err(Refusal::new(BUSY, Map::new()));
+    };
     let given = password.to_owned();
     let matched = password.len() <= keygate::accounts::MAX_PASSWORD
         && tokio::task::spawn_blocking(move || password::matches(&given, &phc))

@@ -554,6 +554,17 @@ fn password_sign_in_is_throttled_audited_and_ends_on_change() {
     assert_not_stored(dir.path(), "wrong password");
     assert!(!server.logs().contains("horse battery"));
 
+    // The success did not reset the address: its failures stand, so the next wrong guess from
+    // it (at anyone) locks it out again at once — a valid credential buys no more guesses at
+    // another user's password.
+    let mut other = Ui::new(&server);
+    assert_eq!(
+        other.sign_in_password("bob", "a guess at bob's").status,
+        401
+    );
+    assert_eq!(other.sign_in_password("bob", "another guess").status, 429);
+    server.advance("4s");
+
     // Changing the password ends the user's sessions.
     assert_eq!(set_password(&url, "ada", "another long password", &[]).0, 0);
     assert_eq!(ui.get("/admin/keys").status, 303);

@@ -24,7 +24,7 @@ pub(crate) use rows::to_json;
 use rows::{Row, select_where};
 
 use crate::StoreError;
-use crate::accounts::{AdminSession, AdminUser};
+use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
     Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts,
 };
@@ -179,6 +179,7 @@ macro_rules! sql_impl {
             for<'r> (Vec<u8>,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (i64, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (String, String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::AttemptsRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
         {
             $($body)*
         }
@@ -818,6 +819,90 @@ sql_impl! {
             let mut taken: Vec<(i64, String)> = self.finish(tx, result).await?;
             taken.sort_by_key(|(n, _)| *n);
             Ok(taken.into_iter().map(|(_, sealed)| sealed).collect())
+        }
+
+        async fn count_sign_in(
+            &self,
+            subjects: &[String],
+            plan: &AttemptsPlan<'_>,
+        ) -> Result<Vec<Option<SignInAttempts>>, StoreError> {
+            in_write!(self, |tx| {
+                let mut read = Vec::with_capacity(subjects.len());
+                for subject in subjects {
+                    let select = format!(
+                        "SELECT failures, last_at, locked_until, pending, pending_since \
+                         FROM sign_in_attempts WHERE subject = $1{}",
+                        B::LOCK_ROW
+                    );
+                    let row: Option<rows::AttemptsRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(select))
+                            .bind(subject.clone())
+                            .fetch_optional(tx.conn())
+                            .await
+                            .map_err(backend)?;
+                    read.push(row.map(SignInAttempts::try_from).transpose()?);
+                }
+                for (subject, next) in subjects.iter().zip(plan(&read)) {
+                    let query = match next {
+                        Some(a) => sqlx::query(
+                            "INSERT INTO sign_in_attempts (subject, failures, last_at, \
+                             locked_until, pending, pending_since) VALUES ($1, $2, $3, $4, $5, $6) \
+                             ON CONFLICT (subject) DO UPDATE SET failures = excluded.failures, \
+                             last_at = excluded.last_at, locked_until = excluded.locked_until, \
+                             pending = excluded.pending, pending_since = excluded.pending_since",
+                        )
+                        .bind(subject.clone())
+                        .bind(i32::try_from(a.failures).unwrap_or(i32::MAX))
+                        .bind(time(a.last_at))
+                        .bind(time(a.locked_until))
+                        .bind(i32::try_from(a.pending).unwrap_or(i32::MAX))
+                        .bind(time(a.pending_since)),
+                        None => sqlx::query("DELETE FROM sign_in_attempts WHERE subject = $1")
+                            .bind(subject.clone()),
+                    };
+                    self.exec(tx, query).await?;
+                }
+                Ok(read)
+            })
+        }
+
+        async fn purge_sign_in_counts(&self, before: Timestamp) -> Result<u64, StoreError> {
+            in_write!(self, |tx| {
+                let purged: Vec<(String,)> = sqlx::query_as(
+                    "DELETE FROM sign_in_attempts WHERE (last_at IS NULL OR last_at < $1) \
+                     AND (locked_until IS NULL OR locked_until < $1) \
+                     AND (pending_since IS NULL OR pending_since < $1) RETURNING subject",
+                )
+                .bind(before.unix_ms())
+                .fetch_all(tx.conn())
+                .await
+                .map_err(backend)?;
+                Ok(purged.len() as u64)
+            })
+        }
+
+        async fn server_secret(&self, name: &str, fresh: &[u8; 32]) -> Result<[u8; 32], StoreError> {
+            in_write!(self, |tx| {
+                self.exec(
+                    tx,
+                    sqlx::query(
+                        "INSERT INTO server_secrets (name, value) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(name.to_owned())
+                    .bind(fresh.to_vec()),
+                )
+                .await?;
+                let (stored,): (Vec<u8>,) =
+                    sqlx::query_as("SELECT value FROM server_secrets WHERE name = $1")
+                        .bind(name.to_owned())
+                        .fetch_one(tx.conn())
+                        .await
+                        .map_err(backend)?;
+                stored
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("server secret {name}")))
+            })
         }
     }
 }

@@ -557,3 +557,32 @@ pub(crate) fn audit_page(rows: Vec<AuditRow>, size: u32) -> Result<AuditPage, St
     };
     Ok(AuditPage { items, next_cursor })
 }
+
+/// A `sign_in_attempts` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AttemptsRow {
+    failures: i32,
+    last_at: Option<i64>,
+    locked_until: Option<i64>,
+    pending: i32,
+    pending_since: Option<i64>,
+}
+
+impl TryFrom<AttemptsRow> for crate::SignInAttempts {
+    type Error = StoreError;
+
+    fn try_from(r: AttemptsRow) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt("sign-in attempts".into());
+        let time = |t: Option<i64>| {
+            t.map(|t| Timestamp::from_unix_ms(t).ok_or_else(corrupt))
+                .transpose()
+        };
+        Ok(Self {
+            failures: u32::try_from(r.failures).map_err(|_| corrupt())?,
+            last_at: time(r.last_at)?,
+            locked_until: time(r.locked_until)?,
+            pending: u32::try_from(r.pending).map_err(|_| corrupt())?,
+            pending_since: time(r.pending_since)?,
+        })
+    }
+}
