@@ -13,14 +13,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use keygate_core::scope::{check_scope, first_missing};
 use keygate_core::{Outcome, Timestamp};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::credentials::{CredentialSource, extract};
+use crate::credentials::{CredentialSource, extract, strip};
 use crate::problem::Problem;
 use crate::verifier::{ApiKey, Keygate};
 
@@ -95,6 +98,91 @@ impl KeygateLayer {
             Arc::make_mut(&mut self.config).required.push(scope);
         }
         self
+    }
+}
+
+/// A request [`KeygateLayer::check`] let through.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The verified key.
+    pub key: ApiKey,
+    /// Headers to add to the response the request gets: `Deprecation` and `Sunset` while the
+    /// key is in the grace period of a rotation.
+    pub response_headers: HeaderMap,
+}
+
+impl KeygateLayer {
+    /// Decides one request the way the layer's service does: reads the key from `headers` and
+    /// `query` with this layer's sources, verifies it for this layer's scopes, and returns the
+    /// verified key, or the refusal to send (problem+json: 401 with `WWW-Authenticate`, 403,
+    /// or 503 when the store cannot be asked). `peer` is the client's socket address, for the
+    /// per-address rules of the verify path (not used yet). Counts the outcome.
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Admitted, Response> {
+        let _ = peer;
+        let config = &self.config;
+        // The presented key is borrowed from the headers only while it is checked.
+        let verification = {
+            let presented = match extract(headers, query, &config.sources) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.keygate.count(e.outcome);
+                    return Err(config.reject(e.outcome, e.detail));
+                }
+            };
+            self.keygate.verify(&presented, &config.required).await
+        };
+        match verification {
+            Ok(v) => match v.key {
+                Some(key) if v.outcome.is_valid() => {
+                    let mut response_headers = HeaderMap::new();
+                    if let Some((rotated_at, expires_at)) = key.sunset() {
+                        announce_sunset(&mut response_headers, rotated_at, expires_at);
+                    }
+                    Ok(Admitted {
+                        key,
+                        response_headers,
+                    })
+                }
+                _ => Err(config.reject(v.outcome, v.detail)),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "key store failed during verification");
+                Err(Problem::unavailable().into_response())
+            }
+        }
+    }
+
+    /// Checks a key an outer layer verified already against this layer's scopes (403
+    /// `INSUFFICIENT_SCOPE` otherwise).
+    fn check_scopes(&self, key: &ApiKey) -> Result<(), Response> {
+        match first_missing(key.scopes(), &self.config.required) {
+            None => Ok(()),
+            Some(missing) => {
+                let detail = format!("the API key lacks the scope `{missing}`");
+                self.keygate.count(Outcome::InsufficientScope);
+                Err(self.config.reject(Outcome::InsufficientScope, detail))
+            }
+        }
+    }
+
+    /// Where this layer reads keys from.
+    pub fn credential_sources(&self) -> &[CredentialSource] {
+        &self.config.sources
+    }
+
+    /// Removes every credential this layer could read from a request that is passed on (a
+    /// proxy's upstream must never see the key): see [`strip`]. Returns the new query.
+    pub fn strip_credentials(
+        &self,
+        headers: &mut HeaderMap,
+        query: Option<&str>,
+    ) -> Option<String> {
+        strip(headers, query, &self.config.sources)
     }
 }
 
@@ -184,47 +272,32 @@ where
         // The clone is not ready yet; keep the one that is (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let keygate = self.keygate.clone();
-        let config = self.config.clone();
+        let layer = KeygateLayer {
+            keygate: self.keygate.clone(),
+            config: self.config.clone(),
+        };
         Box::pin(async move {
             if let Some(key) = request.extensions().get::<ApiKey>() {
-                if let Some(missing) = first_missing(key.scopes(), &config.required) {
-                    let detail = format!("the API key lacks the scope `{missing}`");
-                    keygate.count(Outcome::InsufficientScope);
-                    return Ok(config.reject(Outcome::InsufficientScope, detail));
+                if let Err(refusal) = layer.check_scopes(key) {
+                    return Ok(refusal);
                 }
                 return inner.call(request).await;
             }
-            // The presented key is borrowed from the headers only while it is checked.
-            let verification = {
-                let presented =
-                    match extract(request.headers(), request.uri().query(), &config.sources) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            keygate.count(e.outcome);
-                            return Ok(config.reject(e.outcome, e.detail));
-                        }
-                    };
-                keygate.verify(&presented, &config.required).await
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0);
+            let admitted = match layer
+                .check(request.headers(), request.uri().query(), peer)
+                .await
+            {
+                Ok(admitted) => admitted,
+                Err(refusal) => return Ok(refusal),
             };
-            match verification {
-                Ok(v) if v.outcome.is_valid() => {
-                    let sunset = v.key.as_ref().and_then(ApiKey::sunset);
-                    if let Some(key) = v.key {
-                        request.extensions_mut().insert(key);
-                    }
-                    let mut response = inner.call(request).await?;
-                    if let Some((rotated_at, expires_at)) = sunset {
-                        announce_sunset(response.headers_mut(), rotated_at, expires_at);
-                    }
-                    Ok(response)
-                }
-                Ok(v) => Ok(config.reject(v.outcome, v.detail)),
-                Err(e) => {
-                    tracing::error!(error = %e, "key store failed during verification");
-                    Ok(Problem::unavailable().into_response())
-                }
-            }
+            request.extensions_mut().insert(admitted.key);
+            let mut response = inner.call(request).await?;
+            response.headers_mut().extend(admitted.response_headers);
+            Ok(response)
         })
     }
 }

@@ -43,7 +43,7 @@ pub use credentials::CredentialSource;
 pub use keygate_core as core;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
 pub use keygate_store as store;
-pub use layer::{KeygateLayer, KeygateService};
+pub use layer::{Admitted, KeygateLayer, KeygateService};
 pub use lifecycle::{Sweep, SweepReport};
 pub use problem::{Problem, ProblemCode};
 pub use verifier::{ApiKey, Keygate, KeygateBuilder, SystemClock, Verification};
