@@ -23,7 +23,7 @@ use keygate_core::{Outcome, Timestamp};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::credentials::{CredentialSource, extract, strip};
+use crate::credentials::{CredentialSource, extract};
 use crate::problem::Problem;
 use crate::verifier::{ApiKey, Keygate};
 
@@ -168,21 +168,6 @@ impl KeygateLayer {
                 Err(self.config.reject(Outcome::InsufficientScope, detail))
             }
         }
-    }
-
-    /// Where this layer reads keys from.
-    pub fn credential_sources(&self) -> &[CredentialSource] {
-        &self.config.sources
-    }
-
-    /// Removes every credential this layer could read from a request that is passed on (a
-    /// proxy's upstream must never see the key): see [`strip`]. Returns the new query.
-    pub fn strip_credentials(
-        &self,
-        headers: &mut HeaderMap,
-        query: Option<&str>,
-    ) -> Option<String> {
-        strip(headers, query, &self.config.sources)
     }
 }
 
