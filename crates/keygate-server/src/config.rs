@@ -53,6 +53,9 @@ struct FileConfig {
     admin_idle_timeout: Option<String>,
     secure_cookies: Option<bool>,
     trust_forwarded_for: Option<bool>,
+    /// `keygate gateway`'s table: read by keygate-gateway, ignored here.
+    #[serde(rename = "gateway")]
+    _gateway: Option<toml::Table>,
 }
 
 /// Settings every command uses.

@@ -7,6 +7,7 @@ mod admin;
 mod api;
 mod cli;
 mod config;
+mod gateway;
 mod keys;
 mod metrics;
 mod serve;
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
     };
     // The service wants every core; a one-shot CLI command needs one thread.
     let mut builder = match cli.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Serve(_) | Command::Gateway(_) => tokio::runtime::Builder::new_multi_thread(),
         Command::Keys(_)
         | Command::Audit(_)
         | Command::Incident(_)
@@ -91,6 +92,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     let settings = Settings::resolve(&cli, serve_args)?;
     match cli.command {
         Command::Serve(_) => serve::run(settings).await.map(|()| 0),
+        Command::Gateway(args) => gateway::run(settings, cli.config.as_deref(), args)
+            .await
+            .map(|()| 0),
         command => {
             let store = keygate::store::open(&settings.database).await?;
             // A one-shot command: no cache, usage written before exit.
@@ -109,7 +113,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 Command::RotateDue(args) => keys::rotate_due(&keygate, args).await,
                 Command::Webhooks(command) => keys::webhooks(&keygate, command).await,
                 Command::Admin(command) => keys::admin(&keygate, command).await,
-                Command::Serve(_) => unreachable!("handled above"),
+                Command::Serve(_) | Command::Gateway(_) => unreachable!("handled above"),
             }
         }
     }

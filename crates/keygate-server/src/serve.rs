@@ -22,20 +22,7 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     let _log_guard = init_logging(settings.log_format, settings.log_level);
     let shutdown = shutdown_signal()?;
     let store = keygate::store::open(&settings.database).await?;
-    let cache = (settings.cache_size > 0).then(|| CacheConfig {
-        ttl: Duration::from_millis(settings.cache_ttl.as_ms().unsigned_abs()),
-        negative_ttl: Duration::from_millis(settings.cache_ttl.as_ms().unsigned_abs())
-            .min(Duration::from_secs(10)),
-        capacity: settings.cache_size,
-    });
-    let keygate = Keygate::builder(store.clone())
-        .prefix(settings.prefix.clone())
-        .cache(cache)
-        .sealing_key(settings.sealing_key.clone())
-        .usage_flush_interval(Some(Duration::from_millis(
-            settings.usage_flush.as_ms().unsigned_abs(),
-        )))
-        .build();
+    let keygate = verifier(&settings, store.clone());
     bootstrap(&keygate).await?;
     // reqwest's TLS runs on rustls with the ring provider (no aws-lc).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -67,6 +54,25 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     }
     store.close().await;
     served.map_err(Failure::Io)
+}
+
+/// The long-running verifier of `serve` and `gateway`: cached (so the store's change feed
+/// reaches it), last-used times written in the background.
+pub(crate) fn verifier(settings: &Settings, store: Arc<dyn keygate::store::Store>) -> Keygate {
+    let cache = (settings.cache_size > 0).then(|| CacheConfig {
+        ttl: Duration::from_millis(settings.cache_ttl.as_ms().unsigned_abs()),
+        negative_ttl: Duration::from_millis(settings.cache_ttl.as_ms().unsigned_abs())
+            .min(Duration::from_secs(10)),
+        capacity: settings.cache_size,
+    });
+    Keygate::builder(store)
+        .prefix(settings.prefix.clone())
+        .cache(cache)
+        .sealing_key(settings.sealing_key.clone())
+        .usage_flush_interval(Some(Duration::from_millis(
+            settings.usage_flush.as_ms().unsigned_abs(),
+        )))
+        .build()
 }
 
 /// Sweeps the keys every `every`: the maximum-age policy, expiry warnings, expiry notices.
@@ -128,7 +134,10 @@ async fn bootstrap(keygate: &Keygate) -> Result<(), Failure> {
 
 /// Logs go to stderr through a background writer, so a request never waits on a write(2);
 /// the queue blocks rather than drop lines when it is full.
-fn init_logging(format: LogFormat, level: LogLevel) -> tracing_appender::non_blocking::WorkerGuard {
+pub(crate) fn init_logging(
+    format: LogFormat,
+    level: LogLevel,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let level = match level {
         LogLevel::Error => tracing::Level::ERROR,
         LogLevel::Warn => tracing::Level::WARN,
@@ -158,7 +167,7 @@ fn init_logging(format: LogFormat, level: LogLevel) -> tracing_appender::non_blo
 }
 
 /// A database URL fit for a log line: any password replaced.
-fn without_password(url: &str) -> String {
+pub(crate) fn without_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
@@ -172,7 +181,7 @@ fn without_password(url: &str) -> String {
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called,
 /// not when the future is first polled, so a signal that arrives during start-up is not lost
 /// (nor does it kill the process half-way).
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
