@@ -1,9 +1,11 @@
 //! keygate-server's integration tests, in one binary: the `keygate` command line, and
-//! `keygate serve` started as a real process on port 0 with a temp SQLite file.
+//! `keygate serve` and `keygate gateway` started as real processes on port 0 with a temp
+//! SQLite file.
 
 mod admin;
 mod browser;
 mod cli;
+mod gateway;
 mod nodes;
 mod openapi_check;
 mod serve;
