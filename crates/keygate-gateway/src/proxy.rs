@@ -275,11 +275,11 @@ fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<
         target.push('?');
         target.push_str(query);
     }
-    Ok(Uri::builder()
+    Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(upstream.authority.clone())
         .path_and_query(PathAndQuery::try_from(target)?)
-        .build()?)
+        .build()
 }
 
 /// Whether an I/O timeout (the connect timeout) is somewhere in the error's causes.

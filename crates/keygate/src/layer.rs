@@ -157,17 +157,13 @@ impl KeygateLayer {
         }
     }
 
-    /// Checks a key an outer layer verified already against this layer's scopes (403
-    /// `INSUFFICIENT_SCOPE` otherwise).
-    fn check_scopes(&self, key: &ApiKey) -> Result<(), Response> {
-        match first_missing(key.scopes(), &self.config.required) {
-            None => Ok(()),
-            Some(missing) => {
-                let detail = format!("the API key lacks the scope `{missing}`");
-                self.keygate.count(Outcome::InsufficientScope);
-                Err(self.config.reject(Outcome::InsufficientScope, detail))
-            }
-        }
+    /// For a key an outer layer verified already: the refusal (403 `INSUFFICIENT_SCOPE`) if it
+    /// lacks one of this layer's scopes.
+    fn scope_refusal(&self, key: &ApiKey) -> Option<Response> {
+        let missing = first_missing(key.scopes(), &self.config.required)?;
+        let detail = format!("the API key lacks the scope `{missing}`");
+        self.keygate.count(Outcome::InsufficientScope);
+        Some(self.config.reject(Outcome::InsufficientScope, detail))
     }
 }
 
@@ -263,7 +259,7 @@ where
         };
         Box::pin(async move {
             if let Some(key) = request.extensions().get::<ApiKey>() {
-                if let Err(refusal) = layer.check_scopes(key) {
+                if let Some(refusal) = layer.scope_refusal(key) {
                     return Ok(refusal);
                 }
                 return inner.call(request).await;

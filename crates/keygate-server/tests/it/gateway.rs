@@ -987,7 +987,7 @@ fn bodies_stream_both_ways_in_bounded_memory() {
             "POST",
             "/upload",
             gw.addr,
-            &[auth.clone()],
+            std::slice::from_ref(&auth),
             Some(SIZE as usize),
         ))
         .unwrap();
