@@ -1423,3 +1423,63 @@ fn bad_gateway_config_is_one_line_naming_the_line_and_exit_2() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"key\":\"acme_"));
 }
+
+#[test]
+fn connections_are_capped_and_idle_ones_closed() {
+    let s = setup();
+    let up = s.upstream.url();
+    let config = format!(
+        "[gateway]\nmax_connections = 2\nheader_read_timeout = \"1s\"\n\n\
+         [[gateway.route]]\nprefix = \"/\"\nupstream = \"{up}\"\npublic = true\n"
+    );
+    let gw = Gateway::start(s.dir.path(), &s.url, &config, &[]);
+    // One connection that has had a request and now idles on keep-alive, one that never
+    // sends anything: both hold the two slots.
+    let mut kept = TcpStream::connect(gw.addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    kept.write_all(format!("GET /echo HTTP/1.1\r\nHost: {}\r\n\r\n", gw.addr).as_bytes())
+        .unwrap();
+    let (status, headers) = read_head(&mut kept);
+    assert_eq!(status, 200);
+    let length: u64 = headers["content-length"].parse().unwrap();
+    assert_eq!(count_body(&mut kept, length), length);
+    let mut silent = TcpStream::connect(gw.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+
+    // A third waits to be accepted; the cap is logged and counted.
+    let third = std::thread::spawn({
+        let addr = gw.addr;
+        move || request(addr, "GET", "/echo", &[], None)
+    });
+    gw.wait_for_log("connection limit reached");
+    assert!(
+        metric(
+            &gw.metrics(),
+            "keygate_gateway_connection_limit_reached_total"
+        ) >= 1,
+        "{}",
+        gw.metrics()
+    );
+    // The header timeout closes both idle connections, and the third is served.
+    let started = Instant::now();
+    assert_eq!(
+        count_body(&mut kept, 1),
+        0,
+        "the idle keep-alive connection was closed"
+    );
+    assert_eq!(
+        count_body(&mut silent, 1),
+        0,
+        "the silent connection was closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let reply = third.join().unwrap();
+    assert_eq!((reply.status, reply.text()), (200, "ok".to_owned()));
+    assert_eq!(
+        metric(&gw.metrics(), "keygate_gateway_connections_accepted_total"),
+        3
+    );
+}
