@@ -1483,3 +1483,40 @@ fn connections_are_capped_and_idle_ones_closed() {
         3
     );
 }
+
+#[test]
+fn accept_errors_are_logged_and_survived() {
+    let s = setup();
+    let up = s.upstream.url();
+    let config = format!("[[gateway.route]]\nprefix = \"/\"\nupstream = \"{up}\"\npublic = true\n");
+    let gw = Gateway::start(s.dir.path(), &s.url, &config, &[]);
+    assert_eq!(gw.get("/echo", None, &[]).status, 200);
+    // Leave the process two spare file descriptors (soft limit), then connect more clients.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", gw.pid()))
+        .unwrap()
+        .count();
+    let prlimit = |limit: usize| {
+        let status = Command::new("prlimit")
+            .args([
+                "--pid",
+                &gw.pid().to_string(),
+                &format!("--nofile={limit}:"),
+            ])
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(status.success());
+    };
+    prlimit(open + 2);
+    let clients: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(gw.addr).unwrap())
+        .collect();
+    let logs = gw.wait_for_log("accept failed");
+    assert!(logs.contains("Too many open files"), "{logs}");
+    // Still running; with descriptors back it serves again and has counted the failures.
+    drop(clients);
+    prlimit(1024);
+    // The listener is retried with a back-off of at most a second: this waits that long.
+    let reply = gw.get("/echo", None, &[]);
+    assert_eq!(reply.status, 200);
+    assert!(metric(&gw.metrics(), "keygate_gateway_accept_errors_total") >= 1);
+}
