@@ -2,8 +2,8 @@
 //! Nothing here is specific to the gateway: any hyper service can be served this way.
 //!
 //! - At most `max_connections` client connections at once: when the cap is reached the loop
-//!   stops accepting (new connections wait in the kernel's backlog), says so once in the log,
-//!   and counts it; it accepts again as soon as a connection ends.
+//!   stops accepting (new connections wait in the kernel's backlog), says so in the log (at
+//!   most every 10 s) and counts it; it accepts again as soon as a connection ends.
 //! - A client must send its request headers within `header_read_timeout`; hyper applies the
 //!   same timer to a keep-alive connection waiting for its next request, so idle connections
 //!   are closed after it too.
@@ -149,15 +149,20 @@ pub async fn serve<F, S, B>(
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
+    let mut last_full_warning: Option<std::time::Instant> = None;
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
                 stats.limit_reached.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    max_connections = limits.max_connections,
-                    "connection limit reached: new connections wait until one closes"
-                );
+                // Said at most every 10 s: a flood must not flood the log too.
+                if last_full_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    last_full_warning = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached: new connections wait until one closes"
+                    );
+                }
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
                     () = &mut shutdown => break,
