@@ -16,6 +16,8 @@
 //! expiry_warning = "7d" # announce keys expiring within this long
 //! sweep_every = "1m"    # how often the scheduler sweeps
 //! secret_key = "..."    # base64 of 32 bytes; seals keys the "rotate" action delivers
+//!
+//! [gateway]             # keygate gateway's table (keygate_gateway::GatewayConfig reads it)
 //! ```
 
 use std::path::Path;
@@ -55,6 +57,9 @@ struct FileConfig {
     admin_idle_timeout: Option<String>,
     secure_cookies: Option<bool>,
     trust_forwarded_for: Option<bool>,
+    /// `keygate gateway`'s table: read by keygate-gateway, ignored here.
+    #[serde(rename = "gateway")]
+    _gateway: Option<toml::Table>,
 }
 
 /// Settings every command uses.

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod jobs;
 pub mod logging;
 pub mod metrics;
@@ -106,8 +107,14 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         _ => None,
     };
     let settings = Settings::resolve(&cli, serve_args)?;
-    if let Command::Serve(_) = cli.command {
-        return serve::run(settings).await.map(|()| 0);
+    match cli.command {
+        Command::Serve(_) => return serve::run(settings).await.map(|()| 0),
+        Command::Gateway(args) => {
+            return gateway::run(settings, cli.config.as_deref(), args)
+                .await
+                .map(|()| 0);
+        }
+        _ => {}
     }
     // A one-shot command: no cache, usage written before exit.
     let keygate = Keygate::builder(keygate::open(&settings.database).await?)

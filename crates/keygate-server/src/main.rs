@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     };
     // The service wants every core; a one-shot command needs one thread.
     let mut builder = match cli.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Serve(_) | Command::Gateway(_) => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let outcome = match builder.enable_all().build() {

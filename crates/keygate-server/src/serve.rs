@@ -35,19 +35,7 @@ impl Service {
     /// Opens the store named by `settings` and builds the service over it, on `clock` (the
     /// system clock in production; a fixed one in tests).
     pub async fn open(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, Failure> {
-        let store = keygate::open(&settings.database).await?;
-        let cache = (settings.cache_size > 0).then(|| CacheConfig {
-            ttl: duration(settings.cache_ttl),
-            negative_ttl: duration(settings.cache_ttl).min(Duration::from_secs(10)),
-            capacity: settings.cache_size,
-        });
-        let keygate = Keygate::builder(store)
-            .prefix(settings.prefix.clone())
-            .cache(cache)
-            .clock(clock)
-            .sealing_key(settings.sealing_key.clone())
-            .usage_flush_interval(Some(duration(settings.usage_flush)))
-            .build();
+        let keygate = long_running(&settings, clock).await?;
         let state = AppState::new(keygate.clone(), &settings);
         Ok(Self {
             keygate,
@@ -75,6 +63,24 @@ impl Service {
             duration(self.settings.sweep_every),
         ));
     }
+}
+
+/// The long-running keygate of `serve` and `gateway`, over the store `settings` name: cached
+/// (the store's change feed reaches the cache), last-used times written in the background.
+pub async fn long_running(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Keygate, Failure> {
+    let store = keygate::open(&settings.database).await?;
+    let cache = (settings.cache_size > 0).then(|| CacheConfig {
+        ttl: duration(settings.cache_ttl),
+        negative_ttl: duration(settings.cache_ttl).min(Duration::from_secs(10)),
+        capacity: settings.cache_size,
+    });
+    Ok(Keygate::builder(store)
+        .prefix(settings.prefix.clone())
+        .cache(cache)
+        .clock(clock)
+        .sealing_key(settings.sealing_key.clone())
+        .usage_flush_interval(Some(duration(settings.usage_flush)))
+        .build())
 }
 
 /// Runs the service until SIGINT or SIGTERM.
@@ -140,7 +146,7 @@ fn print_bootstrap_key(record: &KeyRecord, key: &PlainKey) -> Result<(), Failure
 }
 
 /// A database URL fit for a log line: any password replaced.
-fn without_password(url: &str) -> String {
+pub(crate) fn without_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
@@ -154,7 +160,7 @@ fn without_password(url: &str) -> String {
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called,
 /// not when the future is first polled, so a signal that arrives during start-up is not lost
 /// (nor does it kill the process half-way).
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

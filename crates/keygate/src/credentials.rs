@@ -196,6 +196,45 @@ fn from_query<'q>(
     Ok(found)
 }
 
+/// Removes from a request that is passed on every place `sources` may carry a key, so that
+/// the receiver never sees it: the whole `Authorization` header when an `Authorization` scheme
+/// is a source (whatever scheme it holds), each source header, and each source query
+/// parameter. Returns the query to send: `query` unchanged when it holds no credential
+/// parameter, else rebuilt from the remaining pairs (`None` when none remain).
+pub fn strip(
+    headers: &mut HeaderMap,
+    query: Option<&str>,
+    sources: &[CredentialSource],
+) -> Option<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for source in sources {
+        match source {
+            CredentialSource::ApiKeyScheme | CredentialSource::BearerScheme => {
+                headers.remove(header::AUTHORIZATION);
+            }
+            CredentialSource::Header(name) => {
+                headers.remove(name);
+            }
+            CredentialSource::Query(name) => names.push(name),
+        }
+    }
+    let query = query?;
+    let holds = |query: &str| {
+        form_urlencoded::parse(query.as_bytes()).any(|(k, _)| names.contains(&k.as_ref()))
+    };
+    if names.is_empty() || !holds(query) {
+        return Some(query.to_owned());
+    }
+    let mut rebuilt = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if !names.contains(&k.as_ref()) {
+            rebuilt.append_pair(&k, &v);
+        }
+    }
+    let rebuilt = rebuilt.finish();
+    (!rebuilt.is_empty()).then_some(rebuilt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +357,48 @@ mod tests {
                 "case {i}"
             );
         }
+    }
+
+    #[test]
+    fn strip_removes_every_configured_place_and_keeps_the_rest() {
+        let mut h = headers(&[
+            ("authorization", b"Basic dXNlcjpwYXNz"),
+            ("x-api-key", b"kg_abc"),
+            ("accept", b"*/*"),
+        ]);
+        let query = strip(
+            &mut h,
+            Some("a=1&api_key=kg_abc&b=x+y&api_key=kg_def"),
+            &all(),
+        );
+        assert_eq!(query.as_deref(), Some("a=1&b=x+y"));
+        assert!(h.get("authorization").is_none());
+        assert!(h.get("x-api-key").is_none());
+        assert_eq!(h.get("accept").unwrap(), "*/*");
+
+        // Only the credential left: no query at all.
+        assert_eq!(
+            strip(&mut HeaderMap::new(), Some("api_key=kg_abc"), &all()),
+            None
+        );
+        // No credential parameter: the query is passed on byte for byte, odd encodings and all.
+        assert_eq!(
+            strip(&mut HeaderMap::new(), Some("q=%7e&flag"), &all()).as_deref(),
+            Some("q=%7e&flag")
+        );
+        assert_eq!(strip(&mut HeaderMap::new(), None, &all()), None);
+        // Sources not configured are left alone.
+        let mut h = headers(&[
+            ("authorization", b"Api-Key kg_abc"),
+            ("x-api-key", b"kg_abc"),
+        ]);
+        let query = strip(
+            &mut h,
+            Some("api_key=kg_abc"),
+            &[CredentialSource::x_api_key()],
+        );
+        assert_eq!(query.as_deref(), Some("api_key=kg_abc"));
+        assert!(h.get("authorization").is_some());
+        assert!(h.get("x-api-key").is_none());
     }
 }

@@ -13,8 +13,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Request};
+use http::{HeaderMap, HeaderValue, Request};
 use keygate_core::scope::{check_scope, first_missing};
 use keygate_core::{Outcome, Timestamp, lacks_scope};
 use tower_layer::Layer;
@@ -97,6 +100,72 @@ impl KeygateLayer {
             Arc::make_mut(&mut self.config).required.push(scope);
         }
         self
+    }
+}
+
+/// A request [`KeygateLayer::check`] let through.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The verified key.
+    pub key: ApiKey,
+    /// Headers to add to the response the request gets: `Deprecation` and `Sunset` while the
+    /// key is in the grace period of a rotation.
+    pub response_headers: HeaderMap,
+}
+
+impl KeygateLayer {
+    /// Decides one request the way the layer's service does: reads the key from `headers` and
+    /// `query` with this layer's sources, verifies it for this layer's scopes, and returns the
+    /// verified key, or the refusal to send (problem+json: 401 with `WWW-Authenticate`, 403,
+    /// or 503 when the store cannot be asked). `peer` is the client's socket address, for the
+    /// per-address rules of the verify path (not used yet). Counts the outcome.
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Admitted, Response> {
+        let _ = peer;
+        let config = &self.config;
+        // The presented key is borrowed from the headers only while it is checked.
+        let verification = {
+            let presented = match extract(headers, query, &config.sources) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.verifier.count(e.outcome);
+                    return Err(config.reject(e.outcome, e.detail));
+                }
+            };
+            self.verifier.verify(&presented, &config.required).await
+        };
+        match verification {
+            Ok(v) => match v.key {
+                Some(key) if v.outcome.is_valid() => {
+                    let mut response_headers = HeaderMap::new();
+                    if let Some((rotated_at, expires_at)) = key.sunset() {
+                        announce_sunset(&mut response_headers, rotated_at, expires_at);
+                    }
+                    Ok(Admitted {
+                        key,
+                        response_headers,
+                    })
+                }
+                _ => Err(config.reject(v.outcome, v.detail)),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "key store failed during verification");
+                Err(Problem::unavailable().into_response())
+            }
+        }
+    }
+
+    /// For a key an outer layer verified already: the refusal (403 `INSUFFICIENT_SCOPE`) if it
+    /// lacks one of this layer's scopes.
+    fn scope_refusal(&self, key: &ApiKey) -> Option<Response> {
+        let missing = first_missing(key.scopes(), &self.config.required)?;
+        let detail = lacks_scope(missing);
+        self.verifier.count(Outcome::InsufficientScope);
+        Some(self.config.reject(Outcome::InsufficientScope, detail))
     }
 }
 
@@ -186,47 +255,32 @@ where
         // The clone is not ready yet; keep the one that is (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let verifier = self.verifier.clone();
-        let config = self.config.clone();
+        let layer = KeygateLayer {
+            verifier: self.verifier.clone(),
+            config: self.config.clone(),
+        };
         Box::pin(async move {
             if let Some(key) = request.extensions().get::<ApiKey>() {
-                if let Some(missing) = first_missing(key.scopes(), &config.required) {
-                    let detail = lacks_scope(missing);
-                    verifier.count(Outcome::InsufficientScope);
-                    return Ok(config.reject(Outcome::InsufficientScope, detail));
+                if let Some(refusal) = layer.scope_refusal(key) {
+                    return Ok(refusal);
                 }
                 return inner.call(request).await;
             }
-            // The presented key is borrowed from the headers only while it is checked.
-            let verification = {
-                let presented =
-                    match extract(request.headers(), request.uri().query(), &config.sources) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            verifier.count(e.outcome);
-                            return Ok(config.reject(e.outcome, e.detail));
-                        }
-                    };
-                verifier.verify(&presented, &config.required).await
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0);
+            let admitted = match layer
+                .check(request.headers(), request.uri().query(), peer)
+                .await
+            {
+                Ok(admitted) => admitted,
+                Err(refusal) => return Ok(refusal),
             };
-            match verification {
-                Ok(v) if v.outcome.is_valid() => {
-                    let sunset = v.key.as_ref().and_then(ApiKey::sunset);
-                    if let Some(key) = v.key {
-                        request.extensions_mut().insert(key);
-                    }
-                    let mut response = inner.call(request).await?;
-                    if let Some((rotated_at, expires_at)) = sunset {
-                        announce_sunset(response.headers_mut(), rotated_at, expires_at);
-                    }
-                    Ok(response)
-                }
-                Ok(v) => Ok(config.reject(v.outcome, v.detail)),
-                Err(e) => {
-                    tracing::error!(error = %e, "key store failed during verification");
-                    Ok(Problem::unavailable().into_response())
-                }
-            }
+            request.extensions_mut().insert(admitted.key);
+            let mut response = inner.call(request).await?;
+            response.headers_mut().extend(admitted.response_headers);
+            Ok(response)
         })
     }
 }

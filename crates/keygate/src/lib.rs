@@ -56,7 +56,7 @@ pub use keygate_store::{
     Attempt, AuditPage, AuditQuery, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
     StatusCounts, SweepFilter,
 };
-pub use layer::{KeygateLayer, KeygateService};
+pub use layer::{Admitted, KeygateLayer, KeygateService};
 pub use lifecycle::{Sweep, SweepReport};
 pub use manage::{Keygate, KeygateBuilder};
 pub use problem::{Problem, ProblemCode};

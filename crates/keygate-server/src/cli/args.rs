@@ -32,6 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the key service: JSON API under /v1, /v1/verify, health, metrics, OpenAPI.
     Serve(ServeArgs),
+    /// Run the gateway: a reverse proxy that lets through only requests with a valid key to
+    /// the upstreams of the config file's [[gateway.route]] table.
+    Gateway(GatewayArgs),
     /// Issue, list, show, revoke and verify API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -312,6 +315,45 @@ pub struct ServeArgs {
     /// appends to `X-Forwarded-For` (only if every request comes through that proxy).
     #[arg(long, env = "KEYGATE_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+}
+
+/// `keygate gateway` (the rest of its settings are in the config file's `[gateway]` table).
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address of the data plane [default: the file's gateway.listen, else 127.0.0.1:8081].
+    #[arg(long, env = "KEYGATE_GATEWAY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Address of /healthz, /readyz and /metrics [default: gateway.admin_listen, else
+    /// 127.0.0.1:9091].
+    #[arg(long, env = "KEYGATE_GATEWAY_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Most time to connect to an upstream, e.g. 2s or 500ms (then 504).
+    #[arg(long, env = "KEYGATE_GATEWAY_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = keygate_gateway::config::parse_duration)]
+    pub connect_timeout: Option<std::time::Duration>,
+    /// Most time to an upstream's response headers, e.g. 30s (then 504).
+    #[arg(long, env = "KEYGATE_GATEWAY_RESPONSE_TIMEOUT", value_name = "DURATION", value_parser = keygate_gateway::config::parse_duration)]
+    pub response_timeout: Option<std::time::Duration>,
+    /// Most client connections at once.
+    #[arg(long, env = "KEYGATE_GATEWAY_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
+    /// On SIGTERM, how long open requests and streams may go on, e.g. 30s.
+    #[arg(long, env = "KEYGATE_GATEWAY_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = keygate_gateway::config::parse_duration)]
+    pub shutdown_grace: Option<std::time::Duration>,
+    /// Log format [default: text].
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Most detailed log level shown [default: info; the access log is at info].
+    #[arg(long, env = "KEYGATE_LOG_LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
+    /// How long a cached key is trusted without a change notice [default: 30s].
+    #[arg(long, env = "KEYGATE_CACHE_TTL", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub cache_ttl: Option<Lifetime>,
+    /// Most keys cached; 0 turns the cache off [default: 100000].
+    #[arg(long, env = "KEYGATE_CACHE_SIZE", value_name = "N")]
+    pub cache_size: Option<usize>,
+    /// How often last-used times are written [default: 10s].
+    #[arg(long, env = "KEYGATE_USAGE_FLUSH", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub usage_flush: Option<Lifetime>,
 }
 
 /// How log lines look.

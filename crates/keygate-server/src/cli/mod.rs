@@ -27,6 +27,8 @@ pub async fn run(keygate: &Keygate, command: Command, out: &mut dyn Write) -> Re
         Command::RotateDue(args) => keys::rotate_due(keygate, args, out).await,
         Command::Webhooks(command) => webhooks::webhooks(keygate, command, out).await,
         Command::Admin(command) => admin::run(keygate, command, out).await,
-        Command::Serve(_) => Err(Failure::Other("serve is not a one-shot command".into())),
+        Command::Serve(_) | Command::Gateway(_) => Err(Failure::Other(
+            "serve and gateway are not one-shot commands".into(),
+        )),
     }
 }

@@ -6,6 +6,7 @@ mod admin;
 mod api;
 mod browser;
 mod cli;
+mod gateway;
 mod nodes;
 mod openapi_check;
 mod serve;

@@ -1,0 +1,369 @@
+//! Header hygiene between the client and the upstream.
+//!
+//! - Hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and every header it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, and
+//!   the proxy's own `Proxy-Authorization`/`Proxy-Authenticate`) are not passed on, in either
+//!   direction; an upgrade (WebSocket) keeps `Connection: upgrade` and `Upgrade`.
+//! - Every `X-Keygate-*` header the client sent is dropped, then the verified key's identity
+//!   is added: `X-Keygate-Key-Id`, `X-Keygate-Key-Name`, `X-Keygate-Owner` (when the key has
+//!   one), `X-Keygate-Scopes` (space-separated) and, per route, `X-Keygate-Metadata` (compact
+//!   JSON). Values are percent-encoded UTF-8: every byte that is not visible ASCII, and `%`
+//!   itself, is written `%XX`, so decoding (Python's `urllib.parse.unquote`) is always right.
+//! - `Forwarded`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP`
+//!   from the client are replaced by the gateway's own, naming the socket peer.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use keygate::ApiKey;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+/// `X-Keygate-Key-Id`.
+pub const KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+/// `X-Keygate-Key-Name`.
+pub const KEY_NAME: HeaderName = HeaderName::from_static("x-keygate-key-name");
+/// `X-Keygate-Owner`.
+pub const OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
+/// `X-Keygate-Scopes`.
+pub const SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
+/// `X-Keygate-Metadata`.
+pub const METADATA: HeaderName = HeaderName::from_static("x-keygate-metadata");
+/// `X-Request-Id`.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers that concern one connection only, never passed on.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Whether these (request) headers ask to switch protocols, e.g. to WebSocket.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+}
+
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The comma-separated names in every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers, including those named in `Connection`. With `upgrade`,
+/// the `Upgrade` header survives and `Connection: upgrade` is put back.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Taken first: `Connection: upgrade` names it.
+    let kept_upgrade = if upgrade {
+        headers.remove(header::UPGRADE)
+    } else {
+        None
+    };
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            // A client cannot make us drop what the upstream needs to see who is calling.
+            if !name.as_str().starts_with("x-keygate-") && name != REQUEST_ID {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(protocol) = kept_upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Drops every `X-Keygate-*` header (the client's, before the gateway adds its own).
+pub fn remove_keygate_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-keygate-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+/// Adds the verified key's identity for the upstream.
+pub fn add_identity(headers: &mut HeaderMap, key: &ApiKey, metadata: bool) {
+    headers.insert(KEY_ID, encoded(key.id().as_str()));
+    headers.insert(KEY_NAME, encoded(key.name()));
+    if let Some(owner) = key.owner() {
+        headers.insert(OWNER, encoded(owner));
+    }
+    // A scope holds no space, so a literal space separates them.
+    let scopes: Vec<String> = key.scopes().iter().map(|s| encode(s)).collect();
+    headers.insert(SCOPES, value(scopes.join(" ")));
+    if metadata {
+        let json = serde_json::to_string(key.metadata()).unwrap_or_else(|_| "{}".into());
+        headers.insert(METADATA, encoded(&json));
+    }
+}
+
+/// Bytes written `%XX` in identity headers: controls, space, `%` (and, by the encoder, every
+/// non-ASCII byte).
+const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
+
+/// `text` percent-encoded: only visible ASCII remains.
+fn encode(text: &str) -> String {
+    utf8_percent_encode(text, ENCODED).collect()
+}
+
+fn value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).expect("percent-encoded text is a valid header value")
+}
+
+/// A header value holding `text` percent-encoded.
+pub fn encoded(text: &str) -> HeaderValue {
+    value(encode(text))
+}
+
+/// Replaces any forwarding headers from the client with the gateway's: `Forwarded`,
+/// `X-Forwarded-For` (the socket peer), `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host`
+/// (the client's `Host`, when it has one).
+pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+    for name in [
+        FORWARDED,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        X_REAL_IP,
+    ] {
+        headers.remove(name);
+    }
+    let ip = peer.ip().to_canonical();
+    let host = headers
+        .get(header::HOST)
+        .filter(|h| h.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned();
+    let node = if ip.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.to_string()
+    };
+    let mut forwarded = format!("for={node};proto=http");
+    if let Some(host) = &host {
+        let host = host.to_str().unwrap_or_default();
+        let quoted = host.replace('\\', "\\\\").replace('"', "\\\"");
+        forwarded.push_str(&format!(";host=\"{quoted}\""));
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(FORWARDED, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` if it is 1–64 of `A-Z a-z 0-9 - _ .` and not
+/// shaped like an API key (it is passed upstream and logged), else a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(REQUEST_ID)
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && v.to_str().is_ok_and(|t| keygate_core::parse(t).is_err())
+        })
+        .cloned()
+        .unwrap_or_else(new_request_id)
+}
+
+/// A fresh id: 32 random bits chosen at start-up, then a counter.
+fn new_request_id() -> HeaderValue {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PROCESS: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let process = *PROCESS.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        let _ = getrandom::fill(&mut bytes);
+        u32::from_le_bytes(bytes)
+    });
+    let id = format!(
+        "{process:08x}{:08x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    HeaderValue::from_str(&id).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_named_in_connection() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Trace-Hop"),
+            ("connection", "close ,x-other"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("proxy-authenticate", "Basic"),
+            ("x-trace-hop", "1"),
+            ("x-other", "2"),
+            ("content-type", "text/plain"),
+            ("content-length", "3"),
+            ("x-end-to-end", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(
+            names(&h),
+            ["content-length", "content-type", "x-end-to-end"]
+        );
+    }
+
+    #[test]
+    fn an_upgrade_keeps_upgrade_and_connection_upgrade_only() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "sec-websocket-key", "upgrade"]);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&map(&[("connection", "upgrade")])));
+    }
+
+    #[test]
+    fn connection_cannot_remove_the_identity_or_request_id() {
+        let mut h = map(&[
+            ("connection", "x-keygate-owner, x-request-id"),
+            ("x-keygate-owner", "acct_1"),
+            ("x-request-id", "r1"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["x-keygate-owner", "x-request-id"]);
+    }
+
+    #[test]
+    fn client_keygate_headers_are_dropped() {
+        let mut h = map(&[
+            ("X-Keygate-Owner", "evil"),
+            ("x-keygate-key-id", "key_x"),
+            ("x-keygate-anything", "1"),
+            ("x-keygatex", "kept: not ours"),
+        ]);
+        remove_keygate_headers(&mut h);
+        assert_eq!(names(&h), ["x-keygatex"]);
+    }
+
+    #[test]
+    fn values_are_percent_encoded_utf8_when_not_visible_ascii() {
+        assert_eq!(encoded("acct_42"), "acct_42");
+        assert_eq!(encoded("Zoë Ünal"), "Zo%C3%AB%20%C3%9Cnal");
+        assert_eq!(encoded("東京"), "%E6%9D%B1%E4%BA%AC");
+        assert_eq!(encoded("100% sure"), "100%25%20sure");
+        assert_eq!(encoded("a\r\nX-Evil: 1"), "a%0D%0AX-Evil:%201");
+        assert_eq!(encoded("{\"plan\":\"pro\"}"), "{\"plan\":\"pro\"}");
+        // Decoding gives the text back, whatever it was.
+        for text in ["Zoë", "100%25", "a b", "\u{7f}"] {
+            let value = encoded(text);
+            let back = percent_encoding::percent_decode(value.as_bytes())
+                .decode_utf8()
+                .unwrap();
+            assert_eq!(back, text);
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_are_the_gateways() {
+        let mut h = map(&[
+            ("host", "api.example.com"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut h, "10.1.2.3:5555".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.1.2.3;proto=http;host=\"api.example.com\""
+        );
+        assert!(h.get("x-real-ip").is_none());
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "[::1]:80".parse().unwrap());
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn request_ids_are_the_clients_only_when_safe() {
+        let given = |v: &str| request_id(&map(&[("x-request-id", v)]));
+        assert_eq!(given("abc-123_x.y"), "abc-123_x.y");
+        let key = keygate_core::generate(&keygate_core::Prefix::default());
+        let long = "x".repeat(65);
+        for bad in [key.expose(), "has space", "a/b", long.as_str(), ""] {
+            let id = given(bad);
+            assert_ne!(id, bad);
+            assert_eq!(id.len(), 16, "a fresh id");
+        }
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,242 @@
+//! keygate-gateway: a reverse proxy in front of an existing HTTP API that lets through only
+//! requests with a valid API key, and tells the API who is calling.
+//!
+//! ```no_run
+//! use keygate::Keygate;
+//! use keygate_gateway::{Gateway, GatewayConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let text = std::fs::read_to_string("keygate.toml")?;
+//! let config = GatewayConfig::from_toml(&text, "keygate.toml")?;
+//! let keygate = Keygate::new(keygate::store::open("sqlite://keygate.db").await?);
+//! let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+//! let admin = tokio::net::TcpListener::bind(&config.admin_listen).await?;
+//! Gateway::new(keygate, config)?
+//!     .serve(listener, admin, async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await;
+//! # Ok(()) }
+//! ```
+//!
+//! Each request is matched to a route ([`routes`]); a route that is not public checks the key
+//! with the library's own [`KeygateLayer::check`] (the same refusals: 401 with
+//! `WWW-Authenticate`, 403, 503, as `application/problem+json`); the request then goes to the
+//! route's upstream without the credential, with hop-by-hop and client-sent `X-Keygate-*`
+//! headers removed and the verified identity added ([`headers`]); bodies stream both ways,
+//! upgrades (WebSocket) are joined end to end. The gateway's own answers — no route (404),
+//! wrong method (405), a path it will not forward (400), an upstream that cannot be reached
+//! or resets (502) or is too slow (504) — are problem+json too, and every response carries
+//! `X-Request-Id`. A second listener serves `/healthz`, `/readyz` (the store answers) and
+//! Prometheus `/metrics`.
+
+pub mod accept;
+pub mod body;
+pub mod config;
+pub mod headers;
+pub mod metrics;
+mod proxy;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::response::IntoResponse;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use keygate::{Keygate, Problem};
+use tokio::net::TcpListener;
+
+pub use crate::body::ResponseBody;
+pub use crate::config::{ConfigError, GatewayConfig, RouteConfig};
+
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, Route};
+use crate::routes::RouteTable;
+
+/// The gateway: routes, the verifier, the upstream client and the counters.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    proxy: Arc<Proxy>,
+    keygate: Keygate,
+    limits: accept::Limits,
+}
+
+impl Gateway {
+    /// A gateway checking keys with `keygate` and forwarding as `config` says. Fails (naming
+    /// the route's line) on routes that clash or require an invalid scope.
+    pub fn new(keygate: Keygate, config: GatewayConfig) -> Result<Self, ConfigError> {
+        let table = RouteTable::new(&config.routes).map_err(|(line, message)| ConfigError {
+            file: "(gateway config)".into(),
+            line,
+            setting: "gateway.route.prefix".into(),
+            message,
+        })?;
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            if let Some(bad) = route
+                .scopes
+                .iter()
+                .find(|s| keygate_core::scope::check_scope(s).is_err())
+            {
+                return Err(ConfigError {
+                    file: "(gateway config)".into(),
+                    line: route.line,
+                    setting: "gateway.route.scopes".into(),
+                    message: format!("{bad:?} is not a scope"),
+                });
+            }
+            let layer = (!route.public).then(|| {
+                keygate
+                    .layer()
+                    .sources(config.credentials.clone())
+                    .require_scopes(route.scopes.iter().cloned())
+            });
+            routes.push(Route {
+                config: route.clone(),
+                layer,
+            });
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(config.pool_idle_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(connector);
+        let route_names: Arc<[String]> = config.routes.iter().map(|r| r.name.clone()).collect();
+        let metrics = Arc::new(Metrics::new(route_names.iter().map(String::as_str)));
+        Ok(Self {
+            proxy: Arc::new(Proxy {
+                routes,
+                route_names,
+                table,
+                sources: config.credentials.clone(),
+                client,
+                response_timeout: config.response_timeout,
+                metrics,
+            }),
+            keygate,
+            limits: accept::Limits {
+                max_connections: config.max_connections,
+                header_read_timeout: config.header_read_timeout,
+                shutdown_grace: config.shutdown_grace,
+            },
+        })
+    }
+
+    /// The Prometheus text exposition of the gateway's counters.
+    pub fn metrics(&self) -> String {
+        self.proxy.metrics.render(&self.keygate)
+    }
+
+    /// Serves the data plane on `listener` and `/healthz`, `/readyz`, `/metrics` on `admin`
+    /// until `shutdown` resolves; then stops accepting, lets open requests and streams finish
+    /// within the shutdown grace period, and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let admin_limits = accept::Limits {
+            max_connections: 64,
+            ..self.limits.clone()
+        };
+        let admin_task = {
+            let gateway = self.clone();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                let stats = Arc::new(accept::ConnectionStats::default());
+                accept::serve(
+                    admin,
+                    &admin_limits,
+                    stats,
+                    |_, _| {
+                        let gateway = gateway.clone();
+                        hyper::service::service_fn(move |request| {
+                            let gateway = gateway.clone();
+                            async move { gateway.admin(request).await }
+                        })
+                    },
+                    stop,
+                )
+                .await;
+            })
+        };
+        let proxy = self.proxy.clone();
+        let data_plane = accept::serve(
+            listener,
+            &self.limits,
+            self.proxy.metrics.connections.clone(),
+            move |peer, tracker| {
+                let proxy = proxy.clone();
+                hyper::service::service_fn(move |request| {
+                    proxy.clone().handle(peer, tracker.clone(), request)
+                })
+            },
+            stopped(stop_rx),
+        );
+        tokio::pin!(data_plane);
+        tokio::select! {
+            () = &mut data_plane => {}
+            () = shutdown => {
+                tracing::info!("shutting down the gateway");
+                let _ = stop_tx.send(true);
+                data_plane.await;
+            }
+        }
+        let _ = stop_tx.send(true);
+        let _ = admin_task.await;
+    }
+
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    async fn admin(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let response = match request.uri().path() {
+            "/healthz" => json_status("ok"),
+            "/readyz" => match self.keygate.ping().await {
+                Ok(()) => json_status("ready"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "readiness: the key store does not answer");
+                    Problem::unavailable().into_response()
+                }
+            },
+            "/metrics" => {
+                let mut response = self.metrics().into_response();
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            _ => Problem::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "Not found",
+                "the admin listener serves /healthz, /readyz and /metrics",
+            )
+            .into_response(),
+        };
+        Ok(response.map(|body| ResponseBody::local(body, None)))
+    }
+}
+
+fn json_status(status: &'static str) -> axum::response::Response {
+    let mut response = format!("{{\"status\":\"{status}\"}}").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

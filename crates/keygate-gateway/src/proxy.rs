@@ -1,0 +1,383 @@
+//! The proxy service: route, check the key, clean the headers, forward, stream back.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::{IntoResponse, Response as AxumResponse};
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use keygate::{CredentialSource, KeygateLayer, Problem, ProblemCode};
+
+use crate::accept::Tracker;
+use crate::body::{AccessLog, ResponseBody};
+use crate::config::{RouteConfig, Upstream};
+use crate::headers::{self, REQUEST_ID};
+use crate::metrics::{Metrics, Unrouted, UpstreamFailure};
+use crate::routes::{NoRoute, RouteTable};
+
+/// What every request of one gateway shares.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    pub(crate) routes: Vec<Route>,
+    pub(crate) route_names: Arc<[String]>,
+    pub(crate) table: RouteTable,
+    pub(crate) sources: Vec<CredentialSource>,
+    pub(crate) client: Client<HttpConnector, Incoming>,
+    pub(crate) response_timeout: Duration,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// A route and the layer that checks its keys (`None`: public).
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) config: RouteConfig,
+    pub(crate) layer: Option<KeygateLayer>,
+}
+
+impl Proxy {
+    /// Handles one request from `peer`.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        tracker: Tracker,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let request_id = headers::request_id(request.headers());
+        let mut log = AccessLog::new(
+            self.metrics.clone(),
+            self.route_names.clone(),
+            request_id.clone(),
+            request.method().clone(),
+        );
+        let index = match self.table.find(request.method(), request.uri().path()) {
+            Ok(index) => index,
+            Err(no_route) => return Ok(self.no_route(no_route, log, request_id)),
+        };
+        log.route = Some(index);
+        self.metrics.request(index);
+        let route = &self.routes[index];
+
+        let admitted = match &route.layer {
+            None => None,
+            Some(layer) => match layer
+                .check(request.headers(), request.uri().query(), Some(peer))
+                .await
+            {
+                Ok(admitted) => Some(admitted),
+                Err(refusal) => {
+                    let code = refusal
+                        .extensions()
+                        .get::<ProblemCode>()
+                        .map_or("OTHER", |c| c.0);
+                    self.metrics.refused(index, code);
+                    return Ok(local(refusal, log, request_id));
+                }
+            },
+        };
+
+        // What goes upstream: no credential, no hop-by-hop or spoofed identity headers; the
+        // gateway's forwarding headers, the verified identity and the request id.
+        let upgrade = headers::is_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        let query =
+            keygate::credentials::strip(&mut parts.headers, parts.uri.query(), &self.sources);
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        headers::remove_keygate_headers(&mut parts.headers);
+        // The gateway answers `Expect: 100-continue` itself, as it starts reading the body.
+        parts.headers.remove(header::EXPECT);
+        headers::set_forwarded(&mut parts.headers, peer);
+        if let Some(admitted) = &admitted {
+            headers::add_identity(
+                &mut parts.headers,
+                &admitted.key,
+                route.config.forward_metadata,
+            );
+            log.key = Some(admitted.key.clone());
+        }
+        parts.headers.insert(REQUEST_ID, request_id.clone());
+        if !route.config.preserve_host {
+            // The client library sets it from the upstream URL.
+            parts.headers.remove(header::HOST);
+        }
+        parts.uri = match upstream_uri(&route.config.upstream, parts.uri.path(), query.as_deref()) {
+            Ok(uri) => uri,
+            Err(_) => {
+                return Ok(self.no_route(
+                    NoRoute::BadPath("the path cannot be forwarded"),
+                    log,
+                    request_id,
+                ));
+            }
+        };
+        parts.version = Version::HTTP_11;
+
+        let timeout = route
+            .config
+            .response_timeout
+            .unwrap_or(self.response_timeout);
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(
+            timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        let mut response = match answer {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                let timed_out = caused_by_timeout(&e);
+                let why = if timed_out {
+                    UpstreamFailure::Timeout
+                } else {
+                    UpstreamFailure::Unavailable
+                };
+                self.metrics.upstream_failed(index, why);
+                tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), route = %route.config.name, error = %error_chain(&e), "upstream request failed");
+                let problem = if timed_out {
+                    upstream_timeout("the upstream did not accept the connection in time")
+                } else if e.is_connect() {
+                    upstream_unavailable("the upstream could not be reached")
+                } else {
+                    upstream_unavailable("the upstream closed the connection without a response")
+                };
+                return Ok(local(problem.into_response(), log, request_id));
+            }
+            Err(_) => {
+                self.metrics
+                    .upstream_failed(index, UpstreamFailure::Timeout);
+                tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), route = %route.config.name, timeout_ms = timeout.as_millis() as u64, "upstream response timed out");
+                let problem = upstream_timeout("the upstream did not answer in time");
+                return Ok(local(problem.into_response(), log, request_id));
+            }
+        };
+        let took = sent.elapsed();
+        let status = response.status();
+        self.metrics.upstream(index, status.as_u16(), took);
+        log.upstream_latency = Some(took);
+        log.status = status.as_u16();
+
+        let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
+            match client_upgrade {
+                Some(client_upgrade) => {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, tracker));
+                }
+                None => {
+                    // A 101 to a request that asked for no upgrade: nothing sane to pass on.
+                    self.metrics
+                        .upstream_failed(index, UpstreamFailure::Unavailable);
+                    let problem = upstream_unavailable("the upstream switched protocols unasked");
+                    return Ok(local(problem.into_response(), log, request_id));
+                }
+            }
+        }
+        let headers = response.headers_mut();
+        headers::remove_hop_by_hop(headers, switched);
+        headers.insert(REQUEST_ID, request_id);
+        if let Some(admitted) = admitted {
+            headers.extend(admitted.response_headers);
+        }
+        Ok(response.map(|body| ResponseBody::upstream(body, Some(log))))
+    }
+
+    fn no_route(
+        &self,
+        why: NoRoute,
+        log: AccessLog,
+        request_id: HeaderValue,
+    ) -> Response<ResponseBody> {
+        let response = match why {
+            NoRoute::NotFound => {
+                self.metrics.unrouted(Unrouted::NotFound);
+                Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "NO_ROUTE",
+                    "No route",
+                    "no route of this gateway matches the path",
+                )
+                .into_response()
+            }
+            NoRoute::MethodNotAllowed(allowed) => {
+                self.metrics.unrouted(Unrouted::MethodNotAllowed);
+                let mut response = Problem::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "METHOD_NOT_ALLOWED",
+                    "Method not allowed",
+                    "the route of this path does not take this method",
+                )
+                .into_response();
+                let list: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+                if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                response
+            }
+            NoRoute::BadPath(why) => {
+                self.metrics.unrouted(Unrouted::BadPath);
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_PATH",
+                    "Path not accepted",
+                    why,
+                )
+                .into_response()
+            }
+        };
+        local(response, log, request_id)
+    }
+}
+
+/// A response the gateway made (`log` gets its status), with the request id.
+fn local(
+    mut response: AxumResponse,
+    mut log: AccessLog,
+    request_id: HeaderValue,
+) -> Response<ResponseBody> {
+    log.status = response.status().as_u16();
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response.map(|body| ResponseBody::local(body, Some(log)))
+}
+
+fn upstream_timeout(detail: &'static str) -> Problem {
+    Problem::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "UPSTREAM_TIMEOUT",
+        "Upstream timed out",
+        detail,
+    )
+}
+
+fn upstream_unavailable(detail: &'static str) -> Problem {
+    Problem::new(
+        StatusCode::BAD_GATEWAY,
+        "UPSTREAM_UNAVAILABLE",
+        "Upstream unavailable",
+        detail,
+    )
+}
+
+/// `http://<upstream authority><base path><path>[?query]`.
+fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    let mut target = String::with_capacity(
+        upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    target.push_str(&upstream.base_path);
+    target.push_str(path);
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
+    }
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(upstream.authority.clone())
+        .path_and_query(PathAndQuery::try_from(target)?)
+        .build()
+}
+
+/// Whether an I/O timeout (the connect timeout) is somewhere in the error's causes.
+fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+/// Joins the client's and the upstream's upgraded connections (WebSocket and the like) until
+/// either side closes or the shutdown grace period ends.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    tracker: Tracker,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "an upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = copied {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        () = tracker.cut() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uris_join_base_path_path_and_query() {
+        let up = |base: &str| Upstream {
+            authority: "10.0.0.1:8000".parse().unwrap(),
+            base_path: base.into(),
+        };
+        assert_eq!(
+            upstream_uri(&up(""), "/api/x", None).unwrap(),
+            "http://10.0.0.1:8000/api/x"
+        );
+        assert_eq!(
+            upstream_uri(&up("/v2"), "/api/x%20y", Some("a=1&b=%C3%A9")).unwrap(),
+            "http://10.0.0.1:8000/v2/api/x%20y?a=1&b=%C3%A9"
+        );
+    }
+
+    #[test]
+    fn a_connect_timeout_is_found_among_the_causes() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tcp connect error")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let timed_out = Wrapper(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        ));
+        assert!(caused_by_timeout(&timed_out));
+        assert_eq!(
+            error_chain(&timed_out),
+            "tcp connect error: connect timed out"
+        );
+        let refused = Wrapper(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(!caused_by_timeout(&refused));
+    }
+}
