@@ -19,6 +19,7 @@ pub mod admin;
 pub mod audit;
 pub mod format;
 pub mod id;
+pub mod limits;
 pub mod outcome;
 pub mod policy;
 pub mod record;
