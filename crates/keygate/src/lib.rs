@@ -33,6 +33,7 @@ pub mod credentials;
 mod extract;
 pub mod layer;
 pub mod lifecycle;
+pub mod limits;
 pub mod problem;
 pub mod sealing;
 pub mod verifier;
