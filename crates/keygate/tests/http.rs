@@ -16,6 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "../examples/public_api.rs"]
 mod example;
 
+/// Rate limits shared through Redis (`limits/mod.rs`).
+mod limits;
+
 struct Server {
     addr: SocketAddr,
     keygate: Keygate,

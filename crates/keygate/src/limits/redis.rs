@@ -1067,6 +1067,7 @@ impl Shared {
                     self.healthy.store(true, Ordering::Release);
                     self.counters.recovered.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
+                        node = %self.node,
                         after_ms = since.elapsed().as_millis() as u64,
                         counters_written = written,
                         "Redis is reachable again: rate limits are shared across nodes again"
@@ -1130,6 +1131,7 @@ impl Shared {
         }
         let error = error.to_string();
         tracing::warn!(
+            node = %self.node,
             error = %error,
             "Redis is unreachable: rate limits are counted on this node alone until it is back"
         );
