@@ -386,6 +386,11 @@ impl WindowState {
     /// one; after two, nothing is left. A clock that went backwards leaves the state as it is
     /// (and [`elapsed`](Self::elapsed) counts from the window's start: the strictest view).
     pub fn rolled(self, window: Window, now: Timestamp) -> Self {
+        let w = window.as_ms() as i64;
+        let start = self.window.saturating_mul(w);
+        if (start..start.saturating_add(w)).contains(&now.unix_ms()) {
+            return self; // still this window (the common case: no division)
+        }
         let index = window.index(now);
         match index - self.window {
             d if d <= 0 => self,
@@ -417,20 +422,21 @@ impl WindowState {
     /// The weight of the previous window's count at `now`, in `1..=WEIGHT_SCALE` steps of
     /// `1/WEIGHT_SCALE`, rounded up (the stricter way).
     pub fn previous_weight(&self, window: Window, now: Timestamp) -> u64 {
-        let w = window.as_ms();
-        (w - self.elapsed(window, now))
-            .saturating_mul(WEIGHT_SCALE)
-            .div_ceil(w)
+        weight(window, self.elapsed(window, now))
     }
 
-    /// Units used at `now`, scaled by `WEIGHT_SCALE`.
-    fn used(&self, weight: u64) -> u64 {
-        self.previous.min(MAX_COUNT) * weight + self.current.min(MAX_COUNT) * WEIGHT_SCALE
+    /// Units used `elapsed` ms into the window, scaled by `WEIGHT_SCALE`.
+    fn used(&self, window: Window, elapsed: u64) -> u64 {
+        let previous = match self.previous.min(MAX_COUNT) {
+            0 => 0, // no weight to compute
+            p => p * weight(window, elapsed),
+        };
+        previous + self.current.min(MAX_COUNT) * WEIGHT_SCALE
     }
 
     /// Whether `cost` more units fit under `limit` at `now` (the state already rolled to now).
     pub fn fits(&self, limit: &RateLimit, cost: u64, now: Timestamp) -> bool {
-        let used = self.used(self.previous_weight(limit.window, now));
+        let used = self.used(limit.window, self.elapsed(limit.window, now));
         cost <= MAX_COUNT && used + cost * WEIGHT_SCALE <= limit.limit * WEIGHT_SCALE
     }
 
@@ -448,10 +454,9 @@ impl WindowState {
         now: Timestamp,
         refused_cost: Option<u64>,
     ) -> LimitStatus {
-        let weight = self.previous_weight(limit.window, now);
-        let cap = limit.limit * WEIGHT_SCALE;
-        let remaining = cap.saturating_sub(self.used(weight)) / WEIGHT_SCALE;
         let elapsed = self.elapsed(limit.window, now);
+        let cap = limit.limit * WEIGHT_SCALE;
+        let remaining = cap.saturating_sub(self.used(limit.window, elapsed)) / WEIGHT_SCALE;
         let reset = if remaining >= limit.limit {
             0
         } else {
@@ -505,6 +510,15 @@ impl WindowState {
         };
         Some(w - elapsed + at)
     }
+}
+
+/// The previous window's weight `elapsed` ms into the current one, in steps of
+/// `1/WEIGHT_SCALE`, rounded up.
+fn weight(window: Window, elapsed: u64) -> u64 {
+    let w = window.as_ms();
+    (w - elapsed.min(w))
+        .saturating_mul(WEIGHT_SCALE)
+        .div_ceil(w)
 }
 
 /// One limit's part of a [`Decision`]: the numbers for the `RateLimit` headers.

@@ -70,6 +70,17 @@ use crate::SystemClock;
 
 static SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("reserve.lua")));
+/// Gives back `ARGV[2]` units of node `ARGV[1]`'s reservation in hash `KEYS[1]`, if it holds
+/// them (never creating the field, never going below zero).
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local held = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
+         if held > 0 then \
+           redis.call('HINCRBY', KEYS[1], ARGV[1], string.format('%d', -math.min(held, tonumber(ARGV[2])))) \
+         end \
+         return held",
+    )
+});
 
 /// Background jobs waiting at most: past this, a prefetch or release is skipped (a request
 /// then reserves for itself; an unreleased lease only makes the previous window weigh more).
@@ -315,7 +326,7 @@ impl RedisLimiterBuilder {
     }
 
     /// How often Redis is probed: for recovery when degraded, for restarts when not (default
-    /// 500 ms; at least the timeout).
+    /// 500 ms).
     pub fn probe_interval(mut self, every: Duration) -> Self {
         self.probe_interval = every;
         self
@@ -369,8 +380,11 @@ impl RedisLimiterBuilder {
             Ok(run_id) => lock(&shared.health).run_id = Some(run_id),
             Err(e) => shared.degrade(&e),
         }
-        let every = self.probe_interval.max(self.timeout);
-        tokio::spawn(background(Arc::downgrade(&shared), queue, every));
+        tokio::spawn(background(
+            Arc::downgrade(&shared),
+            queue,
+            self.probe_interval,
+        ));
         Ok(RedisLimiter { shared })
     }
 }
@@ -604,6 +618,7 @@ impl Shared {
         let mut locked = self.table.lock(request.iter().map(|(s, _)| *s));
         let mut all_leased = true;
         let mut surely_refused = false;
+        let mut at = 0;
         for (i, (subject, limits)) in request.iter().enumerate() {
             if limits.is_empty() {
                 continue;
@@ -620,8 +635,9 @@ impl Shared {
                     && healthy
                 {
                     let key = self.key(subject, limit.name.as_str(), limit.window, index);
-                    releases.push(Job::Release { key, units });
+                    releases.push((at, Job::Release { key, units }));
                 }
+                at += 1;
                 if slot.lease < cost {
                     all_leased = false;
                     surely_refused |= !slot.free_view().fits(limit, cost, now);
@@ -663,7 +679,7 @@ impl Shared {
                 &self.counters.degraded_decisions
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            self.enqueue(releases.into_iter().chain(prefetches));
+            self.enqueue(releases.into_iter().map(|(_, job)| job).chain(prefetches));
             return Ok(Decision::new(statuses));
         }
         // Hold what the leases cover; reserve the rest in Redis.
@@ -687,6 +703,16 @@ impl Shared {
                 invocation
                     .key(self.key(subject, limit.name.as_str(), limit.window, index))
                     .key(self.key(subject, limit.name.as_str(), limit.window, index - 1));
+                // A lease to give back from the window that just ended goes with this call, so
+                // that the sums it reads are already without it.
+                let flat = held.len() - 1;
+                let release = match releases.iter().position(|(at, _)| *at == flat) {
+                    Some(r) => match releases.swap_remove(r).1 {
+                        Job::Release { units, .. } => units,
+                        Job::Prefetch(..) => 0,
+                    },
+                    None => 0,
+                };
                 args.push([
                     limit.limit,
                     slot.view.previous_weight(limit.window, now),
@@ -695,6 +721,7 @@ impl Shared {
                     slot.pending,
                     slot.own.saturating_sub(slot.pending),
                     Self::ttl_ms(limit.window, index, now) as u64,
+                    release,
                 ]);
                 sent.push(Sent {
                     at: held.len() - 1,
@@ -712,7 +739,7 @@ impl Shared {
                 invocation.arg(*v);
             }
         }
-        self.enqueue(releases);
+        self.enqueue(releases.into_iter().map(|(_, job)| job));
         Err(Ask {
             held,
             sent,
@@ -751,6 +778,7 @@ impl Shared {
         let admitted = reply.as_ref().map(|r| r.ok);
         // First: put what came back (or what was held) where it belongs.
         let mut surely_refused = false;
+        let mut late_releases = Vec::new();
         for (i, (subject, limits)) in request.iter().enumerate() {
             if limits.is_empty() {
                 continue;
@@ -764,7 +792,10 @@ impl Shared {
             };
             for (slot, limit) in entry.states.iter_mut().zip(*limits) {
                 let (held, window) = ask.held[at];
-                slot.roll(limit.window, now);
+                if let Some((index, units)) = slot.roll(limit.window, now) {
+                    let key = self.key(subject, limit.name.as_str(), limit.window, index);
+                    late_releases.push(Job::Release { key, units });
+                }
                 let same_window = slot.view.window == window;
                 let answer = sent.next_if(|(s, _)| s.at == at);
                 if let Some((s, g)) = answer {
@@ -847,6 +878,7 @@ impl Shared {
             }
         }
         drop(locked);
+        self.enqueue(late_releases);
         let mut decision = Decision::new(statuses);
         if !allowed && decision.allowed() {
             // Redis refused on counts newer than ours: say which limits, from its sums.
@@ -913,6 +945,7 @@ impl Shared {
         let mut invocation = SCRIPT.prepare_invoke();
         let mut args = Vec::new();
         let mut sent = Vec::new();
+        let mut unsent = Vec::new();
         {
             let mut locked = self.table.lock(std::iter::once(&subject));
             let Some(entry) =
@@ -924,8 +957,16 @@ impl Shared {
             };
             if healthy {
                 for (at, (slot, limit)) in entry.states.iter_mut().zip(limits.iter()).enumerate() {
-                    slot.roll(limit.window, now);
+                    let release = slot.roll(limit.window, now).map_or(0, |(_, units)| units);
                     if !slot.low() {
+                        if release > 0 {
+                            let index = slot.view.window - 1;
+                            let key = self.key(&subject, limit.name.as_str(), limit.window, index);
+                            unsent.push(Job::Release {
+                                key,
+                                units: release,
+                            });
+                        }
                         continue;
                     }
                     let index = slot.view.window;
@@ -940,6 +981,7 @@ impl Shared {
                         slot.pending,
                         slot.own.saturating_sub(slot.pending),
                         Self::ttl_ms(limit.window, index, now) as u64,
+                        release,
                     ]);
                     sent.push(Sent {
                         at,
@@ -952,8 +994,15 @@ impl Shared {
             }
             if sent.is_empty() {
                 entry.states.iter_mut().for_each(|s| s.prefetching = false);
-                return;
             }
+        }
+        for job in unsent {
+            if let Job::Release { key, units } = job {
+                self.release(key, units).await;
+            }
+        }
+        if sent.is_empty() {
+            return;
         }
         invocation.arg(&self.node).arg(sent.len());
         for a in &args {
@@ -1010,12 +1059,9 @@ impl Shared {
             return; // the write-back on recovery sets the right value
         }
         let mut conn = self.conn.clone();
-        let cmd = redis::cmd("HINCRBY")
-            .arg(&key)
-            .arg(&self.node)
-            .arg(-(units as i64))
-            .to_owned();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<i64>(&mut conn)).await {
+        let mut release = RELEASE.key(&key);
+        release.arg(&self.node).arg(units);
+        match tokio::time::timeout(self.timeout, release.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => self.degrade(&e),
             Err(_) => self.degrade(&format!("no answer within {} ms", self.timeout.as_millis())),

@@ -5,7 +5,7 @@
 --
 -- KEYS[2i-1], KEYS[2i]: limit i's hash for the current and the previous fixed window,
 --   {node id: units this node reserved in that window}.
--- ARGV[1]: this node's id. ARGV[2]: n, the number of limits. Then 7 values per limit:
+-- ARGV[1]: this node's id. ARGV[2]: n, the number of limits. Then 8 values per limit:
 --   limit   units per window
 --   weight  the previous window's weight now, in 1/65536
 --   need    units that must fit for the request to go through (0 for a prefetch)
@@ -13,6 +13,7 @@
 --   add     units the node already spent on its own (while Redis was away): counted regardless
 --   expect  the least this node's field must hold; less means Redis lost it (a restart)
 --   ttl     milliseconds the current window's hash must live (to the end of the next window)
+--   release units of this node's unused lease in the previous window, given back first
 -- Reply: {ok, lost, then per limit: current sum, previous sum, granted, fits}. ok = 1 when
 -- every limit had room for its need; then each limit grants between need and want, at most
 -- half of what is free divided among the nodes seen, so that leases shrink to exactly the
@@ -24,9 +25,15 @@ local n = tonumber(ARGV[2])
 local ok, lost = 1, 0
 local seen = {}
 for i = 1, n do
-  local a = 2 + (i - 1) * 7
+  local a = 2 + (i - 1) * 8
   local limit, weight, need = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local add, expect = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local add, expect, release = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), tonumber(ARGV[a + 8])
+  if release > 0 then
+    local held = tonumber(redis.call('HGET', KEYS[2 * i], node) or '0')
+    if held > 0 then
+      redis.call('HINCRBY', KEYS[2 * i], node, string.format('%d', -math.min(held, release)))
+    end
+  end
   local current, previous, nodes, mine = 0, 0, 0, 0
   local fields = redis.call('HGETALL', KEYS[2 * i - 1])
   for j = 1, #fields, 2 do
@@ -48,7 +55,7 @@ for i = 1, n do
 end
 local reply = {ok, lost}
 for i = 1, n do
-  local a = 2 + (i - 1) * 7
+  local a = 2 + (i - 1) * 8
   local need, want, add, ttl = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), ARGV[a + 7]
   local current, previous, free, nodes, fits = seen[i][1], seen[i][2], seen[i][3], seen[i][4], seen[i][5]
   local granted = 0

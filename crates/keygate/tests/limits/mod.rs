@@ -40,7 +40,8 @@ async fn node(url: &str, prefix: &str, id: &str, clock: &Arc<FixedClock>) -> Red
     RedisLimiter::builder(url)
         .prefix(prefix)
         .node_id(id)
-        .timeout(Duration::from_millis(100))
+        // Generous: this machine is shared, and a slow answer would count as an outage.
+        .timeout(Duration::from_millis(500))
         .probe_interval(Duration::from_millis(100))
         .clock(clock.clone())
         .connect()
@@ -62,6 +63,29 @@ async fn fields(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Hash
         .query_async(conn)
         .await
         .unwrap()
+}
+
+/// Waits (with a deadline) until `node`'s field in `key` is `expected()`: what the node has
+/// spent plus its lease, once any background reservation under way has landed.
+async fn settled(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    node: &str,
+    expected: impl Fn() -> u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = fields(conn, key).await.get(node).copied();
+        if held == Some(expected()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} holds {held:?} in {key}, expected {}",
+            expected()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,10 +128,18 @@ async fn two_nodes_share_one_limit_through_redis() {
     for (i, task) in tasks.into_iter().enumerate() {
         admitted[i / TASKS] += task.await.unwrap();
     }
-    let leases = [a.lease(&subject, &limit), b.lease(&subject, &limit)];
     let key = a.redis_key(&subject, &limit, clock.now());
     assert!(key.starts_with(&prefix), "{key}");
     let mut conn = raw(&url).await;
+    settled(&mut conn, &key, "a", || {
+        admitted[0] + a.lease(&subject, &limit)
+    })
+    .await;
+    settled(&mut conn, &key, "b", || {
+        admitted[1] + b.lease(&subject, &limit)
+    })
+    .await;
+    let leases = [a.lease(&subject, &limit), b.lease(&subject, &limit)];
     let reserved = fields(&mut conn, &key).await;
     let total = admitted[0] + admitted[1];
     let (sa, sb) = (a.stats(), b.stats());
@@ -338,9 +370,14 @@ async fn windows_roll_over_and_unused_leases_go_back() {
     }
     let first_key = a.redis_key(&subject, &limit, clock.now());
     let mut conn = raw(&url).await;
-    let lease = a.lease(&subject, &limit);
-    assert!(lease > 0, "a steady stream holds a lease");
-    assert_eq!(fields(&mut conn, &first_key).await["a"], 20 + lease);
+    settled(&mut conn, &first_key, "a", || {
+        20 + a.lease(&subject, &limit)
+    })
+    .await;
+    assert!(
+        a.lease(&subject, &limit) > 0,
+        "a steady stream holds a lease"
+    );
     // Half-way through the next window: the unused lease goes back to the first window's
     // count, and its 20 weigh 10.
     clock.set(at(90_000));
@@ -528,10 +565,13 @@ async fn redis_killed_and_restarted_mid_run() {
     // The restarted (empty) Redis holds both nodes' counts again: written back.
     let mut conn = raw(&url).await;
     let key = a.redis_key(&subject, &limit, clock.now());
+    settled(&mut conn, &key, &na, || {
+        admitted_a + a.lease(&subject, &limit)
+    })
+    .await;
+    settled(&mut conn, &key, &nb, || 30 + b.lease(&subject, &limit)).await;
     let reserved = fields(&mut conn, &key).await;
-    let (lease_a, lease_b) = (a.lease(&subject, &limit), b.lease(&subject, &limit));
-    assert_eq!(reserved[&na], admitted_a + lease_a);
-    assert_eq!(reserved[&nb], 30 + lease_b);
+    let lease_b = b.lease(&subject, &limit);
     // And they are used: b spends its lease and what the limit has left, no more.
     let sum: u64 = reserved.values().sum();
     let expected_b = (lease_b + 100u64.saturating_sub(sum)).min(50);
@@ -541,4 +581,102 @@ async fn redis_killed_and_restarted_mid_run() {
     }
     assert_eq!(admitted_b, expected_b, "sum {sum}, lease {lease_b}");
     assert_eq!(b.health(), RedisHealth::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "set KEYGATE_TEST_REDIS=redis://127.0.0.1:6379 to run"
+)]
+async fn counts_lost_by_redis_are_noticed_and_written_back() {
+    super::captured_logs();
+    let url = redis_url();
+    let prefix = format!("{}:", unique("kgtest"));
+    let clock = Arc::new(FixedClock::new(t0()));
+    let na = unique("node-a");
+    let a = node(&url, &prefix, &na, &clock).await;
+    let subject = Subject::key(&KeyId::generate(t0()));
+    let limit = limit("1000/1m");
+    let limits = [limit];
+    for _ in 0..20 {
+        assert!(
+            a.check(&[(&subject, &limits)], 1, clock.now())
+                .await
+                .allowed()
+        );
+    }
+    let key = a.redis_key(&subject, &limit, clock.now());
+    let mut conn = raw(&url).await;
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The next script call (a request's or a prefetch) finds this node's field missing:
+    // Redis lost it, as a restart without persistence would.
+    let mut admitted = 20;
+    while a.health() == RedisHealth::Ok {
+        assert!(
+            a.check(&[(&subject, &limits)], 1, clock.now())
+                .await
+                .allowed()
+        );
+        admitted += 1;
+        assert!(admitted < 1000, "the loss went unnoticed");
+    }
+    let RedisHealth::Degraded { error, .. } = a.health() else {
+        unreachable!()
+    };
+    assert_eq!(
+        error,
+        "Redis lost this node's counts (restarted without persistence?)"
+    );
+    until_healthy(&[&a]).await;
+    settled(&mut conn, &key, &na, || {
+        admitted + a.lease(&subject, &limit)
+    })
+    .await;
+    assert_eq!(log_lines(&na, "Redis is reachable again"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "set KEYGATE_TEST_REDIS=redis://127.0.0.1:6379 to run"
+)]
+async fn a_restart_between_requests_is_noticed_by_the_probe() {
+    super::captured_logs();
+    let mut server = OwnRedis::start();
+    server.wait_until_ready().await;
+    let url = server.url();
+    let prefix = format!("{}:", unique("kgtest"));
+    let clock = Arc::new(FixedClock::new(t0()));
+    let na = unique("node-a");
+    let a = node(&url, &prefix, &na, &clock).await;
+    let subject = Subject::key(&KeyId::generate(t0()));
+    let limit = limit("1000/1m");
+    for _ in 0..20 {
+        assert!(
+            a.check(&[(&subject, &[limit])], 1, clock.now())
+                .await
+                .allowed()
+        );
+    }
+    // Restarted with no request in between: only the probe can notice (the connection broke,
+    // or Redis' run_id changed).
+    server.kill();
+    server.restart();
+    server.wait_until_ready().await;
+    // Back, and the counts are in the new Redis again.
+    let key = a.redis_key(&subject, &limit, clock.now());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = raw(&url).await;
+    settled(&mut conn, &key, &na, || 20 + a.lease(&subject, &limit)).await;
+    while a.health() != RedisHealth::Ok {
+        assert!(Instant::now() < deadline, "not back: {:?}", a.health());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = a.stats();
+    assert!(stats.degraded >= 1 && stats.recovered >= 1, "{stats:?}");
+    assert!(log_lines(&na, "Redis is unreachable") >= 1);
 }
