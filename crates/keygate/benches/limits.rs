@@ -154,48 +154,67 @@ fn prefix() -> String {
     )
 }
 
-fn redis(c: &mut Criterion) {
-    let Some(url) = redis_url() else {
-        println!("skipped limits/redis_*: KEYGATE_TEST_REDIS is not set");
-        return;
-    };
-    let rt = runtime();
+/// A limiter on the test Redis with a subject whose lease covers a whole run.
+fn warm_redis(url: &str, rt: &tokio::runtime::Runtime) -> (RedisLimiter, Subject, [RateLimit; 1]) {
     let clock: Arc<dyn Clock> = Arc::new(keygate::SystemClock);
-    let limiter = rt.block_on(node(&url, &prefix(), "bench", clock.clone()));
-    let mut g = c.benchmark_group("limits");
+    let limiter = rt.block_on(node(url, &prefix(), "bench", clock));
     let big = [limit("1000000000/1d")];
     let k = key();
-    let now = clock.now();
-    // Warm up until the lease covers a run.
+    let now = keygate::SystemClock.now();
     rt.block_on(async {
         for _ in 0..100_000 {
             limiter.check(&[(&k, &big)], 1, now).await;
         }
     });
-    g.bench_function("redis_lease_hit", |b| {
-        b.to_async(&rt).iter(|| async {
-            limiter
-                .check(black_box(&[(&k, &big[..])]), 1, now)
-                .await
-                .allowed()
-        })
-    });
-    g.bench_function("redis_round_trip", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let limiter = limiter.clone();
-            let subjects: Vec<Subject> = (0..iters).map(|_| key()).collect();
-            async move {
-                let start = Instant::now();
-                for s in &subjects {
-                    // A new subject holds no lease: its first check reserves in Redis.
-                    black_box(limiter.check(&[(s, &big[..])], 1, now).await.allowed());
+    (limiter, k, big)
+}
+
+fn redis_lease_hit<M: Measurement>(c: &mut Criterion<M>, group: &str) {
+    let Some(url) = redis_url() else {
+        println!("skipped {group}/redis_*: KEYGATE_TEST_REDIS is not set");
+        return;
+    };
+    let rt = runtime();
+    let (limiter, k, big) = warm_redis(&url, &rt);
+    let now = keygate::SystemClock.now();
+    c.benchmark_group(group)
+        .bench_function("redis_lease_hit", |b| {
+            b.to_async(&rt).iter(|| async {
+                limiter
+                    .check(black_box(&[(&k, &big[..])]), 1, now)
+                    .await
+                    .allowed()
+            })
+        });
+}
+
+fn redis_wall(c: &mut Criterion) {
+    redis_lease_hit(c, "limits");
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let rt = runtime();
+    let (limiter, _, big) = warm_redis(&url, &rt);
+    let now = keygate::SystemClock.now();
+    c.benchmark_group("limits")
+        .bench_function("redis_round_trip", |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let limiter = limiter.clone();
+                let subjects: Vec<Subject> = (0..iters).map(|_| key()).collect();
+                async move {
+                    let start = Instant::now();
+                    for s in &subjects {
+                        // A new subject holds no lease: its first check reserves in Redis.
+                        black_box(limiter.check(&[(s, &big[..])], 1, now).await.allowed());
+                    }
+                    start.elapsed()
                 }
-                start.elapsed()
-            }
-        })
-    });
-    g.finish();
-    println!("redis_round_trip stats: {:?}", limiter.stats());
+            })
+        });
+}
+
+fn redis_cpu(c: &mut Criterion<ThreadCpu>) {
+    redis_lease_hit(c, "limits_cpu");
 }
 
 /// The system clock moved so that a window starts when the run does.
@@ -360,11 +379,11 @@ async fn throughput(url: &str, secs: f64) {
     }
 }
 
-criterion_group!(wall, local_wall, redis);
+criterion_group!(wall, local_wall, redis_wall);
 criterion_group!(
     name = cpu;
     config = Criterion::default().with_measurement(ThreadCpu);
-    targets = local_cpu
+    targets = local_cpu, redis_cpu
 );
 
 fn main() {

@@ -542,26 +542,105 @@ pub struct LimitStatus {
 }
 
 /// The answer to "may this request go through", over all its limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Decision {
     allowed: bool,
-    limits: Vec<LimitStatus>,
+    limits: Statuses,
 }
+
+/// Statuses kept inline up to this many (a key's limit and its owner's, or a key's two), so that a
+/// check allocates nothing; more go to the heap.
+const INLINE: usize = 2;
+
+/// A status in an unused inline slot; never shown.
+const UNUSED: LimitStatus = LimitStatus {
+    scope: LimitScope::Key,
+    name: LimitName {
+        bytes: [0; MAX_NAME_LEN],
+        len: 0,
+    },
+    limit: 0,
+    window: Window(1),
+    remaining: 0,
+    reset: 0,
+    retry_after: None,
+};
+
+#[derive(Debug, Clone)]
+enum Statuses {
+    Inline(usize, [LimitStatus; INLINE]),
+    Heap(Vec<LimitStatus>),
+}
+
+impl Statuses {
+    fn with_capacity(n: usize) -> Self {
+        if n <= INLINE {
+            Self::Inline(0, [UNUSED; INLINE])
+        } else {
+            Self::Heap(Vec::with_capacity(n))
+        }
+    }
+
+    fn push(&mut self, status: LimitStatus) {
+        match self {
+            Self::Inline(len, items) if *len < INLINE => {
+                items[*len] = status;
+                *len += 1;
+            }
+            Self::Inline(_, items) => {
+                let mut spilled = items.to_vec();
+                spilled.push(status);
+                *self = Self::Heap(spilled);
+            }
+            Self::Heap(v) => v.push(status),
+        }
+    }
+
+    fn as_slice(&self) -> &[LimitStatus] {
+        match self {
+            Self::Inline(len, items) => &items[..*len],
+            Self::Heap(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        self.allowed == other.allowed && self.limits() == other.limits()
+    }
+}
+
+impl Eq for Decision {}
 
 impl Decision {
     /// A decision from its parts: allowed only if no limit refused.
     pub fn new(limits: Vec<LimitStatus>) -> Self {
         Self {
             allowed: limits.iter().all(|l| l.retry_after.is_none()),
-            limits,
+            limits: Statuses::Heap(limits),
         }
+    }
+
+    /// A decision to [`push`](Self::push) `n` statuses into: allowed until one of them
+    /// refused. Up to two statuses need no allocation.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            allowed: true,
+            limits: Statuses::with_capacity(n),
+        }
+    }
+
+    /// Adds a limit's status.
+    pub fn push(&mut self, status: LimitStatus) {
+        self.allowed &= status.retry_after.is_none();
+        self.limits.push(status);
     }
 
     /// Allowed, with no limits to report (a subject without rate limits).
     pub fn unlimited() -> Self {
         Self {
             allowed: true,
-            limits: Vec::new(),
+            limits: Statuses::Inline(0, [UNUSED; INLINE]),
         }
     }
 
@@ -572,12 +651,12 @@ impl Decision {
 
     /// Each limit's status, in the order the limits were given.
     pub fn limits(&self) -> &[LimitStatus] {
-        &self.limits
+        self.limits.as_slice()
     }
 
     /// When refused: seconds until every refusing limit would let the request through.
     pub fn retry_after(&self) -> Option<u64> {
-        self.limits.iter().filter_map(|l| l.retry_after).max()
+        self.limits().iter().filter_map(|l| l.retry_after).max()
     }
 }
 
@@ -631,7 +710,7 @@ pub fn check_groups(groups: &mut [Group<'_>], cost: u64, now: Timestamp) -> Deci
             allowed &= state.fits(limit, cost, now);
         }
     }
-    let mut statuses = Vec::with_capacity(groups.iter().map(|g| g.limits.len()).sum());
+    let mut statuses = Statuses::with_capacity(groups.iter().map(|g| g.limits.len()).sum());
     for group in groups.iter_mut() {
         for (state, limit) in group.states.iter_mut().zip(group.limits) {
             let refused = (!allowed && !state.fits(limit, cost, now)).then_some(cost);

@@ -1,10 +1,14 @@
 //! [`LocalLimiter`]: rate-limit counters in this process.
 
 use keygate_core::Timestamp;
-use keygate_core::limits::{Decision, Group, RateLimit, WindowState, check_groups};
+use keygate_core::limits::{
+    Decision, Group, LimitScope, MAX_LIMITS, RateLimit, WindowState, check_groups,
+};
 
 use super::table::{SlotState, Table};
-use super::{DEFAULT_MAX_SUBJECTS, LimiterStats, Subject, refuse_full, unique_subjects};
+use super::{
+    DEFAULT_MAX_SUBJECTS, LimiterStats, MAX_SUBJECTS, Subject, refuse_full, unique_subjects,
+};
 
 impl SlotState for WindowState {
     fn is_idle(&self, window: keygate_core::limits::Window, now: Timestamp) -> bool {
@@ -57,9 +61,9 @@ impl LocalLimiter {
         );
         let capacity = self.table.shard_capacity();
         let stats = &self.table.stats;
-        let mut locked = self.table.lock(request.iter().map(|(s, _)| *s));
         if let [(subject, limits)] = request {
-            let Some(entry) = locked.shard(0).entry(subject, limits, now, capacity, stats) else {
+            let mut shard = self.table.lock_one(subject);
+            let Some(entry) = shard.entry(subject, limits, now, capacity, stats) else {
                 return refuse_full(request);
             };
             let group = Group {
@@ -69,9 +73,19 @@ impl LocalLimiter {
             };
             return check_groups(&mut [group], cost, now);
         }
+        let mut locked = self.table.lock(request.iter().map(|(s, _)| *s));
         // Several subjects, several entries: decide over copies of their states, then write
         // the copies back, all under the locks.
-        let mut states = Vec::with_capacity(request.iter().map(|(_, l)| l.len()).sum());
+        let total: usize = request.iter().map(|(_, l)| l.len()).sum();
+        let mut buffer = [WindowState::default(); MAX_SUBJECTS * MAX_LIMITS];
+        let mut spilled = Vec::new();
+        let states: &mut [WindowState] = if total <= buffer.len() {
+            &mut buffer[..total]
+        } else {
+            spilled.resize(total, WindowState::default());
+            &mut spilled
+        };
+        let mut at = 0;
         for (i, (subject, limits)) in request.iter().enumerate() {
             if limits.is_empty() {
                 continue;
@@ -79,27 +93,27 @@ impl LocalLimiter {
             let Some(entry) = locked.shard(i).entry(subject, limits, now, capacity, stats) else {
                 return refuse_full(request);
             };
-            states.extend_from_slice(&entry.states);
+            states[at..at + limits.len()].copy_from_slice(&entry.states);
+            at += limits.len();
         }
-        let mut groups = Vec::with_capacity(request.len());
-        let mut rest = states.as_mut_slice();
-        for (subject, limits) in request {
-            let (head, tail) = rest.split_at_mut(limits.len());
-            groups.push(Group {
-                scope: subject.scope(),
+        let mut rest = &mut states[..];
+        let mut groups = std::array::from_fn::<_, MAX_SUBJECTS, _>(|i| {
+            let (scope, limits) = request
+                .get(i)
+                .map_or((LimitScope::Key, &[][..]), |(s, l)| (s.scope(), *l));
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(limits.len());
+            rest = tail;
+            Group {
+                scope,
                 limits,
                 states: head,
-            });
-            rest = tail;
-        }
-        let decision = check_groups(&mut groups, cost, now);
-        drop(groups);
-        let mut at = 0;
+            }
+        });
+        let decision = check_groups(&mut groups[..request.len()], cost, now);
         for (i, (subject, limits)) in request.iter().enumerate() {
             if let Some(entry) = locked.shard(i).get(subject).filter(|_| !limits.is_empty()) {
-                entry.states.copy_from_slice(&states[at..at + limits.len()]);
+                entry.states.copy_from_slice(groups[i].states);
             }
-            at += limits.len();
         }
         decision
     }

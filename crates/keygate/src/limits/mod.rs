@@ -44,8 +44,9 @@ pub const MAX_SUBJECTS: usize = 4;
 /// Subjects a limiter holds at most, unless told otherwise.
 pub const DEFAULT_MAX_SUBJECTS: usize = 200_000;
 
-/// Whose counters: a key or an owner. Made once per verified key (it hashes its text when
-/// made); cheap to clone.
+/// Whose counters: a key or an owner. Cheap to clone; it hashes its text once, when made, so
+/// make it once per key (e.g. next to the cached key record) and reuse it: a check then finds
+/// the counters without hashing or comparing text.
 #[derive(Clone)]
 pub struct Subject {
     text: Arc<str>,
@@ -93,7 +94,9 @@ impl Subject {
 
 impl PartialEq for Subject {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.text == other.text
+        // The same subject made once and reused (as a verifier should, with its cached key)
+        // compares by pointer.
+        Arc::ptr_eq(&self.text, &other.text) || (self.hash == other.hash && self.text == other.text)
     }
 }
 

@@ -646,7 +646,7 @@ impl Shared {
         }
         if all_leased || surely_refused || !healthy {
             let allowed = !surely_refused;
-            let mut statuses = Vec::with_capacity(request.iter().map(|(_, l)| l.len()).sum());
+            let mut statuses = Decision::with_capacity(request.iter().map(|(_, l)| l.len()).sum());
             for (i, (subject, limits)) in request.iter().enumerate() {
                 let Some(entry) = locked.shard(i).get(subject).filter(|_| !limits.is_empty())
                 else {
@@ -680,7 +680,7 @@ impl Shared {
             };
             counter.fetch_add(1, Ordering::Relaxed);
             self.enqueue(releases.into_iter().map(|(_, job)| job).chain(prefetches));
-            return Ok(Decision::new(statuses));
+            return Ok(statuses);
         }
         // Hold what the leases cover; reserve the rest in Redis.
         let mut held = Vec::new();
@@ -855,7 +855,7 @@ impl Shared {
             }
             v
         };
-        let mut statuses = Vec::with_capacity(at);
+        let mut decision = Decision::with_capacity(at);
         let mut at = 0;
         for (i, (subject, limits)) in request.iter().enumerate() {
             let Some(entry) = locked.shard(i).get(subject).filter(|_| !limits.is_empty()) else {
@@ -870,7 +870,7 @@ impl Shared {
                 if allowed && admitted.is_none() {
                     slot.spend_locally(cost);
                 }
-                statuses.push(
+                decision.push(
                     slot.free_view()
                         .status(subject.scope(), limit, now, refused),
                 );
@@ -879,7 +879,6 @@ impl Shared {
         }
         drop(locked);
         self.enqueue(late_releases);
-        let mut decision = Decision::new(statuses);
         if !allowed && decision.allowed() {
             // Redis refused on counts newer than ours: say which limits, from its sums.
             decision = Decision::new(

@@ -222,6 +222,11 @@ impl<S: SlotState> Table<S> {
         (subject.precomputed_hash() >> 40) as usize & (SHARDS - 1)
     }
 
+    /// Locks the shard of one subject.
+    pub(crate) fn lock_one(&self, subject: &Subject) -> MutexGuard<'_, Shard<S>> {
+        lock(&self.shards[Self::shard_of(subject)])
+    }
+
     /// Locks the shards of `subjects` (at most [`MAX_SUBJECTS`]).
     pub(crate) fn lock<'t>(&'t self, subjects: impl Iterator<Item = &'t Subject>) -> Locked<'t, S> {
         let mut shards = [usize::MAX; MAX_SUBJECTS];
