@@ -367,7 +367,7 @@ async fn throughput(url: &str, secs: f64) {
         let mut sorted = ratios.clone();
         sorted.sort_by(f64::total_cmp);
         println!(
-            "throughput {name}: {:.0} checks/s (rounds {:?}), ratio to unlimited {:.3} (median of {:?})",
+            "throughput {name}: {:.0} checks/s (rounds {:?}); relative to the no-limit loop {:.3} (median of {:?})",
             rates[c].iter().sum::<f64>() / 3.0,
             rates[c].iter().map(|r| *r as u64).collect::<Vec<_>>(),
             sorted[1],
