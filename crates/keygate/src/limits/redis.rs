@@ -295,7 +295,6 @@ impl fmt::Display for RedisConfigError {
 impl std::error::Error for RedisConfigError {}
 
 /// Settings for [`RedisLimiter`]; start from [`RedisLimiter::builder`].
-#[derive(Debug)]
 pub struct RedisLimiterBuilder {
     url: String,
     prefix: String,
@@ -304,6 +303,30 @@ pub struct RedisLimiterBuilder {
     probe_interval: Duration,
     max_subjects: usize,
     clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for RedisLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiterBuilder")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("node", &self.node)
+            .field("timeout", &self.timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("max_subjects", &self.max_subjects)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Redis URL without its credentials (`redis://***@host:6379/0`).
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 impl RedisLimiterBuilder {
@@ -347,8 +370,10 @@ impl RedisLimiterBuilder {
     /// Makes the limiter and tries Redis once. Fails only on a malformed URL: an unreachable
     /// Redis gives a degraded limiter that recovers by itself. Needs a Tokio runtime.
     pub async fn connect(self) -> Result<RedisLimiter, RedisConfigError> {
-        let client =
-            redis::Client::open(self.url.as_str()).map_err(|e| RedisConfigError(e.to_string()))?;
+        // The parser's message may quote the URL, password and all: say only what kind of
+        // problem it is.
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| RedisConfigError(format!("{:?} ({})", e.kind(), redacted(&self.url))))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
@@ -1183,6 +1208,34 @@ impl Shared {
         health.degraded = Some((self.clock.now(), error, Instant::now()));
         self.healthy.store(false, Ordering::Release);
         self.counters.degraded.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            redacted("redis://:s3cret@cache:6379/0"),
+            "redis://***@cache:6379/0"
+        );
+        assert_eq!(redacted("redis://user:p@ss@cache"), "redis://***@cache");
+        assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redacted("s3cret"), "***");
+        let builder = RedisLimiter::builder("redis://:s3cret@cache:6379/0");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_refused_without_echoing_it() {
+        let err = RedisLimiter::builder("rediss//:s3cret@cache")
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert_eq!(err.to_string(), "bad Redis URL: InvalidClientConfig (***)");
     }
 }
 
