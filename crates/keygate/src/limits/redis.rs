@@ -1211,34 +1211,6 @@ impl Shared {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_shown_without_credentials() {
-        assert_eq!(
-            redacted("redis://:s3cret@cache:6379/0"),
-            "redis://***@cache:6379/0"
-        );
-        assert_eq!(redacted("redis://user:p@ss@cache"), "redis://***@cache");
-        assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
-        assert_eq!(redacted("s3cret"), "***");
-        let builder = RedisLimiter::builder("redis://:s3cret@cache:6379/0");
-        assert!(!format!("{builder:?}").contains("s3cret"));
-    }
-
-    #[tokio::test]
-    async fn a_malformed_url_is_refused_without_echoing_it() {
-        let err = RedisLimiter::builder("rediss//:s3cret@cache")
-            .connect()
-            .await
-            .unwrap_err();
-        assert!(!err.to_string().contains("s3cret"), "{err}");
-        assert_eq!(err.to_string(), "bad Redis URL: InvalidClientConfig (***)");
-    }
-}
-
 fn parse_reply(values: &[i64], limits: usize) -> Option<Reply> {
     if values.len() != 2 + 4 * limits {
         return None;
@@ -1289,4 +1261,32 @@ async fn background(shared: Weak<Shared>, mut jobs: mpsc::Receiver<Job>, every: 
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            redacted("redis://:s3cret@cache:6379/0"),
+            "redis://***@cache:6379/0"
+        );
+        assert_eq!(redacted("redis://user:p@ss@cache"), "redis://***@cache");
+        assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redacted("s3cret"), "***");
+        let builder = RedisLimiter::builder("redis://:s3cret@cache:6379/0");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_refused_without_echoing_it() {
+        let err = RedisLimiter::builder("rediss//:s3cret@cache")
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert_eq!(err.to_string(), "bad Redis URL: InvalidClientConfig (***)");
+    }
 }
