@@ -38,6 +38,7 @@ mod extract;
 mod key;
 pub mod layer;
 pub mod lifecycle;
+pub mod limits;
 mod manage;
 pub mod problem;
 pub mod sealing;

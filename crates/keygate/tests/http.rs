@@ -16,6 +16,9 @@ use serde_json::json;
 #[path = "../examples/public_api.rs"]
 mod example;
 
+/// Rate limits shared through Redis (`limits/mod.rs`).
+mod limits;
+
 struct Server {
     addr: SocketAddr,
     keygate: Keygate,
