@@ -209,14 +209,15 @@ class VerifyResult:
 class _PositiveCache:
     """Bounded LRU of VALID answers, keyed by (SHA-256 of the key, scopes, ip).
 
-    Entries live ``ttl`` seconds on the monotonic ``clock`` and never past the key's own
-    expiry. Only a digest of the key is held, never the key."""
+    An entry lives ``ttl`` seconds on the monotonic ``clock``, and never past the key's own
+    expiry (on the wall clock). Only a digest of the key is held, never the key."""
 
     def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float]) -> None:
         self._ttl = ttl
         self._max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[Tuple[Any, ...], Tuple[float, VerifyResult]] = OrderedDict()
+        # slot -> (monotonic deadline, the key's expiry as a Unix time or None, answer)
+        self._entries: OrderedDict[Tuple[Any, ...], Tuple[float, Optional[float], VerifyResult]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, slot: Tuple[Any, ...]) -> Optional[VerifyResult]:
@@ -225,21 +226,18 @@ class _PositiveCache:
             entry = self._entries.get(slot)
             if entry is None:
                 return None
-            if entry[0] <= now:
+            deadline, expires, result = entry
+            if deadline <= now or (expires is not None and expires <= time.time()):
                 del self._entries[slot]
                 return None
             self._entries.move_to_end(slot)
-            return entry[1]
+            return result
 
     def put(self, slot: Tuple[Any, ...], result: VerifyResult) -> None:
-        lifetime = self._ttl
-        if result.key is not None and result.key.expires_at is not None:
-            lifetime = min(lifetime, result.key.expires_at.timestamp() - time.time())
-        if lifetime <= 0:
-            return
-        deadline = self._clock() + lifetime
+        expires_at = result.key.expires_at if result.key is not None else None
+        entry = (self._clock() + self._ttl, None if expires_at is None else expires_at.timestamp(), result)
         with self._lock:
-            self._entries[slot] = (deadline, result)
+            self._entries[slot] = entry
             self._entries.move_to_end(slot)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)

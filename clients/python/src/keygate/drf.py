@@ -184,11 +184,22 @@ class KeygateUnavailableError(APIException):
 
 class HasKeygateKey(BasePermission):
     """Allows a request whose key keygate says is ``VALID`` (for ``required_scopes``, if any)
-    and sets ``request.auth`` to its :class:`keygate.KeyInfo`; refuses every other request
-    with keygate's code. Use :func:`HasKeygateScope` for scopes."""
+    and sets ``request.auth`` to its :class:`keygate.KeyInfo`. Use :func:`HasKeygateScope`
+    for scopes.
+
+    ``has_permission`` answers ``True``/``False`` like ``HasAPIKey``, so ``HasKeygateKey |
+    IsAuthenticated`` lets a signed-in user through without a key. When the refusal is this
+    class's alone (it sits at the top of ``permission_classes`` and said no), DRF reads its
+    ``message`` to build the 403, and that is where keygate's answer is raised instead: 401
+    with ``WWW-Authenticate`` and the code, 403 ``INSUFFICIENT_SCOPE``, 503 ``UNAVAILABLE``.
+    """
 
     #: Scopes the key must hold, every one of them.
     required_scopes: Tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        # DRF makes a new instance per request: this is the refusal of this request.
+        self._refusal: Optional[APIException] = None
 
     def get_key(self, request: Any) -> Optional[str]:
         """The presented key, read as drf-api-key's ``KeyParser`` reads it."""
@@ -206,14 +217,25 @@ class HasKeygateKey(BasePermission):
                 self.required_scopes,
                 fail_open=configured.fail_open,
             )
-        except KeygateUnavailable as exc:
-            raise KeygateUnavailableError() from exc
+        except KeygateUnavailable:
+            self._refusal = KeygateUnavailableError()
+            return False
         if result is None:  # keygate cannot be asked, and FAIL_OPEN lets the request in
             return True
         if not result.valid:
-            raise KeygateRefused(result)
+            self._refusal = KeygateRefused(result)
+            return False
         request.auth = result.key
         return True
+
+    @property
+    def message(self) -> str:
+        """Read by DRF's ``check_permissions`` only when this permission refused the request
+        at the top level: raises the refusal, so the answer is keygate's rather than DRF's
+        generic 403 (inside ``&``, ``|`` or ``~`` nothing reads it and ``False`` stands)."""
+        if self._refusal is not None:
+            raise self._refusal
+        return str(KeygateRefused.default_detail)
 
 
 def HasKeygateScope(*scopes: str) -> Type[HasKeygateKey]:  # noqa: N802 (reads as a class)

@@ -1,0 +1,158 @@
+"""HasKeygateKey in a real Django + DRF project (tests/djangoapp) served by gunicorn, against the
+session's real ``keygate serve``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+
+from keygate import WWW_AUTHENTICATE
+from support import AppServer, Keygate, Reply, refused_url
+
+
+@pytest.fixture(scope="module")
+def start_django(server: Keygate, verify_key: str) -> Iterator[Callable[..., AppServer]]:
+    """Starts the Django project under gunicorn with settings from ``env`` (over a correct
+    KEYGATE_URL / KEYGATE_VERIFY_KEY); every one started is stopped at the end."""
+    started: List[AppServer] = []
+
+    def start(**env: str) -> AppServer:
+        app = AppServer(
+            "gunicorn",
+            "djangoapp.wsgi",
+            {"KEYGATE_URL": server.url, "KEYGATE_VERIFY_KEY": verify_key, "URLLIB3_LOG_LEVEL": "DEBUG", **env},
+        )
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        app.stop()
+
+
+@pytest.fixture(scope="module")
+def django_app(start_django: Callable[..., AppServer]) -> AppServer:
+    return start_django()
+
+
+def with_key(key: str) -> Dict[str, str]:
+    return {"Authorization": f"Api-Key {key}"}
+
+
+def assert_refused(reply: Reply, status: int, code: str) -> None:
+    assert reply.status == status, reply
+    assert reply.json()["code"] == code, reply
+    assert reply.json()["detail"]
+    if status == 401:
+        assert reply.headers.get("www-authenticate") == WWW_AUTHENTICATE, reply
+    else:
+        assert "www-authenticate" not in reply.headers, reply
+
+
+def test_valid_key_reaches_the_view_with_request_auth(django_app: AppServer, client_key: Dict[str, Any]) -> None:
+    for path in ["/api/public/", "/api/orders/"]:
+        reply = django_app.get(path, with_key(client_key["key"]))
+        assert reply.status == 200, reply
+        assert reply.json()["auth"] == {
+            "id": client_key["id"],
+            "name": "billing",
+            "owner": "acct_42",
+            "scopes": ["orders:read"],
+            "metadata": {"plan": "pro"},
+        }
+
+
+def test_missing_key_is_401_with_www_authenticate(django_app: AppServer) -> None:
+    for headers in [{}, {"Authorization": "Bearer abc"}, {"Authorization": "Api-Key"}, {"Authorization": "Api-Key "}]:
+        assert_refused(django_app.get("/api/public/", headers), 401, "MISSING")
+
+
+@pytest.mark.parametrize("make", ["malformed", "unknown", "revoked", "expired", "disabled"])
+def test_refused_keys_are_401_with_keygates_code(
+    server: Keygate, django_app: AppServer, unknown_key: str, make: str
+) -> None:
+    if make == "malformed":
+        key, code = "Ab12Cd34.not-a-keygate-key", "MALFORMED"
+    elif make == "unknown":
+        key, code = unknown_key, "NOT_FOUND"
+    elif make == "expired":
+        key, code = server.create_key("old", ["orders:read"], expires_at="2020-01-01T00:00:00Z")["key"], "EXPIRED"
+    else:
+        issued = server.create_key(make, ["orders:read"])
+        key, code = issued["key"], make.upper()
+        server.cli("keys", "revoke" if make == "revoked" else "disable", issued["id"])
+    for path in ["/api/public/", "/api/orders/"]:
+        assert_refused(django_app.get(path, with_key(key)), 401, code)
+
+
+def test_wrong_scope_is_403(server: Keygate, django_app: AppServer) -> None:
+    key = server.create_key("writer", ["orders:write"])["key"]
+    assert django_app.get("/api/public/", with_key(key)).status == 200
+    assert_refused(django_app.get("/api/orders/", with_key(key)), 403, "INSUFFICIENT_SCOPE")
+
+
+def test_composes_like_has_api_key(server: Keygate, django_app: AppServer, client_key: Dict[str, Any]) -> None:
+    # HasKeygateKey | HasPartnerHeader: either one lets the request in, as with HasAPIKey
+    partner = {"X-Partner": "yes"}
+    revoked = server.create_key("gone", ["orders:read"])
+    server.cli("keys", "revoke", revoked["id"])
+    for path in ["/api/key-or-partner/", "/api/partner-or-scope/"]:
+        assert django_app.get(path, with_key(client_key["key"])).json()["auth"]["id"] == client_key["id"]
+        assert django_app.get(path, partner).status == 200
+        assert django_app.get(path, {**partner, **with_key(revoked["key"])}).status == 200
+        # neither: DRF's own refusal for a composed permission (no code of ours to give)
+        refused = django_app.get(path, with_key(revoked["key"]))
+        assert refused.status in (401, 403) and "code" not in refused.json(), refused
+    writer = server.create_key("writer", ["orders:write"])["key"]
+    assert django_app.get("/api/partner-or-scope/", with_key(writer)).status in (401, 403)
+
+
+def test_keygate_down_fails_closed_with_503(start_django: Callable[..., AppServer], client_key: Dict[str, Any]) -> None:
+    down = start_django(KEYGATE_URL=refused_url())
+    reply = down.get("/api/public/", with_key(client_key["key"]))
+    assert reply.status == 503, reply
+    assert reply.json() == {"detail": "the API key cannot be checked right now", "code": "UNAVAILABLE"}
+    # no key presented: refused without asking keygate
+    assert_refused(down.get("/api/public/"), 401, "MISSING")
+    assert "refusing a request, its key cannot be checked" in down.logs()
+    assert client_key["key"] not in down.logs()
+
+
+def test_fail_open_lets_requests_through_unverified(
+    start_django: Callable[..., AppServer], client_key: Dict[str, Any]
+) -> None:
+    down = start_django(KEYGATE_URL=refused_url(), KEYGATE_FAIL_OPEN="1")
+    reply = down.get("/api/orders/", with_key(client_key["key"]))
+    assert reply.status == 200, reply
+    assert reply.json()["auth"] is None
+    assert "letting a request through unverified (fail open)" in down.logs()
+    assert client_key["key"] not in down.logs()
+
+
+def test_a_wrong_verify_key_is_a_loud_500(
+    start_django: Callable[..., AppServer], client_key: Dict[str, Any], unknown_key: str
+) -> None:
+    misconfigured = start_django(KEYGATE_VERIFY_KEY=unknown_key)
+    reply = misconfigured.get("/api/public/", with_key(client_key["key"]))
+    assert reply.status == 500, reply
+    logs = misconfigured.logs()
+    assert "KeygateConfigurationError" in logs and "refused our verify key (401" in logs
+    assert client_key["key"] not in logs and unknown_key not in logs
+
+
+def test_custom_header_as_drf_api_key(start_django: Callable[..., AppServer], client_key: Dict[str, Any]) -> None:
+    custom = start_django(KEYGATE_HEADER="HTTP_X_API_KEY")
+    reply = custom.get("/api/orders/", {"X-Api-Key": client_key["key"]})
+    assert reply.status == 200 and reply.json()["auth"]["owner"] == "acct_42", reply
+    # the Authorization header is not read any more
+    assert_refused(custom.get("/api/orders/", with_key(client_key["key"])), 401, "MISSING")
+
+
+def test_no_key_in_any_log(server: Keygate, django_app: AppServer, client_key: Dict[str, Any]) -> None:
+    assert django_app.get("/api/public/", with_key(client_key["key"])).status == 200
+    logs = django_app.logs()
+    assert "GET /api/public/" in logs  # the access log and urllib3's debug lines are there
+    assert "POST /v1/verify" in logs
+    assert client_key["key"] not in logs
+    assert client_key["key"] not in server.logs()
