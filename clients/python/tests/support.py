@@ -307,6 +307,12 @@ class AppServer:
     def get(self, path: str, headers: Optional[Mapping[str, str]] = None) -> Reply:
         return http("GET", self.url + path, headers=headers)
 
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> str:
+        """Waits until the server has written ``text`` (a traceback may follow the response)
+        and returns everything it wrote."""
+        wait_until(lambda: text in self.logs(), f"{text!r} in the server's log", timeout)
+        return self.logs()
+
     def logs(self) -> str:
         """Everything the server wrote (access log, errors, the app's log lines)."""
         return self.process.stdout() + self.process.stderr()

@@ -1,0 +1,34 @@
+"""A small FastAPI app for the tests, served by uvicorn; configured from the environment:
+``KEYGATE_URL``, ``KEYGATE_VERIFY_KEY``, ``KEYGATE_FAIL_OPEN`` (``1``), ``KEYGATE_HEADER``."""
+
+import os
+from typing import Any, Dict, Optional
+
+from fastapi import Depends, FastAPI
+
+from keygate import Client, KeyInfo
+from keygate.fastapi import require_key
+
+keygate = Client(os.environ["KEYGATE_URL"], os.environ["KEYGATE_VERIFY_KEY"])
+options: Dict[str, Any] = {
+    "fail_open": os.environ.get("KEYGATE_FAIL_OPEN") == "1",
+    "header": os.environ.get("KEYGATE_HEADER") or None,
+}
+app = FastAPI()
+
+
+def describe(key: Optional[KeyInfo]) -> Dict[str, Any]:
+    if key is None:
+        return {"auth": None}
+    fields = {"id": key.id, "name": key.name, "owner": key.owner, "scopes": list(key.scopes)}
+    return {"auth": {**fields, "metadata": dict(key.metadata)}}
+
+
+@app.get("/api/public/")
+def public(key: Optional[KeyInfo] = Depends(require_key(keygate, **options))) -> Dict[str, Any]:
+    return {"message": "This is a public API that requires an API key.", **describe(key)}
+
+
+@app.get("/api/orders/")
+def orders(key: Optional[KeyInfo] = Depends(require_key(keygate, ["orders:read"], **options))) -> Dict[str, Any]:
+    return {"orders": [], **describe(key)}
