@@ -212,7 +212,11 @@ def wait_until(condition: Any, what: str, timeout: float = 20.0, every: float = 
 class Keygate:
     """A running ``keygate serve`` on a database, with its CLI on the same database."""
 
-    def __init__(self, workdir: Path, database: Optional[str] = None, *, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, database: Optional[str] = None, *, args: Sequence[str] = (), bootstrap: bool = True
+    ) -> None:
+        """Starts the server. ``bootstrap``: the database is empty, so the server prints its
+        bootstrap admin key (kept as ``admin_key``)."""
         self.binary = keygate_binary()
         self.workdir = workdir
         self.database = database or f"sqlite://{workdir / 'keygate.db'}"
@@ -223,7 +227,7 @@ class Keygate:
         )
         self.addr = self.process.wait_for(LISTENING).group(1)
         self.url = f"http://{self.addr}"
-        self.admin_key = self.process.wait_for(KEY_LINE, stream="stdout", timeout=5).group(1)
+        self.admin_key = self.process.wait_for(KEY_LINE, stream="stdout", timeout=5).group(1) if bootstrap else ""
 
     def cli(self, *args: str, check: bool = True, input: Optional[str] = None) -> subprocess.CompletedProcess:
         """``keygate --database <this database> ARGS`` (60 s at most)."""
