@@ -21,6 +21,8 @@ digest() {
     (cd "$HERE" && cat requirements-dev.txt requirements-legacy.txt pyproject.toml README.md &&
         find src -type f ! -name '*.pyc' | LC_ALL=C sort | xargs cat) | sha256sum | cut -d' ' -f1
 }
+"$PYTHON" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 9)' 2>/dev/null ||
+    { echo "dev-venv: $PYTHON must be Python >= 3.9 with venv and ensurepip (Debian: apt-get install python3-venv)" >&2; exit 1; }
 WANT="$(digest)"
 if [ -f "$DIR/.keygate-digest" ] && [ "$(cat "$DIR/.keygate-digest")" = "$WANT" ] &&
     [ -x "$DIR/bin/python" ] && [ -x "$LEGACY/bin/python" ]; then
