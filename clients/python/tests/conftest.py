@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import pytest
-
 from support import Keygate, clean_env, keygate_binary
 
 
@@ -31,8 +29,21 @@ def unknown_key(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A well-formed key (right prefix, checksum) issued by another keygate database."""
     db = tmp_path_factory.mktemp("other") / "other.db"
     done = subprocess.run(
-        [str(keygate_binary()), "--database", f"sqlite://{db}", "keys", "create", "--name", "elsewhere", "--json"],
-        capture_output=True, text=True, timeout=60, env=clean_env(), check=True,
+        [
+            str(keygate_binary()),
+            "--database",
+            f"sqlite://{db}",
+            "keys",
+            "create",
+            "--name",
+            "elsewhere",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        check=True,
     )
     return json.loads(done.stdout)["key"]
 

@@ -81,10 +81,24 @@ def _probes(keys: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for hasher in ("pbkdf2_sha256", "sha512"):
         real = next(k for k in keys if k["hasher"] == hasher and k["state"] == "active")
         prefix = real["key"].split(".", 1)[0]
-        probes.append({"key": f"{prefix}.{_random(32)}", "table": real["table"], "state": "never issued",
-                       "name": f"wrong secret for {real['name']}", "hasher": hasher})
-    probes.append({"key": f"{_random(8)}.{_random(32)}", "table": "rest_framework_api_key_apikey",
-                   "state": "never issued", "name": "unknown prefix", "hasher": None})
+        probes.append(
+            {
+                "key": f"{prefix}.{_random(32)}",
+                "table": real["table"],
+                "state": "never issued",
+                "name": f"wrong secret for {real['name']}",
+                "hasher": hasher,
+            }
+        )
+    probes.append(
+        {
+            "key": f"{_random(8)}.{_random(32)}",
+            "table": "rest_framework_api_key_apikey",
+            "state": "never issued",
+            "name": "unknown prefix",
+            "hasher": None,
+        }
+    )
     return probes
 
 
@@ -124,7 +138,9 @@ def build(workdir: Path, postgres_url: Optional[str] = None) -> Dict[str, Any]:
 
     copy = workdir / "drf-copy-for-is-valid.db"
     shutil.copyfile(db, copy)
-    accepted = json.loads(_run(Path(sys.executable), ["check"], {"DRF_FIXTURE_DB": str(copy)}, json.dumps(every)))
+    accepted = json.loads(
+        _run(Path(sys.executable), ["check"], {"DRF_FIXTURE_DB": str(copy)}, json.dumps(every))
+    )
     for entry, accepts in zip(every, accepted):
         entry["drf_accepts"] = accepts
         entry["expected_code"] = _expected_code(entry["state"])
@@ -133,10 +149,15 @@ def build(workdir: Path, postgres_url: Optional[str] = None) -> Dict[str, Any]:
 
     # the database to import still holds every PBKDF2 hash as 2.x wrote it
     with sqlite3.connect(db) as conn:
-        held = {row[0] for table in ("rest_framework_api_key_apikey", "billing_organizationapikey")
-                for row in conn.execute(f"SELECT hashed_key FROM {table}")}  # noqa: S608
+        held = {
+            row[0]
+            for table in ("rest_framework_api_key_apikey", "billing_organizationapikey")
+            for row in conn.execute(f"SELECT hashed_key FROM {table}")
+        }  # noqa: S608
     assert all(k["hashed_key"] in held for k in keys), "drf.db lost a hash it was made with"
-    assert sum(h.startswith("pbkdf2_sha256$") for h in held) == sum(k["hasher"] == "pbkdf2_sha256" for k in keys)
+    assert sum(h.startswith("pbkdf2_sha256$") for h in held) == sum(
+        k["hasher"] == "pbkdf2_sha256" for k in keys
+    )
 
     manifest: Dict[str, Any] = {"sqlite": str(db), "postgres": None, "keys": every}
     if postgres_url:

@@ -2,7 +2,7 @@
 ``KEYGATE_URL``, ``KEYGATE_VERIFY_KEY``, ``KEYGATE_FAIL_OPEN`` (``1``), ``KEYGATE_HEADER``."""
 
 import os
-from typing import Any, Dict, Optional
+from typing import Annotated, Any, Dict, Optional
 
 from fastapi import Depends, FastAPI
 
@@ -24,11 +24,16 @@ def describe(key: Optional[KeyInfo]) -> Dict[str, Any]:
     return {"auth": {**fields, "metadata": dict(key.metadata)}}
 
 
+#: The verified key (``None`` only when keygate cannot be asked and fail_open is set).
+AnyKey = Annotated[Optional[KeyInfo], Depends(require_key(keygate, **options))]
+OrdersKey = Annotated[Optional[KeyInfo], Depends(require_key(keygate, ["orders:read"], **options))]
+
+
 @app.get("/api/public/")
-def public(key: Optional[KeyInfo] = Depends(require_key(keygate, **options))) -> Dict[str, Any]:
+def public(key: AnyKey) -> Dict[str, Any]:
     return {"message": "This is a public API that requires an API key.", **describe(key)}
 
 
 @app.get("/api/orders/")
-def orders(key: Optional[KeyInfo] = Depends(require_key(keygate, ["orders:read"], **options))) -> Dict[str, Any]:
+def orders(key: OrdersKey) -> Dict[str, Any]:
     return {"orders": [], **describe(key)}

@@ -108,7 +108,9 @@ class Process:
         with self._changed:
             return self._text["stderr"]
 
-    def wait_for(self, pattern: "re.Pattern[str]", stream: str = "stderr", timeout: float = 30.0) -> "re.Match[str]":
+    def wait_for(
+        self, pattern: "re.Pattern[str]", stream: str = "stderr", timeout: float = 30.0
+    ) -> "re.Match[str]":
         """The first match of ``pattern`` in the stream, waiting up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -213,7 +215,12 @@ class Keygate:
     """A running ``keygate serve`` on a database, with its CLI on the same database."""
 
     def __init__(
-        self, workdir: Path, database: Optional[str] = None, *, args: Sequence[str] = (), bootstrap: bool = True
+        self,
+        workdir: Path,
+        database: Optional[str] = None,
+        *,
+        args: Sequence[str] = (),
+        bootstrap: bool = True,
     ) -> None:
         """Starts the server. ``bootstrap``: the database is empty, so the server prints its
         bootstrap admin key (kept as ``admin_key``)."""
@@ -221,13 +228,24 @@ class Keygate:
         self.workdir = workdir
         self.database = database or f"sqlite://{workdir / 'keygate.db'}"
         self.process = Process(
-            [str(self.binary), "serve", "--listen", "127.0.0.1:0", "--database", self.database,
-             "--log-level", "debug", *args],
+            [
+                str(self.binary),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                self.database,
+                "--log-level",
+                "debug",
+                *args,
+            ],
             env=clean_env(),
         )
         self.addr = self.process.wait_for(LISTENING).group(1)
         self.url = f"http://{self.addr}"
-        self.admin_key = self.process.wait_for(KEY_LINE, stream="stdout", timeout=5).group(1) if bootstrap else ""
+        self.admin_key = (
+            self.process.wait_for(KEY_LINE, stream="stdout", timeout=5).group(1) if bootstrap else ""
+        )
 
     def cli(self, *args: str, check: bool = True, input: Optional[str] = None) -> subprocess.CompletedProcess:
         """``keygate --database <this database> ARGS`` (60 s at most)."""
@@ -266,13 +284,17 @@ class Keygate:
 
     def admin(self, method: str, path: str, body: Any = None) -> Reply:
         """A request to keygate's own API with the bootstrap admin key."""
-        return http(method, self.url + path, headers={"Authorization": f"Api-Key {self.admin_key}"}, body=body)
+        return http(
+            method, self.url + path, headers={"Authorization": f"Api-Key {self.admin_key}"}, body=body
+        )
 
     def verifications(self) -> int:
         """Verifications keygate has made (``/metrics``). Each ``POST /v1/verify`` adds two
         (the verify key and the key asked about); reading this adds none."""
         text = http("GET", self.url + "/metrics").body.decode()
-        return sum(int(n) for n in re.findall(r'^keygate_verifications_total\{code="[A-Z_]+"\} (\d+)$', text, re.M))
+        return sum(
+            int(n) for n in re.findall(r'^keygate_verifications_total\{code="[A-Z_]+"\} (\d+)$', text, re.M)
+        )
 
     def logs(self) -> str:
         return self.process.stderr()
@@ -289,8 +311,21 @@ class AppServer:
         sock = listening_socket()
         fd = sock.fileno()
         if kind == "gunicorn":
-            args = ["-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", str(workers),
-                    "--worker-class", "sync", "--timeout", "30", "--access-logfile", "-", app]
+            args = [
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"fd://{fd}",
+                "--workers",
+                str(workers),
+                "--worker-class",
+                "sync",
+                "--timeout",
+                "30",
+                "--access-logfile",
+                "-",
+                app,
+            ]
             ready = re.compile(r"Booting worker")
         elif kind == "uvicorn":
             args = ["-m", "uvicorn", "--fd", str(fd), "--workers", str(workers), app]

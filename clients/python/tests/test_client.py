@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import http.server
 import logging
-import socket
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator
 
 import pytest
+from support import Keygate, listening_socket, refused_url, wait_until
 
 import keygate
 from keygate import (
@@ -22,7 +22,6 @@ from keygate import (
     KeyInfo,
     VerifyResult,
 )
-from support import Keygate, listening_socket, refused_url, wait_until
 
 
 class FixedClock:
@@ -145,7 +144,9 @@ def test_scopes(server: Keygate, client: Client) -> None:
         client.verify(key, [42])  # type: ignore[list-item]
 
 
-def test_a_rotated_key_names_its_successor(server: Keygate, client: Client, client_key: Dict[str, Any]) -> None:
+def test_a_rotated_key_names_its_successor(
+    server: Keygate, client: Client, client_key: Dict[str, Any]
+) -> None:
     rotated = server.admin("POST", f"/v1/keys/{client_key['id']}/rotate", {"grace_period": "1h"})
     assert rotated.status == 201, rotated
     result = client.verify(client_key["key"], ["orders:read"])
@@ -159,9 +160,22 @@ def test_a_rotated_key_names_its_successor(server: Keygate, client: Client, clie
 
 def test_unknown_codes_and_fields_are_refusals_kept_whole() -> None:
     later = VerifyResult.from_json(
-        {"valid": False, "code": "GEO_BLOCKED", "detail": "not from there", "limits": {"rpm": 10},
-         "key": {"id": "key_1", "name": "n", "owner": None, "scopes": [], "metadata": {},
-                 "expires_at": None, "rotated_to": None, "plan": "pro"}}
+        {
+            "valid": False,
+            "code": "GEO_BLOCKED",
+            "detail": "not from there",
+            "limits": {"rpm": 10},
+            "key": {
+                "id": "key_1",
+                "name": "n",
+                "owner": None,
+                "scopes": [],
+                "metadata": {},
+                "expires_at": None,
+                "rotated_to": None,
+                "plan": "pro",
+            },
+        }
     )
     assert (later.valid, later.code, later.http_status) == (False, "GEO_BLOCKED", 403)
     assert later.extra == {"limits": {"rpm": 10}}
@@ -254,9 +268,11 @@ def test_cost_always_asks(server: Keygate, verify_key: str, client_key: Dict[str
 
 
 def test_connection_refused_fails_closed(client_key: Dict[str, Any], verify_key: str) -> None:
-    with Client(refused_url(), verify_key, timeout=5) as down:
-        with pytest.raises(KeygateUnavailable, match="cannot be asked") as raised:
-            down.verify(client_key["key"])
+    with (
+        Client(refused_url(), verify_key, timeout=5) as down,
+        pytest.raises(KeygateUnavailable, match="cannot be asked") as raised,
+    ):
+        down.verify(client_key["key"])
     assert "refused" in str(raised.value).lower()
     assert_no_secret(raised.value, client_key["key"], verify_key)
 
@@ -266,32 +282,44 @@ def test_a_server_that_does_not_answer_times_out(client_key: Dict[str, Any], ver
     silent = listening_socket()
     try:
         port = silent.getsockname()[1]
-        with Client(f"http://127.0.0.1:{port}", verify_key, timeout=0.3) as hung:
-            with pytest.raises(KeygateUnavailable, match="(?i)timed out|timeout") as raised:
-                hung.verify(client_key["key"])
+        with (
+            Client(f"http://127.0.0.1:{port}", verify_key, timeout=0.3) as hung,
+            pytest.raises(KeygateUnavailable, match="(?i)timed out|timeout") as raised,
+        ):
+            hung.verify(client_key["key"])
         assert_no_secret(raised.value, client_key["key"], verify_key)
     finally:
         silent.close()
 
 
-def test_a_wrong_verify_key_is_a_configuration_error(server: Keygate, client_key: Dict[str, Any], unknown_key: str) -> None:
-    with Client(server.url, unknown_key) as wrong:
-        with pytest.raises(KeygateConfigurationError, match="refused our verify key \\(401") as raised:
-            wrong.verify(client_key["key"])
+def test_a_wrong_verify_key_is_a_configuration_error(
+    server: Keygate, client_key: Dict[str, Any], unknown_key: str
+) -> None:
+    with (
+        Client(server.url, unknown_key) as wrong,
+        pytest.raises(KeygateConfigurationError, match="refused our verify key \\(401") as raised,
+    ):
+        wrong.verify(client_key["key"])
     assert_no_secret(raised.value, client_key["key"], unknown_key)
     # a client key is no verify key: keygate says 403
-    with Client(server.url, client_key["key"]) as not_a_verifier:
-        with pytest.raises(KeygateConfigurationError, match="refused our verify key \\(403"):
-            not_a_verifier.verify(client_key["key"])
+    with (
+        Client(server.url, client_key["key"]) as not_a_verifier,
+        pytest.raises(KeygateConfigurationError, match="refused our verify key \\(403"),
+    ):
+        not_a_verifier.verify(client_key["key"])
 
 
-def test_a_bad_request_or_url_is_a_configuration_error(server: Keygate, client: Client, verify_key: str, client_key: Dict[str, Any]) -> None:
+def test_a_bad_request_or_url_is_a_configuration_error(
+    server: Keygate, client: Client, verify_key: str, client_key: Dict[str, Any]
+) -> None:
     with pytest.raises(KeygateConfigurationError, match="refused the request \\(400") as raised:
         client.verify(client_key["key"], ["Not A Scope!"])
     assert_no_secret(raised.value, client_key["key"], verify_key)
-    with Client(server.url + "/not-keygate", verify_key) as elsewhere:
-        with pytest.raises(KeygateConfigurationError, match="\\(404"):
-            elsewhere.verify(client_key["key"])
+    with (
+        Client(server.url + "/not-keygate", verify_key) as elsewhere,
+        pytest.raises(KeygateConfigurationError, match="\\(404"),
+    ):
+        elsewhere.verify(client_key["key"])
 
 
 class _Proxy(http.server.BaseHTTPRequestHandler):
@@ -323,7 +351,9 @@ def proxy() -> Iterator[str]:
     server.server_close()
 
 
-def test_answers_that_are_not_keygates_fail_closed(proxy: str, verify_key: str, client_key: Dict[str, Any]) -> None:
+def test_answers_that_are_not_keygates_fail_closed(
+    proxy: str, verify_key: str, client_key: Dict[str, Any]
+) -> None:
     _Proxy.answers = {
         "/html/v1/verify": (200, "text/html", b"<html>login</html>"),
         "/bad-gateway/v1/verify": (502, "text/html", b"<html>bad gateway</html>"),
@@ -336,9 +366,11 @@ def test_answers_that_are_not_keygates_fail_closed(proxy: str, verify_key: str, 
         ("/busy", "answered 503: UNAVAILABLE - store down"),
         ("/huge", "over 1048576 bytes"),
     ]:
-        with Client(proxy + path, verify_key) as behind:
-            with pytest.raises(KeygateUnavailable, match=message) as raised:
-                behind.verify(client_key["key"])
+        with (
+            Client(proxy + path, verify_key) as behind,
+            pytest.raises(KeygateUnavailable, match=message) as raised,
+        ):
+            behind.verify(client_key["key"])
             assert_no_secret(raised.value, client_key["key"], verify_key)
 
 
@@ -414,7 +446,9 @@ def drf_api_key_parser() -> Any:
     from django.conf import settings
 
     if not settings.configured:
-        settings.configure(INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework_api_key"])
+        settings.configure(
+            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework_api_key"]
+        )
         django.setup()
     from rest_framework_api_key.permissions import KeyParser
 
@@ -422,10 +456,22 @@ def drf_api_key_parser() -> Any:
 
 
 @pytest.mark.parametrize(
-    "value", ["Api-Key abc.def", "api-key x", "Api-Key  two-spaces", "Api-Key", "Api-Key ", "Token abc", "", "Api-Key a b"]
+    "value",
+    [
+        "Api-Key abc.def",
+        "api-key x",
+        "Api-Key  two-spaces",
+        "Api-Key",
+        "Api-Key ",
+        "Token abc",
+        "",
+        "Api-Key a b",
+    ],
 )
 def test_header_parsing_matches_drf_api_key(drf_api_key_parser: Any, value: str) -> None:
     class Request:
         META = {"HTTP_AUTHORIZATION": value}
 
-    assert keygate.key_from_authorization(value) == (drf_api_key_parser.get_from_authorization(Request()) or None)
+    assert keygate.key_from_authorization(value) == (
+        drf_api_key_parser.get_from_authorization(Request()) or None
+    )

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
+from support import AppServer, Keygate, Reply, refused_url
 
 from keygate import WWW_AUTHENTICATE
-from support import AppServer, Keygate, Reply, refused_url
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,12 @@ def start_django(server: Keygate, verify_key: str) -> Iterator[Callable[..., App
         app = AppServer(
             "gunicorn",
             "djangoapp.wsgi",
-            {"KEYGATE_URL": server.url, "KEYGATE_VERIFY_KEY": verify_key, "URLLIB3_LOG_LEVEL": "DEBUG", **env},
+            {
+                "KEYGATE_URL": server.url,
+                "KEYGATE_VERIFY_KEY": verify_key,
+                "URLLIB3_LOG_LEVEL": "DEBUG",
+                **env,
+            },
         )
         started.append(app)
         return app
@@ -50,7 +55,9 @@ def assert_refused(reply: Reply, status: int, code: str) -> None:
         assert "www-authenticate" not in reply.headers, reply
 
 
-def test_valid_key_reaches_the_view_with_request_auth(django_app: AppServer, client_key: Dict[str, Any]) -> None:
+def test_valid_key_reaches_the_view_with_request_auth(
+    django_app: AppServer, client_key: Dict[str, Any]
+) -> None:
     for path in ["/api/public/", "/api/orders/"]:
         reply = django_app.get(path, with_key(client_key["key"]))
         assert reply.status == 200, reply
@@ -64,7 +71,12 @@ def test_valid_key_reaches_the_view_with_request_auth(django_app: AppServer, cli
 
 
 def test_missing_key_is_401_with_www_authenticate(django_app: AppServer) -> None:
-    for headers in [{}, {"Authorization": "Bearer abc"}, {"Authorization": "Api-Key"}, {"Authorization": "Api-Key "}]:
+    for headers in [
+        {},
+        {"Authorization": "Bearer abc"},
+        {"Authorization": "Api-Key"},
+        {"Authorization": "Api-Key "},
+    ]:
         assert_refused(django_app.get("/api/public/", headers), 401, "MISSING")
 
 
@@ -77,7 +89,10 @@ def test_refused_keys_are_401_with_keygates_code(
     elif make == "unknown":
         key, code = unknown_key, "NOT_FOUND"
     elif make == "expired":
-        key, code = server.create_key("old", ["orders:read"], expires_at="2020-01-01T00:00:00Z")["key"], "EXPIRED"
+        key, code = (
+            server.create_key("old", ["orders:read"], expires_at="2020-01-01T00:00:00Z")["key"],
+            "EXPIRED",
+        )
     else:
         issued = server.create_key(make, ["orders:read"])
         key, code = issued["key"], make.upper()
@@ -92,7 +107,9 @@ def test_wrong_scope_is_403(server: Keygate, django_app: AppServer) -> None:
     assert_refused(django_app.get("/api/orders/", with_key(key)), 403, "INSUFFICIENT_SCOPE")
 
 
-def test_composes_like_has_api_key(server: Keygate, django_app: AppServer, client_key: Dict[str, Any]) -> None:
+def test_composes_like_has_api_key(
+    server: Keygate, django_app: AppServer, client_key: Dict[str, Any]
+) -> None:
     # HasKeygateKey | HasPartnerHeader: either one lets the request in, as with HasAPIKey
     partner = {"X-Partner": "yes"}
     revoked = server.create_key("gone", ["orders:read"])
@@ -108,7 +125,9 @@ def test_composes_like_has_api_key(server: Keygate, django_app: AppServer, clien
     assert django_app.get("/api/partner-or-scope/", with_key(writer)).status in (401, 403)
 
 
-def test_keygate_down_fails_closed_with_503(start_django: Callable[..., AppServer], client_key: Dict[str, Any]) -> None:
+def test_keygate_down_fails_closed_with_503(
+    start_django: Callable[..., AppServer], client_key: Dict[str, Any]
+) -> None:
     down = start_django(KEYGATE_URL=refused_url())
     reply = down.get("/api/public/", with_key(client_key["key"]))
     assert reply.status == 503, reply
@@ -141,7 +160,9 @@ def test_a_wrong_verify_key_is_a_loud_500(
     assert client_key["key"] not in logs and unknown_key not in logs
 
 
-def test_custom_header_as_drf_api_key(start_django: Callable[..., AppServer], client_key: Dict[str, Any]) -> None:
+def test_custom_header_as_drf_api_key(
+    start_django: Callable[..., AppServer], client_key: Dict[str, Any]
+) -> None:
     custom = start_django(KEYGATE_HEADER="HTTP_X_API_KEY")
     reply = custom.get("/api/orders/", {"X-Api-Key": client_key["key"]})
     assert reply.status == 200 and reply.json()["auth"]["owner"] == "acct_42", reply

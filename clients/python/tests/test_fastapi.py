@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
+from support import AppServer, Keygate, Reply, refused_url
 
 from keygate import WWW_AUTHENTICATE
-from support import AppServer, Keygate, Reply, refused_url
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,9 @@ def start_fastapi(server: Keygate, verify_key: str) -> Iterator[Callable[..., Ap
     started: List[AppServer] = []
 
     def start(**env: str) -> AppServer:
-        app = AppServer("uvicorn", "fastapiapp:app", {"KEYGATE_URL": server.url, "KEYGATE_VERIFY_KEY": verify_key, **env})
+        app = AppServer(
+            "uvicorn", "fastapiapp:app", {"KEYGATE_URL": server.url, "KEYGATE_VERIFY_KEY": verify_key, **env}
+        )
         started.append(app)
         return app
 
@@ -71,7 +73,10 @@ def test_refused_keys_are_401_with_keygates_code(
     elif make == "unknown":
         key, code = unknown_key, "NOT_FOUND"
     elif make == "expired":
-        key, code = server.create_key("old", ["orders:read"], expires_at="2020-01-01T00:00:00Z")["key"], "EXPIRED"
+        key, code = (
+            server.create_key("old", ["orders:read"], expires_at="2020-01-01T00:00:00Z")["key"],
+            "EXPIRED",
+        )
     else:
         issued = server.create_key(make, ["orders:read"])
         key, code = issued["key"], make.upper()
@@ -86,7 +91,9 @@ def test_wrong_scope_is_403(server: Keygate, fastapi_app: AppServer) -> None:
     assert_refused(fastapi_app.get("/api/orders/", with_key(key)), 403, "INSUFFICIENT_SCOPE")
 
 
-def test_keygate_down_fails_closed_with_503(start_fastapi: Callable[..., AppServer], client_key: Dict[str, Any]) -> None:
+def test_keygate_down_fails_closed_with_503(
+    start_fastapi: Callable[..., AppServer], client_key: Dict[str, Any]
+) -> None:
     down = start_fastapi(KEYGATE_URL=refused_url())
     assert_refused(down.get("/api/public/", with_key(client_key["key"])), 503, "UNAVAILABLE")
     assert_refused(down.get("/api/public/"), 401, "MISSING")

@@ -27,9 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-import pytest
-
 import drf_fixture
+import pytest
 from support import AppServer, Keygate, clean_env, http, keygate_binary
 
 DEFAULT_TABLE = "rest_framework_api_key_apikey"
@@ -58,7 +57,10 @@ def keygate(database: str, *args: str) -> subprocess.CompletedProcess:
     """``keygate --database DATABASE ARGS`` (generous timeout: PBKDF2 is slow by design)."""
     return subprocess.run(
         [str(keygate_binary()), "--database", database, *args],
-        capture_output=True, text=True, timeout=600, env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=clean_env(),
     )
 
 
@@ -66,7 +68,9 @@ def run_import(database: str, source: str, *args: str) -> Dict[str, Any]:
     """Runs the import; returns its --json output."""
     done = keygate(database, "import", "drf-api-key", "--from", source, *args, "--json")
     if done.returncode == 2 and "unrecognized subcommand 'import'" in done.stderr:
-        raise ImportCommandMissing(f"keygate import drf-api-key is not implemented yet ({done.stderr.strip()})")
+        raise ImportCommandMissing(
+            f"keygate import drf-api-key is not implemented yet ({done.stderr.strip()})"
+        )
     assert done.returncode == 0, f"import exited {done.returncode}: {done.stderr}"
     answer = json.loads(done.stdout)
     assert isinstance(answer, dict) and isinstance(answer.get("imported"), int), done.stdout
@@ -123,7 +127,9 @@ class Target:
         self.workdir = workdir
         self.imported = False
         # a key of keygate's own, made before the import: the verifier
-        done = keygate(self.database, "keys", "create", "--name", "verifier", "--scope", "keygate:verify", "--json")
+        done = keygate(
+            self.database, "keys", "create", "--name", "verifier", "--scope", "keygate:verify", "--json"
+        )
         assert done.returncode == 0, done.stderr
         self.verify_key: str = json.loads(done.stdout)["key"]
 
@@ -142,7 +148,9 @@ class Target:
 CUSTOM_IMPORT = ("--table", CUSTOM_TABLE, "--owner-column", "organization_id")
 
 
-def make_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, manifest: Dict[str, Any]) -> Iterator[Target]:
+def make_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, manifest: Dict[str, Any]
+) -> Iterator[Target]:
     if request.param == "postgres" and not manifest["postgres"]:
         pytest.skip("KEYGATE_TEST_POSTGRES is not set: the PostgreSQL import is not tested")
     made = Target(request.param, tmp_path_factory.mktemp(f"import-{request.param}"), manifest)
@@ -151,20 +159,29 @@ def make_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def fresh_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, manifest: Dict[str, Any]) -> Iterator[Target]:
+def fresh_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, manifest: Dict[str, Any]
+) -> Iterator[Target]:
     """A keygate database nothing was imported into, for this test alone."""
     yield from make_target(request, tmp_path_factory, manifest)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, manifest: Dict[str, Any]) -> Iterator[Target]:
+def target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, manifest: Dict[str, Any]
+) -> Iterator[Target]:
     """A keygate database shared by the module's tests; ``ensure_imported`` before use."""
     yield from make_target(request, tmp_path_factory, manifest)
 
 
 def verify(server: Keygate, verify_key: str, key: str) -> Dict[str, Any]:
-    reply = http("POST", server.url + "/v1/verify", headers={"Authorization": f"Api-Key {verify_key}"},
-                 body={"key": key, "scopes": []}, timeout=120)
+    reply = http(
+        "POST",
+        server.url + "/v1/verify",
+        headers={"Authorization": f"Api-Key {verify_key}"},
+        body={"key": key, "scopes": []},
+        timeout=120,
+    )
     assert reply.status == 200, reply
     return reply.json()
 
@@ -214,7 +231,9 @@ def test_every_key_answers_as_drf_api_key_did(target: Target, manifest: Dict[str
                 assert key["expires_at"] is None, where
             else:
                 imported = datetime.fromisoformat(key["expires_at"].replace("Z", "+00:00"))
-                assert abs(imported - datetime.fromisoformat(entry["expiry_date"])).total_seconds() < 0.001, where
+                assert abs(imported - datetime.fromisoformat(entry["expiry_date"])).total_seconds() < 0.001, (
+                    where
+                )
             if entry["table"] == CUSTOM_TABLE:
                 assert key["owner"] == str(entry["organization_id"]), where
                 assert key["metadata"].get("plan") == entry["plan"], where
@@ -250,8 +269,10 @@ def test_a_pbkdf2_key_is_rehashed_once_on_first_use(fresh_target: Target, manife
     target.ensure_imported()
     pbkdf2 = [k for k in rows(manifest, DEFAULT_TABLE) if k["hasher"] == "pbkdf2_sha256"]
     # one on Django 4.2's iterations, one on Django 3.2's: each hash names its own count
-    chosen = [next(k for k in pbkdf2 if "$600000$" in k["hashed_key"] and k["drf_accepts"]),
-              next(k for k in pbkdf2 if "$260000$" in k["hashed_key"])]
+    chosen = [
+        next(k for k in pbkdf2 if "$600000$" in k["hashed_key"] and k["drf_accepts"]),
+        next(k for k in pbkdf2 if "$260000$" in k["hashed_key"]),
+    ]
     for done, entry in enumerate(chosen):
         wrong = entry["key"].split(".")[0] + "." + "x" * 32
         server = Keygate(target.workdir, target.database, bootstrap=False)
@@ -289,7 +310,9 @@ def test_has_keygate_key_accepts_the_imported_drf_keys(target: Target, manifest:
     """The migration end to end: the client's drf-api-key key, unchanged, through HasKeygateKey."""
     target.ensure_imported()
     server = Keygate(target.workdir, target.database, bootstrap=False)
-    app = AppServer("gunicorn", "djangoapp.wsgi", {"KEYGATE_URL": server.url, "KEYGATE_VERIFY_KEY": target.verify_key})
+    app = AppServer(
+        "gunicorn", "djangoapp.wsgi", {"KEYGATE_URL": server.url, "KEYGATE_VERIFY_KEY": target.verify_key}
+    )
     try:
         for entry in rows(manifest, DEFAULT_TABLE):
             reply = app.get("/api/public/", {"Authorization": f"Api-Key {entry['key']}"})

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import List
 
 import pytest
-
 from support import PACKAGE_ROOT
 
 
@@ -23,7 +22,21 @@ def run(args: List[str], **kwargs: object) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(PACKAGE_ROOT)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(PACKAGE_ROOT),
+        ]
+    )
     (built,) = out.glob("keygate-*.whl")
     return built
 
@@ -32,11 +45,21 @@ def test_wheel_is_typed_and_needs_only_urllib3(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         metadata = next(z.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
-    assert {"keygate/__init__.py", "keygate/client.py", "keygate/drf.py", "keygate/fastapi.py", "keygate/py.typed"} <= names
+    assert {
+        "keygate/__init__.py",
+        "keygate/client.py",
+        "keygate/drf.py",
+        "keygate/fastapi.py",
+        "keygate/py.typed",
+    } <= names
     assert not any(n.startswith("tests/") for n in names)
-    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    requires = [
+        line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")
+    ]
     assert [r for r in requires if "extra ==" not in r] == ["urllib3<3,>=1.26"]
-    extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")}
+    extras = {
+        line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:")
+    }
     assert extras == {"drf", "fastapi"}
 
 
@@ -60,7 +83,9 @@ def test_installs_into_a_fresh_venv(wheel: Path, tmp_path: Path) -> None:
     )
     assert run([python, "-c", probe]).stdout.split("\n")[:2] == ["drf django", "fastapi fastapi"]
     installed = run([python, "-m", "pip", "list", "--format", "freeze"]).stdout.split()
-    assert sorted(p.split("==")[0].lower() for p in installed if not p.lower().startswith(("pip==", "setuptools=="))) == [
+    assert sorted(
+        p.split("==")[0].lower() for p in installed if not p.lower().startswith(("pip==", "setuptools=="))
+    ) == [
         "keygate",
         "urllib3",
     ]

@@ -13,6 +13,7 @@ Django REST Framework: :mod:`keygate.drf` (``HasKeygateKey``, ``HasKeygateScope`
 FastAPI: :mod:`keygate.fastapi` (``require_key``).
 """
 
+from ._version import __version__
 from .client import (
     MAX_CACHE_TTL,
     MAX_KEY_LENGTH,
@@ -25,8 +26,6 @@ from .client import (
     VerifyResult,
     key_from_authorization,
 )
-
-from ._version import __version__
 
 __all__ = [
     "__version__",

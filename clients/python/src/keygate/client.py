@@ -9,7 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Optional, Tuple
 
 import urllib3
@@ -217,7 +217,9 @@ class _PositiveCache:
         self._max_entries = max_entries
         self._clock = clock
         # slot -> (monotonic deadline, the key's expiry as a Unix time or None, answer)
-        self._entries: OrderedDict[Tuple[Any, ...], Tuple[float, Optional[float], VerifyResult]] = OrderedDict()
+        self._entries: OrderedDict[Tuple[Any, ...], Tuple[float, Optional[float], VerifyResult]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def get(self, slot: Tuple[Any, ...]) -> Optional[VerifyResult]:
@@ -308,9 +310,7 @@ class Client:
             "Accept": "application/json",
             "User-Agent": _USER_AGENT,
         }
-        self._cache = (
-            _PositiveCache(float(cache_ttl), cache_size, clock) if cache_ttl > 0 else None
-        )
+        self._cache = _PositiveCache(float(cache_ttl), cache_size, clock) if cache_ttl > 0 else None
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -387,7 +387,7 @@ class Client:
                 retries=False,
                 redirect=False,
                 timeout=self._call_timeout,
-                pool_timeout=self._timeout,
+                pool_timeout=self._timeout,  # type: ignore[arg-type]  # a float works; stubs say int
                 preload_content=False,
             )
             try:
@@ -407,8 +407,7 @@ class Client:
                 return VerifyResult.from_json(json.loads(raw))
             except ValueError as exc:
                 raise KeygateUnavailable(
-                    f"keygate at {where} answered 200 with something that is not a verify "
-                    f"answer ({exc})"
+                    f"keygate at {where} answered 200 with something that is not a verify answer ({exc})"
                 ) from exc
         problem = _problem_text(raw)
         if status in (401, 403):

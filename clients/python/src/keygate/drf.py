@@ -244,8 +244,10 @@ def HasKeygateScope(*scopes: str) -> Type[HasKeygateKey]:  # noqa: N802 (reads a
     ``INSUFFICIENT_SCOPE``. Composes with DRF's ``&``, ``|`` and ``~`` like any class."""
     if not scopes or not all(isinstance(s, str) and s for s in scopes):
         raise TypeError("HasKeygateScope needs one or more scope strings")
-    return type(HasKeygateKey)(
-        f"HasKeygateScope({', '.join(scopes)})",
-        (HasKeygateKey,),
-        {"required_scopes": tuple(scopes), "__module__": __name__},
-    )
+    required = tuple(scopes)
+
+    class Scoped(HasKeygateKey):
+        required_scopes = required
+
+    Scoped.__name__ = Scoped.__qualname__ = f"HasKeygateScope({', '.join(required)})"
+    return Scoped

@@ -33,8 +33,8 @@ from ._integration import UNAVAILABLE_DETAIL, check_presented_key
 from .client import (
     WWW_AUTHENTICATE,
     Client,
-    KeyInfo,
     KeygateUnavailable,
+    KeyInfo,
     VerifyResult,
     key_from_authorization,
 )

@@ -32,7 +32,9 @@ class Hello(APIView):
     """The view body every variant shares."""
 
     def get(self, request: Request) -> Response:
-        return Response({"message": "This is a public API that requires an API key.", **describe(request.auth)})
+        return Response(
+            {"message": "This is a public API that requires an API key.", **describe(request.auth)}
+        )
 
 
 class OpenView(Hello):

@@ -1,8 +1,8 @@
 """Runs inside a venv with djangorestframework-api-key; drf_fixture.py drives it.
 
-    python keys.py make legacy|current   # migrate, create this release's keys, print them (JSON)
-    python keys.py check < probes.json   # [{"table", "key"}] -> [is_valid, ...] (JSON)
-    python keys.py copy-to-pg            # the same rows into the `pg` database (dumpdata/loaddata)
+python keys.py make legacy|current   # migrate, create this release's keys, print them (JSON)
+python keys.py check < probes.json   # [{"table", "key"}] -> [is_valid, ...] (JSON)
+python keys.py copy-to-pg            # the same rows into the `pg` database (dumpdata/loaddata)
 """
 
 import io
@@ -20,12 +20,11 @@ import django  # noqa: E402
 django.setup()
 
 import rest_framework_api_key  # noqa: E402
+from billing.models import Organization, OrganizationAPIKey  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.test import override_settings  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from rest_framework_api_key.models import APIKey  # noqa: E402
-
-from billing.models import Organization, OrganizationAPIKey  # noqa: E402
 
 MODELS = {"rest_framework_api_key_apikey": APIKey, "billing_organizationapikey": OrganizationAPIKey}
 DJANGO_32_HASHERS = [
