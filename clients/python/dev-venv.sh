@@ -33,7 +33,8 @@ fi
 # Requirements (and the package's own dependencies): reinstalled only when their files changed
 # (pip is slow even with nothing to do).
 REQS="$(cd "$HERE" && cat requirements-dev.txt requirements-legacy.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
-if ! [ -f "$DIR/.requirements-digest" ] || [ "$(cat "$DIR/.requirements-digest")" != "$REQS" ]; then
+if ! [ -f "$DIR/.requirements-digest" ] || [ "$(cat "$DIR/.requirements-digest")" != "$REQS" ] ||
+    ! [ -x "$DIR/bin/python" ] || ! [ -x "$LEGACY/bin/python" ]; then
     echo "dev-venv: installing requirements into $DIR"
     "$PYTHON" -m venv "$DIR"
     "$DIR/bin/pip" install "${PIP_OPTS[@]}" -r "$HERE/requirements-dev.txt" "$HERE"

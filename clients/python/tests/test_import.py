@@ -10,10 +10,13 @@ xfail).
 
 What the tests assume of the command, beyond the brief (adapt here if it differs):
 - ``--json`` prints one JSON object with an integer ``imported``: keys this run wrote (0 when
-  all were imported before);
+  all were imported before; with ``--dry-run``, the keys it would write);
 - the first successful check of a PBKDF2-hashed key is observable as one audit event of type
   ``key.rehashed`` for that key (REHASH_EVENT below; see the TODO there);
-- ``key.imported`` events name the source table (the origin) and hold no key or hash.
+- ``key.imported`` events name the source table (the origin) and hold no key or hash (so not
+  drf-api-key's ``id`` column either: it is ``<prefix>.<hashed_key>``);
+- an imported row's extra columns are in the key's metadata under their column names
+  (``plan``), and the owner column's value, as a string, is the key's owner.
 """
 
 from __future__ import annotations
