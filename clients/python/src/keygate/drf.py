@@ -26,7 +26,8 @@ The key is read where ``HasAPIKey`` reads it: ``Authorization: Api-Key <key>``, 
 limits) and a body ``{"detail": "...", "code": "REVOKED"}``. When keygate cannot be asked the
 request is refused with 503 ``UNAVAILABLE`` unless ``KEYGATE["FAIL_OPEN"]`` is true. When
 keygate refuses *our* verify key, the error propagates (a 500 and a traceback in the log):
-that is a configuration error to fix, not a client to refuse.
+that is a configuration error to fix, not a client to refuse. It composes like ``HasAPIKey``:
+in ``HasKeygateKey | IsAuthenticated`` a signed-in user gets in without a key.
 
 Settings (``settings.KEYGATE``; unknown names are an error):
 
