@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
-from support import Keygate, clean_env, keygate_binary
+from support import REFUSALS, AppServer, Keygate, clean_env, keygate_binary
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +52,41 @@ def unknown_key(tmp_path_factory: pytest.TempPathFactory) -> str:
 def client_key(server: Keygate) -> Dict[str, Any]:
     """A fresh key for one test: scope orders:read, an owner and metadata."""
     return server.create_key("billing", ["orders:read"], owner="acct_42", metadata={"plan": "pro"})
+
+
+@pytest.fixture
+def refused_key(server: Keygate, unknown_key: str) -> Callable[[str], Tuple[str, str]]:
+    """``refused_key(reason)``: a key (scope orders:read) that keygate refuses for ``reason``
+    (one of REFUSALS), and the code it answers."""
+
+    def make(reason: str) -> Tuple[str, str]:
+        if reason == "malformed":
+            return "kg_not-a-key", REFUSALS[reason]
+        if reason == "unknown":
+            return unknown_key, REFUSALS[reason]
+        if reason == "expired":
+            return server.create_key("old", ["orders:read"], expires_at="2020-01-01T00:00:00Z")[
+                "key"
+            ], "EXPIRED"
+        issued = server.create_key(reason, ["orders:read"])
+        server.cli("keys", {"revoked": "revoke", "disabled": "disable"}[reason], issued["id"])
+        return issued["key"], REFUSALS[reason]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def start_app(server: Keygate, verify_key: str) -> Iterator[Callable[..., AppServer]]:
+    """``start_app(kind, app, **env)``: the app served by gunicorn or uvicorn, configured by
+    ``env`` over the session keygate's KEYGATE_URL and KEYGATE_VERIFY_KEY; each one started is
+    stopped when the module is done."""
+    started: List[AppServer] = []
+
+    def start(kind: str, app: str, **env: str) -> AppServer:
+        served = AppServer(kind, app, {"KEYGATE_URL": server.url, "KEYGATE_VERIFY_KEY": verify_key, **env})
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()

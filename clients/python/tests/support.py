@@ -28,6 +28,15 @@ REPO_ROOT = PACKAGE_ROOT.parent.parent
 KEY_LINE = re.compile(r"^([a-z][a-z0-9_]*_[0-9A-Za-z]{38})$", re.M)
 LISTENING = re.compile(r"listening addr=(127\.0\.0\.1:\d+)")
 
+#: The refusals a presented key can get, each with the code keygate gives it.
+REFUSALS = {
+    "malformed": "MALFORMED",
+    "unknown": "NOT_FOUND",
+    "revoked": "REVOKED",
+    "expired": "EXPIRED",
+    "disabled": "DISABLED",
+}
+
 #: keygate settings a developer's shell may hold; the tests say everything on the command line.
 _KEYGATE_ENV = (
     "KEYGATE_DATABASE",
@@ -197,6 +206,11 @@ def http(
             return Reply(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as error:
         return Reply(error.code, dict(error.headers), error.read())
+
+
+def with_key(key: str) -> Dict[str, str]:
+    """The header that presents ``key``."""
+    return {"Authorization": f"Api-Key {key}"}
 
 
 def wait_until(condition: Any, what: str, timeout: float = 20.0, every: float = 0.05) -> Any:

@@ -3,46 +3,23 @@ session's real ``keygate serve``."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Tuple
 
 import pytest
-from support import AppServer, Keygate, Reply, refused_url
+from support import REFUSALS, AppServer, Keygate, Reply, refused_url, with_key
 
 from keygate import WWW_AUTHENTICATE
 
 
 @pytest.fixture(scope="module")
-def start_django(server: Keygate, verify_key: str) -> Iterator[Callable[..., AppServer]]:
-    """Starts the Django project under gunicorn with settings from ``env`` (over a correct
-    KEYGATE_URL / KEYGATE_VERIFY_KEY); every one started is stopped at the end."""
-    started: List[AppServer] = []
-
-    def start(**env: str) -> AppServer:
-        app = AppServer(
-            "gunicorn",
-            "djangoapp.wsgi",
-            {
-                "KEYGATE_URL": server.url,
-                "KEYGATE_VERIFY_KEY": verify_key,
-                "URLLIB3_LOG_LEVEL": "DEBUG",
-                **env,
-            },
-        )
-        started.append(app)
-        return app
-
-    yield start
-    for app in started:
-        app.stop()
+def start_django(start_app: Callable[..., AppServer]) -> Callable[..., AppServer]:
+    """The app, configured by ``env`` over a correct keygate URL and verify key."""
+    return lambda **env: start_app("gunicorn", "djangoapp.wsgi", URLLIB3_LOG_LEVEL="DEBUG", **env)
 
 
 @pytest.fixture(scope="module")
 def django_app(start_django: Callable[..., AppServer]) -> AppServer:
     return start_django()
-
-
-def with_key(key: str) -> Dict[str, str]:
-    return {"Authorization": f"Api-Key {key}"}
 
 
 def assert_refused(reply: Reply, status: int, code: str) -> None:
@@ -80,23 +57,11 @@ def test_missing_key_is_401_with_www_authenticate(django_app: AppServer) -> None
         assert_refused(django_app.get("/api/public/", headers), 401, "MISSING")
 
 
-@pytest.mark.parametrize("make", ["malformed", "unknown", "revoked", "expired", "disabled"])
+@pytest.mark.parametrize("reason", sorted(REFUSALS))
 def test_refused_keys_are_401_with_keygates_code(
-    server: Keygate, django_app: AppServer, unknown_key: str, make: str
+    django_app: AppServer, refused_key: Callable[[str], Tuple[str, str]], reason: str
 ) -> None:
-    if make == "malformed":
-        key, code = "Ab12Cd34.not-a-keygate-key", "MALFORMED"
-    elif make == "unknown":
-        key, code = unknown_key, "NOT_FOUND"
-    elif make == "expired":
-        key, code = (
-            server.create_key("old", ["orders:read"], expires_at="2020-01-01T00:00:00Z")["key"],
-            "EXPIRED",
-        )
-    else:
-        issued = server.create_key(make, ["orders:read"])
-        key, code = issued["key"], make.upper()
-        server.cli("keys", "revoke" if make == "revoked" else "disable", issued["id"])
+    key, code = refused_key(reason)
     for path in ["/api/public/", "/api/orders/"]:
         assert_refused(django_app.get(path, with_key(key)), 401, code)
 
