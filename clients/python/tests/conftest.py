@@ -4,11 +4,10 @@ and keys issued with the real CLI."""
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
-from support import REFUSALS, AppServer, Keygate, clean_env, keygate_binary
+from support import REFUSALS, AppServer, Keygate, keygate_cli
 
 
 @pytest.fixture(scope="session")
@@ -28,23 +27,8 @@ def verify_key(server: Keygate) -> str:
 def unknown_key(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A well-formed key (right prefix, checksum) issued by another keygate database."""
     db = tmp_path_factory.mktemp("other") / "other.db"
-    done = subprocess.run(
-        [
-            str(keygate_binary()),
-            "--database",
-            f"sqlite://{db}",
-            "keys",
-            "create",
-            "--name",
-            "elsewhere",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-        check=True,
-    )
+    done = keygate_cli(f"sqlite://{db}", "keys", "create", "--name", "elsewhere", "--json")
+    assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["key"]
 
 

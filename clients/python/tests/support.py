@@ -60,6 +60,18 @@ def keygate_binary() -> Path:
     return path
 
 
+def keygate_cli(database: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``keygate --database DATABASE ARGS``, its output captured (a generous timeout: an
+    import checks PBKDF2 hashes, slow by design)."""
+    return subprocess.run(
+        [str(keygate_binary()), "--database", database, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(),
+    )
+
+
 def clean_env(extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """This process's environment without keygate's own settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in _KEYGATE_ENV}
@@ -261,16 +273,9 @@ class Keygate:
             self.process.wait_for(KEY_LINE, stream="stdout", timeout=5).group(1) if bootstrap else ""
         )
 
-    def cli(self, *args: str, check: bool = True, input: Optional[str] = None) -> subprocess.CompletedProcess:
-        """``keygate --database <this database> ARGS`` (60 s at most)."""
-        done = subprocess.run(
-            [str(self.binary), "--database", self.database, *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=clean_env(),
-        )
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``keygate --database <this database> ARGS``."""
+        done = keygate_cli(self.database, *args)
         if check and done.returncode != 0:
             raise AssertionError(f"keygate {' '.join(args)} exited {done.returncode}: {done.stderr}")
         return done

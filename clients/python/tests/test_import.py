@@ -25,14 +25,13 @@ import hashlib
 import json
 import os
 import secrets
-import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import drf_fixture
 import pytest
-from support import AppServer, Keygate, clean_env, http, keygate_binary
+from support import AppServer, Keygate, http, keygate_cli, with_key
 
 DEFAULT_TABLE = "rest_framework_api_key_apikey"
 CUSTOM_TABLE = "billing_organizationapikey"
@@ -56,20 +55,9 @@ pytestmark = [
 ]
 
 
-def keygate(database: str, *args: str) -> subprocess.CompletedProcess:
-    """``keygate --database DATABASE ARGS`` (generous timeout: PBKDF2 is slow by design)."""
-    return subprocess.run(
-        [str(keygate_binary()), "--database", database, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=clean_env(),
-    )
-
-
 def run_import(database: str, source: str, *args: str) -> Dict[str, Any]:
     """Runs the import; returns its --json output."""
-    done = keygate(database, "import", "drf-api-key", "--from", source, *args, "--json")
+    done = keygate_cli(database, "import", "drf-api-key", "--from", source, *args, "--json")
     if done.returncode == 2 and "unrecognized subcommand 'import'" in done.stderr:
         raise ImportCommandMissing(
             f"keygate import drf-api-key is not implemented yet ({done.stderr.strip()})"
@@ -81,14 +69,14 @@ def run_import(database: str, source: str, *args: str) -> Dict[str, Any]:
 
 
 def all_keys(database: str) -> List[Dict[str, Any]]:
-    done = keygate(database, "keys", "list", "--status", "all", "--limit", "1000", "--json")
+    done = keygate_cli(database, "keys", "list", "--status", "all", "--limit", "1000", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def audit(database: str, kind: Optional[str] = None) -> List[Dict[str, Any]]:
     args = ["audit", "--json"] + (["--type", kind] if kind else [])
-    done = keygate(database, *args)
+    done = keygate_cli(database, *args)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
@@ -130,7 +118,7 @@ class Target:
         self.workdir = workdir
         self.imported = False
         # a key of keygate's own, made before the import: the verifier
-        done = keygate(
+        done = keygate_cli(
             self.database, "keys", "create", "--name", "verifier", "--scope", "keygate:verify", "--json"
         )
         assert done.returncode == 0, done.stderr
@@ -318,7 +306,7 @@ def test_has_keygate_key_accepts_the_imported_drf_keys(target: Target, manifest:
     )
     try:
         for entry in rows(manifest, DEFAULT_TABLE):
-            reply = app.get("/api/public/", {"Authorization": f"Api-Key {entry['key']}"})
+            reply = app.get("/api/public/", with_key(entry["key"]))
             if entry["drf_accepts"]:
                 assert reply.status == 200 and reply.json()["auth"]["name"] == entry["name"], reply
             else:
