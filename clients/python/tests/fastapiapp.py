@@ -1,6 +1,8 @@
 """A small FastAPI app for the tests, served by uvicorn; configured from the environment:
-``KEYGATE_URL``, ``KEYGATE_VERIFY_KEY``, ``KEYGATE_FAIL_OPEN`` (``1``), ``KEYGATE_HEADER``."""
+``KEYGATE_URL``, ``KEYGATE_VERIFY_KEY``, ``KEYGATE_FAIL_OPEN`` (``1``), ``KEYGATE_HEADER``,
+``URLLIB3_LOG_LEVEL``."""
 
+import logging
 import os
 from typing import Annotated, Any, Dict, Optional
 
@@ -8,6 +10,11 @@ from fastapi import Depends, FastAPI
 
 from keygate import Client, KeyInfo
 from keygate.fastapi import require_key
+
+# like the Django project's LOGGING: keygate's lines and (when asked) urllib3's on stderr
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("keygate").setLevel(logging.DEBUG)
+logging.getLogger("urllib3").setLevel(os.environ.get("URLLIB3_LOG_LEVEL", "WARNING"))
 
 keygate = Client(os.environ["KEYGATE_URL"], os.environ["KEYGATE_VERIFY_KEY"])
 options: Dict[str, Any] = {
