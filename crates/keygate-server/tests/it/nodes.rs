@@ -118,9 +118,14 @@ fn two_nodes_on_postgres_revocation_reaches_the_other_within_a_second() {
         // Both nodes verify it, so both cache it.
         assert_eq!(code(&a, &admin, key), "VALID");
         assert_eq!(code(&b, &admin, key), "VALID");
-        let hits = cache_hits(&b);
-        assert_eq!(code(&b, &admin, key), "VALID");
-        assert!(cache_hits(&b) >= hits + 2, "node B answers from its cache");
+        // The notice of the key's creation may reach node B after it cached
+        // the key (that drops the entry, which is safe); so B gets a few tries.
+        let from_cache = (0..5).any(|_| {
+            let hits = cache_hits(&b);
+            assert_eq!(code(&b, &admin, key), "VALID");
+            cache_hits(&b) >= hits + 2
+        });
+        assert!(from_cache, "node B answers from its cache");
         a.send("POST", &format!("/v1/keys/{id}/revoke"), Some(&admin), None)
             .expect(200);
         took.push(time_until(&b, &admin, key, "REVOKED"));
