@@ -53,30 +53,30 @@ impl ConnectionStats {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Appends the Prometheus text for these counters (`keygate_gateway_connections_*`).
-    pub fn render(&self, out: &mut String) {
+    /// Appends the Prometheus text for these counters, named `<prefix>_connections_*`.
+    pub fn render(&self, prefix: &str, out: &mut String) {
         use std::fmt::Write;
         for (name, kind, help, value) in [
             (
-                "keygate_gateway_connections_accepted_total",
+                "connections_accepted_total",
                 "counter",
                 "Client connections accepted.",
                 &self.accepted,
             ),
             (
-                "keygate_gateway_connections_open",
+                "connections_open",
                 "gauge",
                 "Client connections open now.",
                 &self.open,
             ),
             (
-                "keygate_gateway_connection_limit_reached_total",
+                "connection_limit_reached_total",
                 "counter",
-                "Times the connection cap stopped the gateway from accepting.",
+                "Times the connection cap stopped the server from accepting.",
                 &self.limit_reached,
             ),
             (
-                "keygate_gateway_accept_errors_total",
+                "accept_errors_total",
                 "counter",
                 "Failed accept calls (e.g. out of file descriptors).",
                 &self.accept_errors,
@@ -84,11 +84,47 @@ impl ConnectionStats {
         ] {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} {kind}\n{prefix}_{name} {}",
                 value.load(Ordering::Relaxed)
             );
         }
     }
+}
+
+/// Descriptors kept back from the connection cap: the database pool, log files, outgoing
+/// webhook and upstream connections, the listener itself.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The connection cap this process can keep: `wanted`, unless the limit on open file
+/// descriptors is lower. Raises the soft limit to the hard one first (as servers commonly
+/// do), then leaves [`RESERVED_DESCRIPTORS`] for everything else, so that the cap is reached
+/// (logged, counted, connections wait in the backlog) before `accept` runs out of descriptors.
+pub fn connection_cap(wanted: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    let Some(descriptors) = limit.current else {
+        return wanted;
+    };
+    let budget = usize::try_from(descriptors.saturating_sub(RESERVED_DESCRIPTORS).max(1))
+        .unwrap_or(usize::MAX);
+    if budget < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = descriptors,
+            cap = budget,
+            "the open-file limit is lower than max_connections: capping connections at {budget}"
+        );
+    }
+    wanted.min(budget)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -122,7 +122,7 @@ impl Gateway {
             }),
             keygate,
             limits: accept::Limits {
-                max_connections: config.max_connections,
+                max_connections: accept::connection_cap(config.max_connections),
                 header_read_timeout: config.header_read_timeout,
                 shutdown_grace: config.shutdown_grace,
             },

@@ -276,7 +276,7 @@ impl Metrics {
                  keygate_gateway_upstream_duration_seconds_count{{route=\"{name}\"}} {cumulative}"
             );
         }
-        self.connections.render(&mut out);
+        self.connections.render("keygate_gateway", &mut out);
         family(
             &mut out,
             "keygate_verifications_total",

@@ -15,12 +15,21 @@
 //! max_age_grace = "7d"  # with "expire": how long a due key keeps working
 //! expiry_warning = "7d" # announce keys expiring within this long
 //! sweep_every = "1m"    # how often the scheduler sweeps
-//! secret_key = "..."    # base64 of 32 bytes; seals keys the "rotate" action delivers
+//! secret_key = "..."    # base64 of 32 bytes; seals webhook signing secrets and the keys
+//!                       # the "rotate" action delivers
+//! max_connections = 1024        # client connections at once; more wait to be accepted
+//! header_read_timeout = "10s"   # a request's headers, and an idle keep-alive connection
+//! body_read_timeout = "10s"     # a request's whole body
+//! shutdown_grace = "10s"        # on SIGTERM, how long open requests may go on
+//! metrics_listen = "127.0.0.1:9090"  # serve /metrics there instead of on `listen`
+//! metrics_require_key = false   # /metrics only for a key with keygate:read or keygate:admin
+//! allow_private_webhooks = false     # webhooks may target loopback/private addresses
 //!
 //! [gateway]             # keygate gateway's table (keygate_gateway::GatewayConfig reads it)
 //! ```
 
 use std::path::Path;
+use std::time::Duration;
 
 use keygate::core::{Lifetime, Prefix};
 use serde::Deserialize;
@@ -35,6 +44,8 @@ use keygate::core::policy::MaxAge;
 pub const DEFAULT_DATABASE: &str = "sqlite://keygate.db";
 /// Default listen address of `keygate serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default connection cap of `keygate serve` (lowered to fit the open-file limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// What the configuration file may say. Unknown keys are an error, not a silent typo.
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +68,13 @@ struct FileConfig {
     admin_idle_timeout: Option<String>,
     secure_cookies: Option<bool>,
     trust_forwarded_for: Option<bool>,
+    max_connections: Option<u32>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    metrics_listen: Option<String>,
+    metrics_require_key: Option<bool>,
+    allow_private_webhooks: Option<bool>,
     /// `keygate gateway`'s table: read by keygate-gateway, ignored here.
     #[serde(rename = "gateway")]
     _gateway: Option<toml::Table>,
@@ -94,6 +112,17 @@ pub struct Settings {
     pub secure_cookies: bool,
     /// Admin UI: take the client's address from the last `X-Forwarded-For` entry.
     pub trust_forwarded_for: bool,
+    /// `serve`: connection cap, header timeout (also for idle keep-alive connections) and
+    /// shutdown grace.
+    pub connections: keygate_gateway::accept::Limits,
+    /// `serve`: most time to receive a request's whole body.
+    pub body_read_timeout: Duration,
+    /// `serve`: where `/metrics` is served instead of `listen`, if anywhere.
+    pub metrics_listen: Option<String>,
+    /// `serve`: `/metrics` answers only a key with `keygate:read` or `keygate:admin`.
+    pub metrics_require_key: bool,
+    /// Webhook endpoints may be loopback or private addresses (tests, internal receivers).
+    pub allow_private_webhooks: bool,
 }
 
 impl Settings {
@@ -185,7 +214,49 @@ impl Settings {
                     .map_err(|e| Failure::Config(format!("KEYGATE_SECRET_KEY: {e}")))
             })
             .transpose()?;
+        let timeout =
+            |name: &str, flag: Option<Duration>, file: Option<String>, default: u64| match (
+                flag, file,
+            ) {
+                (Some(v), _) => Ok(v),
+                (None, Some(text)) => keygate_gateway::config::parse_duration(&text)
+                    .map_err(|e| Failure::Config(format!("config file: {name}: {e}"))),
+                (None, None) => Ok(Duration::from_secs(default)),
+            };
+        let connections = keygate_gateway::accept::Limits {
+            max_connections: serve
+                .and_then(|s| s.max_connections)
+                .or(file.max_connections)
+                .map_or(DEFAULT_MAX_CONNECTIONS, |n| n as usize),
+            header_read_timeout: timeout(
+                "header_read_timeout",
+                serve.and_then(|s| s.header_read_timeout),
+                file.header_read_timeout,
+                10,
+            )?,
+            shutdown_grace: timeout(
+                "shutdown_grace",
+                serve.and_then(|s| s.shutdown_grace),
+                file.shutdown_grace,
+                10,
+            )?,
+        };
+        let body_read_timeout = timeout(
+            "body_read_timeout",
+            serve.and_then(|s| s.body_read_timeout),
+            file.body_read_timeout,
+            10,
+        )?;
         Ok(Self {
+            connections,
+            body_read_timeout,
+            metrics_listen: serve
+                .and_then(|s| s.metrics_listen.clone())
+                .or(file.metrics_listen),
+            metrics_require_key: serve.is_some_and(|s| s.metrics_require_key)
+                || file.metrics_require_key.unwrap_or(false),
+            allow_private_webhooks: cli.allow_private_webhooks
+                || file.allow_private_webhooks.unwrap_or(false),
             admin_idle_timeout,
             secure_cookies: serve.is_some_and(|s| s.secure_cookies)
                 || file.secure_cookies.unwrap_or(false),
@@ -245,4 +316,12 @@ fn read_file(path: &Path) -> Result<FileConfig, Failure> {
             path.display()
         ))
     })
+}
+
+/// `limits` with the connection cap lowered to fit the process's open-file limit.
+pub fn capped(limits: &keygate_gateway::accept::Limits) -> keygate_gateway::accept::Limits {
+    keygate_gateway::accept::Limits {
+        max_connections: keygate_gateway::accept::connection_cap(limits.max_connections),
+        ..limits.clone()
+    }
 }

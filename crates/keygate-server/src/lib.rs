@@ -39,6 +39,12 @@ pub struct AppState {
     pub admin: Arc<admin::AdminUi>,
     /// Where each request's log line goes.
     pub access_log: logging::AccessLog,
+    /// The listener's connection counters (shown in `/metrics`).
+    pub connections: Arc<keygate_gateway::accept::ConnectionStats>,
+    /// Most time to receive a request's whole body.
+    pub body_read_timeout: std::time::Duration,
+    /// Who may read `/metrics` on the main listener.
+    pub metrics_access: api::ops::MetricsAccess,
 }
 
 impl AppState {
@@ -55,6 +61,15 @@ impl AppState {
             metrics: Arc::default(),
             admin: Arc::new(admin),
             access_log: logging::AccessLog::default(),
+            connections: Arc::default(),
+            body_read_timeout: settings.body_read_timeout,
+            metrics_access: if settings.metrics_listen.is_some() {
+                api::ops::MetricsAccess::Elsewhere
+            } else if settings.metrics_require_key {
+                api::ops::MetricsAccess::Key
+            } else {
+                api::ops::MetricsAccess::Public
+            },
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use keygate::core::scope::ADMIN;
 use keygate::core::{Actor, Audit, Clock, KeyRecord, KeySpec, Lifetime};
 use keygate::{CacheConfig, Keygate, PlainKey};
@@ -95,25 +96,105 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     }
     service.spawn_jobs();
     let listen = &service.settings.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Failure::Config(format!("cannot listen on {listen}: {e}")))?;
+    let listener = bind(listen).await?;
     let addr = listener.local_addr()?;
     let database = without_password(&service.settings.database);
-    tracing::info!(%addr, %database, "listening");
-    // The peer address feeds the admin UI's sign-in throttle.
-    let app = service
-        .router()
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = crate::config::capped(&service.settings.connections);
+    tracing::info!(%addr, %database, max_connections = limits.max_connections, "listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let metrics_listener = match &service.settings.metrics_listen {
+        Some(address) => {
+            let listener = bind(address).await?;
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
+            let limits = keygate_gateway::accept::Limits {
+                max_connections: 16,
+                ..limits.clone()
+            };
+            let state = service.state.clone();
+            Some(tokio::spawn(serve_router(
+                listener,
+                limits,
+                Arc::default(),
+                metrics_router(state),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+    let api = serve_router(
+        listener,
+        limits,
+        service.state.connections.clone(),
+        service.router(),
+        stopped(stop_rx),
+    );
+    tokio::pin!(api);
+    tokio::select! {
+        () = &mut api => {}
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            api.await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Some(task) = metrics_listener {
+        let _ = task.await;
+    }
     tracing::info!("shutting down: in-flight requests finished; writing key usage");
     if let Err(e) = service.keygate.flush_usage().await {
         tracing::error!(error = %e, "could not write key usage");
     }
     service.keygate.close().await;
-    served.map_err(Failure::Io)
+    Ok(())
+}
+
+async fn bind(address: &str) -> Result<tokio::net::TcpListener, Failure> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| Failure::Config(format!("cannot listen on {address}: {e}")))
+}
+
+/// Serves `router` on `listener` within `limits` (connection cap, header timeout, shutdown
+/// grace) until `stop` resolves; each request carries its peer's address as [`ConnectInfo`].
+async fn serve_router(
+    listener: tokio::net::TcpListener,
+    limits: keygate_gateway::accept::Limits,
+    stats: Arc<keygate_gateway::accept::ConnectionStats>,
+    router: Router,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use tower::ServiceExt;
+    keygate_gateway::accept::serve(
+        listener,
+        &limits,
+        stats,
+        |peer, _| {
+            let router = router.clone();
+            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request)
+            })
+        },
+        stop,
+    )
+    .await;
+}
+
+/// `/metrics` alone, for `metrics_listen`.
+fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(
+                |axum::extract::State(app): axum::extract::State<AppState>| async move {
+                    crate::api::ops::metrics_text(&app).await
+                },
+            ),
+        )
+        .with_state(state)
 }
 
 /// On an empty database, issues one `keygate:admin` key (atomically: several nodes starting

@@ -357,9 +357,7 @@ async fn by_password(
     };
     // Hash even for an unknown user, so the time taken does not tell which names exist; at
     // most MAX_PASSWORD_CHECKS at a time.
-    let phc = user
-        .as_ref()
-        .map_or_else(|| password::decoy().to_owned(), |u| u.password_hash.clone());
+    let phc = user.as_ref().map(|u| u.password_hash.clone());
     let Ok(Ok(_turn)) =
         tokio::time::timeout(PASSWORD_CHECK_WAIT, app.admin.password_checks.acquire()).await
     else {
@@ -367,9 +365,12 @@ async fn by_password(
     };
     let given = password.to_owned();
     let matched = password.len() <= keygate::accounts::MAX_PASSWORD
-        && tokio::task::spawn_blocking(move || password::matches(&given, &phc))
-            .await
-            .unwrap_or(false);
+        && tokio::task::spawn_blocking(move || match &phc {
+            Some(phc) => password::matches(&given, phc),
+            None => password::matches(&given, password::decoy()),
+        })
+        .await
+        .unwrap_or(false);
     match user {
         Some(user) if matched => Ok((
             Principal::User {

@@ -35,6 +35,48 @@ impl Action for Verify {
     const ACTION: AdminAction = AdminAction::Verify;
 }
 
+/// Admits a request that `/v1`'s layer does not guard (`/metrics` with
+/// `metrics_require_key`, a refusal under `/v1` that no route matched) when it holds a key
+/// allowed to do `A`; else the refusal to send (401, 403, or 503).
+pub async fn admit<A: Action>(
+    app: &super::AppState,
+    headers: &http::HeaderMap,
+) -> Result<ApiKey, axum::response::Response> {
+    use axum::response::IntoResponse;
+    let key = authenticate(app, headers).await?;
+    if A::ACTION.permitted(key.scopes()) {
+        Ok(key)
+    } else {
+        Err(refused::<A>().into_response())
+    }
+}
+
+/// The valid key a request holds, whatever its scopes; else the refusal to send.
+pub async fn authenticate(
+    app: &super::AppState,
+    headers: &http::HeaderMap,
+) -> Result<ApiKey, axum::response::Response> {
+    let admitted = app
+        .keygate
+        .layer()
+        .sources([
+            keygate::CredentialSource::ApiKeyScheme,
+            keygate::CredentialSource::BearerScheme,
+        ])
+        .check(headers, None, None)
+        .await?;
+    Ok(admitted.key)
+}
+
+/// 403 for a key without the scope `A` needs.
+fn refused<A: Action>() -> Problem {
+    let needed = A::ACTION.allowed_by().join(" or ");
+    Problem::from_outcome(
+        Outcome::InsufficientScope,
+        format!("this needs an admin key with the scope {needed}"),
+    )
+}
+
 impl<A> Caller<A> {
     /// The audit context of a change this caller makes in request `request_id`.
     pub fn audit(&self, request_id: &super::RequestId) -> Audit {
@@ -55,11 +97,7 @@ impl<S: Send + Sync, A: Action> FromRequestParts<S> for Caller<A> {
         if A::ACTION.permitted(key.scopes()) {
             Ok(Self(key, PhantomData))
         } else {
-            let needed = A::ACTION.allowed_by().join(" or ");
-            Err(Problem::from_outcome(
-                Outcome::InsufficientScope,
-                format!("this needs an admin key with the scope {needed}"),
-            ))
+            Err(refused::<A>())
         }
     }
 }

@@ -87,15 +87,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalApiJson<T> 
     }
 }
 
+/// 413: the body is over [`MAX_BODY_BYTES`].
+pub fn too_large() -> ApiError {
+    ApiError(Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        "Request body too large",
+        format!("the request body must be at most {MAX_BODY_BYTES} bytes"),
+    ))
+}
+
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError(Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                "Request body too large",
-                format!("the request body must be at most {MAX_BODY_BYTES} bytes"),
-            ))
+            too_large()
         } else {
             ApiError::bad_request("the request body could not be read")
         }

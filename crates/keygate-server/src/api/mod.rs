@@ -18,7 +18,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use std::sync::Mutex;
 
 use keygate::core::{Actor, Audit, AuditEvent};
@@ -30,7 +30,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::metrics::Metrics;
-use error::MAX_BODY_BYTES;
+use error::{ApiError, MAX_BODY_BYTES};
 
 pub use crate::AppState;
 
@@ -138,11 +138,72 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(from_fn_with_state(state.body_read_timeout, receive_body))
         .layer(from_fn_with_state(tracking, track))
         .with_state(state)
 }
 
-async fn not_found() -> Problem {
+/// Receives a request's whole body before any handler runs: at most [`MAX_BODY_BYTES`] (else
+/// 413) within the body read timeout (else 408, and the connection is closed). A client that
+/// sends its body a byte at a time holds a connection for that long at most.
+async fn receive_body(
+    State(timeout): State<std::time::Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use http_body::Body as _;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return error::too_large().into_response();
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) if is_too_large(&e) => error::too_large().into_response(),
+        Ok(Err(_)) => ApiError::bad_request("the request body could not be read").into_response(),
+        Err(_) => {
+            let mut response = Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "Request body too slow",
+                format!(
+                    "the request body must arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+/// Whether reading a body failed because it was longer than the limit.
+fn is_too_large(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// 404 for a path no route serves.
+pub(crate) fn no_such_endpoint() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
@@ -151,13 +212,34 @@ async fn not_found() -> Problem {
     )
 }
 
-async fn method_not_allowed() -> Problem {
+async fn not_found(State(app): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(refusal) = unauthenticated_v1(&app, &uri, &headers).await {
+        return refusal;
+    }
+    no_such_endpoint().into_response()
+}
+
+async fn method_not_allowed(State(app): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(refusal) = unauthenticated_v1(&app, &uri, &headers).await {
+        return refusal;
+    }
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",
         "Method not allowed",
         "this endpoint does not take that method; see /openapi.json",
     )
+    .into_response()
+}
+
+/// Under `/v1`, a request without a valid key is refused (401) before anything else is said
+/// about it: no route or method is confirmed or denied to an unauthenticated caller.
+async fn unauthenticated_v1(app: &AppState, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
+    let path = uri.path();
+    if path != "/v1" && !path.starts_with("/v1/") {
+        return None;
+    }
+    auth::authenticate(app, headers).await.err()
 }
 
 /// Gives each request an id (the caller's `X-Request-Id` if sane), available to handlers as

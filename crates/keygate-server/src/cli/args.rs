@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "KEYGATE_CONFIG", value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
 
+    /// Let webhook endpoints be loopback or private addresses (refused by default, so that an
+    /// admin key cannot probe the internal network).
+    #[arg(long, global = true, env = "KEYGATE_ALLOW_PRIVATE_WEBHOOKS")]
+    pub allow_private_webhooks: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -315,6 +320,26 @@ pub struct ServeArgs {
     /// appends to `X-Forwarded-For` (only if every request comes through that proxy).
     #[arg(long, env = "KEYGATE_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Most client connections at once; more wait to be accepted [default: 1024, lowered to
+    /// fit the open-file limit].
+    #[arg(long, env = "KEYGATE_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
+    /// Most time to receive a request's headers, and to keep an idle connection open, e.g.
+    /// 10s [default: 10s].
+    #[arg(long, env = "KEYGATE_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = keygate_gateway::config::parse_duration)]
+    pub header_read_timeout: Option<std::time::Duration>,
+    /// Most time to receive a request's whole body (then 408) [default: 10s].
+    #[arg(long, env = "KEYGATE_BODY_READ_TIMEOUT", value_name = "DURATION", value_parser = keygate_gateway::config::parse_duration)]
+    pub body_read_timeout: Option<std::time::Duration>,
+    /// On SIGTERM, how long open requests may go on [default: 10s].
+    #[arg(long, env = "KEYGATE_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = keygate_gateway::config::parse_duration)]
+    pub shutdown_grace: Option<std::time::Duration>,
+    /// Serve /metrics on this address instead of on --listen.
+    #[arg(long, env = "KEYGATE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Answer /metrics only for a key with keygate:read or keygate:admin.
+    #[arg(long, env = "KEYGATE_METRICS_REQUIRE_KEY")]
+    pub metrics_require_key: bool,
 }
 
 /// `keygate gateway` (the rest of its settings are in the config file's `[gateway]` table).

@@ -1255,3 +1255,65 @@ fn request_ids_are_kept_if_sane_and_made_otherwise() {
     assert_ne!(r.header("x-request-id"), Some(key.as_str()));
     assert!(!s.server.logs().contains(&key[3..]));
 }
+
+#[test]
+fn under_v1_a_request_without_a_valid_key_learns_nothing_about_routes() {
+    let s = service(&[]);
+    let reader = s.key_with(&["keygate:read"]);
+    // Unknown paths and known paths with the wrong method: 401 to a stranger, the truth (404,
+    // 405) only to a caller with a valid key.
+    for (method, path) in [
+        ("DELETE", "/v1/keys"),
+        ("PUT", "/v1/verify"),
+        ("GET", "/v1/verify"),
+        ("PATCH", "/v1/audit"),
+        ("GET", "/v1/no-such-thing"),
+        ("POST", "/v1"),
+    ] {
+        let stranger = s.server.send(method, path, None, None);
+        stranger.problem(401, "MISSING");
+        let bad = s.server.send(method, path, Some("kg_notakey"), None);
+        assert_eq!(bad.status, 401, "{method} {path}: {}", bad.text());
+        let known = s.server.send(method, path, Some(&reader), None);
+        let expected = if path.ends_with("no-such-thing") || path == "/v1" {
+            404
+        } else {
+            405
+        };
+        assert_eq!(known.status, expected, "{method} {path}: {}", known.text());
+    }
+    // Outside /v1 nothing changes: the operations endpoints stay open, unknown paths are 404.
+    s.server.send("GET", "/healthz", None, None).expect(200);
+    assert_eq!(s.server.send("GET", "/nope", None, None).status, 404);
+}
+
+#[test]
+fn metrics_can_require_a_key_and_readiness_needs_a_writable_database() {
+    let open = service(&[]);
+    assert_eq!(open.server.send("GET", "/metrics", None, None).status, 200);
+    open.server.send("GET", "/readyz", None, None).expect(200);
+
+    let guarded = service(&["--metrics-require-key"]);
+    guarded
+        .server
+        .send("GET", "/metrics", None, None)
+        .problem(401, "MISSING");
+    let verifier = guarded.key_with(&["keygate:verify"]);
+    guarded
+        .server
+        .send("GET", "/metrics", Some(&verifier), None)
+        .problem(403, "INSUFFICIENT_SCOPE");
+    let reader = guarded.key_with(&["keygate:read"]);
+    let metrics = guarded.server.send("GET", "/metrics", Some(&reader), None);
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.text().contains("keygate_connections_open"));
+
+    // The database file deleted under the service: writes would be lost, so it is not ready.
+    std::fs::remove_file(&open.db).unwrap();
+    let detail = open
+        .server
+        .send("GET", "/readyz", None, None)
+        .problem(503, "UNAVAILABLE")["detail"]
+        .to_string();
+    assert!(detail.contains("could not"), "{detail}");
+}

@@ -4,6 +4,7 @@
 
 mod admin;
 mod api;
+mod bounds;
 mod browser;
 mod cli;
 mod gateway;

@@ -277,3 +277,33 @@ fn json_logs_carry_request_ids() {
     }
     assert!(seen, "{logs}");
 }
+
+#[test]
+fn metrics_can_move_to_their_own_listener() {
+    let s = service(&["--metrics-listen", "127.0.0.1:0"]);
+    let logs = s.server.wait_for_log("serving /metrics");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_once("addr=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    // Not on the API's listener, even with an admin key...
+    s.server
+        .send("GET", "/metrics", Some(&s.admin), None)
+        .problem(404, "NOT_FOUND");
+    // ...but on its own, and only /metrics there.
+    let request = keygate_testkit::raw_request("GET", "/metrics", &addr.to_string(), &[], None);
+    let metrics = keygate_testkit::send_blocking(addr, &request);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains("keygate_keys{status=\"active\"}"),
+        "{}",
+        metrics.text()
+    );
+    let request = keygate_testkit::raw_request("GET", "/v1/keys", &addr.to_string(), &[], None);
+    assert_eq!(keygate_testkit::send_blocking(addr, &request).status, 404);
+}

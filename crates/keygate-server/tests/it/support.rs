@@ -317,7 +317,25 @@ impl Server {
 
     /// Starts `keygate serve` on any database URL.
     pub fn start_url(database: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        Self::launch(
+            Command::new(env!("CARGO_BIN_EXE_keygate")),
+            database,
+            args,
+            env,
+        )
+    }
+
+    /// Starts `keygate serve` on the SQLite file `db` with at most `open_files` file
+    /// descriptors (soft and hard limit, set by `prlimit`).
+    pub fn start_with_open_files(db: &Path, open_files: u32, args: &[&str]) -> Server {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={open_files}:{open_files}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_keygate"));
+        Self::launch(cmd, &format!("sqlite://{}", db.display()), args, &[])
+    }
+
+    fn launch(mut cmd: Command, database: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(["--database", database])
