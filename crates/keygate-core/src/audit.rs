@@ -106,6 +106,9 @@ pub enum EventKind {
     AdminPasswordSet,
     /// An admin-UI user was removed (`keygate admin remove-user`).
     AdminUserRemoved,
+    /// A stored event this version cannot read (an unknown type, a broken field): readers show
+    /// it with its raw stored fields in `details.raw` rather than fail. Never written.
+    Undecodable,
 }
 
 impl EventKind {
@@ -142,10 +145,11 @@ impl EventKind {
             Self::AdminSignInFailed => "admin.sign_in_failed",
             Self::AdminPasswordSet => "admin.password_set",
             Self::AdminUserRemoved => "admin.user_removed",
+            Self::Undecodable => "undecodable",
         }
     }
 
-    /// Parses a stable name.
+    /// Parses a stable name (of an event that is written: not [`EventKind::Undecodable`]).
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == text)
     }

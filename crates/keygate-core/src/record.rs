@@ -19,6 +19,9 @@ pub const MAX_OWNER_CHARS: usize = 200;
 pub const MAX_REASON_CHARS: usize = 500;
 /// Largest metadata object, as compact JSON bytes.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Deepest metadata nesting: the object itself is level 1. Events quote metadata a few levels
+/// further in, and every reader (serde_json stops at 128) must be able to read them back.
+pub const MAX_METADATA_DEPTH: usize = 16;
 
 /// Everything stored about a key. It holds no secret: only the key's hash and display start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,6 +425,12 @@ fn check_scopes(scopes: Vec<String>) -> Result<Vec<String>, RecordError> {
 }
 
 fn check_metadata(metadata: Map<String, Value>) -> Result<Map<String, Value>, RecordError> {
+    if 1 + metadata.values().map(depth).max().unwrap_or(0) > MAX_METADATA_DEPTH {
+        return Err(RecordError::field(
+            "metadata",
+            format!("must be nested at most {MAX_METADATA_DEPTH} levels deep"),
+        ));
+    }
     let size = serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len());
     if size > MAX_METADATA_BYTES {
         return Err(RecordError::field(
@@ -432,8 +441,59 @@ fn check_metadata(metadata: Map<String, Value>) -> Result<Map<String, Value>, Re
     Ok(metadata)
 }
 
+/// How deeply a JSON value nests: 0 for a scalar, 1 for a flat array or object. Without
+/// recursion, so any input is safe to measure.
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, level)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(level + 1);
+        stack.extend(children.map(|child| (child, level + 1)));
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// A metadata object nested `levels` deep (the object itself is level 1).
+    pub(super) fn nested(levels: usize) -> Map<String, Value> {
+        let mut value = Value::Bool(true);
+        for _ in 1..levels {
+            value = Value::Object([("a".to_string(), value)].into_iter().collect());
+        }
+        [("a".to_string(), value)].into_iter().collect()
+    }
+
+    #[test]
+    fn metadata_may_nest_sixteen_levels_and_no_more() {
+        assert_eq!(depth(&Value::Null), 0);
+        assert_eq!(depth(&serde_json::json!([])), 1);
+        assert_eq!(depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+        assert_eq!(
+            depth(&Value::Object(nested(MAX_METADATA_DEPTH))),
+            MAX_METADATA_DEPTH
+        );
+        assert!(check_metadata(nested(MAX_METADATA_DEPTH)).is_ok());
+        match check_metadata(nested(MAX_METADATA_DEPTH + 1)) {
+            Err(RecordError::Field { field, message }) => {
+                assert_eq!(field, "metadata");
+                assert!(message.contains("16 levels"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::depth_tests::nested;
     use super::*;
     use crate::format::{generate, parse};
 
@@ -533,6 +593,13 @@ mod tests {
                     metadata: [("k".to_string(), Value::String("x".repeat(17_000)))]
                         .into_iter()
                         .collect(),
+                    ..spec()
+                },
+                "metadata",
+            ),
+            (
+                KeySpec {
+                    metadata: nested(MAX_METADATA_DEPTH + 1),
                     ..spec()
                 },
                 "metadata",

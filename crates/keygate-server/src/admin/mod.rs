@@ -441,9 +441,12 @@ fn to_sign_in(parts: &Parts) -> Response {
     Redirect::to(&location).into_response()
 }
 
-/// Whether `next` is a page of the admin UI to return to after sign-in (never elsewhere).
+/// Whether `next` is a page of the admin UI to return to after sign-in (never elsewhere):
+/// a path under `/admin/` of visible ASCII only (no spaces or control characters, which a
+/// `Location` header cannot carry).
 pub fn safe_next(next: &str) -> bool {
     next.starts_with("/admin/")
+        && next.bytes().all(|b| b.is_ascii_graphic())
         && !next.starts_with("/admin/login")
         && !next.contains("//")
         && !next.contains('\\')
@@ -594,6 +597,12 @@ mod tests {
             "/admin/\\evil",
             "/v1/keys",
             "/admin/login?next=/admin/keys",
+            "/admin/keys\n",
+            "/admin/keys\r\nSet-Cookie: a=b",
+            "/admin/keys\t",
+            "/admin/keys x",
+            "/admin/kéys",
+            "/admin/keys\u{7f}",
         ] {
             assert!(!safe_next(bad), "{bad}");
         }

@@ -39,8 +39,9 @@ pub fn constrain(doc: &mut Value) {
             component,
             "metadata",
             json!({"description": format!(
-                "A JSON object of at most {} bytes (compact JSON).",
-                keygate::core::record::MAX_METADATA_BYTES
+                "A JSON object of at most {} bytes (compact JSON), nested at most {} levels deep.",
+                keygate::core::record::MAX_METADATA_BYTES,
+                keygate::core::record::MAX_METADATA_DEPTH
             )}),
         );
     }

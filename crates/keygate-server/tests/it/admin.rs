@@ -658,6 +658,23 @@ fn sessions_end_when_idle_or_when_the_key_is_revoked_and_cookies_follow_https() 
         ],
     );
     assert_eq!(location(&reply), "/admin/keys");
+    // Nor to a header it cannot be written in: a control character is dropped, not a 500.
+    for next in ["/admin/keys\n", "/admin/keys\r\nSet-Cookie: a=b"] {
+        let mut ui = Ui::new(&server);
+        let form = ui.get("/admin/login");
+        let csrf = Ui::csrf(&form);
+        let reply = ui.post(
+            "/admin/login",
+            &[
+                ("csrf", &csrf),
+                ("method", "key"),
+                ("key", &admin),
+                ("next", next),
+            ],
+        );
+        assert_eq!(reply.status, 303, "{}", reply.text());
+        assert_eq!(location(&reply), "/admin/keys");
+    }
 }
 
 #[test]

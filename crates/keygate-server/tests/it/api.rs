@@ -1317,3 +1317,102 @@ fn metrics_can_require_a_key_and_readiness_needs_a_writable_database() {
         .to_string();
     assert!(detail.contains("could not"), "{detail}");
 }
+
+/// JSON nested `levels` deep: `{"a":{"a":...true...}}`.
+fn nested_json(levels: usize) -> String {
+    format!("{}true{}", "{\"a\":".repeat(levels), "}".repeat(levels))
+}
+
+#[test]
+fn deep_metadata_is_refused_and_an_undecodable_event_never_breaks_the_trail() {
+    let s = service(&[]);
+    let k = s.create(json!({"name": "k"}));
+    let id = k["id"].as_str().unwrap();
+    // What the attacker sent: 125 levels. Refused on create and on change, naming the field.
+    let deep = format!("{{\"name\": \"d\", \"metadata\": {}}}", nested_json(125));
+    let create = s.server.send(
+        "POST",
+        "/v1/keys",
+        Some(&s.admin),
+        Some(("application/json", deep.as_bytes())),
+    );
+    let detail = create.problem(400, "BAD_REQUEST")["detail"].to_string();
+    assert!(
+        detail.contains("metadata") && detail.contains("16 levels"),
+        "{detail}"
+    );
+    let change = format!("{{\"metadata\": {}}}", nested_json(17));
+    let patch = s.server.send(
+        "PATCH",
+        &format!("/v1/keys/{id}"),
+        Some(&s.admin),
+        Some(("application/json", change.as_bytes())),
+    );
+    patch.problem(400, "BAD_REQUEST");
+    let ok = format!("{{\"metadata\": {}}}", nested_json(16));
+    let patch = s.server.send(
+        "PATCH",
+        &format!("/v1/keys/{id}"),
+        Some(&s.admin),
+        Some(("application/json", ok.as_bytes())),
+    );
+    assert_eq!(patch.status, 200, "{}", patch.text());
+
+    // An event no reader can decode (as an older version's data could be, or a damaged row):
+    // every reader still shows the whole trail, that event raw.
+    let unreadable: serde_json::Map<String, Value> =
+        serde_json::from_str(&format!("{{\"x\": {}}}", nested_json(100))).unwrap();
+    let mut details = unreadable.clone();
+    // Nest it past what serde_json reads back (128 levels).
+    for _ in 0..30 {
+        details = [("x".to_string(), Value::Object(details))]
+            .into_iter()
+            .collect();
+    }
+    let event = keygate::core::AuditEvent {
+        seq: 0,
+        at: s.server.now(),
+        kind: keygate::core::EventKind::KeyUpdated,
+        actor: "cli".into(),
+        key_id: None,
+        request_id: Some("<script>alert(1)</script>".into()),
+        details,
+    };
+    s.server
+        .block_on(s.server.keygate().record_event(&event))
+        .unwrap();
+    let trail = s
+        .server
+        .send("GET", "/v1/audit?limit=100", Some(&s.admin), None)
+        .expect(200);
+    let items = trail["items"].as_array().unwrap();
+    let raw = items
+        .iter()
+        .find(|e| e["type"] == "undecodable")
+        .unwrap_or_else(|| panic!("{trail}"));
+    assert!(
+        raw["details"]["raw"]["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("{\"x\":")
+    );
+    assert_eq!(raw["details"]["raw"]["type"], "key.updated");
+    assert!(
+        items.iter().any(|e| e["type"] == "key.created"),
+        "the rest is there"
+    );
+    let (code, out) = s.server.cli(&["audit"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("undecodable"), "{out}");
+    let (code, out) = s.server.cli(&["audit", "--json"]);
+    assert_eq!(code, 0, "{out}");
+
+    let mut ui = crate::admin::Ui::new(&s.server);
+    assert_eq!(ui.sign_in_key(&s.admin).status, 303);
+    let page = ui.get("/admin/audit");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("undecodable"));
+    assert!(!page.text().contains("<script>alert(1)"), "escaped");
+    let key_page = ui.get(&format!("/admin/keys/{id}"));
+    assert_eq!(key_page.status, 200);
+}

@@ -263,24 +263,57 @@ pub(crate) struct AuditRow {
     details: String,
 }
 
-impl TryFrom<AuditRow> for AuditEvent {
-    type Error = StoreError;
-
-    fn try_from(row: AuditRow) -> Result<Self, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("audit event {}: {what}", row.seq));
-        Ok(AuditEvent {
-            seq: row.seq,
-            at: Timestamp::from_unix_ms(row.at).ok_or_else(|| corrupt("time"))?,
-            kind: EventKind::parse(&row.kind).ok_or_else(|| corrupt("kind"))?,
-            actor: row.actor.clone(),
-            key_id: row
-                .key_id
-                .as_deref()
-                .map(|id| KeyId::parse(id).ok_or_else(|| corrupt("key id")))
-                .transpose()?,
-            request_id: row.request_id.clone(),
-            details: serde_json::from_str(&row.details).map_err(|_| corrupt("details"))?,
-        })
+impl From<AuditRow> for AuditEvent {
+    /// Every stored event is readable: one this version cannot decode (written by a newer
+    /// version, or damaged) comes back as [`EventKind::Undecodable`] with its stored fields,
+    /// as text, in `details.raw` — so that one bad row never makes the trail unreadable.
+    fn from(row: AuditRow) -> Self {
+        let at = Timestamp::from_unix_ms(row.at);
+        let kind = EventKind::parse(&row.kind);
+        let key_id = row.key_id.as_deref().map(KeyId::parse);
+        let details = serde_json::from_str::<Map<String, Value>>(&row.details);
+        match (at, kind, key_id, details) {
+            (Some(at), Some(kind), key_id, Ok(details))
+                if key_id.as_ref().is_none_or(Option::is_some) =>
+            {
+                AuditEvent {
+                    seq: row.seq,
+                    at,
+                    kind,
+                    actor: row.actor,
+                    key_id: key_id.flatten(),
+                    request_id: row.request_id,
+                    details,
+                }
+            }
+            (at, ..) => {
+                tracing::warn!(
+                    seq = row.seq,
+                    "an audit event could not be decoded; shown raw"
+                );
+                let mut raw = Map::new();
+                raw.insert("at".into(), Value::from(row.at));
+                raw.insert("type".into(), Value::from(row.kind));
+                raw.insert(
+                    "key_id".into(),
+                    row.key_id.clone().map_or(Value::Null, Value::from),
+                );
+                raw.insert("details".into(), Value::from(row.details));
+                let mut details = Map::new();
+                details.insert("raw".into(), Value::Object(raw));
+                AuditEvent {
+                    seq: row.seq,
+                    at: at.unwrap_or_else(|| {
+                        Timestamp::from_unix_ms(0).expect("the epoch is a time")
+                    }),
+                    kind: EventKind::Undecodable,
+                    actor: row.actor,
+                    key_id: row.key_id.as_deref().and_then(KeyId::parse),
+                    request_id: row.request_id,
+                    details,
+                }
+            }
+        }
     }
 }
 
@@ -545,10 +578,7 @@ where
 
 /// Rows to a page of events.
 pub(crate) fn audit_page(rows: Vec<AuditRow>, size: u32) -> Result<AuditPage, StoreError> {
-    let mut items = rows
-        .into_iter()
-        .map(AuditEvent::try_from)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut items: Vec<AuditEvent> = rows.into_iter().map(AuditEvent::from).collect();
     let next_cursor = if items.len() > size as usize {
         items.truncate(size as usize);
         items.last().map(|e| e.seq.to_string())
