@@ -272,7 +272,8 @@ impl AuditEvent {
         audit: &Audit,
         at: Timestamp,
     ) -> Self {
-        let details = json!({"webhook_id": endpoint.id, "url": endpoint.url, "events": endpoint.events, "slack": endpoint.slack});
+        // A Slack URL is itself a secret (whoever holds it can post): the trail names its host.
+        let details = json!({"webhook_id": endpoint.id, "url": endpoint.shown_url(false), "events": endpoint.events, "slack": endpoint.slack});
         Self {
             seq: 0,
             at,

@@ -45,19 +45,87 @@ pub fn sign(secret: &str, message_id: &str, timestamp_s: i64, body: &[u8]) -> Op
     ))
 }
 
-/// Checks an endpoint URL: absolute `http` or `https`, at most 2,000 characters.
-pub fn check_url(url: &str) -> Result<(), &'static str> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or("the URL must start with https:// (or http://)")?;
-    if url.len() > 2000 || rest.is_empty() || rest.starts_with('/') {
-        return Err("the URL must name a host, in at most 2,000 characters");
+/// Longest endpoint URL.
+pub const MAX_URL_CHARS: usize = 2000;
+
+/// Checks an endpoint URL: absolute `http` or `https` naming a host, no credentials in it, at
+/// most [`MAX_URL_CHARS`] characters; and unless `allow_private`, not a loopback, private,
+/// link-local or otherwise internal address (`localhost` included), so that an admin key
+/// cannot make keygate probe the network it runs in. A host name that resolves to such an
+/// address is refused when a delivery is sent (see [`is_public`]).
+pub fn check_url(url: &str, allow_private: bool) -> Result<(), &'static str> {
+    if url.len() > MAX_URL_CHARS {
+        return Err("the URL must be at most 2,000 characters");
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("the URL must not contain spaces or control characters");
     }
+    let parsed = url::Url::parse(url).map_err(|_| "the URL must be an absolute http(s) URL")?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err("the URL must start with https:// (or http://)");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("the URL must not carry credentials (user:password@)");
+    }
+    let internal = match parsed.host() {
+        None => return Err("the URL must name a host"),
+        Some(url::Host::Ipv4(ip)) => !is_public(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => !is_public(std::net::IpAddr::V6(ip)),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.');
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    };
+    if internal && !allow_private {
+        return Err(
+            "the URL points at a loopback or private address (allow_private_webhooks allows it)",
+        );
+    }
     Ok(())
+}
+
+/// Whether `ip` is an address on the public internet: not loopback, private (RFC 1918, unique
+/// local), link-local (cloud metadata services live there), shared (CGNAT), unspecified,
+/// multicast, broadcast, benchmarking or reserved — looking inside IPv4-mapped, NAT64 and
+/// 6to4 IPv6 addresses at the IPv4 address they carry.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
+    fn v4(ip: Ipv4Addr) -> bool {
+        let [a, b, ..] = ip.octets();
+        !(ip.is_loopback()
+            || ip.is_private()
+            || ip.is_link_local()
+            || ip.is_unspecified()
+            || ip.is_broadcast()
+            || ip.is_multicast()
+            || a == 0
+            || (a == 100 && (64..128).contains(&b))
+            || (a == 198 && (b == 18 || b == 19))
+            || a >= 240)
+    }
+    match ip {
+        IpAddr::V4(ip) => v4(ip),
+        IpAddr::V6(ip) => {
+            if let Some(mapped) = ip.to_ipv4_mapped() {
+                return v4(mapped);
+            }
+            let s = ip.segments();
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return v4(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return v4(embedded(s[1], s[2]));
+            }
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || s[..6] == [0, 0, 0, 0, 0, 0])
+        }
+    }
 }
 
 /// Whether an endpoint subscribed to `filter` (event types, or `*`) wants `kind`.
@@ -97,6 +165,43 @@ mod tests {
     }
 
     #[test]
+    fn public_addresses_are_told_from_internal_ones() {
+        let public = |text: &str| is_public(text.parse().unwrap());
+        for ip in [
+            "93.184.215.14",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "2002:5db8:d70e::1",
+        ] {
+            assert!(public(ip), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+            "::127.0.0.1",
+        ] {
+            assert!(!public(ip), "{ip}");
+        }
+    }
+
+    #[test]
     fn retries_back_off_from_a_second_to_an_hour_and_stop() {
         let waits: Vec<Option<i64>> = (1..=13).map(retry_after_ms).collect();
         assert_eq!(
@@ -118,19 +223,55 @@ mod tests {
         assert_ne!(secret, generate_secret());
         for ok in [
             "https://hooks.example.com/keygate",
-            "http://127.0.0.1:9000/x",
+            "http://hooks.example.com:8080/x?y=1",
+            "https://93.184.215.14/hook",
+            "https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/hook",
         ] {
-            assert!(check_url(ok).is_ok(), "{ok}");
+            assert_eq!(check_url(ok, false), Ok(()), "{ok}");
         }
-        for bad in [
-            "ftp://x",
-            "https://",
-            "https:///path",
-            "example.com",
-            "https://a b",
+        let private =
+            "the URL points at a loopback or private address (allow_private_webhooks allows it)";
+        for (bad, why) in [
+            ("ftp://x", "the URL must start with https:// (or http://)"),
+            ("https://", "the URL must be an absolute http(s) URL"),
+            ("example.com", "the URL must be an absolute http(s) URL"),
+            (
+                "https://a b",
+                "the URL must not contain spaces or control characters",
+            ),
+            (
+                "https://user:pw@hooks.example.com/",
+                "the URL must not carry credentials (user:password@)",
+            ),
+            (
+                "https://token@hooks.example.com/",
+                "the URL must not carry credentials (user:password@)",
+            ),
+            ("http://127.0.0.1:9000/x", private),
+            ("http://localhost/x", private),
+            ("http://api.localhost./x", private),
+            ("http://10.0.0.8/", private),
+            ("http://169.254.169.254/latest/meta-data/", private),
+            ("http://[::1]/", private),
+            ("http://[::ffff:127.0.0.1]/", private),
+            ("http://[fd00::1]/", private),
+            ("http://0.0.0.0/", private),
+            ("http://2130706433/", private),
+            ("http://0x7f.1/", private),
         ] {
-            assert!(check_url(bad).is_err(), "{bad}");
+            assert_eq!(check_url(bad, false), Err(why), "{bad}");
         }
+        assert_eq!(
+            check_url(&format!("https://x.example/{}", "a".repeat(2000)), true),
+            Err("the URL must be at most 2,000 characters")
+        );
+        // Allowed where the operator says so (tests, receivers on the same network).
+        assert_eq!(check_url("http://127.0.0.1:9000/x", true), Ok(()));
+        assert_eq!(check_url("http://localhost/x", true), Ok(()));
+        assert_eq!(
+            check_url("https://user:pw@hooks.example.com/", true),
+            Err("the URL must not carry credentials (user:password@)")
+        );
         let filter = vec!["key.rotated".to_string()];
         assert!(wants(&filter, EventKind::KeyRotated));
         assert!(!wants(&filter, EventKind::KeyCreated));
@@ -160,11 +301,37 @@ pub struct Endpoint {
     pub created_at: crate::Timestamp,
 }
 
+impl Endpoint {
+    /// The URL as shown to someone: whole for those who may manage webhooks, else — for a
+    /// Slack-compatible endpoint, whose URL is itself a secret (whoever holds it can post) —
+    /// only its scheme and host (`https://hooks.slack.com/…`).
+    pub fn shown_url(&self, may_manage: bool) -> String {
+        if may_manage || !self.slack {
+            return self.url.clone();
+        }
+        redacted_url(&self.url)
+    }
+}
+
+/// `scheme://host[:port]/…` of a URL: where it goes, without what makes it a credential.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => {
+            let host = parsed.host_str().unwrap_or("");
+            match parsed.port() {
+                Some(port) => format!("{}://{host}:{port}/…", parsed.scheme()),
+                None => format!("{}://{host}/…", parsed.scheme()),
+            }
+        }
+        Err(_) => "…".to_owned(),
+    }
+}
+
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("id", &self.id)
-            .field("url", &self.url)
+            .field("url", &self.shown_url(false))
             .field("events", &self.events)
             .field("slack", &self.slack)
             .finish_non_exhaustive()

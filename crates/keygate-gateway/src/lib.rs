@@ -8,7 +8,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let text = std::fs::read_to_string("keygate.toml")?;
 //! let config = GatewayConfig::from_toml(&text, "keygate.toml")?;
-//! let keygate = Keygate::new(keygate::store::open("sqlite://keygate.db").await?);
+//! let keygate = Keygate::new(keygate::open("sqlite://keygate.db").await?);
 //! let listener = tokio::net::TcpListener::bind(&config.listen).await?;
 //! let admin = tokio::net::TcpListener::bind(&config.admin_listen).await?;
 //! Gateway::new(keygate, config)?

@@ -137,6 +137,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         .usage_flush_interval(None)
         .cache(None)
         .sealing_key(settings.sealing_key)
+        .allow_private_webhooks(settings.allow_private_webhooks)
         .build();
     cli::run(&keygate, cli.command, &mut std::io::stdout().lock()).await
 }

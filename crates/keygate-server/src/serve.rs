@@ -80,6 +80,7 @@ pub async fn long_running(settings: &Settings, clock: Arc<dyn Clock>) -> Result<
         .cache(cache)
         .clock(clock)
         .sealing_key(settings.sealing_key.clone())
+        .allow_private_webhooks(settings.allow_private_webhooks)
         .usage_flush_interval(Some(duration(settings.usage_flush)))
         .build())
 }

@@ -29,6 +29,7 @@ struct Inner {
     store: Arc<dyn Store>,
     prefix: Prefix,
     sealing: Option<SealingKey>,
+    allow_private_webhooks: bool,
 }
 
 /// Builds a [`Keygate`]: `Keygate::builder(store).prefix(..).clock(..).build()`.
@@ -38,13 +39,22 @@ pub struct KeygateBuilder {
     verifier: VerifierConfig,
     prefix: Prefix,
     sealing: Option<SealingKey>,
+    allow_private_webhooks: bool,
 }
 
 impl KeygateBuilder {
-    /// The key that seals new plaintext keys waiting in the webhook outbox (see
-    /// [`Keygate::rotate_delivering`]); without one, such rotations are refused.
+    /// The key that seals secrets resting in the database: new plaintext keys waiting in the
+    /// webhook outbox (see [`Keygate::rotate_delivering`]; without a key such rotations are
+    /// refused) and webhook signing secrets (stored in the clear without one).
     pub fn sealing_key(mut self, key: Option<SealingKey>) -> Self {
         self.sealing = key;
+        self
+    }
+
+    /// Whether webhook endpoints may be loopback or private addresses (default: no, so that an
+    /// admin key cannot make keygate probe the network it runs in).
+    pub fn allow_private_webhooks(mut self, allow: bool) -> Self {
+        self.allow_private_webhooks = allow;
         self
     }
 
@@ -85,6 +95,7 @@ impl KeygateBuilder {
                 store: self.store,
                 prefix: self.prefix,
                 sealing: self.sealing,
+                allow_private_webhooks: self.allow_private_webhooks,
             }),
         }
     }
@@ -98,6 +109,7 @@ impl Keygate {
             verifier: VerifierConfig::default(),
             prefix: Prefix::default(),
             sealing: None,
+            allow_private_webhooks: false,
         }
     }
 
@@ -289,6 +301,19 @@ impl Keygate {
     /// Opens a sealed outbox payload with this instance's sealing key.
     pub fn unseal(&self, sealed: &str) -> Option<String> {
         self.inner.sealing.as_ref()?.open(sealed)
+    }
+
+    /// Seals `secret` for storage with this instance's sealing key; as it is without one.
+    pub(crate) fn seal_at_rest(&self, secret: &str) -> String {
+        match &self.inner.sealing {
+            Some(key) => key.seal(secret),
+            None => secret.to_owned(),
+        }
+    }
+
+    /// Whether webhook endpoints may be loopback or private addresses.
+    pub fn allows_private_webhooks(&self) -> bool {
+        self.inner.allow_private_webhooks
     }
 
     /// The key with this id.

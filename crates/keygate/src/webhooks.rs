@@ -25,7 +25,7 @@ impl Keygate {
             field,
             message: message.to_owned(),
         };
-        check_url(url).map_err(|why| field("url", why))?;
+        check_url(url, self.allows_private_webhooks()).map_err(|why| field("url", why))?;
         let events = if events.is_empty() {
             vec!["*".to_owned()]
         } else {
@@ -51,8 +51,14 @@ impl Keygate {
             created_at: now,
             receives_secrets,
         };
+        // The signing secret rests sealed when there is a sealing key; the caller gets it in
+        // the clear, this once.
+        let stored = Endpoint {
+            secret: self.seal_at_rest(&endpoint.secret),
+            ..endpoint.clone()
+        };
         self.store()
-            .create_endpoint(&endpoint, audit)
+            .create_endpoint(&stored, audit)
             .await
             .map_err(Error::store("add the webhook"))?;
         tracing::info!(webhook_id = %endpoint.id, "added webhook endpoint");
@@ -80,11 +86,22 @@ impl Keygate {
     }
 
     /// Pending deliveries due at `now`, oldest first, at most `limit`: the sender's next batch.
+    /// Signing secrets sealed at rest are opened; one that cannot be (no sealing key, or not
+    /// the one that sealed it) is left sealed, so that signing with it fails.
     pub async fn due_deliveries(&self, now: Timestamp, limit: u32) -> Result<Vec<Delivery>, Error> {
-        self.store()
+        let mut due = self
+            .store()
             .due_deliveries(now, limit)
             .await
-            .map_err(Error::store("read the webhook outbox"))
+            .map_err(Error::store("read the webhook outbox"))?;
+        for delivery in &mut due {
+            if delivery.secret.starts_with(crate::sealing::SEALED_PREFIX)
+                && let Some(secret) = self.unseal(&delivery.secret)
+            {
+                delivery.secret = secret;
+            }
+        }
+        Ok(due)
     }
 
     /// Records the outcome of an attempt at delivery `id`.

@@ -107,7 +107,7 @@ pub async fn webhooks(State(app): State<AppState>, admin: Admin) -> Result<Respo
                     tbody {
                         @for e in &endpoints {
                             tr {
-                                td data-label="Endpoint" { a href={ "/admin/webhooks/" (e.id) } { (e.url) } div.muted.small { code { (e.id) } } }
+                                td data-label="Endpoint" { a href={ "/admin/webhooks/" (e.id) } { (e.shown_url(admin.can_manage)) } div.muted.small { code { (e.id) } } }
                                 td data-label="Events" { (views::scopes(&e.events)) }
                                 td data-label="Format" { @if e.slack { "Slack" } @else { "Standard Webhooks" } @if e.receives_secrets { " · receives new keys (sealed)" } }
                                 td data-label="State" { @if e.enabled { span.badge.ok { "enabled" } } @else { span.badge.neutral { "disabled" } } }
@@ -202,7 +202,7 @@ pub async fn deliveries(
         })?;
     let deliveries = app.keygate.webhook_deliveries(&endpoint.id, 100).await?;
     let body = html! {
-        p { "Deliveries to " code { (endpoint.url) } ", newest first. Failed attempts are retried with backoff." }
+        p { "Deliveries to " code { (endpoint.shown_url(admin.can_manage)) } ", newest first. Failed attempts are retried with backoff." }
         @if deliveries.is_empty() { p.empty { "Nothing delivered yet." } }
         @else {
             div.table-wrap {

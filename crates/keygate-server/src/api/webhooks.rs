@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use keygate::core::scope::AdminAction;
 use keygate::core::webhook::{Delivery, Endpoint};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -139,7 +140,8 @@ pub async fn create_webhook(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-/// List webhook endpoints.
+/// List webhook endpoints. To a caller with only `keygate:read`, a Slack endpoint's URL (a
+/// secret: whoever holds it can post) shows only its scheme and host.
 #[utoipa::path(
     get, path = "/v1/webhooks", tag = "webhooks",
     responses(
@@ -151,11 +153,20 @@ pub async fn create_webhook(
 )]
 pub async fn list_webhooks(
     State(app): State<AppState>,
-    _caller: Caller<Read>,
+    caller: Caller<Read>,
 ) -> Result<Json<WebhookList>, ApiError> {
-    Ok(Json(WebhookList {
-        items: app.keygate.webhooks().await?,
-    }))
+    let may_manage = AdminAction::Manage.permitted(caller.0.scopes());
+    let items = app
+        .keygate
+        .webhooks()
+        .await?
+        .into_iter()
+        .map(|e| Endpoint {
+            url: e.shown_url(may_manage),
+            ..e
+        })
+        .collect();
+    Ok(Json(WebhookList { items }))
 }
 
 /// An endpoint's delivery log (latest 100).

@@ -3,23 +3,55 @@
 //! exponential backoff (1 s, 2 s, 4 s, … up to an hour, 12 attempts). Delivery is at least
 //! once: receivers should deduplicate on `webhook-id`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keygate::core::Timestamp;
-use keygate::core::webhook::{Delivery, retry_after_ms, sign};
+use keygate::core::webhook::{Delivery, check_url, is_public, retry_after_ms, sign};
 use keygate::{Attempt, Keygate};
 
 /// How long a receiver has to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The HTTP client deliveries go through: a timeout per attempt, no redirects followed.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+/// The HTTP client deliveries go through: a timeout per attempt, no redirects followed, and
+/// unless `allow_private`, host names resolved to public addresses only (a name that points
+/// inside the network keygate runs in is refused at connection time, whatever it pointed at
+/// when the endpoint was added).
+pub fn client(allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
     // reqwest's TLS runs on rustls with the ring provider (no aws-lc).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+        .redirect(reqwest::redirect::Policy::none());
+    if allow_private {
+        builder.build()
+    } else {
+        builder.dns_resolver(Arc::new(PublicOnly)).build()
+    }
+}
+
+/// Resolves host names with the system resolver and keeps only public addresses.
+#[derive(Debug)]
+pub struct PublicOnly;
+
+/// What a refused resolution says (and the delivery log shows).
+const ONLY_INTERNAL: &str = "the host name resolves only to loopback or private addresses";
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(ONLY_INTERNAL.into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 /// Attempts every delivery due now (at most `batch`), recording each attempt; returns how
@@ -39,7 +71,7 @@ pub async fn deliver_due(
 
 /// Delivers until the process ends: a batch whenever some are due, else a look every 250 ms.
 pub async fn run(keygate: Keygate) {
-    let client = match client() {
+    let client = match client(keygate.allows_private_webhooks()) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are off");
@@ -77,6 +109,16 @@ async fn deliver(keygate: &Keygate, client: &reqwest::Client, delivery: Delivery
     } else {
         delivery.payload.clone()
     };
+    // Checked again at each attempt: the rules may have tightened since the endpoint was added.
+    if let Err(why) = check_url(&delivery.url, keygate.allows_private_webhooks()) {
+        record(keygate, &delivery, None, Some(why.into()), false, false).await;
+        return;
+    }
+    if delivery.secret.starts_with(keygate::sealing::SEALED_PREFIX) {
+        let why = "cannot unseal the signing secret: KEYGATE_SECRET_KEY is missing or not the one that sealed it";
+        record(keygate, &delivery, None, Some(why.into()), false, false).await;
+        return;
+    }
     let timestamp = keygate.now().unix_ms().div_euclid(1000);
     let Some(signature) = sign(&delivery.secret, &message_id, timestamp, body.as_bytes()) else {
         tracing::error!(
@@ -131,6 +173,8 @@ async fn deliver(keygate: &Keygate, client: &reqwest::Client, delivery: Delivery
             // The error names the URL at most: no secret, no payload.
             let why = if e.is_timeout() {
                 "timed out".to_owned()
+            } else if caused_by(&e, ONLY_INTERNAL) {
+                ONLY_INTERNAL.to_owned()
             } else if e.is_connect() {
                 "could not connect".to_owned()
             } else {
@@ -172,5 +216,34 @@ async fn record(
             retry = next_attempt_at.is_some(),
             "webhook delivery failed"
         );
+    }
+}
+
+/// Whether `message` is among the causes of `error`.
+fn caused_by(error: &reqwest::Error, message: &str) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.to_string() == message {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn names_that_resolve_inside_are_refused_unless_allowed() {
+        // Port 9 on loopback: nothing listens, so an attempt that gets that far is refused by
+        // the kernel instead.
+        let url = "http://localhost:9/hook";
+        let strict = client(false).unwrap().post(url).send().await.unwrap_err();
+        assert!(caused_by(&strict, ONLY_INTERNAL), "{strict:?}");
+        let lenient = client(true).unwrap().post(url).send().await.unwrap_err();
+        assert!(!caused_by(&lenient, ONLY_INTERNAL), "{lenient:?}");
+        assert!(lenient.is_connect(), "{lenient:?}");
     }
 }

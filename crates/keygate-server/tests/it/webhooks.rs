@@ -107,7 +107,8 @@ impl Receiver {
 
 /// Runs the webhook sender once, as its loop would: every delivery due by the app's clock.
 fn deliver(app: &App) -> usize {
-    let client = keygate_server::jobs::deliver::client().unwrap();
+    let client =
+        keygate_server::jobs::deliver::client(app.keygate().allows_private_webhooks()).unwrap();
     app.block_on(keygate_server::jobs::deliver::deliver_due(
         app.keygate(),
         &client,
@@ -129,7 +130,7 @@ fn delivery_log(app: &App, hook: &Value) -> Value {
 
 #[test]
 fn rotation_reaches_the_receiver_signed() {
-    let app = App::new(&[]);
+    let app = App::new(&["--allow-private-webhooks"]);
     let receiver = Receiver::start(&[]);
     let hook = add_webhook(
         &app,
@@ -189,7 +190,7 @@ fn rotation_reaches_the_receiver_signed() {
 
 #[test]
 fn a_failing_receiver_is_retried_with_backoff_and_slack_gets_text() {
-    let app = App::new(&[]);
+    let app = App::new(&["--allow-private-webhooks"]);
     let receiver = Receiver::start(&[500, 503]);
     let hook = add_webhook(
         &app,
@@ -234,10 +235,10 @@ struct Running {
 fn running() -> Running {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keys.db");
-    let first = Server::start(&db, &[], &[]);
+    let first = Server::start(&db, &["--allow-private-webhooks"], &[]);
     let (_, stdout) = first.stop();
     let admin = printed_key(&stdout).unwrap();
-    let server = Server::start(&db, &[], &[]);
+    let server = Server::start(&db, &["--allow-private-webhooks"], &[]);
     Running {
         server,
         admin,
@@ -258,7 +259,15 @@ fn a_pending_delivery_survives_a_restart() {
     let url = format!("http://127.0.0.1:{port}/hook");
     let hook = keygate_json(
         r.db.to_str().unwrap(),
-        &["webhooks", "add", &url, "--event", "key.revoked", "--json"],
+        &[
+            "webhooks",
+            "add",
+            &url,
+            "--event",
+            "key.revoked",
+            "--json",
+            "--allow-private-webhooks",
+        ],
     );
     let created = r
         .server
@@ -296,7 +305,7 @@ fn a_pending_delivery_survives_a_restart() {
 
     // The receiver comes up; a new server process delivers what the old one could not.
     let receiver = Receiver::start_on(port, &[]);
-    let server = Server::start(&db, &[], &[]);
+    let server = Server::start(&db, &["--allow-private-webhooks"], &[]);
     let got = receiver.wait_for(1);
     assert_eq!(got[0].json()["type"], "key.revoked");
     poll(
@@ -323,7 +332,14 @@ fn rotate_due_rotates_once_and_delivers_the_new_key_sealed_to_a_trusted_endpoint
     let db = dir.path().join("keys.db");
     let config = dir.path().join("keygate.toml");
     std::fs::write(&config, format!("secret_key = \"{secret_key}\"\n")).unwrap();
-    let app = App::on(&db, &["--config", config.to_str().unwrap()]);
+    let app = App::on(
+        &db,
+        &[
+            "--allow-private-webhooks",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
     let receiver = Receiver::start(&[]);
     let hook = add_webhook(
         &app,
@@ -345,7 +361,7 @@ fn rotate_due_rotates_once_and_delivers_the_new_key_sealed_to_a_trusted_endpoint
     ];
 
     // Without the sealing key it refuses, and rotates nothing.
-    let unsealed = App::on(&db, &[]);
+    let unsealed = App::on(&db, &["--allow-private-webhooks"]);
     unsealed.advance("2s");
     let (code, err) = unsealed.cli(&rotate_due);
     assert_eq!(code, 2);
@@ -402,4 +418,134 @@ fn rotate_due_rotates_once_and_delivers_the_new_key_sealed_to_a_trusted_endpoint
 
     // At rest, the new key never appears in plain text.
     assert_not_stored(dir.path(), &new_key[3..]);
+}
+
+#[test]
+fn webhook_urls_are_checked_when_added_and_again_when_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let strict = App::on(&db, &[]);
+    let refuse = |url: &str, why: &str| {
+        let reply = strict.json("POST", "/v1/webhooks", &strict.admin, &json!({"url": url}));
+        let detail = reply.problem(400, "BAD_REQUEST")["detail"].to_string();
+        assert!(
+            detail.contains("url") && detail.contains(why),
+            "{url}: {detail}"
+        );
+    };
+    refuse("http://127.0.0.1:9/hook", "loopback or private");
+    refuse("http://localhost/hook", "loopback or private");
+    refuse(
+        "http://169.254.169.254/latest/meta-data",
+        "loopback or private",
+    );
+    refuse("http://[::ffff:10.0.0.1]/", "loopback or private");
+    refuse("https://user:pw@hooks.example.com/", "credentials");
+    refuse("gopher://hooks.example.com/", "https://");
+    let (code, out) = strict.cli(&["webhooks", "add", "http://10.1.2.3/x"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("loopback or private"), "{out}");
+    let admin = strict.admin.clone();
+    drop(strict);
+
+    // Added where private targets were allowed...
+    let receiver = Receiver::start(&[]);
+    let mut lenient = App::on(&db, &["--allow-private-webhooks"]);
+    lenient.admin = admin.clone();
+    let hook = add_webhook(
+        &lenient,
+        json!({"url": receiver.url(), "events": ["key.created"]}),
+    );
+    drop(lenient);
+    // ...and sent where they are not: refused at the attempt, nothing reaches the receiver.
+    let mut strict = App::on(&db, &[]);
+    strict.admin = admin;
+    strict.create(json!({"name": "announced"}));
+    assert_eq!(deliver(&strict), 1);
+    let log = delivery_log(&strict, &hook);
+    assert_eq!(log["items"][0]["status"], "pending", "{log}");
+    let error = log["items"][0]["last_error"].as_str().unwrap();
+    assert!(error.contains("loopback or private"), "{error}");
+    assert!(receiver.got().is_empty());
+}
+
+/// base64 of the 32 bytes `0123456789abcdef0123456789abcdef`.
+const SECRET_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+#[test]
+fn signing_secrets_rest_sealed_under_the_secret_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(&config, format!("secret_key = \"{SECRET_KEY}\"\n")).unwrap();
+    let config = config.to_str().unwrap();
+    let receiver = Receiver::start(&[]);
+    let app = App::on(&db, &["--allow-private-webhooks", "--config", config]);
+    let hook = add_webhook(
+        &app,
+        json!({"url": receiver.url(), "events": ["key.created"]}),
+    );
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    app.create(json!({"name": "announced"}));
+    assert_eq!(deliver(&app), 1);
+    let got = receiver.got();
+    let expected = keygate::core::webhook::sign(
+        &secret,
+        got[0].header("webhook-id"),
+        got[0].header("webhook-timestamp").parse().unwrap(),
+        got[0].body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        got[0].header("webhook-signature"),
+        expected,
+        "signed with the secret"
+    );
+    app.block_on(app.keygate().flush_usage()).unwrap();
+    let admin = app.admin.clone();
+    drop(app);
+    std::fs::remove_file(dir.path().join("keygate.toml")).unwrap();
+    assert_not_stored(dir.path(), &secret);
+    assert_not_stored(dir.path(), &secret["whsec_".len()..]);
+
+    // Without the key the secret cannot be opened: the attempt says so, and nothing is sent
+    // unsigned.
+    let mut keyless = App::on(&db, &["--allow-private-webhooks"]);
+    keyless.admin = admin;
+    keyless.create(json!({"name": "announced again"}));
+    assert_eq!(deliver(&keyless), 1);
+    let log = delivery_log(&keyless, &hook);
+    let error = log["items"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot unseal the signing secret"),
+        "{error}"
+    );
+    assert_eq!(receiver.got().len(), 1);
+}
+
+#[test]
+fn slack_urls_are_shown_whole_only_to_admins() {
+    let app = App::new(&["--allow-private-webhooks"]);
+    let receiver = Receiver::start(&[]);
+    let slack_url = format!("{}/T000/B000/XXXXXXXX", receiver.url());
+    add_webhook(&app, json!({"url": slack_url, "slack": true}));
+    add_webhook(&app, json!({"url": receiver.url()}));
+    let reader = app.create(json!({"name": "reader", "scopes": ["keygate:read"]}))["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let as_reader = app.get("/v1/webhooks", &reader).expect(200).to_string();
+    assert!(!as_reader.contains("XXXXXXXX"), "{as_reader}");
+    assert!(as_reader.contains(&format!("http://127.0.0.1:{}/…", receiver.port)));
+    assert!(as_reader.contains(&receiver.url()), "other endpoints whole");
+    let as_admin = app.get("/v1/webhooks", &app.admin).expect(200).to_string();
+    assert!(as_admin.contains("XXXXXXXX"));
+    // The audit trail, which keygate:read may read, never had it.
+    let trail = app.get("/v1/audit", &reader).expect(200).to_string();
+    assert!(!trail.contains("XXXXXXXX"), "{trail}");
+    // Nor the admin UI, signed in read-only.
+    let mut ui = crate::admin::Ui::new(&app);
+    assert_eq!(ui.sign_in_key(&reader).status, 303);
+    let page = ui.get("/admin/webhooks").text();
+    assert!(!page.contains("XXXXXXXX"));
 }
