@@ -53,7 +53,10 @@ pub const MAX_URL_CHARS: usize = 2000;
 /// link-local or otherwise internal address (`localhost` included), so that an admin key
 /// cannot make keygate probe the network it runs in. A host name that resolves to such an
 /// address is refused when a delivery is sent (see [`is_public`]).
-pub fn check_url(url: &str, allow_private: bool) -> Result<(), &'static str> {
+///
+/// Returns the URL in its canonical form (`http:/h/` is `http://h/`, `HTTPS://H` is
+/// `https://h/`): the one to store and to send to.
+pub fn check_url(url: &str, allow_private: bool) -> Result<String, &'static str> {
     if url.len() > MAX_URL_CHARS {
         return Err("the URL must be at most 2,000 characters");
     }
@@ -81,7 +84,11 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<(), &'static str> {
             "the URL points at a loopback or private address (allow_private_webhooks allows it)",
         );
     }
-    Ok(())
+    let canonical = String::from(parsed);
+    if canonical.len() > MAX_URL_CHARS {
+        return Err("the URL must be at most 2,000 characters");
+    }
+    Ok(canonical)
 }
 
 /// Whether `ip` is an address on the public internet: not loopback, private (RFC 1918, unique
@@ -227,7 +234,10 @@ mod tests {
             "https://93.184.215.14/hook",
             "https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/hook",
         ] {
-            assert_eq!(check_url(ok, false), Ok(()), "{ok}");
+            assert!(
+                check_url(ok, false).is_ok_and(|c| c.starts_with(&ok[..10])),
+                "{ok}"
+            );
         }
         let private =
             "the URL points at a loopback or private address (allow_private_webhooks allows it)";
@@ -266,8 +276,23 @@ mod tests {
             Err("the URL must be at most 2,000 characters")
         );
         // Allowed where the operator says so (tests, receivers on the same network).
-        assert_eq!(check_url("http://127.0.0.1:9000/x", true), Ok(()));
-        assert_eq!(check_url("http://localhost/x", true), Ok(()));
+        assert_eq!(
+            check_url("http://127.0.0.1:9000/x", true).as_deref(),
+            Ok("http://127.0.0.1:9000/x")
+        );
+        assert_eq!(
+            check_url("http://localhost/x", true).as_deref(),
+            Ok("http://localhost/x")
+        );
+        // Stored and sent in canonical form.
+        assert_eq!(
+            check_url("http:/hooks.example.com/x", false).as_deref(),
+            Ok("http://hooks.example.com/x")
+        );
+        assert_eq!(
+            check_url("HTTPS://Hooks.Example.COM", false).as_deref(),
+            Ok("https://hooks.example.com/")
+        );
         assert_eq!(
             check_url("https://user:pw@hooks.example.com/", true),
             Err("the URL must not carry credentials (user:password@)")

@@ -35,6 +35,7 @@ use keygate::core::{Lifetime, Prefix};
 use serde::Deserialize;
 
 use crate::Failure;
+use crate::cli::Command;
 use crate::cli::args::{
     AgeActionArg, Cli, LogFormat, LogLevel, ServeArgs, parse_lifetime, parse_prefix,
 };
@@ -132,6 +133,25 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        Self::resolve_with(cli, serve, file)
+    }
+
+    /// The settings of `keygate serve` with nothing but the configuration file `text` (named
+    /// `name` in errors); what a bad file gets is the one-line error `keygate` prints.
+    pub fn from_toml(text: &str, name: &str) -> Result<Self, Failure> {
+        let cli = <Cli as clap::Parser>::try_parse_from(["keygate", "serve"])
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        let Command::Serve(serve) = &cli.command else {
+            unreachable!("parsed as serve")
+        };
+        Self::resolve_with(&cli, Some(serve), parse_file(text, name)?)
+    }
+
+    fn resolve_with(
+        cli: &Cli,
+        serve: Option<&ServeArgs>,
+        file: FileConfig,
+    ) -> Result<Self, Failure> {
         let prefix = match (&cli.prefix, &file.prefix) {
             (Some(p), _) => p.clone(),
             (None, Some(p)) => {
@@ -296,14 +316,18 @@ impl Settings {
 fn read_file(path: &Path) -> Result<FileConfig, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::Config(format!("cannot read config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
+    parse_file(&text, &path.display().to_string())
+}
+
+fn parse_file(text: &str, name: &str) -> Result<FileConfig, Failure> {
+    toml::from_str(text).map_err(|e| {
         // toml's message spans lines (it quotes the offending line): keep its first sentence.
         let message = e.message().replace('\n', " ");
         let Some(span) = e.span() else {
-            return Failure::Config(format!("config file {}: {message}", path.display()));
+            return Failure::Config(format!("config file {name}: {message}"));
         };
         let start = span.start.min(text.len());
-        let line = text[..start].matches('\n').count() + 1;
+        let line = text.get(..start).unwrap_or(text).matches('\n').count() + 1;
         // Name the setting: the key on the offending line, if it has one.
         let setting = text
             .lines()
@@ -312,8 +336,7 @@ fn read_file(path: &Path) -> Result<FileConfig, Failure> {
             .map(|(key, _)| format!(" ({})", key.trim()))
             .unwrap_or_default();
         Failure::Config(format!(
-            "config file {} line {line}{setting}: {message}",
-            path.display()
+            "config file {name} line {line}{setting}: {message}"
         ))
     })
 }

@@ -3,7 +3,7 @@
 //! Each case takes a fresh, empty store and panics on the first broken promise. A backend's
 //! tests run them all with [`conformance_suite!`](crate::conformance_suite):
 //!
-//! ```ignore
+//! ```text
 //! keygate_store::conformance_suite!(|| async {
 //!     let dir = tempfile::tempdir().unwrap().keep();
 //!     std::sync::Arc::new(SqliteStore::connect(dir.join("k.db").to_str().unwrap()).await.unwrap())

@@ -25,7 +25,8 @@ impl Keygate {
             field,
             message: message.to_owned(),
         };
-        check_url(url, self.allows_private_webhooks()).map_err(|why| field("url", why))?;
+        let url =
+            check_url(url, self.allows_private_webhooks()).map_err(|why| field("url", why))?;
         let events = if events.is_empty() {
             vec!["*".to_owned()]
         } else {
@@ -43,7 +44,7 @@ impl Keygate {
         let now = self.now();
         let endpoint = Endpoint {
             id: format!("whk_{}", &KeyId::generate(now).as_str()[4..]),
-            url: url.to_owned(),
+            url,
             events,
             secret: generate_secret(),
             slack,
