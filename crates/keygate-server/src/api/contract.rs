@@ -16,7 +16,7 @@ use super::error::MAX_BODY_BYTES;
 pub const MAX_VERIFY_SCOPES: usize = MAX_SCOPES;
 
 /// Longest webhook URL.
-pub const MAX_URL_LEN: usize = 2000;
+pub const MAX_URL_LEN: usize = keygate::core::webhook::MAX_URL_CHARS;
 
 /// Adds the constraints to the document `doc` (the generated OpenAPI, as JSON).
 pub fn constrain(doc: &mut Value) {
