@@ -94,6 +94,8 @@ pub enum EventKind {
     KeyExpiringSoon,
     /// A key passed its expiry time (announced once per key).
     KeyExpired,
+    /// A key's credits were refilled (by the scheduler or `keygate refill`).
+    KeyQuotaRefilled,
     /// A request to keygate's own API was refused for its credentials (401 or 403).
     AdminAuthFailed,
     /// A webhook endpoint was added.
@@ -113,7 +115,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -121,6 +123,7 @@ impl EventKind {
         Self::KeyMaxAgeExceeded,
         Self::KeyExpiringSoon,
         Self::KeyExpired,
+        Self::KeyQuotaRefilled,
         Self::AdminAuthFailed,
         Self::WebhookCreated,
         Self::AdminSignedIn,
@@ -139,6 +142,7 @@ impl EventKind {
             Self::KeyMaxAgeExceeded => "key.max_age_exceeded",
             Self::KeyExpiringSoon => "key.expiring_soon",
             Self::KeyExpired => "key.expired",
+            Self::KeyQuotaRefilled => "key.quota_refilled",
             Self::AdminAuthFailed => "admin.auth_failed",
             Self::WebhookCreated => "webhook.created",
             Self::AdminSignedIn => "admin.signed_in",
@@ -188,7 +192,7 @@ pub struct AuditEvent {
 }
 
 /// The fields an event may mention. Never the hash; never anything secret.
-fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 10] {
+fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 13] {
     [
         ("name", json!(r.name)),
         ("owner", json!(r.owner)),
@@ -200,6 +204,17 @@ fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 10] {
         ("revoked_reason", json!(r.revoked_reason)),
         ("rotated_from", json!(r.rotated_from)),
         ("rotated_to", json!(r.rotated_to)),
+        // No limits read as absent (a key without any says nothing about them).
+        (
+            "rate_limits",
+            if r.limits.rate.is_empty() {
+                Value::Null
+            } else {
+                json!(r.limits.rate)
+            },
+        ),
+        ("quota", json!(r.limits.quota)),
+        ("allowed_ips", json!(r.limits.allowed_ips)),
     ]
 }
 

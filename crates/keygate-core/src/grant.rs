@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::id::KeyId;
+use crate::limits::{IpAllowlist, RateLimits};
 use crate::record::{KeyRecord, Status};
 use crate::time::Timestamp;
 
@@ -31,6 +32,12 @@ pub struct KeyGrant {
     pub rotated_to: Option<KeyId>,
     /// When it was rotated (its grace period runs from here to `expires_at`).
     pub rotated_at: Option<Timestamp>,
+    /// Its rate limits.
+    pub rate_limits: RateLimits,
+    /// Whose credits it spends (its own, or its successor's after a rotation); `None`: no quota.
+    pub quota_payer: Option<KeyId>,
+    /// The addresses it may be used from; `None`: anywhere.
+    pub allowed_ips: Option<IpAllowlist>,
 }
 
 impl KeyGrant {
@@ -51,7 +58,11 @@ impl KeyGrant {
 
 impl From<KeyRecord> for KeyGrant {
     fn from(r: KeyRecord) -> Self {
+        let quota_payer = r.limits.quota_payer(&r.id).cloned();
         Self {
+            quota_payer,
+            rate_limits: r.limits.rate,
+            allowed_ips: r.limits.allowed_ips,
             id: r.id,
             name: r.name.into_boxed_str(),
             owner: r.owner.map(String::into_boxed_str),

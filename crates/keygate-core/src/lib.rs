@@ -37,6 +37,7 @@ pub use grant::KeyGrant;
 pub use id::KeyId;
 pub use outcome::{Outcome, decide, lacks_scope};
 pub use record::{
-    DEFAULT_GRACE, Expiry, KeyPatch, KeyRecord, KeySpec, RecordError, Status, issue, plan_rotation,
+    DEFAULT_GRACE, Expiry, KeyLimits, KeyPatch, KeyRecord, KeySpec, RecordError, Status, issue,
+    plan_rotation,
 };
 pub use time::{Clock, FixedClock, Lifetime, TimeError, Timestamp, parse_grace};

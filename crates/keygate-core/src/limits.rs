@@ -60,7 +60,9 @@ mod rate;
 
 pub use headers::{ratelimit_header, ratelimit_policy_header, retry_after_header};
 pub use ip::{IpAllowlist, IpError, MAX_IP_ENTRIES, MAX_PROXY_HOPS, client_address};
-pub use quota::{MAX_CREDITS, Quota, QuotaError, Refill, RefillPeriod, can_spend};
+pub use quota::{
+    MAX_CREDITS, Quota, QuotaError, Refill, RefillPeriod, can_spend, parse_quota, quota_short_form,
+};
 pub use rate::{
     Decision, Group, LimitError, LimitName, LimitScope, LimitStatus, MAX_COST, MAX_COUNT,
     MAX_LIMIT, MAX_LIMITS, RateLimit, RateLimits, WEIGHT_SCALE, Window, WindowState, check,

@@ -30,11 +30,17 @@ pub enum Outcome {
     Disabled,
     /// The key is good but lacks a required scope.
     InsufficientScope,
+    /// The key (or its owner) is over a rate limit: retry after the time the answer gives.
+    RateLimited,
+    /// The key's credits are spent until its next refill.
+    UsageExceeded,
+    /// The request comes from an address the key's allowlist does not name.
+    IpNotAllowed,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 11] = [
         Self::Valid,
         Self::Missing,
         Self::Malformed,
@@ -43,10 +49,13 @@ impl Outcome {
         Self::Expired,
         Self::Disabled,
         Self::InsufficientScope,
+        Self::RateLimited,
+        Self::UsageExceeded,
+        Self::IpNotAllowed,
     ];
 
     /// The stable code: `VALID`, `MISSING`, `MALFORMED`, `NOT_FOUND`, `REVOKED`, `EXPIRED`,
-    /// `DISABLED` or `INSUFFICIENT_SCOPE`.
+    /// `DISABLED`, `INSUFFICIENT_SCOPE`, `RATE_LIMITED`, `USAGE_EXCEEDED` or `IP_NOT_ALLOWED`.
     pub fn code(self) -> &'static str {
         match self {
             Self::Valid => "VALID",
@@ -57,6 +66,9 @@ impl Outcome {
             Self::Expired => "EXPIRED",
             Self::Disabled => "DISABLED",
             Self::InsufficientScope => "INSUFFICIENT_SCOPE",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::UsageExceeded => "USAGE_EXCEEDED",
+            Self::IpNotAllowed => "IP_NOT_ALLOWED",
         }
     }
 
@@ -77,6 +89,9 @@ impl Outcome {
             Self::Expired => "the API key has expired",
             Self::Disabled => "the API key is disabled",
             Self::InsufficientScope => "the API key lacks a required scope",
+            Self::RateLimited => "the API key is over its rate limit; retry later",
+            Self::UsageExceeded => "the API key has used up its credits until its next refill",
+            Self::IpNotAllowed => "the API key may not be used from this address",
         }
     }
 
@@ -91,6 +106,9 @@ impl Outcome {
             Self::Expired => "API key expired",
             Self::Disabled => "API key disabled",
             Self::InsufficientScope => "Insufficient scope",
+            Self::RateLimited => "Rate limit exceeded",
+            Self::UsageExceeded => "Usage exceeded",
+            Self::IpNotAllowed => "Address not allowed",
         }
     }
 }
@@ -195,7 +213,10 @@ mod tests {
                 "REVOKED",
                 "EXPIRED",
                 "DISABLED",
-                "INSUFFICIENT_SCOPE"
+                "INSUFFICIENT_SCOPE",
+                "RATE_LIMITED",
+                "USAGE_EXCEEDED",
+                "IP_NOT_ALLOWED"
             ]
         );
         for o in Outcome::ALL {

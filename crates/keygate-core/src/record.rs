@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::format::{KeyHash, PlainKey, Prefix, generate};
 use crate::id::KeyId;
+use crate::limits::{IpAllowlist, Quota, RateLimits};
 use crate::scope::{MAX_SCOPES, check_scope};
 use crate::time::{Lifetime, Timestamp};
 
@@ -60,6 +61,33 @@ pub struct KeyRecord {
     pub rotated_at: Option<Timestamp>,
     /// This key's own maximum age, overriding the deployment's policy.
     pub max_age: Option<Lifetime>,
+    /// Rate limits, credits and the addresses it may be used from.
+    pub limits: KeyLimits,
+}
+
+/// What a key may spend and where from. The default: no limits, from anywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Rate limits, all checked together (a refused request spends nothing).
+    pub rate: RateLimits,
+    /// The credits this key holds: the balance (as last read) and its refill.
+    pub quota: Option<Quota>,
+    /// After a rotation, the key whose credits this one spends: its successor, which took the
+    /// balance over (a rotation does not double the credit).
+    pub quota_holder: Option<KeyId>,
+    /// The addresses requests may come from; `None`: anywhere.
+    pub allowed_ips: Option<IpAllowlist>,
+}
+
+impl KeyLimits {
+    /// Whose credits a request with key `own` spends: its own, its successor's after a
+    /// rotation, or nobody's (no quota).
+    pub fn quota_payer<'a>(&'a self, own: &'a KeyId) -> Option<&'a KeyId> {
+        match self.quota {
+            Some(_) => Some(own),
+            None => self.quota_holder.as_ref(),
+        }
+    }
 }
 
 /// Where a key stands at a given time. Precedence: revoked, then expired, then disabled.
@@ -170,6 +198,12 @@ pub struct KeySpec {
     pub expires: Option<Expiry>,
     /// Its own maximum age, overriding the deployment's policy.
     pub max_age: Option<Lifetime>,
+    /// Rate limits (checked when they were made).
+    pub rate_limits: RateLimits,
+    /// Credits and their refill.
+    pub quota: Option<Quota>,
+    /// The addresses it may be used from.
+    pub allowed_ips: Option<IpAllowlist>,
 }
 
 /// A field that failed a check, and why. The message never repeats a secret.
@@ -252,6 +286,12 @@ pub fn issue(
         rotated_to: None,
         rotated_at: None,
         max_age: spec.max_age,
+        limits: KeyLimits {
+            rate: spec.rate_limits,
+            quota: spec.quota,
+            quota_holder: None,
+            allowed_ips: spec.allowed_ips,
+        },
     };
     Ok((record, key))
 }
@@ -263,8 +303,10 @@ pub const MAX_GRACE: Lifetime = Lifetime::MAX;
 pub const DEFAULT_GRACE: Lifetime = Lifetime(86_400_000);
 
 /// Plans the rotation of `old` into a new key: the new record copies name, owner, scopes,
-/// metadata, the enabled flag and (if the old key had one) its lifetime; the two link through
-/// `rotated_from` / `rotated_to`. The old key keeps working until `now + grace` (never later
+/// metadata, limits, the enabled flag and (if the old key had one) its lifetime; the two link
+/// through `rotated_from` / `rotated_to`. The credits move to the new key, and the old key
+/// spends from them during its grace period (the store points every key that spent the old
+/// key's credits at the new one too). The old key keeps working until `now + grace` (never later
 /// than it would have anyway) and then verifies `EXPIRED`; a zero grace ends it at once.
 ///
 /// Returns (the old record as it must be stored now, the new record). `new_key` and `new_id`
@@ -311,8 +353,18 @@ pub fn plan_rotation(
         rotated_to: None,
         rotated_at: None,
         max_age: old.max_age,
+        limits: KeyLimits {
+            rate: old.limits.rate.clone(),
+            quota: old.limits.quota,
+            quota_holder: None,
+            allowed_ips: old.limits.allowed_ips.clone(),
+        },
     };
     let mut old_after = old.clone();
+    if old.limits.quota_payer(&old.id).is_some() {
+        old_after.limits.quota = None;
+        old_after.limits.quota_holder = Some(new.id.clone());
+    }
     let end = Timestamp::from_unix_ms(now.unix_ms().saturating_add(grace_ms)).unwrap_or(now);
     old_after.expires_at = Some(old.expires_at.map_or(end, |e| e.min(end)));
     old_after.rotated_to = Some(new.id.clone());
@@ -337,6 +389,12 @@ pub struct KeyPatch {
     pub enabled: Option<bool>,
     /// New maximum age; `Some(None)` returns the key to the deployment's policy.
     pub max_age: Option<Option<Lifetime>>,
+    /// New rate limits (replaces the list; empty removes them).
+    pub rate_limits: Option<RateLimits>,
+    /// New credits (balance and refill); `Some(None)` removes the quota.
+    pub quota: Option<Option<Quota>>,
+    /// New allowlist; `Some(None)` lets the key be used from anywhere.
+    pub allowed_ips: Option<Option<IpAllowlist>>,
 }
 
 impl KeyPatch {
@@ -378,6 +436,17 @@ impl KeyPatch {
         }
         if let Some(v) = self.max_age {
             record.max_age = v;
+        }
+        if let Some(v) = self.rate_limits {
+            record.limits.rate = v;
+        }
+        if let Some(v) = self.quota {
+            // A key given credits of its own spends them, not a successor's.
+            record.limits.quota_holder = None;
+            record.limits.quota = v;
+        }
+        if let Some(v) = self.allowed_ips {
+            record.limits.allowed_ips = v;
         }
         Ok(())
     }

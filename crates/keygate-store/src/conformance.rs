@@ -14,15 +14,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use keygate_core::limits::{IpAllowlist, Quota, RateLimits, Refill, RefillPeriod};
 use keygate_core::{
     Actor, Audit, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, RecordError,
-    Status, Timestamp, issue,
+    Status, Timestamp, issue, plan_rotation,
 };
 use serde_json::json;
 
 #[allow(unused_imports)]
 use crate::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
-use crate::{AuditQuery, Change, ListQuery, Store, StoreError};
+use crate::{AuditQuery, Change, ListQuery, Spend, Store, StoreError};
 
 /// Expands to one `#[tokio::test]` per conformance case; `$fresh` is a closure returning a
 /// future of `Arc<dyn Store>`: a fresh, empty store (it panics if the backend cannot be had:
@@ -57,7 +58,11 @@ macro_rules! conformance_suite {
             admin_users_are_set_replaced_and_audited,
             admin_sessions_live_end_and_hand_out_messages_once,
             sign_in_counts_are_counted_one_attempt_after_another,
-            server_secrets_are_made_once
+            server_secrets_are_made_once,
+            limits_round_trip_and_change_with_their_events,
+            credits_are_spent_exactly_under_contention,
+            a_rotation_hands_the_credits_to_the_successor,
+            refills_happen_once_per_period_with_an_event
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -96,6 +101,7 @@ fn record(name: &str, owner: Option<&str>, created: Timestamp) -> KeyRecord {
             .unwrap_or_default(),
         expires: None,
         max_age: None,
+        ..KeySpec::default()
     };
     issue(spec, &Prefix::default(), created)
         .expect("valid spec")
@@ -329,6 +335,7 @@ pub async fn update_applies_patches_atomically(store: Arc<dyn Store>) {
         expires_at: Some(Some(at(1_000))),
         enabled: Some(false),
         max_age: Some(keygate_core::Lifetime::parse("1d").ok()),
+        ..KeyPatch::default()
     };
     let updated = store
         .update(&r.id, patch, now(), &audit())
@@ -1312,4 +1319,215 @@ pub async fn server_secrets_are_made_once(store: Arc<dyn Store>) {
     assert_eq!(again, [1; 32], "the first one stays");
     let other = store.server_secret("other", &[3; 32]).await.expect("make");
     assert_eq!(other, [3; 32]);
+}
+
+/// A key with a rate limit, an allowlist and `credits` credits refilled monthly on the 1st,
+/// set at `set_at`.
+fn limited(name: &str, credits: u64, set_at: Timestamp) -> KeyRecord {
+    let mut r = record(name, Some("acct_limits"), set_at);
+    r.limits.rate = RateLimits::parse("100/1m, 5000/1h").expect("limits");
+    r.limits.allowed_ips =
+        Some(IpAllowlist::parse(["203.0.113.0/24", "2001:db8::/32"]).expect("ips"));
+    let refill = Refill::new(credits, RefillPeriod::Month, Some(1)).expect("refill");
+    r.limits.quota = Some(Quota::new(credits, Some(refill), set_at).expect("quota"));
+    r
+}
+
+/// Limits come back as written, change through a patch, and the change is audited field by
+/// field.
+pub async fn limits_round_trip_and_change_with_their_events(store: Arc<dyn Store>) {
+    let r = limited("limited", 10_000, at(0));
+    store.create(&r, &audit()).await.expect("create");
+    assert_eq!(store.get(&r.id).await.expect("get").as_ref(), Some(&r));
+    assert_eq!(
+        store.find_by_hash(&r.hash).await.expect("find").as_ref(),
+        Some(&r)
+    );
+    let patch = KeyPatch {
+        rate_limits: Some(RateLimits::parse("10/1s").expect("limits")),
+        allowed_ips: Some(None),
+        quota: Some(Some(Quota::new(5, None, at(1)).expect("quota"))),
+        ..KeyPatch::default()
+    };
+    let after = store
+        .update(&r.id, patch, at(1), &audit())
+        .await
+        .expect("update");
+    assert_eq!(after.limits.rate.to_string(), "10/1s");
+    assert_eq!(after.limits.allowed_ips, None);
+    assert_eq!(
+        after.limits.quota.map(|q| (q.remaining, q.refill)),
+        Some((5, None))
+    );
+    assert_eq!(store.get(&r.id).await.expect("get"), Some(after));
+    let events = store
+        .list_audit(&AuditQuery {
+            key_id: Some(r.id.clone()),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    let updated = events
+        .items
+        .iter()
+        .find(|e| e.kind == EventKind::KeyUpdated)
+        .expect("key.updated");
+    for field in ["rate_limits", "allowed_ips", "quota"] {
+        assert!(
+            updated.details.contains_key(field),
+            "{field}: {:?}",
+            updated.details
+        );
+    }
+}
+
+/// 16 tasks spending one credit at a time from 100: exactly 100 spends succeed, the balance
+/// ends at 0, and a short balance is reported without being touched.
+pub async fn credits_are_spent_exactly_under_contention(store: Arc<dyn Store>) {
+    let r = limited("credits", 100, at(0));
+    store.create(&r, &audit()).await.expect("create");
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            let id = r.id.clone();
+            tokio::spawn(async move {
+                let mut spent = 0u64;
+                loop {
+                    match store.spend_quota(&id, 1).await.expect("spend") {
+                        Spend::Spent { .. } => spent += 1,
+                        Spend::Short { remaining } => {
+                            assert_eq!(remaining, 0);
+                            return spent;
+                        }
+                        Spend::NoQuota => panic!("the key has a quota"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("task");
+    }
+    assert_eq!(total, 100, "every credit spent once, none twice");
+    let plain = record("plain", None, at(0));
+    store.create(&plain, &audit()).await.expect("create");
+    assert_eq!(
+        store.spend_quota(&plain.id, 1).await.expect("spend"),
+        Spend::NoQuota
+    );
+    let r2 = limited("costly", 5, at(0));
+    store.create(&r2, &audit()).await.expect("create");
+    assert_eq!(
+        store.spend_quota(&r2.id, 3).await.expect("spend"),
+        Spend::Spent { remaining: 2 }
+    );
+    assert_eq!(
+        store.spend_quota(&r2.id, 3).await.expect("spend"),
+        Spend::Short { remaining: 2 }
+    );
+    assert_eq!(
+        store.spend_quota(&r2.id, 0).await.expect("spend"),
+        Spend::Spent { remaining: 2 }
+    );
+}
+
+/// Rotating twice: the newest key holds the credits, and both older keys (in their grace
+/// periods) spend from it — the credit is never doubled.
+pub async fn a_rotation_hands_the_credits_to_the_successor(store: Arc<dyn Store>) {
+    let first = limited("rotating", 10, at(0));
+    store.create(&first, &audit()).await.expect("create");
+    assert!(matches!(
+        store.spend_quota(&first.id, 4).await.expect("spend"),
+        Spend::Spent { remaining: 6 }
+    ));
+    let rotate = |id: KeyId, when: Timestamp| {
+        let store = store.clone();
+        async move {
+            let key = keygate_core::generate(&Prefix::default());
+            let new_id = KeyId::generate(when);
+            let plan = move |old: &KeyRecord| {
+                plan_rotation(old, &key, new_id.clone(), when, 86_400_000)
+            };
+            store
+                .rotate(&id, &plan, when, &audit(), None)
+                .await
+                .expect("rotate")
+        }
+    };
+    let (old, second) = rotate(first.id.clone(), at(1)).await;
+    assert_eq!(old.limits.quota, None);
+    assert_eq!(old.limits.quota_holder.as_ref(), Some(&second.id));
+    assert_eq!(
+        second.limits.quota.map(|q| q.remaining),
+        Some(6),
+        "the balance moved"
+    );
+    assert_eq!(second.limits.rate, first.limits.rate);
+    let (_, third) = rotate(second.id.clone(), at(2)).await;
+    let first_now = store.get(&first.id).await.expect("get").expect("first");
+    assert_eq!(
+        first_now.limits.quota_holder.as_ref(),
+        Some(&third.id),
+        "re-pointed"
+    );
+    for payer in [
+        &first_now,
+        &store.get(&second.id).await.expect("get").expect("second"),
+    ] {
+        assert_eq!(payer.limits.quota_payer(&payer.id), Some(&third.id));
+    }
+    assert_eq!(
+        store.spend_quota(&third.id, 6).await.expect("spend"),
+        Spend::Spent { remaining: 0 }
+    );
+}
+
+/// A due refill sets the balance once per period, with a `key.quota_refilled` event; a second
+/// run in the same period refills nothing.
+pub async fn refills_happen_once_per_period_with_an_event(store: Arc<dyn Store>) {
+    // Set on 2025-12-15, refilled monthly on the 1st: due from 2026-01-01 (the suite's now).
+    let set_at = Timestamp::from_unix_ms(1_765_756_800_000).expect("time");
+    let r = limited("refilled", 50, set_at);
+    store.create(&r, &audit()).await.expect("create");
+    store.spend_quota(&r.id, 50).await.expect("spend");
+    let not_yet = record("no refill", None, at(0));
+    store.create(&not_yet, &audit()).await.expect("create");
+    assert_eq!(
+        store
+            .refill_quotas(at(-1), 100, &audit())
+            .await
+            .expect("refill"),
+        0,
+        "not due yet"
+    );
+    assert_eq!(
+        store
+            .refill_quotas(at(5), 100, &audit())
+            .await
+            .expect("refill"),
+        1
+    );
+    assert_eq!(
+        store
+            .refill_quotas(at(6), 100, &audit())
+            .await
+            .expect("refill"),
+        0,
+        "once"
+    );
+    let after = store.get(&r.id).await.expect("get").expect("key");
+    let quota = after.limits.quota.expect("quota");
+    assert_eq!((quota.remaining, quota.refilled_at), (50, at(5)));
+    let events = store
+        .list_audit(&AuditQuery {
+            kind: Some(EventKind::KeyQuotaRefilled),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(events.items.len(), 1);
+    assert_eq!(events.items[0].key_id.as_ref(), Some(&r.id));
+    assert_eq!(events.items[0].details["quota"]["from"]["remaining"], 0);
+    assert_eq!(events.items[0].details["quota"]["to"]["remaining"], 50);
 }

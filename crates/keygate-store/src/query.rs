@@ -192,3 +192,20 @@ pub enum Change {
     /// Changes may have been missed (a lost connection): drop everything.
     Everything,
 }
+
+/// What spending credits did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Spent; this many are left.
+    Spent {
+        /// The balance after spending.
+        remaining: u64,
+    },
+    /// Not spent: the balance does not cover the cost.
+    Short {
+        /// The balance, untouched.
+        remaining: u64,
+    },
+    /// The key has no credits to spend (its quota was removed): nothing to count.
+    NoQuota,
+}

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts,
+    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, Spend, StatusCounts,
 };
 
 /// Keys: their records, every change to them (each with its audit event, in one transaction),
@@ -75,6 +75,21 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Records last-used times in one batch; a time never moves backwards; unknown ids are
     /// ignored.
     async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+
+    /// Spends `cost` credits of key `payer` if its balance covers them: one conditional
+    /// decrement, so the balance is exact however many processes spend from it at once.
+    async fn spend_quota(&self, payer: &KeyId, cost: u64) -> Result<Spend, StoreError>;
+
+    /// Refills the credits of up to `limit` keys whose refill was due by `now` (the balance
+    /// set to the refill's amount), each with its `key.quota_refilled` event; returns how many
+    /// it refilled. A key already refilled in this period is not refilled again, so running
+    /// it twice, or on several nodes at once, refills once.
+    async fn refill_quotas(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        audit: &Audit,
+    ) -> Result<u64, StoreError>;
 
     /// Follows changes to keys made by any process on this database, this one included,
     /// until the receiver is dropped.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use keygate_core::limits::{IpAllowlist, Quota, RateLimits, Refill};
 use keygate_core::scope::first_missing;
 use keygate_core::{KeyGrant, KeyId, KeyRecord, Lifetime, Outcome, Status, Timestamp, lacks_scope};
 use serde::Serialize;
@@ -202,6 +203,74 @@ pub struct KeyView {
     /// Its own maximum age (e.g. `30d`), overriding the deployment's policy.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "30d"))]
     pub max_age: Option<Lifetime>,
+    /// Rate limits; a request must fit every one.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<RateLimitDoc>))]
+    pub rate_limits: RateLimits,
+    /// Its credits, if it has a quota.
+    pub quota: Option<CreditsView>,
+    /// During a rotation's grace period: the key (its successor) whose credits this one spends.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub quota_holder: Option<KeyId>,
+    /// The networks it may be used from (CIDR); `null`: anywhere.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>, example = json!(["203.0.113.0/24", "2001:db8::/32"])))]
+    pub allowed_ips: Option<IpAllowlist>,
+}
+
+/// A key's credits, as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreditsView {
+    /// Credits left when this was read.
+    pub remaining: u64,
+    /// How they are refilled, if they are.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<RefillDoc>))]
+    pub refill: Option<Refill>,
+    /// When the balance was last set (issue, change or refill).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub refilled_at: Timestamp,
+    /// When the next refill is due.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub next_refill_at: Option<Timestamp>,
+}
+
+impl CreditsView {
+    /// The view of `quota` at `now`.
+    pub fn of(quota: &Quota, now: Timestamp) -> Self {
+        Self {
+            remaining: quota.remaining,
+            refill: quota.refill,
+            refilled_at: quota.refilled_at,
+            next_refill_at: quota.next_refill(now),
+        }
+    }
+}
+
+/// A rate limit, as the API writes it: `{"name": "per_1m", "limit": 100, "window": "1m"}`
+/// (`name` optional on input: it defaults to `per_<window>`).
+#[cfg(feature = "openapi")]
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct RateLimitDoc {
+    /// 1–32 of `a-z 0-9 _ -`, unique among the key's limits.
+    name: Option<String>,
+    /// Units allowed per window.
+    limit: u64,
+    /// The window: whole seconds from `1s` to `31d` (`30s`, `1m`, `1h`, `1d`, `1w`).
+    window: String,
+}
+
+/// A refill: the balance is set to `amount` every day (00:00 UTC) or every month on `on_day`.
+#[cfg(feature = "openapi")]
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct RefillDoc {
+    /// The balance after a refill.
+    amount: u64,
+    /// `day` or `month`.
+    #[schema(example = "month")]
+    every: String,
+    /// For monthly refills, the day of the month (1–31, clamped to the month's length; default 1).
+    on_day: Option<u8>,
 }
 
 impl KeyView {
@@ -225,6 +294,10 @@ impl KeyView {
             rotated_to: record.rotated_to,
             rotated_at: record.rotated_at,
             max_age: record.max_age,
+            quota: record.limits.quota.as_ref().map(|q| CreditsView::of(q, now)),
+            rate_limits: record.limits.rate,
+            quota_holder: record.limits.quota_holder,
+            allowed_ips: record.limits.allowed_ips,
         }
     }
 }

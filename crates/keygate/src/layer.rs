@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Request};
+use keygate_core::limits::{
+    Decision, ratelimit_header, ratelimit_policy_header, retry_after_header,
+};
 use keygate_core::scope::{check_scope, first_missing};
 use keygate_core::{Outcome, Timestamp, lacks_scope};
 use tower_layer::Layer;
@@ -26,7 +29,7 @@ use tower_service::Service;
 use crate::credentials::{CredentialSource, extract};
 use crate::key::ApiKey;
 use crate::problem::Problem;
-use crate::verify::Verifier;
+use crate::verify::{Demand, Verifier};
 
 /// Layer that requires a valid API key (and optionally scopes) on every request.
 #[derive(Debug, Clone)]
@@ -40,6 +43,8 @@ struct LayerConfig {
     sources: Vec<CredentialSource>,
     realm: String,
     required: Vec<String>,
+    /// Units each request spends of the key's rate limits and credits.
+    cost: u64,
     /// `WWW-Authenticate` value, built once from `realm` and `sources`.
     challenge: HeaderValue,
 }
@@ -54,6 +59,7 @@ impl KeygateLayer {
                 sources: vec![CredentialSource::ApiKeyScheme],
                 realm: "keygate".into(),
                 required: Vec::new(),
+                cost: 1,
                 challenge: HeaderValue::from_static("Api-Key realm=\"keygate\""),
             }),
         }
@@ -80,6 +86,13 @@ impl KeygateLayer {
         let config = Arc::make_mut(&mut self.config);
         config.realm = realm.into();
         config.challenge = config.build_challenge();
+        self
+    }
+
+    /// Units each request spends of its key's rate limits and credits (default 1; at most
+    /// [`MAX_COST`](crate::MAX_COST)). An expensive route can cost more.
+    pub fn cost(mut self, cost: u64) -> Self {
+        Arc::make_mut(&mut self.config).cost = cost.min(crate::MAX_COST);
         self
     }
 
@@ -115,33 +128,49 @@ pub struct Admitted {
 
 impl KeygateLayer {
     /// Decides one request the way the layer's service does: reads the key from `headers` and
-    /// `query` with this layer's sources, verifies it for this layer's scopes, and returns the
-    /// verified key, or the refusal to send (problem+json: 401 with `WWW-Authenticate`, 403,
-    /// or 503 when the store cannot be asked). `peer` is the client's socket address, for the
-    /// per-address rules of the verify path (not used yet). Counts the outcome.
+    /// `query` with this layer's sources, verifies it for this layer's scopes and cost from
+    /// the client's address (`peer`, or behind trusted proxies the address they forwarded),
+    /// and returns the verified key with the headers its response gets (`RateLimit-Policy` and
+    /// `RateLimit` for a key with rate limits; `Deprecation` and `Sunset` during a rotation's
+    /// grace period), or the refusal to send (problem+json: 401 with `WWW-Authenticate`, 403,
+    /// 429 with `Retry-After`, or 503 when the store cannot be asked). Counts the outcome.
     pub async fn check(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
         peer: Option<SocketAddr>,
     ) -> Result<Admitted, Response> {
-        let _ = peer;
         let config = &self.config;
+        let demand = Demand {
+            cost: config.cost,
+            client: peer.map(|peer| {
+                let forwarded = headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .map(HeaderValue::as_bytes);
+                self.verifier.client_address(peer.ip(), forwarded)
+            }),
+        };
         // The presented key is borrowed from the headers only while it is checked.
         let verification = {
             let presented = match extract(headers, query, &config.sources) {
                 Ok(p) => p,
                 Err(e) => {
                     self.verifier.count(e.outcome);
-                    return Err(config.reject(e.outcome, e.detail));
+                    return Err(config.reject(e.outcome, e.detail, None));
                 }
             };
-            self.verifier.verify(&presented, &config.required).await
+            self.verifier
+                .verify_demand(&presented, &config.required, demand)
+                .await
         };
         match verification {
             Ok(v) => match v.key {
                 Some(key) if v.outcome.is_valid() => {
                     let mut response_headers = HeaderMap::new();
+                    if let Some(limits) = &v.limits {
+                        ratelimit_headers(&mut response_headers, limits);
+                    }
                     if let Some((rotated_at, expires_at)) = key.sunset() {
                         announce_sunset(&mut response_headers, rotated_at, expires_at);
                     }
@@ -150,7 +179,7 @@ impl KeygateLayer {
                         response_headers,
                     })
                 }
-                _ => Err(config.reject(v.outcome, v.detail)),
+                _ => Err(config.reject(v.outcome, v.detail, v.limits.as_ref())),
             },
             Err(e) => {
                 tracing::error!(error = %e, "key store failed during verification");
@@ -165,7 +194,7 @@ impl KeygateLayer {
         let missing = first_missing(key.scopes(), &self.config.required)?;
         let detail = lacks_scope(missing);
         self.verifier.count(Outcome::InsufficientScope);
-        Some(self.config.reject(Outcome::InsufficientScope, detail))
+        Some(self.config.reject(Outcome::InsufficientScope, detail, None))
     }
 }
 
@@ -189,18 +218,42 @@ impl LayerConfig {
             .unwrap_or_else(|_| HeaderValue::from_static("Api-Key realm=\"keygate\""))
     }
 
+    /// The refusal for `outcome`: with the `WWW-Authenticate` challenge when it is a 401, and
+    /// `Retry-After` and the `RateLimit` headers when a rate limit said no.
     fn reject(
         &self,
         outcome: Outcome,
         detail: impl Into<std::borrow::Cow<'static, str>>,
+        limits: Option<&Decision>,
     ) -> Response {
         let problem = Problem::from_outcome(outcome, detail);
-        if outcome == Outcome::InsufficientScope {
-            problem.into_response()
-        } else {
+        let mut response = if problem.status == 401 {
             problem
                 .with_challenge(self.challenge.clone())
                 .into_response()
+        } else {
+            problem.into_response()
+        };
+        if let Some(limits) = limits {
+            ratelimit_headers(response.headers_mut(), limits);
+            if let Some(value) = retry_after_header(limits)
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+            {
+                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` headers of a decision.
+fn ratelimit_headers(headers: &mut HeaderMap, limits: &Decision) {
+    for (name, value) in [
+        ("ratelimit-policy", ratelimit_policy_header(limits)),
+        ("ratelimit", ratelimit_header(limits)),
+    ] {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, value);
         }
     }
 }

@@ -50,7 +50,9 @@ use std::sync::Arc;
 pub use cache::{CacheConfig, CacheStats};
 pub use credentials::CredentialSource;
 pub use error::Error;
-pub use key::{ApiKey, CreatedKey, KeyView};
+pub use key::{ApiKey, CreatedKey, CreditsView, KeyView};
+#[cfg(feature = "openapi")]
+pub use key::{RateLimitDoc, RefillDoc};
 pub use keygate_core as core;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
 pub use keygate_store::{
@@ -61,13 +63,14 @@ pub use layer::{Admitted, KeygateLayer, KeygateService};
 pub use lifecycle::{Sweep, SweepReport};
 pub use manage::{Keygate, KeygateBuilder};
 pub use problem::{Problem, ProblemCode};
-pub use verify::{SystemClock, Verification, Verifier, VerifierConfig};
+pub use keygate_core::limits::MAX_COST;
+pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 
 /// The store behind keygate, for programs that implement or wrap one (most programs need only
 /// [`open`]): its roles, its SQL implementation and backends, and its errors.
 pub mod store {
     pub use keygate_store::{
-        AdminAccounts, AuditLog, Backend, Change, KeyStore, RotationPlan, SqlStore, Store,
+        AdminAccounts, AuditLog, Backend, Change, KeyStore, RotationPlan, Spend, SqlStore, Store,
         StoreError, WebhookOutbox,
     };
     #[cfg(feature = "postgres")]

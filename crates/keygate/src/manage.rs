@@ -17,6 +17,9 @@ use crate::error::Error;
 use crate::sealing::SealingKey;
 use crate::verify::{Verification, Verifier, VerifierConfig};
 
+/// Keys refilled per store call (and transaction batch) by [`Keygate::refill_due`].
+const REFILL_BATCH: u32 = 500;
+
 /// Verifies presented keys and manages keys, over a store and a clock. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Keygate {
@@ -69,6 +72,20 @@ impl KeygateBuilder {
     /// still verify, so changing it does not break keys already handed out.
     pub fn prefix(mut self, prefix: Prefix) -> Self {
         self.prefix = prefix;
+        self
+    }
+
+    /// Where rate limits are counted (default: in this process; a
+    /// [`RedisLimiter`](crate::limits::RedisLimiter) shares them between nodes).
+    pub fn limiter(mut self, limiter: crate::limits::Limiter) -> Self {
+        self.verifier.limiter = Arc::new(limiter);
+        self
+    }
+
+    /// Proxies whose `X-Forwarded-For` entries are believed when the layer finds a client's
+    /// address for an allowlist (default: none — the socket peer is the client).
+    pub fn trusted_proxies(mut self, proxies: Option<keygate_core::limits::IpAllowlist>) -> Self {
+        self.verifier.trusted_proxies = proxies;
         self
     }
 
@@ -145,6 +162,37 @@ impl Keygate {
         required: &[R],
     ) -> Result<Verification, Error> {
         self.inner.verifier.verify(presented, required).await
+    }
+
+    /// Checks a presented key for the `required` scopes and what the request demands (cost,
+    /// client address); see [`Verifier::verify_demand`]. `Err` only when the store fails.
+    pub async fn verify_demand<R: AsRef<str> + Sync>(
+        &self,
+        presented: &str,
+        required: &[R],
+        demand: crate::Demand,
+    ) -> Result<Verification, Error> {
+        self.inner
+            .verifier
+            .verify_demand(presented, required, demand)
+            .await
+    }
+
+    /// Refills the credits of every key whose refill is due now, each with its
+    /// `key.quota_refilled` event; returns how many. Idempotent within a refill period.
+    pub async fn refill_due(&self, audit: &Audit) -> Result<u64, Error> {
+        let mut total = 0;
+        loop {
+            let refilled = self
+                .store()
+                .refill_quotas(self.now(), REFILL_BATCH, audit)
+                .await
+                .map_err(Error::store("refill credits"))?;
+            total += refilled;
+            if refilled < u64::from(REFILL_BATCH) {
+                return Ok(total);
+            }
+        }
     }
 
     /// Writes the last-used times gathered since the previous flush, in one batch.

@@ -65,10 +65,12 @@ impl Problem {
         KindUri(self.code).to_string()
     }
 
-    /// The rejection for a verification outcome: 403 for `INSUFFICIENT_SCOPE`, else 401.
+    /// The rejection for a verification outcome: 403 for `INSUFFICIENT_SCOPE` and
+    /// `IP_NOT_ALLOWED`, 429 for `RATE_LIMITED` and `USAGE_EXCEEDED`, else 401.
     pub fn from_outcome(outcome: Outcome, detail: impl Into<Cow<'static, str>>) -> Self {
         let status = match outcome {
-            Outcome::InsufficientScope => StatusCode::FORBIDDEN,
+            Outcome::InsufficientScope | Outcome::IpNotAllowed => StatusCode::FORBIDDEN,
+            Outcome::RateLimited | Outcome::UsageExceeded => StatusCode::TOO_MANY_REQUESTS,
             Outcome::Valid => StatusCode::OK,
             _ => StatusCode::UNAUTHORIZED,
         };

@@ -11,15 +11,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use std::net::IpAddr;
+
+use keygate_core::limits::{Decision, IpAllowlist, LimitName, LimitScope, MAX_COST};
 use keygate_core::scope::first_missing;
 use keygate_core::{
     Clock, KeyGrant, KeyHash, KeyId, Outcome, Timestamp, decide, lacks_scope, parse,
 };
-use keygate_store::{Change, KeyStore};
+use keygate_store::{Change, KeyStore, Spend};
 
 use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
 use crate::error::Error;
 use crate::key::ApiKey;
+use crate::limits::{LocalLimiter, Limiter, Subject};
 
 /// What [`Verifier::verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +34,33 @@ pub struct Verification {
     pub key: Option<ApiKey>,
     /// A sentence saying why, safe to show the caller (it never repeats the key).
     pub detail: Cow<'static, str>,
+    /// The key's rate limits as this request left them (for the `RateLimit` headers), when
+    /// it has any and they were checked.
+    pub limits: Option<Decision>,
+    /// The key's credits left after this request, when it has a quota and it was checked.
+    pub credits: Option<u64>,
 }
+
+/// What a request asks of a key besides its scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    /// Units it spends of the key's rate limits and credits (default 1; 0 checks without
+    /// spending).
+    pub cost: u64,
+    /// The client's address, for the key's allowlist. A key with an allowlist refuses a
+    /// request whose address is unknown.
+    pub client: Option<IpAddr>,
+}
+
+impl Default for Demand {
+    fn default() -> Self {
+        Self {
+            cost: 1,
+            client: None,
+        }
+    }
+}
+
 
 /// The system clock.
 #[derive(Debug, Default, Clone, Copy)]
@@ -55,6 +85,11 @@ pub struct VerifierConfig {
     /// How often last-used times are written (default 10 s); `None`: only when
     /// [`Verifier::flush_usage`] is called.
     pub usage_flush: Option<Duration>,
+    /// Where rate limits are counted (default: in this process).
+    pub limiter: Arc<Limiter>,
+    /// Proxies whose `X-Forwarded-For` entries are believed when finding a client's address
+    /// (default: none; the socket peer is the client).
+    pub trusted_proxies: Option<IpAllowlist>,
 }
 
 impl Default for VerifierConfig {
@@ -63,6 +98,8 @@ impl Default for VerifierConfig {
             clock: Arc::new(SystemClock),
             cache: Some(CacheConfig::default()),
             usage_flush: Some(Duration::from_secs(10)),
+            limiter: Arc::new(Limiter::Local(LocalLimiter::default())),
+            trusted_proxies: None,
         }
     }
 }
@@ -81,6 +118,10 @@ struct Inner {
     /// Verifications by outcome, indexed like `Outcome::ALL`.
     counts: [AtomicU64; Outcome::ALL.len()],
     cache: Option<Cache>,
+    limiter: Arc<Limiter>,
+    trusted_proxies: Option<IpAllowlist>,
+    /// Requests refused by each rate limit, by whose limit and its name.
+    rate_limited: Mutex<HashMap<(LimitScope, LimitName), u64>>,
 }
 
 impl Verifier {
@@ -95,6 +136,9 @@ impl Verifier {
                 clock: config.clock,
                 usage: Mutex::new(HashMap::new()),
                 counts: Default::default(),
+                limiter: config.limiter,
+                trusted_proxies: config.trusted_proxies,
+                rate_limited: Mutex::default(),
             }),
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -118,11 +162,27 @@ impl Verifier {
         &self.inner.clock
     }
 
-    /// Checks a presented key for the `required` scopes. `Err` only when the store fails.
+    /// Checks a presented key for the `required` scopes, as a request of cost 1 from an
+    /// unknown address. `Err` only when the store fails.
     pub async fn verify<R: AsRef<str> + Sync>(
         &self,
         presented: &str,
         required: &[R],
+    ) -> Result<Verification, Error> {
+        self.verify_demand(presented, required, Demand::default())
+            .await
+    }
+
+    /// Checks a presented key for the `required` scopes and for what the request demands:
+    /// its address against the key's allowlist, its cost against the key's rate limits and
+    /// credits. Order: the key's own rules ([`decide`]), then the allowlist, then the rate
+    /// limits (all together: a refused request spends nothing of them), then the credits (one
+    /// conditional decrement in the store). `Err` only when the store fails.
+    pub async fn verify_demand<R: AsRef<str> + Sync>(
+        &self,
+        presented: &str,
+        required: &[R],
+        demand: Demand,
     ) -> Result<Verification, Error> {
         if presented.is_empty() {
             return Ok(self.refused(Outcome::Missing, Outcome::Missing.detail()));
@@ -135,8 +195,19 @@ impl Verifier {
             return Ok(self.refused(Outcome::NotFound, Outcome::NotFound.detail()));
         };
         let now = self.now();
-        let outcome = decide(&grant, now, required);
-        let detail = match outcome {
+        let mut verification = Verification {
+            outcome: decide(&grant, now, required),
+            key: None,
+            detail: Cow::Borrowed(""),
+            limits: None,
+            credits: None,
+        };
+        if verification.outcome.is_valid() {
+            self.check_limits(&grant, demand, now, &mut verification)
+                .await?;
+        }
+        let outcome = verification.outcome;
+        verification.detail = match outcome {
             Outcome::Valid => {
                 self.note_usage(&grant.id, now);
                 Cow::Borrowed(outcome.detail())
@@ -144,15 +215,108 @@ impl Verifier {
             Outcome::InsufficientScope => Cow::Owned(lacks_scope(
                 first_missing(&grant.scopes, required).unwrap_or_default(),
             )),
+            Outcome::RateLimited => Cow::Owned(rate_limited_detail(verification.limits.as_ref())),
             other => Cow::Borrowed(other.detail()),
         };
         tracing::debug!(key_id = %grant.id, outcome = outcome.code(), "verified API key");
         self.count(outcome);
-        Ok(Verification {
-            outcome,
-            key: Some(ApiKey::from(grant)),
-            detail,
-        })
+        verification.key = Some(ApiKey::from(grant));
+        Ok(verification)
+    }
+
+    /// The allowlist, the rate limits and the credits of a key that is otherwise valid; turns
+    /// `verification` into the refusal if one of them says no.
+    async fn check_limits(
+        &self,
+        grant: &KeyGrant,
+        demand: Demand,
+        now: Timestamp,
+        verification: &mut Verification,
+    ) -> Result<(), Error> {
+        if let Some(allowed) = &grant.allowed_ips
+            && !demand.client.is_some_and(|ip| allowed.contains(ip))
+        {
+            verification.outcome = Outcome::IpNotAllowed;
+            return Ok(());
+        }
+        let cost = demand.cost.min(MAX_COST);
+        if !grant.rate_limits.is_empty() {
+            let subject = Subject::key(&grant.id);
+            let decision = self
+                .inner
+                .limiter
+                .check(&[(&subject, &grant.rate_limits)], cost, now)
+                .await;
+            if !decision.allowed() {
+                self.count_rate_limited(&decision);
+                verification.outcome = Outcome::RateLimited;
+                verification.limits = Some(decision);
+                return Ok(());
+            }
+            verification.limits = Some(decision);
+        }
+        if let Some(payer) = &grant.quota_payer {
+            let spent = self
+                .inner
+                .store
+                .spend_quota(payer, cost)
+                .await
+                .map_err(Error::store("check the API key's credits"))?;
+            match spent {
+                Spend::Spent { remaining } => verification.credits = Some(remaining),
+                Spend::Short { remaining } => {
+                    verification.credits = Some(remaining);
+                    verification.outcome = Outcome::UsageExceeded;
+                }
+                // The quota was removed since this key was cached: nothing to count.
+                Spend::NoQuota => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The client's address: the socket peer, or behind the trusted proxies the first address
+    /// from the right of `X-Forwarded-For` that is not one of them (see
+    /// [`client_address`](keygate_core::limits::client_address)).
+    pub fn client_address<'a, I>(&self, peer: IpAddr, forwarded_for: I) -> IpAddr
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: DoubleEndedIterator,
+    {
+        keygate_core::limits::client_address(
+            peer,
+            forwarded_for,
+            self.inner.trusted_proxies.as_ref(),
+        )
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&self) -> &Limiter {
+        &self.inner.limiter
+    }
+
+    fn count_rate_limited(&self, decision: &Decision) {
+        let mut counts = self
+            .inner
+            .rate_limited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for status in decision.limits().iter().filter(|l| l.retry_after.is_some()) {
+            *counts.entry((status.scope, status.name)).or_default() += 1;
+        }
+    }
+
+    /// Requests refused by each rate limit since this verifier was built: (whose limit, the
+    /// limit's name, count).
+    pub fn rate_limited_counts(&self) -> Vec<(LimitScope, LimitName, u64)> {
+        let counts = self
+            .inner
+            .rate_limited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = counts.iter().map(|((s, n), c)| (*s, *n, *c)).collect();
+        out.sort_by(|a, b| (a.1.as_str(), a.2).cmp(&(b.1.as_str(), b.2)));
+        out
     }
 
     /// The grant of the key with this hash: from the cache, else from the store (and then
@@ -195,6 +359,8 @@ impl Verifier {
             outcome,
             key: None,
             detail: Cow::Borrowed(detail),
+            limits: None,
+            credits: None,
         }
     }
 
@@ -246,6 +412,24 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// The detail of a `RATE_LIMITED` refusal: which limit, and when to retry.
+fn rate_limited_detail(decision: Option<&Decision>) -> String {
+    let Some(decision) = decision else {
+        return Outcome::RateLimited.detail().to_owned();
+    };
+    let over: Vec<String> = decision
+        .limits()
+        .iter()
+        .filter(|l| l.retry_after.is_some())
+        .map(|l| format!("`{}` ({} per {})", l.name.as_str(), l.limit, l.window))
+        .collect();
+    let retry = decision.retry_after().unwrap_or(1);
+    format!(
+        "the API key is over its rate limit {}; retry in {retry} s",
+        over.join(", ")
+    )
 }
 
 /// Applies the store's change feed to the cache for as long as the verifier lives. If the

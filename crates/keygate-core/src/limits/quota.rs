@@ -34,6 +34,8 @@ pub enum QuotaError {
     Amount,
     /// `on_day` is not 1–31, or given for a daily refill.
     OnDay,
+    /// The text is not `N`, `N/day`, `N/month` or `N/month@D`.
+    Syntax,
 }
 
 impl fmt::Display for QuotaError {
@@ -42,6 +44,9 @@ impl fmt::Display for QuotaError {
             Self::Remaining => "remaining credit is at most 1000000000000",
             Self::Amount => "a refill amount is a whole number from 1 to 1000000000000",
             Self::OnDay => "on_day is a day of the month, 1-31, and only for monthly refills",
+            Self::Syntax => {
+                "write credits as N (no refill), N/day, N/month or N/month@D (refilled on day D)"
+            }
         })
     }
 }
@@ -211,6 +216,60 @@ impl<'de> Deserialize<'de> for Quota {
     }
 }
 
+/// Parses the short form of a quota: `N` (N credits, never refilled), `N/day` (N, refilled to
+/// N every day), `N/month` (on the 1st) or `N/month@D` (on day D). Returns the balance to
+/// start from and the refill.
+pub fn parse_quota(text: &str) -> Result<(u64, Option<Refill>), QuotaError> {
+    let text = text.trim();
+    let (amount, refill) = match text.split_once('/') {
+        None => (text, None),
+        Some((amount, every)) => (amount, Some(every)),
+    };
+    let amount: u64 = amount.trim().parse().map_err(|_| QuotaError::Syntax)?;
+    let Some(every) = refill else {
+        if amount > MAX_CREDITS {
+            return Err(QuotaError::Remaining);
+        }
+        return Ok((amount, None));
+    };
+    let (period, on_day) = match every.trim().split_once('@') {
+        None => (every.trim(), None),
+        Some((period, day)) => (
+            period,
+            Some(day.trim().parse::<u8>().map_err(|_| QuotaError::OnDay)?),
+        ),
+    };
+    let period = match period {
+        "day" => RefillPeriod::Day,
+        "month" => RefillPeriod::Month,
+        _ => return Err(QuotaError::Syntax),
+    };
+    Ok((amount, Some(Refill::new(amount, period, on_day)?)))
+}
+
+/// The short form [`parse_quota`] reads: `N/day`, `N/month`, `N/month@D` for a refilled
+/// quota (N the refill's amount), else the balance `N`.
+pub fn quota_short_form(quota: &Quota) -> String {
+    match quota.refill {
+        None => quota.remaining.to_string(),
+        Some(Refill {
+            amount,
+            every: RefillPeriod::Day,
+            ..
+        }) => format!("{amount}/day"),
+        Some(Refill {
+            amount,
+            every: RefillPeriod::Month,
+            on_day: None,
+        }) => format!("{amount}/month"),
+        Some(Refill {
+            amount,
+            every: RefillPeriod::Month,
+            on_day: Some(day),
+        }) => format!("{amount}/month@{day}"),
+    }
+}
+
 /// Whether a balance of `remaining` covers a request of `cost` (cost 0 always does).
 pub fn can_spend(remaining: u64, cost: u64) -> bool {
     remaining >= cost
@@ -237,6 +296,40 @@ fn next_month(year: i32, month: Month) -> (i32, Month) {
     match month {
         Month::December => (year + 1, Month::January),
         m => (year, m.next()),
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn the_short_form_says_balance_and_refill() {
+        assert_eq!(parse_quota("500"), Ok((500, None)));
+        let monthly = Refill::new(10_000, RefillPeriod::Month, None).unwrap();
+        assert_eq!(parse_quota("10000/month"), Ok((10_000, Some(monthly))));
+        let fifteenth = Refill::new(10, RefillPeriod::Month, Some(15)).unwrap();
+        assert_eq!(parse_quota(" 10/month@15 "), Ok((10, Some(fifteenth))));
+        let daily = Refill::new(7, RefillPeriod::Day, None).unwrap();
+        assert_eq!(parse_quota("7/day"), Ok((7, Some(daily))));
+        let at = Timestamp::from_unix_ms(0).unwrap();
+        for text in ["500", "10000/month", "10/month@15", "7/day"] {
+            let (remaining, refill) = parse_quota(text).unwrap();
+            let quota = Quota::new(remaining, refill, at).unwrap();
+            assert_eq!(quota_short_form(&quota), text, "round trip");
+        }
+        for (bad, why) in [
+            ("", QuotaError::Syntax),
+            ("-1", QuotaError::Syntax),
+            ("10/week", QuotaError::Syntax),
+            ("10/day@3", QuotaError::OnDay),
+            ("10/month@32", QuotaError::OnDay),
+            ("10/month@x", QuotaError::OnDay),
+            ("0/day", QuotaError::Amount),
+            ("2000000000000", QuotaError::Remaining),
+        ] {
+            assert_eq!(parse_quota(bad), Err(why), "{bad}");
+        }
     }
 }
 

@@ -369,6 +369,16 @@ pub enum LimitScope {
     Owner,
 }
 
+impl LimitScope {
+    /// `key` or `owner`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Owner => "owner",
+        }
+    }
+}
+
 /// The counters of one (subject, limit): the index of the current fixed window, its count, and
 /// the count of the window before. `Default` is "nothing counted".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

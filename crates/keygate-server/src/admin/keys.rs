@@ -8,6 +8,7 @@ use keygate::core::{
     AuditEvent, DEFAULT_GRACE, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status,
     Timestamp, parse_grace,
 };
+use keygate::core::limits::{IpAllowlist, Quota, RateLimits, parse_quota, quota_short_form};
 use keygate::{AuditQuery, ListQuery};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -138,6 +139,12 @@ pub struct NewKey {
     max_age: String,
     #[serde(default)]
     metadata: String,
+    #[serde(default)]
+    rate_limits: String,
+    #[serde(default)]
+    quota: String,
+    #[serde(default)]
+    allowed_ips: String,
 }
 
 /// `GET /admin/keys/new`.
@@ -217,6 +224,21 @@ async fn key_form_page(
             label for="max_age" { "Maximum age" }
             input #max_age type="text" name="max_age" value=(form.max_age) aria-describedby="max-age-help";
             p.help #max-age-help { "Optional: this key's own rotation policy, e.g. " code { "30d" } "." }
+            fieldset.stack {
+                legend { "Usage limits" }
+                label for="rate_limits" { "Rate limits" }
+                input #rate_limits type="text" name="rate_limits" value=(form.rate_limits)
+                    aria-describedby="rate-help" placeholder="none";
+                p.help #rate-help { "Optional, comma-separated, e.g. " code { "100/1m, 5000/1h" } ": every one must allow a request (else 429)." }
+                label for="quota" { "Credits" }
+                input #quota type="text" name="quota" value=(form.quota)
+                    aria-describedby="quota-help" placeholder="unlimited";
+                p.help #quota-help { "Optional: " code { "500" } " (never refilled), " code { "10000/month" } ", " code { "10000/month@15" } " or " code { "1000/day" } ". Each request spends one. Changing it resets the balance." }
+                label for="allowed_ips" { "Allowed networks" }
+                input #allowed_ips type="text" name="allowed_ips" value=(form.allowed_ips)
+                    aria-describedby="ips-help" placeholder="anywhere";
+                p.help #ips-help { "Optional, separated by spaces or commas, e.g. " code { "203.0.113.0/24 2001:db8::/32" } "." }
+            }
             label for="metadata" { "Metadata" }
             textarea #metadata name="metadata" rows="3" aria-describedby="metadata-help" { (form.metadata) }
             p.help #metadata-help { "Optional JSON object, e.g. " code { "{\"plan\": \"pro\"}" } "." }
@@ -234,7 +256,7 @@ fn optional(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
-fn spec_of(form: &NewKey) -> Result<KeySpec, String> {
+fn spec_of(form: &NewKey, now: Timestamp) -> Result<KeySpec, String> {
     let expires = optional(&form.expires_in)
         .filter(|t| t != "never")
         .map(|t| Lifetime::parse(&t).map(Expiry::In))
@@ -251,6 +273,21 @@ fn spec_of(form: &NewKey) -> Result<KeySpec, String> {
             _ => return Err("Metadata: must be a JSON object such as {\"plan\": \"pro\"}.".into()),
         },
     };
+    let rate_limits =
+        RateLimits::parse(&form.rate_limits).map_err(|e| format!("Rate limits: {e}."))?;
+    let quota = optional(&form.quota)
+        .map(|t| parse_quota(&t))
+        .transpose()
+        .map_err(|e| format!("Credits: {e}."))?;
+    let networks = split_list(&form.allowed_ips);
+    let allowed_ips = if networks.is_empty() {
+        None
+    } else {
+        Some(
+            IpAllowlist::parse(networks.iter().map(String::as_str))
+                .map_err(|e| format!("Allowed networks: {e}."))?,
+        )
+    };
     Ok(KeySpec {
         name: form.name.trim().to_owned(),
         owner: optional(&form.owner),
@@ -258,6 +295,12 @@ fn spec_of(form: &NewKey) -> Result<KeySpec, String> {
         metadata,
         expires,
         max_age,
+        rate_limits,
+        quota: quota
+            .map(|(remaining, refill)| Quota::new(remaining, refill, now))
+            .transpose()
+            .map_err(|e| format!("Credits: {e}."))?,
+        allowed_ips,
     })
 }
 
@@ -278,15 +321,34 @@ fn form_of(record: &KeyRecord) -> NewKey {
         } else {
             serde_json::to_string_pretty(&record.metadata).unwrap_or_default()
         },
+        rate_limits: record.limits.rate.to_string(),
+        quota: record
+            .limits
+            .quota
+            .as_ref()
+            .map(quota_short_form)
+            .unwrap_or_default(),
+        allowed_ips: record
+            .limits
+            .allowed_ips
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
 /// What the edit `form` changes in `record`: only the fields that differ.
-fn patch_of(form: &NewKey, record: &KeyRecord) -> Result<Option<KeyPatch>, String> {
-    let spec = spec_of(&NewKey {
-        expires_in: String::new(),
-        ..form.clone()
-    })?;
+fn patch_of(form: &NewKey, record: &KeyRecord, now: Timestamp) -> Result<Option<KeyPatch>, String> {
+    let spec = spec_of(
+        &NewKey {
+            expires_in: String::new(),
+            ..form.clone()
+        },
+        now,
+    )?;
+    // Credits change only when their short form does (the balance itself is not in the form).
+    let quota_text = record.limits.quota.as_ref().map(quota_short_form);
+    let quota_changed = optional(&form.quota) != quota_text;
     let expires_at = optional(&form.expires_at)
         .filter(|t| t != "never")
         .map(|t| Timestamp::parse_rfc3339(&t))
@@ -300,14 +362,11 @@ fn patch_of(form: &NewKey, record: &KeyRecord) -> Result<Option<KeyPatch>, Strin
         expires_at: (expires_at != record.expires_at).then_some(expires_at),
         max_age: (spec.max_age != record.max_age).then_some(spec.max_age),
         enabled: None,
+        rate_limits: (spec.rate_limits != record.limits.rate).then_some(spec.rate_limits),
+        quota: quota_changed.then_some(spec.quota),
+        allowed_ips: (spec.allowed_ips != record.limits.allowed_ips).then_some(spec.allowed_ips),
     };
-    let changed = patch.name.is_some()
-        || patch.owner.is_some()
-        || patch.scopes.is_some()
-        || patch.metadata.is_some()
-        || patch.expires_at.is_some()
-        || patch.max_age.is_some();
-    Ok(changed.then_some(patch))
+    Ok((patch != KeyPatch::default()).then_some(patch))
 }
 
 /// `GET /admin/keys/{id}/edit`.
@@ -335,7 +394,7 @@ pub async fn edit(
 ) -> Result<Response, UiError> {
     let Posted { admin, form } = posted;
     let record = load(&app, &id).await?;
-    let updated = match patch_of(&form, &record) {
+    let updated = match patch_of(&form, &record, app.keygate.now()) {
         Ok(None) => {
             return admin
                 .done(
@@ -376,7 +435,7 @@ pub async fn create(
     posted: Posted<NewKey>,
 ) -> Result<Response, UiError> {
     let Posted { admin, form } = posted;
-    let issued = match spec_of(&form) {
+    let issued = match spec_of(&form, app.keygate.now()) {
         Ok(spec) => app
             .keygate
             .issue(spec, &admin.audit)
@@ -477,6 +536,16 @@ pub async fn show(
                         dt { "Reason" } dd { @if let Some(r) = &record.revoked_reason { (r) } @else { span.muted { "none given" } } }
                     }
                     @if let Some(at) = record.rotated_at { dt { "Rotated" } dd { (views::time(Some(at), "")) } }
+                    dt { "Rate limits" } dd #key-rate-limits { @if record.limits.rate.is_empty() { span.muted { "none" } } @else { (record.limits.rate.to_string()) } }
+                    dt { "Credits" } dd #key-credits {
+                        @if let Some(q) = &record.limits.quota {
+                            (q.remaining) " left"
+                            @if let Some(next) = q.next_refill(now) { " · refilled to " (q.refill.map_or(0, |r| r.amount)) " " (views::time(Some(next), "")) }
+                        } @else if let Some(holder) = &record.limits.quota_holder {
+                            "spends the credits of " a href={ "/admin/keys/" (holder) } { code { (holder) } }
+                        } @else { span.muted { "unlimited" } }
+                    }
+                    dt { "Allowed networks" } dd #key-allowed-ips { @if let Some(ips) = &record.limits.allowed_ips { (ips.to_string()) } @else { span.muted { "anywhere" } } }
                     dt { "Metadata" } dd { (views::json_block(&Value::Object(record.metadata.clone()))) }
                 }
             }

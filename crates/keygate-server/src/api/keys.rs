@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use keygate::ListQuery;
+use keygate::core::limits::{IpAllowlist, Quota, RateLimits, Refill};
 use keygate::core::scope::SELF_ROTATE;
 use keygate::core::{
     Actor, Audit, DEFAULT_GRACE, Expiry, KeyId, KeyPatch, KeySpec, Lifetime, Status, Timestamp,
@@ -48,6 +49,36 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(example = "30d")]
     pub max_age: Option<String>,
+    /// Rate limits; a request must fit every one (429 `RATE_LIMITED` otherwise).
+    #[serde(default)]
+    #[schema(value_type = Vec<keygate::RateLimitDoc>)]
+    pub rate_limits: RateLimits,
+    /// Credits: each request spends its cost; at 0, 429 `USAGE_EXCEEDED` until a refill.
+    #[serde(default)]
+    pub quota: Option<QuotaInput>,
+    /// Networks (CIDR, or single addresses) the key may be used from; absent: anywhere.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["203.0.113.0/24", "2001:db8::/32"]))]
+    pub allowed_ips: Option<IpAllowlist>,
+}
+
+/// A key's credits as set through the API.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaInput {
+    /// The balance to start from.
+    pub remaining: u64,
+    /// How the balance is refilled, if it is.
+    #[serde(default)]
+    #[schema(value_type = Option<keygate::RefillDoc>)]
+    pub refill: Option<Refill>,
+}
+
+impl QuotaInput {
+    fn at(self, now: Timestamp) -> Result<Quota, ApiError> {
+        Quota::new(self.remaining, self.refill, now)
+            .map_err(|e| ApiError::bad_request(format!("quota: {e}")))
+    }
 }
 
 /// `PATCH /v1/keys/{id}` body: only the fields present change; `null` clears `owner` and
@@ -75,6 +106,17 @@ pub struct UpdateKey {
     /// Enable or disable. A revoked key cannot be enabled (409).
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// New rate limits (replaces the list; `[]` removes them).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<keygate::RateLimitDoc>>)]
+    pub rate_limits: Option<RateLimits>,
+    /// New credits (balance and refill), or `null` to remove the quota.
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Option<QuotaInput>>,
+    /// New allowlist, or `null` to allow any address.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed_ips: Option<Option<IpAllowlist>>,
     /// Its own maximum age (e.g. `30d`), or `null` to follow the deployment's policy.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -182,6 +224,9 @@ pub async fn create_key(
         metadata: body.metadata.unwrap_or_default(),
         expires,
         max_age: body.max_age.as_deref().map(parse_max_age).transpose()?,
+        rate_limits: body.rate_limits,
+        quota: body.quota.map(|q| q.at(app.keygate.now())).transpose()?,
+        allowed_ips: body.allowed_ips,
     };
     let (record, key) = app.keygate.issue(spec, &caller.audit(&request_id)).await?;
     tracing::info!(actor = %caller.0.id(), key_id = %record.id, request_id = %request_id.0, "key issued over the API");
@@ -307,6 +352,12 @@ pub async fn update_key(
             .max_age
             .map(|m| m.as_deref().map(parse_max_age).transpose())
             .transpose()?,
+        rate_limits: body.rate_limits,
+        quota: body
+            .quota
+            .map(|q| q.map(|q| q.at(app.keygate.now())).transpose())
+            .transpose()?,
+        allowed_ips: body.allowed_ips,
     };
     let record = app
         .keygate

@@ -23,6 +23,39 @@ pub struct VerifyRequest {
     /// Scopes the key must hold for this request.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Units the request spends of the key's rate limits and credits (default 1; 0 checks
+    /// without spending).
+    #[serde(default = "one")]
+    #[schema(minimum = 0, maximum = 1_000_000_000, default = 1)]
+    pub cost: u64,
+    /// The client's IP address, checked against the key's allowlist. A key with an allowlist
+    /// is refused (`IP_NOT_ALLOWED`) when it is not given.
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// One rate limit of the key after this request, as the `RateLimit` headers tell it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitDoc {
+    /// Whose limit: `key` or `owner`.
+    pub scope: &'static str,
+    /// The limit's name, e.g. `per_1m`.
+    pub name: String,
+    /// Units allowed per window.
+    pub limit: u64,
+    /// The window, e.g. `1m`.
+    pub window: String,
+    /// Units left now.
+    pub remaining: u64,
+    /// Seconds until more become available.
+    pub reset: u64,
+    /// When refused: seconds to wait before retrying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 /// The outcome code, documented with the codes keygate-core defines (one list, in core).
@@ -59,6 +92,12 @@ pub struct VerifyResponse {
     /// The key, when one was found (even if refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<ApiKey>,
+    /// The key's rate limits after this request (when it has any and they were checked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitDoc>,
+    /// The key's credits left after this request (when it has a quota and it was checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits_remaining: Option<u64>,
 }
 
 /// Verify a key for the given scopes.
@@ -89,11 +128,53 @@ pub async fn verify(
     for (i, scope) in body.scopes.iter().enumerate() {
         check_scope(scope).map_err(|why| ApiError::bad_request(format!("scopes[{i}]: {why}")))?;
     }
-    let v = app.keygate.verify(&body.key, &body.scopes).await?;
+    if body.cost > keygate::MAX_COST {
+        return Err(ApiError::bad_request(format!(
+            "cost: at most {}",
+            keygate::MAX_COST
+        )));
+    }
+    let client = body
+        .ip
+        .as_deref()
+        .map(|ip| {
+            ip.trim()
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| ApiError::bad_request("ip: must be an IPv4 or IPv6 address"))
+        })
+        .transpose()?;
+    let demand = keygate::Demand {
+        cost: body.cost,
+        client,
+    };
+    let v = app
+        .keygate
+        .verify_demand(&body.key, &body.scopes, demand)
+        .await?;
+    let limits = v
+        .limits
+        .as_ref()
+        .map(|d| {
+            d.limits()
+                .iter()
+                .map(|l| LimitDoc {
+                    scope: l.scope.as_str(),
+                    name: l.name.as_str().to_owned(),
+                    limit: l.limit,
+                    window: l.window.to_string(),
+                    remaining: l.remaining,
+                    reset: l.reset,
+                    retry_after: l.retry_after,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Json(VerifyResponse {
         valid: v.outcome.is_valid(),
         code: OutcomeCode(v.outcome),
         detail: v.detail.into_owned(),
         key: v.key,
+        limits,
+        credits_remaining: v.credits,
     }))
 }

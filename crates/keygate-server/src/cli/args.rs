@@ -2,6 +2,7 @@
 //! database, so bad input never writes.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use keygate::core::limits::{IpAllowlist, RateLimit, Refill, parse_quota};
 use keygate::core::{EventKind, KeyId, Lifetime, Prefix, Timestamp, scope::check_scope};
 use serde_json::{Map, Value};
 
@@ -51,6 +52,13 @@ pub enum Command {
     /// Apply the maximum-age policy once (for cron): announce keys older than --max-age, or
     /// make them expire after --grace. Running it twice in a row acts once.
     RotateDue(RotateDueArgs),
+    /// Refill the credits of every key whose refill is due (for cron; `serve` does it too).
+    /// Running it twice in a period refills once.
+    Refill {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Incident response: revoke many keys at once, by owner, creation time or scope. Run with
     /// --dry-run first.
     #[command(subcommand)]
@@ -94,6 +102,9 @@ pub enum AdminCommand {
 pub enum KeysCommand {
     /// Issue a key and print it once.
     Create(CreateArgs),
+    /// Change a key's name, owner, scopes, metadata, rate limits, credits or allowlist (each
+    /// change audited); what is not named stays.
+    Update(UpdateArgs),
     /// List keys (never secrets or hashes).
     List(ListArgs),
     /// Show one key (never its secret or hash).
@@ -431,7 +442,63 @@ pub struct CreateArgs {
     /// A JSON object to attach, e.g. '{"plan":"pro"}'.
     #[arg(long, value_name = "JSON", value_parser = parse_metadata)]
     pub metadata: Option<Map<String, Value>>,
+    #[command(flatten)]
+    /// Rate limits, credits and allowed networks.
+    pub limits: LimitArgs,
     /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Usage controls of a key, as `keys create` and `keys update` take them.
+#[derive(Debug, Args, Default)]
+pub struct LimitArgs {
+    /// A rate limit, e.g. 100/1m or burst=20/1s (repeatable; all apply).
+    #[arg(long = "rate", value_name = "N/WINDOW", value_parser = parse_rate)]
+    pub rates: Vec<RateLimit>,
+    /// Credits: N (never refilled), N/day, N/month or N/month@D (refilled on day D).
+    #[arg(long, value_name = "CREDITS", value_parser = parse_quota_arg)]
+    pub quota: Option<(u64, Option<Refill>)>,
+    /// A network the key may be used from, e.g. 203.0.113.0/24 or 2001:db8::/32 (repeatable;
+    /// without any, from anywhere).
+    #[arg(long = "allow-ip", value_name = "CIDR", value_parser = parse_network)]
+    pub allow_ips: Vec<String>,
+}
+
+/// `keygate keys update`
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Key id (key_...).
+    #[arg(value_parser = parse_id)]
+    pub id: KeyId,
+    /// New name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// New owner id.
+    #[arg(long, conflicts_with = "no_owner")]
+    pub owner: Option<String>,
+    /// Remove the owner.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Replace the scopes with these (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE", value_parser = parse_scope)]
+    pub scopes: Vec<String>,
+    /// Replace the metadata with this JSON object.
+    #[arg(long, value_name = "JSON", value_parser = parse_metadata)]
+    pub metadata: Option<Map<String, Value>>,
+    /// New rate limits, credits or allowed networks.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Remove every rate limit.
+    #[arg(long, conflicts_with = "rates")]
+    pub no_rate: bool,
+    /// Remove the quota.
+    #[arg(long, conflicts_with = "quota")]
+    pub no_quota: bool,
+    /// Let the key be used from any address again.
+    #[arg(long, conflicts_with = "allow_ips")]
+    pub any_ip: bool,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -482,6 +549,18 @@ fn parse_event_kind(s: &str) -> Result<EventKind, String> {
 
 fn parse_id(s: &str) -> Result<KeyId, String> {
     KeyId::parse(s).ok_or_else(|| "not a key id (expected key_ followed by 26 characters)".into())
+}
+
+fn parse_rate(s: &str) -> Result<RateLimit, String> {
+    RateLimit::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_quota_arg(s: &str) -> Result<(u64, Option<Refill>), String> {
+    parse_quota(s).map_err(|e| e.to_string())
+}
+
+fn parse_network(s: &str) -> Result<String, String> {
+    IpAllowlist::parse([s]).map(|_| s.to_owned()).map_err(|e| e.to_string())
 }
 
 fn parse_scope(s: &str) -> Result<String, String> {

@@ -4,11 +4,14 @@
 use std::io::{BufRead, Write};
 
 use keygate::core::policy::{IncidentFilter, MaxAge};
-use keygate::core::{Actor, Audit, DEFAULT_GRACE, Expiry, Status};
+use keygate::core::limits::{IpAllowlist, Quota, RateLimit, RateLimits, Refill};
+use keygate::core::{Actor, Audit, DEFAULT_GRACE, Expiry, Status, Timestamp};
 use keygate::{CreatedKey, KeyPatch, KeySpec, KeyView, Keygate, ListQuery, MAX_PAGE_SIZE, Outcome};
 use serde_json::{Value, json};
 
-use super::args::{CreateArgs, IncidentArgs, KeysCommand, ListArgs, RotateDueArgs, StatusArg};
+use super::args::{
+    CreateArgs, IncidentArgs, KeysCommand, ListArgs, RotateDueArgs, StatusArg, UpdateArgs,
+};
 use super::output::{print_json, print_key, print_table, scopes_text, time_text};
 use crate::Failure;
 
@@ -26,6 +29,7 @@ pub async fn run(
     let now = keygate.now();
     match command {
         KeysCommand::Create(args) => create(keygate, args, out).await?,
+        KeysCommand::Update(args) => update(keygate, args, out).await?,
         KeysCommand::List(args) => list(keygate, args, out).await?,
         KeysCommand::Show { id, json } => {
             let record = keygate.get(&id).await?.ok_or(keygate::Error::NotFound)?;
@@ -124,6 +128,13 @@ async fn create(keygate: &Keygate, args: CreateArgs, out: &mut dyn Write) -> Res
             (None, None) => None,
         },
         max_age: args.max_age,
+        rate_limits: rate_limits(args.limits.rates)?,
+        quota: args
+            .limits
+            .quota
+            .map(|q| quota(q, keygate.now()))
+            .transpose()?,
+        allowed_ips: allowlist(&args.limits.allow_ips)?,
     };
     let (record, key) = keygate.issue(spec, &cli()).await?;
     if args.json {
@@ -137,6 +148,82 @@ async fn create(keygate: &Keygate, args: CreateArgs, out: &mut dyn Write) -> Res
     writeln!(out, "Scopes:  {}", scopes_text(&record.scopes))?;
     writeln!(out, "Expires: {}", time_text(record.expires_at))?;
     writeln!(out, "\nThe key, shown only this once:\n\n{}", key.expose())?;
+    Ok(())
+}
+
+async fn update(keygate: &Keygate, args: UpdateArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    let now = keygate.now();
+    let patch = KeyPatch {
+        name: args.name,
+        owner: match (args.owner, args.no_owner) {
+            (Some(owner), _) => Some(Some(owner)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        },
+        scopes: (!args.scopes.is_empty()).then_some(args.scopes),
+        metadata: args.metadata,
+        rate_limits: if args.no_rate {
+            Some(RateLimits::default())
+        } else if args.limits.rates.is_empty() {
+            None
+        } else {
+            Some(rate_limits(args.limits.rates)?)
+        },
+        quota: match (args.limits.quota, args.no_quota) {
+            (Some(q), _) => Some(Some(quota(q, now)?)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        },
+        allowed_ips: if args.any_ip {
+            Some(None)
+        } else if args.limits.allow_ips.is_empty() {
+            None
+        } else {
+            Some(allowlist(&args.limits.allow_ips)?)
+        },
+        ..KeyPatch::default()
+    };
+    if patch == KeyPatch::default() {
+        return Err(Failure::Config(
+            "nothing to change: name at least one of --name, --owner, --scope, --rate, --quota, --allow-ip, ...".into(),
+        ));
+    }
+    let record = keygate.update(&args.id, patch, &cli()).await?;
+    if args.json {
+        return print_key(out, &KeyView::of(record, now), true);
+    }
+    writeln!(out, "Updated {} ({})", record.id, record.name)?;
+    Ok(())
+}
+
+/// The rate limits of `--rate` flags, checked together (count, unique names).
+fn rate_limits(rates: Vec<RateLimit>) -> Result<RateLimits, Failure> {
+    RateLimits::new(rates).map_err(|e| Failure::Config(format!("--rate: {e}")))
+}
+
+/// The credits of `--quota`, set at `now`.
+fn quota((remaining, refill): (u64, Option<Refill>), now: Timestamp) -> Result<Quota, Failure> {
+    Quota::new(remaining, refill, now).map_err(|e| Failure::Config(format!("--quota: {e}")))
+}
+
+/// The allowlist of `--allow-ip` flags; none: anywhere.
+fn allowlist(networks: &[String]) -> Result<Option<IpAllowlist>, Failure> {
+    if networks.is_empty() {
+        return Ok(None);
+    }
+    IpAllowlist::parse(networks.iter().map(String::as_str))
+        .map(Some)
+        .map_err(|e| Failure::Config(format!("--allow-ip: {e}")))
+}
+
+/// `keygate refill`: refills every key whose refill is due, in batches.
+pub async fn refill(keygate: &Keygate, json: bool, out: &mut dyn Write) -> Result<(), Failure> {
+    let refilled = keygate.refill_due(&cli()).await?;
+    if json {
+        writeln!(out, "{}", json!({ "refilled": refilled }))?;
+    } else {
+        writeln!(out, "Refilled the credits of {refilled} key(s).")?;
+    }
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use rows::{Row, select_where};
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, StatusCounts,
+    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, Spend, StatusCounts,
 };
 use crate::roles::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
 
@@ -140,6 +140,36 @@ pub(crate) fn backend(e: sqlx::Error) -> StoreError {
 
 fn time(ms: Option<Timestamp>) -> Option<i64> {
     ms.map(Timestamp::unix_ms)
+}
+
+/// A key's limits as the `keys` table's columns hold them.
+struct LimitColumns {
+    rate_limits: String,
+    allowed_ips: Option<String>,
+    quota_remaining: Option<i64>,
+    quota_refill: Option<String>,
+    quota_refilled_at: Option<i64>,
+    quota_holder: Option<String>,
+    quota_refill_due_at: Option<i64>,
+}
+
+impl LimitColumns {
+    fn of(record: &KeyRecord) -> Self {
+        let limits = &record.limits;
+        let quota = limits.quota.as_ref();
+        Self {
+            rate_limits: to_json(&limits.rate),
+            allowed_ips: limits.allowed_ips.as_ref().map(to_json),
+            // At most 10¹² (MAX_CREDITS): always an i64.
+            quota_remaining: quota.map(|q| i64::try_from(q.remaining).unwrap_or(i64::MAX)),
+            quota_refill: quota.and_then(|q| q.refill.as_ref()).map(to_json),
+            quota_refilled_at: quota.map(|q| q.refilled_at.unix_ms()),
+            quota_holder: id_text(limits.quota_holder.as_ref()),
+            quota_refill_due_at: quota
+                .and_then(|q| q.next_refill(q.refilled_at))
+                .map(Timestamp::unix_ms),
+        }
+    }
 }
 
 fn id_text(id: Option<&KeyId>) -> Option<String> {
@@ -279,11 +309,14 @@ sql_impl! {
         ) -> Result<(), StoreError> {
             let event = AuditEvent::created(record, audit, record.created_at);
             self.record_event(tx, &event).await?;
+            let limits = LimitColumns::of(record);
             sqlx::query(
                 "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
                  expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
-                 rotated_to, rotated_at, max_age_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15, $16, $17)",
+                 rotated_to, rotated_at, max_age_ms, rate_limits, allowed_ips, quota_remaining, \
+                 quota_refill, quota_refilled_at, quota_holder, quota_refill_due_at) VALUES ($1, \
+                 $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+                 $19, $20, $21, $22, $23, $24)",
             )
             .bind(record.id.as_str().to_owned())
             .bind(record.name.clone())
@@ -302,6 +335,13 @@ sql_impl! {
             .bind(id_text(record.rotated_to.as_ref()))
             .bind(time(record.rotated_at))
             .bind(record.max_age.map(Lifetime::as_ms))
+            .bind(limits.rate_limits)
+            .bind(limits.allowed_ips)
+            .bind(limits.quota_remaining)
+            .bind(limits.quota_refill)
+            .bind(limits.quota_refilled_at)
+            .bind(limits.quota_holder)
+            .bind(limits.quota_refill_due_at)
             .execute(tx.conn())
             .await
             .map_err(backend)?;
@@ -331,10 +371,14 @@ sql_impl! {
                 let before = KeyRecord::try_from(row)?;
                 let mut record = before.clone();
                 let successor = change(&mut record)?;
+                let limits = LimitColumns::of(&record);
                 sqlx::query(
                     "UPDATE keys SET name = $1, owner = $2, scopes = $3, metadata = $4, \
                      expires_at = $5, revoked_at = $6, revoked_reason = $7, enabled = $8, \
-                     rotated_to = $9, rotated_at = $10, max_age_ms = $11 WHERE id = $12",
+                     rotated_to = $9, rotated_at = $10, max_age_ms = $11, rate_limits = $12, \
+                     allowed_ips = $13, quota_remaining = $14, quota_refill = $15, \
+                     quota_refilled_at = $16, quota_holder = $17, quota_refill_due_at = $18 \
+                     WHERE id = $19",
                 )
                 .bind(record.name.clone())
                 .bind(record.owner.clone())
@@ -347,6 +391,13 @@ sql_impl! {
                 .bind(id_text(record.rotated_to.as_ref()))
                 .bind(time(record.rotated_at))
                 .bind(record.max_age.map(Lifetime::as_ms))
+                .bind(limits.rate_limits)
+                .bind(limits.allowed_ips)
+                .bind(limits.quota_remaining)
+                .bind(limits.quota_refill)
+                .bind(limits.quota_refilled_at)
+                .bind(limits.quota_holder)
+                .bind(limits.quota_refill_due_at)
                 .bind(record.id.as_str().to_owned())
                 .execute(tx.conn())
                 .await
@@ -356,6 +407,21 @@ sql_impl! {
                 self.signal_change(tx, &record.hash).await?;
                 if let Some(successor) = &successor {
                     self.insert_key(tx, successor, audit).await?;
+                    // Keys that spent the old key's credits (its own predecessors, still in
+                    // their grace periods) spend the successor's now.
+                    let moved: Vec<(Vec<u8>,)> = sqlx::query_as(
+                        "UPDATE keys SET quota_holder = $1 WHERE quota_holder = $2 RETURNING hash",
+                    )
+                    .bind(successor.id.as_str().to_owned())
+                    .bind(record.id.as_str().to_owned())
+                    .fetch_all(tx.conn())
+                    .await
+                    .map_err(backend)?;
+                    for (hash,) in moved {
+                        if let Some(hash) = KeyHash::from_slice(&hash) {
+                            self.signal_change(tx, &hash).await?;
+                        }
+                    }
                     if let Some(sealed) = sealed {
                         // The successor's plaintext, sealed, for the endpoints trusted with
                         // secrets only.
@@ -509,6 +575,97 @@ sql_impl! {
             let mut tx = self.begin_write().await?;
             let result = self.exec(&mut tx, sqlx::query(B::RECORD_USAGE).bind(pairs)).await;
             self.finish(tx, result).await
+        }
+
+        async fn spend_quota(&self, payer: &KeyId, cost: u64) -> Result<Spend, StoreError> {
+            self.backend.check_identity()?;
+            let cost = i64::try_from(cost).unwrap_or(i64::MAX);
+            let spent: Option<(i64,)> = sqlx::query_as(
+                "UPDATE keys SET quota_remaining = quota_remaining - $2 \
+                 WHERE id = $1 AND quota_remaining >= $2 RETURNING quota_remaining",
+            )
+            .bind(payer.as_str().to_owned())
+            .bind(cost)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(backend)?;
+            let credits = |n: i64| u64::try_from(n).unwrap_or(0);
+            if let Some((remaining,)) = spent {
+                return Ok(Spend::Spent { remaining: credits(remaining) });
+            }
+            // -1: the key has no quota (or no longer exists).
+            let balance: Option<(i64,)> =
+                sqlx::query_as("SELECT COALESCE(quota_remaining, -1) FROM keys WHERE id = $1")
+                    .bind(payer.as_str().to_owned())
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(backend)?;
+            Ok(match balance {
+                Some((remaining,)) if remaining >= 0 => Spend::Short {
+                    remaining: credits(remaining),
+                },
+                _ => Spend::NoQuota,
+            })
+        }
+
+        async fn refill_quotas(
+            &self,
+            now: Timestamp,
+            limit: u32,
+            audit: &Audit,
+        ) -> Result<u64, StoreError> {
+            let due: Vec<(String,)> = sqlx::query_as(
+                "SELECT id FROM keys WHERE quota_refill_due_at <= $1 AND revoked_at IS NULL \
+                 ORDER BY quota_refill_due_at LIMIT $2",
+            )
+            .bind(now.unix_ms())
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            let mut refilled = 0;
+            for (id,) in due {
+                let Some(id) = KeyId::parse(&id) else { continue };
+                // Read, refill by core's rule, write back: in one transaction, so a refill
+                // made meanwhile by another node is seen and not repeated.
+                let done = in_write!(self, |tx| {
+                    let select = format!("{}{}", select_where!("id = $1"), B::LOCK_ROW);
+                    let Some(row) = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(select))
+                        .bind(id.as_str().to_owned())
+                        .fetch_optional(tx.conn())
+                        .await
+                        .map_err(backend)?
+                    else {
+                        return Ok(false);
+                    };
+                    let before = KeyRecord::try_from(row)?;
+                    let Some(quota) = before.limits.quota.and_then(|q| q.refilled(now)) else {
+                        return Ok(false);
+                    };
+                    let mut after = before.clone();
+                    after.limits.quota = Some(quota);
+                    let columns = LimitColumns::of(&after);
+                    sqlx::query(
+                        "UPDATE keys SET quota_remaining = $1, quota_refilled_at = $2, \
+                         quota_refill_due_at = $3 WHERE id = $4",
+                    )
+                    .bind(columns.quota_remaining)
+                    .bind(columns.quota_refilled_at)
+                    .bind(columns.quota_refill_due_at)
+                    .bind(id.as_str().to_owned())
+                    .execute(tx.conn())
+                    .await
+                    .map_err(backend)?;
+                    let event =
+                        AuditEvent::changed(EventKind::KeyQuotaRefilled, &before, &after, audit, now);
+                    self.record_event(tx, &event).await?;
+                    Ok(true)
+                });
+                if done? {
+                    refilled += 1;
+                }
+            }
+            Ok(refilled)
         }
 
         async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {

@@ -2,7 +2,10 @@
 //! that are built rather than written out (lists, audit pages, outbox rows), for any sqlx
 //! database.
 
-use keygate_core::{AuditEvent, EventKind, KeyHash, KeyId, KeyRecord, Status, Timestamp};
+use keygate_core::limits::{IpAllowlist, Quota, RateLimits, Refill};
+use keygate_core::{
+    AuditEvent, EventKind, KeyHash, KeyId, KeyLimits, KeyRecord, Status, Timestamp,
+};
 use serde_json::{Map, Value};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
@@ -14,7 +17,8 @@ macro_rules! select_where {
         concat!(
             "SELECT id, name, start, hash, owner, scopes, metadata, created_at, expires_at, ",
             "revoked_at, revoked_reason, enabled, last_used_at, rotated_from, rotated_to, ",
-            "rotated_at, max_age_ms FROM keys WHERE ",
+            "rotated_at, max_age_ms, rate_limits, allowed_ips, quota_remaining, quota_refill, ",
+            "quota_refilled_at, quota_holder FROM keys WHERE ",
             $condition
         )
     };
@@ -41,6 +45,12 @@ pub(crate) struct Row {
     rotated_to: Option<String>,
     rotated_at: Option<i64>,
     max_age_ms: Option<i64>,
+    rate_limits: String,
+    allowed_ips: Option<String>,
+    quota_remaining: Option<i64>,
+    quota_refill: Option<String>,
+    quota_refilled_at: Option<i64>,
+    quota_holder: Option<String>,
 }
 
 impl TryFrom<Row> for KeyRecord {
@@ -53,7 +63,40 @@ impl TryFrom<Row> for KeyRecord {
         };
         let key_id =
             |id: &str| KeyId::parse(id).ok_or_else(|| StoreError::Corrupt("bad key id".into()));
+        fn corrupt(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
+            move |e| StoreError::Corrupt(format!("{what}: {e}"))
+        }
+        let quota = match (row.quota_remaining, row.quota_refilled_at) {
+            (Some(remaining), Some(refilled_at)) => {
+                let refill = row
+                    .quota_refill
+                    .as_deref()
+                    .map(serde_json::from_str::<Refill>)
+                    .transpose()
+                    .map_err(corrupt("quota refill"))?;
+                let remaining = u64::try_from(remaining)
+                    .map_err(|_| StoreError::Corrupt("negative quota".into()))?;
+                Some(
+                    Quota::new(remaining, refill, time(refilled_at)?)
+                        .map_err(|e| StoreError::Corrupt(format!("quota: {e}")))?,
+                )
+            }
+            _ => None,
+        };
+        let limits = KeyLimits {
+            rate: serde_json::from_str::<RateLimits>(&row.rate_limits)
+                .map_err(corrupt("rate limits"))?,
+            quota,
+            quota_holder: row.quota_holder.as_deref().map(key_id).transpose()?,
+            allowed_ips: row
+                .allowed_ips
+                .as_deref()
+                .map(serde_json::from_str::<IpAllowlist>)
+                .transpose()
+                .map_err(corrupt("allowed ips"))?,
+        };
         Ok(KeyRecord {
+            limits,
             id: KeyId::parse(&row.id).ok_or_else(|| StoreError::Corrupt("bad key id".into()))?,
             name: row.name,
             start: row.start,
