@@ -1446,9 +1446,8 @@ pub async fn a_rotation_hands_the_credits_to_the_successor(store: Arc<dyn Store>
         async move {
             let key = keygate_core::generate(&Prefix::default());
             let new_id = KeyId::generate(when);
-            let plan = move |old: &KeyRecord| {
-                plan_rotation(old, &key, new_id.clone(), when, 86_400_000)
-            };
+            let plan =
+                move |old: &KeyRecord| plan_rotation(old, &key, new_id.clone(), when, 86_400_000);
             store
                 .rotate(&id, &plan, when, &audit(), None)
                 .await

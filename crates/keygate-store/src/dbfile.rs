@@ -54,6 +54,28 @@ impl DbFile {
     }
 }
 
+impl DbFile {
+    /// Fails if the file system holding the database has less than [`MIN_FREE_BYTES`]
+    /// free: a write probe alone can pass on a full disk (SQLite rewrites its WAL in place), and
+    /// the next real change then fails.
+    pub(crate) fn check_room(&self) -> Result<(), StoreError> {
+        let Ok(stats) = rustix::fs::fstatvfs(&self.held) else {
+            return Ok(());
+        };
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        if free >= MIN_FREE_BYTES {
+            return Ok(());
+        }
+        Err(StoreError::Backend(format!(
+            "the disk holding {} is full ({free} bytes free)",
+            self.path.display()
+        )))
+    }
+}
+
+/// Free space below which a SQLite database is reported as unable to take writes.
+pub(crate) const MIN_FREE_BYTES: u64 = 64 * 1024;
+
 /// A file's (device, inode): what tells the file at a path from one that replaced it
 /// (elsewhere than Unix, only a missing file is noticed).
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {

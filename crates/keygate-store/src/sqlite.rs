@@ -121,6 +121,10 @@ impl Backend for Sqlite {
     fn check_identity(&self) -> Result<(), StoreError> {
         self.file.as_ref().map_or(Ok(()), DbFile::check)
     }
+
+    fn check_room(&self) -> Result<(), StoreError> {
+        self.file.as_ref().map_or(Ok(()), DbFile::check_room)
+    }
 }
 
 /// Polls `key_changes` for rows after `seen` and sends their hashes, until the receiver is

@@ -18,7 +18,7 @@ use keygate::core::{
     Audit, KeyGrant, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, Timestamp, decide,
     generate, issue, parse,
 };
-use keygate::store::{Change, KeyStore, PostgresStore, SqliteStore, Store, StoreError};
+use keygate::store::{Change, KeyStore, PostgresStore, Spend, SqliteStore, Store, StoreError};
 use keygate::{Keygate, ListQuery, Page, PlainKey, StatusCounts, Verifier, VerifierConfig};
 use keygate_store::bulk;
 
@@ -108,6 +108,17 @@ impl KeyStore for Counting {
     }
     async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.record_usage(usage).await
+    }
+    async fn spend_quota(&self, payer: &KeyId, cost: u64) -> Result<Spend, StoreError> {
+        self.inner.spend_quota(payer, cost).await
+    }
+    async fn refill_quotas(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        a: &Audit,
+    ) -> Result<u64, StoreError> {
+        self.inner.refill_quotas(now, limit, a).await
     }
     async fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, StoreError> {
         self.inner.watch().await

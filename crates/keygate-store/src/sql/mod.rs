@@ -67,6 +67,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
     fn check_identity(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Whether the database has room for writes, where that can be told without writing (the
+    /// free space under a SQLite file); checked by [`KeyStore::ping_write`].
+    fn check_room(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The store: every role, over one [`Backend`].
@@ -682,6 +688,7 @@ sql_impl! {
         }
 
         async fn ping_write(&self, at: Timestamp) -> Result<(), StoreError> {
+            self.backend.check_room()?;
             in_write!(self, |tx| {
                 self.exec(tx, sqlx::query(
                     "INSERT INTO health_probe (id, at) VALUES (1, $1) \
