@@ -57,6 +57,7 @@ mod headers;
 mod ip;
 mod quota;
 mod rate;
+pub mod whole;
 
 pub use headers::{ratelimit_header, ratelimit_policy_header, retry_after_header};
 pub use ip::{IpAllowlist, IpError, MAX_IP_ENTRIES, MAX_PROXY_HOPS, client_address};
@@ -65,6 +66,6 @@ pub use quota::{
 };
 pub use rate::{
     Decision, Group, LimitError, LimitName, LimitScope, LimitStatus, MAX_COST, MAX_COUNT,
-    MAX_LIMIT, MAX_LIMITS, RateLimit, RateLimits, WEIGHT_SCALE, Window, WindowState, check,
-    check_groups,
+    MAX_LIMIT, MAX_LIMITS, MAX_WINDOW_SECS, RateLimit, RateLimits, WEIGHT_SCALE, Window,
+    WindowState, check, check_groups,
 };

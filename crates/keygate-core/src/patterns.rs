@@ -30,6 +30,25 @@ pub fn grace() -> String {
     format!("^(0[smhdw]?|{})$", lifetime_alternatives())
 }
 
+/// A rate limit's name (`LimitName`): 1–32 of `a-z 0-9 _ -`.
+pub const LIMIT_NAME: &str = "^[a-z0-9_-]{1,32}$";
+
+/// A rate limit's window (`Window`): a whole number and a unit, from `1s` to `31d`.
+pub fn window() -> String {
+    let most = u64::from(crate::limits::MAX_WINDOW_SECS);
+    let parts: Vec<String> = [
+        ('s', 1),
+        ('m', 60),
+        ('h', 3_600),
+        ('d', 86_400),
+        ('w', 604_800),
+    ]
+    .iter()
+    .map(|(unit, secs)| format!("({}){unit}", one_to(most / secs)))
+    .collect();
+    format!("^({})$", parts.join("|"))
+}
+
 fn lifetime_alternatives() -> String {
     let units = [
         ('s', 1_000),
@@ -122,6 +141,61 @@ mod tests {
                 );
             }
             assert!(!re.is_match(&format!("0{n}")), "no leading zero");
+        }
+    }
+
+    #[test]
+    fn windows_and_limit_names_match_their_rules() {
+        use crate::limits::{LimitName, Window};
+        let window = window();
+        for text in [
+            "1s",
+            "60s",
+            "2678400s",
+            "2678401s",
+            "0s",
+            "1m",
+            "44640m",
+            "44641m",
+            "744h",
+            "745h",
+            "31d",
+            "32d",
+            "4w",
+            "5w",
+            "01m",
+            "+1m",
+            "00s",
+            "0000000000000000000001s",
+            "1M",
+            "1",
+            "m",
+            "",
+            " 1m",
+            "1.5h",
+        ] {
+            assert_eq!(
+                is_match(&window, text),
+                Window::parse(text).is_ok(),
+                "window {text:?}"
+            );
+        }
+        for text in [
+            "a",
+            "per_1m",
+            "x-y",
+            &"a".repeat(32),
+            &"a".repeat(33),
+            "",
+            "A",
+            "a b",
+            "é",
+        ] {
+            assert_eq!(
+                is_match(LIMIT_NAME, text),
+                LimitName::new(text).is_ok(),
+                "name {text:?}"
+            );
         }
     }
 

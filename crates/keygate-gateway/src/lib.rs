@@ -206,7 +206,14 @@ impl Gateway {
         let response = match request.uri().path() {
             "/healthz" => json_status("ok"),
             "/readyz" => match self.keygate.ping().await {
-                Ok(()) => json_status("ready"),
+                Ok(()) => match self.keygate.shared_limits_health() {
+                    None => json_status("ready"),
+                    Some(health) => {
+                        let detail = health.map_or_else(|why| why, |()| "shared".to_owned());
+                        let body = serde_json::json!({"status": "ready", "rate_limits": detail});
+                        axum::Json(body).into_response()
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "readiness: the key store does not answer");
                     Problem::unavailable().into_response()

@@ -277,6 +277,7 @@ impl Metrics {
             );
         }
         self.connections.render("keygate_gateway", &mut out);
+        keygate.write_limit_metrics(&mut out);
         family(
             &mut out,
             "keygate_verifications_total",

@@ -24,6 +24,8 @@
 //! metrics_listen = "127.0.0.1:9090"  # serve /metrics there instead of on `listen`
 //! metrics_require_key = false   # /metrics only for a key with keygate:read or keygate:admin
 //! allow_private_webhooks = false     # webhooks may target loopback/private addresses
+//! redis = "redis://127.0.0.1:6379/0"  # share rate-limit counts between nodes
+//! trusted_proxies = ["10.0.0.0/8"]    # believe these proxies' X-Forwarded-For entries
 //!
 //! [gateway]             # keygate gateway's table (keygate_gateway::GatewayConfig reads it)
 //! ```
@@ -31,6 +33,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use keygate::core::limits::IpAllowlist;
 use keygate::core::{Lifetime, Prefix};
 use serde::Deserialize;
 
@@ -76,6 +79,8 @@ struct FileConfig {
     metrics_listen: Option<String>,
     metrics_require_key: Option<bool>,
     allow_private_webhooks: Option<bool>,
+    redis: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
     /// `keygate gateway`'s table: read by keygate-gateway, ignored here.
     #[serde(rename = "gateway")]
     _gateway: Option<toml::Table>,
@@ -124,6 +129,10 @@ pub struct Settings {
     pub metrics_require_key: bool,
     /// Webhook endpoints may be loopback or private addresses (tests, internal receivers).
     pub allow_private_webhooks: bool,
+    /// Rate-limit counts shared through this Redis; `None`: counted in this process.
+    pub redis: Option<String>,
+    /// Proxies whose `X-Forwarded-For` entries are believed for IP allowlists.
+    pub trusted_proxies: Option<IpAllowlist>,
 }
 
 impl Settings {
@@ -267,7 +276,17 @@ impl Settings {
             file.body_read_timeout,
             10,
         )?;
+        let trusted_proxies = match (&cli.trusted_proxies, file.trusted_proxies) {
+            (Some(list), _) => Some(list.clone()),
+            (None, Some(entries)) => Some(
+                IpAllowlist::parse(entries.iter().map(String::as_str))
+                    .map_err(|e| Failure::Config(format!("config file: trusted_proxies: {e}")))?,
+            ),
+            (None, None) => None,
+        };
         Ok(Self {
+            redis: cli.redis.clone().or(file.redis),
+            trusted_proxies,
             connections,
             body_read_timeout,
             metrics_listen: serve

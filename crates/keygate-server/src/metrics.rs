@@ -82,6 +82,7 @@ impl Metrics {
                 cache.hits, cache.misses, cache.records, cache.negatives
             );
         }
+        keygate.write_limit_metrics(&mut out);
         let _ = writeln!(
             out,
             "# HELP keygate_keys Keys in the store by status.\n# TYPE keygate_keys gauge"

@@ -75,9 +75,21 @@ pub async fn long_running(settings: &Settings, clock: Arc<dyn Clock>) -> Result<
         negative_ttl: duration(settings.cache_ttl).min(Duration::from_secs(10)),
         capacity: settings.cache_size,
     });
+    let limiter = match &settings.redis {
+        None => keygate::limits::Limiter::Local(keygate::limits::LocalLimiter::default()),
+        Some(url) => keygate::limits::Limiter::Redis(
+            keygate::limits::RedisLimiter::builder(url.clone())
+                .clock(clock.clone())
+                .connect()
+                .await
+                .map_err(|e| Failure::Config(format!("redis: {e}")))?,
+        ),
+    };
     Ok(Keygate::builder(store)
         .prefix(settings.prefix.clone())
         .cache(cache)
+        .limiter(limiter)
+        .trusted_proxies(settings.trusted_proxies.clone())
         .clock(clock)
         .sealing_key(settings.sealing_key.clone())
         .allow_private_webhooks(settings.allow_private_webhooks)

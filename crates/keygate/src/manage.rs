@@ -210,6 +210,57 @@ impl Keygate {
         self.inner.verifier.verification_counts()
     }
 
+    /// Writes the usage-control metrics in the Prometheus text format:
+    /// `keygate_rate_limited_total{scope,limit}`, `keygate_quota_exhausted_total`, and with
+    /// Redis the shared limiter's counters (`keygate_ratelimit_*`).
+    pub fn write_limit_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let verifier = &self.inner.verifier;
+        let _ = writeln!(
+            out,
+            "# HELP keygate_rate_limited_total Requests refused by a rate limit, by whose limit and its name.\n\
+             # TYPE keygate_rate_limited_total counter"
+        );
+        for (scope, name, n) in verifier.rate_limited_counts() {
+            let _ = writeln!(
+                out,
+                "keygate_rate_limited_total{{scope=\"{}\",limit=\"{}\"}} {n}",
+                scope.as_str(),
+                name.as_str()
+            );
+        }
+        let exhausted = verifier
+            .verification_counts()
+            .into_iter()
+            .find(|(o, _)| *o == keygate_core::Outcome::UsageExceeded)
+            .map_or(0, |(_, n)| n);
+        let _ = writeln!(
+            out,
+            "# HELP keygate_quota_exhausted_total Requests refused because the key's credits ran out.\n\
+             # TYPE keygate_quota_exhausted_total counter\n\
+             keygate_quota_exhausted_total {exhausted}"
+        );
+        if let crate::limits::Limiter::Redis(redis) = verifier.limiter() {
+            let healthy = redis.health() == crate::limits::RedisHealth::Ok;
+            redis.stats().write_prometheus(out, healthy);
+        }
+    }
+
+    /// How rate limits are counted right now, for `/readyz`: `None` in this process, else
+    /// `Ok(())` while shared through Redis, or `Err(why)` while Redis is unreachable and each
+    /// node counts on its own (it recovers by itself).
+    pub fn shared_limits_health(&self) -> Option<Result<(), String>> {
+        match self.inner.verifier.limiter() {
+            crate::limits::Limiter::Local(_) => None,
+            crate::limits::Limiter::Redis(redis) => Some(match redis.health() {
+                crate::limits::RedisHealth::Ok => Ok(()),
+                crate::limits::RedisHealth::Degraded { since, error } => Err(format!(
+                    "Redis unreachable since {since} ({error}); rate limits are counted on each node alone"
+                )),
+            }),
+        }
+    }
+
     /// Checks that the store answers (and, on SQLite, is still the file it opened).
     pub async fn ping(&self) -> Result<(), Error> {
         self.store()

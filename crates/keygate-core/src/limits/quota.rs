@@ -144,8 +144,10 @@ impl<'de> Deserialize<'de> for Refill {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Wire {
+            #[serde(deserialize_with = "super::whole::u64")]
             amount: u64,
             every: RefillPeriod,
+            #[serde(default, deserialize_with = "super::whole::option_u8")]
             on_day: Option<u8>,
         }
         let w = Wire::deserialize(d)?;

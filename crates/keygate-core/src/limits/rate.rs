@@ -19,8 +19,8 @@ pub const WEIGHT_SCALE: u64 = 1 << 16;
 pub const MAX_COUNT: u64 = 1 << 36;
 /// Shortest window: one second (the headers count in whole seconds).
 const MIN_WINDOW_SECS: u32 = 1;
-/// Longest window: 31 days.
-const MAX_WINDOW_SECS: u32 = 31 * 86_400;
+/// Longest window, in seconds (31 days).
+pub const MAX_WINDOW_SECS: u32 = 31 * 86_400;
 /// Longest limit name.
 const MAX_NAME_LEN: usize = 32;
 
@@ -88,6 +88,13 @@ impl LimitName {
         Self::new(&format!("per_{window}")).expect("per_ and a window's text is a valid name")
     }
 
+    /// `<name>_<n>`, the name cut to fit.
+    fn with_suffix(self, n: usize) -> Self {
+        let suffix = format!("_{n}");
+        let keep = usize::from(self.len).min(MAX_NAME_LEN - suffix.len());
+        Self::new(&format!("{}{suffix}", &self.as_str()[..keep])).expect("a valid name")
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("checked ASCII")
@@ -121,8 +128,12 @@ impl Window {
         }
     }
 
-    /// Parses `<n><unit>` with unit `s`, `m`, `h`, `d` or `w`.
+    /// Parses `<n><unit>` with unit `s`, `m`, `h`, `d` or `w` (no spaces around it, no
+    /// leading zeros).
     pub fn parse(text: &str) -> Result<Self, LimitError> {
+        if text.trim() != text || text.starts_with('0') {
+            return Err(LimitError::Window);
+        }
         let ms = Lifetime::parse(text)
             .map_err(|_| LimitError::Window)?
             .as_ms();
@@ -261,6 +272,7 @@ impl<'de> Deserialize<'de> for RateLimit {
         struct Wire<'a> {
             #[serde(borrow)]
             name: Option<std::borrow::Cow<'a, str>>,
+            #[serde(deserialize_with = "super::whole::u64")]
             limit: u64,
             window: Window,
         }
@@ -280,15 +292,27 @@ impl<'de> Deserialize<'de> for RateLimit {
 pub struct RateLimits(Vec<RateLimit>);
 
 impl RateLimits {
-    /// Checks the count and that names are unique.
-    pub fn new(limits: Vec<RateLimit>) -> Result<Self, LimitError> {
+    /// Checks the count and that names are unique. A limit left with its window's default
+    /// name (`per_1m`) that another limit already has is named `per_1m_2` (`_3`, ...): two
+    /// limits over one window need no names. A name given twice is an error.
+    pub fn new(mut limits: Vec<RateLimit>) -> Result<Self, LimitError> {
         if limits.len() > MAX_LIMITS {
             return Err(LimitError::TooMany);
         }
-        for (i, a) in limits.iter().enumerate() {
-            if limits[..i].iter().any(|b| b.name == a.name) {
+        for i in 0..limits.len() {
+            let (earlier, rest) = limits.split_at_mut(i);
+            let a = &mut rest[0];
+            if !earlier.iter().any(|b| b.name == a.name) {
+                continue;
+            }
+            if a.name != LimitName::for_window(a.window) {
                 return Err(LimitError::DuplicateName(a.name));
             }
+            let base = a.name;
+            a.name = (2..=MAX_LIMITS + 1)
+                .map(|n| base.with_suffix(n))
+                .find(|name| !earlier.iter().any(|b| b.name == *name))
+                .expect("at most MAX_LIMITS limits leave a free suffix");
         }
         Ok(Self(limits))
     }
@@ -841,8 +865,21 @@ mod tests {
         assert_eq!(limits.len(), 3);
         assert_eq!(limits.to_string(), "100/1m, 5000/1h, burst=5/1s");
         assert_eq!(RateLimits::parse("").unwrap(), RateLimits::default());
+        // Two limits over one window need no names...
+        let same_window = RateLimits::parse("100/1m, 200/60s, 300/1m").unwrap();
+        let names: Vec<&str> = same_window.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["per_1m", "per_1m_2", "per_1m_3"]);
         assert_eq!(
-            RateLimits::parse("100/1m, 200/60s"),
+            RateLimits::parse(&same_window.to_string()).unwrap(),
+            same_window
+        );
+        // ...but a name given twice is a mistake.
+        assert_eq!(
+            RateLimits::parse("a=1/1m, a=2/1h"),
+            Err(LimitError::DuplicateName(LimitName::new("a").unwrap()))
+        );
+        assert_eq!(
+            RateLimits::parse("100/1m, per_1m=2/1h"),
             Err(LimitError::DuplicateName(LimitName::new("per_1m").unwrap()))
         );
         assert!(RateLimits::parse("a=1/1m, b=2/1m").is_ok());
@@ -860,7 +897,10 @@ mod tests {
         )
         .unwrap();
         assert!(serde_json::from_str::<RateLimits>(&nine_json).is_err());
-        let dup = r#"[{"limit":1,"window":"1m"},{"limit":2,"window":"60s"}]"#;
+        let same = r#"[{"limit":1,"window":"1m"},{"limit":2,"window":"60s"}]"#;
+        let same = serde_json::from_str::<RateLimits>(same).unwrap();
+        assert_eq!(same[1].name.as_str(), "per_1m_2");
+        let dup = r#"[{"name":"a","limit":1,"window":"1m"},{"name":"a","limit":2,"window":"1h"}]"#;
         assert!(serde_json::from_str::<RateLimits>(dup).is_err());
     }
 

@@ -45,6 +45,83 @@ pub fn constrain(doc: &mut Value) {
             )}),
         );
     }
+    // Usage controls (keygate::core::limits states each rule once; these say the same).
+    use keygate::core::limits::{MAX_CREDITS, MAX_IP_ENTRIES, MAX_LIMIT, MAX_LIMITS};
+    let address = json!({"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]});
+    for component in ["CreateKey", "UpdateKey"] {
+        property(
+            doc,
+            component,
+            "rate_limits",
+            json!({"maxItems": MAX_LIMITS,
+                   "description": "At most 8 limits. A limit without a name is named `per_<window>` (`per_1m_2`, ... when another limit has that name); a name given twice is refused."}),
+        );
+        property(
+            doc,
+            component,
+            "allowed_ips",
+            json!({"minItems": 1, "maxItems": MAX_IP_ENTRIES, "items": {
+                // JSON Schema has no format for a network, nor a way to say "no host bits
+                // set": the schema admits addresses, the text adds networks.
+                "description": "An IPv4 or IPv6 address, or a network in CIDR form with no host bits set (`203.0.113.0/24`, `2001:db8::/32`; not `203.0.113.7/24`).",
+                "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}}),
+        );
+    }
+    merge(
+        component(doc, "RateLimitDoc"),
+        json!({"additionalProperties": false}),
+    );
+    property(
+        doc,
+        "RateLimitDoc",
+        "name",
+        json!({"pattern": patterns::LIMIT_NAME}),
+    );
+    property(
+        doc,
+        "RateLimitDoc",
+        "limit",
+        json!({"minimum": 1, "maximum": MAX_LIMIT}),
+    );
+    property(
+        doc,
+        "RateLimitDoc",
+        "window",
+        json!({"pattern": patterns::window()}),
+    );
+    property(
+        doc,
+        "QuotaInput",
+        "remaining",
+        json!({"maximum": MAX_CREDITS}),
+    );
+    merge(
+        component(doc, "RefillDoc"),
+        json!({"additionalProperties": false,
+               // on_day only for monthly refills
+               "not": {"required": ["every", "on_day"],
+                       "properties": {"every": {"const": "day"}, "on_day": {"type": "integer"}}}}),
+    );
+    property(
+        doc,
+        "RefillDoc",
+        "amount",
+        json!({"minimum": 1, "maximum": MAX_CREDITS}),
+    );
+    property(doc, "RefillDoc", "every", json!({"enum": ["day", "month"]}));
+    property(
+        doc,
+        "RefillDoc",
+        "on_day",
+        json!({"minimum": 1, "maximum": 31}),
+    );
+    property(doc, "VerifyRequest", "ip", address);
+    property(
+        doc,
+        "VerifyRequest",
+        "cost",
+        json!({"maximum": keygate::MAX_COST}),
+    );
     property(doc, "CreateKey", "expires_in", lifetime.clone());
     // One or the other, not both.
     component(doc, "CreateKey")["not"] = json!({"required": ["expires_at", "expires_in"]});

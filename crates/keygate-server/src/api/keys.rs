@@ -67,6 +67,7 @@ pub struct CreateKey {
 #[serde(deny_unknown_fields)]
 pub struct QuotaInput {
     /// The balance to start from.
+    #[serde(deserialize_with = "keygate::core::limits::whole::u64")]
     pub remaining: u64,
     /// How the balance is refilled, if it is.
     #[serde(default)]

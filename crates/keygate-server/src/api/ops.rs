@@ -15,13 +15,20 @@ use super::error::ApiError;
 pub struct Health {
     /// `ok` or `ready`.
     pub status: &'static str,
+    /// With `redis` set: `shared`, or why rate limits are counted on each node alone for now
+    /// (Redis unreachable; still ready, and it recovers by itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<String>,
 }
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: "ok",
+        rate_limits: None,
+    })
 }
 
 /// The database answers and takes writes (a write to its health-probe row: a full disk, a
@@ -34,7 +41,14 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiError> {
     app.keygate.ping().await?;
     app.keygate.ping_write().await?;
-    Ok(Json(Health { status: "ready" }))
+    let rate_limits = app
+        .keygate
+        .shared_limits_health()
+        .map(|health| health.map_or_else(|degraded| degraded, |()| "shared".to_owned()));
+    Ok(Json(Health {
+        status: "ready",
+        rate_limits,
+    }))
 }
 
 /// Who may read `/metrics` on the main listener.

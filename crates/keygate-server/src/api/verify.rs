@@ -25,8 +25,11 @@ pub struct VerifyRequest {
     pub scopes: Vec<String>,
     /// Units the request spends of the key's rate limits and credits (default 1; 0 checks
     /// without spending).
-    #[serde(default = "one")]
-    #[schema(minimum = 0, maximum = 1_000_000_000, default = 1)]
+    #[serde(
+        default = "one",
+        deserialize_with = "keygate::core::limits::whole::u64"
+    )]
+    #[schema(minimum = 0, default = 1)]
     pub cost: u64,
     /// The client's IP address, checked against the key's allowlist. A key with an allowlist
     /// is refused (`IP_NOT_ALLOWED`) when it is not given.

@@ -28,9 +28,25 @@ pub struct Cli {
     #[arg(long, global = true, env = "KEYGATE_ALLOW_PRIVATE_WEBHOOKS")]
     pub allow_private_webhooks: bool,
 
+    /// `serve`/`gateway`: share rate-limit counts with the other nodes through this Redis
+    /// (`redis://host:port/db`) [default: count in this process].
+    #[arg(long, global = true, env = "KEYGATE_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// `serve`/`gateway`: proxies (addresses or networks, comma-separated) whose
+    /// `X-Forwarded-For` entries are believed when finding a client's address for IP
+    /// allowlists [default: none; the socket peer is the client].
+    #[arg(long, global = true, env = "KEYGATE_TRUSTED_PROXIES", value_name = "CIDRS", value_parser = parse_networks)]
+    pub trusted_proxies: Option<keygate::core::limits::IpAllowlist>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A comma-separated list of addresses or networks.
+fn parse_networks(text: &str) -> Result<keygate::core::limits::IpAllowlist, String> {
+    keygate::core::limits::IpAllowlist::parse_list(text).map_err(|e| e.to_string())
 }
 
 /// Top-level commands.

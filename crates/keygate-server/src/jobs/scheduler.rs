@@ -30,8 +30,18 @@ pub async fn sweep_once(keygate: &Keygate, sweep: &Sweep) -> Result<SweepReport,
     Ok(report)
 }
 
-/// Sweeps every `every`, until the process ends; a failed sweep is logged and retried next
-/// time.
+/// Refills the credits of every key whose refill is due (audited, idempotent); returns how
+/// many keys were refilled.
+pub async fn refill_once(keygate: &Keygate) -> Result<u64, keygate::Error> {
+    let refilled = keygate.refill_due(&Audit::by(Actor::Scheduler)).await?;
+    if refilled > 0 {
+        tracing::info!(refilled, "credits refilled");
+    }
+    Ok(refilled)
+}
+
+/// Sweeps and refills credits every `every`, until the process ends; a failure is logged and
+/// retried next time.
 pub async fn run(keygate: Keygate, sweep: Sweep, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -39,6 +49,9 @@ pub async fn run(keygate: Keygate, sweep: Sweep, every: Duration) {
         tick.tick().await;
         if let Err(e) = sweep_once(&keygate, &sweep).await {
             tracing::warn!(error = %e, "sweep failed; will retry");
+        }
+        if let Err(e) = refill_once(&keygate).await {
+            tracing::warn!(error = %e, "credit refill failed; will retry");
         }
     }
 }
