@@ -96,6 +96,8 @@ pub enum EventKind {
     KeyExpired,
     /// A key's credits were refilled (by the scheduler or `keygate refill`).
     KeyQuotaRefilled,
+    /// An owner's shared rate limits were set or removed.
+    OwnerUpdated,
     /// A request to keygate's own API was refused for its credentials (401 or 403).
     AdminAuthFailed,
     /// A webhook endpoint was added.
@@ -115,7 +117,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -124,6 +126,7 @@ impl EventKind {
         Self::KeyExpiringSoon,
         Self::KeyExpired,
         Self::KeyQuotaRefilled,
+        Self::OwnerUpdated,
         Self::AdminAuthFailed,
         Self::WebhookCreated,
         Self::AdminSignedIn,
@@ -143,6 +146,7 @@ impl EventKind {
             Self::KeyExpiringSoon => "key.expiring_soon",
             Self::KeyExpired => "key.expired",
             Self::KeyQuotaRefilled => "key.quota_refilled",
+            Self::OwnerUpdated => "owner.updated",
             Self::AdminAuthFailed => "admin.auth_failed",
             Self::WebhookCreated => "webhook.created",
             Self::AdminSignedIn => "admin.signed_in",
@@ -279,6 +283,23 @@ impl AuditEvent {
             request_id: audit.request_id.clone(),
             details,
         }
+    }
+
+    /// `owner.updated`: the owner and its rate limits before and after.
+    pub fn owner_updated(
+        owner: &str,
+        before: &crate::limits::RateLimits,
+        after: &crate::limits::RateLimits,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let details = json!({"owner": owner, "rate_limits": {"from": before, "to": after}});
+        Self::about_admin(
+            EventKind::OwnerUpdated,
+            audit,
+            at,
+            details.as_object().cloned().unwrap_or_default(),
+        )
     }
 
     /// `webhook.created`: id, URL, event filter and format; never the signing secret.

@@ -38,6 +38,8 @@ pub struct KeyGrant {
     pub quota_payer: Option<KeyId>,
     /// The addresses it may be used from; `None`: anywhere.
     pub allowed_ips: Option<IpAllowlist>,
+    /// Its owner's rate limits, shared with the owner's other keys (empty: none).
+    pub owner_rate_limits: RateLimits,
 }
 
 impl KeyGrant {
@@ -63,6 +65,7 @@ impl From<KeyRecord> for KeyGrant {
             quota_payer,
             rate_limits: r.limits.rate,
             allowed_ips: r.limits.allowed_ips,
+            owner_rate_limits: r.limits.owner_rate,
             id: r.id,
             name: r.name.into_boxed_str(),
             owner: r.owner.map(String::into_boxed_str),

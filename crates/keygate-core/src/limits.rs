@@ -69,3 +69,15 @@ pub use rate::{
     MAX_LIMIT, MAX_LIMITS, MAX_WINDOW_SECS, RateLimit, RateLimits, WEIGHT_SCALE, Window,
     WindowState, check, check_groups,
 };
+
+/// An owner's own record: the rate limits all of its keys share (a request with any of them
+/// spends the owner's limits as well as the key's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerLimits {
+    /// The owner, as keys name it (`owner` on a key).
+    pub owner: String,
+    /// The shared limits; empty: none.
+    pub rate_limits: RateLimits,
+    /// When they were last set.
+    pub updated_at: crate::Timestamp,
+}

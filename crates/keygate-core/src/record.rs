@@ -77,6 +77,9 @@ pub struct KeyLimits {
     pub quota_holder: Option<KeyId>,
     /// The addresses requests may come from; `None`: anywhere.
     pub allowed_ips: Option<IpAllowlist>,
+    /// The owner's rate limits, shared by all of the owner's keys: set on the owner (see
+    /// [`OwnerLimits`](crate::limits::OwnerLimits)) and read with the key, never stored on it.
+    pub owner_rate: RateLimits,
 }
 
 impl KeyLimits {
@@ -291,6 +294,7 @@ pub fn issue(
             quota: spec.quota,
             quota_holder: None,
             allowed_ips: spec.allowed_ips,
+            owner_rate: RateLimits::default(),
         },
     };
     Ok((record, key))
@@ -358,6 +362,7 @@ pub fn plan_rotation(
             quota: old.limits.quota,
             quota_holder: None,
             allowed_ips: old.limits.allowed_ips.clone(),
+            owner_rate: old.limits.owner_rate.clone(),
         },
     };
     let mut old_after = old.clone();

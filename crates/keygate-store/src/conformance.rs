@@ -62,7 +62,8 @@ macro_rules! conformance_suite {
             limits_round_trip_and_change_with_their_events,
             credits_are_spent_exactly_under_contention,
             a_rotation_hands_the_credits_to_the_successor,
-            refills_happen_once_per_period_with_an_event
+            refills_happen_once_per_period_with_an_event,
+            owner_limits_are_read_with_every_key_of_the_owner
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -1529,4 +1530,73 @@ pub async fn refills_happen_once_per_period_with_an_event(store: Arc<dyn Store>)
     assert_eq!(events.items[0].key_id.as_ref(), Some(&r.id));
     assert_eq!(events.items[0].details["quota"]["from"]["remaining"], 0);
     assert_eq!(events.items[0].details["quota"]["to"]["remaining"], 50);
+}
+
+/// An owner's shared limits come back with each of its keys (not with other owners' keys),
+/// setting them tells every watcher about each of the owner's keys, and removing them removes
+/// the row; each change is one `owner.updated` event with before and after.
+pub async fn owner_limits_are_read_with_every_key_of_the_owner(store: Arc<dyn Store>) {
+    let a = record("a", Some("acct_1"), at(0));
+    let b = record("b", Some("acct_1"), at(1));
+    let other = record("other", Some("acct_2"), at(2));
+    for r in [&a, &b, &other] {
+        store.create(r, &audit()).await.expect("create");
+    }
+    assert_eq!(store.get_owner("acct_1").await.expect("get owner"), None);
+    let mut changes = store.watch().await.expect("watch");
+    let shared = RateLimits::parse("100/1m, 5000/1h").expect("limits");
+    let set = store
+        .set_owner_limits("acct_1", &shared, at(3), &audit())
+        .await
+        .expect("set");
+    assert_eq!(set.rate_limits, shared);
+    assert_eq!(
+        store.get_owner("acct_1").await.expect("get owner"),
+        Some(set)
+    );
+    let mut announced = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), changes.recv()).await {
+            Ok(Some(Change::Key(h))) => announced.push(h),
+            other => panic!("expected a change for each of the owner's keys, got {other:?}"),
+        }
+    }
+    announced.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
+    let mut expected = vec![a.hash, b.hash];
+    expected.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
+    assert_eq!(announced, expected);
+    for r in [&a, &b] {
+        let read = store
+            .find_by_hash(&r.hash)
+            .await
+            .expect("find")
+            .expect("found");
+        assert_eq!(read.limits.owner_rate, shared);
+        let read = store.get(&r.id).await.expect("get").expect("found");
+        assert_eq!(read.limits.owner_rate, shared);
+    }
+    let read = store.get(&other.id).await.expect("get").expect("found");
+    assert!(read.limits.owner_rate.is_empty());
+    // Removed: the row goes, the keys read none.
+    store
+        .set_owner_limits("acct_1", &RateLimits::default(), at(4), &audit())
+        .await
+        .expect("remove");
+    assert_eq!(store.get_owner("acct_1").await.expect("get owner"), None);
+    let read = store.get(&a.id).await.expect("get").expect("found");
+    assert!(read.limits.owner_rate.is_empty());
+    let events = store
+        .list_audit(&AuditQuery {
+            kind: Some(EventKind::OwnerUpdated),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(events.items.len(), 2);
+    let texts: Vec<String> = events
+        .items
+        .iter()
+        .map(|e| serde_json::to_string(&e.details).unwrap())
+        .collect();
+    assert!(texts.iter().all(|t| t.contains("acct_1")), "{texts:?}");
 }

@@ -67,6 +67,8 @@ impl Backend for Postgres {
     const FILTERED_ORDER: &'static str = " ORDER BY id DESC LIMIT ";
     /// `NOTIFY`, delivered by PostgreSQL when the transaction commits.
     const SIGNAL_CHANGE: &'static str = "SELECT keygate_key_changed($1)";
+    const SIGNAL_OWNER_CHANGE: &'static str =
+        "SELECT keygate_key_changed(hash) FROM keys WHERE owner = $1";
     const RECORD_USAGE: &'static str = "UPDATE keys AS k SET last_used_at = (u.pair ->> 1)::bigint \
         FROM jsonb_array_elements($1::text::jsonb) AS u(pair) \
         WHERE k.id = u.pair ->> 0 \

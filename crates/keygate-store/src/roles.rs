@@ -1,6 +1,7 @@
 //! The store's roles. A caller depends on the role it needs; [`Store`] is every role at once.
 
 use async_trait::async_trait;
+use keygate_core::limits::{OwnerLimits, RateLimits};
 use keygate_core::webhook::{Delivery, Endpoint};
 use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
 use tokio::sync::mpsc;
@@ -79,6 +80,19 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Spends `cost` credits of key `payer` if its balance covers them: one conditional
     /// decrement, so the balance is exact however many processes spend from it at once.
     async fn spend_quota(&self, payer: &KeyId, cost: u64) -> Result<Spend, StoreError>;
+
+    /// The owner's record (its shared rate limits), if it has one.
+    async fn get_owner(&self, owner: &str) -> Result<Option<OwnerLimits>, StoreError>;
+
+    /// Sets the rate limits all of `owner`'s keys share (empty: removes them), with its
+    /// `owner.updated` event; every process's cache learns it through the change feed.
+    async fn set_owner_limits(
+        &self,
+        owner: &str,
+        rate_limits: &RateLimits,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<OwnerLimits, StoreError>;
 
     /// Refills the credits of up to `limit` keys whose refill was due by `now` (the balance
     /// set to the refill's amount), each with its `key.quota_refilled` event; returns how many

@@ -103,6 +103,11 @@ impl Backend for Sqlite {
         now_ms!(),
         ")"
     );
+    const SIGNAL_OWNER_CHANGE: &'static str = concat!(
+        "INSERT INTO key_changes (hash, changed_at) SELECT hash, ",
+        now_ms!(),
+        " FROM keys WHERE owner = $1"
+    );
     /// One statement for the batch (SQLite has no arrays: the pairs travel as JSON).
     const RECORD_USAGE: &'static str = "UPDATE keys SET last_used_at = u.at \
         FROM (SELECT value ->> 0 AS id, value ->> 1 AS at FROM json_each($1)) AS u \

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use criterion::{Criterion, criterion_group, criterion_main};
+use keygate::core::limits::{OwnerLimits, RateLimits};
 use keygate::core::{
     Audit, KeyGrant, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, Timestamp, decide,
     generate, issue, parse,
@@ -119,6 +120,18 @@ impl KeyStore for Counting {
         a: &Audit,
     ) -> Result<u64, StoreError> {
         self.inner.refill_quotas(now, limit, a).await
+    }
+    async fn get_owner(&self, owner: &str) -> Result<Option<OwnerLimits>, StoreError> {
+        self.inner.get_owner(owner).await
+    }
+    async fn set_owner_limits(
+        &self,
+        owner: &str,
+        limits: &RateLimits,
+        at: Timestamp,
+        a: &Audit,
+    ) -> Result<OwnerLimits, StoreError> {
+        self.inner.set_owner_limits(owner, limits, at, a).await
     }
     async fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, StoreError> {
         self.inner.watch().await

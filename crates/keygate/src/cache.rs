@@ -154,6 +154,14 @@ impl Cache {
         maps.absent.remove(hash);
     }
 
+    /// Forgets every key of `owner` (its shared limits changed).
+    pub(crate) fn invalidate_owner(&self, owner: &str) {
+        let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        maps.found
+            .retain(|_, (grant, _)| grant.owner.as_deref() != Some(owner));
+    }
+
     /// Forgets everything.
     pub(crate) fn clear(&self) {
         let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());

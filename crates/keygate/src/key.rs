@@ -214,6 +214,9 @@ pub struct KeyView {
     /// The networks it may be used from (CIDR); `null`: anywhere.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>, example = json!(["203.0.113.0/24", "2001:db8::/32"])))]
     pub allowed_ips: Option<IpAllowlist>,
+    /// Its owner's rate limits, shared by all of the owner's keys (set on the owner).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<RateLimitDoc>))]
+    pub owner_rate_limits: RateLimits,
 }
 
 /// A key's credits, as shown.
@@ -300,6 +303,7 @@ impl KeyView {
                 .as_ref()
                 .map(|q| CreditsView::of(q, now)),
             rate_limits: record.limits.rate,
+            owner_rate_limits: record.limits.owner_rate,
             quota_holder: record.limits.quota_holder,
             allowed_ips: record.limits.allowed_ips,
         }

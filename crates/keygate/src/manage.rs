@@ -474,6 +474,36 @@ impl Keygate {
         Ok(record)
     }
 
+    /// The rate limits all of `owner`'s keys share, if it has any.
+    pub async fn owner(
+        &self,
+        owner: &str,
+    ) -> Result<Option<keygate_core::limits::OwnerLimits>, Error> {
+        self.store()
+            .get_owner(owner)
+            .await
+            .map_err(Error::store("read the owner"))
+    }
+
+    /// Sets the rate limits all of `owner`'s keys share (empty: none), audited; every node's
+    /// cache learns it through the change feed, this one's at once.
+    pub async fn set_owner_limits(
+        &self,
+        owner: &str,
+        rate_limits: &keygate_core::limits::RateLimits,
+        audit: &Audit,
+    ) -> Result<keygate_core::limits::OwnerLimits, Error> {
+        let owner = keygate_core::record::check_owner(owner.to_owned()).map_err(Error::from)?;
+        let set = self
+            .store()
+            .set_owner_limits(&owner, rate_limits, self.now(), audit)
+            .await
+            .map_err(Error::store("set the owner's limits"))?;
+        self.inner.verifier.forget_owner(&owner);
+        tracing::info!(owner = %owner, limits = %rate_limits, "set the owner's rate limits");
+        Ok(set)
+    }
+
     /// Revokes a key now, for good.
     pub async fn revoke(
         &self,

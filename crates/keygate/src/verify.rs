@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use std::net::IpAddr;
 
-use keygate_core::limits::{Decision, IpAllowlist, LimitName, LimitScope, MAX_COST};
+use keygate_core::limits::{Decision, IpAllowlist, LimitName, LimitScope, MAX_COST, RateLimit};
 use keygate_core::scope::first_missing;
 use keygate_core::{
     Clock, KeyGrant, KeyHash, KeyId, Outcome, Timestamp, decide, lacks_scope, parse,
@@ -239,13 +239,22 @@ impl Verifier {
             return Ok(());
         }
         let cost = demand.cost.min(MAX_COST);
-        if !grant.rate_limits.is_empty() {
-            let subject = Subject::key(&grant.id);
-            let decision = self
-                .inner
-                .limiter
-                .check(&[(&subject, &grant.rate_limits)], cost, now)
-                .await;
+        let owner = grant
+            .owner
+            .as_deref()
+            .filter(|_| !grant.owner_rate_limits.is_empty());
+        if !grant.rate_limits.is_empty() || owner.is_some() {
+            // The key's own limits and its owner's shared ones, checked together.
+            let key = Subject::key(&grant.id);
+            let owner = owner.map(Subject::owner);
+            let mut subjects: Vec<(&Subject, &[RateLimit])> = Vec::with_capacity(2);
+            if !grant.rate_limits.is_empty() {
+                subjects.push((&key, &grant.rate_limits));
+            }
+            if let Some(owner) = &owner {
+                subjects.push((owner, &grant.owner_rate_limits));
+            }
+            let decision = self.inner.limiter.check(&subjects, cost, now).await;
             if !decision.allowed() {
                 self.count_rate_limited(&decision);
                 verification.outcome = Outcome::RateLimited;
@@ -343,6 +352,13 @@ impl Verifier {
     pub(crate) fn forget(&self, hash: &KeyHash) {
         if let Some(cache) = &self.inner.cache {
             cache.invalidate(hash);
+        }
+    }
+
+    /// Drops every cached key of `owner`, whose shared limits changed.
+    pub(crate) fn forget_owner(&self, owner: &str) {
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate_owner(owner);
         }
     }
 

@@ -37,8 +37,6 @@ pub enum LimitError {
     Window,
     /// More than [`MAX_LIMITS`] limits for one subject.
     TooMany,
-    /// Two limits of one subject share a name.
-    DuplicateName(LimitName),
 }
 
 impl fmt::Display for LimitError {
@@ -51,7 +49,6 @@ impl fmt::Display for LimitError {
                 "a window is a whole number and a unit (s, m, h, d, w), from 1s to 31d, such as 1m",
             ),
             Self::TooMany => write!(f, "at most {MAX_LIMITS} rate limits per key or owner"),
-            Self::DuplicateName(name) => write!(f, "two rate limits are named {name}"),
         }
     }
 }
@@ -292,9 +289,11 @@ impl<'de> Deserialize<'de> for RateLimit {
 pub struct RateLimits(Vec<RateLimit>);
 
 impl RateLimits {
-    /// Checks the count and that names are unique. A limit left with its window's default
-    /// name (`per_1m`) that another limit already has is named `per_1m_2` (`_3`, ...): two
-    /// limits over one window need no names. A name given twice is an error.
+    /// Checks the count and makes names unique: a limit whose name an earlier one already
+    /// has is named `<name>_2` (`_3`, ...), so that each limit has its own counters and
+    /// headers (two limits over one window need no names). The JSON Schema of the API cannot
+    /// state "names unique", so the API does not refuse a repeated name: it renames it, and
+    /// shows the names it kept.
     pub fn new(mut limits: Vec<RateLimit>) -> Result<Self, LimitError> {
         if limits.len() > MAX_LIMITS {
             return Err(LimitError::TooMany);
@@ -304,9 +303,6 @@ impl RateLimits {
             let a = &mut rest[0];
             if !earlier.iter().any(|b| b.name == a.name) {
                 continue;
-            }
-            if a.name != LimitName::for_window(a.window) {
-                return Err(LimitError::DuplicateName(a.name));
             }
             let base = a.name;
             a.name = (2..=MAX_LIMITS + 1)
@@ -873,15 +869,13 @@ mod tests {
             RateLimits::parse(&same_window.to_string()).unwrap(),
             same_window
         );
-        // ...but a name given twice is a mistake.
-        assert_eq!(
-            RateLimits::parse("a=1/1m, a=2/1h"),
-            Err(LimitError::DuplicateName(LimitName::new("a").unwrap()))
-        );
-        assert_eq!(
-            RateLimits::parse("100/1m, per_1m=2/1h"),
-            Err(LimitError::DuplicateName(LimitName::new("per_1m").unwrap()))
-        );
+        // ...and a name given twice is kept apart the same way.
+        let named = RateLimits::parse("a=1/1m, a=2/1h, a_2=3/1d").unwrap();
+        let names: Vec<&str> = named.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["a", "a_2", "a_2_2"]);
+        let long = "x".repeat(32);
+        let cut = RateLimits::parse(&format!("{long}=1/1m, {long}=2/1h")).unwrap();
+        assert_eq!(cut[1].name.as_str(), format!("{}_2", "x".repeat(30)));
         assert!(RateLimits::parse("a=1/1m, b=2/1m").is_ok());
         let nine = (1..=9)
             .map(|i| format!("{i}/{i}s"))
@@ -901,7 +895,12 @@ mod tests {
         let same = serde_json::from_str::<RateLimits>(same).unwrap();
         assert_eq!(same[1].name.as_str(), "per_1m_2");
         let dup = r#"[{"name":"a","limit":1,"window":"1m"},{"name":"a","limit":2,"window":"1h"}]"#;
-        assert!(serde_json::from_str::<RateLimits>(dup).is_err());
+        assert_eq!(
+            serde_json::from_str::<RateLimits>(dup).unwrap()[1]
+                .name
+                .as_str(),
+            "a_2"
+        );
     }
 
     #[test]

@@ -524,7 +524,7 @@ pub async fn show(
                 dl.fields {
                     dt { "Id" } dd { code #key-id { (record.id) } }
                     dt { "Name" } dd { (record.name) }
-                    dt { "Owner" } dd { @if let Some(o) = &record.owner { (o) } @else { span.muted { "none" } } }
+                    dt { "Owner" } dd { @if let Some(o) = &record.owner { a #key-owner href=(super::owners::path(o)) { (o) } } @else { span.muted { "none" } } }
                     dt { "Scopes" } dd { (views::scopes(&record.scopes)) }
                     dt { "Status" } dd #key-status { (status.as_str()) @if !record.enabled && !revoked { " (disabled)" } }
                     dt { "Created" } dd { (views::time(Some(record.created_at), "")) }
@@ -537,6 +537,9 @@ pub async fn show(
                     }
                     @if let Some(at) = record.rotated_at { dt { "Rotated" } dd { (views::time(Some(at), "")) } }
                     dt { "Rate limits" } dd #key-rate-limits { @if record.limits.rate.is_empty() { span.muted { "none" } } @else { (record.limits.rate.to_string()) } }
+                    @if !record.limits.owner_rate.is_empty() {
+                        dt { "Owner's limits" } dd #key-owner-rate-limits { (record.limits.owner_rate.to_string()) " (shared with the owner's other keys)" }
+                    }
                     dt { "Credits" } dd #key-credits {
                         @if let Some(q) = &record.limits.quota {
                             (q.remaining) " left"

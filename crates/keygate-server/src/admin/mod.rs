@@ -6,6 +6,7 @@
 //! session, the CSRF token and the right to change things before the handler runs.
 
 mod keys;
+mod owners;
 pub mod password;
 pub mod session;
 mod signin;
@@ -146,6 +147,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/admin/keys/{id}/rotate", post(keys::rotate))
         .route("/admin/keys/{id}/enabled", post(keys::set_enabled))
+        .route("/admin/owners/{owner}", get(owners::show).post(owners::set))
         .route("/admin/audit", get(trail::audit))
         .route(
             "/admin/webhooks",

@@ -54,7 +54,7 @@ pub fn constrain(doc: &mut Value) {
             component,
             "rate_limits",
             json!({"maxItems": MAX_LIMITS,
-                   "description": "At most 8 limits. A limit without a name is named `per_<window>` (`per_1m_2`, ... when another limit has that name); a name given twice is refused."}),
+                   "description": "At most 8 limits. A limit without a name is named `per_<window>` ; a name another limit already has gets `_2` (`_3`, ...): the response shows the names kept."}),
         );
         property(
             doc,
@@ -115,6 +115,21 @@ pub fn constrain(doc: &mut Value) {
         "on_day",
         json!({"minimum": 1, "maximum": 31}),
     );
+    property(
+        doc,
+        "SetOwner",
+        "rate_limits",
+        json!({"maxItems": MAX_LIMITS}),
+    );
+    for method in ["get", "put"] {
+        parameter(
+            doc,
+            "/v1/owners/{owner}",
+            method,
+            "owner",
+            text(MAX_OWNER_CHARS),
+        );
+    }
     property(doc, "VerifyRequest", "ip", address);
     property(
         doc,

@@ -8,6 +8,7 @@ pub mod contract;
 pub mod error;
 pub mod keys;
 pub mod ops;
+pub mod owners;
 pub mod verify;
 pub mod webhooks;
 
@@ -61,6 +62,7 @@ pub struct ProblemDoc {
     modifiers(&SecuritySchemes),
     tags(
         (name = "keys", description = "Manage keys (keygate:admin; keygate:read may list and show)"),
+        (name = "owners", description = "Rate limits shared by all of an owner's keys (keygate:admin; keygate:read may show)"),
         (name = "verify", description = "Check a key (keygate:verify or keygate:admin)"),
         (name = "audit", description = "The append-only audit trail (keygate:read or keygate:admin)"),
         (name = "webhooks", description = "Signed event deliveries (keygate:admin; keygate:read may list)"),
@@ -100,6 +102,7 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))
         .routes(routes!(keys::rotate_self))
+        .routes(routes!(owners::get_owner, owners::set_owner))
         .routes(routes!(verify::verify))
         .routes(routes!(audit::list_audit))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))

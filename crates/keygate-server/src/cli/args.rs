@@ -75,6 +75,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Owners: the rate limits all of an owner's keys share.
+    #[command(subcommand)]
+    Owners(OwnersCommand),
     /// Incident response: revoke many keys at once, by owner, creation time or scope. Run with
     /// --dry-run first.
     #[command(subcommand)]
@@ -82,6 +85,33 @@ pub enum Command {
     /// Admin web UI users (sign-in with a username and password).
     #[command(subcommand)]
     Admin(AdminCommand),
+}
+
+/// `keygate owners ...`
+#[derive(Debug, Subcommand)]
+pub enum OwnersCommand {
+    /// Show an owner's shared rate limits.
+    Show {
+        /// The owner, as its keys name it.
+        owner: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the rate limits all of an owner's keys share (they apply at once on every node).
+    Set {
+        /// The owner, as its keys name it.
+        owner: String,
+        /// A shared rate limit, e.g. 1000/1m (repeatable; replaces the owner's limits).
+        #[arg(long = "rate", value_name = "N/WINDOW", value_parser = parse_rate, required_unless_present = "no_rate", conflicts_with = "no_rate")]
+        rates: Vec<RateLimit>,
+        /// Remove the owner's shared limits.
+        #[arg(long)]
+        no_rate: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `keygate admin ...`

@@ -216,6 +216,38 @@ fn allowlist(networks: &[String]) -> Result<Option<IpAllowlist>, Failure> {
         .map_err(|e| Failure::Config(format!("--allow-ip: {e}")))
 }
 
+/// `keygate owners show|set`.
+pub async fn owners(
+    keygate: &Keygate,
+    command: super::args::OwnersCommand,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    use super::args::OwnersCommand;
+    let (owner, limits, json) = match command {
+        OwnersCommand::Show { owner, json } => {
+            let limits = keygate.owner(&owner).await?;
+            (owner, limits.map(|l| l.rate_limits), json)
+        }
+        OwnersCommand::Set {
+            owner, rates, json, ..
+        } => {
+            let set = keygate
+                .set_owner_limits(&owner, &rate_limits(rates)?, &cli())
+                .await?;
+            (owner, Some(set.rate_limits), json)
+        }
+    };
+    let limits = limits.unwrap_or_default();
+    if json {
+        writeln!(out, "{}", json!({ "owner": owner, "rate_limits": limits }))?;
+    } else if limits.is_empty() {
+        writeln!(out, "{owner}: no shared rate limits")?;
+    } else {
+        writeln!(out, "{owner}: {limits} (shared by all of its keys)")?;
+    }
+    Ok(())
+}
+
 /// `keygate refill`: refills every key whose refill is due, in batches.
 pub async fn refill(keygate: &Keygate, json: bool, out: &mut dyn Write) -> Result<(), Failure> {
     let refilled = keygate.refill_due(&cli()).await?;

@@ -26,6 +26,7 @@ pub async fn run(keygate: &Keygate, command: Command, out: &mut dyn Write) -> Re
         }
         Command::RotateDue(args) => keys::rotate_due(keygate, args, out).await,
         Command::Refill { json } => keys::refill(keygate, json, out).await.map(|()| 0),
+        Command::Owners(command) => keys::owners(keygate, command, out).await.map(|()| 0),
         Command::Webhooks(command) => webhooks::webhooks(keygate, command, out).await,
         Command::Admin(command) => admin::run(keygate, command, out).await,
         Command::Serve(_) | Command::Gateway(_) => Err(Failure::Other(

@@ -338,3 +338,127 @@ fn two_nodes_share_one_rate_limit_through_redis_and_credits_stay_exact() {
         "{metrics}"
     );
 }
+
+#[test]
+fn an_owners_limits_are_shared_by_its_keys_and_apply_at_once() {
+    let app = App::new(&[]);
+    let make = |owner: &str| {
+        let made = app.create(json!({"name": "k", "owner": owner, "scopes": ["keygate:read"]}));
+        made["key"].as_str().unwrap().to_owned()
+    };
+    let (a, b, other) = (make("acct_9"), make("acct_9"), make("acct_10"));
+    // Used (and cached) before the owner has limits.
+    for key in [&a, &b] {
+        assert_eq!(verify_with(&app, key, json!({}))["code"], "VALID");
+    }
+    let shown = app.get("/v1/owners/acct_9", &app.admin).expect(200);
+    assert_eq!(shown["rate_limits"], json!([]));
+    assert_eq!(shown["updated_at"], Value::Null);
+    let set = app
+        .json(
+            "PUT",
+            "/v1/owners/acct_9",
+            &app.admin,
+            &json!({"rate_limits": [{"name": "team", "limit": 4, "window": "1h"}]}),
+        )
+        .expect(200);
+    assert_eq!(set["rate_limits"][0]["name"], "team");
+    // Four requests between both keys, whichever key makes them; then both are refused.
+    let mut allowed = 0;
+    for i in 0..8 {
+        let key = if i % 2 == 0 { &a } else { &b };
+        let answer = verify_with(&app, key, json!({}));
+        match answer["code"].as_str().unwrap() {
+            "VALID" => allowed += 1,
+            "RATE_LIMITED" => {
+                let owner_limit = answer["limits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l["scope"] == "owner")
+                    .unwrap()
+                    .clone();
+                assert_eq!(owner_limit["name"], "team", "{answer}");
+                assert_eq!(owner_limit["remaining"], 0, "{answer}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(allowed, 4);
+    // Through the layer: 429, and the owner's limit in the headers.
+    let refused = app.get("/v1/keys?limit=1", &a);
+    refused.problem(429, "RATE_LIMITED");
+    assert!(
+        refused
+            .header("ratelimit-policy")
+            .unwrap()
+            .contains("\"owner:team\";q=4;w=3600"),
+        "{refused:?}"
+    );
+    // Another owner's key is not touched.
+    assert_eq!(verify_with(&app, &other, json!({}))["code"], "VALID");
+    // The key shows its owner's limits.
+    let keys = app.get("/v1/keys?owner=acct_9", &app.admin).expect(200);
+    assert_eq!(
+        keys["items"][0]["owner_rate_limits"][0]["limit"], 4,
+        "{keys}"
+    );
+
+    // From the CLI: shown, removed (audited each time), and the keys are free again at once.
+    let (code, printed) = app.cli(&["owners", "show", "acct_9", "--json"]);
+    assert_eq!(code, 0, "{printed}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&printed).unwrap()["rate_limits"][0]["limit"],
+        4
+    );
+    let (code, printed) = app.cli(&["owners", "set", "acct_9", "--no-rate"]);
+    assert_eq!(code, 0, "{printed}");
+    assert_eq!(verify_with(&app, &a, json!({}))["code"], "VALID");
+    let events = app
+        .get("/v1/audit?type=owner.updated", &app.admin)
+        .expect(200);
+    assert_eq!(events["items"].as_array().unwrap().len(), 2, "{events}");
+    // Bad input: a clear 400, nothing stored.
+    app.json(
+        "PUT",
+        "/v1/owners/acct_9",
+        &app.admin,
+        &json!({"rate_limits": [{"limit": 0, "window": "1h"}]}),
+    )
+    .problem(400, "BAD_REQUEST");
+    let (code, printed) = app.cli(&["owners", "set", " ", "--rate", "5/1m"]);
+    assert_eq!(code, 2, "{printed}");
+    assert!(printed.contains("owner"), "{printed}");
+
+    // The admin UI's owner page: shown, and a key admin sets the limits there.
+    let mut ui = crate::admin::Ui::new(&app);
+    assert_eq!(ui.sign_in_key(&app.admin).status, 303);
+    let page = ui.get("/admin/owners/acct_9");
+    assert_eq!(page.status, 200);
+    let csrf = crate::admin::Ui::csrf(&page);
+    let saved = ui.post(
+        "/admin/owners/acct_9",
+        &[("csrf", &csrf), ("rate_limits", "7/1m, 100/1d")],
+    );
+    assert_eq!(saved.status, 303, "{}", saved.text());
+    let page = ui.get("/admin/owners/acct_9").text();
+    assert!(page.contains("7/1m, 100/1d"), "{page}");
+    let key_page = ui.get(&format!(
+        "/admin/keys/{}",
+        keys["items"][0]["id"].as_str().unwrap()
+    ));
+    assert!(
+        key_page.text().contains("shared with the owner"),
+        "{}",
+        key_page.text()
+    );
+    let bad = ui.post(
+        "/admin/owners/acct_9",
+        &[("csrf", &csrf), ("rate_limits", "lots")],
+    );
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        app.get("/v1/owners/acct_9", &app.admin).expect(200)["rate_limits"][0]["limit"],
+        7
+    );
+}

@@ -12,6 +12,7 @@ mod rows;
 use std::future::Future;
 
 use async_trait::async_trait;
+use keygate_core::limits::{OwnerLimits, RateLimits};
 use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint};
 use keygate_core::{
     Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
@@ -52,6 +53,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
     /// The statement, run in a change's transaction, that tells every process on this
     /// database that the key whose hash is `$1` changed.
     const SIGNAL_CHANGE: &'static str;
+    /// Like [`Backend::SIGNAL_CHANGE`], for every key of the owner `$1`.
+    const SIGNAL_OWNER_CHANGE: &'static str;
     /// The statement writing a batch of last-used times, `$1` being a JSON array of
     /// `[key id, time]` pairs; a time never moves backwards.
     const RECORD_USAGE: &'static str;
@@ -148,6 +151,21 @@ fn time(ms: Option<Timestamp>) -> Option<i64> {
     ms.map(Timestamp::unix_ms)
 }
 
+fn owner_from_row(row: rows::OwnerRow) -> Result<OwnerLimits, StoreError> {
+    let rows::OwnerRow {
+        owner,
+        rate_limits,
+        updated_at,
+    } = row;
+    Ok(OwnerLimits {
+        owner,
+        rate_limits: serde_json::from_str(&rate_limits)
+            .map_err(|e| StoreError::Corrupt(format!("owner rate limits: {e}")))?,
+        updated_at: Timestamp::from_unix_ms(updated_at)
+            .ok_or_else(|| StoreError::Corrupt("time out of range".into()))?,
+    })
+}
+
 /// A key's limits as the `keys` table's columns hold them.
 struct LimitColumns {
     rate_limits: String,
@@ -216,6 +234,7 @@ macro_rules! sql_impl {
             for<'r> (i64, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (String, String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::AttemptsRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::OwnerRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
         {
             $($body)*
         }
@@ -611,6 +630,70 @@ sql_impl! {
                     remaining: credits(remaining),
                 },
                 _ => Spend::NoQuota,
+            })
+        }
+
+        async fn get_owner(&self, owner: &str) -> Result<Option<OwnerLimits>, StoreError> {
+            let row: Option<rows::OwnerRow> = sqlx::query_as(
+                "SELECT owner, rate_limits, updated_at FROM owners WHERE owner = $1",
+            )
+            .bind(owner.to_owned())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(backend)?;
+            row.map(owner_from_row).transpose()
+        }
+
+        async fn set_owner_limits(
+            &self,
+            owner: &str,
+            rate_limits: &RateLimits,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<OwnerLimits, StoreError> {
+            in_write!(self, |tx| {
+                let select = format!(
+                    "SELECT owner, rate_limits, updated_at FROM owners WHERE owner = $1{}",
+                    B::LOCK_ROW
+                );
+                let before: Option<rows::OwnerRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(select))
+                        .bind(owner.to_owned())
+                        .fetch_optional(tx.conn())
+                        .await
+                        .map_err(backend)?;
+                let before = before
+                    .map(owner_from_row)
+                    .transpose()?
+                    .map(|o| o.rate_limits)
+                    .unwrap_or_default();
+                if rate_limits.is_empty() {
+                    self.exec(tx, sqlx::query("DELETE FROM owners WHERE owner = $1")
+                        .bind(owner.to_owned()))
+                        .await?;
+                } else {
+                    let text = serde_json::to_string(rate_limits)
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    self.exec(tx, sqlx::query(
+                        "INSERT INTO owners (owner, rate_limits, updated_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (owner) DO UPDATE SET rate_limits = excluded.rate_limits, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(owner.to_owned())
+                    .bind(text)
+                    .bind(at.unix_ms()))
+                    .await?;
+                }
+                // Every node's cache holds the owner's limits with each of its keys.
+                self.exec(tx, sqlx::query(B::SIGNAL_OWNER_CHANGE).bind(owner.to_owned()))
+                    .await?;
+                let event = AuditEvent::owner_updated(owner, &before, rate_limits, audit, at);
+                self.record_event(tx, &event).await?;
+                Ok(OwnerLimits {
+                    owner: owner.to_owned(),
+                    rate_limits: rate_limits.clone(),
+                    updated_at: at,
+                })
             })
         }
 

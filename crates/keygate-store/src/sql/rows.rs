@@ -18,12 +18,22 @@ macro_rules! select_where {
             "SELECT id, name, start, hash, owner, scopes, metadata, created_at, expires_at, ",
             "revoked_at, revoked_reason, enabled, last_used_at, rotated_from, rotated_to, ",
             "rotated_at, max_age_ms, rate_limits, allowed_ips, quota_remaining, quota_refill, ",
-            "quota_refilled_at, quota_holder FROM keys WHERE ",
+            "quota_refilled_at, quota_holder, ",
+            "(SELECT o.rate_limits FROM owners o WHERE o.owner = keys.owner) AS owner_rate_limits ",
+            "FROM keys WHERE ",
             $condition
         )
     };
 }
 pub(crate) use select_where;
+
+/// An `owners` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OwnerRow {
+    pub(crate) owner: String,
+    pub(crate) rate_limits: String,
+    pub(crate) updated_at: i64,
+}
 
 /// A `keys` row as the database returns it.
 #[derive(Debug, sqlx::FromRow)]
@@ -51,6 +61,8 @@ pub(crate) struct Row {
     quota_refill: Option<String>,
     quota_refilled_at: Option<i64>,
     quota_holder: Option<String>,
+    /// The owner's shared limits (from `owners`), if it has a row there.
+    owner_rate_limits: Option<String>,
 }
 
 impl TryFrom<Row> for KeyRecord {
@@ -94,6 +106,13 @@ impl TryFrom<Row> for KeyRecord {
                 .map(serde_json::from_str::<IpAllowlist>)
                 .transpose()
                 .map_err(corrupt("allowed ips"))?,
+            owner_rate: row
+                .owner_rate_limits
+                .as_deref()
+                .map(serde_json::from_str::<RateLimits>)
+                .transpose()
+                .map_err(corrupt("owner rate limits"))?
+                .unwrap_or_default(),
         };
         Ok(KeyRecord {
             limits,

@@ -1,0 +1,115 @@
+//! An owner's page: the rate limits all of its keys share (set here by a key admin) and its
+//! keys.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use keygate::ListQuery;
+use keygate::core::limits::RateLimits;
+use maud::html;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+
+use super::views::{self, Nav};
+use super::{Admin, Posted, UiError};
+use crate::api::AppState;
+
+/// Most keys listed on an owner's page (the keys list, searched by owner, has them all).
+const KEYS_SHOWN: u32 = 50;
+
+/// The path of `owner`'s page.
+pub fn path(owner: &str) -> String {
+    format!(
+        "/admin/owners/{}",
+        utf8_percent_encode(owner, NON_ALPHANUMERIC)
+    )
+}
+
+fn checked(owner: String) -> Result<String, UiError> {
+    keygate::core::record::check_owner(owner).map_err(|e| UiError::bad_request(format!("{e}.")))
+}
+
+/// `GET /admin/owners/{owner}`.
+pub async fn show(
+    State(app): State<AppState>,
+    admin: Admin,
+    Path(owner): Path<String>,
+) -> Result<Response, UiError> {
+    let owner = checked(owner)?;
+    let now = app.keygate.now();
+    let limits = app.keygate.owner(&owner).await?;
+    let mut query = ListQuery::new(now);
+    query.owner = Some(owner.clone());
+    query.limit = KEYS_SHOWN;
+    let keys = app.keygate.list(query).await?;
+    let shared = limits
+        .as_ref()
+        .map(|l| l.rate_limits.to_string())
+        .unwrap_or_default();
+    let body = html! {
+        div.grid {
+            section.card aria-labelledby="limits" {
+                h2 #limits { "Shared rate limits" }
+                p.help { "Every request with any of this owner's keys spends these as well as the key's own limits, on every node." }
+                dl.fields {
+                    dt { "Owner" } dd { code #owner-id { (owner) } }
+                    dt { "Rate limits" } dd #owner-rate-limits {
+                        @if shared.is_empty() { span.muted { "none" } } @else { (shared) }
+                    }
+                    @if let Some(l) = &limits { dt { "Set" } dd { (views::time(Some(l.updated_at), "")) } }
+                }
+                @if admin.can_manage {
+                    form.stack method="post" action=(path(&owner)) {
+                        (views::csrf_field(&admin.session.csrf))
+                        label for="rate_limits" { "Rate limits" }
+                        input #rate_limits type="text" name="rate_limits" value=(shared) maxlength="400" aria-describedby="rate-help";
+                        p.help #rate-help { "Comma-separated, e.g. " code { "1000/1m, 50000/1d" } "; empty removes them." }
+                        button.button #save-owner type="submit" { "Save limits" }
+                    }
+                }
+            }
+            section.card aria-labelledby="keys" {
+                h2 #keys { "Keys" }
+                @if keys.items.is_empty() { p.empty { "No keys name this owner." } }
+                @else {
+                    ul {
+                        @for key in &keys.items {
+                            li { (views::key_link(&key.id)) " " (key.name) " " (views::status_badge(key.status(now))) }
+                        }
+                    }
+                    @if keys.next_cursor.is_some() {
+                        p { a href={ "/admin/keys?q=" (utf8_percent_encode(&owner, NON_ALPHANUMERIC)) } { "All keys of this owner" } }
+                    }
+                }
+            }
+        }
+    };
+    let title = format!("Owner {owner}");
+    Ok(views::page(admin.page(&app, Nav::Keys).await, &title, body).into_response())
+}
+
+/// The owner form's field.
+#[derive(Debug, Deserialize)]
+pub struct OwnerForm {
+    #[serde(default)]
+    rate_limits: String,
+}
+
+/// `POST /admin/owners/{owner}`.
+pub async fn set(
+    State(app): State<AppState>,
+    Path(owner): Path<String>,
+    posted: Posted<OwnerForm>,
+) -> Result<Response, UiError> {
+    let owner = checked(owner)?;
+    let limits = RateLimits::parse(&posted.form.rate_limits)
+        .map_err(|e| UiError::bad_request(format!("Rate limits: {e}.")))?;
+    app.keygate
+        .set_owner_limits(&owner, &limits, &posted.admin.audit)
+        .await?;
+    let notice = if limits.is_empty() {
+        format!("Owner \"{owner}\" has no shared rate limits now.")
+    } else {
+        format!("Owner \"{owner}\" shares {limits} across its keys.")
+    };
+    posted.admin.done(&app, notice, &path(&owner)).await
+}
