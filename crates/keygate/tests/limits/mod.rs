@@ -680,3 +680,54 @@ async fn a_restart_between_requests_is_noticed_by_the_probe() {
     assert!(stats.degraded >= 1 && stats.recovered >= 1, "{stats:?}");
     assert!(log_lines(&na, "Redis is unreachable") >= 1);
 }
+
+/// Credits are exact on the database: 16 clients spending one key's 200 credits through two
+/// nodes (two `Keygate`s on the real PostgreSQL, each with its own pool and cache) let exactly
+/// 200 requests through, and the balance ends at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_are_exact_across_two_nodes_under_16_clients() {
+    use keygate::core::limits::Quota;
+    use keygate::core::{Audit, KeySpec, Outcome};
+    let url = keygate_store::testing::fresh_postgres_url().await;
+    let clock = Arc::new(FixedClock::new(t0()));
+    let node = || async {
+        keygate::Keygate::builder(keygate::open(&url).await.unwrap())
+            .clock(clock.clone())
+            .build()
+    };
+    let (a, b) = (node().await, node().await);
+    let spec = KeySpec {
+        name: "metered".into(),
+        quota: Some(Quota::new(200, None, t0()).unwrap()),
+        ..KeySpec::default()
+    };
+    let (record, key) = a.issue(spec, &Audit::library()).await.unwrap();
+    let key = Arc::new(key.expose().to_owned());
+    let mut clients = Vec::new();
+    for client in 0..16 {
+        let node = if client % 2 == 0 { a.clone() } else { b.clone() };
+        let key = key.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut allowed, mut refused) = (0u32, 0u32);
+            for _ in 0..30 {
+                let v = node.verify(&key, &[] as &[&str]).await.unwrap();
+                match v.outcome {
+                    Outcome::Valid => allowed += 1,
+                    Outcome::UsageExceeded => refused += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            (allowed, refused)
+        }));
+    }
+    let (mut allowed, mut refused) = (0, 0);
+    for client in clients {
+        let (a, r) = client.await.unwrap();
+        allowed += a;
+        refused += r;
+    }
+    assert_eq!(allowed, 200, "exactly the balance, across both nodes");
+    assert_eq!(refused, 16 * 30 - 200);
+    let left = b.get(&record.id).await.unwrap().unwrap();
+    assert_eq!(left.limits.quota.unwrap().remaining, 0);
+}
