@@ -10,9 +10,11 @@
 #   (c) the same with a well-formed unknown key          GET /protected -> 401 NOT_FOUND
 #   (d) the same with a bad-checksum key                 GET /protected -> 401 MALFORMED
 #   (e) keygate serve, POST /v1/verify with a valid key  (info logging to a file)
-# and prints requests/s, p50 and p99 for each, the ratios b/a, c/a, d/a, e/a, and the server's
+#   (f) the layer with a valid key that has a rate limit GET /protected (1e9/1m: counted,
+#       never reached; the local limiter, as on one node)
+# and prints requests/s, p50 and p99 for each, the ratios b/a, c/a, d/a, e/a, f/a, and the server's
 # CPU time per request (and its inverse ratio a/x: the same measure of relative cost). The cases
-# run in ROUNDS (default 3) rounds of a-b-c-d-e, each case SECONDS (default 6) per round; a
+# run in ROUNDS (default 3) rounds of a-b-c-d-e-f, each case SECONDS (default 6) per round; a
 # ratio is taken within a round (so slow drift of this shared machine cancels) and the median
 # over rounds is reported. The server is pinned to CPU 0 and wrk to CPU 1 (2-core machine).
 # Only 127.0.0.1 is touched. Installs wrk if missing.
@@ -49,6 +51,8 @@ VALID=$(head -1 "$WORK/hot.txt")
 UNKNOWN=$($KG --database "sqlite://$WORK/other.db" keys create --name other --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 BAD_CHECKSUM="${VALID%?}$([ "${VALID: -1}" = A ] && echo B || echo A)"
+LIMITED=$($KG --database "$DB" keys create --name limited --rate 1000000000/1m --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 VERIFIER=$($KG --database "$DB" keys create --name bench --scope keygate:verify --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 
@@ -91,6 +95,7 @@ measure() {
 
 # Warm up every path once (cache, connections, page cache).
 for path in open protected; do curl -s -o /dev/null -H "Authorization: Api-Key $VALID" "http://127.0.0.1:$PORT_APP/$path"; done
+curl -s -o /dev/null -H "Authorization: Api-Key $LIMITED" "http://127.0.0.1:$PORT_APP/protected"
 
 declare -A RESULT
 for round in $(seq "$ROUNDS"); do
@@ -100,22 +105,26 @@ for round in $(seq "$ROUNDS"); do
     RESULT[c$round]=$(measure $APP_PID -H "Authorization: Api-Key $UNKNOWN" "http://127.0.0.1:$PORT_APP/protected")
     RESULT[d$round]=$(measure $APP_PID -H "Authorization: Api-Key $BAD_CHECKSUM" "http://127.0.0.1:$PORT_APP/protected")
     RESULT[e$round]=$(measure $SERVE_PID -s "$WORK/verify.lua" "http://127.0.0.1:$PORT_SERVE/v1/verify")
+    RESULT[f$round]=$(measure $APP_PID -H "Authorization: Api-Key $LIMITED" "http://127.0.0.1:$PORT_APP/protected")
 done
 
 # Each protected case must have answered as expected (not, say, all 404s).
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Api-Key $VALID" "http://127.0.0.1:$PORT_APP/protected")" = 200 ]
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Api-Key $UNKNOWN" "http://127.0.0.1:$PORT_APP/protected")" = 401 ]
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Api-Key $BAD_CHECKSUM" "http://127.0.0.1:$PORT_APP/protected")" = 401 ]
+# The limited key was counted: its answers carry the RateLimit headers.
+curl -s -D - -o /dev/null -H "Authorization: Api-Key $LIMITED" "http://127.0.0.1:$PORT_APP/protected" | grep -qi '^ratelimit-policy:'
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf "%-40s %8s %7s %7s %6s %-16s %8s %6s\n" case "req/s" "p50 ms" "p99 ms" "x/a" "(per round)" "CPU µs" "a/x"
-for k in a b c d e; do
+for k in a b c d e f; do
     case $k in
         a) label="(a) no authentication";;
         b) label="(b) keygate layer, valid key";;
         c) label="(c) keygate layer, unknown key (401)";;
         d) label="(d) keygate layer, bad checksum (401)";;
         e) label="(e) keygate serve POST /v1/verify";;
+        f) label="(f) keygate layer, rate-limited key";;
     esac
     rps=(); p50=(); p99=(); ratios=(); cpu=(); cpu_ratios=()
     for round in $(seq "$ROUNDS"); do
