@@ -96,6 +96,12 @@ pub enum EventKind {
     KeyExpired,
     /// A key's credits were refilled (by the scheduler or `keygate refill`).
     KeyQuotaRefilled,
+    /// A key was imported from another system (`keygate import`); the details name its
+    /// origin (the system and table), never its hash.
+    KeyImported,
+    /// An imported key was checked for the first time and keygate stored its own SHA-256
+    /// index for it in place of the imported hash (once per key).
+    KeyRehashed,
     /// A request to keygate's own API was refused for its credentials (401 or 403).
     AdminAuthFailed,
     /// A webhook endpoint was added.
@@ -115,7 +121,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 16] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -124,6 +130,8 @@ impl EventKind {
         Self::KeyExpiringSoon,
         Self::KeyExpired,
         Self::KeyQuotaRefilled,
+        Self::KeyImported,
+        Self::KeyRehashed,
         Self::AdminAuthFailed,
         Self::WebhookCreated,
         Self::AdminSignedIn,
@@ -143,6 +151,8 @@ impl EventKind {
             Self::KeyExpiringSoon => "key.expiring_soon",
             Self::KeyExpired => "key.expired",
             Self::KeyQuotaRefilled => "key.quota_refilled",
+            Self::KeyImported => "key.imported",
+            Self::KeyRehashed => "key.rehashed",
             Self::AdminAuthFailed => "admin.auth_failed",
             Self::WebhookCreated => "webhook.created",
             Self::AdminSignedIn => "admin.signed_in",
@@ -240,6 +250,28 @@ impl AuditEvent {
                 event.details.insert(field.into(), value);
             }
         }
+        event
+    }
+
+    /// `key.imported`: the imported key's fields and display start, like `key.created`, and
+    /// `origin` (which system and table it came from; the caller puts nothing secret in it).
+    pub fn imported(
+        record: &KeyRecord,
+        origin: Map<String, Value>,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let mut event = Self::created(record, audit, at);
+        event.kind = EventKind::KeyImported;
+        event.details.insert("origin".into(), Value::Object(origin));
+        event
+    }
+
+    /// `key.rehashed`: an imported key's stored hash (of `scheme`, e.g. `pbkdf2_sha256`) was
+    /// replaced by keygate's own SHA-256 index on its first successful check.
+    pub fn rehashed(record: &KeyRecord, scheme: &str, audit: &Audit, at: Timestamp) -> Self {
+        let mut event = Self::new(EventKind::KeyRehashed, record, audit, at);
+        event.details.insert("from".into(), json!(scheme));
         event
     }
 

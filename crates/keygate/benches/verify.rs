@@ -109,6 +109,50 @@ impl KeyStore for Counting {
     async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.record_usage(usage).await
     }
+    async fn spend_quota(
+        &self,
+        payer: &KeyId,
+        cost: u64,
+    ) -> Result<keygate::store::Spend, StoreError> {
+        self.inner.spend_quota(payer, cost).await
+    }
+    async fn refill_quotas(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        a: &Audit,
+    ) -> Result<u64, StoreError> {
+        self.inner.refill_quotas(now, limit, a).await
+    }
+    async fn import(
+        &self,
+        key: &keygate::store::ImportedKey<'_>,
+        a: &Audit,
+    ) -> Result<bool, StoreError> {
+        self.inner.import(key, a).await
+    }
+    async fn is_imported(&self, origin_id: &str) -> Result<bool, StoreError> {
+        self.inner.is_imported(origin_id).await
+    }
+    async fn find_by_legacy_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(KeyRecord, keygate::store::LegacyCredential)>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.inner.find_by_legacy_prefix(prefix).await
+    }
+    async fn rehash(
+        &self,
+        id: &KeyId,
+        hash: &KeyHash,
+        at: Timestamp,
+        a: &Audit,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.rehash(id, hash, at, a).await
+    }
+    async fn imported_kinds(&self) -> Result<keygate::store::ImportedKinds, StoreError> {
+        self.inner.imported_kinds().await
+    }
     async fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, StoreError> {
         self.inner.watch().await
     }

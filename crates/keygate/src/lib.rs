@@ -35,6 +35,7 @@ pub mod cache;
 pub mod credentials;
 mod error;
 mod extract;
+pub mod import;
 mod key;
 pub mod layer;
 pub mod lifecycle;
@@ -54,6 +55,7 @@ pub use key::{ApiKey, CreatedKey, CreditsView, KeyView};
 #[cfg(feature = "openapi")]
 pub use key::{RateLimitDoc, RefillDoc};
 pub use keygate_core as core;
+pub use keygate_core::limits::MAX_COST;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
 pub use keygate_store::{
     Attempt, AuditPage, AuditQuery, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
@@ -63,15 +65,15 @@ pub use layer::{Admitted, KeygateLayer, KeygateService};
 pub use lifecycle::{Sweep, SweepReport};
 pub use manage::{Keygate, KeygateBuilder};
 pub use problem::{Problem, ProblemCode};
-pub use keygate_core::limits::MAX_COST;
 pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 
 /// The store behind keygate, for programs that implement or wrap one (most programs need only
 /// [`open`]): its roles, its SQL implementation and backends, and its errors.
 pub mod store {
     pub use keygate_store::{
-        AdminAccounts, AuditLog, Backend, Change, KeyStore, RotationPlan, Spend, SqlStore, Store,
-        StoreError, WebhookOutbox,
+        AdminAccounts, AuditLog, Backend, Change, ImportedKey, ImportedKinds, KeyStore,
+        LegacyCredential, MAX_LEGACY_CANDIDATES, RotationPlan, Spend, SqlStore, Store, StoreError,
+        WebhookOutbox,
     };
     #[cfg(feature = "postgres")]
     pub use keygate_store::{Postgres, PostgresStore};

@@ -560,7 +560,9 @@ fn parse_quota_arg(s: &str) -> Result<(u64, Option<Refill>), String> {
 }
 
 fn parse_network(s: &str) -> Result<String, String> {
-    IpAllowlist::parse([s]).map(|_| s.to_owned()).map_err(|e| e.to_string())
+    IpAllowlist::parse([s])
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_scope(s: &str) -> Result<String, String> {
