@@ -9,6 +9,7 @@ mod browser;
 mod cli;
 mod fuzz_regressions;
 mod gateway;
+mod import;
 mod nodes;
 mod openapi_check;
 mod serve;
