@@ -124,8 +124,9 @@ struct Inner {
     /// Slow imported-hash checks running ([`LEGACY_CHECKS`] permits) and waiting.
     legacy_checks: Arc<tokio::sync::Semaphore>,
     legacy_waiting: AtomicUsize,
-    /// The imported kinds the store held, with the change generation they were read at.
-    kinds: Mutex<Option<(u64, ImportedKinds)>>,
+    /// The imported kinds the store held, packed with the change generation they were read
+    /// at (see [`pack_kinds`]); 0: not read yet.
+    kinds: AtomicU64,
     /// Bumped by every change the feed reports.
     kinds_generation: AtomicU64,
 }
@@ -147,7 +148,7 @@ impl Verifier {
                 rate_limited: Mutex::default(),
                 legacy_checks: Arc::new(tokio::sync::Semaphore::new(LEGACY_CHECKS)),
                 legacy_waiting: AtomicUsize::new(0),
-                kinds: Mutex::new(None),
+                kinds: AtomicU64::new(0),
                 kinds_generation: AtomicU64::new(0),
             }),
         };
@@ -462,13 +463,10 @@ impl Verifier {
     /// (or every time when there is no cache, and so no change feed).
     async fn imported_kinds(&self) -> Result<ImportedKinds, Error> {
         let generation = self.inner.kinds_generation.load(Ordering::Acquire);
-        if self.inner.cache.is_some() {
-            let known = *self.inner.kinds.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((seen, kinds)) = known
-                && seen == generation
-            {
-                return Ok(kinds);
-            }
+        if self.inner.cache.is_some()
+            && let Some(kinds) = unpack_kinds(self.inner.kinds.load(Ordering::Acquire), generation)
+        {
+            return Ok(kinds);
         }
         let kinds = self
             .inner
@@ -476,7 +474,9 @@ impl Verifier {
             .imported_kinds()
             .await
             .map_err(Error::store("check the API key"))?;
-        *self.inner.kinds.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, kinds));
+        self.inner
+            .kinds
+            .store(pack_kinds(kinds, generation), Ordering::Release);
         Ok(kinds)
     }
 
@@ -578,6 +578,22 @@ pub const MAX_FOREIGN_KEY_LEN: usize = keygate_core::format::MAX_KEY_LEN;
 fn foreign_shape(presented: &str) -> bool {
     (8..=MAX_FOREIGN_KEY_LEN).contains(&presented.len())
         && presented.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Imported kinds and the change generation they were read at, in one word (lock-free on the
+/// rejection path): `(generation + 1) << 2 | sha256 << 1 | legacy`.
+fn pack_kinds(kinds: ImportedKinds, generation: u64) -> u64 {
+    (generation.wrapping_add(1) << 2) | (u64::from(kinds.sha256) << 1) | u64::from(kinds.legacy)
+}
+
+/// The kinds packed in `packed` if they were read at `generation`.
+fn unpack_kinds(packed: u64, generation: u64) -> Option<ImportedKinds> {
+    (packed != 0 && packed >> 2 == generation.wrapping_add(1) & (u64::MAX >> 2)).then_some(
+        ImportedKinds {
+            legacy: packed & 1 == 1,
+            sha256: packed & 2 == 2,
+        },
+    )
 }
 
 /// Counts a waiting slow check for as long as it lives.
