@@ -364,6 +364,13 @@ impl Verifier {
     /// imported hash, then rehashed. Anything else is [`Foreign::Malformed`] (malformed),
     /// with no lookup.
     async fn imported(&self, presented: &str) -> Result<Foreign, Error> {
+        // The common case first: no imported keys at all, known without asking.
+        if self
+            .known_kinds()
+            .is_some_and(|k| k == ImportedKinds::default())
+        {
+            return Ok(Foreign::Malformed);
+        }
         let drf = keygate_core::legacy::drf_prefix(presented);
         if drf.is_none() && !foreign_shape(presented) {
             return Ok(Foreign::Malformed);
@@ -462,10 +469,9 @@ impl Verifier {
     /// Which kinds of imported key the store holds: asked again after each change to a key
     /// (or every time when there is no cache, and so no change feed).
     async fn imported_kinds(&self) -> Result<ImportedKinds, Error> {
+        // Read before asking: a change reported meanwhile makes this answer stale at once.
         let generation = self.inner.kinds_generation.load(Ordering::Acquire);
-        if self.inner.cache.is_some()
-            && let Some(kinds) = unpack_kinds(self.inner.kinds.load(Ordering::Acquire), generation)
-        {
+        if let Some(kinds) = self.known_kinds() {
             return Ok(kinds);
         }
         let kinds = self
@@ -478,6 +484,14 @@ impl Verifier {
             .kinds
             .store(pack_kinds(kinds, generation), Ordering::Release);
         Ok(kinds)
+    }
+
+    /// The imported kinds as last read, if no change was reported since (and there is a
+    /// change feed to report them: a cache).
+    fn known_kinds(&self) -> Option<ImportedKinds> {
+        self.inner.cache.as_ref()?;
+        let generation = self.inner.kinds_generation.load(Ordering::Acquire);
+        unpack_kinds(self.inner.kinds.load(Ordering::Acquire), generation)
     }
 
     /// Drops a key from this process's cache (after a change made here).
