@@ -2,13 +2,10 @@
 (tests/drf_fixture.py): every key drf-api-key accepted, keygate accepts; every one it refused,
 keygate refuses, with the reason.
 
-The command is the lead's (Rust side) and does not exist yet: each test here fails with
-``ImportCommandMissing`` ("keygate import drf-api-key is not implemented yet"), which the
-strict xfail below expects. Any other failure is a real one; once the command exists the tests
-pass, strict xfail turns that into a failure, and the marker must go (delete ``pytestmark``'s
-xfail).
+The command is keygate's (crates/keygate-server/src/cli/import.rs; docs/IMPORT.md). A
+keygate binary without it fails every test here with ``ImportCommandMissing``.
 
-What the tests assume of the command, beyond the brief (adapt here if it differs):
+What the tests hold the command to, beyond the brief:
 - ``--json`` prints one JSON object with an integer ``imported``: keys this run wrote (0 when
   all were imported before; with ``--dry-run``, the keys it would write);
 - the first successful check of a PBKDF2-hashed key is observable as one audit event of type
@@ -36,10 +33,8 @@ from support import AppServer, Keygate, http, keygate_cli, with_key
 DEFAULT_TABLE = "rest_framework_api_key_apikey"
 CUSTOM_TABLE = "billing_organizationapikey"
 
-# TODO(lead): the observable effect of the lazy rehash. Until keygate has one, the tests assume
-# an audit event of this type, once per key, on its first successful check (no key or hash in
-# it). If the rehash shows elsewhere (a field of `keys show --json`, say), change
-# `rehash_events` below to read that instead.
+# The observable effect of the lazy rehash: an audit event of this type, once per key, on its
+# first successful check (no key or hash in it).
 REHASH_EVENT = "key.rehashed"
 
 
@@ -47,12 +42,7 @@ class ImportCommandMissing(Exception):
     """``keygate import drf-api-key`` does not exist in this keygate binary."""
 
 
-pytestmark = [
-    pytest.mark.drf_import,
-    pytest.mark.xfail(
-        raises=ImportCommandMissing, strict=True, reason="keygate import drf-api-key is not implemented yet"
-    ),
-]
+pytestmark = [pytest.mark.drf_import]
 
 
 def run_import(database: str, source: str, *args: str) -> Dict[str, Any]:

@@ -98,6 +98,12 @@ pub enum EventKind {
     KeyQuotaRefilled,
     /// An owner's shared rate limits were set or removed.
     OwnerUpdated,
+    /// A key was imported from another system (`keygate import`); the details name its
+    /// origin (the system and table), never its hash.
+    KeyImported,
+    /// An imported key was checked for the first time and keygate stored its own SHA-256
+    /// index for it in place of the imported hash (once per key).
+    KeyRehashed,
     /// A request to keygate's own API was refused for its credentials (401 or 403).
     AdminAuthFailed,
     /// A webhook endpoint was added.
@@ -117,7 +123,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -127,6 +133,8 @@ impl EventKind {
         Self::KeyExpired,
         Self::KeyQuotaRefilled,
         Self::OwnerUpdated,
+        Self::KeyImported,
+        Self::KeyRehashed,
         Self::AdminAuthFailed,
         Self::WebhookCreated,
         Self::AdminSignedIn,
@@ -147,6 +155,8 @@ impl EventKind {
             Self::KeyExpired => "key.expired",
             Self::KeyQuotaRefilled => "key.quota_refilled",
             Self::OwnerUpdated => "owner.updated",
+            Self::KeyImported => "key.imported",
+            Self::KeyRehashed => "key.rehashed",
             Self::AdminAuthFailed => "admin.auth_failed",
             Self::WebhookCreated => "webhook.created",
             Self::AdminSignedIn => "admin.signed_in",
@@ -244,6 +254,28 @@ impl AuditEvent {
                 event.details.insert(field.into(), value);
             }
         }
+        event
+    }
+
+    /// `key.imported`: the imported key's fields and display start, like `key.created`, and
+    /// `origin` (which system and table it came from; the caller puts nothing secret in it).
+    pub fn imported(
+        record: &KeyRecord,
+        origin: Map<String, Value>,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let mut event = Self::created(record, audit, at);
+        event.kind = EventKind::KeyImported;
+        event.details.insert("origin".into(), Value::Object(origin));
+        event
+    }
+
+    /// `key.rehashed`: an imported key's stored hash (of `scheme`, e.g. `pbkdf2_sha256`) was
+    /// replaced by keygate's own SHA-256 index on its first successful check.
+    pub fn rehashed(record: &KeyRecord, scheme: &str, audit: &Audit, at: Timestamp) -> Self {
+        let mut event = Self::new(EventKind::KeyRehashed, record, audit, at);
+        event.details.insert("from".into(), json!(scheme));
         event
     }
 

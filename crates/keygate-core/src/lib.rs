@@ -20,6 +20,7 @@ pub mod audit;
 pub mod format;
 pub mod grant;
 pub mod id;
+pub mod legacy;
 pub mod limits;
 pub mod outcome;
 pub mod patterns;

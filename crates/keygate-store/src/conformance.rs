@@ -23,7 +23,10 @@ use serde_json::json;
 
 #[allow(unused_imports)]
 use crate::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
-use crate::{AuditQuery, Change, ListQuery, Spend, Store, StoreError};
+use crate::{
+    AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential, ListQuery, Spend, Store,
+    StoreError,
+};
 
 /// Expands to one `#[tokio::test]` per conformance case; `$fresh` is a closure returning a
 /// future of `Arc<dyn Store>`: a fresh, empty store (it panics if the backend cannot be had:
@@ -63,6 +66,8 @@ macro_rules! conformance_suite {
             credits_are_spent_exactly_under_contention,
             a_rotation_hands_the_credits_to_the_successor,
             refills_happen_once_per_period_with_an_event,
+            imports_are_written_once_with_their_event,
+            a_rehash_happens_once_with_its_event_and_signals,
             owner_limits_are_read_with_every_key_of_the_owner
         );
     };
@@ -1530,6 +1535,218 @@ pub async fn refills_happen_once_per_period_with_an_event(store: Arc<dyn Store>)
     assert_eq!(events.items[0].key_id.as_ref(), Some(&r.id));
     assert_eq!(events.items[0].details["quota"]["from"]["remaining"], 0);
     assert_eq!(events.items[0].details["quota"]["to"]["remaining"], 50);
+}
+
+/// An imported key of drf-api-key's kind: a random placeholder as its hash, its prefix and a
+/// real drf-api-key 3.x hash (of `Ab12Cd34.Ef56Gh78Ij90Kl12Mn34Op56Qr78St90`).
+fn imported(name: &str, prefix: &str) -> (KeyRecord, LegacyCredential) {
+    let mut r = record(name, Some("42"), at(0));
+    r.start = prefix.to_owned();
+    let mut placeholder = [0u8; 32];
+    getrandom::fill(&mut placeholder).expect("random");
+    r.hash = KeyHash::from_bytes(placeholder);
+    let hash = keygate_core::legacy::LegacyHash::parse(
+        "sha512$$5e15f4249a2744c5d25131684e99ba33ad786128576bf542c1eb2fc2491e61ea6004101fd5a781c62afe2c8c23e1f91d687979ff424e74ef171917cb1aa72f53",
+    )
+    .expect("hash");
+    (
+        r,
+        LegacyCredential {
+            prefix: prefix.to_owned(),
+            hash,
+        },
+    )
+}
+
+fn origin(table: &str) -> serde_json::Map<String, serde_json::Value> {
+    json!({"source": "drf-api-key", "table": table})
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `import` writes a key, its imported credential and one `key.imported` event naming its
+/// origin (never the hash); a second import of the same origin writes nothing; the legacy
+/// prefix finds it; `imported_kinds` tells the kinds apart.
+pub async fn imports_are_written_once_with_their_event(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.imported_kinds().await.expect("kinds"),
+        ImportedKinds::default()
+    );
+    let (r, legacy) = imported("from drf", "Ab12Cd34");
+    let key = ImportedKey {
+        record: &r,
+        origin_id: "drf-api-key:t:Ab12Cd34".into(),
+        origin: origin("t"),
+        legacy: Some(legacy.clone()),
+    };
+    assert!(!store.is_imported(&key.origin_id).await.expect("seen"));
+    assert!(store.import(&key, &audit()).await.expect("import"));
+    assert!(store.is_imported(&key.origin_id).await.expect("seen"));
+    assert_eq!(store.get(&r.id).await.expect("get").as_ref(), Some(&r));
+    let found = store
+        .find_by_legacy_prefix("Ab12Cd34")
+        .await
+        .expect("by prefix");
+    assert_eq!(found, vec![(r.clone(), legacy.clone())]);
+    assert!(
+        store
+            .find_by_legacy_prefix("Zz99Yy88")
+            .await
+            .expect("by prefix")
+            .is_empty()
+    );
+    assert_eq!(
+        store.imported_kinds().await.expect("kinds"),
+        ImportedKinds {
+            legacy: true,
+            sha256: false
+        }
+    );
+
+    // the same origin again, even as another record: nothing written
+    let (again, _) = imported("from drf, again", "Ab12Cd34");
+    let twice = ImportedKey {
+        record: &again,
+        ..key.clone()
+    };
+    assert!(!store.import(&twice, &audit()).await.expect("import"));
+    assert_eq!(store.get(&again.id).await.expect("get"), None);
+
+    // a key imported by its SHA-256 alone (jsonl)
+    let by_hash = record("from jsonl", None, at(1));
+    let jsonl = ImportedKey {
+        record: &by_hash,
+        origin_id: "jsonl:cus_1".into(),
+        origin: json!({"source": "jsonl"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        legacy: None,
+    };
+    assert!(store.import(&jsonl, &audit()).await.expect("import"));
+    assert_eq!(
+        store.find_by_hash(&by_hash.hash).await.expect("find"),
+        Some(by_hash.clone())
+    );
+    assert_eq!(
+        store.imported_kinds().await.expect("kinds"),
+        ImportedKinds {
+            legacy: true,
+            sha256: true
+        }
+    );
+    // a hash taken is a duplicate, and writes nothing
+    let mut clash = record("clash", None, at(2));
+    clash.hash = by_hash.hash;
+    let clashing = ImportedKey {
+        record: &clash,
+        origin_id: "jsonl:cus_2".into(),
+        origin: jsonl.origin.clone(),
+        legacy: None,
+    };
+    assert!(matches!(
+        store.import(&clashing, &audit()).await,
+        Err(StoreError::Duplicate)
+    ));
+    assert!(!store.is_imported("jsonl:cus_2").await.expect("seen"));
+
+    let events = store
+        .list_audit(&AuditQuery {
+            kind: Some(EventKind::KeyImported),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(events.items.len(), 2);
+    assert_eq!(events.items[0].key_id.as_ref(), Some(&r.id));
+    assert_eq!(events.items[0].details["origin"]["table"], "t");
+    assert_eq!(events.items[0].details["name"], "from drf");
+    let text = serde_json::to_string(&events.items).expect("json");
+    assert!(!text.contains("5e15f4249a2744c5"), "no hash in the trail");
+    assert!(
+        store
+            .list_audit(&AuditQuery {
+                kind: Some(EventKind::KeyCreated),
+                ..AuditQuery::default()
+            })
+            .await
+            .expect("audit")
+            .items
+            .is_empty()
+    );
+}
+
+/// `rehash` stores the SHA-256 index in place of the placeholder and drops the imported hash,
+/// once (however many checks race to it), with one `key.rehashed` event and a change signal
+/// for each hash.
+pub async fn a_rehash_happens_once_with_its_event_and_signals(store: Arc<dyn Store>) {
+    let (r, legacy) = imported("from drf", "Ab12Cd34");
+    let key = ImportedKey {
+        record: &r,
+        origin_id: "drf-api-key:t:Ab12Cd34".into(),
+        origin: origin("t"),
+        legacy: Some(legacy),
+    };
+    let mut changes = store.watch().await.expect("watch");
+    assert!(store.import(&key, &audit()).await.expect("import"));
+    expect_change(&mut changes, &r.hash).await;
+    let index = KeyHash::of("Ab12Cd34.Ef56Gh78Ij90Kl12Mn34Op56Qr78St90");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        let id = r.id.clone();
+        tasks.push(tokio::spawn(async move {
+            store.rehash(&id, &index, at(5), &audit()).await
+        }));
+    }
+    let mut done = Vec::new();
+    for task in tasks {
+        if let Some(record) = task.await.expect("task").expect("rehash") {
+            done.push(record);
+        }
+    }
+    assert_eq!(done.len(), 1, "exactly one rehash");
+    let mut expected = r.clone();
+    expected.hash = index;
+    assert_eq!(done[0], expected);
+    assert_eq!(
+        store.find_by_hash(&index).await.expect("find"),
+        Some(expected)
+    );
+    assert_eq!(store.find_by_hash(&r.hash).await.expect("find"), None);
+    assert!(
+        store
+            .find_by_legacy_prefix("Ab12Cd34")
+            .await
+            .expect("by prefix")
+            .is_empty(),
+        "rehashed: no longer a legacy candidate"
+    );
+    assert!(store.imported_kinds().await.expect("kinds").legacy);
+    expect_change(&mut changes, &r.hash).await;
+    expect_change(&mut changes, &index).await;
+    let events = store
+        .list_audit(&AuditQuery {
+            kind: Some(EventKind::KeyRehashed),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(events.items.len(), 1);
+    assert_eq!(events.items[0].key_id.as_ref(), Some(&r.id));
+    assert_eq!(events.items[0].details["from"], "sha512");
+    assert_eq!(events.items[0].at, at(5));
+    // a key never imported has nothing to rehash
+    let plain = record("plain", None, at(1));
+    store.create(&plain, &audit()).await.expect("create");
+    assert_eq!(
+        store
+            .rehash(&plain.id, &index, at(6), &audit())
+            .await
+            .expect("rehash"),
+        None
+    );
 }
 
 /// An owner's shared limits come back with each of its keys (not with other owners' keys),

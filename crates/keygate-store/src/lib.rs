@@ -45,6 +45,7 @@ pub mod bulk;
 pub mod conformance;
 #[cfg(feature = "sqlite")]
 mod dbfile;
+pub mod django;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod query;
@@ -59,10 +60,11 @@ pub use accounts::{AdminSession, AdminUser, AttemptsPlan, Principal, SignInAttem
 #[cfg(feature = "postgres")]
 pub use postgres::{Postgres, PostgresStore};
 pub use query::{
-    Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
-    RotationPlan, Spend, StatusCounts, SweepFilter,
+    Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, ImportedKey, ImportedKinds,
+    LegacyCredential, ListQuery, MAX_PAGE_SIZE, Page, RotationPlan, Spend, StatusCounts,
+    SweepFilter,
 };
-pub use roles::{AdminAccounts, AuditLog, KeyStore, Store, WebhookOutbox};
+pub use roles::{AdminAccounts, AuditLog, KeyStore, MAX_LEGACY_CANDIDATES, Store, WebhookOutbox};
 pub use sql::{Backend, SqlStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Sqlite, SqliteStore};

@@ -209,3 +209,38 @@ pub enum Spend {
     /// The key has no credits to spend (its quota was removed): nothing to count.
     NoQuota,
 }
+
+/// A key imported from another system, as [`KeyStore::import`](crate::KeyStore::import)
+/// writes it.
+#[derive(Debug, Clone)]
+pub struct ImportedKey<'a> {
+    /// The record. For a key whose plaintext keygate never saw, its `hash` is a random
+    /// placeholder that no key hashes to, replaced by the rehash.
+    pub record: &'a KeyRecord,
+    /// Where it came from, unique per key (e.g. `drf-api-key:<table>:<prefix>`,
+    /// `jsonl:<id>`): a second import of the same origin writes nothing. Holds no secret.
+    pub origin_id: String,
+    /// The `origin` of its `key.imported` event (system, table...). Holds no secret.
+    pub origin: serde_json::Map<String, serde_json::Value>,
+    /// The other system's prefix and stored hash, checked until the first success.
+    pub legacy: Option<LegacyCredential>,
+}
+
+/// An imported key's prefix in its own system and the hash that system stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyCredential {
+    /// The prefix a presented key is found by (e.g. drf-api-key's 8 characters).
+    pub prefix: String,
+    /// The stored hash.
+    pub hash: keygate_core::legacy::LegacyHash,
+}
+
+/// Which kinds of imported key a store holds: the verifier looks a presented key of a
+/// foreign format up only while keys of its kind exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportedKinds {
+    /// Keys imported with another system's prefix and hash (drf-api-key), rehashed or not.
+    pub legacy: bool,
+    /// Keys imported by their SHA-256 alone (`keygate import jsonl`).
+    pub sha256: bool,
+}

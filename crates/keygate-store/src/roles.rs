@@ -9,8 +9,13 @@ use tokio::sync::mpsc;
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, Spend, StatusCounts,
+    Attempt, AuditPage, AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential,
+    ListQuery, Page, RotationPlan, Spend, StatusCounts,
 };
+
+/// Most candidates [`KeyStore::find_by_legacy_prefix`] returns (a drf-api-key prefix is
+/// unique per table; several tables may be imported).
+pub const MAX_LEGACY_CANDIDATES: u32 = 8;
 
 /// Keys: their records, every change to them (each with its audit event, in one transaction),
 /// the change feed caches follow, and the database's health.
@@ -104,6 +109,37 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
         limit: u32,
         audit: &Audit,
     ) -> Result<u64, StoreError>;
+
+    /// Stores an imported key with its `key.imported` event and change signal, in one
+    /// transaction. `Ok(false)`, and nothing written, if a key of the same origin was imported
+    /// before; [`StoreError::Duplicate`] if its id or hash is taken.
+    async fn import(&self, key: &ImportedKey<'_>, audit: &Audit) -> Result<bool, StoreError>;
+
+    /// Whether a key of this origin was imported.
+    async fn is_imported(&self, origin_id: &str) -> Result<bool, StoreError>;
+
+    /// The imported keys (at most [`MAX_LEGACY_CANDIDATES`]) that carry this prefix of their
+    /// own system and still wait for their rehash, each with its credential.
+    async fn find_by_legacy_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(KeyRecord, LegacyCredential)>, StoreError>;
+
+    /// The lazy rehash: after a presented key matched the imported hash of key `id`, stores
+    /// `hash` (the key's SHA-256) as its index and drops the imported hash, with a
+    /// `key.rehashed` event and change signals, in one transaction. Returns the updated record,
+    /// or `None` (nothing written) if the key was rehashed already (by a concurrent check,
+    /// another node) or has no imported hash.
+    async fn rehash(
+        &self,
+        id: &KeyId,
+        hash: &KeyHash,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Which kinds of imported key the store holds.
+    async fn imported_kinds(&self) -> Result<ImportedKinds, StoreError>;
 
     /// Follows changes to keys made by any process on this database, this one included,
     /// until the receiver is dropped.

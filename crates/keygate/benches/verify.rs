@@ -56,6 +56,7 @@ fn core(c: &mut Criterion) {
 struct Counting {
     inner: Arc<dyn Store>,
     lookups: AtomicU64,
+    kinds: AtomicU64,
 }
 
 #[async_trait]
@@ -132,6 +133,36 @@ impl KeyStore for Counting {
         a: &Audit,
     ) -> Result<OwnerLimits, StoreError> {
         self.inner.set_owner_limits(owner, limits, at, a).await
+    }
+    async fn import(
+        &self,
+        key: &keygate::store::ImportedKey<'_>,
+        a: &Audit,
+    ) -> Result<bool, StoreError> {
+        self.inner.import(key, a).await
+    }
+    async fn is_imported(&self, origin_id: &str) -> Result<bool, StoreError> {
+        self.inner.is_imported(origin_id).await
+    }
+    async fn find_by_legacy_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(KeyRecord, keygate::store::LegacyCredential)>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.inner.find_by_legacy_prefix(prefix).await
+    }
+    async fn rehash(
+        &self,
+        id: &KeyId,
+        hash: &KeyHash,
+        at: Timestamp,
+        a: &Audit,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.rehash(id, hash, at, a).await
+    }
+    async fn imported_kinds(&self) -> Result<keygate::store::ImportedKinds, StoreError> {
+        self.kinds.fetch_add(1, Ordering::Relaxed);
+        self.inner.imported_kinds().await
     }
     async fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, StoreError> {
         self.inner.watch().await
@@ -232,6 +263,7 @@ fn verify(c: &mut Criterion) {
         let counting = Arc::new(Counting {
             inner,
             lookups: AtomicU64::new(0),
+            kinds: AtomicU64::new(0),
         });
         (counting, keys[0].clone())
     });
@@ -254,6 +286,13 @@ fn verify(c: &mut Criterion) {
     });
     let rejected_lookups = counting.lookups.load(Ordering::Relaxed) - before;
     println!("store lookups during the rejection benchmarks: {rejected_lookups}");
+    // A credential not in keygate's format asks once (per change) which kinds of imported key
+    // exist; with none, it is refused without a lookup.
+    println!(
+        "imported-kinds queries during the rejection benchmarks: {}",
+        counting.kinds.load(Ordering::Relaxed)
+    );
+    assert!(counting.kinds.load(Ordering::Relaxed) <= 1);
     assert_eq!(rejected_lookups, 0, "a rejection reached the store");
     g.bench_function("cache_hit_valid", |b| {
         b.to_async(&rt)
@@ -348,5 +387,107 @@ fn layer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, core, verify, layer);
+fn alnum(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Imported drf-api-key keys hashed with Django's PBKDF2 (600,000 iterations, Django 4.2's
+/// count): the first check of each (PBKDF2 on a blocking thread, then the rehash write) timed
+/// once per key, against checks after the rehash (criterion: cache hit, and cache off).
+fn imported(c: &mut Criterion) {
+    use keygate::core::legacy::{LegacyHash, imported_record};
+    use keygate::store::{ImportedKey, LegacyCredential};
+
+    const KEYS: usize = 5;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("imported.db").display());
+    let now = Timestamp::from_unix_ms(1_800_000_000_000).unwrap();
+    let store: Arc<dyn Store> =
+        rt.block_on(async { Arc::new(SqliteStore::connect(&url).await.unwrap()) });
+    let mut keys = Vec::new();
+    for i in 0..KEYS {
+        let key = format!("{}.{}", alnum(8), alnum(32));
+        let salt = alnum(22);
+        let mut derived = [0u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(600_000).unwrap(),
+            salt.as_bytes(),
+            key.as_bytes(),
+            &mut derived,
+        );
+        use base64::Engine;
+        let stored = format!(
+            "pbkdf2_sha256$600000${salt}${}",
+            base64::engine::general_purpose::STANDARD.encode(derived)
+        );
+        let spec = KeySpec {
+            name: format!("legacy {i}"),
+            ..KeySpec::default()
+        };
+        let record = imported_record(spec, key[..8].to_owned(), None, now, None).unwrap();
+        let imported = ImportedKey {
+            record: &record,
+            origin_id: format!("bench:{i}"),
+            origin: serde_json::Map::new(),
+            legacy: Some(LegacyCredential {
+                prefix: key[..8].to_owned(),
+                hash: LegacyHash::parse(&stored).unwrap(),
+            }),
+        };
+        rt.block_on(store.import(&imported, &Audit::library()))
+            .unwrap();
+        keys.push(key);
+    }
+    let cached = Verifier::new(store.clone(), VerifierConfig::default());
+    let mut first = Vec::new();
+    for key in &keys {
+        let start = std::time::Instant::now();
+        let done = rt.block_on(cached.verify(key, &[] as &[&str])).unwrap();
+        first.push(start.elapsed());
+        if !done.outcome.is_valid() {
+            println!(
+                "imported key: {} (a verifier without imports?)",
+                done.outcome.code()
+            );
+            return;
+        }
+    }
+    first.sort();
+    println!(
+        "imported PBKDF2 key (600,000 iterations), first check incl. rehash: median {:.1} ms (min {:.1}, max {:.1}, {KEYS} keys)",
+        first[KEYS / 2].as_secs_f64() * 1e3,
+        first[0].as_secs_f64() * 1e3,
+        first[KEYS - 1].as_secs_f64() * 1e3
+    );
+    let uncached = Verifier::new(
+        store.clone(),
+        VerifierConfig {
+            cache: None,
+            ..VerifierConfig::default()
+        },
+    );
+    let mut g = c.benchmark_group("imported");
+    g.bench_function("pbkdf2_after_rehash_cache_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { cached.verify(&keys[0], &[] as &[&str]).await.unwrap() })
+    });
+    g.bench_function("pbkdf2_after_rehash_cache_off", |b| {
+        b.to_async(&rt)
+            .iter(|| async { uncached.verify(&keys[1], &[] as &[&str]).await.unwrap() })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, core, verify, layer, imported);
 criterion_main!(benches);

@@ -35,6 +35,7 @@ pub mod cache;
 pub mod credentials;
 mod error;
 mod extract;
+pub mod import;
 mod key;
 pub mod layer;
 pub mod lifecycle;
@@ -70,8 +71,9 @@ pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 /// [`open`]): its roles, its SQL implementation and backends, and its errors.
 pub mod store {
     pub use keygate_store::{
-        AdminAccounts, AuditLog, Backend, Change, KeyStore, RotationPlan, Spend, SqlStore, Store,
-        StoreError, WebhookOutbox,
+        AdminAccounts, AuditLog, Backend, Change, ImportedKey, ImportedKinds, KeyStore,
+        LegacyCredential, MAX_LEGACY_CANDIDATES, RotationPlan, Spend, SqlStore, Store, StoreError,
+        WebhookOutbox,
     };
     #[cfg(feature = "postgres")]
     pub use keygate_store::{Postgres, PostgresStore};

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use keygate_core::scope::first_missing;
 use keygate_core::{
     Clock, KeyGrant, KeyHash, KeyId, Outcome, Timestamp, decide, lacks_scope, parse,
 };
-use keygate_store::{Change, KeyStore, Spend};
+use keygate_store::{Change, ImportedKinds, KeyStore, Spend};
 
 use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
 use crate::error::Error;
@@ -121,6 +121,14 @@ struct Inner {
     trusted_proxies: Option<IpAllowlist>,
     /// Requests refused by each rate limit, by whose limit and its name.
     rate_limited: Mutex<HashMap<(LimitScope, LimitName), u64>>,
+    /// Slow imported-hash checks running ([`LEGACY_CHECKS`] permits) and waiting.
+    legacy_checks: Arc<tokio::sync::Semaphore>,
+    legacy_waiting: AtomicUsize,
+    /// The imported kinds the store held, packed with the change generation they were read
+    /// at (see [`pack_kinds`]); 0: not read yet.
+    kinds: AtomicU64,
+    /// Bumped by every change the feed reports.
+    kinds_generation: AtomicU64,
 }
 
 impl Verifier {
@@ -138,6 +146,10 @@ impl Verifier {
                 limiter: config.limiter,
                 trusted_proxies: config.trusted_proxies,
                 rate_limited: Mutex::default(),
+                legacy_checks: Arc::new(tokio::sync::Semaphore::new(LEGACY_CHECKS)),
+                legacy_waiting: AtomicUsize::new(0),
+                kinds: AtomicU64::new(0),
+                kinds_generation: AtomicU64::new(0),
             }),
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -186,11 +198,18 @@ impl Verifier {
         if presented.is_empty() {
             return Ok(self.refused(Outcome::Missing, Outcome::Missing.detail()));
         }
-        let parsed = match parse(presented) {
-            Ok(p) => p,
-            Err(e) => return Ok(self.refused(Outcome::Malformed, e.reason())),
+        let found = match parse(presented) {
+            Ok(parsed) => self.lookup(parsed.hash()).await?,
+            // Not keygate's format: an imported key of another system's, or garbage.
+            Err(e) => match self.imported(presented).await? {
+                Foreign::Malformed => {
+                    return Ok(self.refused(Outcome::Malformed, e.reason()));
+                }
+                Foreign::Found(grant) => Some(grant),
+                Foreign::Unknown => None,
+            },
         };
-        let Some(grant) = self.lookup(parsed.hash()).await? else {
+        let Some(grant) = found else {
             return Ok(self.refused(Outcome::NotFound, Outcome::NotFound.detail()));
         };
         let now = self.now();
@@ -348,6 +367,142 @@ impl Verifier {
         Ok(grant)
     }
 
+    /// A presented key that is not in keygate's format, while the store holds imported keys
+    /// of its kind: found by its SHA-256 (a jsonl import, or a drf-api-key key already
+    /// rehashed), else — in drf-api-key's shape — by its prefix and checked against the
+    /// imported hash, then rehashed. Anything else is [`Foreign::Malformed`] (malformed),
+    /// with no lookup.
+    async fn imported(&self, presented: &str) -> Result<Foreign, Error> {
+        // The common case first: no imported keys at all, known without asking.
+        if self
+            .known_kinds()
+            .is_some_and(|k| k == ImportedKinds::default())
+        {
+            return Ok(Foreign::Malformed);
+        }
+        let drf = keygate_core::legacy::drf_prefix(presented);
+        if drf.is_none() && !foreign_shape(presented) {
+            return Ok(Foreign::Malformed);
+        }
+        let kinds = self.imported_kinds().await?;
+        let legacy = drf.filter(|_| kinds.legacy);
+        if legacy.is_none() && !(kinds.sha256 && foreign_shape(presented)) {
+            return Ok(Foreign::Malformed);
+        }
+        let hash = KeyHash::of(presented);
+        if let Some(grant) = self.lookup(hash).await? {
+            return Ok(Foreign::Found(grant));
+        }
+        let Some(prefix) = legacy else {
+            return Ok(Foreign::Unknown);
+        };
+        let candidates = self
+            .inner
+            .store
+            .find_by_legacy_prefix(prefix)
+            .await
+            .map_err(Error::store("check the API key"))?;
+        for (record, credential) in candidates {
+            let scheme = credential.hash.scheme();
+            let matched = if credential.hash.is_slow() {
+                self.slow_check(credential.hash, presented).await?
+            } else {
+                credential.hash.matches(presented)
+            };
+            if !matched {
+                continue;
+            }
+            let now = self.now();
+            let id = record.id.clone();
+            let record = match self
+                .inner
+                .store
+                .rehash(&id, &hash, now, &keygate_core::Audit::library())
+                .await
+            {
+                Ok(Some(rehashed)) => {
+                    tracing::info!(key_id = %id, from = scheme, "rehashed an imported API key");
+                    rehashed
+                }
+                // Rehashed meanwhile by another check: the same key.
+                Ok(None) => record,
+                // The key matched: answer for it, and rehash at its next check.
+                Err(e) => {
+                    tracing::warn!(key_id = %id, error = %e, "could not rehash an imported API key");
+                    record
+                }
+            };
+            // The SHA-256 was just looked up and missed: drop that answer.
+            self.forget(&hash);
+            return Ok(Foreign::Found(Arc::new(KeyGrant::from(record))));
+        }
+        Ok(Foreign::Unknown)
+    }
+
+    /// Checks a presented key against a slow (PBKDF2) imported hash on the blocking threads,
+    /// at most [`LEGACY_CHECKS`] at a time; with more than [`LEGACY_QUEUE`] waiting, answers
+    /// that keygate is unavailable rather than queue without bound.
+    async fn slow_check(
+        &self,
+        hash: keygate_core::legacy::LegacyHash,
+        presented: &str,
+    ) -> Result<bool, Error> {
+        let busy = || Error::Unavailable {
+            action: "check the imported API key",
+            cause: "too many imported keys are being checked at once".into(),
+        };
+        let waiting = Waiting::enter(&self.inner.legacy_waiting);
+        if waiting.ahead >= LEGACY_QUEUE {
+            return Err(busy());
+        }
+        let permit = self
+            .inner
+            .legacy_checks
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| busy())?;
+        drop(waiting);
+        let presented = presented.to_owned();
+        // The permit goes with the work: a caller that gives up does not free its slot
+        // before the hash is done.
+        tokio::task::spawn_blocking(move || {
+            let matched = hash.matches(&presented);
+            drop(permit);
+            matched
+        })
+        .await
+        .map_err(|_| busy())
+    }
+
+    /// Which kinds of imported key the store holds: asked again after each change to a key
+    /// (or every time when there is no cache, and so no change feed).
+    async fn imported_kinds(&self) -> Result<ImportedKinds, Error> {
+        // Read before asking: a change reported meanwhile makes this answer stale at once.
+        let generation = self.inner.kinds_generation.load(Ordering::Acquire);
+        if let Some(kinds) = self.known_kinds() {
+            return Ok(kinds);
+        }
+        let kinds = self
+            .inner
+            .store
+            .imported_kinds()
+            .await
+            .map_err(Error::store("check the API key"))?;
+        self.inner
+            .kinds
+            .store(pack_kinds(kinds, generation), Ordering::Release);
+        Ok(kinds)
+    }
+
+    /// The imported kinds as last read, if no change was reported since (and there is a
+    /// change feed to report them: a cache).
+    fn known_kinds(&self) -> Option<ImportedKinds> {
+        self.inner.cache.as_ref()?;
+        let generation = self.inner.kinds_generation.load(Ordering::Acquire);
+        unpack_kinds(self.inner.kinds.load(Ordering::Acquire), generation)
+    }
+
     /// Drops a key from this process's cache (after a change made here).
     pub(crate) fn forget(&self, hash: &KeyHash) {
         if let Some(cache) = &self.inner.cache {
@@ -429,6 +584,67 @@ impl Verifier {
     }
 }
 
+/// Where a presented key that is not in keygate's format led.
+enum Foreign {
+    /// Not a key of any imported kind the store holds: malformed.
+    Malformed,
+    /// An imported key.
+    Found(Arc<KeyGrant>),
+    /// Of an imported kind, but no such key.
+    Unknown,
+}
+
+/// Slow imported hashes (PBKDF2) checked at once; each takes a blocking thread for up to a
+/// second or so.
+pub const LEGACY_CHECKS: usize = 2;
+/// Slow checks that may wait for their turn; beyond this, keygate answers it is unavailable.
+pub const LEGACY_QUEUE: usize = 64;
+/// Longest presented key looked up as a foreign (imported by SHA-256) key: the longest key
+/// the credential extractors accept at all.
+pub const MAX_FOREIGN_KEY_LEN: usize = keygate_core::format::MAX_KEY_LEN;
+
+/// Whether a presented key can be a foreign one imported by its SHA-256: 8 to
+/// [`MAX_FOREIGN_KEY_LEN`] visible ASCII characters.
+fn foreign_shape(presented: &str) -> bool {
+    (8..=MAX_FOREIGN_KEY_LEN).contains(&presented.len())
+        && presented.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Imported kinds and the change generation they were read at, in one word (lock-free on the
+/// rejection path): `(generation + 1) << 2 | sha256 << 1 | legacy`.
+fn pack_kinds(kinds: ImportedKinds, generation: u64) -> u64 {
+    (generation.wrapping_add(1) << 2) | (u64::from(kinds.sha256) << 1) | u64::from(kinds.legacy)
+}
+
+/// The kinds packed in `packed` if they were read at `generation`.
+fn unpack_kinds(packed: u64, generation: u64) -> Option<ImportedKinds> {
+    (packed != 0 && packed >> 2 == generation.wrapping_add(1) & (u64::MAX >> 2)).then_some(
+        ImportedKinds {
+            legacy: packed & 1 == 1,
+            sha256: packed & 2 == 2,
+        },
+    )
+}
+
+/// Counts a waiting slow check for as long as it lives.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    ahead: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let ahead = count.fetch_add(1, Ordering::AcqRel);
+        Self { count, ahead }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The detail of a `RATE_LIMITED` refusal: which limit, and when to retry.
 fn rate_limited_detail(decision: Option<&Decision>) -> String {
     let Some(decision) = decision else {
@@ -466,6 +682,7 @@ async fn follow_changes(inner: Weak<Inner>, store: Arc<dyn KeyStore>) {
         };
         match inner.upgrade() {
             Some(inner) => {
+                inner.kinds_generation.fetch_add(1, Ordering::AcqRel);
                 if let Some(cache) = &inner.cache {
                     cache.clear();
                 }
@@ -476,6 +693,9 @@ async fn follow_changes(inner: Weak<Inner>, store: Arc<dyn KeyStore>) {
             let next = tokio::time::timeout(Duration::from_secs(1), changes.recv()).await;
             let Some(inner) = inner.upgrade() else { return };
             let Some(cache) = &inner.cache else { return };
+            if let Ok(Some(_)) = next {
+                inner.kinds_generation.fetch_add(1, Ordering::AcqRel);
+            }
             match next {
                 Ok(Some(Change::Key(hash))) => cache.invalidate(&hash),
                 Ok(Some(Change::Everything)) => cache.clear(),

@@ -85,6 +85,63 @@ pub enum Command {
     /// Admin web UI users (sign-in with a username and password).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Import keys from another system; clients keep the keys they hold (docs/IMPORT.md).
+    /// Running an import twice imports nothing twice.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+/// `keygate import ...`
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Import djangorestframework-api-key keys from a Django database (read-only, never
+    /// written): name, created, expiry, revoked and the stored hash; a key verifies unchanged
+    /// and is rehashed on its first use. Other columns of the table go into metadata.
+    DrfApiKey(DrfImportArgs),
+    /// Import keys from a JSON Lines file of records that give each key's SHA-256 (schema in
+    /// docs/IMPORT.md).
+    Jsonl(JsonlImportArgs),
+}
+
+/// `keygate import drf-api-key`
+#[derive(Debug, Args)]
+pub struct DrfImportArgs {
+    /// The Django database: a SQLite file (PATH or sqlite://PATH) or a postgres:// URL.
+    #[arg(long, value_name = "DATABASE")]
+    pub from: String,
+    /// The table: drf-api-key's own, or a custom model's (a subclass of AbstractAPIKey).
+    #[arg(long, default_value = keygate::import::DRF_TABLE, value_parser = parse_identifier)]
+    pub table: String,
+    /// A column whose value (as text) becomes the key's owner, e.g. organization_id.
+    #[arg(long, value_name = "COLUMN", value_parser = parse_identifier)]
+    pub owner_column: Option<String>,
+    /// Count what would be imported; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `keygate import jsonl`
+#[derive(Debug, Args)]
+pub struct JsonlImportArgs {
+    /// The JSON Lines file: one record a line.
+    pub file: std::path::PathBuf,
+    /// Count what would be imported; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_identifier(text: &str) -> Result<String, String> {
+    if keygate::import::is_identifier(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("must be a table or column name: letters, digits and _, at most 63".into())
+    }
 }
 
 /// `keygate owners ...`

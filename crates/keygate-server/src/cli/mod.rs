@@ -4,6 +4,7 @@
 mod admin;
 pub mod args;
 mod audit;
+mod import;
 mod keys;
 mod output;
 mod webhooks;
@@ -29,6 +30,7 @@ pub async fn run(keygate: &Keygate, command: Command, out: &mut dyn Write) -> Re
         Command::Owners(command) => keys::owners(keygate, command, out).await.map(|()| 0),
         Command::Webhooks(command) => webhooks::webhooks(keygate, command, out).await,
         Command::Admin(command) => admin::run(keygate, command, out).await,
+        Command::Import(command) => import::run(keygate, command, out).await,
         Command::Serve(_) | Command::Gateway(_) => Err(Failure::Other(
             "serve and gateway are not one-shot commands".into(),
         )),

@@ -9,6 +9,7 @@ mod browser;
 mod cli;
 mod fuzz_regressions;
 mod gateway;
+mod import;
 mod limits;
 mod nodes;
 mod openapi_check;

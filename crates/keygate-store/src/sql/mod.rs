@@ -27,7 +27,8 @@ use rows::{Row, select_where};
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, Spend, StatusCounts,
+    Attempt, AuditPage, AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential,
+    ListQuery, Page, RotationPlan, Spend, StatusCounts,
 };
 use crate::roles::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
 
@@ -232,6 +233,8 @@ macro_rules! sql_impl {
             for<'r> (String,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (Vec<u8>,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (i64, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (String, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (Option<String>, Vec<u8>): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (String, String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::AttemptsRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::OwnerRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
@@ -333,7 +336,18 @@ sql_impl! {
             audit: &Audit,
         ) -> Result<(), StoreError> {
             let event = AuditEvent::created(record, audit, record.created_at);
-            self.record_event(tx, &event).await?;
+            self.insert_record(tx, record, &event).await
+        }
+
+        /// Inserts a new key with `event` (its `key.created` or `key.imported`) and its change
+        /// signal, inside `tx`.
+        async fn insert_record(
+            &self,
+            tx: &mut WriteTx<B::Db>,
+            record: &KeyRecord,
+            event: &AuditEvent,
+        ) -> Result<(), StoreError> {
+            self.record_event(tx, event).await?;
             let limits = LimitColumns::of(record);
             sqlx::query(
                 "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
@@ -759,6 +773,147 @@ sql_impl! {
 
         async fn watch(&self) -> Result<mpsc::Receiver<Change>, StoreError> {
             self.backend.watch(&self.pool).await
+        }
+
+        async fn import(&self, key: &ImportedKey<'_>, audit: &Audit) -> Result<bool, StoreError> {
+            in_write!(self, |tx| {
+                let seen: Option<(i64,)> =
+                    sqlx::query_as("SELECT CAST(1 AS BIGINT) FROM keys WHERE import_origin = $1")
+                        .bind(key.origin_id.clone())
+                        .fetch_optional(tx.conn())
+                        .await
+                        .map_err(backend)?;
+                if seen.is_some() {
+                    return Ok(false);
+                }
+                let event = AuditEvent::imported(
+                    key.record,
+                    key.origin.clone(),
+                    audit,
+                    key.record.created_at,
+                );
+                self.insert_record(tx, key.record, &event).await?;
+                let legacy = key.legacy.as_ref();
+                self.exec(
+                    tx,
+                    sqlx::query(
+                        "UPDATE keys SET import_origin = $1, legacy_prefix = $2, \
+                         legacy_hash = $3 WHERE id = $4",
+                    )
+                    .bind(key.origin_id.clone())
+                    .bind(legacy.map(|l| l.prefix.clone()))
+                    .bind(legacy.map(|l| l.hash.to_stored()))
+                    .bind(key.record.id.as_str().to_owned()),
+                )
+                .await?;
+                Ok(true)
+            })
+        }
+
+        async fn is_imported(&self, origin_id: &str) -> Result<bool, StoreError> {
+            let seen: Option<(i64,)> =
+                sqlx::query_as("SELECT CAST(1 AS BIGINT) FROM keys WHERE import_origin = $1")
+                    .bind(origin_id.to_owned())
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(backend)?;
+            Ok(seen.is_some())
+        }
+
+        async fn find_by_legacy_prefix(
+            &self,
+            prefix: &str,
+        ) -> Result<Vec<(KeyRecord, LegacyCredential)>, StoreError> {
+            let found: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, legacy_hash FROM keys WHERE legacy_prefix = $1 \
+                 AND legacy_hash IS NOT NULL ORDER BY id LIMIT $2",
+            )
+            .bind(prefix.to_owned())
+            .bind(i64::from(crate::MAX_LEGACY_CANDIDATES))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            let mut out = Vec::with_capacity(found.len());
+            for (id, stored) in found {
+                let hash = keygate_core::legacy::LegacyHash::parse(&stored)
+                    .map_err(|e| StoreError::Corrupt(format!("imported hash: {e}")))?;
+                let id = KeyId::parse(&id).ok_or_else(|| StoreError::Corrupt("bad key id".into()))?;
+                // Rehashed or removed between the two reads: no longer a candidate.
+                if let Some(record) = self.get(&id).await? {
+                    out.push((
+                        record,
+                        LegacyCredential {
+                            prefix: prefix.to_owned(),
+                            hash,
+                        },
+                    ));
+                }
+            }
+            Ok(out)
+        }
+
+        async fn rehash(
+            &self,
+            id: &KeyId,
+            hash: &KeyHash,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            in_write!(self, |tx| {
+                let select = format!(
+                    "SELECT legacy_hash, hash FROM keys WHERE id = $1{}",
+                    B::LOCK_ROW
+                );
+                let found: Option<(Option<String>, Vec<u8>)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(select))
+                        .bind(id.as_str().to_owned())
+                        .fetch_optional(tx.conn())
+                        .await
+                        .map_err(backend)?;
+                let Some((Some(stored), placeholder)) = found else {
+                    return Ok(None);
+                };
+                let scheme = keygate_core::legacy::LegacyHash::parse(&stored)
+                    .map_or("unknown", |h| h.scheme());
+                self.exec(
+                    tx,
+                    sqlx::query("UPDATE keys SET hash = $1, legacy_hash = NULL WHERE id = $2")
+                        .bind(hash.as_bytes().to_vec())
+                        .bind(id.as_str().to_owned()),
+                )
+                .await?;
+                let row: Row = sqlx::query_as(select_where!("id = $1"))
+                    .bind(id.as_str().to_owned())
+                    .fetch_one(tx.conn())
+                    .await
+                    .map_err(backend)?;
+                let record = KeyRecord::try_from(row)?;
+                self.record_event(tx, &AuditEvent::rehashed(&record, scheme, audit, at))
+                    .await?;
+                // Caches hold the key under neither hash any more: drop both.
+                if let Some(old) = KeyHash::from_slice(&placeholder) {
+                    self.signal_change(tx, &old).await?;
+                }
+                self.signal_change(tx, hash).await?;
+                Ok(Some(record))
+            })
+        }
+
+        async fn imported_kinds(&self) -> Result<ImportedKinds, StoreError> {
+            let (legacy,): (bool,) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM keys WHERE legacy_prefix IS NOT NULL)",
+            )
+            .fetch_one(self.pool())
+            .await
+            .map_err(backend)?;
+            let (sha256,): (bool,) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM keys WHERE import_origin IS NOT NULL \
+                 AND legacy_prefix IS NULL)",
+            )
+            .fetch_one(self.pool())
+            .await
+            .map_err(backend)?;
+            Ok(ImportedKinds { legacy, sha256 })
         }
 
         async fn ping(&self) -> Result<(), StoreError> {

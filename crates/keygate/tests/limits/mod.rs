@@ -705,7 +705,11 @@ async fn credits_are_exact_across_two_nodes_under_16_clients() {
     let key = Arc::new(key.expose().to_owned());
     let mut clients = Vec::new();
     for client in 0..16 {
-        let node = if client % 2 == 0 { a.clone() } else { b.clone() };
+        let node = if client % 2 == 0 {
+            a.clone()
+        } else {
+            b.clone()
+        };
         let key = key.clone();
         clients.push(tokio::spawn(async move {
             let (mut allowed, mut refused) = (0u32, 0u32);
