@@ -109,6 +109,21 @@ impl KeyStore for Counting {
     async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.record_usage(usage).await
     }
+    async fn spend_quota(
+        &self,
+        payer: &KeyId,
+        cost: u64,
+    ) -> Result<keygate::store::Spend, StoreError> {
+        self.inner.spend_quota(payer, cost).await
+    }
+    async fn refill_quotas(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        a: &Audit,
+    ) -> Result<u64, StoreError> {
+        self.inner.refill_quotas(now, limit, a).await
+    }
     async fn watch(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, StoreError> {
         self.inner.watch().await
     }

@@ -294,7 +294,11 @@ impl KeyView {
             rotated_to: record.rotated_to,
             rotated_at: record.rotated_at,
             max_age: record.max_age,
-            quota: record.limits.quota.as_ref().map(|q| CreditsView::of(q, now)),
+            quota: record
+                .limits
+                .quota
+                .as_ref()
+                .map(|q| CreditsView::of(q, now)),
             rate_limits: record.limits.rate,
             quota_holder: record.limits.quota_holder,
             allowed_ips: record.limits.allowed_ips,

@@ -236,10 +236,12 @@ impl LayerConfig {
         };
         if let Some(limits) = limits {
             ratelimit_headers(response.headers_mut(), limits);
-            if let Some(value) = retry_after_header(limits)
-                .and_then(|v| HeaderValue::from_str(&v).ok())
+            if let Some(value) =
+                retry_after_header(limits).and_then(|v| HeaderValue::from_str(&v).ok())
             {
-                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, value);
             }
         }
         response

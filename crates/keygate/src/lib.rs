@@ -54,6 +54,7 @@ pub use key::{ApiKey, CreatedKey, CreditsView, KeyView};
 #[cfg(feature = "openapi")]
 pub use key::{RateLimitDoc, RefillDoc};
 pub use keygate_core as core;
+pub use keygate_core::limits::MAX_COST;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
 pub use keygate_store::{
     Attempt, AuditPage, AuditQuery, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
@@ -63,7 +64,6 @@ pub use layer::{Admitted, KeygateLayer, KeygateService};
 pub use lifecycle::{Sweep, SweepReport};
 pub use manage::{Keygate, KeygateBuilder};
 pub use problem::{Problem, ProblemCode};
-pub use keygate_core::limits::MAX_COST;
 pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 
 /// The store behind keygate, for programs that implement or wrap one (most programs need only

@@ -23,7 +23,7 @@ use keygate_store::{Change, KeyStore, Spend};
 use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
 use crate::error::Error;
 use crate::key::ApiKey;
-use crate::limits::{LocalLimiter, Limiter, Subject};
+use crate::limits::{Limiter, LocalLimiter, Subject};
 
 /// What [`Verifier::verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,6 @@ impl Default for Demand {
         }
     }
 }
-
 
 /// The system clock.
 #[derive(Debug, Default, Clone, Copy)]

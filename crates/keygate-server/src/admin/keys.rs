@@ -4,11 +4,11 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use http::StatusCode;
+use keygate::core::limits::{IpAllowlist, Quota, RateLimits, parse_quota, quota_short_form};
 use keygate::core::{
     AuditEvent, DEFAULT_GRACE, Expiry, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, Status,
     Timestamp, parse_grace,
 };
-use keygate::core::limits::{IpAllowlist, Quota, RateLimits, parse_quota, quota_short_form};
 use keygate::{AuditQuery, ListQuery};
 use maud::{Markup, html};
 use serde::Deserialize;

@@ -3,8 +3,8 @@
 
 use std::io::{BufRead, Write};
 
-use keygate::core::policy::{IncidentFilter, MaxAge};
 use keygate::core::limits::{IpAllowlist, Quota, RateLimit, RateLimits, Refill};
+use keygate::core::policy::{IncidentFilter, MaxAge};
 use keygate::core::{Actor, Audit, DEFAULT_GRACE, Expiry, Status, Timestamp};
 use keygate::{CreatedKey, KeyPatch, KeySpec, KeyView, Keygate, ListQuery, MAX_PAGE_SIZE, Outcome};
 use serde_json::{Value, json};
