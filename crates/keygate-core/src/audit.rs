@@ -100,6 +100,14 @@ pub enum EventKind {
     AdminAuthFailed,
     /// A webhook endpoint was added.
     WebhookCreated,
+    /// A webhook endpoint's URL or event types changed.
+    WebhookUpdated,
+    /// A webhook endpoint was disabled: it gets no deliveries until enabled again.
+    WebhookDisabled,
+    /// A disabled webhook endpoint was enabled again.
+    WebhookEnabled,
+    /// A webhook endpoint was deleted (its undelivered deliveries with it, counted).
+    WebhookDeleted,
     /// Someone signed in to the admin web UI.
     AdminSignedIn,
     /// A sign-in to the admin web UI was refused (wrong key or password, or throttled).
@@ -115,7 +123,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 18] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -126,6 +134,10 @@ impl EventKind {
         Self::KeyQuotaRefilled,
         Self::AdminAuthFailed,
         Self::WebhookCreated,
+        Self::WebhookUpdated,
+        Self::WebhookDisabled,
+        Self::WebhookEnabled,
+        Self::WebhookDeleted,
         Self::AdminSignedIn,
         Self::AdminSignInFailed,
         Self::AdminPasswordSet,
@@ -145,6 +157,10 @@ impl EventKind {
             Self::KeyQuotaRefilled => "key.quota_refilled",
             Self::AdminAuthFailed => "admin.auth_failed",
             Self::WebhookCreated => "webhook.created",
+            Self::WebhookUpdated => "webhook.updated",
+            Self::WebhookDisabled => "webhook.disabled",
+            Self::WebhookEnabled => "webhook.enabled",
+            Self::WebhookDeleted => "webhook.deleted",
             Self::AdminSignedIn => "admin.signed_in",
             Self::AdminSignInFailed => "admin.sign_in_failed",
             Self::AdminPasswordSet => "admin.password_set",
@@ -298,6 +314,61 @@ impl AuditEvent {
             request_id: audit.request_id.clone(),
             details: details.as_object().cloned().unwrap_or_default(),
         }
+    }
+
+    /// The event for a change to a webhook endpoint from `before` to `after`
+    /// (`webhook.disabled` / `webhook.enabled` when only that flag changed, else
+    /// `webhook.updated`), listing each changed field's old and new value; never the signing
+    /// secret, and a Slack URL only by its host.
+    pub fn webhook_changed(
+        before: &crate::webhook::Endpoint,
+        after: &crate::webhook::Endpoint,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let mut details = Map::new();
+        details.insert("webhook_id".into(), json!(after.id));
+        let (old_url, new_url) = (before.shown_url(false), after.shown_url(false));
+        if before.url != after.url {
+            details.insert("url".into(), json!({"from": old_url, "to": new_url}));
+        }
+        if before.events != after.events {
+            details.insert(
+                "events".into(),
+                json!({"from": before.events, "to": after.events}),
+            );
+        }
+        if before.enabled != after.enabled {
+            details.insert(
+                "enabled".into(),
+                json!({"from": before.enabled, "to": after.enabled}),
+            );
+        }
+        let only_enabled = before.url == after.url && before.events == after.events;
+        let kind = match (only_enabled, before.enabled != after.enabled, after.enabled) {
+            (true, true, false) => EventKind::WebhookDisabled,
+            (true, true, true) => EventKind::WebhookEnabled,
+            _ => EventKind::WebhookUpdated,
+        };
+        Self::about_admin(kind, audit, at, details)
+    }
+
+    /// `webhook.deleted`: the endpoint's id and (shown) URL, and how many of its deliveries
+    /// were still pending and so were dropped with it.
+    pub fn webhook_deleted(
+        endpoint: &crate::webhook::Endpoint,
+        dropped_pending: u64,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let details = json!({"webhook_id": endpoint.id, "url": endpoint.shown_url(false),
+                             "events": endpoint.events, "dropped_pending": dropped_pending});
+        Self::about_admin(
+            EventKind::WebhookDeleted,
+            audit,
+            at,
+            details.as_object().cloned().unwrap_or_default(),
+        )
     }
 
     /// `kind` for a change from `before` to `after`, listing each changed field's old and new

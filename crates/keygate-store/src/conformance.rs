@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             rotation_is_one_atomic_step,
             events_fill_the_webhook_outbox,
             sealed_successors_go_only_to_secret_endpoints,
+            endpoints_change_are_held_and_go_with_their_deliveries,
             the_sweep_filter_reads_only_candidates,
             search_matches_name_owner_or_start,
             admin_users_are_set_replaced_and_audited,
@@ -928,6 +929,150 @@ pub async fn events_fill_the_webhook_outbox(store: Arc<dyn Store>) {
     );
 }
 
+/// An endpoint's URL and events change (with `webhook.updated`); disabled, it gets no new
+/// deliveries and its pending ones wait; enabled again, they are due; deleted, its deliveries
+/// go with it and the pending ones are counted in `webhook.deleted`.
+pub async fn endpoints_change_are_held_and_go_with_their_deliveries(store: Arc<dyn Store>) {
+    use keygate_core::webhook::{Endpoint, EndpointPatch};
+    let endpoint = Endpoint {
+        id: "whk_changing".into(),
+        url: "http://127.0.0.1:9/a".into(),
+        events: vec!["key.created".into()],
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        slack: false,
+        enabled: true,
+        created_at: at(0),
+        receives_secrets: false,
+    };
+    store
+        .create_endpoint(&endpoint, &audit())
+        .await
+        .expect("endpoint");
+    let missing = store
+        .update_endpoint("whk_none", &EndpointPatch::default(), at(1), &audit())
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+    assert!(matches!(
+        store.delete_endpoint("whk_none", at(1), &audit()).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let changed = store
+        .update_endpoint(
+            "whk_changing",
+            &EndpointPatch {
+                url: Some("http://127.0.0.1:9/b".into()),
+                events: Some(vec!["key.created".into(), "key.revoked".into()]),
+                enabled: None,
+            },
+            at(2),
+            &audit(),
+        )
+        .await
+        .expect("update");
+    assert_eq!(changed.url, "http://127.0.0.1:9/b");
+    assert_eq!(store.list_endpoints().await.expect("list")[0], changed);
+    store
+        .create(&record("one", None, at(3)), &audit())
+        .await
+        .expect("create");
+    let due = store.due_deliveries(at(4), 100).await.expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].url, "http://127.0.0.1:9/b", "sent to the new URL");
+
+    let off = EndpointPatch {
+        enabled: Some(false),
+        ..EndpointPatch::default()
+    };
+    let disabled = store
+        .update_endpoint("whk_changing", &off, at(5), &audit())
+        .await
+        .expect("disable");
+    assert!(!disabled.enabled);
+    assert!(
+        store
+            .due_deliveries(at(6), 100)
+            .await
+            .expect("due")
+            .is_empty(),
+        "a disabled endpoint's pending delivery waits"
+    );
+    store
+        .create(&record("two", None, at(7)), &audit())
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .list_deliveries("whk_changing", 100)
+            .await
+            .expect("log")
+            .len(),
+        1,
+        "no new delivery while disabled"
+    );
+    let on = EndpointPatch {
+        enabled: Some(true),
+        ..EndpointPatch::default()
+    };
+    store
+        .update_endpoint("whk_changing", &on, at(8), &audit())
+        .await
+        .expect("enable");
+    assert_eq!(
+        store.due_deliveries(at(9), 100).await.expect("due").len(),
+        1
+    );
+
+    let (gone, dropped) = store
+        .delete_endpoint("whk_changing", at(10), &audit())
+        .await
+        .expect("delete");
+    assert_eq!((gone.id.as_str(), dropped), ("whk_changing", 1));
+    assert!(store.list_endpoints().await.expect("list").is_empty());
+    assert!(
+        store
+            .due_deliveries(at(11), 100)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_deliveries("whk_changing", 100)
+            .await
+            .expect("log")
+            .is_empty()
+    );
+    let trail = store
+        .list_audit(&AuditQuery::default())
+        .await
+        .expect("audit");
+    let kinds: Vec<&str> = trail.items.iter().map(|e| e.kind.as_str()).collect();
+    for kind in [
+        "webhook.updated",
+        "webhook.disabled",
+        "webhook.enabled",
+        "webhook.deleted",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|k| **k == kind).count(),
+            1,
+            "{kind} in {kinds:?}"
+        );
+    }
+    let deleted = trail
+        .items
+        .iter()
+        .find(|e| e.kind.as_str() == "webhook.deleted")
+        .expect("deleted");
+    assert_eq!(deleted.details["dropped_pending"], 1);
+    assert!(
+        !serde_json::to_string(&trail.items)
+            .expect("json")
+            .contains("whsec_")
+    );
+}
+
 /// A rotation with a sealed successor queues it for the endpoints that receive secrets, and
 /// for no other.
 pub async fn sealed_successors_go_only_to_secret_endpoints(store: Arc<dyn Store>) {
@@ -1446,9 +1591,8 @@ pub async fn a_rotation_hands_the_credits_to_the_successor(store: Arc<dyn Store>
         async move {
             let key = keygate_core::generate(&Prefix::default());
             let new_id = KeyId::generate(when);
-            let plan = move |old: &KeyRecord| {
-                plan_rotation(old, &key, new_id.clone(), when, 86_400_000)
-            };
+            let plan =
+                move |old: &KeyRecord| plan_rotation(old, &key, new_id.clone(), when, 86_400_000);
             store
                 .rotate(&id, &plan, when, &audit(), None)
                 .await

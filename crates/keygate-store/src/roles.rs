@@ -1,7 +1,7 @@
 //! The store's roles. A caller depends on the role it needs; [`Store`] is every role at once.
 
 use async_trait::async_trait;
-use keygate_core::webhook::{Delivery, Endpoint};
+use keygate_core::webhook::{Delivery, Endpoint, EndpointPatch};
 use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
 use tokio::sync::mpsc;
 
@@ -128,7 +128,29 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
     /// Every webhook endpoint.
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;
 
-    /// Pending deliveries whose next attempt is due at `now`, oldest first.
+    /// Applies `patch` to endpoint `id` atomically, with its event (`webhook.updated`,
+    /// `webhook.disabled` or `webhook.enabled`, at `at`), and returns the endpoint as it now
+    /// is. [`StoreError::NotFound`] if there is none.
+    async fn update_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<Endpoint, StoreError>;
+
+    /// Deletes endpoint `id` and its deliveries (its log, and those still pending: they are
+    /// dropped, and counted in its `webhook.deleted` event), atomically. Returns the endpoint
+    /// as it was and how many pending deliveries were dropped.
+    async fn delete_endpoint(
+        &self,
+        id: &str,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<(Endpoint, u64), StoreError>;
+
+    /// Pending deliveries to enabled endpoints whose next attempt is due at `now`, oldest
+    /// first (a disabled endpoint's pending deliveries wait until it is enabled again).
     async fn due_deliveries(&self, now: Timestamp, limit: u32)
     -> Result<Vec<Delivery>, StoreError>;
 

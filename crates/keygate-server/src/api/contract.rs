@@ -59,19 +59,24 @@ pub fn constrain(doc: &mut Value) {
     let events: Vec<&str> = std::iter::once("*")
         .chain(EventKind::ALL.iter().map(|k| k.as_str()))
         .collect();
+    let url = json!({"format": "uri", "maxLength": MAX_URL_LEN,
+                     "pattern": r"^https?://[^\s/?#@]+([/?#][^\s]*)?$"});
     property(
         doc,
         "CreateWebhook",
         "events",
         json!({"items": {"enum": events}}),
     );
+    property(doc, "CreateWebhook", "url", url.clone());
     property(
         doc,
-        "CreateWebhook",
-        "url",
-        json!({"format": "uri", "maxLength": MAX_URL_LEN,
-               "pattern": r"^https?://[^\s/?#@]+([/?#][^\s]*)?$"}),
+        "UpdateWebhook",
+        "events",
+        json!({"minItems": 1, "items": {"enum": events}}),
     );
+    property(doc, "UpdateWebhook", "url", url);
+    // Something to change.
+    component(doc, "UpdateWebhook")["minProperties"] = json!(1);
 
     let statuses: Vec<&str> = [
         Status::Active,

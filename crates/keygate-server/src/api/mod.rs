@@ -103,6 +103,7 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(verify::verify))
         .routes(routes!(audit::list_audit))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::update_webhook, webhooks::delete_webhook))
         .routes(routes!(webhooks::list_deliveries))
         .layer(admin_auth);
     let ops = OpenApiRouter::new()

@@ -192,6 +192,35 @@ pub enum WebhooksCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change an endpoint's URL or event types (audited as webhook.updated).
+    Update {
+        /// Endpoint id (whk_...).
+        id: String,
+        /// New URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// An event type to receive from now on, or `*` (repeatable; replaces the list).
+        #[arg(long = "event", value_name = "TYPE")]
+        events: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop deliveries to an endpoint; its pending ones wait until it is enabled again.
+    Disable {
+        /// Endpoint id (whk_...).
+        id: String,
+    },
+    /// Resume deliveries to a disabled endpoint.
+    Enable {
+        /// Endpoint id (whk_...).
+        id: String,
+    },
+    /// Delete an endpoint and its delivery log; pending deliveries are dropped (and counted).
+    Delete {
+        /// Endpoint id (whk_...).
+        id: String,
+    },
     /// An endpoint's delivery log, newest first.
     Deliveries {
         /// Endpoint id (whk_...).
@@ -560,7 +589,9 @@ fn parse_quota_arg(s: &str) -> Result<(u64, Option<Refill>), String> {
 }
 
 fn parse_network(s: &str) -> Result<String, String> {
-    IpAllowlist::parse([s]).map(|_| s.to_owned()).map_err(|e| e.to_string())
+    IpAllowlist::parse([s])
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_scope(s: &str) -> Result<String, String> {

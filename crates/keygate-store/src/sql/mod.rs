@@ -12,7 +12,7 @@ mod rows;
 use std::future::Future;
 
 use async_trait::async_trait;
-use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint};
+use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint, EndpointPatch};
 use keygate_core::{
     Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
 };
@@ -757,6 +757,82 @@ sql_impl! {
             found.into_iter().map(Endpoint::try_from).collect()
         }
 
+        async fn update_endpoint(
+            &self,
+            id: &str,
+            patch: &EndpointPatch,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<Endpoint, StoreError> {
+            in_write!(self, |tx| {
+                let select = format!(
+                    "SELECT id, url, events, secret, slack, enabled, created_at, \
+                     receives_secrets FROM webhook_endpoints WHERE id = $1{}",
+                    B::LOCK_ROW
+                );
+                let row: rows::EndpointRow = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(id.to_owned())
+                    .fetch_optional(tx.conn())
+                    .await
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound)?;
+                let before = Endpoint::try_from(row)?;
+                let mut after = before.clone();
+                patch.apply(&mut after);
+                self.exec(tx, sqlx::query(
+                    "UPDATE webhook_endpoints SET url = $1, events = $2, enabled = $3 WHERE id = $4",
+                )
+                .bind(after.url.clone())
+                .bind(to_json(&after.events))
+                .bind(after.enabled)
+                .bind(after.id.clone()))
+                .await?;
+                let event = AuditEvent::webhook_changed(&before, &after, audit, at);
+                self.record_event(tx, &event).await?;
+                Ok(after)
+            })
+        }
+
+        async fn delete_endpoint(
+            &self,
+            id: &str,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<(Endpoint, u64), StoreError> {
+            in_write!(self, |tx| {
+                let select = format!(
+                    "SELECT id, url, events, secret, slack, enabled, created_at, \
+                     receives_secrets FROM webhook_endpoints WHERE id = $1{}",
+                    B::LOCK_ROW
+                );
+                let row: rows::EndpointRow = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(id.to_owned())
+                    .fetch_optional(tx.conn())
+                    .await
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound)?;
+                let endpoint = Endpoint::try_from(row)?;
+                let (pending,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM webhook_deliveries \
+                     WHERE endpoint_id = $1 AND status = 'pending'",
+                )
+                .bind(id.to_owned())
+                .fetch_one(tx.conn())
+                .await
+                .map_err(backend)?;
+                self.exec(tx, sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1")
+                    .bind(id.to_owned()))
+                    .await?;
+                self.exec(tx, sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+                    .bind(id.to_owned()))
+                    .await?;
+                let dropped = u64::try_from(pending).unwrap_or(0);
+                let event = AuditEvent::webhook_deleted(&endpoint, dropped, audit, at);
+                self.record_event(tx, &event).await?;
+                Ok((endpoint, dropped))
+            })
+        }
+
         async fn due_deliveries(
             &self,
             now: Timestamp,
@@ -764,7 +840,7 @@ sql_impl! {
         ) -> Result<Vec<Delivery>, StoreError> {
             let found: Vec<rows::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                 ORDER BY d.id LIMIT $2",
+                 AND e.enabled = TRUE ORDER BY d.id LIMIT $2",
                 rows::DELIVERY_COLUMNS
             )))
             .bind(now.unix_ms())
