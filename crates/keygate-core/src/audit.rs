@@ -96,6 +96,12 @@ pub enum EventKind {
     KeyExpired,
     /// A key's credits were refilled (by the scheduler or `keygate refill`).
     KeyQuotaRefilled,
+    /// A rotated key is still in use with more than half its grace period gone (announced
+    /// once per key).
+    KeyStillInUse,
+    /// A rotated key's grace period was ended early: its holder switched to the successor
+    /// (or asked for it, `POST /v1/self/retire`).
+    KeyRetired,
     /// A request to keygate's own API was refused for its credentials (401 or 403).
     AdminAuthFailed,
     /// A webhook endpoint was added.
@@ -123,7 +129,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -132,6 +138,8 @@ impl EventKind {
         Self::KeyExpiringSoon,
         Self::KeyExpired,
         Self::KeyQuotaRefilled,
+        Self::KeyStillInUse,
+        Self::KeyRetired,
         Self::AdminAuthFailed,
         Self::WebhookCreated,
         Self::WebhookUpdated,
@@ -155,6 +163,8 @@ impl EventKind {
             Self::KeyExpiringSoon => "key.expiring_soon",
             Self::KeyExpired => "key.expired",
             Self::KeyQuotaRefilled => "key.quota_refilled",
+            Self::KeyStillInUse => "key.still_in_use",
+            Self::KeyRetired => "key.retired",
             Self::AdminAuthFailed => "admin.auth_failed",
             Self::WebhookCreated => "webhook.created",
             Self::WebhookUpdated => "webhook.updated",
@@ -208,7 +218,7 @@ pub struct AuditEvent {
 }
 
 /// The fields an event may mention. Never the hash; never anything secret.
-fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 13] {
+fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 14] {
     [
         ("name", json!(r.name)),
         ("owner", json!(r.owner)),
@@ -220,6 +230,7 @@ fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 13] {
         ("revoked_reason", json!(r.revoked_reason)),
         ("rotated_from", json!(r.rotated_from)),
         ("rotated_to", json!(r.rotated_to)),
+        ("retire_when_switched", json!(r.retire_when_switched)),
         // No limits read as absent (a key without any says nothing about them).
         (
             "rate_limits",

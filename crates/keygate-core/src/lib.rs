@@ -26,6 +26,7 @@ pub mod patterns;
 pub mod policy;
 pub mod record;
 pub mod scope;
+pub mod switch;
 pub mod time;
 pub mod webhook;
 

@@ -15,6 +15,8 @@
 //! max_age_grace = "7d"  # with "expire": how long a due key keeps working
 //! expiry_warning = "7d" # announce keys expiring within this long
 //! sweep_every = "1m"    # how often the scheduler sweeps
+//! retire_when_switched = "1h"  # rotations' default: retire the old key once the successor
+//!                              # is in use and the old key was unused this long (default: off)
 //! secret_key = "..."    # base64 of 32 bytes; seals webhook signing secrets and the keys
 //!                       # the "rotate" action delivers
 //! max_connections = 1024        # client connections at once; more wait to be accepted
@@ -64,6 +66,7 @@ struct FileConfig {
     max_age_action: Option<AgeActionArg>,
     max_age_grace: Option<String>,
     expiry_warning: Option<String>,
+    retire_when_switched: Option<String>,
     sweep_every: Option<String>,
     secret_key: Option<String>,
     admin_idle_timeout: Option<String>,
@@ -104,6 +107,8 @@ pub struct Settings {
     pub sweep: keygate::Sweep,
     /// How often the scheduler sweeps.
     pub sweep_every: Lifetime,
+    /// Rotations' default quiet period for retiring the old key on switch-over.
+    pub retire_when_switched: Option<Lifetime>,
     /// Seals new keys waiting in the webhook outbox: `KEYGATE_SECRET_KEY` (never a flag, so it
     /// stays out of process listings) or the file's `secret_key`.
     pub sealing_key: Option<keygate::sealing::SealingKey>,
@@ -224,6 +229,18 @@ impl Settings {
             }),
             expiry_warning: Some(expiry_warning),
             announce_expired: true,
+            watch_grace: true,
+        };
+        let retire_when_switched = match (
+            serve.and_then(|s| s.retire_when_switched),
+            file.retire_when_switched,
+        ) {
+            (Some(v), _) => Some(v),
+            (None, Some(text)) => Some(
+                keygate::core::switch::parse_quiet(&text)
+                    .map_err(|e| Failure::Config(format!("config file: {e}")))?,
+            ),
+            (None, None) => None,
         };
         let sealing_key = std::env::var("KEYGATE_SECRET_KEY")
             .ok()
@@ -285,6 +302,7 @@ impl Settings {
             sealing_key,
             sweep,
             sweep_every,
+            retire_when_switched,
             cache_ttl,
             usage_flush,
             cache_size: serve

@@ -82,6 +82,7 @@ pub async fn long_running(settings: &Settings, clock: Arc<dyn Clock>) -> Result<
         .sealing_key(settings.sealing_key.clone())
         .allow_private_webhooks(settings.allow_private_webhooks)
         .usage_flush_interval(Some(duration(settings.usage_flush)))
+        .retire_when_switched(settings.retire_when_switched)?
         .build())
 }
 

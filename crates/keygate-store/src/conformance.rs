@@ -24,6 +24,7 @@ use serde_json::json;
 #[allow(unused_imports)]
 use crate::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
 use crate::{AuditQuery, Change, ListQuery, Spend, Store, StoreError};
+use keygate_core::switch::Usage;
 
 /// Expands to one `#[tokio::test]` per conformance case; `$fresh` is a closure returning a
 /// future of `Arc<dyn Store>`: a fresh, empty store (it panics if the backend cannot be had:
@@ -46,6 +47,7 @@ macro_rules! conformance_suite {
             revoke_is_final,
             concurrent_revokes_succeed_exactly_once,
             usage_times_only_move_forward,
+            retiring_ends_the_grace_once_with_its_evidence,
             ping_answers,
             watchers_see_every_change,
             only_one_first_key,
@@ -91,6 +93,17 @@ fn audit() -> Audit {
     Audit::by(Actor::Library).in_request("conformance")
 }
 
+/// One batch entry: `n` uses of `id` from `first` to `last`, `since_rotation` of them after a
+/// rotation.
+fn used(id: &KeyId, first: Timestamp, last: Timestamp, since_rotation: u64) -> Usage {
+    Usage {
+        id: id.clone(),
+        first_at: first,
+        last_at: last,
+        since_rotation,
+    }
+}
+
 fn record(name: &str, owner: Option<&str>, created: Timestamp) -> KeyRecord {
     let spec = KeySpec {
         name: name.into(),
@@ -121,6 +134,9 @@ pub async fn create_then_get_round_trips_every_field(store: Arc<dyn Store>) {
     full.rotated_to = Some(KeyId::generate(at(10)));
     full.rotated_at = Some(at(6));
     full.max_age = keygate_core::Lifetime::parse("30d").ok();
+    full.first_used_at = Some(at(2));
+    full.uses_since_rotation = 41;
+    full.retire_when_switched = keygate_core::Lifetime::parse("1h").ok();
     let mut bare = record("bare", None, at(1));
     bare.scopes.clear();
     bare.metadata.clear();
@@ -459,11 +475,14 @@ pub async fn usage_times_only_move_forward(store: Arc<dyn Store>) {
     store.create(&b, &audit()).await.expect("create");
     store.record_usage(&[]).await.expect("empty batch");
     store
-        .record_usage(&[(a.id.clone(), at(50)), (KeyId::generate(at(0)), at(60))])
+        .record_usage(&[
+            used(&a.id, at(50), at(50), 0),
+            used(&KeyId::generate(at(0)), at(60), at(60), 1),
+        ])
         .await
         .expect("usage");
     store
-        .record_usage(&[(a.id.clone(), at(40))])
+        .record_usage(&[used(&a.id, at(40), at(40), 0)])
         .await
         .expect("usage");
     let got = store.get(&a.id).await.expect("get").expect("present");
@@ -478,14 +497,22 @@ pub async fn usage_times_only_move_forward(store: Arc<dyn Store>) {
         None
     );
     store
-        .record_usage(&[(a.id.clone(), at(70))])
+        .record_usage(&[used(&a.id, at(70), at(70), 2)])
         .await
         .expect("usage");
     let got = store.get(&a.id).await.expect("get").expect("present");
     assert_eq!(got.last_used_at, Some(at(70)));
+    assert_eq!(
+        got.first_used_at,
+        Some(at(40)),
+        "the first use moves only back"
+    );
+    assert_eq!(got.uses_since_rotation, 2, "uses since rotation add up");
     let mut rest = got.clone();
     rest.last_used_at = a.last_used_at;
-    assert_eq!(rest, a, "only last_used_at changed");
+    rest.first_used_at = a.first_used_at;
+    rest.uses_since_rotation = a.uses_since_rotation;
+    assert_eq!(rest, a, "only the usage fields changed");
 }
 
 /// A working store answers `ping`; an empty one counts nothing.
@@ -495,6 +522,86 @@ pub async fn ping_answers(store: Arc<dyn Store>) {
         store.count_by_status(now()).await.expect("count").total(),
         0
     );
+}
+
+/// A rotated key's uses are counted; `retire` ends its grace period at once when the plan says
+/// so (with `key.retired` and the plan's evidence, and a change signal), and changes nothing
+/// when it says no.
+pub async fn retiring_ends_the_grace_once_with_its_evidence(store: Arc<dyn Store>) {
+    let old = record("switching", None, at(0));
+    store.create(&old, &audit()).await.expect("create");
+    let new_key = keygate_core::generate(&keygate_core::Prefix::default());
+    let plan = |r: &KeyRecord| {
+        let (mut old, new) =
+            keygate_core::plan_rotation(r, &new_key, KeyId::generate(at(10)), at(10), 100_000)?;
+        old.retire_when_switched = keygate_core::Lifetime::parse("1m").ok();
+        Ok((old, new))
+    };
+    let (rotated, successor) = store
+        .rotate(&old.id, &plan, at(10), &audit(), None)
+        .await
+        .expect("rotate");
+    assert_eq!(
+        rotated.retire_when_switched,
+        keygate_core::Lifetime::parse("1m").ok()
+    );
+    store
+        .record_usage(&[
+            used(&old.id, at(5), at(20), 3),
+            used(&successor.id, at(30), at(40), 0),
+        ])
+        .await
+        .expect("usage");
+    let got = store.get(&old.id).await.expect("get").expect("present");
+    assert_eq!(
+        (got.uses_since_rotation, got.last_used_at),
+        (3, Some(at(20)))
+    );
+    let mut changes = store.watch().await.expect("watch");
+    let no = |_: &KeyRecord| None;
+    assert_eq!(
+        store
+            .retire(&old.id, &no, at(50), &audit())
+            .await
+            .expect("retire"),
+        None
+    );
+    assert_eq!(store.get(&old.id).await.expect("get"), Some(got.clone()));
+    let yes = |r: &KeyRecord| {
+        (r.uses_since_rotation == 3)
+            .then(|| {
+                json!({"successor_first_used_at": at(30)})
+                    .as_object()
+                    .cloned()
+            })
+            .flatten()
+    };
+    let retired = store
+        .retire(&old.id, &yes, at(60), &audit())
+        .await
+        .expect("retire")
+        .expect("retired");
+    assert_eq!(retired.expires_at, Some(at(60)));
+    assert_eq!(store.get(&old.id).await.expect("get"), Some(retired));
+    expect_change(&mut changes, &old.hash).await;
+    let trail = store
+        .list_audit(&AuditQuery {
+            key_id: Some(old.id.clone()),
+            kind: Some(keygate_core::EventKind::KeyRetired),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(trail.items.len(), 1);
+    let details = &trail.items[0].details;
+    assert_eq!(details["successor_first_used_at"], json!(at(30)));
+    assert!(details.contains_key("expires_at"), "{details:?}");
+    assert!(matches!(
+        store
+            .retire(&KeyId::generate(at(0)), &yes, at(60), &audit())
+            .await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// A watcher hears about creates, updates and revokes (by hash), and not about usage batches.
@@ -513,7 +620,7 @@ pub async fn watchers_see_every_change(store: Arc<dyn Store>) {
         .expect("update");
     expect_change(&mut changes, &r.hash).await;
     store
-        .record_usage(&[(r.id.clone(), at(5))])
+        .record_usage(&[used(&r.id, at(5), at(5), 0)])
         .await
         .expect("usage");
     store
@@ -1148,6 +1255,16 @@ pub async fn the_sweep_filter_reads_only_candidates(store: Arc<dyn Store>) {
     let mut rotated = record("rotated", None, at(-100 * HOUR));
     rotated.rotated_to = Some(KeyId::generate(at(0)));
     keys.push(rotated);
+    let mut grace = record("in grace", None, at(-100 * HOUR));
+    grace.rotated_to = Some(KeyId::generate(at(0)));
+    grace.rotated_at = Some(at(-HOUR));
+    grace.expires_at = Some(at(1000 * HOUR));
+    keys.push(grace);
+    let mut grace_over = record("grace over", None, at(-100 * HOUR));
+    grace_over.rotated_to = Some(KeyId::generate(at(0)));
+    grace_over.rotated_at = Some(at(-100 * HOUR));
+    grace_over.expires_at = Some(at(-50 * HOUR));
+    keys.push(grace_over);
     for r in &keys {
         store.create(r, &audit()).await.expect("create");
     }
@@ -1156,6 +1273,7 @@ pub async fn the_sweep_filter_reads_only_candidates(store: Arc<dyn Store>) {
         max_age_ms: Some(10 * HOUR),
         expiring_until: Some(at(24 * HOUR)),
         expired_since: Some(at(-24 * HOUR)),
+        in_grace: false,
     });
     let mut names: Vec<String> = store
         .list(&q)
@@ -1167,6 +1285,19 @@ pub async fn the_sweep_filter_reads_only_candidates(store: Arc<dyn Store>) {
         .collect();
     names.sort();
     assert_eq!(names, ["expiring", "just expired", "old", "own max age"]);
+    q.sweep = Some(SweepFilter {
+        in_grace: true,
+        ..SweepFilter::default()
+    });
+    let in_grace: Vec<String> = store
+        .list(&q)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(in_grace, ["in grace"]);
     q.sweep = Some(SweepFilter::default());
     assert!(
         store.list(&q).await.expect("list").items.is_empty(),

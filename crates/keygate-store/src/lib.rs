@@ -60,7 +60,7 @@ pub use accounts::{AdminSession, AdminUser, AttemptsPlan, Principal, SignInAttem
 pub use postgres::{Postgres, PostgresStore};
 pub use query::{
     Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
-    RotationPlan, Spend, StatusCounts, SweepFilter,
+    RetirePlan, RotationPlan, Spend, StatusCounts, SweepFilter,
 };
 pub use roles::{AdminAccounts, AuditLog, KeyStore, Store, WebhookOutbox};
 pub use sql::{Backend, SqlStore};

@@ -1,6 +1,7 @@
 //! The store's roles. A caller depends on the role it needs; [`Store`] is every role at once.
 
 use async_trait::async_trait;
+use keygate_core::switch::Usage;
 use keygate_core::webhook::{Delivery, Endpoint, EndpointPatch};
 use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
 use tokio::sync::mpsc;
@@ -8,7 +9,8 @@ use tokio::sync::mpsc;
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, Spend, StatusCounts,
+    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RetirePlan, RotationPlan, Spend,
+    StatusCounts,
 };
 
 /// Keys: their records, every change to them (each with its audit event, in one transaction),
@@ -72,9 +74,21 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
         sealed: Option<&str>,
     ) -> Result<(KeyRecord, KeyRecord), StoreError>;
 
-    /// Records last-used times in one batch; a time never moves backwards; unknown ids are
-    /// ignored.
-    async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+    /// Retires rotated key `id` if `plan` (given the key as stored now, in the transaction)
+    /// says so: its grace period ends at `at`, with a `key.retired` event carrying the plan's
+    /// evidence, in one transaction. `Ok(None)` if the plan says no.
+    async fn retire(
+        &self,
+        id: &KeyId,
+        plan: &RetirePlan<'_>,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Records a batch of uses in one write: last-used times (never moving backwards),
+    /// first-used times (never moving forwards) and uses since rotation (added); unknown ids
+    /// are ignored.
+    async fn record_usage(&self, usage: &[Usage]) -> Result<(), StoreError>;
 
     /// Spends `cost` credits of key `payer` if its balance covers them: one conditional
     /// decrement, so the balance is exact however many processes spend from it at once.

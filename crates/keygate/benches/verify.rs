@@ -106,8 +106,17 @@ impl KeyStore for Counting {
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
         self.inner.rotate(id, plan, at, a, sealed).await
     }
-    async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+    async fn record_usage(&self, usage: &[keygate::core::switch::Usage]) -> Result<(), StoreError> {
         self.inner.record_usage(usage).await
+    }
+    async fn retire(
+        &self,
+        id: &KeyId,
+        plan: &keygate::store::RetirePlan<'_>,
+        at: Timestamp,
+        a: &Audit,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.retire(id, plan, at, a).await
     }
     async fn spend_quota(
         &self,

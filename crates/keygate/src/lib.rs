@@ -52,7 +52,7 @@ pub use credentials::CredentialSource;
 pub use error::Error;
 pub use key::{ApiKey, CreatedKey, CreditsView, KeyView};
 #[cfg(feature = "openapi")]
-pub use key::{RateLimitDoc, RefillDoc};
+pub use key::{RateLimitDoc, RefillDoc, SwitchOverDoc};
 pub use keygate_core as core;
 pub use keygate_core::limits::MAX_COST;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
@@ -70,8 +70,8 @@ pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 /// [`open`]): its roles, its SQL implementation and backends, and its errors.
 pub mod store {
     pub use keygate_store::{
-        AdminAccounts, AuditLog, Backend, Change, KeyStore, RotationPlan, Spend, SqlStore, Store,
-        StoreError, WebhookOutbox,
+        AdminAccounts, AuditLog, Backend, Change, KeyStore, RetirePlan, RotationPlan, Spend,
+        SqlStore, Store, StoreError, WebhookOutbox,
     };
     #[cfg(feature = "postgres")]
     pub use keygate_store::{Postgres, PostgresStore};

@@ -503,6 +503,7 @@ pub async fn show(
     let now = app.keygate.now();
     let status = record.status(now);
     let chain = chain(&app, &record).await?;
+    let switch = app.keygate.switch_over(&record).await?;
     let events = app
         .keygate
         .audit_trail(&AuditQuery {
@@ -547,6 +548,21 @@ pub async fn show(
                     }
                     dt { "Allowed networks" } dd #key-allowed-ips { @if let Some(ips) = &record.limits.allowed_ips { (ips.to_string()) } @else { span.muted { "anywhere" } } }
                     dt { "Metadata" } dd { (views::json_block(&Value::Object(record.metadata.clone()))) }
+                }
+            }
+            @if let Some(switch) = &switch {
+                section.card #switch-over aria-labelledby="switch-over-title" {
+                    h2 #switch-over-title { "Switch-over to the successor" }
+                    dl.fields {
+                        dt { "Successor" } dd { a href={ "/admin/keys/" (switch.successor_id) } { code { (switch.successor_id) } } }
+                        dt { "Grace period" } dd { @if switch.in_grace { "ends " } @else { "ended " } (views::time(switch.grace_ends_at, "never")) }
+                        dt { "Successor first used" } dd #successor-first-used { (views::time(switch.successor_first_used_at, "not yet")) }
+                        dt { "This key last used" } dd #old-last-used { (views::time(switch.old_last_used_at, "never")) }
+                        dt { "Uses since rotation" } dd #uses-since-rotation { (switch.old_uses_since_rotation) }
+                        @if let Some(quiet) = switch.retire_when_switched {
+                            dt { "Retired on switch-over" } dd { "once the successor is in use and this key has been unused for " (quiet) }
+                        }
+                    }
                 }
             }
             @if admin.can_manage && !revoked {

@@ -55,6 +55,12 @@ pub fn constrain(doc: &mut Value) {
         "grace_period",
         json!({"pattern": patterns::grace()}),
     );
+    property(
+        doc,
+        "RotateKey",
+        "retire_when_switched",
+        json!({"pattern": patterns::quiet()}),
+    );
     property(doc, "VerifyRequest", "scopes", scopes(MAX_VERIFY_SCOPES));
     let events: Vec<&str> = std::iter::once("*")
         .chain(EventKind::ALL.iter().map(|k| k.as_str()))

@@ -137,6 +137,12 @@ pub struct RotateKey {
     #[serde(default)]
     #[schema(example = "24h")]
     pub grace_period: Option<String>,
+    /// End the grace period early once the successor has been used and the old key has been
+    /// unused this long: minutes or longer (at least `1m`), e.g. `1h`. Default: the server's
+    /// `retire_when_switched` policy, if set.
+    #[serde(default)]
+    #[schema(example = "1h")]
+    pub retire_when_switched: Option<String>,
 }
 
 /// `POST /v1/keys/{id}/revoke` body (optional).
@@ -313,7 +319,7 @@ pub async fn get_key(
         .get(&id)
         .await?
         .ok_or_else(ApiError::no_such_key)?;
-    Ok(Json(KeyView::of(record, app.keygate.now())))
+    Ok(Json(app.keygate.view(record).await?))
 }
 
 /// Change a key's name, owner, scopes, metadata, expiry or enabled flag.
@@ -437,7 +443,12 @@ async fn rotation(
     body: Option<RotateKey>,
     audit: &Audit,
 ) -> Result<Response, ApiError> {
-    let grace_ms = match body.and_then(|b| b.grace_period) {
+    let (grace, retire) = body.map_or((None, None), |b| (b.grace_period, b.retire_when_switched));
+    let retire = retire
+        .map(|text| keygate::core::switch::parse_quiet(&text))
+        .transpose()
+        .map_err(keygate::Error::from)?;
+    let grace_ms = match grace {
         None => DEFAULT_GRACE.as_ms(),
         Some(text) => parse_grace(&text).map_err(|e| {
             ApiError::bad_request(format!(
@@ -445,7 +456,10 @@ async fn rotation(
             ))
         })?,
     };
-    let (old, new, key) = app.keygate.rotate(id, grace_ms, audit).await?;
+    let (old, new, key) = app
+        .keygate
+        .rotate_retiring(id, grace_ms, retire, audit)
+        .await?;
     tracing::info!(actor = %audit.actor, key_id = %old.id, successor = %new.id, request_id = audit.request_id.as_deref().unwrap_or("-"), "key rotated over the API");
     let location = format!("/v1/keys/{}", new.id);
     let created = CreatedKey {

@@ -137,6 +137,10 @@ pub enum KeysCommand {
         /// How long the old key keeps working: 0 or a duration such as 24h [default: one day].
         #[arg(long, value_name = "DURATION", value_parser = parse_grace_arg)]
         grace: Option<i64>,
+        /// End the grace early once the new key is in use and the old one unused this long
+        /// (at least 1m) [default: the server's retire_when_switched policy, if set].
+        #[arg(long, value_name = "DURATION", value_parser = parse_quiet_arg)]
+        retire_when_switched: Option<Lifetime>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -344,6 +348,10 @@ pub struct ServeArgs {
     /// Announce keys expiring within this long (key.expiring_soon) [default: 7d].
     #[arg(long, env = "KEYGATE_EXPIRY_WARNING", value_name = "DURATION", value_parser = parse_lifetime)]
     pub expiry_warning: Option<Lifetime>,
+    /// Rotations' default: retire the old key once its successor is in use and it has been
+    /// unused this long (at least 1m) [default: off].
+    #[arg(long, env = "KEYGATE_RETIRE_WHEN_SWITCHED", value_name = "DURATION", value_parser = parse_quiet_arg)]
+    pub retire_when_switched: Option<Lifetime>,
     /// How often the scheduler sweeps the keys [default: 1m].
     #[arg(long, env = "KEYGATE_SWEEP_EVERY", value_name = "DURATION", value_parser = parse_lifetime)]
     pub sweep_every: Option<Lifetime>,
@@ -596,6 +604,10 @@ fn parse_network(s: &str) -> Result<String, String> {
 
 fn parse_scope(s: &str) -> Result<String, String> {
     check_scope(s).map(|()| s.to_owned()).map_err(str::to_owned)
+}
+
+pub(crate) fn parse_quiet_arg(s: &str) -> Result<Lifetime, String> {
+    keygate::core::switch::parse_quiet(s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn parse_lifetime(s: &str) -> Result<Lifetime, String> {

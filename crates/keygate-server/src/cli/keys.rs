@@ -33,7 +33,7 @@ pub async fn run(
         KeysCommand::List(args) => list(keygate, args, out).await?,
         KeysCommand::Show { id, json } => {
             let record = keygate.get(&id).await?.ok_or(keygate::Error::NotFound)?;
-            print_key(out, &KeyView::of(record, now), json)?;
+            print_key(out, &keygate.view(record).await?, json)?;
         }
         KeysCommand::Revoke { id, reason, json } => {
             let record = keygate.revoke(&id, reason, &cli()).await?;
@@ -43,9 +43,16 @@ pub async fn run(
                 writeln!(out, "Revoked {}", record.id)?;
             }
         }
-        KeysCommand::Rotate { id, grace, json } => {
+        KeysCommand::Rotate {
+            id,
+            grace,
+            retire_when_switched,
+            json,
+        } => {
             let grace = grace.unwrap_or(DEFAULT_GRACE.as_ms());
-            let (old, new, key) = keygate.rotate(&id, grace, &cli()).await?;
+            let (old, new, key) = keygate
+                .rotate_retiring(&id, grace, retire_when_switched, &cli())
+                .await?;
             if json {
                 let created = CreatedKey {
                     key: key.expose().to_owned(),
@@ -339,6 +346,7 @@ pub async fn rotate_due(
         }),
         expiry_warning: None,
         announce_expired: false,
+        watch_grace: false,
     };
     let report = keygate.sweep(&sweep, args.dry_run, &cli()).await?;
     if args.json {

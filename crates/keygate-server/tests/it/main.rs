@@ -13,4 +13,5 @@ mod nodes;
 mod openapi_check;
 mod serve;
 mod support;
+mod switch_over;
 mod webhooks;

@@ -12,6 +12,7 @@ mod rows;
 use std::future::Future;
 
 use async_trait::async_trait;
+use keygate_core::switch::Usage;
 use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint, EndpointPatch};
 use keygate_core::{
     Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
@@ -26,7 +27,8 @@ use rows::{Row, select_where};
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RotationPlan, Spend, StatusCounts,
+    Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RetirePlan, RotationPlan, Spend,
+    StatusCounts,
 };
 use crate::roles::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
 
@@ -52,8 +54,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
     /// The statement, run in a change's transaction, that tells every process on this
     /// database that the key whose hash is `$1` changed.
     const SIGNAL_CHANGE: &'static str;
-    /// The statement writing a batch of last-used times, `$1` being a JSON array of
-    /// `[key id, time]` pairs; a time never moves backwards.
+    /// The statement writing a batch of uses, `$1` being a JSON array of `[key id, first use,
+    /// last use, uses since rotation]`: `last_used_at` never moves backwards, `first_used_at`
+    /// never forwards, and the uses since rotation are added.
     const RECORD_USAGE: &'static str;
 
     /// Follows changes made by any process, until the receiver is dropped.
@@ -314,9 +317,10 @@ sql_impl! {
                 "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
                  expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
                  rotated_to, rotated_at, max_age_ms, rate_limits, allowed_ips, quota_remaining, \
-                 quota_refill, quota_refilled_at, quota_holder, quota_refill_due_at) VALUES ($1, \
+                 quota_refill, quota_refilled_at, quota_holder, quota_refill_due_at, \
+                 first_used_at, uses_since_rotation, retire_when_switched_ms) VALUES ($1, \
                  $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-                 $19, $20, $21, $22, $23, $24)",
+                 $19, $20, $21, $22, $23, $24, $25, $26, $27)",
             )
             .bind(record.id.as_str().to_owned())
             .bind(record.name.clone())
@@ -342,6 +346,9 @@ sql_impl! {
             .bind(limits.quota_refilled_at)
             .bind(limits.quota_holder)
             .bind(limits.quota_refill_due_at)
+            .bind(time(record.first_used_at))
+            .bind(i64::try_from(record.uses_since_rotation).unwrap_or(i64::MAX))
+            .bind(record.retire_when_switched.map(Lifetime::as_ms))
             .execute(tx.conn())
             .await
             .map_err(backend)?;
@@ -377,8 +384,8 @@ sql_impl! {
                      expires_at = $5, revoked_at = $6, revoked_reason = $7, enabled = $8, \
                      rotated_to = $9, rotated_at = $10, max_age_ms = $11, rate_limits = $12, \
                      allowed_ips = $13, quota_remaining = $14, quota_refill = $15, \
-                     quota_refilled_at = $16, quota_holder = $17, quota_refill_due_at = $18 \
-                     WHERE id = $19",
+                     quota_refilled_at = $16, quota_holder = $17, quota_refill_due_at = $18, \
+                     retire_when_switched_ms = $19 WHERE id = $20",
                 )
                 .bind(record.name.clone())
                 .bind(record.owner.clone())
@@ -398,6 +405,7 @@ sql_impl! {
                 .bind(limits.quota_refilled_at)
                 .bind(limits.quota_holder)
                 .bind(limits.quota_refill_due_at)
+                .bind(record.retire_when_switched.map(Lifetime::as_ms))
                 .bind(record.id.as_str().to_owned())
                 .execute(tx.conn())
                 .await
@@ -563,17 +571,57 @@ sql_impl! {
             Ok((old, new))
         }
 
-        async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        async fn retire(
+            &self,
+            id: &KeyId,
+            plan: &RetirePlan<'_>,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            in_write!(self, |tx| {
+                let select = format!("{}{}", select_where!("id = $1"), B::LOCK_ROW);
+                let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(id.as_str().to_owned())
+                    .fetch_optional(tx.conn())
+                    .await
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound)?;
+                let before = KeyRecord::try_from(row)?;
+                let Some(evidence) = plan(&before) else {
+                    return Ok(None);
+                };
+                let mut after = before.clone();
+                after.expires_at = Some(before.expires_at.map_or(at, |e| e.min(at)));
+                self.exec(tx, sqlx::query("UPDATE keys SET expires_at = $1 WHERE id = $2")
+                    .bind(time(after.expires_at))
+                    .bind(id.as_str().to_owned()))
+                    .await?;
+                let mut event = AuditEvent::changed(EventKind::KeyRetired, &before, &after, audit, at);
+                event.details.extend(evidence);
+                self.record_event(tx, &event).await?;
+                self.signal_change(tx, &after.hash).await?;
+                Ok(Some(after))
+            })
+        }
+
+        async fn record_usage(&self, usage: &[Usage]) -> Result<(), StoreError> {
             if usage.is_empty() {
                 return Ok(());
             }
-            let pairs: Vec<(&str, i64)> = usage
+            let rows: Vec<(&str, i64, i64, i64)> = usage
                 .iter()
-                .map(|(id, at)| (id.as_str(), at.unix_ms()))
+                .map(|u| {
+                    (
+                        u.id.as_str(),
+                        u.first_at.unix_ms(),
+                        u.last_at.unix_ms(),
+                        i64::try_from(u.since_rotation).unwrap_or(i64::MAX),
+                    )
+                })
                 .collect();
-            let pairs = serde_json::to_string(&pairs).expect("pairs are JSON");
+            let rows = serde_json::to_string(&rows).expect("usage rows are JSON");
             let mut tx = self.begin_write().await?;
-            let result = self.exec(&mut tx, sqlx::query(B::RECORD_USAGE).bind(pairs)).await;
+            let result = self.exec(&mut tx, sqlx::query(B::RECORD_USAGE).bind(rows)).await;
             self.finish(tx, result).await
         }
 

@@ -18,7 +18,8 @@ macro_rules! select_where {
             "SELECT id, name, start, hash, owner, scopes, metadata, created_at, expires_at, ",
             "revoked_at, revoked_reason, enabled, last_used_at, rotated_from, rotated_to, ",
             "rotated_at, max_age_ms, rate_limits, allowed_ips, quota_remaining, quota_refill, ",
-            "quota_refilled_at, quota_holder FROM keys WHERE ",
+            "quota_refilled_at, quota_holder, first_used_at, uses_since_rotation, ",
+            "retire_when_switched_ms FROM keys WHERE ",
             $condition
         )
     };
@@ -51,6 +52,9 @@ pub(crate) struct Row {
     quota_refill: Option<String>,
     quota_refilled_at: Option<i64>,
     quota_holder: Option<String>,
+    first_used_at: Option<i64>,
+    uses_since_rotation: i64,
+    retire_when_switched_ms: Option<i64>,
 }
 
 impl TryFrom<Row> for KeyRecord {
@@ -117,6 +121,11 @@ impl TryFrom<Row> for KeyRecord {
             rotated_to: row.rotated_to.as_deref().map(key_id).transpose()?,
             rotated_at: row.rotated_at.map(time).transpose()?,
             max_age: row.max_age_ms.and_then(keygate_core::Lifetime::from_ms),
+            first_used_at: row.first_used_at.map(time).transpose()?,
+            uses_since_rotation: u64::try_from(row.uses_since_rotation).unwrap_or(0),
+            retire_when_switched: row
+                .retire_when_switched_ms
+                .and_then(keygate_core::Lifetime::from_ms),
         })
     }
 }
@@ -214,27 +223,25 @@ where
                 until.map_or(now, Timestamp::unix_ms),
             )),
         };
-        sql.push(" AND revoked_at IS NULL AND (");
+        sql.push(" AND revoked_at IS NULL AND (1 = 0");
         if let Some(max_age) = sweep.max_age_ms {
-            sql.push("(rotated_to IS NULL AND created_at + COALESCE(max_age_ms, ")
+            sql.push(" OR (rotated_to IS NULL AND created_at + COALESCE(max_age_ms, ")
                 .push_bind(max_age)
                 .push(") <= ")
                 .push_bind(now)
-                .push(")")
-                .push(if expiry.is_some() { " OR " } else { "" });
+                .push(")");
         }
-        match expiry {
-            Some((from, to)) => {
-                sql.push("(expires_at >= ")
-                    .push_bind(from)
-                    .push(" AND expires_at <= ")
-                    .push_bind(to)
-                    .push(")");
-            }
-            None if sweep.max_age_ms.is_none() => {
-                sql.push("1 = 0");
-            }
-            None => {}
+        if let Some((from, to)) = expiry {
+            sql.push(" OR (expires_at >= ")
+                .push_bind(from)
+                .push(" AND expires_at <= ")
+                .push_bind(to)
+                .push(")");
+        }
+        if sweep.in_grace {
+            sql.push(" OR (rotated_at IS NOT NULL AND expires_at > ")
+                .push_bind(now)
+                .push(")");
         }
         sql.push(")");
     }
