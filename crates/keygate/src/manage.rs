@@ -359,6 +359,38 @@ impl Keygate {
         Ok(switch_over(record, successor.as_ref(), self.now()))
     }
 
+    /// Ends the grace period of the key that `successor_id` replaced, now: its holder has
+    /// switched (`POST /v1/self/retire`). Audited as `key.retired` with the evidence (the
+    /// request, the successor's first use as recorded so far, the old key's last use).
+    /// [`Error::NothingToRetire`] unless `successor_id` came from a rotation whose old key is
+    /// still in its grace period.
+    pub async fn retire_predecessor(
+        &self,
+        successor_id: &KeyId,
+        audit: &Audit,
+    ) -> Result<KeyRecord, Error> {
+        let successor = self.get(successor_id).await?.ok_or(Error::NotFound)?;
+        let old_id = successor.rotated_from.ok_or(Error::NothingToRetire)?;
+        let now = self.now();
+        let plan = |old: &KeyRecord| {
+            (keygate_core::switch::in_grace(old, now)
+                && old.rotated_to.as_ref() == Some(successor_id))
+            .then(|| {
+                let evidence = serde_json::json!({
+                    "requested_by": successor_id,
+                    "successor_first_used_at": successor.first_used_at,
+                    "old_last_used_at": old.last_used_at,
+                });
+                evidence.as_object().cloned().unwrap_or_default()
+            })
+        };
+        match self.retire(&old_id, &plan, audit).await {
+            Ok(Some(old)) => Ok(old),
+            Ok(None) | Err(Error::NotFound) => Err(Error::NothingToRetire),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The view of one key, as shown on its own: with, for a rotated key, how the switch to
     /// its successor is going.
     pub async fn view(&self, record: KeyRecord) -> Result<crate::KeyView, Error> {

@@ -499,3 +499,28 @@ pub async fn rotate_self(
     let audit = Audit::by(Actor::SelfService(key.id().clone())).in_request(request_id.0.as_ref());
     rotation(&app, key.id(), body, &audit).await
 }
+
+/// End the grace period of the key this one replaced, now: the holder has switched to this
+/// key (it must hold `keygate:self-rotate`, as the key it replaced did). Audited as
+/// `key.retired` with the actor `self:<key id>`. Answers the old key, now expired.
+#[utoipa::path(
+    post, path = "/v1/self/retire", tag = "keys",
+    responses(
+        (status = 200, description = "The old key, its grace period ended", body = KeyView),
+        (status = 401, description = "Missing or invalid key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks keygate:self-rotate", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The key has no predecessor in its grace period", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn retire_self(
+    State(app): State<AppState>,
+    key: ApiKey,
+    request_id: RequestId,
+) -> Result<Json<KeyView>, ApiError> {
+    key.require(SELF_ROTATE)?;
+    let audit = Audit::by(Actor::SelfService(key.id().clone())).in_request(request_id.0.as_ref());
+    let old = app.keygate.retire_predecessor(key.id(), &audit).await?;
+    tracing::info!(key_id = %old.id, successor = %key.id(), "old key retired by its successor");
+    Ok(Json(KeyView::of(old, app.keygate.now())))
+}

@@ -66,6 +66,63 @@ pub enum Command {
     /// Admin web UI users (sign-in with a username and password).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The key holder's side, run by its own cron or CI job against a keygate server (no
+    /// database needed).
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+/// `keygate client ...`
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Rotate the key in an environment variable (it needs keygate:self-rotate) and hand the
+    /// new key over: rewrite VAR= in an env file atomically, or pipe it to a command's stdin.
+    /// Optionally check it against your own API, then retire the old key. On any failure the
+    /// old key keeps working; one line on stderr, exit status 2. The key never appears in
+    /// arguments or output.
+    Rotate(ClientRotateArgs),
+}
+
+/// `keygate client rotate`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["write_env", "exec"])))]
+pub struct ClientRotateArgs {
+    /// The keygate server, e.g. https://keys.example.com.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The environment variable that holds the current key (and the env file's variable).
+    #[arg(long, value_name = "VAR", value_parser = parse_env_name)]
+    pub key_env: String,
+    /// Rewrite `VAR=...` in this env file (temporary file in the same directory, then
+    /// rename; its mode is kept).
+    #[arg(long, value_name = "FILE")]
+    pub write_env: Option<std::path::PathBuf>,
+    /// Run this command with `sh -c` and write the new key, and a newline, to its stdin
+    /// (e.g. a secrets manager's CLI); it must exit 0.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Check the new key: GET this URL of your own API with it; a 2xx passes.
+    #[arg(long, value_name = "URL")]
+    pub check: Option<String>,
+    /// After the check passed, end the old key's grace period now (POST /v1/self/retire).
+    #[arg(long, requires = "check")]
+    pub retire: bool,
+    /// How long the old key keeps working if not retired [default: the server's, one day].
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn parse_env_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("expected a variable name of letters, digits and _".into())
+    }
 }
 
 /// `keygate admin ...`

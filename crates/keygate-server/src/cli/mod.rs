@@ -4,6 +4,7 @@
 mod admin;
 pub mod args;
 mod audit;
+pub mod client;
 mod keys;
 mod output;
 mod webhooks;
@@ -28,6 +29,7 @@ pub async fn run(keygate: &Keygate, command: Command, out: &mut dyn Write) -> Re
         Command::Refill { json } => keys::refill(keygate, json, out).await.map(|()| 0),
         Command::Webhooks(command) => webhooks::webhooks(keygate, command, out).await,
         Command::Admin(command) => admin::run(keygate, command, out).await,
+        Command::Client(command) => client::run(command, out).await,
         Command::Serve(_) | Command::Gateway(_) => Err(Failure::Other(
             "serve and gateway are not one-shot commands".into(),
         )),

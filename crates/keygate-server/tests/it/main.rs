@@ -7,6 +7,7 @@ mod api;
 mod bounds;
 mod browser;
 mod cli;
+mod client;
 mod fuzz_regressions;
 mod gateway;
 mod nodes;

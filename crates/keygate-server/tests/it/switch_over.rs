@@ -270,3 +270,63 @@ fn a_quiet_old_key_whose_successor_is_never_used_is_not_retired_nor_announced() 
     );
     assert!(next["key"].is_string() && rotated["key"].is_string());
 }
+
+/// `POST /v1/self/retire`: only a key with keygate:self-rotate, only for a predecessor in its
+/// grace period, once; audited with the actor `self:<key id>` and the evidence.
+#[test]
+fn a_successor_retires_its_predecessor_itself_once() {
+    let app = App::new(&[]);
+    let own = app.create(json!({"name": "own", "scopes": ["keygate:self-rotate"]}));
+    let old_key = own["key"].as_str().unwrap();
+    let old_id = own["id"].as_str().unwrap();
+    app.json("POST", "/v1/self/retire", old_key, &json!({}))
+        .problem(409, "NOTHING_TO_RETIRE");
+    app.send("POST", "/v1/self/retire", Some(&app.admin), None)
+        .problem(403, "INSUFFICIENT_SCOPE");
+    let next = app
+        .json(
+            "POST",
+            "/v1/self/rotate",
+            old_key,
+            &json!({"grace_period": "7d"}),
+        )
+        .expect(201);
+    let new_key = next["key"].as_str().unwrap();
+    let new_id = next["id"].as_str().unwrap();
+    assert_eq!(use_key(&app, new_key), "VALID");
+    flush(&app);
+    app.advance("1m");
+    let retired = app
+        .send("POST", "/v1/self/retire", Some(new_key), None)
+        .expect(200);
+    assert_eq!(retired["id"], old_id);
+    assert_eq!(retired["status"], "expired");
+    assert_eq!(use_key(&app, old_key), "EXPIRED");
+    assert_eq!(use_key(&app, new_key), "VALID");
+    app.send("POST", "/v1/self/retire", Some(new_key), None)
+        .problem(409, "NOTHING_TO_RETIRE");
+    let trail = events(&app, "key.retired", old_id);
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0]["actor"], format!("self:{new_id}"));
+    assert_eq!(trail[0]["details"]["requested_by"], new_id);
+    assert!(trail[0]["details"]["successor_first_used_at"].is_string());
+    assert!(trail[0]["request_id"].is_string());
+    // A key without the scope cannot retire its predecessor.
+    let plain = app.create(json!({"name": "plain"}));
+    let rotated = app
+        .json(
+            "POST",
+            &format!("/v1/keys/{}/rotate", plain["id"].as_str().unwrap()),
+            &app.admin,
+            &json!({}),
+        )
+        .expect(201);
+    app.send(
+        "POST",
+        "/v1/self/retire",
+        Some(rotated["key"].as_str().unwrap()),
+        None,
+    )
+    .problem(403, "INSUFFICIENT_SCOPE");
+    assert_eq!(use_key(&app, plain["key"].as_str().unwrap()), "VALID");
+}
