@@ -574,6 +574,9 @@ pub async fn show(
                             label for="grace" { "Grace period for the old key" }
                             input #grace type="text" name="grace" value=(DEFAULT_GRACE) aria-describedby="grace-help";
                             p.help #grace-help { "How long this key keeps working after rotation: " code { "0" } " or e.g. " code { "24h" } ", " code { "7d" } "." }
+                            label for="retire_when_switched" { "Retire on switch-over (optional)" }
+                            input #retire_when_switched type="text" name="retire_when_switched" aria-describedby="retire-help";
+                            p.help #retire-help { "End the grace early once the new key is in use and this one has been unused this long, e.g. " code { "1h" } " (at least " code { "1m" } "; empty: the server's default)." }
                             button.button #rotate type="submit" { "Rotate key" }
                         }
                     }
@@ -733,6 +736,8 @@ pub async fn revoke(
 pub struct RotateForm {
     #[serde(default)]
     grace: String,
+    #[serde(default)]
+    retire_when_switched: String,
 }
 
 /// `POST /admin/keys/{id}/rotate`: issue the successor and show it once on its page.
@@ -748,9 +753,13 @@ pub async fn rotate(
             "Grace period: expected 0 or a duration such as 24h; {e}."
         ))
     })?;
+    let retire = optional(&posted.form.retire_when_switched)
+        .map(|text| keygate::core::switch::parse_quiet(&text))
+        .transpose()
+        .map_err(|e| UiError::bad_request(format!("Retire on switch-over: {e}.")))?;
     let (old, new, key) = app
         .keygate
-        .rotate(&id, grace_ms, &posted.admin.audit)
+        .rotate_retiring(&id, grace_ms, retire, &posted.admin.audit)
         .await?;
     tracing::info!(actor = %posted.admin.audit.actor, key_id = %old.id, successor = %new.id, "key rotated in the admin UI");
     let admin = &posted.admin;

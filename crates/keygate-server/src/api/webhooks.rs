@@ -35,17 +35,26 @@ pub struct CreateWebhook {
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
     /// Where deliveries are POSTed from now on (checked as on creation).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     pub url: Option<String>,
     /// Event types to receive from now on (at least one; `*` for all).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     pub events: Option<Vec<String>>,
     /// `false`: no new deliveries, pending ones wait; `true`: deliveries resume.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     pub enabled: Option<bool>,
+}
+
+/// A field that may be left out but not given as `null` (the document says so).
+fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// A deleted endpoint.

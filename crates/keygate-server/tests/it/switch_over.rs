@@ -269,6 +269,38 @@ fn a_quiet_old_key_whose_successor_is_never_used_is_not_retired_nor_announced() 
         "15m"
     );
     assert!(next["key"].is_string() && rotated["key"].is_string());
+
+    // The admin UI's rotate form takes it too (checked like the API's).
+    let ui_key = app.create(json!({"name": "from the ui"}));
+    let ui_id = ui_key["id"].as_str().unwrap();
+    let mut ui = crate::admin::Ui::new(&app);
+    assert_eq!(ui.sign_in_key(&app.admin).status, 303);
+    let page = ui.get(&format!("/admin/keys/{ui_id}"));
+    let csrf = crate::admin::Ui::csrf(&page);
+    let path = format!("/admin/keys/{ui_id}/rotate");
+    let bad = ui.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("grace", "1d"),
+            ("retire_when_switched", "10s"),
+        ],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(show(&app, ui_id)["rotated_to"].is_null(), "nothing rotated");
+    let done = ui.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("grace", "1d"),
+            ("retire_when_switched", "45m"),
+        ],
+    );
+    assert_eq!(done.status, 303);
+    assert_eq!(
+        show(&app, ui_id)["switch_over"]["retire_when_switched"],
+        "45m"
+    );
 }
 
 /// `POST /v1/self/retire`: only a key with keygate:self-rotate, only for a predecessor in its

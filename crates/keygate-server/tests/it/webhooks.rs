@@ -617,6 +617,7 @@ fn endpoints_are_changed_paused_resumed_and_deleted_over_the_api() {
         (json!({"events": ["key.nope"]}), "events"),
         (json!({}), "nothing to change"),
         (json!({"secret": "whsec_x"}), "secret"),
+        (json!({"url": null, "enabled": false}), "url"),
     ] {
         let problem = app
             .json("PATCH", &path, &app.admin, &body)
