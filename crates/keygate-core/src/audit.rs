@@ -104,6 +104,8 @@ pub enum EventKind {
     KeyRetired,
     /// A request to keygate's own API was refused for its credentials (401 or 403).
     AdminAuthFailed,
+    /// A key owner's contact addresses were set (`keygate owners set`).
+    OwnerUpdated,
     /// A webhook endpoint was added.
     WebhookCreated,
     /// A webhook endpoint's URL or event types changed.
@@ -129,7 +131,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 21] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -141,6 +143,7 @@ impl EventKind {
         Self::KeyStillInUse,
         Self::KeyRetired,
         Self::AdminAuthFailed,
+        Self::OwnerUpdated,
         Self::WebhookCreated,
         Self::WebhookUpdated,
         Self::WebhookDisabled,
@@ -166,6 +169,7 @@ impl EventKind {
             Self::KeyStillInUse => "key.still_in_use",
             Self::KeyRetired => "key.retired",
             Self::AdminAuthFailed => "admin.auth_failed",
+            Self::OwnerUpdated => "owner.updated",
             Self::WebhookCreated => "webhook.created",
             Self::WebhookUpdated => "webhook.updated",
             Self::WebhookDisabled => "webhook.disabled",

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod audit;
+pub mod email;
 pub mod format;
 pub mod grant;
 pub mod id;

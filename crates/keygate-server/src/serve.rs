@@ -58,6 +58,12 @@ impl Service {
     /// Starts the background jobs (webhook sender, scheduler) on the current runtime.
     pub fn spawn_jobs(&self) {
         tokio::spawn(crate::jobs::deliver::run(self.keygate.clone()));
+        if let Some(mailer) = &self.settings.mailer {
+            tokio::spawn(crate::jobs::email::run(
+                self.keygate.clone(),
+                mailer.clone(),
+            ));
+        }
         tokio::spawn(crate::jobs::scheduler::run(
             self.keygate.clone(),
             self.settings.sweep.clone(),

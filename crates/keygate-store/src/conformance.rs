@@ -22,7 +22,7 @@ use keygate_core::{
 use serde_json::json;
 
 #[allow(unused_imports)]
-use crate::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
+use crate::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, WebhookOutbox};
 use crate::{AuditQuery, Change, ListQuery, Spend, Store, StoreError};
 use keygate_core::switch::Usage;
 
@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
             concurrent_revokes_succeed_exactly_once,
             usage_times_only_move_forward,
             retiring_ends_the_grace_once_with_its_evidence,
+            owners_get_emails_written_with_their_events,
             ping_answers,
             watchers_see_every_change,
             only_one_first_key,
@@ -602,6 +603,96 @@ pub async fn retiring_ends_the_grace_once_with_its_evidence(store: Arc<dyn Store
             .await,
         Err(StoreError::NotFound)
     ));
+}
+
+/// An owner's contacts are set (with `owner.updated`), replaced and removed; an emailed event
+/// about one of its keys queues one email per contact in the event's transaction (and none
+/// for other events, other owners' keys or keys without an owner); attempts are recorded.
+pub async fn owners_get_emails_written_with_their_events(store: Arc<dyn Store>) {
+    use crate::Attempt;
+    use keygate_core::webhook::DeliveryStatus;
+    let emails = vec!["ops@example.com".to_owned(), "dev@example.com".to_owned()];
+    store
+        .set_owner("acct_42", &emails, at(0), &audit())
+        .await
+        .expect("set");
+    assert_eq!(store.owner_emails("acct_42").await.expect("get"), emails);
+    assert!(store.owner_emails("acct_7").await.expect("get").is_empty());
+    let mine = record("mine", Some("acct_42"), at(1));
+    let theirs = record("theirs", Some("acct_7"), at(2));
+    let nobodys = record("nobody's", None, at(3));
+    for r in [&mine, &theirs, &nobodys] {
+        store.create(r, &audit()).await.expect("create");
+    }
+    assert!(
+        store.due_emails(at(10), 100).await.expect("due").is_empty(),
+        "key.created is not mailed"
+    );
+    for r in [&mine, &theirs, &nobodys] {
+        store
+            .revoke(&r.id, at(20), Some("leaked".into()), &audit())
+            .await
+            .expect("revoke");
+    }
+    let due = store.due_emails(at(30), 100).await.expect("due");
+    let mut to: Vec<&str> = due.iter().map(|e| e.recipient.as_str()).collect();
+    to.sort_unstable();
+    assert_eq!(to, ["dev@example.com", "ops@example.com"]);
+    assert!(due[0].subject.contains("key.revoked") && due[0].text.contains("leaked"));
+    assert!(due[0].text.contains(mine.id.as_str()));
+    assert!(
+        store.due_emails(at(10), 100).await.expect("due").is_empty(),
+        "not before its time"
+    );
+    let failed = Attempt {
+        at: at(31),
+        delivered: false,
+        status: None,
+        error: Some("connection refused".into()),
+        next_attempt_at: Some(at(1_031)),
+    };
+    store
+        .finish_email(due[0].id, &failed)
+        .await
+        .expect("attempt");
+    let sent = Attempt {
+        at: at(32),
+        delivered: true,
+        status: None,
+        error: None,
+        next_attempt_at: None,
+    };
+    store.finish_email(due[1].id, &sent).await.expect("attempt");
+    store
+        .finish_email(due[1].id, &failed)
+        .await
+        .expect("no-op once sent");
+    let due_later = store.due_emails(at(1_031), 100).await.expect("due");
+    assert_eq!(due_later.len(), 1);
+    assert_eq!(due_later[0].attempts, 1);
+    assert_eq!(
+        due_later[0].last_error.as_deref(),
+        Some("connection refused")
+    );
+    let log = store.list_emails(10).await.expect("log");
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].status, DeliveryStatus::Delivered);
+    assert_eq!(log[0].sent_at, Some(at(32)));
+    // Replaced, then removed: no more emails.
+    store
+        .set_owner("acct_42", &[], at(40), &audit())
+        .await
+        .expect("remove");
+    assert!(store.owner_emails("acct_42").await.expect("get").is_empty());
+    let trail = store
+        .list_audit(&AuditQuery {
+            kind: Some(keygate_core::EventKind::OwnerUpdated),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(trail.items.len(), 2);
+    assert_eq!(trail.items[0].details["owner"], "acct_42");
 }
 
 /// A watcher hears about creates, updates and revokes (by hash), and not about usage batches.

@@ -62,7 +62,7 @@ pub use query::{
     Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
     RetirePlan, RotationPlan, Spend, StatusCounts, SweepFilter,
 };
-pub use roles::{AdminAccounts, AuditLog, KeyStore, Store, WebhookOutbox};
+pub use roles::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, Store, WebhookOutbox};
 pub use sql::{Backend, SqlStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Sqlite, SqliteStore};

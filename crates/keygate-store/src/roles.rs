@@ -1,6 +1,7 @@
 //! The store's roles. A caller depends on the role it needs; [`Store`] is every role at once.
 
 use async_trait::async_trait;
+use keygate_core::email::EmailDelivery;
 use keygate_core::switch::Usage;
 use keygate_core::webhook::{Delivery, Endpoint, EndpointPatch};
 use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
@@ -179,6 +180,37 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<Delivery>, StoreError>;
 }
 
+/// Key owners' contact addresses and the email outbox (rows written in the same transaction
+/// as the event they tell of, for the owner of the key concerned).
+#[async_trait]
+pub trait EmailOutbox: Send + Sync + std::fmt::Debug {
+    /// Sets `owner`'s contact addresses (replacing them; none removes the record), with an
+    /// `owner.updated` event, in one transaction.
+    async fn set_owner(
+        &self,
+        owner: &str,
+        emails: &[String],
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<(), StoreError>;
+
+    /// `owner`'s contact addresses (empty if none).
+    async fn owner_emails(&self, owner: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Pending emails whose next attempt is due at `now`, oldest first.
+    async fn due_emails(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<EmailDelivery>, StoreError>;
+
+    /// Records the outcome of an attempt at email `id` (a no-op if it is no longer pending).
+    async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError>;
+
+    /// The latest emails, newest first: the email log.
+    async fn list_emails(&self, limit: u32) -> Result<Vec<EmailDelivery>, StoreError>;
+}
+
 /// The admin web UI's accounts: users with passwords, sessions, and their one-time messages.
 #[async_trait]
 pub trait AdminAccounts: Send + Sync + std::fmt::Debug {
@@ -245,6 +277,6 @@ pub trait AdminAccounts: Send + Sync + std::fmt::Debug {
 }
 
 /// Every role: what [`open`](crate::open) returns and keygate's library manages keys through.
-pub trait Store: KeyStore + AuditLog + WebhookOutbox + AdminAccounts {}
+pub trait Store: KeyStore + AuditLog + WebhookOutbox + EmailOutbox + AdminAccounts {}
 
-impl<T: KeyStore + AuditLog + WebhookOutbox + AdminAccounts> Store for T {}
+impl<T: KeyStore + AuditLog + WebhookOutbox + EmailOutbox + AdminAccounts> Store for T {}

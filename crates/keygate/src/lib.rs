@@ -33,6 +33,7 @@
 pub mod accounts;
 pub mod cache;
 pub mod credentials;
+pub mod email;
 mod error;
 mod extract;
 mod key;

@@ -66,10 +66,40 @@ pub enum Command {
     /// Admin web UI users (sign-in with a username and password).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Key owners' own record: the addresses their email notices go to.
+    #[command(subcommand)]
+    Owners(OwnersCommand),
     /// The key holder's side, run by its own cron or CI job against a keygate server (no
     /// database needed).
     #[command(subcommand)]
     Client(ClientCommand),
+}
+
+/// `keygate owners ...`
+#[derive(Debug, Subcommand)]
+pub enum OwnersCommand {
+    /// Set an owner's contact addresses (replacing them; none given removes them).
+    Set {
+        /// The owner id, as keys name it (e.g. acct_42).
+        owner: String,
+        /// A contact address (repeatable).
+        #[arg(long = "email", value_name = "ADDRESS")]
+        emails: Vec<String>,
+    },
+    /// Show an owner's contact addresses.
+    Show {
+        /// The owner id.
+        owner: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The latest emails sent or waiting (recipient, subject, state), newest first.
+    Emails {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `keygate client ...`
@@ -409,6 +439,10 @@ pub struct ServeArgs {
     /// unused this long (at least 1m) [default: off].
     #[arg(long, env = "KEYGATE_RETIRE_WHEN_SWITCHED", value_name = "DURATION", value_parser = parse_quiet_arg)]
     pub retire_when_switched: Option<Lifetime>,
+    /// Email notices to key owners are sent from this address (with smtp_url, read from
+    /// KEYGATE_SMTP_URL or the config file only: it may hold a password).
+    #[arg(long, env = "KEYGATE_EMAIL_FROM", value_name = "ADDRESS")]
+    pub email_from: Option<String>,
     /// How often the scheduler sweeps the keys [default: 1m].
     #[arg(long, env = "KEYGATE_SWEEP_EVERY", value_name = "DURATION", value_parser = parse_lifetime)]
     pub sweep_every: Option<Lifetime>,

@@ -30,8 +30,70 @@ pub async fn run(keygate: &Keygate, command: Command, out: &mut dyn Write) -> Re
         Command::Webhooks(command) => webhooks::webhooks(keygate, command, out).await,
         Command::Admin(command) => admin::run(keygate, command, out).await,
         Command::Client(command) => client::run(command, out).await,
+        Command::Owners(command) => owners(keygate, command, out).await,
         Command::Serve(_) | Command::Gateway(_) => Err(Failure::Other(
             "serve and gateway are not one-shot commands".into(),
         )),
     }
+}
+
+/// `keygate owners ...`
+async fn owners(
+    keygate: &Keygate,
+    command: args::OwnersCommand,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    match command {
+        args::OwnersCommand::Set { owner, emails } => {
+            let set = keygate
+                .set_owner_emails(&owner, &emails, &keys::cli())
+                .await?;
+            if set.is_empty() {
+                writeln!(out, "{owner}: no contact addresses")?;
+            } else {
+                writeln!(out, "{owner}: {}", set.join(", "))?;
+            }
+        }
+        args::OwnersCommand::Show { owner, json } => {
+            let emails = keygate.owner_emails(&owner).await?;
+            if json {
+                output::print_json(out, &serde_json::json!({"owner": owner, "emails": emails}))?;
+            } else {
+                writeln!(
+                    out,
+                    "{owner}: {}",
+                    if emails.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        emails.join(", ")
+                    }
+                )?;
+            }
+        }
+        args::OwnersCommand::Emails { json } => {
+            let emails = keygate.emails(100).await?;
+            if json {
+                output::print_json(out, &emails)?;
+            } else {
+                for e in &emails {
+                    writeln!(
+                        out,
+                        "email_{}  {}  {}  {}  attempts {}{}",
+                        e.id,
+                        e.status.as_str(),
+                        e.recipient,
+                        e.subject,
+                        e.attempts,
+                        e.last_error
+                            .as_deref()
+                            .map_or(String::new(), |x| format!(" ({x})"))
+                    )?;
+                }
+                if emails.is_empty() {
+                    writeln!(out, "(no emails)")?;
+                }
+            }
+        }
+    }
+    Ok(0)
 }

@@ -8,6 +8,7 @@ mod bounds;
 mod browser;
 mod cli;
 mod client;
+mod emails;
 mod fuzz_regressions;
 mod gateway;
 mod nodes;

@@ -12,6 +12,7 @@ mod rows;
 use std::future::Future;
 
 use async_trait::async_trait;
+use keygate_core::email::EmailDelivery;
 use keygate_core::switch::Usage;
 use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint, EndpointPatch};
 use keygate_core::{
@@ -30,7 +31,7 @@ use crate::query::{
     Attempt, AuditPage, AuditQuery, Change, ListQuery, Page, RetirePlan, RotationPlan, Spend,
     StatusCounts,
 };
-use crate::roles::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
+use crate::roles::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, WebhookOutbox};
 
 /// What differs between the databases [`SqlStore`] runs on. Everything else — every query,
 /// every transaction's content — is written once, in this module.
@@ -204,6 +205,8 @@ macro_rules! sql_impl {
             for<'r> rows::AuditRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::DeliveryRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::EndpointRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::EmailRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (String, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::AdminUserRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::SessionRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (i64,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
@@ -300,7 +303,53 @@ sql_impl! {
                     .await
                     .map_err(backend)?;
             }
+            if keygate_core::email::emailed(event.kind)
+                && let Some(key_id) = &event.key_id
+            {
+                self.queue_emails(tx, event, seq, key_id).await?;
+            }
             Ok(seq)
+        }
+
+        /// Queues event `seq`'s email for each contact of the owner of key `key_id`, inside
+        /// `tx` (none if the key has no owner, or the owner no contacts).
+        async fn queue_emails(
+            &self,
+            tx: &mut WriteTx<B::Db>,
+            event: &AuditEvent,
+            seq: i64,
+            key_id: &KeyId,
+        ) -> Result<(), StoreError> {
+            let found: Option<(String, String)> = sqlx::query_as(
+                "SELECT k.name, o.emails FROM keys k JOIN owners o ON o.owner = k.owner \
+                 WHERE k.id = $1",
+            )
+            .bind(key_id.as_str().to_owned())
+            .fetch_optional(tx.conn())
+            .await
+            .map_err(backend)?;
+            let Some((name, emails)) = found else {
+                return Ok(());
+            };
+            let emails: Vec<String> = serde_json::from_str(&emails)
+                .map_err(|_| StoreError::Corrupt("owner emails".into()))?;
+            let mut stored = event.clone();
+            stored.seq = seq;
+            let email = keygate_core::email::message(&stored, &name, None);
+            for recipient in emails {
+                self.exec(tx, sqlx::query(
+                    "INSERT INTO email_deliveries (event_seq, recipient, subject, body_text, \
+                     body_html, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(seq)
+                .bind(recipient)
+                .bind(email.subject.clone())
+                .bind(email.text.clone())
+                .bind(email.html.clone())
+                .bind(event.at.unix_ms()))
+                .await?;
+            }
+            Ok(())
         }
 
         /// Inserts a new key with its `key.created` event and change signal, inside `tx`.
@@ -939,6 +988,107 @@ sql_impl! {
             .await
             .map_err(backend)?;
             found.into_iter().map(Delivery::try_from).collect()
+        }
+    }
+}
+
+sql_impl! {
+    #[async_trait]
+    impl EmailOutbox {
+        async fn set_owner(
+            &self,
+            owner: &str,
+            emails: &[String],
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<(), StoreError> {
+            in_write!(self, |tx| {
+                if emails.is_empty() {
+                    self.exec(tx, sqlx::query("DELETE FROM owners WHERE owner = $1")
+                        .bind(owner.to_owned()))
+                        .await?;
+                } else {
+                    self.exec(tx, sqlx::query(
+                        "INSERT INTO owners (owner, emails, updated_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (owner) DO UPDATE SET emails = excluded.emails, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(owner.to_owned())
+                    .bind(to_json(emails))
+                    .bind(at.unix_ms()))
+                    .await?;
+                }
+                let details = serde_json::json!({"owner": owner, "emails": emails});
+                let event = AuditEvent::about_admin(
+                    EventKind::OwnerUpdated,
+                    audit,
+                    at,
+                    details.as_object().cloned().unwrap_or_default(),
+                );
+                self.record_event(tx, &event).await.map(drop)
+            })
+        }
+
+        async fn owner_emails(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+            let found: Option<(String,)> =
+                sqlx::query_as("SELECT emails FROM owners WHERE owner = $1")
+                    .bind(owner.to_owned())
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(backend)?;
+            match found {
+                Some((emails,)) => serde_json::from_str(&emails)
+                    .map_err(|_| StoreError::Corrupt("owner emails".into())),
+                None => Ok(Vec::new()),
+            }
+        }
+
+        async fn due_emails(&self, now: Timestamp, limit: u32) -> Result<Vec<EmailDelivery>, StoreError> {
+            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+                rows::EMAIL_COLUMNS
+            )))
+            .bind(now.unix_ms())
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(EmailDelivery::try_from).collect()
+        }
+
+        async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
+            let status = if attempt.delivered {
+                DeliveryStatus::Delivered
+            } else if attempt.next_attempt_at.is_some() {
+                DeliveryStatus::Pending
+            } else {
+                DeliveryStatus::Failed
+            };
+            in_write!(self, |tx| {
+                self.exec(tx, sqlx::query(
+                    "UPDATE email_deliveries SET status = $1, attempts = attempts + 1, \
+                     last_error = $2, next_attempt_at = COALESCE($3, next_attempt_at), \
+                     sent_at = $4 WHERE id = $5 AND status = 'pending'",
+                )
+                .bind(status.as_str().to_owned())
+                .bind(attempt.error.clone())
+                .bind(time(attempt.next_attempt_at))
+                .bind(attempt.delivered.then(|| attempt.at.unix_ms()))
+                .bind(id))
+                .await
+            })
+        }
+
+        async fn list_emails(&self, limit: u32) -> Result<Vec<EmailDelivery>, StoreError> {
+            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} ORDER BY id DESC LIMIT $1",
+                rows::EMAIL_COLUMNS
+            )))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(EmailDelivery::try_from).collect()
         }
     }
 }

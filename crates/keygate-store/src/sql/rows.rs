@@ -666,3 +666,47 @@ impl TryFrom<AttemptsRow> for crate::SignInAttempts {
         })
     }
 }
+
+/// Columns of [`EmailRow`].
+pub(crate) const EMAIL_COLUMNS: &str = "id, event_seq, recipient, subject, body_text, body_html, \
+    status, attempts, next_attempt_at, last_error, sent_at FROM email_deliveries";
+
+/// An email outbox row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EmailRow {
+    id: i64,
+    event_seq: i64,
+    recipient: String,
+    subject: String,
+    body_text: String,
+    body_html: String,
+    status: String,
+    attempts: i32,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    sent_at: Option<i64>,
+}
+
+impl TryFrom<EmailRow> for keygate_core::email::EmailDelivery {
+    type Error = StoreError;
+
+    fn try_from(r: EmailRow) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("email {}", r.id));
+        Ok(Self {
+            status: keygate_core::webhook::DeliveryStatus::parse(&r.status).ok_or_else(corrupt)?,
+            attempts: u32::try_from(r.attempts).map_err(|_| corrupt())?,
+            next_attempt_at: Timestamp::from_unix_ms(r.next_attempt_at).ok_or_else(corrupt)?,
+            sent_at: match r.sent_at {
+                Some(ms) => Some(Timestamp::from_unix_ms(ms).ok_or_else(corrupt)?),
+                None => None,
+            },
+            id: r.id,
+            event_seq: r.event_seq,
+            recipient: r.recipient,
+            subject: r.subject,
+            text: r.body_text,
+            html: r.body_html,
+            last_error: r.last_error,
+        })
+    }
+}
