@@ -263,3 +263,81 @@ pub struct EmailDelivery {
     /// When the SMTP server accepted it.
     pub sent_at: Option<crate::Timestamp>,
 }
+
+/// An owner's contacts: where its email goes, and whether as one daily digest per address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Contacts {
+    /// The addresses.
+    pub emails: Vec<String>,
+    /// Collect the notices into one email a day (sent after 00:00 UTC) instead of one each.
+    pub digest: bool,
+}
+
+/// Milliseconds in a day.
+const DAY_MS: i64 = 86_400_000;
+
+/// When a digest holding a notice from `at` is sent: the next 00:00 UTC after it.
+pub fn digest_due(at: crate::Timestamp) -> crate::Timestamp {
+    let next = (at.unix_ms().div_euclid(DAY_MS) + 1) * DAY_MS;
+    crate::Timestamp::from_unix_ms(next).unwrap_or(at)
+}
+
+/// One email for many notices to one recipient: a count in the subject, each notice's subject
+/// and text in the body, in order.
+pub fn digest(notices: &[&EmailDelivery]) -> Email {
+    let mut text = format!("{} keygate notices:\n", notices.len());
+    let mut html = format!(
+        "<!doctype html><html><body><p>{} keygate notices:</p><ol>",
+        notices.len()
+    );
+    for notice in notices {
+        text.push_str(&format!("\n* {}\n{}", notice.subject, notice.text));
+        html.push_str(&format!(
+            "<li><p><strong>{}</strong></p><pre>{}</pre></li>",
+            escape(&notice.subject),
+            escape(&notice.text)
+        ));
+    }
+    html.push_str("</ol></body></html>");
+    Email {
+        subject: format!("[keygate] daily digest: {} notices", notices.len()),
+        text,
+        html,
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+    use crate::Timestamp;
+
+    #[test]
+    fn digests_go_at_the_next_midnight_and_hold_every_notice() {
+        let t = |ms| Timestamp::from_unix_ms(ms).unwrap();
+        let day = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        assert_eq!(digest_due(t(day)), t(day + DAY_MS));
+        assert_eq!(digest_due(t(day + 5)), t(day + DAY_MS));
+        assert_eq!(digest_due(t(day + DAY_MS - 1)), t(day + DAY_MS));
+        let notice = |n: i64| EmailDelivery {
+            id: n,
+            event_seq: n,
+            recipient: "ops@example.com".into(),
+            subject: format!("[keygate] key.expiring_soon: key {n}"),
+            text: format!("Key {n} expires <soon>."),
+            html: String::new(),
+            status: crate::webhook::DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at: t(day),
+            last_error: None,
+            sent_at: None,
+        };
+        let notices: Vec<EmailDelivery> = (1..=3).map(notice).collect();
+        let refs: Vec<&EmailDelivery> = notices.iter().collect();
+        let email = digest(&refs);
+        assert!(email.subject.contains("3 notices"));
+        for n in 1..=3 {
+            assert!(email.text.contains(&format!("Key {n} expires")));
+        }
+        assert!(email.html.contains("&lt;soon&gt;"));
+    }
+}

@@ -610,14 +610,29 @@ pub async fn retiring_ends_the_grace_once_with_its_evidence(store: Arc<dyn Store
 /// for other events, other owners' keys or keys without an owner); attempts are recorded.
 pub async fn owners_get_emails_written_with_their_events(store: Arc<dyn Store>) {
     use crate::Attempt;
+    use keygate_core::email::Contacts;
     use keygate_core::webhook::DeliveryStatus;
     let emails = vec!["ops@example.com".to_owned(), "dev@example.com".to_owned()];
+    let contacts = Contacts {
+        emails: emails.clone(),
+        digest: false,
+    };
     store
-        .set_owner("acct_42", &emails, at(0), &audit())
+        .set_owner("acct_42", &contacts, at(0), &audit())
         .await
         .expect("set");
-    assert_eq!(store.owner_emails("acct_42").await.expect("get"), emails);
-    assert!(store.owner_emails("acct_7").await.expect("get").is_empty());
+    assert_eq!(
+        store.owner_contacts("acct_42").await.expect("get"),
+        contacts
+    );
+    assert!(
+        store
+            .owner_contacts("acct_7")
+            .await
+            .expect("get")
+            .emails
+            .is_empty()
+    );
     let mine = record("mine", Some("acct_42"), at(1));
     let theirs = record("theirs", Some("acct_7"), at(2));
     let nobodys = record("nobody's", None, at(3));
@@ -678,12 +693,55 @@ pub async fn owners_get_emails_written_with_their_events(store: Arc<dyn Store>) 
     assert_eq!(log.len(), 2);
     assert_eq!(log[0].status, DeliveryStatus::Delivered);
     assert_eq!(log[0].sent_at, Some(at(32)));
-    // Replaced, then removed: no more emails.
+    // As a digest: notices wait for the next 00:00 UTC, and are listed apart.
+    let digest = Contacts {
+        emails: vec!["ops@example.com".to_owned()],
+        digest: true,
+    };
     store
-        .set_owner("acct_42", &[], at(40), &audit())
+        .set_owner("acct_42", &digest, at(35), &audit())
+        .await
+        .expect("digest");
+    assert_eq!(store.owner_contacts("acct_42").await.expect("get"), digest);
+    let later = record("later", Some("acct_42"), at(36));
+    store.create(&later, &audit()).await.expect("create");
+    store
+        .revoke(&later.id, at(37), None, &audit())
+        .await
+        .expect("revoke");
+    let midnight = keygate_core::email::digest_due(at(37));
+    assert!(
+        store
+            .due_digest_notices(at(38), 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert!(
+        store
+            .due_emails(midnight, 100)
+            .await
+            .expect("due")
+            .iter()
+            .all(|e| e.id != log[0].id + 1),
+        "a digest notice is not a single email"
+    );
+    let notices = store.due_digest_notices(midnight, 10).await.expect("due");
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].next_attempt_at, midnight);
+    // Removed: no more emails.
+    store
+        .set_owner("acct_42", &Contacts::default(), at(40), &audit())
         .await
         .expect("remove");
-    assert!(store.owner_emails("acct_42").await.expect("get").is_empty());
+    assert!(
+        store
+            .owner_contacts("acct_42")
+            .await
+            .expect("get")
+            .emails
+            .is_empty()
+    );
     let trail = store
         .list_audit(&AuditQuery {
             kind: Some(keygate_core::EventKind::OwnerUpdated),
@@ -691,7 +749,7 @@ pub async fn owners_get_emails_written_with_their_events(store: Arc<dyn Store>) 
         })
         .await
         .expect("audit");
-    assert_eq!(trail.items.len(), 2);
+    assert_eq!(trail.items.len(), 3);
     assert_eq!(trail.items[0].details["owner"], "acct_42");
 }
 

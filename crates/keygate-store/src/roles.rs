@@ -1,7 +1,7 @@
 //! The store's roles. A caller depends on the role it needs; [`Store`] is every role at once.
 
 use async_trait::async_trait;
-use keygate_core::email::EmailDelivery;
+use keygate_core::email::{Contacts, EmailDelivery};
 use keygate_core::switch::Usage;
 use keygate_core::webhook::{Delivery, Endpoint, EndpointPatch};
 use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
@@ -184,21 +184,30 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
 /// as the event they tell of, for the owner of the key concerned).
 #[async_trait]
 pub trait EmailOutbox: Send + Sync + std::fmt::Debug {
-    /// Sets `owner`'s contact addresses (replacing them; none removes the record), with an
+    /// Sets `owner`'s contacts (replacing them; no address removes the record), with an
     /// `owner.updated` event, in one transaction.
     async fn set_owner(
         &self,
         owner: &str,
-        emails: &[String],
+        contacts: &Contacts,
         at: Timestamp,
         audit: &Audit,
     ) -> Result<(), StoreError>;
 
-    /// `owner`'s contact addresses (empty if none).
-    async fn owner_emails(&self, owner: &str) -> Result<Vec<String>, StoreError>;
+    /// `owner`'s contacts (none if it has no record).
+    async fn owner_contacts(&self, owner: &str) -> Result<Contacts, StoreError>;
 
-    /// Pending emails whose next attempt is due at `now`, oldest first.
+    /// Pending single emails (not digest notices) whose next attempt is due at `now`, oldest
+    /// first.
     async fn due_emails(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<EmailDelivery>, StoreError>;
+
+    /// Pending digest notices due at `now`, by recipient then oldest first: each recipient's
+    /// are sent as one email.
+    async fn due_digest_notices(
         &self,
         now: Timestamp,
         limit: u32,

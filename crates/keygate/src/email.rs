@@ -2,7 +2,7 @@
 //! events (see [`keygate_core::email::EMAILED`]) about an owner's keys are queued for its
 //! contacts in the event's own transaction, and `keygate serve` sends them over SMTP.
 
-use keygate_core::email::{EmailDelivery, MAX_CONTACTS, check_address};
+use keygate_core::email::{Contacts, EmailDelivery, MAX_CONTACTS, check_address};
 use keygate_core::record::MAX_OWNER_CHARS;
 use keygate_core::{Audit, Timestamp};
 use keygate_store::Attempt;
@@ -13,12 +13,14 @@ use crate::error::Error;
 impl Keygate {
     /// Sets the contact addresses of `owner` (the `owner` of keys), replacing any; an empty
     /// list removes them. Audited as `owner.updated`.
+    /// With `digest`, the owner's notices are collected into one email a day per address.
     pub async fn set_owner_emails(
         &self,
         owner: &str,
         emails: &[String],
+        digest: bool,
         audit: &Audit,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Contacts, Error> {
         let invalid = |field: &'static str, message: &str| Error::Invalid {
             field,
             message: message.to_owned(),
@@ -43,19 +45,36 @@ impl Keygate {
         if checked.len() > MAX_CONTACTS {
             return Err(invalid("email", "at most 20 addresses"));
         }
+        let contacts = Contacts {
+            emails: checked,
+            digest,
+        };
         self.store()
-            .set_owner(owner, &checked, self.now(), audit)
+            .set_owner(owner, &contacts, self.now(), audit)
             .await
             .map_err(Error::store("set the owner's contacts"))?;
-        Ok(checked)
+        Ok(contacts)
     }
 
-    /// The contact addresses of `owner`.
-    pub async fn owner_emails(&self, owner: &str) -> Result<Vec<String>, Error> {
+    /// The contacts of `owner`.
+    pub async fn owner_contacts(&self, owner: &str) -> Result<Contacts, Error> {
         self.store()
-            .owner_emails(owner)
+            .owner_contacts(owner)
             .await
             .map_err(Error::store("read the owner's contacts"))
+    }
+
+    /// Digest notices due at `now`, by recipient (at most `limit`): each recipient's go as
+    /// one email.
+    pub async fn due_digest_notices(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<EmailDelivery>, Error> {
+        self.store()
+            .due_digest_notices(now, limit)
+            .await
+            .map_err(Error::store("read the email outbox"))
     }
 
     /// Pending emails due at `now`, oldest first, at most `limit`: the sender's next batch.

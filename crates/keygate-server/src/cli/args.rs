@@ -85,6 +85,10 @@ pub enum OwnersCommand {
         /// A contact address (repeatable).
         #[arg(long = "email", value_name = "ADDRESS")]
         emails: Vec<String>,
+        /// One email a day per address (after 00:00 UTC) with every notice, instead of one
+        /// email per notice.
+        #[arg(long)]
+        digest: bool,
     },
     /// Show an owner's contact addresses.
     Show {

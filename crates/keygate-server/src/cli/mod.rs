@@ -44,30 +44,40 @@ async fn owners(
     out: &mut dyn Write,
 ) -> Result<u8, Failure> {
     match command {
-        args::OwnersCommand::Set { owner, emails } => {
+        args::OwnersCommand::Set {
+            owner,
+            emails,
+            digest,
+        } => {
             let set = keygate
-                .set_owner_emails(&owner, &emails, &keys::cli())
+                .set_owner_emails(&owner, &emails, digest, &keys::cli())
                 .await?;
-            if set.is_empty() {
+            if set.emails.is_empty() {
                 writeln!(out, "{owner}: no contact addresses")?;
             } else {
-                writeln!(out, "{owner}: {}", set.join(", "))?;
+                let mode = if set.digest { " (daily digest)" } else { "" };
+                writeln!(out, "{owner}: {}{mode}", set.emails.join(", "))?;
             }
         }
         args::OwnersCommand::Show { owner, json } => {
-            let emails = keygate.owner_emails(&owner).await?;
+            let contacts = keygate.owner_contacts(&owner).await?;
             if json {
-                output::print_json(out, &serde_json::json!({"owner": owner, "emails": emails}))?;
-            } else {
-                writeln!(
+                output::print_json(
                     out,
-                    "{owner}: {}",
-                    if emails.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        emails.join(", ")
-                    }
+                    &serde_json::json!({"owner": owner, "emails": contacts.emails, "digest": contacts.digest}),
                 )?;
+            } else {
+                let emails = if contacts.emails.is_empty() {
+                    "-".to_owned()
+                } else {
+                    contacts.emails.join(", ")
+                };
+                let mode = if contacts.digest {
+                    " (daily digest)"
+                } else {
+                    ""
+                };
+                writeln!(out, "{owner}: {emails}{mode}")?;
             }
         }
         args::OwnersCommand::Emails { json } => {

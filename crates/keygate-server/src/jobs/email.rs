@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use keygate::core::Timestamp;
-use keygate::core::email::EmailDelivery;
+use keygate::core::email::{Email, EmailDelivery, digest};
 use keygate::core::webhook::retry_after_ms;
 use keygate::{Attempt, Keygate};
 use lettre::message::{Mailbox, MultiPart};
@@ -50,18 +50,28 @@ impl Mailer {
     }
 
     async fn send(&self, email: &EmailDelivery) -> Result<(), String> {
-        let to = email
-            .recipient
+        let content = Email {
+            subject: email.subject.clone(),
+            text: email.text.clone(),
+            html: email.html.clone(),
+        };
+        self.send_to(&email.recipient, &content, email.id).await
+    }
+
+    /// Sends `content` to `recipient`; `id` (the outbox row, or a digest's first row) makes the
+    /// `Message-ID`.
+    async fn send_to(&self, recipient: &str, content: &Email, id: i64) -> Result<(), String> {
+        let to = recipient
             .parse::<Mailbox>()
             .map_err(|e| format!("recipient: {e}"))?;
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(email.subject.clone())
-            .message_id(Some(format!("<keygate-email-{}@keygate>", email.id)))
+            .subject(content.subject.clone())
+            .message_id(Some(format!("<keygate-email-{id}@keygate>")))
             .multipart(MultiPart::alternative_plain_html(
-                email.text.clone(),
-                email.html.clone(),
+                content.text.clone(),
+                content.html.clone(),
             ))
             .map_err(|e| format!("message: {e}"))?;
         self.transport
@@ -72,13 +82,53 @@ impl Mailer {
     }
 }
 
-/// Sends every email due now (at most `batch`), recording each attempt; returns how many
-/// were attempted.
+/// Most digest notices read per round (a recipient's beyond these go in the next round's
+/// email).
+const DIGEST_BATCH: u32 = 5_000;
+
+/// Sends every email due now (at most `batch` single ones, and each recipient's due digest
+/// notices as one email), recording each attempt; returns how many emails were attempted.
 pub async fn send_due(
     keygate: &Keygate,
     mailer: &Mailer,
     batch: u32,
 ) -> Result<usize, keygate::Error> {
+    let notices = keygate
+        .due_digest_notices(keygate.now(), DIGEST_BATCH)
+        .await?;
+    let mut digests = 0;
+    for group in notices.chunk_by(|a, b| a.recipient == b.recipient) {
+        let refs: Vec<&EmailDelivery> = group.iter().collect();
+        let result = mailer
+            .send_to(&group[0].recipient, &digest(&refs), group[0].id)
+            .await;
+        match &result {
+            Ok(()) => tracing::info!(notices = group.len(), "digest email sent"),
+            Err(error) => tracing::warn!(notices = group.len(), %error, "digest email not sent"),
+        }
+        let at = keygate.now();
+        for notice in group {
+            let attempt = match &result {
+                Ok(()) => Attempt {
+                    at,
+                    delivered: true,
+                    status: None,
+                    error: None,
+                    next_attempt_at: None,
+                },
+                Err(error) => Attempt {
+                    at,
+                    delivered: false,
+                    status: None,
+                    error: Some(error.clone()),
+                    next_attempt_at: retry_after_ms(notice.attempts + 1)
+                        .and_then(|ms| Timestamp::from_unix_ms(at.unix_ms() + ms)),
+                },
+            };
+            keygate.finish_email(notice.id, &attempt).await?;
+        }
+        digests += 1;
+    }
     let due = keygate.due_emails(keygate.now(), batch).await?;
     for email in &due {
         let result = mailer.send(email).await;
@@ -112,7 +162,7 @@ pub async fn send_due(
         }
         keygate.finish_email(email.id, &attempt).await?;
     }
-    Ok(due.len())
+    Ok(due.len() + digests)
 }
 
 /// Sends emails as they fall due, until the process ends.

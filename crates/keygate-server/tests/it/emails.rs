@@ -227,3 +227,68 @@ fn owners_get_rotated_and_expiring_emails_without_a_key_and_a_down_server_is_ret
         .expect(200);
     assert_eq!(trail["items"].as_array().unwrap().len(), 2);
 }
+
+/// An owner on the daily digest: 50 expiring-soon notices wait for the next 00:00 UTC and
+/// arrive as one email holding all 50.
+#[test]
+fn a_digest_of_50_notices_is_one_email() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!("smtp_url = \"smtp://127.0.0.1:{port}\"\nemail_from = \"keygate@example.com\"\n"),
+    )
+    .unwrap();
+    let smtp = Smtp::start(port, &dir.path().join("mail"));
+    let app = App::new(&["--config", config.to_str().unwrap()]);
+    let (code, out) = app.cli(&[
+        "owners",
+        "set",
+        "acct_9",
+        "--email",
+        "team@example.com",
+        "--digest",
+    ]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "acct_9: team@example.com (daily digest)")
+    );
+    let mut keys = Vec::new();
+    for n in 0..50 {
+        let key = app
+            .create(json!({"name": format!("batch {n}"), "owner": "acct_9", "expires_in": "3d"}));
+        keys.push(key["key"].as_str().unwrap().to_owned());
+    }
+    let report = app
+        .block_on(keygate_server::jobs::scheduler::sweep_once(
+            app.keygate(),
+            &app.service.settings().sweep,
+        ))
+        .unwrap();
+    assert_eq!(report.expiring_soon_notices.len(), 50);
+    assert_eq!(send(&app), 0, "a digest waits for midnight");
+    app.advance("1d");
+    assert_eq!(send(&app), 1, "one email for the 50 notices");
+    assert_eq!(send(&app), 0);
+    let got = smtp.messages();
+    assert_eq!(got.len(), 1);
+    let message = &got[0];
+    assert_eq!(header(message, "To"), Some("team@example.com"));
+    assert!(
+        header(message, "Subject").unwrap().contains("50 notices"),
+        "{message}"
+    );
+    for n in 0..50 {
+        assert!(
+            message.contains(&format!("\"batch {n}\"")),
+            "notice {n} missing"
+        );
+    }
+    for key in &keys {
+        assert!(!message.contains(&key[3..]), "a key in the digest");
+    }
+    let log = app.block_on(app.keygate().emails(100)).unwrap();
+    assert_eq!(log.len(), 50);
+    assert!(log.iter().all(|e| e.status.as_str() == "delivered"));
+}

@@ -12,7 +12,7 @@ mod rows;
 use std::future::Future;
 
 use async_trait::async_trait;
-use keygate_core::email::EmailDelivery;
+use keygate_core::email::{Contacts, EmailDelivery};
 use keygate_core::switch::Usage;
 use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint, EndpointPatch};
 use keygate_core::{
@@ -207,6 +207,7 @@ macro_rules! sql_impl {
             for<'r> rows::EndpointRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::EmailRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (String, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::AdminUserRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::SessionRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (i64,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
@@ -320,16 +321,22 @@ sql_impl! {
             seq: i64,
             key_id: &KeyId,
         ) -> Result<(), StoreError> {
-            let found: Option<(String, String)> = sqlx::query_as(
-                "SELECT k.name, o.emails FROM keys k JOIN owners o ON o.owner = k.owner \
-                 WHERE k.id = $1",
+            let found: Option<(String, String, bool)> = sqlx::query_as(
+                "SELECT k.name, o.emails, o.digest FROM keys k \
+                 JOIN owners o ON o.owner = k.owner WHERE k.id = $1",
             )
             .bind(key_id.as_str().to_owned())
             .fetch_optional(tx.conn())
             .await
             .map_err(backend)?;
-            let Some((name, emails)) = found else {
+            let Some((name, emails, digest)) = found else {
                 return Ok(());
+            };
+            // A digest notice waits for the next 00:00 UTC.
+            let due = if digest {
+                keygate_core::email::digest_due(event.at)
+            } else {
+                event.at
             };
             let emails: Vec<String> = serde_json::from_str(&emails)
                 .map_err(|_| StoreError::Corrupt("owner emails".into()))?;
@@ -339,14 +346,15 @@ sql_impl! {
             for recipient in emails {
                 self.exec(tx, sqlx::query(
                     "INSERT INTO email_deliveries (event_seq, recipient, subject, body_text, \
-                     body_html, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                     body_html, next_attempt_at, digest) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(seq)
                 .bind(recipient)
                 .bind(email.subject.clone())
                 .bind(email.text.clone())
                 .bind(email.html.clone())
-                .bind(event.at.unix_ms()))
+                .bind(due.unix_ms())
+                .bind(digest))
                 .await?;
             }
             Ok(())
@@ -998,27 +1006,31 @@ sql_impl! {
         async fn set_owner(
             &self,
             owner: &str,
-            emails: &[String],
+            contacts: &Contacts,
             at: Timestamp,
             audit: &Audit,
         ) -> Result<(), StoreError> {
             in_write!(self, |tx| {
-                if emails.is_empty() {
+                if contacts.emails.is_empty() {
                     self.exec(tx, sqlx::query("DELETE FROM owners WHERE owner = $1")
                         .bind(owner.to_owned()))
                         .await?;
                 } else {
                     self.exec(tx, sqlx::query(
-                        "INSERT INTO owners (owner, emails, updated_at) VALUES ($1, $2, $3) \
+                        "INSERT INTO owners (owner, emails, digest, updated_at) \
+                         VALUES ($1, $2, $3, $4) \
                          ON CONFLICT (owner) DO UPDATE SET emails = excluded.emails, \
-                         updated_at = excluded.updated_at",
+                         digest = excluded.digest, updated_at = excluded.updated_at",
                     )
                     .bind(owner.to_owned())
-                    .bind(to_json(emails))
+                    .bind(to_json(&contacts.emails))
+                    .bind(contacts.digest)
                     .bind(at.unix_ms()))
                     .await?;
                 }
-                let details = serde_json::json!({"owner": owner, "emails": emails});
+                let details = serde_json::json!({
+                    "owner": owner, "emails": contacts.emails, "digest": contacts.digest,
+                });
                 let event = AuditEvent::about_admin(
                     EventKind::OwnerUpdated,
                     audit,
@@ -1029,23 +1041,45 @@ sql_impl! {
             })
         }
 
-        async fn owner_emails(&self, owner: &str) -> Result<Vec<String>, StoreError> {
-            let found: Option<(String,)> =
-                sqlx::query_as("SELECT emails FROM owners WHERE owner = $1")
+        async fn owner_contacts(&self, owner: &str) -> Result<Contacts, StoreError> {
+            let found: Option<(String, bool)> =
+                sqlx::query_as("SELECT emails, digest FROM owners WHERE owner = $1")
                     .bind(owner.to_owned())
                     .fetch_optional(self.pool())
                     .await
                     .map_err(backend)?;
             match found {
-                Some((emails,)) => serde_json::from_str(&emails)
-                    .map_err(|_| StoreError::Corrupt("owner emails".into())),
-                None => Ok(Vec::new()),
+                Some((emails, digest)) => Ok(Contacts {
+                    emails: serde_json::from_str(&emails)
+                        .map_err(|_| StoreError::Corrupt("owner emails".into()))?,
+                    digest,
+                }),
+                None => Ok(Contacts::default()),
             }
         }
 
         async fn due_emails(&self, now: Timestamp, limit: u32) -> Result<Vec<EmailDelivery>, StoreError> {
             let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {} WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+                "SELECT {} WHERE status = 'pending' AND next_attempt_at <= $1 AND digest = FALSE \
+                 ORDER BY id LIMIT $2",
+                rows::EMAIL_COLUMNS
+            )))
+            .bind(now.unix_ms())
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(EmailDelivery::try_from).collect()
+        }
+
+        async fn due_digest_notices(
+            &self,
+            now: Timestamp,
+            limit: u32,
+        ) -> Result<Vec<EmailDelivery>, StoreError> {
+            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} WHERE status = 'pending' AND next_attempt_at <= $1 AND digest = TRUE \
+                 ORDER BY recipient, id LIMIT $2",
                 rows::EMAIL_COLUMNS
             )))
             .bind(now.unix_ms())
