@@ -96,7 +96,7 @@ pub enum EventKind {
     KeyExpired,
     /// A key's credits were refilled (by the scheduler or `keygate refill`).
     KeyQuotaRefilled,
-    /// An owner's shared rate limits were set or removed.
+    /// An owner's record changed: its shared rate limits, or its contact addresses.
     OwnerUpdated,
     /// A key was imported from another system (`keygate import`); the details name its
     /// origin (the system and table), never its hash.
@@ -104,10 +104,24 @@ pub enum EventKind {
     /// An imported key was checked for the first time and keygate stored its own SHA-256
     /// index for it in place of the imported hash (once per key).
     KeyRehashed,
+    /// A rotated key is still in use with more than half its grace period gone (announced
+    /// once per key).
+    KeyStillInUse,
+    /// A rotated key's grace period was ended early: its holder switched to the successor
+    /// (or asked for it, `POST /v1/self/retire`).
+    KeyRetired,
     /// A request to keygate's own API was refused for its credentials (401 or 403).
     AdminAuthFailed,
     /// A webhook endpoint was added.
     WebhookCreated,
+    /// A webhook endpoint's URL or event types changed.
+    WebhookUpdated,
+    /// A webhook endpoint was disabled: it gets no deliveries until enabled again.
+    WebhookDisabled,
+    /// A disabled webhook endpoint was enabled again.
+    WebhookEnabled,
+    /// A webhook endpoint was deleted (its undelivered deliveries with it, counted).
+    WebhookDeleted,
     /// Someone signed in to the admin web UI.
     AdminSignedIn,
     /// A sign-in to the admin web UI was refused (wrong key or password, or throttled).
@@ -123,7 +137,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 23] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRevoked,
@@ -135,8 +149,14 @@ impl EventKind {
         Self::OwnerUpdated,
         Self::KeyImported,
         Self::KeyRehashed,
+        Self::KeyStillInUse,
+        Self::KeyRetired,
         Self::AdminAuthFailed,
         Self::WebhookCreated,
+        Self::WebhookUpdated,
+        Self::WebhookDisabled,
+        Self::WebhookEnabled,
+        Self::WebhookDeleted,
         Self::AdminSignedIn,
         Self::AdminSignInFailed,
         Self::AdminPasswordSet,
@@ -157,8 +177,14 @@ impl EventKind {
             Self::OwnerUpdated => "owner.updated",
             Self::KeyImported => "key.imported",
             Self::KeyRehashed => "key.rehashed",
+            Self::KeyStillInUse => "key.still_in_use",
+            Self::KeyRetired => "key.retired",
             Self::AdminAuthFailed => "admin.auth_failed",
             Self::WebhookCreated => "webhook.created",
+            Self::WebhookUpdated => "webhook.updated",
+            Self::WebhookDisabled => "webhook.disabled",
+            Self::WebhookEnabled => "webhook.enabled",
+            Self::WebhookDeleted => "webhook.deleted",
             Self::AdminSignedIn => "admin.signed_in",
             Self::AdminSignInFailed => "admin.sign_in_failed",
             Self::AdminPasswordSet => "admin.password_set",
@@ -206,7 +232,7 @@ pub struct AuditEvent {
 }
 
 /// The fields an event may mention. Never the hash; never anything secret.
-fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 13] {
+fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 14] {
     [
         ("name", json!(r.name)),
         ("owner", json!(r.owner)),
@@ -218,6 +244,7 @@ fn visible_fields(r: &KeyRecord) -> [(&'static str, Value); 13] {
         ("revoked_reason", json!(r.revoked_reason)),
         ("rotated_from", json!(r.rotated_from)),
         ("rotated_to", json!(r.rotated_to)),
+        ("retire_when_switched", json!(r.retire_when_switched)),
         // No limits read as absent (a key without any says nothing about them).
         (
             "rate_limits",
@@ -351,6 +378,61 @@ impl AuditEvent {
             request_id: audit.request_id.clone(),
             details: details.as_object().cloned().unwrap_or_default(),
         }
+    }
+
+    /// The event for a change to a webhook endpoint from `before` to `after`
+    /// (`webhook.disabled` / `webhook.enabled` when only that flag changed, else
+    /// `webhook.updated`), listing each changed field's old and new value; never the signing
+    /// secret, and a Slack URL only by its host.
+    pub fn webhook_changed(
+        before: &crate::webhook::Endpoint,
+        after: &crate::webhook::Endpoint,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let mut details = Map::new();
+        details.insert("webhook_id".into(), json!(after.id));
+        let (old_url, new_url) = (before.shown_url(false), after.shown_url(false));
+        if before.url != after.url {
+            details.insert("url".into(), json!({"from": old_url, "to": new_url}));
+        }
+        if before.events != after.events {
+            details.insert(
+                "events".into(),
+                json!({"from": before.events, "to": after.events}),
+            );
+        }
+        if before.enabled != after.enabled {
+            details.insert(
+                "enabled".into(),
+                json!({"from": before.enabled, "to": after.enabled}),
+            );
+        }
+        let only_enabled = before.url == after.url && before.events == after.events;
+        let kind = match (only_enabled, before.enabled != after.enabled, after.enabled) {
+            (true, true, false) => EventKind::WebhookDisabled,
+            (true, true, true) => EventKind::WebhookEnabled,
+            _ => EventKind::WebhookUpdated,
+        };
+        Self::about_admin(kind, audit, at, details)
+    }
+
+    /// `webhook.deleted`: the endpoint's id and (shown) URL, and how many of its deliveries
+    /// were still pending and so were dropped with it.
+    pub fn webhook_deleted(
+        endpoint: &crate::webhook::Endpoint,
+        dropped_pending: u64,
+        audit: &Audit,
+        at: Timestamp,
+    ) -> Self {
+        let details = json!({"webhook_id": endpoint.id, "url": endpoint.shown_url(false),
+                             "events": endpoint.events, "dropped_pending": dropped_pending});
+        Self::about_admin(
+            EventKind::WebhookDeleted,
+            audit,
+            at,
+            details.as_object().cloned().unwrap_or_default(),
+        )
     }
 
     /// `kind` for a change from `before` to `after`, listing each changed field's old and new

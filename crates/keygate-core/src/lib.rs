@@ -17,6 +17,7 @@
 //! ```
 
 pub mod audit;
+pub mod email;
 pub mod format;
 pub mod grant;
 pub mod id;
@@ -27,6 +28,7 @@ pub mod patterns;
 pub mod policy;
 pub mod record;
 pub mod scope;
+pub mod switch;
 pub mod time;
 pub mod webhook;
 

@@ -25,6 +25,12 @@ pub fn lifetime() -> String {
     format!("^{}$", lifetime_alternatives())
 }
 
+/// A quiet period (`retire_when_switched`): a [`lifetime`] in minutes or longer units, so at
+/// least `1m` (see [`parse_quiet`](crate::switch::parse_quiet)).
+pub fn quiet() -> String {
+    format!("^{}$", alternatives(&UNITS[1..]))
+}
+
 /// A grace period: `0` (with or without a unit) or a [`lifetime`].
 pub fn grace() -> String {
     format!("^(0[smhdw]?|{})$", lifetime_alternatives())
@@ -48,15 +54,20 @@ pub fn window() -> String {
     .collect();
     format!("^({})$", parts.join("|"))
 }
+/// The units of a lifetime, shortest first.
+const UNITS: [(char, i64); 5] = [
+    ('s', 1_000),
+    ('m', 60_000),
+    ('h', 3_600_000),
+    ('d', 86_400_000),
+    ('w', 7 * 86_400_000),
+];
 
 fn lifetime_alternatives() -> String {
-    let units = [
-        ('s', 1_000),
-        ('m', 60_000),
-        ('h', 3_600_000),
-        ('d', 86_400_000),
-        ('w', 7 * 86_400_000),
-    ];
+    alternatives(&UNITS)
+}
+
+fn alternatives(units: &[(char, i64)]) -> String {
     let parts: Vec<String> = units
         .iter()
         .map(|(unit, ms)| {

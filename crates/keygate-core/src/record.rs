@@ -61,6 +61,13 @@ pub struct KeyRecord {
     pub rotated_at: Option<Timestamp>,
     /// This key's own maximum age, overriding the deployment's policy.
     pub max_age: Option<Lifetime>,
+    /// First successful verification (recorded in batches).
+    pub first_used_at: Option<Timestamp>,
+    /// Successful verifications since it was rotated (recorded in batches; 0 if not rotated).
+    pub uses_since_rotation: u64,
+    /// After a rotation: end the grace period early once the successor has been used and this
+    /// key has been unused for this long (see [`crate::switch::retire_due`]).
+    pub retire_when_switched: Option<Lifetime>,
     /// Rate limits, credits and the addresses it may be used from.
     pub limits: KeyLimits,
 }
@@ -226,7 +233,7 @@ pub enum RecordError {
 }
 
 impl RecordError {
-    fn field(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn field(field: &'static str, message: impl Into<String>) -> Self {
         Self::Field {
             field,
             message: message.into(),
@@ -289,6 +296,9 @@ pub fn issue(
         rotated_to: None,
         rotated_at: None,
         max_age: spec.max_age,
+        first_used_at: None,
+        uses_since_rotation: 0,
+        retire_when_switched: None,
         limits: KeyLimits {
             rate: spec.rate_limits,
             quota: spec.quota,
@@ -357,6 +367,9 @@ pub fn plan_rotation(
         rotated_to: None,
         rotated_at: None,
         max_age: old.max_age,
+        first_used_at: None,
+        uses_since_rotation: 0,
+        retire_when_switched: None,
         limits: KeyLimits {
             rate: old.limits.rate.clone(),
             quota: old.limits.quota,

@@ -133,6 +133,54 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// Checks an event filter: each entry `*` or an event type such as `key.rotated`; an empty
+/// filter is every event (`["*"]`).
+pub fn check_events(events: Vec<String>) -> Result<Vec<String>, &'static str> {
+    if events
+        .iter()
+        .any(|e| e != "*" && EventKind::parse(e).is_none())
+    {
+        return Err("each must be `*` or an event type such as key.rotated");
+    }
+    Ok(if events.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        events
+    })
+}
+
+/// A change to an endpoint: each field given replaces the stored one (a URL already checked
+/// with [`check_url`], events with [`check_events`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointPatch {
+    /// New URL (canonical form).
+    pub url: Option<String>,
+    /// New event filter.
+    pub events: Option<Vec<String>>,
+    /// Enabled (receives deliveries) or disabled (receives none, its pending ones held).
+    pub enabled: Option<bool>,
+}
+
+impl EndpointPatch {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.url.is_none() && self.events.is_none() && self.enabled.is_none()
+    }
+
+    /// Applies the change.
+    pub fn apply(&self, endpoint: &mut Endpoint) {
+        if let Some(url) = &self.url {
+            endpoint.url.clone_from(url);
+        }
+        if let Some(events) = &self.events {
+            endpoint.events.clone_from(events);
+        }
+        if let Some(enabled) = self.enabled {
+            endpoint.enabled = enabled;
+        }
+    }
+}
+
 /// Whether an endpoint subscribed to `filter` (event types, or `*`) wants `kind`.
 pub fn wants(filter: &[String], kind: EventKind) -> bool {
     filter.iter().any(|f| f == "*" || f == kind.as_str())
@@ -152,6 +200,59 @@ pub fn payload(event: &AuditEvent, slack: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patches_change_what_they_name_and_events_are_audited_by_kind() {
+        use crate::audit::{Actor, Audit, AuditEvent};
+        let t = crate::Timestamp::from_unix_ms(1_000).unwrap();
+        let before = Endpoint {
+            id: "whk_1".into(),
+            url: "https://hooks.slack.com/services/T/B/secretpart".into(),
+            events: vec!["*".into()],
+            secret: "whsec_c2VjcmV0c2VjcmV0c2VjcmV0".into(),
+            slack: true,
+            enabled: true,
+            receives_secrets: false,
+            created_at: t,
+        };
+        assert_eq!(check_events(vec![]), Ok(vec!["*".to_owned()]));
+        assert!(check_events(vec!["key.nope".into()]).is_err());
+        assert!(EndpointPatch::default().is_empty());
+        let audit = Audit::by(Actor::Cli);
+        let mut off = before.clone();
+        let disable = EndpointPatch {
+            enabled: Some(false),
+            ..EndpointPatch::default()
+        };
+        disable.apply(&mut off);
+        assert!(!off.enabled && off.url == before.url);
+        let event = AuditEvent::webhook_changed(&before, &off, &audit, t);
+        assert_eq!(event.kind, EventKind::WebhookDisabled);
+        let on = AuditEvent::webhook_changed(&off, &before, &audit, t);
+        assert_eq!(on.kind, EventKind::WebhookEnabled);
+        let mut moved = before.clone();
+        EndpointPatch {
+            url: Some("https://hooks.slack.com/services/T/B/otherpart".into()),
+            events: Some(vec!["key.rotated".into()]),
+            enabled: None,
+        }
+        .apply(&mut moved);
+        let event = AuditEvent::webhook_changed(&before, &moved, &audit, t);
+        assert_eq!(event.kind, EventKind::WebhookUpdated);
+        assert_eq!(
+            event.details["events"]["to"],
+            serde_json::json!(["key.rotated"])
+        );
+        let text = serde_json::to_string(&event).unwrap();
+        assert!(
+            !text.contains("secretpart") && !text.contains("otherpart"),
+            "{text}"
+        );
+        assert!(!text.contains("whsec_"));
+        let deleted = AuditEvent::webhook_deleted(&moved, 3, &audit, t);
+        assert_eq!(deleted.kind, EventKind::WebhookDeleted);
+        assert_eq!(deleted.details["dropped_pending"], 3);
+    }
 
     #[test]
     fn signs_like_the_standard_webhooks_reference() {

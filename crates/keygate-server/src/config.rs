@@ -15,6 +15,10 @@
 //! max_age_grace = "7d"  # with "expire": how long a due key keeps working
 //! expiry_warning = "7d" # announce keys expiring within this long
 //! sweep_every = "1m"    # how often the scheduler sweeps
+//! smtp_url = "smtps://user:password@mail.example.com"  # email notices to key owners
+//! email_from = "keygate <keygate@example.com>"
+//! retire_when_switched = "1h"  # rotations' default: retire the old key once the successor
+//!                              # is in use and the old key was unused this long (default: off)
 //! secret_key = "..."    # base64 of 32 bytes; seals webhook signing secrets and the keys
 //!                       # the "rotate" action delivers
 //! max_connections = 1024        # client connections at once; more wait to be accepted
@@ -67,6 +71,9 @@ struct FileConfig {
     max_age_action: Option<AgeActionArg>,
     max_age_grace: Option<String>,
     expiry_warning: Option<String>,
+    retire_when_switched: Option<String>,
+    smtp_url: Option<String>,
+    email_from: Option<String>,
     sweep_every: Option<String>,
     secret_key: Option<String>,
     admin_idle_timeout: Option<String>,
@@ -109,6 +116,10 @@ pub struct Settings {
     pub sweep: keygate::Sweep,
     /// How often the scheduler sweeps.
     pub sweep_every: Lifetime,
+    /// Rotations' default quiet period for retiring the old key on switch-over.
+    pub retire_when_switched: Option<Lifetime>,
+    /// `serve`: the SMTP transport email notices go through (`smtp_url` and `email_from`).
+    pub mailer: Option<crate::jobs::email::Mailer>,
     /// Seals new keys waiting in the webhook outbox: `KEYGATE_SECRET_KEY` (never a flag, so it
     /// stays out of process listings) or the file's `secret_key`.
     pub sealing_key: Option<keygate::sealing::SealingKey>,
@@ -233,6 +244,34 @@ impl Settings {
             }),
             expiry_warning: Some(expiry_warning),
             announce_expired: true,
+            watch_grace: true,
+        };
+        let retire_when_switched = match (
+            serve.and_then(|s| s.retire_when_switched),
+            file.retire_when_switched,
+        ) {
+            (Some(v), _) => Some(v),
+            (None, Some(text)) => Some(
+                keygate::core::switch::parse_quiet(&text)
+                    .map_err(|e| Failure::Config(format!("config file: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        let smtp_url = std::env::var("KEYGATE_SMTP_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or(file.smtp_url);
+        let email_from = serve.and_then(|s| s.email_from.clone()).or(file.email_from);
+        let mailer = match (smtp_url, email_from) {
+            (None, None) => None,
+            (Some(url), Some(from)) => {
+                Some(crate::jobs::email::Mailer::new(&url, &from).map_err(Failure::Config)?)
+            }
+            _ => {
+                return Err(Failure::Config(
+                    "email needs both smtp_url (KEYGATE_SMTP_URL) and email_from".into(),
+                ));
+            }
         };
         let sealing_key = std::env::var("KEYGATE_SECRET_KEY")
             .ok()
@@ -304,6 +343,8 @@ impl Settings {
             sealing_key,
             sweep,
             sweep_every,
+            retire_when_switched,
+            mailer,
             cache_ttl,
             usage_flush,
             cache_size: serve

@@ -117,6 +117,10 @@ impl std::fmt::Display for Failure {
 
 /// Runs a parsed command line; `Ok(code)` is the exit status.
 pub async fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Command::Client(command) = cli.command {
+        // The key holder's side: no database, no settings.
+        return cli::client::run(command, &mut std::io::stdout().lock()).await;
+    }
     let serve_args = match &cli.command {
         Command::Serve(args) => Some(args),
         _ => None,

@@ -58,6 +58,12 @@ impl Service {
     /// Starts the background jobs (webhook sender, scheduler) on the current runtime.
     pub fn spawn_jobs(&self) {
         tokio::spawn(crate::jobs::deliver::run(self.keygate.clone()));
+        if let Some(mailer) = &self.settings.mailer {
+            tokio::spawn(crate::jobs::email::run(
+                self.keygate.clone(),
+                mailer.clone(),
+            ));
+        }
         tokio::spawn(crate::jobs::scheduler::run(
             self.keygate.clone(),
             self.settings.sweep.clone(),
@@ -94,6 +100,7 @@ pub async fn long_running(settings: &Settings, clock: Arc<dyn Clock>) -> Result<
         .sealing_key(settings.sealing_key.clone())
         .allow_private_webhooks(settings.allow_private_webhooks)
         .usage_flush_interval(Some(duration(settings.usage_flush)))
+        .retire_when_switched(settings.retire_when_switched)?
         .build())
 }
 

@@ -22,11 +22,12 @@ use keygate_core::{
 use serde_json::json;
 
 #[allow(unused_imports)]
-use crate::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
+use crate::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, WebhookOutbox};
 use crate::{
     AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential, ListQuery, Spend, Store,
     StoreError,
 };
+use keygate_core::switch::Usage;
 
 /// Expands to one `#[tokio::test]` per conformance case; `$fresh` is a closure returning a
 /// future of `Arc<dyn Store>`: a fresh, empty store (it panics if the backend cannot be had:
@@ -49,6 +50,8 @@ macro_rules! conformance_suite {
             revoke_is_final,
             concurrent_revokes_succeed_exactly_once,
             usage_times_only_move_forward,
+            retiring_ends_the_grace_once_with_its_evidence,
+            owners_get_emails_written_with_their_events,
             ping_answers,
             watchers_see_every_change,
             only_one_first_key,
@@ -56,6 +59,7 @@ macro_rules! conformance_suite {
             rotation_is_one_atomic_step,
             events_fill_the_webhook_outbox,
             sealed_successors_go_only_to_secret_endpoints,
+            endpoints_change_are_held_and_go_with_their_deliveries,
             the_sweep_filter_reads_only_candidates,
             search_matches_name_owner_or_start,
             admin_users_are_set_replaced_and_audited,
@@ -96,6 +100,17 @@ fn audit() -> Audit {
     Audit::by(Actor::Library).in_request("conformance")
 }
 
+/// One batch entry: `n` uses of `id` from `first` to `last`, `since_rotation` of them after a
+/// rotation.
+fn used(id: &KeyId, first: Timestamp, last: Timestamp, since_rotation: u64) -> Usage {
+    Usage {
+        id: id.clone(),
+        first_at: first,
+        last_at: last,
+        since_rotation,
+    }
+}
+
 fn record(name: &str, owner: Option<&str>, created: Timestamp) -> KeyRecord {
     let spec = KeySpec {
         name: name.into(),
@@ -126,6 +141,9 @@ pub async fn create_then_get_round_trips_every_field(store: Arc<dyn Store>) {
     full.rotated_to = Some(KeyId::generate(at(10)));
     full.rotated_at = Some(at(6));
     full.max_age = keygate_core::Lifetime::parse("30d").ok();
+    full.first_used_at = Some(at(2));
+    full.uses_since_rotation = 41;
+    full.retire_when_switched = keygate_core::Lifetime::parse("1h").ok();
     let mut bare = record("bare", None, at(1));
     bare.scopes.clear();
     bare.metadata.clear();
@@ -464,11 +482,14 @@ pub async fn usage_times_only_move_forward(store: Arc<dyn Store>) {
     store.create(&b, &audit()).await.expect("create");
     store.record_usage(&[]).await.expect("empty batch");
     store
-        .record_usage(&[(a.id.clone(), at(50)), (KeyId::generate(at(0)), at(60))])
+        .record_usage(&[
+            used(&a.id, at(50), at(50), 0),
+            used(&KeyId::generate(at(0)), at(60), at(60), 1),
+        ])
         .await
         .expect("usage");
     store
-        .record_usage(&[(a.id.clone(), at(40))])
+        .record_usage(&[used(&a.id, at(40), at(40), 0)])
         .await
         .expect("usage");
     let got = store.get(&a.id).await.expect("get").expect("present");
@@ -483,14 +504,22 @@ pub async fn usage_times_only_move_forward(store: Arc<dyn Store>) {
         None
     );
     store
-        .record_usage(&[(a.id.clone(), at(70))])
+        .record_usage(&[used(&a.id, at(70), at(70), 2)])
         .await
         .expect("usage");
     let got = store.get(&a.id).await.expect("get").expect("present");
     assert_eq!(got.last_used_at, Some(at(70)));
+    assert_eq!(
+        got.first_used_at,
+        Some(at(40)),
+        "the first use moves only back"
+    );
+    assert_eq!(got.uses_since_rotation, 2, "uses since rotation add up");
     let mut rest = got.clone();
     rest.last_used_at = a.last_used_at;
-    assert_eq!(rest, a, "only last_used_at changed");
+    rest.first_used_at = a.first_used_at;
+    rest.uses_since_rotation = a.uses_since_rotation;
+    assert_eq!(rest, a, "only the usage fields changed");
 }
 
 /// A working store answers `ping`; an empty one counts nothing.
@@ -500,6 +529,234 @@ pub async fn ping_answers(store: Arc<dyn Store>) {
         store.count_by_status(now()).await.expect("count").total(),
         0
     );
+}
+
+/// A rotated key's uses are counted; `retire` ends its grace period at once when the plan says
+/// so (with `key.retired` and the plan's evidence, and a change signal), and changes nothing
+/// when it says no.
+pub async fn retiring_ends_the_grace_once_with_its_evidence(store: Arc<dyn Store>) {
+    let old = record("switching", None, at(0));
+    store.create(&old, &audit()).await.expect("create");
+    let new_key = keygate_core::generate(&keygate_core::Prefix::default());
+    let plan = |r: &KeyRecord| {
+        let (mut old, new) =
+            keygate_core::plan_rotation(r, &new_key, KeyId::generate(at(10)), at(10), 100_000)?;
+        old.retire_when_switched = keygate_core::Lifetime::parse("1m").ok();
+        Ok((old, new))
+    };
+    let (rotated, successor) = store
+        .rotate(&old.id, &plan, at(10), &audit(), None)
+        .await
+        .expect("rotate");
+    assert_eq!(
+        rotated.retire_when_switched,
+        keygate_core::Lifetime::parse("1m").ok()
+    );
+    store
+        .record_usage(&[
+            used(&old.id, at(5), at(20), 3),
+            used(&successor.id, at(30), at(40), 0),
+        ])
+        .await
+        .expect("usage");
+    let got = store.get(&old.id).await.expect("get").expect("present");
+    assert_eq!(
+        (got.uses_since_rotation, got.last_used_at),
+        (3, Some(at(20)))
+    );
+    let mut changes = store.watch().await.expect("watch");
+    let no = |_: &KeyRecord| None;
+    assert_eq!(
+        store
+            .retire(&old.id, &no, at(50), &audit())
+            .await
+            .expect("retire"),
+        None
+    );
+    assert_eq!(store.get(&old.id).await.expect("get"), Some(got.clone()));
+    let yes = |r: &KeyRecord| {
+        (r.uses_since_rotation == 3)
+            .then(|| {
+                json!({"successor_first_used_at": at(30)})
+                    .as_object()
+                    .cloned()
+            })
+            .flatten()
+    };
+    let retired = store
+        .retire(&old.id, &yes, at(60), &audit())
+        .await
+        .expect("retire")
+        .expect("retired");
+    assert_eq!(retired.expires_at, Some(at(60)));
+    assert_eq!(store.get(&old.id).await.expect("get"), Some(retired));
+    expect_change(&mut changes, &old.hash).await;
+    let trail = store
+        .list_audit(&AuditQuery {
+            key_id: Some(old.id.clone()),
+            kind: Some(keygate_core::EventKind::KeyRetired),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(trail.items.len(), 1);
+    let details = &trail.items[0].details;
+    assert_eq!(details["successor_first_used_at"], json!(at(30)));
+    assert!(details.contains_key("expires_at"), "{details:?}");
+    assert!(matches!(
+        store
+            .retire(&KeyId::generate(at(0)), &yes, at(60), &audit())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// An owner's contacts are set (with `owner.updated`), replaced and removed; an emailed event
+/// about one of its keys queues one email per contact in the event's transaction (and none
+/// for other events, other owners' keys or keys without an owner); attempts are recorded.
+pub async fn owners_get_emails_written_with_their_events(store: Arc<dyn Store>) {
+    use crate::Attempt;
+    use keygate_core::email::Contacts;
+    use keygate_core::webhook::DeliveryStatus;
+    let emails = vec!["ops@example.com".to_owned(), "dev@example.com".to_owned()];
+    let contacts = Contacts {
+        emails: emails.clone(),
+        digest: false,
+    };
+    store
+        .set_owner("acct_42", &contacts, at(0), &audit())
+        .await
+        .expect("set");
+    assert_eq!(
+        store.owner_contacts("acct_42").await.expect("get"),
+        contacts
+    );
+    assert!(
+        store
+            .owner_contacts("acct_7")
+            .await
+            .expect("get")
+            .emails
+            .is_empty()
+    );
+    let mine = record("mine", Some("acct_42"), at(1));
+    let theirs = record("theirs", Some("acct_7"), at(2));
+    let nobodys = record("nobody's", None, at(3));
+    for r in [&mine, &theirs, &nobodys] {
+        store.create(r, &audit()).await.expect("create");
+    }
+    assert!(
+        store.due_emails(at(10), 100).await.expect("due").is_empty(),
+        "key.created is not mailed"
+    );
+    for r in [&mine, &theirs, &nobodys] {
+        store
+            .revoke(&r.id, at(20), Some("leaked".into()), &audit())
+            .await
+            .expect("revoke");
+    }
+    let due = store.due_emails(at(30), 100).await.expect("due");
+    let mut to: Vec<&str> = due.iter().map(|e| e.recipient.as_str()).collect();
+    to.sort_unstable();
+    assert_eq!(to, ["dev@example.com", "ops@example.com"]);
+    assert!(due[0].subject.contains("key.revoked") && due[0].text.contains("leaked"));
+    assert!(due[0].text.contains(mine.id.as_str()));
+    assert!(
+        store.due_emails(at(10), 100).await.expect("due").is_empty(),
+        "not before its time"
+    );
+    let failed = Attempt {
+        at: at(31),
+        delivered: false,
+        status: None,
+        error: Some("connection refused".into()),
+        next_attempt_at: Some(at(1_031)),
+    };
+    store
+        .finish_email(due[0].id, &failed)
+        .await
+        .expect("attempt");
+    let sent = Attempt {
+        at: at(32),
+        delivered: true,
+        status: None,
+        error: None,
+        next_attempt_at: None,
+    };
+    store.finish_email(due[1].id, &sent).await.expect("attempt");
+    store
+        .finish_email(due[1].id, &failed)
+        .await
+        .expect("no-op once sent");
+    let due_later = store.due_emails(at(1_031), 100).await.expect("due");
+    assert_eq!(due_later.len(), 1);
+    assert_eq!(due_later[0].attempts, 1);
+    assert_eq!(
+        due_later[0].last_error.as_deref(),
+        Some("connection refused")
+    );
+    let log = store.list_emails(10).await.expect("log");
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].status, DeliveryStatus::Delivered);
+    assert_eq!(log[0].sent_at, Some(at(32)));
+    // As a digest: notices wait for the next 00:00 UTC, and are listed apart.
+    let digest = Contacts {
+        emails: vec!["ops@example.com".to_owned()],
+        digest: true,
+    };
+    store
+        .set_owner("acct_42", &digest, at(35), &audit())
+        .await
+        .expect("digest");
+    assert_eq!(store.owner_contacts("acct_42").await.expect("get"), digest);
+    let later = record("later", Some("acct_42"), at(36));
+    store.create(&later, &audit()).await.expect("create");
+    store
+        .revoke(&later.id, at(37), None, &audit())
+        .await
+        .expect("revoke");
+    let midnight = keygate_core::email::digest_due(at(37));
+    assert!(
+        store
+            .due_digest_notices(at(38), 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert!(
+        store
+            .due_emails(midnight, 100)
+            .await
+            .expect("due")
+            .iter()
+            .all(|e| e.id != log[0].id + 1),
+        "a digest notice is not a single email"
+    );
+    let notices = store.due_digest_notices(midnight, 10).await.expect("due");
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].next_attempt_at, midnight);
+    // Removed: no more emails.
+    store
+        .set_owner("acct_42", &Contacts::default(), at(40), &audit())
+        .await
+        .expect("remove");
+    assert!(
+        store
+            .owner_contacts("acct_42")
+            .await
+            .expect("get")
+            .emails
+            .is_empty()
+    );
+    let trail = store
+        .list_audit(&AuditQuery {
+            kind: Some(keygate_core::EventKind::OwnerUpdated),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(trail.items.len(), 3);
+    assert_eq!(trail.items[0].details["owner"], "acct_42");
 }
 
 /// A watcher hears about creates, updates and revokes (by hash), and not about usage batches.
@@ -518,7 +775,7 @@ pub async fn watchers_see_every_change(store: Arc<dyn Store>) {
         .expect("update");
     expect_change(&mut changes, &r.hash).await;
     store
-        .record_usage(&[(r.id.clone(), at(5))])
+        .record_usage(&[used(&r.id, at(5), at(5), 0)])
         .await
         .expect("usage");
     store
@@ -934,6 +1191,150 @@ pub async fn events_fill_the_webhook_outbox(store: Arc<dyn Store>) {
     );
 }
 
+/// An endpoint's URL and events change (with `webhook.updated`); disabled, it gets no new
+/// deliveries and its pending ones wait; enabled again, they are due; deleted, its deliveries
+/// go with it and the pending ones are counted in `webhook.deleted`.
+pub async fn endpoints_change_are_held_and_go_with_their_deliveries(store: Arc<dyn Store>) {
+    use keygate_core::webhook::{Endpoint, EndpointPatch};
+    let endpoint = Endpoint {
+        id: "whk_changing".into(),
+        url: "http://127.0.0.1:9/a".into(),
+        events: vec!["key.created".into()],
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        slack: false,
+        enabled: true,
+        created_at: at(0),
+        receives_secrets: false,
+    };
+    store
+        .create_endpoint(&endpoint, &audit())
+        .await
+        .expect("endpoint");
+    let missing = store
+        .update_endpoint("whk_none", &EndpointPatch::default(), at(1), &audit())
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+    assert!(matches!(
+        store.delete_endpoint("whk_none", at(1), &audit()).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let changed = store
+        .update_endpoint(
+            "whk_changing",
+            &EndpointPatch {
+                url: Some("http://127.0.0.1:9/b".into()),
+                events: Some(vec!["key.created".into(), "key.revoked".into()]),
+                enabled: None,
+            },
+            at(2),
+            &audit(),
+        )
+        .await
+        .expect("update");
+    assert_eq!(changed.url, "http://127.0.0.1:9/b");
+    assert_eq!(store.list_endpoints().await.expect("list")[0], changed);
+    store
+        .create(&record("one", None, at(3)), &audit())
+        .await
+        .expect("create");
+    let due = store.due_deliveries(at(4), 100).await.expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].url, "http://127.0.0.1:9/b", "sent to the new URL");
+
+    let off = EndpointPatch {
+        enabled: Some(false),
+        ..EndpointPatch::default()
+    };
+    let disabled = store
+        .update_endpoint("whk_changing", &off, at(5), &audit())
+        .await
+        .expect("disable");
+    assert!(!disabled.enabled);
+    assert!(
+        store
+            .due_deliveries(at(6), 100)
+            .await
+            .expect("due")
+            .is_empty(),
+        "a disabled endpoint's pending delivery waits"
+    );
+    store
+        .create(&record("two", None, at(7)), &audit())
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .list_deliveries("whk_changing", 100)
+            .await
+            .expect("log")
+            .len(),
+        1,
+        "no new delivery while disabled"
+    );
+    let on = EndpointPatch {
+        enabled: Some(true),
+        ..EndpointPatch::default()
+    };
+    store
+        .update_endpoint("whk_changing", &on, at(8), &audit())
+        .await
+        .expect("enable");
+    assert_eq!(
+        store.due_deliveries(at(9), 100).await.expect("due").len(),
+        1
+    );
+
+    let (gone, dropped) = store
+        .delete_endpoint("whk_changing", at(10), &audit())
+        .await
+        .expect("delete");
+    assert_eq!((gone.id.as_str(), dropped), ("whk_changing", 1));
+    assert!(store.list_endpoints().await.expect("list").is_empty());
+    assert!(
+        store
+            .due_deliveries(at(11), 100)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_deliveries("whk_changing", 100)
+            .await
+            .expect("log")
+            .is_empty()
+    );
+    let trail = store
+        .list_audit(&AuditQuery::default())
+        .await
+        .expect("audit");
+    let kinds: Vec<&str> = trail.items.iter().map(|e| e.kind.as_str()).collect();
+    for kind in [
+        "webhook.updated",
+        "webhook.disabled",
+        "webhook.enabled",
+        "webhook.deleted",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|k| **k == kind).count(),
+            1,
+            "{kind} in {kinds:?}"
+        );
+    }
+    let deleted = trail
+        .items
+        .iter()
+        .find(|e| e.kind.as_str() == "webhook.deleted")
+        .expect("deleted");
+    assert_eq!(deleted.details["dropped_pending"], 1);
+    assert!(
+        !serde_json::to_string(&trail.items)
+            .expect("json")
+            .contains("whsec_")
+    );
+}
+
 /// A rotation with a sealed successor queues it for the endpoints that receive secrets, and
 /// for no other.
 pub async fn sealed_successors_go_only_to_secret_endpoints(store: Arc<dyn Store>) {
@@ -1009,6 +1410,16 @@ pub async fn the_sweep_filter_reads_only_candidates(store: Arc<dyn Store>) {
     let mut rotated = record("rotated", None, at(-100 * HOUR));
     rotated.rotated_to = Some(KeyId::generate(at(0)));
     keys.push(rotated);
+    let mut grace = record("in grace", None, at(-100 * HOUR));
+    grace.rotated_to = Some(KeyId::generate(at(0)));
+    grace.rotated_at = Some(at(-HOUR));
+    grace.expires_at = Some(at(1000 * HOUR));
+    keys.push(grace);
+    let mut grace_over = record("grace over", None, at(-100 * HOUR));
+    grace_over.rotated_to = Some(KeyId::generate(at(0)));
+    grace_over.rotated_at = Some(at(-100 * HOUR));
+    grace_over.expires_at = Some(at(-50 * HOUR));
+    keys.push(grace_over);
     for r in &keys {
         store.create(r, &audit()).await.expect("create");
     }
@@ -1017,6 +1428,7 @@ pub async fn the_sweep_filter_reads_only_candidates(store: Arc<dyn Store>) {
         max_age_ms: Some(10 * HOUR),
         expiring_until: Some(at(24 * HOUR)),
         expired_since: Some(at(-24 * HOUR)),
+        in_grace: false,
     });
     let mut names: Vec<String> = store
         .list(&q)
@@ -1028,6 +1440,19 @@ pub async fn the_sweep_filter_reads_only_candidates(store: Arc<dyn Store>) {
         .collect();
     names.sort();
     assert_eq!(names, ["expiring", "just expired", "old", "own max age"]);
+    q.sweep = Some(SweepFilter {
+        in_grace: true,
+        ..SweepFilter::default()
+    });
+    let in_grace: Vec<String> = store
+        .list(&q)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(in_grace, ["in grace"]);
     q.sweep = Some(SweepFilter::default());
     assert!(
         store.list(&q).await.expect("list").items.is_empty(),
@@ -1794,7 +2219,7 @@ pub async fn owner_limits_are_read_with_every_key_of_the_owner(store: Arc<dyn St
     }
     let read = store.get(&other.id).await.expect("get").expect("found");
     assert!(read.limits.owner_rate.is_empty());
-    // Removed: the row goes, the keys read none.
+    // Removed: the owner has no shared limits, and its keys read none.
     store
         .set_owner_limits("acct_1", &RateLimits::default(), at(4), &audit())
         .await

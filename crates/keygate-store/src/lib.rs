@@ -61,10 +61,12 @@ pub use accounts::{AdminSession, AdminUser, AttemptsPlan, Principal, SignInAttem
 pub use postgres::{Postgres, PostgresStore};
 pub use query::{
     Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, ImportedKey, ImportedKinds,
-    LegacyCredential, ListQuery, MAX_PAGE_SIZE, Page, RotationPlan, Spend, StatusCounts,
-    SweepFilter,
+    LegacyCredential, ListQuery, MAX_PAGE_SIZE, Page, RetirePlan, RotationPlan, Spend,
+    StatusCounts, SweepFilter,
 };
-pub use roles::{AdminAccounts, AuditLog, KeyStore, MAX_LEGACY_CANDIDATES, Store, WebhookOutbox};
+pub use roles::{
+    AdminAccounts, AuditLog, EmailOutbox, KeyStore, MAX_LEGACY_CANDIDATES, Store, WebhookOutbox,
+};
 pub use sql::{Backend, SqlStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Sqlite, SqliteStore};

@@ -69,10 +69,13 @@ impl Backend for Postgres {
     const SIGNAL_CHANGE: &'static str = "SELECT keygate_key_changed($1)";
     const SIGNAL_OWNER_CHANGE: &'static str =
         "SELECT keygate_key_changed(hash) FROM keys WHERE owner = $1";
-    const RECORD_USAGE: &'static str = "UPDATE keys AS k SET last_used_at = (u.pair ->> 1)::bigint \
-        FROM jsonb_array_elements($1::text::jsonb) AS u(pair) \
-        WHERE k.id = u.pair ->> 0 \
-        AND (k.last_used_at IS NULL OR k.last_used_at < (u.pair ->> 1)::bigint)";
+    const RECORD_USAGE: &'static str = "UPDATE keys AS k SET \
+        last_used_at = GREATEST(k.last_used_at, u.last), \
+        first_used_at = LEAST(k.first_used_at, u.first), \
+        uses_since_rotation = k.uses_since_rotation + u.n \
+        FROM (SELECT e ->> 0 AS id, (e ->> 1)::bigint AS first, (e ->> 2)::bigint AS last, \
+              (e ->> 3)::bigint AS n FROM jsonb_array_elements($1::text::jsonb) AS e) AS u \
+        WHERE k.id = u.id";
 
     async fn watch(&self, pool: &PgPool) -> Result<mpsc::Receiver<Change>, StoreError> {
         let mut listener = PgListener::connect_with(pool).await.map_err(backend)?;

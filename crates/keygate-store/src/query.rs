@@ -44,6 +44,8 @@ pub struct SweepFilter {
     pub expiring_until: Option<Timestamp>,
     /// Keys expired at or after this time (and by [`ListQuery::now`]).
     pub expired_since: Option<Timestamp>,
+    /// Rotated keys still in their grace period.
+    pub in_grace: bool,
 }
 
 impl ListQuery {
@@ -88,6 +90,11 @@ pub struct Page {
 /// successor); see [`KeyStore::rotate`](crate::KeyStore::rotate).
 pub type RotationPlan<'a> =
     dyn Fn(&KeyRecord) -> Result<(KeyRecord, KeyRecord), RecordError> + Send + Sync + 'a;
+
+/// Whether a rotated key, as stored now, is to be retired: the evidence to record in its
+/// `key.retired` event, or `None` to leave it; see [`KeyStore::retire`](crate::KeyStore::retire).
+pub type RetirePlan<'a> =
+    dyn Fn(&KeyRecord) -> Option<serde_json::Map<String, serde_json::Value>> + Send + Sync + 'a;
 
 /// The outcome of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,10 @@
 //! The store's roles. A caller depends on the role it needs; [`Store`] is every role at once.
 
 use async_trait::async_trait;
+use keygate_core::email::{Contacts, EmailDelivery};
 use keygate_core::limits::{OwnerLimits, RateLimits};
-use keygate_core::webhook::{Delivery, Endpoint};
+use keygate_core::switch::Usage;
+use keygate_core::webhook::{Delivery, Endpoint, EndpointPatch};
 use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
 use tokio::sync::mpsc;
 
@@ -10,7 +12,7 @@ use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
     Attempt, AuditPage, AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential,
-    ListQuery, Page, RotationPlan, Spend, StatusCounts,
+    ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts,
 };
 
 /// Most candidates [`KeyStore::find_by_legacy_prefix`] returns (a drf-api-key prefix is
@@ -78,9 +80,21 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
         sealed: Option<&str>,
     ) -> Result<(KeyRecord, KeyRecord), StoreError>;
 
-    /// Records last-used times in one batch; a time never moves backwards; unknown ids are
-    /// ignored.
-    async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError>;
+    /// Retires rotated key `id` if `plan` (given the key as stored now, in the transaction)
+    /// says so: its grace period ends at `at`, with a `key.retired` event carrying the plan's
+    /// evidence, in one transaction. `Ok(None)` if the plan says no.
+    async fn retire(
+        &self,
+        id: &KeyId,
+        plan: &RetirePlan<'_>,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Records a batch of uses in one write: last-used times (never moving backwards),
+    /// first-used times (never moving forwards) and uses since rotation (added); unknown ids
+    /// are ignored.
+    async fn record_usage(&self, usage: &[Usage]) -> Result<(), StoreError>;
 
     /// Spends `cost` credits of key `payer` if its balance covers them: one conditional
     /// decrement, so the balance is exact however many processes spend from it at once.
@@ -178,7 +192,29 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
     /// Every webhook endpoint.
     async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;
 
-    /// Pending deliveries whose next attempt is due at `now`, oldest first.
+    /// Applies `patch` to endpoint `id` atomically, with its event (`webhook.updated`,
+    /// `webhook.disabled` or `webhook.enabled`, at `at`), and returns the endpoint as it now
+    /// is. [`StoreError::NotFound`] if there is none.
+    async fn update_endpoint(
+        &self,
+        id: &str,
+        patch: &EndpointPatch,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<Endpoint, StoreError>;
+
+    /// Deletes endpoint `id` and its deliveries (its log, and those still pending: they are
+    /// dropped, and counted in its `webhook.deleted` event), atomically. Returns the endpoint
+    /// as it was and how many pending deliveries were dropped.
+    async fn delete_endpoint(
+        &self,
+        id: &str,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<(Endpoint, u64), StoreError>;
+
+    /// Pending deliveries to enabled endpoints whose next attempt is due at `now`, oldest
+    /// first (a disabled endpoint's pending deliveries wait until it is enabled again).
     async fn due_deliveries(&self, now: Timestamp, limit: u32)
     -> Result<Vec<Delivery>, StoreError>;
 
@@ -191,6 +227,46 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
         endpoint_id: &str,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError>;
+}
+
+/// Key owners' contact addresses and the email outbox (rows written in the same transaction
+/// as the event they tell of, for the owner of the key concerned).
+#[async_trait]
+pub trait EmailOutbox: Send + Sync + std::fmt::Debug {
+    /// Sets `owner`'s contacts (replacing them; no address removes the record), with an
+    /// `owner.updated` event, in one transaction.
+    async fn set_owner(
+        &self,
+        owner: &str,
+        contacts: &Contacts,
+        at: Timestamp,
+        audit: &Audit,
+    ) -> Result<(), StoreError>;
+
+    /// `owner`'s contacts (none if it has no record).
+    async fn owner_contacts(&self, owner: &str) -> Result<Contacts, StoreError>;
+
+    /// Pending single emails (not digest notices) whose next attempt is due at `now`, oldest
+    /// first.
+    async fn due_emails(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<EmailDelivery>, StoreError>;
+
+    /// Pending digest notices due at `now`, by recipient then oldest first: each recipient's
+    /// are sent as one email.
+    async fn due_digest_notices(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<EmailDelivery>, StoreError>;
+
+    /// Records the outcome of an attempt at email `id` (a no-op if it is no longer pending).
+    async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError>;
+
+    /// The latest emails, newest first: the email log.
+    async fn list_emails(&self, limit: u32) -> Result<Vec<EmailDelivery>, StoreError>;
 }
 
 /// The admin web UI's accounts: users with passwords, sessions, and their one-time messages.
@@ -259,6 +335,6 @@ pub trait AdminAccounts: Send + Sync + std::fmt::Debug {
 }
 
 /// Every role: what [`open`](crate::open) returns and keygate's library manages keys through.
-pub trait Store: KeyStore + AuditLog + WebhookOutbox + AdminAccounts {}
+pub trait Store: KeyStore + AuditLog + WebhookOutbox + EmailOutbox + AdminAccounts {}
 
-impl<T: KeyStore + AuditLog + WebhookOutbox + AdminAccounts> Store for T {}
+impl<T: KeyStore + AuditLog + WebhookOutbox + EmailOutbox + AdminAccounts> Store for T {}

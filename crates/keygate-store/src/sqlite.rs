@@ -109,9 +109,15 @@ impl Backend for Sqlite {
         " FROM keys WHERE owner = $1"
     );
     /// One statement for the batch (SQLite has no arrays: the pairs travel as JSON).
-    const RECORD_USAGE: &'static str = "UPDATE keys SET last_used_at = u.at \
-        FROM (SELECT value ->> 0 AS id, value ->> 1 AS at FROM json_each($1)) AS u \
-        WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)";
+    const RECORD_USAGE: &'static str = "UPDATE keys SET \
+        last_used_at = CASE WHEN keys.last_used_at IS NULL OR keys.last_used_at < u.last \
+            THEN u.last ELSE keys.last_used_at END, \
+        first_used_at = CASE WHEN keys.first_used_at IS NULL OR keys.first_used_at > u.first \
+            THEN u.first ELSE keys.first_used_at END, \
+        uses_since_rotation = keys.uses_since_rotation + u.n \
+        FROM (SELECT value ->> 0 AS id, value ->> 1 AS first, value ->> 2 AS last, \
+              value ->> 3 AS n FROM json_each($1)) AS u \
+        WHERE keys.id = u.id";
 
     async fn watch(&self, pool: &SqlitePool) -> Result<mpsc::Receiver<Change>, StoreError> {
         let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")

@@ -19,7 +19,7 @@ use keygate::core::{
     Audit, KeyGrant, KeyHash, KeyId, KeyPatch, KeyRecord, KeySpec, Prefix, Timestamp, decide,
     generate, issue, parse,
 };
-use keygate::store::{Change, KeyStore, PostgresStore, Spend, SqliteStore, Store, StoreError};
+use keygate::store::{Change, KeyStore, PostgresStore, SqliteStore, Store, StoreError};
 use keygate::{Keygate, ListQuery, Page, PlainKey, StatusCounts, Verifier, VerifierConfig};
 use keygate_store::bulk;
 
@@ -108,10 +108,23 @@ impl KeyStore for Counting {
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
         self.inner.rotate(id, plan, at, a, sealed).await
     }
-    async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+    async fn record_usage(&self, usage: &[keygate::core::switch::Usage]) -> Result<(), StoreError> {
         self.inner.record_usage(usage).await
     }
-    async fn spend_quota(&self, payer: &KeyId, cost: u64) -> Result<Spend, StoreError> {
+    async fn retire(
+        &self,
+        id: &KeyId,
+        plan: &keygate::store::RetirePlan<'_>,
+        at: Timestamp,
+        a: &Audit,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.retire(id, plan, at, a).await
+    }
+    async fn spend_quota(
+        &self,
+        payer: &KeyId,
+        cost: u64,
+    ) -> Result<keygate::store::Spend, StoreError> {
         self.inner.spend_quota(payer, cost).await
     }
     async fn refill_quotas(

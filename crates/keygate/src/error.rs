@@ -28,6 +28,9 @@ pub enum Error {
     /// The key was rotated already: rotate its successor instead.
     #[error("the key was rotated already; rotate its successor instead")]
     AlreadyRotated,
+    /// The key has no predecessor in its grace period (nothing to retire).
+    #[error("this key has no predecessor in its grace period")]
+    NothingToRetire,
     /// A key with that id or hash exists already (a new one is drawn on retry).
     #[error("a key with that id or hash exists already; try again")]
     Duplicate,
@@ -96,6 +99,7 @@ impl From<Error> for Problem {
             Error::Invalid { .. } | Error::InvalidCursor => Problem::bad_request(e.to_string()),
             Error::AlreadyRevoked => conflict("ALREADY_REVOKED", "Key already revoked"),
             Error::AlreadyRotated => conflict("ALREADY_ROTATED", "Key already rotated"),
+            Error::NothingToRetire => conflict("NOTHING_TO_RETIRE", "Nothing to retire"),
             Error::Duplicate => conflict("CONFLICT", "Conflict"),
             Error::NotConfigured(_) => {
                 tracing::error!(error = %e, "refused: not configured");

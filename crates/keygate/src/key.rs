@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use keygate_core::limits::{IpAllowlist, Quota, RateLimits, Refill};
 use keygate_core::scope::first_missing;
+use keygate_core::switch::SwitchOver;
 use keygate_core::{KeyGrant, KeyId, KeyRecord, Lifetime, Outcome, Status, Timestamp, lacks_scope};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -217,6 +218,47 @@ pub struct KeyView {
     /// Its owner's rate limits, shared by all of the owner's keys (set on the owner).
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<RateLimitDoc>))]
     pub owner_rate_limits: RateLimits,
+    /// First successful verification (written in batches).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub first_used_at: Option<Timestamp>,
+    /// After a rotation: retire this key once the successor is in use and it has been unused
+    /// this long.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "1h"))]
+    pub retire_when_switched: Option<Lifetime>,
+    /// For a rotated key: how the switch to its successor is going — the successor's first
+    /// use, this key's last use and its uses since the rotation. Shown where one key is shown
+    /// (`GET /v1/keys/{id}`), not in lists.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<SwitchOverDoc>))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_over: Option<SwitchOver>,
+}
+
+/// How the switch from a rotated key to its successor is going.
+#[cfg(feature = "openapi")]
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SwitchOverDoc {
+    /// The successor's id.
+    successor_id: String,
+    /// When the key was rotated.
+    #[schema(format = DateTime)]
+    rotated_at: String,
+    /// When its grace period ends (or ended).
+    #[schema(format = DateTime)]
+    grace_ends_at: Option<String>,
+    /// Whether the old key still works.
+    in_grace: bool,
+    /// The successor's first successful use, if it has been used.
+    #[schema(format = DateTime)]
+    successor_first_used_at: Option<String>,
+    /// The old key's last successful use.
+    #[schema(format = DateTime)]
+    old_last_used_at: Option<String>,
+    /// The old key's successful uses since the rotation.
+    old_uses_since_rotation: u64,
+    /// The quiet period after which it is retired once the successor is in use.
+    #[schema(example = "1h")]
+    retire_when_switched: Option<String>,
 }
 
 /// A key's credits, as shown.
@@ -306,6 +348,9 @@ impl KeyView {
             owner_rate_limits: record.limits.owner_rate,
             quota_holder: record.limits.quota_holder,
             allowed_ips: record.limits.allowed_ips,
+            first_used_at: record.first_used_at,
+            retire_when_switched: record.retire_when_switched,
+            switch_over: None,
         }
     }
 }

@@ -33,6 +33,7 @@
 pub mod accounts;
 pub mod cache;
 pub mod credentials;
+pub mod email;
 mod error;
 mod extract;
 pub mod import;
@@ -53,7 +54,7 @@ pub use credentials::CredentialSource;
 pub use error::Error;
 pub use key::{ApiKey, CreatedKey, CreditsView, KeyView};
 #[cfg(feature = "openapi")]
-pub use key::{RateLimitDoc, RefillDoc};
+pub use key::{RateLimitDoc, RefillDoc, SwitchOverDoc};
 pub use keygate_core as core;
 pub use keygate_core::limits::MAX_COST;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
@@ -72,8 +73,8 @@ pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 pub mod store {
     pub use keygate_store::{
         AdminAccounts, AuditLog, Backend, Change, ImportedKey, ImportedKinds, KeyStore,
-        LegacyCredential, MAX_LEGACY_CANDIDATES, RotationPlan, Spend, SqlStore, Store, StoreError,
-        WebhookOutbox,
+        LegacyCredential, MAX_LEGACY_CANDIDATES, RetirePlan, RotationPlan, Spend, SqlStore, Store,
+        StoreError, WebhookOutbox,
     };
     #[cfg(feature = "postgres")]
     pub use keygate_store::{Postgres, PostgresStore};

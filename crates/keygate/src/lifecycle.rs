@@ -7,6 +7,7 @@ use keygate_core::policy::{
     AgeAction, EXPIRED_LOOKBACK, MaxAge, expired_recently, expiring_soon, past_max_age,
     shortened_expiry,
 };
+use keygate_core::switch::{in_grace, retire_due, still_in_use};
 use keygate_core::{Audit, AuditEvent, EventKind, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp};
 use keygate_store::{AuditQuery, ListQuery, MAX_PAGE_SIZE, SweepFilter};
 use serde::Serialize;
@@ -24,6 +25,10 @@ pub struct Sweep {
     pub expiry_warning: Option<Lifetime>,
     /// Announce keys that have expired (`key.expired`).
     pub announce_expired: bool,
+    /// Watch rotated keys in their grace period: announce those still in use with more than
+    /// half the grace gone (`key.still_in_use`), and retire those whose holder switched
+    /// (`key.retired`; see [`keygate_core::switch`]).
+    pub watch_grace: bool,
 }
 
 /// What a sweep did (or, in a dry run, would do), by key id.
@@ -41,6 +46,10 @@ pub struct SweepReport {
     pub expiring_soon_notices: Vec<KeyId>,
     /// `key.expired` notices written.
     pub expired_notices: Vec<KeyId>,
+    /// `key.still_in_use` notices written.
+    pub still_in_use_notices: Vec<KeyId>,
+    /// Rotated keys retired because their holder switched to the successor.
+    pub retired: Vec<KeyId>,
 }
 
 impl Keygate {
@@ -65,6 +74,7 @@ impl Keygate {
                 .announce_expired
                 .then(|| Timestamp::from_unix_ms(now.unix_ms() - EXPIRED_LOOKBACK.as_ms()))
                 .flatten(),
+            in_grace: sweep.watch_grace,
         });
         loop {
             let page = self.list(query.clone()).await?;
@@ -138,6 +148,9 @@ impl Keygate {
                 report.expiring_soon_notices.push(record.id.clone());
             }
         }
+        if sweep.watch_grace && in_grace(record, now) {
+            self.watch_grace(record, dry_run, audit, report).await?;
+        }
         if sweep.announce_expired && expired_recently(record, now) {
             let details = json!({"expires_at": record.expires_at});
             if self
@@ -146,6 +159,60 @@ impl Keygate {
             {
                 report.expired_notices.push(record.id.clone());
             }
+        }
+        Ok(())
+    }
+
+    /// A rotated key in its grace period: announce it if it is still in use (once), retire it
+    /// if its holder has switched.
+    async fn watch_grace(
+        &self,
+        record: &KeyRecord,
+        dry_run: bool,
+        audit: &Audit,
+        report: &mut SweepReport,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        if still_in_use(record, now) {
+            let details = json!({
+                "rotated_at": record.rotated_at,
+                "grace_ends_at": record.expires_at,
+                "successor_id": record.rotated_to,
+                "last_used_at": record.last_used_at,
+                "uses_since_rotation": record.uses_since_rotation,
+            });
+            if self
+                .notice_once(EventKind::KeyStillInUse, record, details, dry_run, audit)
+                .await?
+            {
+                report.still_in_use_notices.push(record.id.clone());
+            }
+        }
+        if record.retire_when_switched.is_none() {
+            return Ok(());
+        }
+        let Some(switch) = self.switch_over(record).await? else {
+            return Ok(());
+        };
+        let first = switch.successor_first_used_at;
+        if retire_due(record, first, now).is_none() {
+            return Ok(());
+        }
+        if dry_run {
+            report.retired.push(record.id.clone());
+            return Ok(());
+        }
+        // Checked again on the key as stored, in the retiring transaction: a use recorded
+        // meanwhile keeps it.
+        let plan = |stored: &KeyRecord| {
+            retire_due(stored, first, now).and_then(|evidence| {
+                serde_json::to_value(evidence)
+                    .ok()
+                    .and_then(|v| v.as_object().cloned())
+            })
+        };
+        if self.retire(&record.id, &plan, audit).await?.is_some() {
+            report.retired.push(record.id.clone());
         }
         Ok(())
     }

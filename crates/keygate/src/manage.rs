@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_core::policy::IncidentFilter;
+use keygate_core::switch::{SwitchOver, check_quiet, switch_over};
 use keygate_core::{
-    Audit, AuditEvent, Clock, KeyId, KeyPatch, KeyRecord, KeySpec, PlainKey, Prefix, Timestamp,
-    generate, issue, plan_rotation,
+    Audit, AuditEvent, Clock, KeyId, KeyPatch, KeyRecord, KeySpec, Lifetime, PlainKey, Prefix,
+    Timestamp, generate, issue, plan_rotation,
 };
 use keygate_store::{AuditPage, AuditQuery, ListQuery, MAX_PAGE_SIZE, Page, StatusCounts, Store};
 
@@ -33,6 +34,7 @@ struct Inner {
     prefix: Prefix,
     sealing: Option<SealingKey>,
     allow_private_webhooks: bool,
+    retire_when_switched: Option<Lifetime>,
 }
 
 /// Builds a [`Keygate`]: `Keygate::builder(store).prefix(..).clock(..).build()`.
@@ -43,9 +45,18 @@ pub struct KeygateBuilder {
     prefix: Prefix,
     sealing: Option<SealingKey>,
     allow_private_webhooks: bool,
+    retire_when_switched: Option<Lifetime>,
 }
 
 impl KeygateBuilder {
+    /// The policy default for rotations that do not say: retire the old key once its
+    /// successor is in use and it has been unused this long (default: none — the old key works
+    /// for its whole grace period). At least [`MIN_QUIET`](keygate_core::switch::MIN_QUIET).
+    pub fn retire_when_switched(mut self, quiet: Option<Lifetime>) -> Result<Self, Error> {
+        self.retire_when_switched = quiet.map(check_quiet).transpose()?;
+        Ok(self)
+    }
+
     /// The key that seals secrets resting in the database: new plaintext keys waiting in the
     /// webhook outbox (see [`Keygate::rotate_delivering`]; without a key such rotations are
     /// refused) and webhook signing secrets (stored in the clear without one).
@@ -113,6 +124,7 @@ impl KeygateBuilder {
                 prefix: self.prefix,
                 sealing: self.sealing,
                 allow_private_webhooks: self.allow_private_webhooks,
+                retire_when_switched: self.retire_when_switched,
             }),
         }
     }
@@ -127,6 +139,7 @@ impl Keygate {
             prefix: Prefix::default(),
             sealing: None,
             allow_private_webhooks: false,
+            retire_when_switched: None,
         }
     }
 
@@ -330,7 +343,21 @@ impl Keygate {
         grace_ms: i64,
         audit: &Audit,
     ) -> Result<(KeyRecord, KeyRecord, PlainKey), Error> {
-        self.rotate_sealing(id, grace_ms, audit, None).await
+        self.rotate_sealing(id, grace_ms, None, audit, None).await
+    }
+
+    /// [`Keygate::rotate`], and retire the old key early once its successor is in use and it
+    /// has been unused for `retire_when_switched` (at least 1m; `None`: the policy default,
+    /// see [`KeygateBuilder::retire_when_switched`]). The scheduler's sweep does the retiring.
+    pub async fn rotate_retiring(
+        &self,
+        id: &KeyId,
+        grace_ms: i64,
+        retire_when_switched: Option<Lifetime>,
+        audit: &Audit,
+    ) -> Result<(KeyRecord, KeyRecord, PlainKey), Error> {
+        let quiet = retire_when_switched.map(check_quiet).transpose()?;
+        self.rotate_sealing(id, grace_ms, quiet, audit, None).await
     }
 
     /// The rotation both entry points share: a new key and id, core's plan inside the store's
@@ -340,6 +367,7 @@ impl Keygate {
         &self,
         id: &KeyId,
         grace_ms: i64,
+        retire_when_switched: Option<Lifetime>,
         audit: &Audit,
         seal: Option<&SealingKey>,
     ) -> Result<(KeyRecord, KeyRecord, PlainKey), Error> {
@@ -354,7 +382,12 @@ impl Keygate {
             });
             sealing.seal(&message.to_string())
         });
-        let plan = |old: &KeyRecord| plan_rotation(old, &new_key, new_id.clone(), now, grace_ms);
+        let quiet = retire_when_switched.or(self.inner.retire_when_switched);
+        let plan = |old: &KeyRecord| {
+            let (mut old, new) = plan_rotation(old, &new_key, new_id.clone(), now, grace_ms)?;
+            old.retire_when_switched = quiet;
+            Ok((old, new))
+        };
         let (old, new) = self
             .store()
             .rotate(id, &plan, now, audit, sealed.as_deref())
@@ -364,6 +397,79 @@ impl Keygate {
         self.inner.verifier.forget(&new.hash);
         tracing::info!(key_id = %old.id, successor = %new.id, sealed = seal.is_some(), "rotated API key");
         Ok((old, new, new_key))
+    }
+
+    /// How the switch from rotated key `record` to its successor is going (`None` for a key
+    /// that was not rotated): the successor's first use, the old key's last use and its uses
+    /// since the rotation.
+    pub async fn switch_over(&self, record: &KeyRecord) -> Result<Option<SwitchOver>, Error> {
+        let Some(successor_id) = &record.rotated_to else {
+            return Ok(None);
+        };
+        let successor = self.get(successor_id).await?;
+        Ok(switch_over(record, successor.as_ref(), self.now()))
+    }
+
+    /// Ends the grace period of the key that `successor_id` replaced, now: its holder has
+    /// switched (`POST /v1/self/retire`). Audited as `key.retired` with the evidence (the
+    /// request, the successor's first use as recorded so far, the old key's last use).
+    /// [`Error::NothingToRetire`] unless `successor_id` came from a rotation whose old key is
+    /// still in its grace period.
+    pub async fn retire_predecessor(
+        &self,
+        successor_id: &KeyId,
+        audit: &Audit,
+    ) -> Result<KeyRecord, Error> {
+        let successor = self.get(successor_id).await?.ok_or(Error::NotFound)?;
+        let old_id = successor.rotated_from.ok_or(Error::NothingToRetire)?;
+        let now = self.now();
+        let plan = |old: &KeyRecord| {
+            (keygate_core::switch::in_grace(old, now)
+                && old.rotated_to.as_ref() == Some(successor_id))
+            .then(|| {
+                let evidence = serde_json::json!({
+                    "requested_by": successor_id,
+                    "successor_first_used_at": successor.first_used_at,
+                    "old_last_used_at": old.last_used_at,
+                });
+                evidence.as_object().cloned().unwrap_or_default()
+            })
+        };
+        match self.retire(&old_id, &plan, audit).await {
+            Ok(Some(old)) => Ok(old),
+            Ok(None) | Err(Error::NotFound) => Err(Error::NothingToRetire),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The view of one key, as shown on its own: with, for a rotated key, how the switch to
+    /// its successor is going.
+    pub async fn view(&self, record: KeyRecord) -> Result<crate::KeyView, Error> {
+        let switch = self.switch_over(&record).await?;
+        let mut view = crate::KeyView::of(record, self.now());
+        view.switch_over = switch;
+        Ok(view)
+    }
+
+    /// Ends the grace period of rotated key `id` now if `plan` says so (it is given the key as
+    /// stored, inside the transaction): `key.retired`, with the plan's evidence. `Ok(None)`
+    /// if the plan said no.
+    pub async fn retire(
+        &self,
+        id: &KeyId,
+        plan: &keygate_store::RetirePlan<'_>,
+        audit: &Audit,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let retired = self
+            .store()
+            .retire(id, plan, self.now(), audit)
+            .await
+            .map_err(Error::store("retire the key"))?;
+        if let Some(record) = &retired {
+            self.inner.verifier.forget(&record.hash);
+            tracing::info!(key_id = %record.id, "retired rotated API key");
+        }
+        Ok(retired)
     }
 
     /// Rotates a key for the rotation policy, when no person is there to receive the new key:
@@ -392,7 +498,7 @@ impl Keygate {
             ));
         }
         let (old, new, _shown_to_nobody) = self
-            .rotate_sealing(id, grace_ms, audit, Some(sealing))
+            .rotate_sealing(id, grace_ms, None, audit, Some(sealing))
             .await?;
         Ok((old, new))
     }

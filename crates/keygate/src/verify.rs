@@ -15,6 +15,7 @@ use std::net::IpAddr;
 
 use keygate_core::limits::{Decision, IpAllowlist, LimitName, LimitScope, MAX_COST, RateLimit};
 use keygate_core::scope::first_missing;
+use keygate_core::switch::Usage;
 use keygate_core::{
     Clock, KeyGrant, KeyHash, KeyId, Outcome, Timestamp, decide, lacks_scope, parse,
 };
@@ -113,7 +114,7 @@ pub struct Verifier {
 struct Inner {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
-    usage: Mutex<HashMap<KeyId, Timestamp>>,
+    usage: Mutex<HashMap<KeyId, Usage>>,
     /// Verifications by outcome, indexed like `Outcome::ALL`.
     counts: [AtomicU64; Outcome::ALL.len()],
     cache: Option<Cache>,
@@ -227,7 +228,7 @@ impl Verifier {
         let outcome = verification.outcome;
         verification.detail = match outcome {
             Outcome::Valid => {
-                self.note_usage(&grant.id, now);
+                self.note_usage(&grant.id, grant.rotated_at, now);
                 Cow::Borrowed(outcome.detail())
             }
             Outcome::InsufficientScope => Cow::Owned(lacks_scope(
@@ -551,32 +552,36 @@ impl Verifier {
             .collect()
     }
 
-    fn note_usage(&self, id: &KeyId, at: Timestamp) {
+    fn note_usage(&self, id: &KeyId, rotated_at: Option<Timestamp>, at: Timestamp) {
         let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
         match usage.get_mut(id) {
-            Some(t) => *t = (*t).max(at),
+            Some(u) => u.add(at, rotated_at),
             None => {
-                usage.insert(id.clone(), at);
+                usage.insert(id.clone(), Usage::one(id.clone(), at, rotated_at));
             }
         }
     }
 
-    /// Writes the last-used times gathered since the previous flush, in one batch.
-    /// On failure they are kept for the next try.
+    /// Writes the uses gathered since the previous flush (first and last times, uses since
+    /// rotation), in one batch. On failure they are kept for the next try.
     pub async fn flush_usage(&self) -> Result<(), Error> {
-        let batch: Vec<(KeyId, Timestamp)> = {
+        let batch: Vec<Usage> = {
             let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
             // Take the map rather than drain it, so its memory goes back between bursts.
-            std::mem::take(&mut *usage).into_iter().collect()
+            std::mem::take(&mut *usage).into_values().collect()
         };
         if batch.is_empty() {
             return Ok(());
         }
         if let Err(e) = self.inner.store.record_usage(&batch).await {
             let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
-            for (id, at) in batch {
-                let t = usage.entry(id).or_insert(at);
-                *t = (*t).max(at);
+            for kept in batch {
+                match usage.get_mut(&kept.id) {
+                    Some(u) => u.merge(&kept),
+                    None => {
+                        usage.insert(kept.id.clone(), kept);
+                    }
+                }
             }
             return Err(Error::store("record key usage")(e));
         }

@@ -1,8 +1,10 @@
 //! Webhook endpoints, managed through [`Keygate`]: events reach them through the store's
 //! durable outbox, and `keygate serve` delivers them (signed, retried).
 
-use keygate_core::webhook::{Delivery, Endpoint, check_url, generate_secret};
-use keygate_core::{Audit, EventKind, KeyId, Timestamp};
+use keygate_core::webhook::{
+    Delivery, Endpoint, EndpointPatch, check_events, check_url, generate_secret,
+};
+use keygate_core::{Audit, KeyId, Timestamp};
 use keygate_store::Attempt;
 
 use crate::Keygate;
@@ -27,20 +29,7 @@ impl Keygate {
         };
         let url =
             check_url(url, self.allows_private_webhooks()).map_err(|why| field("url", why))?;
-        let events = if events.is_empty() {
-            vec!["*".to_owned()]
-        } else {
-            events
-        };
-        if events
-            .iter()
-            .any(|e| e != "*" && EventKind::parse(e).is_none())
-        {
-            return Err(field(
-                "events",
-                "each must be `*` or an event type such as key.rotated",
-            ));
-        }
+        let events = check_events(events).map_err(|why| field("events", why))?;
         let now = self.now();
         let endpoint = Endpoint {
             id: format!("whk_{}", &KeyId::generate(now).as_str()[4..]),
@@ -64,6 +53,66 @@ impl Keygate {
             .map_err(Error::store("add the webhook"))?;
         tracing::info!(webhook_id = %endpoint.id, "added webhook endpoint");
         Ok(endpoint)
+    }
+
+    /// Changes endpoint `id`: a new URL (checked as on creation), event types (at least one:
+    /// `*` or event type names), enabled or not (a disabled endpoint gets no new deliveries,
+    /// and its pending ones wait until it is enabled again). Audited as `webhook.updated`, or
+    /// `webhook.disabled` / `webhook.enabled` when only that changed. [`Error::NotFound`] if
+    /// there is no such endpoint.
+    pub async fn update_webhook(
+        &self,
+        id: &str,
+        url: Option<&str>,
+        events: Option<Vec<String>>,
+        enabled: Option<bool>,
+        audit: &Audit,
+    ) -> Result<Endpoint, Error> {
+        let field = |field: &'static str, message: &str| Error::Invalid {
+            field,
+            message: message.to_owned(),
+        };
+        let url = url
+            .map(|url| check_url(url, self.allows_private_webhooks()))
+            .transpose()
+            .map_err(|why| field("url", why))?;
+        let events = match events {
+            Some(events) if events.is_empty() => {
+                return Err(field("events", "give at least one event type, or `*`"));
+            }
+            Some(events) => Some(check_events(events).map_err(|why| field("events", why))?),
+            None => None,
+        };
+        let patch = EndpointPatch {
+            url,
+            events,
+            enabled,
+        };
+        if patch.is_empty() {
+            return Err(field(
+                "body",
+                "nothing to change: give url, events or enabled",
+            ));
+        }
+        let endpoint = self
+            .store()
+            .update_endpoint(id, &patch, self.now(), audit)
+            .await
+            .map_err(Error::store("change the webhook"))?;
+        tracing::info!(webhook_id = %endpoint.id, enabled = endpoint.enabled, "changed webhook endpoint");
+        Ok(endpoint)
+    }
+
+    /// Deletes endpoint `id` with its delivery log; deliveries still pending are dropped (how
+    /// many is recorded in its `webhook.deleted` event and returned).
+    pub async fn delete_webhook(&self, id: &str, audit: &Audit) -> Result<(Endpoint, u64), Error> {
+        let (endpoint, dropped) = self
+            .store()
+            .delete_endpoint(id, self.now(), audit)
+            .await
+            .map_err(Error::store("delete the webhook"))?;
+        tracing::info!(webhook_id = %endpoint.id, dropped_pending = dropped, "deleted webhook endpoint");
+        Ok((endpoint, dropped))
     }
 
     /// Every webhook endpoint (their secrets stay in the records: do not print them).

@@ -503,6 +503,7 @@ pub async fn show(
     let now = app.keygate.now();
     let status = record.status(now);
     let chain = chain(&app, &record).await?;
+    let switch = app.keygate.switch_over(&record).await?;
     let events = app
         .keygate
         .audit_trail(&AuditQuery {
@@ -552,6 +553,21 @@ pub async fn show(
                     dt { "Metadata" } dd { (views::json_block(&Value::Object(record.metadata.clone()))) }
                 }
             }
+            @if let Some(switch) = &switch {
+                section.card #switch-over aria-labelledby="switch-over-title" {
+                    h2 #switch-over-title { "Switch-over to the successor" }
+                    dl.fields {
+                        dt { "Successor" } dd { a href={ "/admin/keys/" (switch.successor_id) } { code { (switch.successor_id) } } }
+                        dt { "Grace period" } dd { @if switch.in_grace { "ends " } @else { "ended " } (views::time(switch.grace_ends_at, "never")) }
+                        dt { "Successor first used" } dd #successor-first-used { (views::time(switch.successor_first_used_at, "not yet")) }
+                        dt { "This key last used" } dd #old-last-used { (views::time(switch.old_last_used_at, "never")) }
+                        dt { "Uses since rotation" } dd #uses-since-rotation { (switch.old_uses_since_rotation) }
+                        @if let Some(quiet) = switch.retire_when_switched {
+                            dt { "Retired on switch-over" } dd { "once the successor is in use and this key has been unused for " (quiet) }
+                        }
+                    }
+                }
+            }
             @if admin.can_manage && !revoked {
                 section.card aria-labelledby="actions" {
                     h2 #actions { "Actions" }
@@ -561,6 +577,9 @@ pub async fn show(
                             label for="grace" { "Grace period for the old key" }
                             input #grace type="text" name="grace" value=(DEFAULT_GRACE) aria-describedby="grace-help";
                             p.help #grace-help { "How long this key keeps working after rotation: " code { "0" } " or e.g. " code { "24h" } ", " code { "7d" } "." }
+                            label for="retire_when_switched" { "Retire on switch-over (optional)" }
+                            input #retire_when_switched type="text" name="retire_when_switched" aria-describedby="retire-help";
+                            p.help #retire-help { "End the grace early once the new key is in use and this one has been unused this long, e.g. " code { "1h" } " (at least " code { "1m" } "; empty: the server's default)." }
                             button.button #rotate type="submit" { "Rotate key" }
                         }
                     }
@@ -720,6 +739,8 @@ pub async fn revoke(
 pub struct RotateForm {
     #[serde(default)]
     grace: String,
+    #[serde(default)]
+    retire_when_switched: String,
 }
 
 /// `POST /admin/keys/{id}/rotate`: issue the successor and show it once on its page.
@@ -735,9 +756,13 @@ pub async fn rotate(
             "Grace period: expected 0 or a duration such as 24h; {e}."
         ))
     })?;
+    let retire = optional(&posted.form.retire_when_switched)
+        .map(|text| keygate::core::switch::parse_quiet(&text))
+        .transpose()
+        .map_err(|e| UiError::bad_request(format!("Retire on switch-over: {e}.")))?;
     let (old, new, key) = app
         .keygate
-        .rotate(&id, grace_ms, &posted.admin.audit)
+        .rotate_retiring(&id, grace_ms, retire, &posted.admin.audit)
         .await?;
     tracing::info!(actor = %posted.admin.audit.actor, key_id = %old.id, successor = %new.id, "key rotated in the admin UI");
     let admin = &posted.admin;

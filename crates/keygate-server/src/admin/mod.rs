@@ -154,6 +154,12 @@ pub fn routes() -> Router<AppState> {
             get(trail::webhooks).post(trail::add_webhook),
         )
         .route("/admin/webhooks/{id}", get(trail::deliveries))
+        .route("/admin/webhooks/{id}/edit", post(trail::edit_webhook))
+        .route(
+            "/admin/webhooks/{id}/enabled",
+            post(trail::set_webhook_enabled),
+        )
+        .route("/admin/webhooks/{id}/delete", post(trail::delete_webhook))
         .route("/admin/assets/admin.css", get(css))
         .route("/admin/assets/admin.js", get(js))
         .route("/admin/{*rest}", get(not_found).post(not_found))

@@ -1,5 +1,5 @@
 //! The audit log page (filters, newest first) and the webhooks pages (endpoints, adding one,
-//! each endpoint's delivery log).
+//! each endpoint's delivery log, changing, disabling and deleting one).
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -229,6 +229,37 @@ pub async fn deliveries(
                 }
             }
         }
+        @if admin.can_manage {
+            section.card aria-labelledby="change-webhook" {
+                h2 #change-webhook { "Change this endpoint" }
+                form.stack method="post" action={ "/admin/webhooks/" (endpoint.id) "/edit" } {
+                    (views::csrf_field(&admin.session.csrf))
+                    label for="url" { "URL" }
+                    input #url type="url" name="url" required value=(endpoint.url);
+                    label for="events" { "Events" }
+                    input #events type="text" name="events" required value=(endpoint.events.join(" ")) aria-describedby="events-help";
+                    p.help #events-help { "Event types separated by spaces, or " code { "*" } " for all." }
+                    div.actions { button.button.primary #save-webhook type="submit" { "Save changes" } }
+                }
+                div.actions {
+                    form method="post" action={ "/admin/webhooks/" (endpoint.id) "/enabled" } {
+                        (views::csrf_field(&admin.session.csrf))
+                        @if endpoint.enabled {
+                            input type="hidden" name="enabled" value="false";
+                            button.button #disable-webhook type="submit" { "Disable endpoint" }
+                        } @else {
+                            input type="hidden" name="enabled" value="true";
+                            button.button #enable-webhook type="submit" { "Enable endpoint" }
+                        }
+                    }
+                    form method="post" action={ "/admin/webhooks/" (endpoint.id) "/delete" } {
+                        (views::csrf_field(&admin.session.csrf))
+                        button.button.danger #delete-webhook type="submit" { "Delete endpoint" }
+                    }
+                }
+                p.help { "A disabled endpoint gets no new deliveries; its pending ones wait until it is enabled again. Deleting it drops its pending deliveries (the count is in the audit log)." }
+            }
+        }
         p { a href="/admin/webhooks" { "All endpoints" } }
     };
     Ok(views::page(
@@ -245,4 +276,102 @@ fn event_type(payload: &str) -> String {
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
         .unwrap_or_else(|| "slack message".to_owned())
+}
+
+fn no_such_webhook(e: keygate::Error) -> UiError {
+    match e {
+        keygate::Error::NotFound => UiError::new(
+            http::StatusCode::NOT_FOUND,
+            "No such webhook",
+            "There is no webhook endpoint with that id.",
+        ),
+        e => e.into(),
+    }
+}
+
+/// The change-endpoint form's fields.
+#[derive(Debug, Deserialize)]
+pub struct EditWebhook {
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    events: String,
+}
+
+/// `POST /admin/webhooks/{id}/edit`: a new URL and event types.
+pub async fn edit_webhook(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted<EditWebhook>,
+) -> Result<Response, UiError> {
+    let Posted { admin, form } = posted;
+    let endpoint = app
+        .keygate
+        .update_webhook(
+            &id,
+            Some(form.url.trim()),
+            Some(split_list(&form.events)),
+            None,
+            &admin.audit,
+        )
+        .await
+        .map_err(no_such_webhook)?;
+    let notice = format!("Endpoint {} now goes to {}.", endpoint.id, endpoint.url);
+    admin
+        .done(&app, notice, &format!("/admin/webhooks/{}", endpoint.id))
+        .await
+}
+
+/// The enable/disable form's field.
+#[derive(Debug, Deserialize)]
+pub struct WebhookEnabledForm {
+    enabled: bool,
+}
+
+/// `POST /admin/webhooks/{id}/enabled`.
+pub async fn set_webhook_enabled(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted<WebhookEnabledForm>,
+) -> Result<Response, UiError> {
+    let Posted { admin, form } = posted;
+    let endpoint = app
+        .keygate
+        .update_webhook(&id, None, None, Some(form.enabled), &admin.audit)
+        .await
+        .map_err(no_such_webhook)?;
+    let notice = if endpoint.enabled {
+        format!("Endpoint {} enabled.", endpoint.id)
+    } else {
+        format!(
+            "Endpoint {} disabled: its pending deliveries wait until it is enabled again.",
+            endpoint.id
+        )
+    };
+    admin
+        .done(&app, notice, &format!("/admin/webhooks/{}", endpoint.id))
+        .await
+}
+
+/// The delete form carries nothing but its CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct DeleteWebhook {}
+
+/// `POST /admin/webhooks/{id}/delete`.
+pub async fn delete_webhook(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    posted: Posted<DeleteWebhook>,
+) -> Result<Response, UiError> {
+    let Posted { admin, .. } = posted;
+    let (endpoint, dropped) = app
+        .keygate
+        .delete_webhook(&id, &admin.audit)
+        .await
+        .map_err(no_such_webhook)?;
+    let notice = format!(
+        "Endpoint {} deleted; {dropped} pending deliveries dropped.",
+        endpoint.id
+    );
+    admin.done(&app, notice, "/admin/webhooks").await
 }

@@ -147,23 +147,34 @@ pub fn constrain(doc: &mut Value) {
         "grace_period",
         json!({"pattern": patterns::grace()}),
     );
+    property(
+        doc,
+        "RotateKey",
+        "retire_when_switched",
+        json!({"pattern": patterns::quiet()}),
+    );
     property(doc, "VerifyRequest", "scopes", scopes(MAX_VERIFY_SCOPES));
     let events: Vec<&str> = std::iter::once("*")
         .chain(EventKind::ALL.iter().map(|k| k.as_str()))
         .collect();
+    let url = json!({"format": "uri", "maxLength": MAX_URL_LEN,
+                     "pattern": r"^https?://[^\s/?#@]+([/?#][^\s]*)?$"});
     property(
         doc,
         "CreateWebhook",
         "events",
         json!({"items": {"enum": events}}),
     );
+    property(doc, "CreateWebhook", "url", url.clone());
     property(
         doc,
-        "CreateWebhook",
-        "url",
-        json!({"format": "uri", "maxLength": MAX_URL_LEN,
-               "pattern": r"^https?://[^\s/?#@]+([/?#][^\s]*)?$"}),
+        "UpdateWebhook",
+        "events",
+        json!({"minItems": 1, "items": {"enum": events}}),
     );
+    property(doc, "UpdateWebhook", "url", url);
+    // Something to change.
+    component(doc, "UpdateWebhook")["minProperties"] = json!(1);
 
     let statuses: Vec<&str> = [
         Status::Active,

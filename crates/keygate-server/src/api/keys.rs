@@ -138,6 +138,12 @@ pub struct RotateKey {
     #[serde(default)]
     #[schema(example = "24h")]
     pub grace_period: Option<String>,
+    /// End the grace period early once the successor has been used and the old key has been
+    /// unused this long: minutes or longer (at least `1m`), e.g. `1h`. Default: the server's
+    /// `retire_when_switched` policy, if set.
+    #[serde(default)]
+    #[schema(example = "1h")]
+    pub retire_when_switched: Option<String>,
 }
 
 /// `POST /v1/keys/{id}/revoke` body (optional).
@@ -314,7 +320,7 @@ pub async fn get_key(
         .get(&id)
         .await?
         .ok_or_else(ApiError::no_such_key)?;
-    Ok(Json(KeyView::of(record, app.keygate.now())))
+    Ok(Json(app.keygate.view(record).await?))
 }
 
 /// Change a key's name, owner, scopes, metadata, expiry or enabled flag.
@@ -438,7 +444,12 @@ async fn rotation(
     body: Option<RotateKey>,
     audit: &Audit,
 ) -> Result<Response, ApiError> {
-    let grace_ms = match body.and_then(|b| b.grace_period) {
+    let (grace, retire) = body.map_or((None, None), |b| (b.grace_period, b.retire_when_switched));
+    let retire = retire
+        .map(|text| keygate::core::switch::parse_quiet(&text))
+        .transpose()
+        .map_err(keygate::Error::from)?;
+    let grace_ms = match grace {
         None => DEFAULT_GRACE.as_ms(),
         Some(text) => parse_grace(&text).map_err(|e| {
             ApiError::bad_request(format!(
@@ -446,7 +457,10 @@ async fn rotation(
             ))
         })?,
     };
-    let (old, new, key) = app.keygate.rotate(id, grace_ms, audit).await?;
+    let (old, new, key) = app
+        .keygate
+        .rotate_retiring(id, grace_ms, retire, audit)
+        .await?;
     tracing::info!(actor = %audit.actor, key_id = %old.id, successor = %new.id, request_id = audit.request_id.as_deref().unwrap_or("-"), "key rotated over the API");
     let location = format!("/v1/keys/{}", new.id);
     let created = CreatedKey {
@@ -485,4 +499,29 @@ pub async fn rotate_self(
     key.require(SELF_ROTATE)?;
     let audit = Audit::by(Actor::SelfService(key.id().clone())).in_request(request_id.0.as_ref());
     rotation(&app, key.id(), body, &audit).await
+}
+
+/// End the grace period of the key this one replaced, now: the holder has switched to this
+/// key (it must hold `keygate:self-rotate`, as the key it replaced did). Audited as
+/// `key.retired` with the actor `self:<key id>`. Answers the old key, now expired.
+#[utoipa::path(
+    post, path = "/v1/self/retire", tag = "keys",
+    responses(
+        (status = 200, description = "The old key, its grace period ended", body = KeyView),
+        (status = 401, description = "Missing or invalid key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks keygate:self-rotate", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The key has no predecessor in its grace period", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn retire_self(
+    State(app): State<AppState>,
+    key: ApiKey,
+    request_id: RequestId,
+) -> Result<Json<KeyView>, ApiError> {
+    key.require(SELF_ROTATE)?;
+    let audit = Audit::by(Actor::SelfService(key.id().clone())).in_request(request_id.0.as_ref());
+    let old = app.keygate.retire_predecessor(key.id(), &audit).await?;
+    tracing::info!(key_id = %old.id, successor = %key.id(), "old key retired by its successor");
+    Ok(Json(KeyView::of(old, app.keygate.now())))
 }

@@ -103,9 +103,11 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::rotate_key))
         .routes(routes!(keys::rotate_self))
         .routes(routes!(owners::get_owner, owners::set_owner))
+        .routes(routes!(keys::retire_self))
         .routes(routes!(verify::verify))
         .routes(routes!(audit::list_audit))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::update_webhook, webhooks::delete_webhook))
         .routes(routes!(webhooks::list_deliveries))
         .layer(admin_auth);
     let ops = OpenApiRouter::new()

@@ -30,6 +30,43 @@ pub struct CreateWebhook {
     pub receives_secrets: bool,
 }
 
+/// `PATCH /v1/webhooks/{id}` body: each field given replaces the stored one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    /// Where deliveries are POSTed from now on (checked as on creation).
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
+    pub url: Option<String>,
+    /// Event types to receive from now on (at least one; `*` for all).
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
+    pub events: Option<Vec<String>>,
+    /// `false`: no new deliveries, pending ones wait; `true`: deliveries resume.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
+    pub enabled: Option<bool>,
+}
+
+/// A field that may be left out but not given as `null` (the document says so).
+fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// A deleted endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedWebhook {
+    /// The endpoint that was deleted.
+    pub id: String,
+    /// How many of its deliveries were still pending and were dropped with it (recorded in
+    /// its `webhook.deleted` event).
+    pub dropped_deliveries: u64,
+}
+
 /// An endpoint, as listed (never its secret).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookDoc {
@@ -138,6 +175,86 @@ pub async fn create_webhook(
         endpoint,
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+fn no_such_webhook(e: keygate::Error) -> ApiError {
+    match e {
+        keygate::Error::NotFound => ApiError(keygate::Problem::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "No such webhook",
+            "no webhook endpoint with that id",
+        )),
+        e => e.into(),
+    }
+}
+
+/// Change a webhook endpoint: its URL, its event types, or whether it is enabled. A disabled
+/// endpoint gets no new deliveries; its pending ones wait until it is enabled again. Audited
+/// as `webhook.updated`, or `webhook.disabled` / `webhook.enabled`.
+#[utoipa::path(
+    patch, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id")),
+    request_body = UpdateWebhook,
+    responses(
+        (status = 200, description = "The endpoint as it now is", body = WebhookDoc),
+        (status = 400, description = "Invalid field, or nothing to change", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn update_webhook(
+    State(app): State<AppState>,
+    caller: Caller<Manage>,
+    request_id: RequestId,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateWebhook>,
+) -> Result<Response, ApiError> {
+    let endpoint = app
+        .keygate
+        .update_webhook(
+            &id,
+            body.url.as_deref(),
+            body.events,
+            body.enabled,
+            &caller.audit(&request_id),
+        )
+        .await
+        .map_err(no_such_webhook)?;
+    Ok((StatusCode::OK, Json(endpoint)).into_response())
+}
+
+/// Delete a webhook endpoint with its delivery log. Deliveries still pending are dropped:
+/// how many is answered and recorded in its `webhook.deleted` event.
+#[utoipa::path(
+    delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "Deleted", body = DeletedWebhook),
+        (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Needs keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such endpoint", body = super::ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("bearer" = []))
+)]
+pub async fn delete_webhook(
+    State(app): State<AppState>,
+    caller: Caller<Manage>,
+    request_id: RequestId,
+    Path(id): Path<String>,
+) -> Result<Json<DeletedWebhook>, ApiError> {
+    let (endpoint, dropped) = app
+        .keygate
+        .delete_webhook(&id, &caller.audit(&request_id))
+        .await
+        .map_err(no_such_webhook)?;
+    Ok(Json(DeletedWebhook {
+        id: endpoint.id,
+        dropped_deliveries: dropped,
+    }))
 }
 
 /// List webhook endpoints. To a caller with only `keygate:read`, a Slack endpoint's URL (a

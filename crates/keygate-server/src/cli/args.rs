@@ -85,6 +85,10 @@ pub enum Command {
     /// Admin web UI users (sign-in with a username and password).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The key holder's side, run by its own cron or CI job against a keygate server (no
+    /// database needed).
+    #[command(subcommand)]
+    Client(ClientCommand),
     /// Import keys from another system; clients keep the keys they hold (docs/IMPORT.md).
     /// Running an import twice imports nothing twice.
     #[command(subcommand)]
@@ -147,28 +151,103 @@ fn parse_identifier(text: &str) -> Result<String, String> {
 /// `keygate owners ...`
 #[derive(Debug, Subcommand)]
 pub enum OwnersCommand {
-    /// Show an owner's shared rate limits.
+    /// Show an owner's record: its shared rate limits and contact addresses.
     Show {
-        /// The owner, as its keys name it.
+        /// The owner, as its keys name it (e.g. acct_42).
         owner: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Set the rate limits all of an owner's keys share (they apply at once on every node).
+    /// Change an owner's record; only what is given changes: the rate limits all of its keys
+    /// share (they apply at once on every node), its contact addresses, its email mode.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)
+        .args(["rates", "no_rate", "emails", "no_email", "digest", "no_digest"])))]
     Set {
-        /// The owner, as its keys name it.
+        /// The owner, as its keys name it (e.g. acct_42).
         owner: String,
         /// A shared rate limit, e.g. 1000/1m (repeatable; replaces the owner's limits).
-        #[arg(long = "rate", value_name = "N/WINDOW", value_parser = parse_rate, required_unless_present = "no_rate", conflicts_with = "no_rate")]
+        #[arg(long = "rate", value_name = "N/WINDOW", value_parser = parse_rate, conflicts_with = "no_rate")]
         rates: Vec<RateLimit>,
         /// Remove the owner's shared limits.
         #[arg(long)]
         no_rate: bool,
+        /// A contact address for email notices (repeatable; replaces the addresses).
+        #[arg(long = "email", value_name = "ADDRESS", conflicts_with = "no_email")]
+        emails: Vec<String>,
+        /// Remove the contact addresses.
+        #[arg(long)]
+        no_email: bool,
+        /// One email a day per address (after 00:00 UTC) with every notice, instead of one
+        /// email per notice.
+        #[arg(long, conflicts_with = "no_digest")]
+        digest: bool,
+        /// One email per notice (the default).
+        #[arg(long)]
+        no_digest: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+    /// The latest emails sent or waiting (recipient, subject, state), newest first.
+    Emails {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keygate client ...`
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Rotate the key in an environment variable (it needs keygate:self-rotate) and hand the
+    /// new key over: rewrite VAR= in an env file atomically, or pipe it to a command's stdin.
+    /// Optionally check it against your own API, then retire the old key. On any failure the
+    /// old key keeps working; one line on stderr, exit status 2. The key never appears in
+    /// arguments or output.
+    Rotate(ClientRotateArgs),
+}
+
+/// `keygate client rotate`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["write_env", "exec"])))]
+pub struct ClientRotateArgs {
+    /// The keygate server, e.g. https://keys.example.com.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The environment variable that holds the current key (and the env file's variable).
+    #[arg(long, value_name = "VAR", value_parser = parse_env_name)]
+    pub key_env: String,
+    /// Rewrite `VAR=...` in this env file (temporary file in the same directory, then
+    /// rename; its mode is kept).
+    #[arg(long, value_name = "FILE")]
+    pub write_env: Option<std::path::PathBuf>,
+    /// Run this command with `sh -c` and write the new key, and a newline, to its stdin
+    /// (e.g. a secrets manager's CLI); it must exit 0.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Check the new key: GET this URL of your own API with it; a 2xx passes.
+    #[arg(long, value_name = "URL")]
+    pub check: Option<String>,
+    /// After the check passed, end the old key's grace period now (POST /v1/self/retire).
+    #[arg(long, requires = "check")]
+    pub retire: bool,
+    /// How long the old key keeps working if not retired [default: the server's, one day].
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn parse_env_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("expected a variable name of letters, digits and _".into())
+    }
 }
 
 /// `keygate admin ...`
@@ -240,6 +319,10 @@ pub enum KeysCommand {
         /// How long the old key keeps working: 0 or a duration such as 24h [default: one day].
         #[arg(long, value_name = "DURATION", value_parser = parse_grace_arg)]
         grace: Option<i64>,
+        /// End the grace early once the new key is in use and the old one unused this long
+        /// (at least 1m) [default: the server's retire_when_switched policy, if set].
+        #[arg(long, value_name = "DURATION", value_parser = parse_quiet_arg)]
+        retire_when_switched: Option<Lifetime>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -294,6 +377,35 @@ pub enum WebhooksCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Change an endpoint's URL or event types (audited as webhook.updated).
+    Update {
+        /// Endpoint id (whk_...).
+        id: String,
+        /// New URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// An event type to receive from now on, or `*` (repeatable; replaces the list).
+        #[arg(long = "event", value_name = "TYPE")]
+        events: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop deliveries to an endpoint; its pending ones wait until it is enabled again.
+    Disable {
+        /// Endpoint id (whk_...).
+        id: String,
+    },
+    /// Resume deliveries to a disabled endpoint.
+    Enable {
+        /// Endpoint id (whk_...).
+        id: String,
+    },
+    /// Delete an endpoint and its delivery log; pending deliveries are dropped (and counted).
+    Delete {
+        /// Endpoint id (whk_...).
+        id: String,
     },
     /// An endpoint's delivery log, newest first.
     Deliveries {
@@ -418,6 +530,14 @@ pub struct ServeArgs {
     /// Announce keys expiring within this long (key.expiring_soon) [default: 7d].
     #[arg(long, env = "KEYGATE_EXPIRY_WARNING", value_name = "DURATION", value_parser = parse_lifetime)]
     pub expiry_warning: Option<Lifetime>,
+    /// Rotations' default: retire the old key once its successor is in use and it has been
+    /// unused this long (at least 1m) [default: off].
+    #[arg(long, env = "KEYGATE_RETIRE_WHEN_SWITCHED", value_name = "DURATION", value_parser = parse_quiet_arg)]
+    pub retire_when_switched: Option<Lifetime>,
+    /// Email notices to key owners are sent from this address (with smtp_url, read from
+    /// KEYGATE_SMTP_URL or the config file only: it may hold a password).
+    #[arg(long, env = "KEYGATE_EMAIL_FROM", value_name = "ADDRESS")]
+    pub email_from: Option<String>,
     /// How often the scheduler sweeps the keys [default: 1m].
     #[arg(long, env = "KEYGATE_SWEEP_EVERY", value_name = "DURATION", value_parser = parse_lifetime)]
     pub sweep_every: Option<Lifetime>,
@@ -670,6 +790,10 @@ fn parse_network(s: &str) -> Result<String, String> {
 
 fn parse_scope(s: &str) -> Result<String, String> {
     check_scope(s).map(|()| s.to_owned()).map_err(str::to_owned)
+}
+
+pub(crate) fn parse_quiet_arg(s: &str) -> Result<Lifetime, String> {
+    keygate::core::switch::parse_quiet(s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn parse_lifetime(s: &str) -> Result<Lifetime, String> {

@@ -33,7 +33,7 @@ pub async fn run(
         KeysCommand::List(args) => list(keygate, args, out).await?,
         KeysCommand::Show { id, json } => {
             let record = keygate.get(&id).await?.ok_or(keygate::Error::NotFound)?;
-            print_key(out, &KeyView::of(record, now), json)?;
+            print_key(out, &keygate.view(record).await?, json)?;
         }
         KeysCommand::Revoke { id, reason, json } => {
             let record = keygate.revoke(&id, reason, &cli()).await?;
@@ -43,9 +43,16 @@ pub async fn run(
                 writeln!(out, "Revoked {}", record.id)?;
             }
         }
-        KeysCommand::Rotate { id, grace, json } => {
+        KeysCommand::Rotate {
+            id,
+            grace,
+            retire_when_switched,
+            json,
+        } => {
             let grace = grace.unwrap_or(DEFAULT_GRACE.as_ms());
-            let (old, new, key) = keygate.rotate(&id, grace, &cli()).await?;
+            let (old, new, key) = keygate
+                .rotate_retiring(&id, grace, retire_when_switched, &cli())
+                .await?;
             if json {
                 let created = CreatedKey {
                     key: key.expose().to_owned(),
@@ -197,7 +204,7 @@ async fn update(keygate: &Keygate, args: UpdateArgs, out: &mut dyn Write) -> Res
 }
 
 /// The rate limits of `--rate` flags, checked together (count, unique names).
-fn rate_limits(rates: Vec<RateLimit>) -> Result<RateLimits, Failure> {
+pub(super) fn rate_limits(rates: Vec<RateLimit>) -> Result<RateLimits, Failure> {
     RateLimits::new(rates).map_err(|e| Failure::Config(format!("--rate: {e}")))
 }
 
@@ -214,38 +221,6 @@ fn allowlist(networks: &[String]) -> Result<Option<IpAllowlist>, Failure> {
     IpAllowlist::parse(networks.iter().map(String::as_str))
         .map(Some)
         .map_err(|e| Failure::Config(format!("--allow-ip: {e}")))
-}
-
-/// `keygate owners show|set`.
-pub async fn owners(
-    keygate: &Keygate,
-    command: super::args::OwnersCommand,
-    out: &mut dyn Write,
-) -> Result<(), Failure> {
-    use super::args::OwnersCommand;
-    let (owner, limits, json) = match command {
-        OwnersCommand::Show { owner, json } => {
-            let limits = keygate.owner(&owner).await?;
-            (owner, limits.map(|l| l.rate_limits), json)
-        }
-        OwnersCommand::Set {
-            owner, rates, json, ..
-        } => {
-            let set = keygate
-                .set_owner_limits(&owner, &rate_limits(rates)?, &cli())
-                .await?;
-            (owner, Some(set.rate_limits), json)
-        }
-    };
-    let limits = limits.unwrap_or_default();
-    if json {
-        writeln!(out, "{}", json!({ "owner": owner, "rate_limits": limits }))?;
-    } else if limits.is_empty() {
-        writeln!(out, "{owner}: no shared rate limits")?;
-    } else {
-        writeln!(out, "{owner}: {limits} (shared by all of its keys)")?;
-    }
-    Ok(())
 }
 
 /// `keygate refill`: refills every key whose refill is due, in batches.
@@ -371,6 +346,7 @@ pub async fn rotate_due(
         }),
         expiry_warning: None,
         announce_expired: false,
+        watch_grace: false,
     };
     let report = keygate.sweep(&sweep, args.dry_run, &cli()).await?;
     if args.json {

@@ -55,6 +55,39 @@ pub fn print_key(out: &mut dyn Write, view: &KeyView, json: bool) -> Result<(), 
     if let Some(to) = &view.rotated_to {
         writeln!(out, "rotated to:  {to} (at {})", time_text(view.rotated_at))?;
     }
+    if let Some(switch) = &view.switch_over {
+        let state = if switch.in_grace {
+            "in grace"
+        } else {
+            "grace over"
+        };
+        writeln!(
+            out,
+            "switch-over: {state} until {}",
+            time_text(switch.grace_ends_at)
+        )?;
+        writeln!(
+            out,
+            "  successor first used: {}",
+            time_text(switch.successor_first_used_at)
+        )?;
+        writeln!(
+            out,
+            "  old key last used:    {}",
+            time_text(switch.old_last_used_at)
+        )?;
+        writeln!(
+            out,
+            "  old key uses since rotation: {}",
+            switch.old_uses_since_rotation
+        )?;
+        if let Some(quiet) = switch.retire_when_switched {
+            writeln!(
+                out,
+                "  retired once the successor is used and the old key is quiet for {quiet}"
+            )?;
+        }
+    }
     if let Some(at) = view.revoked_at {
         writeln!(out, "revoked_at:  {at}")?;
         writeln!(

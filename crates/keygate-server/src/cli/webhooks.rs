@@ -1,5 +1,5 @@
-//! `keygate webhooks ...`: add endpoints (the signing secret is printed once), list them, read
-//! an endpoint's delivery log.
+//! `keygate webhooks ...`: add endpoints (the signing secret is printed once), list, change,
+//! disable, enable and delete them, read an endpoint's delivery log.
 
 use std::io::Write;
 
@@ -67,6 +67,42 @@ pub async fn webhooks(
                 }
             }
         }
+        WebhooksCommand::Update {
+            id,
+            url,
+            events,
+            json,
+        } => {
+            let events = (!events.is_empty()).then_some(events);
+            let endpoint = keygate
+                .update_webhook(&id, url.as_deref(), events, None, &super::keys::cli())
+                .await
+                .map_err(no_such_webhook)?;
+            if json {
+                print_json(out, &endpoint)?;
+            } else {
+                writeln!(
+                    out,
+                    "Updated {} -> {} ({})",
+                    endpoint.id,
+                    endpoint.url,
+                    endpoint.events.join(",")
+                )?;
+            }
+        }
+        WebhooksCommand::Disable { id } => set_enabled(keygate, &id, false, out).await?,
+        WebhooksCommand::Enable { id } => set_enabled(keygate, &id, true, out).await?,
+        WebhooksCommand::Delete { id } => {
+            let (endpoint, dropped) = keygate
+                .delete_webhook(&id, &super::keys::cli())
+                .await
+                .map_err(no_such_webhook)?;
+            writeln!(
+                out,
+                "Deleted {} ({dropped} pending deliveries dropped)",
+                endpoint.id
+            )?;
+        }
         WebhooksCommand::Deliveries { id, json } => {
             let deliveries = keygate.webhook_deliveries(&id, 100).await?;
             if json {
@@ -93,4 +129,32 @@ pub async fn webhooks(
         }
     }
     Ok(0)
+}
+
+/// `keygate webhooks enable|disable ID`
+async fn set_enabled(
+    keygate: &Keygate,
+    id: &str,
+    enabled: bool,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let endpoint = keygate
+        .update_webhook(id, None, None, Some(enabled), &super::keys::cli())
+        .await
+        .map_err(no_such_webhook)?;
+    let state = if endpoint.enabled {
+        "enabled"
+    } else {
+        "disabled (its pending deliveries wait)"
+    };
+    writeln!(out, "{} {state}", endpoint.id)?;
+    Ok(())
+}
+
+/// "No key with that id" would mislead here.
+fn no_such_webhook(e: keygate::Error) -> Failure {
+    match e {
+        keygate::Error::NotFound => Failure::Other("no webhook endpoint with that id".into()),
+        e => e.into(),
+    }
 }

@@ -1,5 +1,6 @@
 //! The scheduler: every `sweep_every`, the maximum-age policy, expiry warnings and expiry
-//! notices (see [`keygate::Sweep`]). Several nodes may sweep at once: each notice is written
+//! notices, and the watch over rotated keys in their grace period (`key.still_in_use`,
+//! retiring on switch-over) (see [`keygate::Sweep`]). Several nodes may sweep at once: each notice is written
 //! once per key however many run (a race between two nodes may at worst write one twice).
 
 use std::time::Duration;
@@ -16,7 +17,9 @@ pub async fn sweep_once(keygate: &Keygate, sweep: &Sweep) -> Result<SweepReport,
         + report.rotated.len()
         + report.max_age_notices.len()
         + report.expiring_soon_notices.len()
-        + report.expired_notices.len();
+        + report.expired_notices.len()
+        + report.still_in_use_notices.len()
+        + report.retired.len();
     if acted > 0 {
         tracing::info!(
             expiry_shortened = report.expiry_shortened.len(),
@@ -24,6 +27,8 @@ pub async fn sweep_once(keygate: &Keygate, sweep: &Sweep) -> Result<SweepReport,
             max_age_notices = report.max_age_notices.len(),
             expiring_soon = report.expiring_soon_notices.len(),
             expired = report.expired_notices.len(),
+            still_in_use = report.still_in_use_notices.len(),
+            retired = report.retired.len(),
             "sweep"
         );
     }

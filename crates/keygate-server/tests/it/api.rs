@@ -630,7 +630,21 @@ fn openapi_document_matches_the_server() {
     let k = s.create(json!({"name": "doc"}));
     let id = k["id"].as_str().unwrap();
     for (path, method) in contract.operations() {
-        let concrete = path.replace("{id}", id);
+        // A webhook path names an endpoint (a fresh one: this may delete it).
+        let concrete = if path.starts_with("/v1/webhooks/") {
+            let hook = s
+                .server
+                .json(
+                    "POST",
+                    "/v1/webhooks",
+                    &s.admin,
+                    &json!({"url": "https://hooks.example.com/x"}),
+                )
+                .expect(201);
+            path.replace("{id}", hook["id"].as_str().unwrap())
+        } else {
+            path.replace("{id}", id)
+        };
         let r = s.server.send(
             &method.to_uppercase(),
             &concrete,
@@ -762,6 +776,34 @@ fn openapi_document_matches_the_server() {
     ];
     let client = s.key_with(&[]);
     exchanges.push(("get", "/v1/keys", s.server.get("/v1/keys", &client)));
+    let hook = s
+        .server
+        .json(
+            "POST",
+            "/v1/webhooks",
+            &s.admin,
+            &json!({"url": "https://hooks.example.com/y"}),
+        )
+        .expect(201);
+    let hook_path = format!("/v1/webhooks/{}", hook["id"].as_str().unwrap());
+    for body in [
+        json!({"enabled": false, "events": ["key.rotated"]}),
+        json!({}),
+        json!({"url": "ftp://x"}),
+    ] {
+        exchanges.push((
+            "patch",
+            "/v1/webhooks/{id}",
+            s.server.json("PATCH", &hook_path, &s.admin, &body),
+        ));
+    }
+    for _ in 0..2 {
+        exchanges.push((
+            "delete",
+            "/v1/webhooks/{id}",
+            s.server.send("DELETE", &hook_path, Some(&s.admin), None),
+        ));
+    }
     for (method, path, reply) in &exchanges {
         contract.check_response(
             method,

@@ -549,3 +549,287 @@ fn slack_urls_are_shown_whole_only_to_admins() {
     let page = ui.get("/admin/webhooks").text();
     assert!(!page.contains("XXXXXXXX"));
 }
+
+/// An endpoint changed over the API: a new URL and events take effect; disabled, it gets no
+/// new deliveries and its pending one waits; enabled, that one goes; deleted, its pending
+/// deliveries are dropped and counted; each change audited with its request. Bad changes are
+/// 400 and change nothing; an unknown id is 404; a read-only key is refused.
+#[test]
+fn endpoints_are_changed_paused_resumed_and_deleted_over_the_api() {
+    let app = App::new(&["--allow-private-webhooks"]);
+    let first = Receiver::start(&[]);
+    let second = Receiver::start(&[]);
+    let hook = add_webhook(&app, json!({"url": first.url(), "events": ["key.created"]}));
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/webhooks/{id}");
+
+    app.create(json!({"name": "queued"}));
+    let off = app
+        .json("PATCH", &path, &app.admin, &json!({"enabled": false}))
+        .expect(200);
+    assert_eq!(off["enabled"], false);
+    assert!(off.get("secret").is_none());
+    assert_eq!(
+        deliver(&app),
+        0,
+        "a disabled endpoint's pending delivery waits"
+    );
+    app.create(json!({"name": "while disabled"}));
+    assert_eq!(
+        delivery_log(&app, &hook)["items"].as_array().unwrap().len(),
+        1,
+        "no new delivery while disabled"
+    );
+    app.json("PATCH", &path, &app.admin, &json!({"enabled": true}))
+        .expect(200);
+    assert_eq!(deliver(&app), 1, "the waiting one goes once enabled");
+    assert_eq!(first.got().len(), 1);
+    assert_eq!(first.got()[0].json()["data"]["details"]["name"], "queued");
+
+    // A new URL and events.
+    let moved = app
+        .json(
+            "PATCH",
+            &path,
+            &app.admin,
+            &json!({"url": second.url(), "events": ["key.revoked"]}),
+        )
+        .expect(200);
+    assert_eq!(moved["url"], second.url());
+    assert_eq!(moved["events"], json!(["key.revoked"]));
+    let key = app.create(json!({"name": "revoked later"}));
+    assert_eq!(deliver(&app), 0, "key.created no longer wanted");
+    app.json(
+        "POST",
+        &format!("/v1/keys/{}/revoke", key["id"].as_str().unwrap()),
+        &app.admin,
+        &json!({}),
+    )
+    .expect(200);
+    assert_eq!(deliver(&app), 1);
+    assert_eq!(second.got()[0].json()["type"], "key.revoked");
+    assert_eq!(first.got().len(), 1, "nothing more to the old URL");
+
+    // Bad changes: 400, nothing changed.
+    for (body, field) in [
+        (json!({"url": "ftp://example.com/x"}), "url"),
+        (json!({"events": []}), "events"),
+        (json!({"events": ["key.nope"]}), "events"),
+        (json!({}), "nothing to change"),
+        (json!({"secret": "whsec_x"}), "secret"),
+        (json!({"url": null, "enabled": false}), "url"),
+    ] {
+        let problem = app
+            .json("PATCH", &path, &app.admin, &body)
+            .problem(400, "BAD_REQUEST");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(field),
+            "{body}: {problem}"
+        );
+    }
+    let strict = App::new(&[]);
+    let strict_hook = strict
+        .json(
+            "POST",
+            "/v1/webhooks",
+            &strict.admin,
+            &json!({"url": "https://hooks.example.com/x"}),
+        )
+        .expect(201);
+    strict
+        .json(
+            "PATCH",
+            &format!("/v1/webhooks/{}", strict_hook["id"].as_str().unwrap()),
+            &strict.admin,
+            &json!({"url": "http://127.0.0.1:9/x"}),
+        )
+        .problem(400, "BAD_REQUEST");
+    let listed = app.get("/v1/webhooks", &app.admin).expect(200);
+    assert_eq!(listed["items"][0]["url"], second.url());
+    assert_eq!(listed["items"][0]["enabled"], true);
+    let missing = app
+        .json(
+            "PATCH",
+            "/v1/webhooks/whk_nope",
+            &app.admin,
+            &json!({"enabled": false}),
+        )
+        .problem(404, "NOT_FOUND");
+    assert!(missing["detail"].as_str().unwrap().contains("webhook"));
+    app.send("DELETE", "/v1/webhooks/whk_nope", Some(&app.admin), None)
+        .problem(404, "NOT_FOUND");
+    let reader = app.create(json!({"name": "reader", "scopes": ["keygate:read"]}));
+    let reader = reader["key"].as_str().unwrap();
+    app.json("PATCH", &path, reader, &json!({"enabled": false}))
+        .problem(403, "INSUFFICIENT_SCOPE");
+    app.send("DELETE", &path, Some(reader), None)
+        .problem(403, "INSUFFICIENT_SCOPE");
+
+    // Deleting with a pending delivery drops it, and says so.
+    let pending = app.create(json!({"name": "pending"}));
+    app.json(
+        "POST",
+        &format!("/v1/keys/{}/revoke", pending["id"].as_str().unwrap()),
+        &app.admin,
+        &json!({}),
+    )
+    .expect(200);
+    let deleted = app
+        .send("DELETE", &path, Some(&app.admin), None)
+        .expect(200);
+    assert_eq!(deleted, json!({"id": id, "dropped_deliveries": 1}));
+    assert_eq!(deliver(&app), 0);
+    assert_eq!(
+        app.get("/v1/webhooks", &app.admin).expect(200)["items"],
+        json!([])
+    );
+    let trail = app.get("/v1/audit?limit=200", &app.admin).expect(200);
+    let of = |kind: &str| -> Vec<Value> {
+        trail["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of("webhook.disabled").len(), 1);
+    assert_eq!(of("webhook.enabled").len(), 1);
+    let updated = of("webhook.updated");
+    assert_eq!(updated.len(), 1, "refused changes are not audited");
+    assert_eq!(updated[0]["details"]["url"]["to"], second.url());
+    assert!(updated[0]["request_id"].is_string());
+    assert!(updated[0]["actor"].as_str().unwrap().starts_with("admin:"));
+    let gone = of("webhook.deleted");
+    assert_eq!(gone[0]["details"]["dropped_pending"], 1);
+    assert!(!trail.to_string().contains(hook["secret"].as_str().unwrap()));
+}
+
+/// The same through `keygate webhooks update|disable|enable|delete` and the admin UI's forms
+/// (key-admins only, with the session's CSRF token).
+#[test]
+fn endpoints_are_changed_from_the_cli_and_the_admin_ui() {
+    use crate::admin::Ui;
+    let app = App::new(&["--allow-private-webhooks"]);
+    let receiver = Receiver::start(&[]);
+    let hook = add_webhook(&app, json!({"url": receiver.url()}));
+    let id = hook["id"].as_str().unwrap();
+
+    let (code, out) = app.cli(&["webhooks", "disable", id]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("disabled"), "{out}");
+    let (code, out) = app.cli(&["webhooks", "enable", id]);
+    assert_eq!((code, out.contains("enabled")), (0, true), "{out}");
+    let (code, out) = app.cli(&[
+        "webhooks",
+        "update",
+        id,
+        "--event",
+        "key.revoked",
+        "--event",
+        "key.rotated",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let updated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(updated["events"], json!(["key.revoked", "key.rotated"]));
+    let (code, out) = app.cli(&["webhooks", "update", id, "--url", "ftp://x/"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("url"), "{out}");
+    let (code, out) = app.cli(&["webhooks", "update", id]);
+    assert_eq!(code, 2, "nothing to change: {out}");
+    let (code, out) = app.cli(&["webhooks", "delete", "whk_nope"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (2, "no webhook endpoint with that id")
+    );
+
+    // The admin UI: a key-admin changes, disables, enables and deletes it.
+    let mut ui = Ui::new(&app);
+    assert_eq!(ui.sign_in_key(&app.admin).status, 303);
+    let page = ui.get(&format!("/admin/webhooks/{id}"));
+    let text = page.text();
+    assert!(text.contains("id=\"disable-webhook\"") && text.contains("id=\"delete-webhook\""));
+    let csrf = Ui::csrf(&page);
+    let refused = ui.post(
+        &format!("/admin/webhooks/{id}/enabled"),
+        &[("csrf", "wrong"), ("enabled", "false")],
+    );
+    assert_eq!(refused.status, 403);
+    let other = Receiver::start(&[]);
+    let saved = ui.post(
+        &format!("/admin/webhooks/{id}/edit"),
+        &[
+            ("csrf", &csrf),
+            ("url", &other.url()),
+            ("events", "key.created"),
+        ],
+    );
+    assert_eq!(saved.status, 303);
+    let bad = ui.post(
+        &format!("/admin/webhooks/{id}/edit"),
+        &[("csrf", &csrf), ("url", "nope"), ("events", "*")],
+    );
+    assert_eq!(bad.status, 400);
+    let off = ui.post(
+        &format!("/admin/webhooks/{id}/enabled"),
+        &[("csrf", &csrf), ("enabled", "false")],
+    );
+    assert_eq!(off.status, 303);
+    let page = ui.get(&format!("/admin/webhooks/{id}")).text();
+    assert!(page.contains("disabled") && page.contains("id=\"enable-webhook\""));
+    let listed = app.get("/v1/webhooks", &app.admin).expect(200);
+    assert_eq!(listed["items"][0]["url"], other.url());
+    assert_eq!(listed["items"][0]["events"], json!(["key.created"]));
+    assert_eq!(listed["items"][0]["enabled"], false);
+
+    // A read-only admin sees no buttons and is refused.
+    let reader = app.create(json!({"name": "reader", "scopes": ["keygate:read"]}));
+    let mut read_only = Ui::new(&app);
+    assert_eq!(
+        read_only
+            .sign_in_key(reader["key"].as_str().unwrap())
+            .status,
+        303
+    );
+    let page = read_only.get(&format!("/admin/webhooks/{id}"));
+    assert!(!page.text().contains("delete-webhook"));
+    let refused = read_only.post(
+        &format!("/admin/webhooks/{id}/delete"),
+        &[("csrf", &Ui::csrf(&page))],
+    );
+    assert_eq!(refused.status, 403);
+
+    let gone = ui.post(&format!("/admin/webhooks/{id}/delete"), &[("csrf", &csrf)]);
+    assert_eq!(gone.status, 303);
+    assert_eq!(
+        app.get("/v1/webhooks", &app.admin).expect(200)["items"],
+        json!([])
+    );
+    let trail = app.get("/v1/audit?limit=200", &app.admin).expect(200);
+    let actors: Vec<(String, String)> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("webhook."))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (kind, actor) in [
+        ("webhook.disabled", "cli"),
+        ("webhook.enabled", "cli"),
+        ("webhook.updated", "cli"),
+        ("webhook.deleted", "admin:"),
+    ] {
+        assert!(
+            actors
+                .iter()
+                .any(|(k, a)| k == kind && a.starts_with(actor)),
+            "{kind} by {actor} in {actors:?}"
+        );
+    }
+}

@@ -2,6 +2,6 @@
 -- their owner in keys.owner; an owner with no row has no shared limits.
 CREATE TABLE owners (
     owner TEXT NOT NULL PRIMARY KEY,
-    rate_limits TEXT NOT NULL,
+    rate_limits TEXT NOT NULL DEFAULT '[]',
     updated_at INTEGER NOT NULL
 ) STRICT;

@@ -12,8 +12,10 @@ mod rows;
 use std::future::Future;
 
 use async_trait::async_trait;
+use keygate_core::email::{Contacts, EmailDelivery};
 use keygate_core::limits::{OwnerLimits, RateLimits};
-use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint};
+use keygate_core::switch::Usage;
+use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint, EndpointPatch};
 use keygate_core::{
     Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
 };
@@ -28,9 +30,9 @@ use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
     Attempt, AuditPage, AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential,
-    ListQuery, Page, RotationPlan, Spend, StatusCounts,
+    ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts,
 };
-use crate::roles::{AdminAccounts, AuditLog, KeyStore, WebhookOutbox};
+use crate::roles::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, WebhookOutbox};
 
 /// What differs between the databases [`SqlStore`] runs on. Everything else — every query,
 /// every transaction's content — is written once, in this module.
@@ -56,8 +58,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
     const SIGNAL_CHANGE: &'static str;
     /// Like [`Backend::SIGNAL_CHANGE`], for every key of the owner `$1`.
     const SIGNAL_OWNER_CHANGE: &'static str;
-    /// The statement writing a batch of last-used times, `$1` being a JSON array of
-    /// `[key id, time]` pairs; a time never moves backwards.
+    /// The statement writing a batch of uses, `$1` being a JSON array of `[key id, first use,
+    /// last use, uses since rotation]`: `last_used_at` never moves backwards, `first_used_at`
+    /// never forwards, and the uses since rotation are added.
     const RECORD_USAGE: &'static str;
 
     /// Follows changes made by any process, until the receiver is dropped.
@@ -226,6 +229,9 @@ macro_rules! sql_impl {
             for<'r> rows::AuditRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::DeliveryRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::EndpointRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::EmailRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (String, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::AdminUserRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::SessionRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (i64,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
@@ -325,7 +331,60 @@ sql_impl! {
                     .await
                     .map_err(backend)?;
             }
+            if keygate_core::email::emailed(event.kind)
+                && let Some(key_id) = &event.key_id
+            {
+                self.queue_emails(tx, event, seq, key_id).await?;
+            }
             Ok(seq)
+        }
+
+        /// Queues event `seq`'s email for each contact of the owner of key `key_id`, inside
+        /// `tx` (none if the key has no owner, or the owner no contacts).
+        async fn queue_emails(
+            &self,
+            tx: &mut WriteTx<B::Db>,
+            event: &AuditEvent,
+            seq: i64,
+            key_id: &KeyId,
+        ) -> Result<(), StoreError> {
+            let found: Option<(String, String, bool)> = sqlx::query_as(
+                "SELECT k.name, o.emails, o.digest FROM keys k \
+                 JOIN owners o ON o.owner = k.owner WHERE k.id = $1",
+            )
+            .bind(key_id.as_str().to_owned())
+            .fetch_optional(tx.conn())
+            .await
+            .map_err(backend)?;
+            let Some((name, emails, digest)) = found else {
+                return Ok(());
+            };
+            // A digest notice waits for the next 00:00 UTC.
+            let due = if digest {
+                keygate_core::email::digest_due(event.at)
+            } else {
+                event.at
+            };
+            let emails: Vec<String> = serde_json::from_str(&emails)
+                .map_err(|_| StoreError::Corrupt("owner emails".into()))?;
+            let mut stored = event.clone();
+            stored.seq = seq;
+            let email = keygate_core::email::message(&stored, &name, None);
+            for recipient in emails {
+                self.exec(tx, sqlx::query(
+                    "INSERT INTO email_deliveries (event_seq, recipient, subject, body_text, \
+                     body_html, next_attempt_at, digest) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(seq)
+                .bind(recipient)
+                .bind(email.subject.clone())
+                .bind(email.text.clone())
+                .bind(email.html.clone())
+                .bind(due.unix_ms())
+                .bind(digest))
+                .await?;
+            }
+            Ok(())
         }
 
         /// Inserts a new key with its `key.created` event and change signal, inside `tx`.
@@ -353,9 +412,10 @@ sql_impl! {
                 "INSERT INTO keys (id, name, start, hash, owner, scopes, metadata, created_at, \
                  expires_at, revoked_at, revoked_reason, enabled, last_used_at, rotated_from, \
                  rotated_to, rotated_at, max_age_ms, rate_limits, allowed_ips, quota_remaining, \
-                 quota_refill, quota_refilled_at, quota_holder, quota_refill_due_at) VALUES ($1, \
+                 quota_refill, quota_refilled_at, quota_holder, quota_refill_due_at, \
+                 first_used_at, uses_since_rotation, retire_when_switched_ms) VALUES ($1, \
                  $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-                 $19, $20, $21, $22, $23, $24)",
+                 $19, $20, $21, $22, $23, $24, $25, $26, $27)",
             )
             .bind(record.id.as_str().to_owned())
             .bind(record.name.clone())
@@ -381,6 +441,9 @@ sql_impl! {
             .bind(limits.quota_refilled_at)
             .bind(limits.quota_holder)
             .bind(limits.quota_refill_due_at)
+            .bind(time(record.first_used_at))
+            .bind(i64::try_from(record.uses_since_rotation).unwrap_or(i64::MAX))
+            .bind(record.retire_when_switched.map(Lifetime::as_ms))
             .execute(tx.conn())
             .await
             .map_err(backend)?;
@@ -416,8 +479,8 @@ sql_impl! {
                      expires_at = $5, revoked_at = $6, revoked_reason = $7, enabled = $8, \
                      rotated_to = $9, rotated_at = $10, max_age_ms = $11, rate_limits = $12, \
                      allowed_ips = $13, quota_remaining = $14, quota_refill = $15, \
-                     quota_refilled_at = $16, quota_holder = $17, quota_refill_due_at = $18 \
-                     WHERE id = $19",
+                     quota_refilled_at = $16, quota_holder = $17, quota_refill_due_at = $18, \
+                     retire_when_switched_ms = $19 WHERE id = $20",
                 )
                 .bind(record.name.clone())
                 .bind(record.owner.clone())
@@ -437,6 +500,7 @@ sql_impl! {
                 .bind(limits.quota_refilled_at)
                 .bind(limits.quota_holder)
                 .bind(limits.quota_refill_due_at)
+                .bind(record.retire_when_switched.map(Lifetime::as_ms))
                 .bind(record.id.as_str().to_owned())
                 .execute(tx.conn())
                 .await
@@ -602,17 +666,57 @@ sql_impl! {
             Ok((old, new))
         }
 
-        async fn record_usage(&self, usage: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        async fn retire(
+            &self,
+            id: &KeyId,
+            plan: &RetirePlan<'_>,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            in_write!(self, |tx| {
+                let select = format!("{}{}", select_where!("id = $1"), B::LOCK_ROW);
+                let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(id.as_str().to_owned())
+                    .fetch_optional(tx.conn())
+                    .await
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound)?;
+                let before = KeyRecord::try_from(row)?;
+                let Some(evidence) = plan(&before) else {
+                    return Ok(None);
+                };
+                let mut after = before.clone();
+                after.expires_at = Some(before.expires_at.map_or(at, |e| e.min(at)));
+                self.exec(tx, sqlx::query("UPDATE keys SET expires_at = $1 WHERE id = $2")
+                    .bind(time(after.expires_at))
+                    .bind(id.as_str().to_owned()))
+                    .await?;
+                let mut event = AuditEvent::changed(EventKind::KeyRetired, &before, &after, audit, at);
+                event.details.extend(evidence);
+                self.record_event(tx, &event).await?;
+                self.signal_change(tx, &after.hash).await?;
+                Ok(Some(after))
+            })
+        }
+
+        async fn record_usage(&self, usage: &[Usage]) -> Result<(), StoreError> {
             if usage.is_empty() {
                 return Ok(());
             }
-            let pairs: Vec<(&str, i64)> = usage
+            let rows: Vec<(&str, i64, i64, i64)> = usage
                 .iter()
-                .map(|(id, at)| (id.as_str(), at.unix_ms()))
+                .map(|u| {
+                    (
+                        u.id.as_str(),
+                        u.first_at.unix_ms(),
+                        u.last_at.unix_ms(),
+                        i64::try_from(u.since_rotation).unwrap_or(i64::MAX),
+                    )
+                })
                 .collect();
-            let pairs = serde_json::to_string(&pairs).expect("pairs are JSON");
+            let rows = serde_json::to_string(&rows).expect("usage rows are JSON");
             let mut tx = self.begin_write().await?;
-            let result = self.exec(&mut tx, sqlx::query(B::RECORD_USAGE).bind(pairs)).await;
+            let result = self.exec(&mut tx, sqlx::query(B::RECORD_USAGE).bind(rows)).await;
             self.finish(tx, result).await
         }
 
@@ -655,7 +759,11 @@ sql_impl! {
             .fetch_optional(self.pool())
             .await
             .map_err(backend)?;
-            row.map(owner_from_row).transpose()
+            // An owner whose row holds only contacts has no shared limits.
+            Ok(row
+                .map(owner_from_row)
+                .transpose()?
+                .filter(|o| !o.rate_limits.is_empty()))
         }
 
         async fn set_owner_limits(
@@ -681,11 +789,8 @@ sql_impl! {
                     .transpose()?
                     .map(|o| o.rate_limits)
                     .unwrap_or_default();
-                if rate_limits.is_empty() {
-                    self.exec(tx, sqlx::query("DELETE FROM owners WHERE owner = $1")
-                        .bind(owner.to_owned()))
-                        .await?;
-                } else {
+                // The row stays when the limits go: it may hold the owner's contacts.
+                {
                     let text = serde_json::to_string(rate_limits)
                         .map_err(|e| StoreError::Backend(e.to_string()))?;
                     self.exec(tx, sqlx::query(
@@ -1002,6 +1107,82 @@ sql_impl! {
             found.into_iter().map(Endpoint::try_from).collect()
         }
 
+        async fn update_endpoint(
+            &self,
+            id: &str,
+            patch: &EndpointPatch,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<Endpoint, StoreError> {
+            in_write!(self, |tx| {
+                let select = format!(
+                    "SELECT id, url, events, secret, slack, enabled, created_at, \
+                     receives_secrets FROM webhook_endpoints WHERE id = $1{}",
+                    B::LOCK_ROW
+                );
+                let row: rows::EndpointRow = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(id.to_owned())
+                    .fetch_optional(tx.conn())
+                    .await
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound)?;
+                let before = Endpoint::try_from(row)?;
+                let mut after = before.clone();
+                patch.apply(&mut after);
+                self.exec(tx, sqlx::query(
+                    "UPDATE webhook_endpoints SET url = $1, events = $2, enabled = $3 WHERE id = $4",
+                )
+                .bind(after.url.clone())
+                .bind(to_json(&after.events))
+                .bind(after.enabled)
+                .bind(after.id.clone()))
+                .await?;
+                let event = AuditEvent::webhook_changed(&before, &after, audit, at);
+                self.record_event(tx, &event).await?;
+                Ok(after)
+            })
+        }
+
+        async fn delete_endpoint(
+            &self,
+            id: &str,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<(Endpoint, u64), StoreError> {
+            in_write!(self, |tx| {
+                let select = format!(
+                    "SELECT id, url, events, secret, slack, enabled, created_at, \
+                     receives_secrets FROM webhook_endpoints WHERE id = $1{}",
+                    B::LOCK_ROW
+                );
+                let row: rows::EndpointRow = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(id.to_owned())
+                    .fetch_optional(tx.conn())
+                    .await
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound)?;
+                let endpoint = Endpoint::try_from(row)?;
+                let (pending,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM webhook_deliveries \
+                     WHERE endpoint_id = $1 AND status = 'pending'",
+                )
+                .bind(id.to_owned())
+                .fetch_one(tx.conn())
+                .await
+                .map_err(backend)?;
+                self.exec(tx, sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1")
+                    .bind(id.to_owned()))
+                    .await?;
+                self.exec(tx, sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+                    .bind(id.to_owned()))
+                    .await?;
+                let dropped = u64::try_from(pending).unwrap_or(0);
+                let event = AuditEvent::webhook_deleted(&endpoint, dropped, audit, at);
+                self.record_event(tx, &event).await?;
+                Ok((endpoint, dropped))
+            })
+        }
+
         async fn due_deliveries(
             &self,
             now: Timestamp,
@@ -1009,7 +1190,7 @@ sql_impl! {
         ) -> Result<Vec<Delivery>, StoreError> {
             let found: Vec<rows::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                 ORDER BY d.id LIMIT $2",
+                 AND e.enabled = TRUE ORDER BY d.id LIMIT $2",
                 rows::DELIVERY_COLUMNS
             )))
             .bind(now.unix_ms())
@@ -1060,6 +1241,130 @@ sql_impl! {
             .await
             .map_err(backend)?;
             found.into_iter().map(Delivery::try_from).collect()
+        }
+    }
+}
+
+sql_impl! {
+    #[async_trait]
+    impl EmailOutbox {
+        async fn set_owner(
+            &self,
+            owner: &str,
+            contacts: &Contacts,
+            at: Timestamp,
+            audit: &Audit,
+        ) -> Result<(), StoreError> {
+            in_write!(self, |tx| {
+                // The row stays when the addresses go: it may hold the owner's rate limits.
+                {
+                    self.exec(tx, sqlx::query(
+                        "INSERT INTO owners (owner, emails, digest, updated_at) \
+                         VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (owner) DO UPDATE SET emails = excluded.emails, \
+                         digest = excluded.digest, updated_at = excluded.updated_at",
+                    )
+                    .bind(owner.to_owned())
+                    .bind(to_json(&contacts.emails))
+                    .bind(contacts.digest)
+                    .bind(at.unix_ms()))
+                    .await?;
+                }
+                let details = serde_json::json!({
+                    "owner": owner, "emails": contacts.emails, "digest": contacts.digest,
+                });
+                let event = AuditEvent::about_admin(
+                    EventKind::OwnerUpdated,
+                    audit,
+                    at,
+                    details.as_object().cloned().unwrap_or_default(),
+                );
+                self.record_event(tx, &event).await.map(drop)
+            })
+        }
+
+        async fn owner_contacts(&self, owner: &str) -> Result<Contacts, StoreError> {
+            let found: Option<(String, bool)> =
+                sqlx::query_as("SELECT emails, digest FROM owners WHERE owner = $1")
+                    .bind(owner.to_owned())
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(backend)?;
+            match found {
+                Some((emails, digest)) => Ok(Contacts {
+                    emails: serde_json::from_str(&emails)
+                        .map_err(|_| StoreError::Corrupt("owner emails".into()))?,
+                    digest,
+                }),
+                None => Ok(Contacts::default()),
+            }
+        }
+
+        async fn due_emails(&self, now: Timestamp, limit: u32) -> Result<Vec<EmailDelivery>, StoreError> {
+            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} WHERE status = 'pending' AND next_attempt_at <= $1 AND digest = FALSE \
+                 ORDER BY id LIMIT $2",
+                rows::EMAIL_COLUMNS
+            )))
+            .bind(now.unix_ms())
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(EmailDelivery::try_from).collect()
+        }
+
+        async fn due_digest_notices(
+            &self,
+            now: Timestamp,
+            limit: u32,
+        ) -> Result<Vec<EmailDelivery>, StoreError> {
+            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} WHERE status = 'pending' AND next_attempt_at <= $1 AND digest = TRUE \
+                 ORDER BY recipient, id LIMIT $2",
+                rows::EMAIL_COLUMNS
+            )))
+            .bind(now.unix_ms())
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(EmailDelivery::try_from).collect()
+        }
+
+        async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
+            let status = if attempt.delivered {
+                DeliveryStatus::Delivered
+            } else if attempt.next_attempt_at.is_some() {
+                DeliveryStatus::Pending
+            } else {
+                DeliveryStatus::Failed
+            };
+            in_write!(self, |tx| {
+                self.exec(tx, sqlx::query(
+                    "UPDATE email_deliveries SET status = $1, attempts = attempts + 1, \
+                     last_error = $2, next_attempt_at = COALESCE($3, next_attempt_at), \
+                     sent_at = $4 WHERE id = $5 AND status = 'pending'",
+                )
+                .bind(status.as_str().to_owned())
+                .bind(attempt.error.clone())
+                .bind(time(attempt.next_attempt_at))
+                .bind(attempt.delivered.then(|| attempt.at.unix_ms()))
+                .bind(id))
+                .await
+            })
+        }
+
+        async fn list_emails(&self, limit: u32) -> Result<Vec<EmailDelivery>, StoreError> {
+            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} ORDER BY id DESC LIMIT $1",
+                rows::EMAIL_COLUMNS
+            )))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+            found.into_iter().map(EmailDelivery::try_from).collect()
         }
     }
 }

@@ -18,7 +18,8 @@ macro_rules! select_where {
             "SELECT id, name, start, hash, owner, scopes, metadata, created_at, expires_at, ",
             "revoked_at, revoked_reason, enabled, last_used_at, rotated_from, rotated_to, ",
             "rotated_at, max_age_ms, rate_limits, allowed_ips, quota_remaining, quota_refill, ",
-            "quota_refilled_at, quota_holder, ",
+            "quota_refilled_at, quota_holder, first_used_at, uses_since_rotation, ",
+            "retire_when_switched_ms, ",
             "(SELECT o.rate_limits FROM owners o WHERE o.owner = keys.owner) AS owner_rate_limits ",
             "FROM keys WHERE ",
             $condition
@@ -61,6 +62,9 @@ pub(crate) struct Row {
     quota_refill: Option<String>,
     quota_refilled_at: Option<i64>,
     quota_holder: Option<String>,
+    first_used_at: Option<i64>,
+    uses_since_rotation: i64,
+    retire_when_switched_ms: Option<i64>,
     /// The owner's shared limits (from `owners`), if it has a row there.
     owner_rate_limits: Option<String>,
 }
@@ -136,6 +140,11 @@ impl TryFrom<Row> for KeyRecord {
             rotated_to: row.rotated_to.as_deref().map(key_id).transpose()?,
             rotated_at: row.rotated_at.map(time).transpose()?,
             max_age: row.max_age_ms.and_then(keygate_core::Lifetime::from_ms),
+            first_used_at: row.first_used_at.map(time).transpose()?,
+            uses_since_rotation: u64::try_from(row.uses_since_rotation).unwrap_or(0),
+            retire_when_switched: row
+                .retire_when_switched_ms
+                .and_then(keygate_core::Lifetime::from_ms),
         })
     }
 }
@@ -233,27 +242,25 @@ where
                 until.map_or(now, Timestamp::unix_ms),
             )),
         };
-        sql.push(" AND revoked_at IS NULL AND (");
+        sql.push(" AND revoked_at IS NULL AND (1 = 0");
         if let Some(max_age) = sweep.max_age_ms {
-            sql.push("(rotated_to IS NULL AND created_at + COALESCE(max_age_ms, ")
+            sql.push(" OR (rotated_to IS NULL AND created_at + COALESCE(max_age_ms, ")
                 .push_bind(max_age)
                 .push(") <= ")
                 .push_bind(now)
-                .push(")")
-                .push(if expiry.is_some() { " OR " } else { "" });
+                .push(")");
         }
-        match expiry {
-            Some((from, to)) => {
-                sql.push("(expires_at >= ")
-                    .push_bind(from)
-                    .push(" AND expires_at <= ")
-                    .push_bind(to)
-                    .push(")");
-            }
-            None if sweep.max_age_ms.is_none() => {
-                sql.push("1 = 0");
-            }
-            None => {}
+        if let Some((from, to)) = expiry {
+            sql.push(" OR (expires_at >= ")
+                .push_bind(from)
+                .push(" AND expires_at <= ")
+                .push_bind(to)
+                .push(")");
+        }
+        if sweep.in_grace {
+            sql.push(" OR (rotated_at IS NOT NULL AND expires_at > ")
+                .push_bind(now)
+                .push(")");
         }
         sql.push(")");
     }
@@ -675,6 +682,50 @@ impl TryFrom<AttemptsRow> for crate::SignInAttempts {
             locked_until: time(r.locked_until)?,
             pending: u32::try_from(r.pending).map_err(|_| corrupt())?,
             pending_since: time(r.pending_since)?,
+        })
+    }
+}
+
+/// Columns of [`EmailRow`].
+pub(crate) const EMAIL_COLUMNS: &str = "id, event_seq, recipient, subject, body_text, body_html, \
+    status, attempts, next_attempt_at, last_error, sent_at FROM email_deliveries";
+
+/// An email outbox row.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EmailRow {
+    id: i64,
+    event_seq: i64,
+    recipient: String,
+    subject: String,
+    body_text: String,
+    body_html: String,
+    status: String,
+    attempts: i32,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    sent_at: Option<i64>,
+}
+
+impl TryFrom<EmailRow> for keygate_core::email::EmailDelivery {
+    type Error = StoreError;
+
+    fn try_from(r: EmailRow) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt(format!("email {}", r.id));
+        Ok(Self {
+            status: keygate_core::webhook::DeliveryStatus::parse(&r.status).ok_or_else(corrupt)?,
+            attempts: u32::try_from(r.attempts).map_err(|_| corrupt())?,
+            next_attempt_at: Timestamp::from_unix_ms(r.next_attempt_at).ok_or_else(corrupt)?,
+            sent_at: match r.sent_at {
+                Some(ms) => Some(Timestamp::from_unix_ms(ms).ok_or_else(corrupt)?),
+                None => None,
+            },
+            id: r.id,
+            event_seq: r.event_seq,
+            recipient: r.recipient,
+            subject: r.subject,
+            text: r.body_text,
+            html: r.body_html,
+            last_error: r.last_error,
         })
     }
 }
