@@ -27,6 +27,7 @@ pub mod policy;
 pub mod record;
 pub mod scope;
 pub mod time;
+pub mod usage;
 pub mod webhook;
 
 pub use audit::{Actor, Audit, AuditEvent, EventKind};

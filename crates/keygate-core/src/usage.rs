@@ -1,0 +1,576 @@
+//! Usage counts: how many requests each key made, by hour, by outcome.
+//!
+//! A request that names a real key is counted in the hour (UTC) it was checked in: one
+//! [`UsageCounts`] per (key, hour). Hours roll up into days (UTC) by [`roll_up`]. A
+//! [`UsageRange`] is what a reader may ask for: `since`/`until` aligned to the bucket, at most
+//! [`MAX_HOUR_BUCKETS`] hours or [`MAX_DAY_BUCKETS`] days.
+//!
+//! ```
+//! use keygate_core::usage::{Bucket, UsageCounts, UsageRange, hour_of};
+//! use keygate_core::{Outcome, Timestamp};
+//!
+//! let now = Timestamp::parse_rfc3339("2027-01-31T12:34:56Z").unwrap();
+//! assert_eq!(hour_of(now).to_rfc3339(), "2027-01-31T12:00:00.000Z");
+//! let mut counts = UsageCounts::default();
+//! counts.add(Outcome::Valid, 1);
+//! counts.add(Outcome::Revoked, 2);
+//! assert_eq!((counts.verified(), counts.refused()), (1, 2));
+//! let range = UsageRange::new(None, None, Bucket::Day, now).unwrap();
+//! assert_eq!(range.buckets(), 30);
+//! ```
+
+use std::fmt;
+
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+use crate::outcome::Outcome;
+use crate::time::Timestamp;
+
+/// One hour, in milliseconds.
+pub const HOUR_MS: i64 = 3_600_000;
+/// One day, in milliseconds.
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+/// The most hour buckets one query may span: 31 days.
+pub const MAX_HOUR_BUCKETS: i64 = 31 * 24;
+/// The most day buckets one query may span: 400 days.
+pub const MAX_DAY_BUCKETS: i64 = 400;
+/// Hour buckets a query spans when it names no `since`: 7 days.
+pub const DEFAULT_HOUR_BUCKETS: i64 = 7 * 24;
+/// Day buckets a query spans when it names no `since`: 30 days.
+pub const DEFAULT_DAY_BUCKETS: i64 = 30;
+
+/// The outcomes that are counted (those of requests that name a real key), in the order of
+/// [`UsageCounts::as_array`]: verified first, rate-limited last, the other refusals between.
+pub const COUNTED: [Outcome; 8] = [
+    Outcome::Valid,
+    Outcome::Revoked,
+    Outcome::Expired,
+    Outcome::Disabled,
+    Outcome::InsufficientScope,
+    Outcome::UsageExceeded,
+    Outcome::IpNotAllowed,
+    Outcome::RateLimited,
+];
+
+/// The refusals counted under `refused` (every counted outcome but `VALID` and
+/// `RATE_LIMITED`, which have counts of their own).
+pub const REFUSALS: [Outcome; 6] = [
+    Outcome::Revoked,
+    Outcome::Expired,
+    Outcome::Disabled,
+    Outcome::InsufficientScope,
+    Outcome::UsageExceeded,
+    Outcome::IpNotAllowed,
+];
+
+/// The start of the hour (UTC) that `t` falls in.
+pub fn hour_of(t: Timestamp) -> Timestamp {
+    floor(t, HOUR_MS)
+}
+
+/// The start of the day (UTC) that `t` falls in.
+pub fn day_of(t: Timestamp) -> Timestamp {
+    floor(t, DAY_MS)
+}
+
+fn floor(t: Timestamp, unit: i64) -> Timestamp {
+    let ms = t.unix_ms();
+    // Rounding down stays within years 1-9999: year 1 starts on a day boundary.
+    Timestamp::from_unix_ms(ms - ms.rem_euclid(unit)).expect("a whole hour or day in range")
+}
+
+/// Requests in one bucket, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageCounts([u64; COUNTED.len()]);
+
+impl UsageCounts {
+    /// Counts from an array in the order of [`COUNTED`].
+    pub fn from_array(counts: [u64; COUNTED.len()]) -> Self {
+        Self(counts)
+    }
+
+    /// The counts in the order of [`COUNTED`].
+    pub fn as_array(&self) -> [u64; COUNTED.len()] {
+        self.0
+    }
+
+    /// Counts `n` requests with `outcome`; `false` (nothing counted) if it is not one that is
+    /// counted (`MISSING`, `MALFORMED` and `NOT_FOUND` name no key).
+    pub fn add(&mut self, outcome: Outcome, n: u64) -> bool {
+        match COUNTED.iter().position(|o| *o == outcome) {
+            Some(i) => {
+                self.0[i] = self.0[i].saturating_add(n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &UsageCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = a.saturating_add(b);
+        }
+    }
+
+    /// Requests with this outcome (0 for one that is not counted).
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        COUNTED
+            .iter()
+            .position(|o| *o == outcome)
+            .map_or(0, |i| self.0[i])
+    }
+
+    /// Requests verified (`VALID`).
+    pub fn verified(&self) -> u64 {
+        self.0[0]
+    }
+
+    /// Requests refused by a rate limit.
+    pub fn rate_limited(&self) -> u64 {
+        self.0[COUNTED.len() - 1]
+    }
+
+    /// Requests refused for any reason but a rate limit.
+    pub fn refused(&self) -> u64 {
+        REFUSALS.iter().map(|o| self.get(*o)).sum()
+    }
+
+    /// Every request counted.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|n| *n == 0)
+    }
+}
+
+/// One bucket of usage: its start and its counts. Serialized as
+/// `{"start": …, "verified": n, "refused": {"REVOKED": n, …}, "rate_limited": n}`, every
+/// refusal code of [`REFUSALS`] always present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageBucket {
+    /// The bucket's first instant (a whole hour or day, UTC).
+    pub start: Timestamp,
+    /// What was counted in it.
+    pub counts: UsageCounts,
+}
+
+impl Serialize for UsageBucket {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Refused<'a>(&'a UsageCounts);
+        impl Serialize for Refused<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(REFUSALS.len()))?;
+                for o in REFUSALS {
+                    map.serialize_entry(o.code(), &self.0.get(o))?;
+                }
+                map.end()
+            }
+        }
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("start", &self.start)?;
+        map.serialize_entry("verified", &self.counts.verified())?;
+        map.serialize_entry("refused", &Refused(&self.counts))?;
+        map.serialize_entry("rate_limited", &self.counts.rate_limited())?;
+        map.end()
+    }
+}
+
+/// How wide a bucket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    /// An hour (UTC).
+    Hour,
+    /// A day (UTC).
+    Day,
+}
+
+impl Bucket {
+    /// `hour` or `day`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    /// Parses `hour` or `day`.
+    pub fn parse(text: &str) -> Result<Self, UsageError> {
+        match text {
+            "hour" => Ok(Self::Hour),
+            "day" => Ok(Self::Day),
+            _ => Err(UsageError::BadBucket),
+        }
+    }
+
+    /// The width in milliseconds.
+    pub fn width_ms(self) -> i64 {
+        match self {
+            Self::Hour => HOUR_MS,
+            Self::Day => DAY_MS,
+        }
+    }
+
+    /// The most buckets one query may span.
+    pub fn max_buckets(self) -> i64 {
+        match self {
+            Self::Hour => MAX_HOUR_BUCKETS,
+            Self::Day => MAX_DAY_BUCKETS,
+        }
+    }
+
+    fn default_buckets(self) -> i64 {
+        match self {
+            Self::Hour => DEFAULT_HOUR_BUCKETS,
+            Self::Day => DEFAULT_DAY_BUCKETS,
+        }
+    }
+
+    /// The start of the bucket `t` falls in.
+    pub fn start_of(self, t: Timestamp) -> Timestamp {
+        floor(t, self.width_ms())
+    }
+}
+
+impl fmt::Display for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a usage query was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageError {
+    /// `bucket` is neither `hour` nor `day`.
+    BadBucket,
+    /// `until` is not after `since`.
+    Empty,
+    /// The range spans more buckets than allowed.
+    TooLong(Bucket),
+    /// The range reaches outside years 1–9999.
+    OutOfRange,
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadBucket => f.write_str("bucket must be `hour` or `day`"),
+            Self::Empty => f.write_str("`until` must be after `since`"),
+            Self::TooLong(Bucket::Hour) => write!(
+                f,
+                "a range of hours may span at most {MAX_HOUR_BUCKETS} hours (31 days); ask for bucket=day"
+            ),
+            Self::TooLong(Bucket::Day) => {
+                write!(f, "a range of days may span at most {MAX_DAY_BUCKETS} days")
+            }
+            Self::OutOfRange => f.write_str("the range reaches outside years 1-9999"),
+        }
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A range of buckets to read: `[since, until)`, both on bucket boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageRange {
+    since: Timestamp,
+    until: Timestamp,
+    bucket: Bucket,
+}
+
+impl UsageRange {
+    /// The range asked for: `since` rounded down to its bucket, `until` (exclusive) rounded up
+    /// to a bucket boundary. Without `until`, up to the end of the bucket holding `now`;
+    /// without `since`, the [`DEFAULT_HOUR_BUCKETS`] or [`DEFAULT_DAY_BUCKETS`] buckets
+    /// before `until`. At most [`Bucket::max_buckets`] buckets.
+    pub fn new(
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+        bucket: Bucket,
+        now: Timestamp,
+    ) -> Result<Self, UsageError> {
+        let width = bucket.width_ms();
+        let until = until.unwrap_or(now).unix_ms();
+        let until = match until.rem_euclid(width) {
+            0 => until,
+            r => until + (width - r),
+        };
+        let until = Timestamp::from_unix_ms(until).ok_or(UsageError::OutOfRange)?;
+        let since = match since {
+            Some(s) => bucket.start_of(s),
+            None => until
+                .unix_ms()
+                .checked_sub(bucket.default_buckets() * width)
+                .and_then(Timestamp::from_unix_ms)
+                .ok_or(UsageError::OutOfRange)?,
+        };
+        if until <= since {
+            return Err(UsageError::Empty);
+        }
+        let range = Self {
+            since,
+            until,
+            bucket,
+        };
+        if range.buckets() > bucket.max_buckets() {
+            return Err(UsageError::TooLong(bucket));
+        }
+        Ok(range)
+    }
+
+    /// The first instant in the range.
+    pub fn since(&self) -> Timestamp {
+        self.since
+    }
+
+    /// The first instant after the range.
+    pub fn until(&self) -> Timestamp {
+        self.until
+    }
+
+    /// The bucket width.
+    pub fn bucket(&self) -> Bucket {
+        self.bucket
+    }
+
+    /// How many buckets the range spans.
+    pub fn buckets(&self) -> i64 {
+        (self.until.unix_ms() - self.since.unix_ms()) / self.bucket.width_ms()
+    }
+}
+
+/// Turns hour rows (`(hour start, counts)`, in any order, hours possibly repeated) into every
+/// bucket of `range`, in order, empty buckets included: hours are added into the bucket they
+/// fall in; rows outside the range are ignored.
+pub fn roll_up(range: &UsageRange, hours: &[(Timestamp, UsageCounts)]) -> Vec<UsageBucket> {
+    let width = range.bucket.width_ms();
+    let since = range.since.unix_ms();
+    let mut out: Vec<UsageBucket> = (0..range.buckets())
+        .map(|i| UsageBucket {
+            start: Timestamp::from_unix_ms(since + i * width).expect("inside the range"),
+            counts: UsageCounts::default(),
+        })
+        .collect();
+    for (hour, counts) in hours {
+        if *hour < range.since || *hour >= range.until {
+            continue;
+        }
+        let i = usize::try_from((hour.unix_ms() - since) / width).expect("inside the range");
+        out[i].counts.merge(counts);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::{Clock, FixedClock, Lifetime};
+
+    fn t(text: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(text).unwrap()
+    }
+
+    fn counts(verified: u64, revoked: u64, limited: u64) -> UsageCounts {
+        let mut c = UsageCounts::default();
+        c.add(Outcome::Valid, verified);
+        c.add(Outcome::Revoked, revoked);
+        c.add(Outcome::RateLimited, limited);
+        c
+    }
+
+    #[test]
+    fn hours_and_days_are_utc_boundaries() {
+        assert_eq!(
+            hour_of(t("2027-01-31T12:59:59.999Z")),
+            t("2027-01-31T12:00:00Z")
+        );
+        assert_eq!(
+            hour_of(t("2027-01-31T13:00:00Z")),
+            t("2027-01-31T13:00:00Z")
+        );
+        assert_eq!(
+            day_of(t("2027-01-31T23:59:59.999+00:00")),
+            t("2027-01-31T00:00:00Z")
+        );
+        // An offset is only a way of writing the instant.
+        assert_eq!(
+            day_of(t("2027-02-01T00:30:00+01:00")),
+            t("2027-01-31T00:00:00Z")
+        );
+        // Before the epoch, too.
+        assert_eq!(
+            hour_of(t("1969-12-31T23:30:00Z")),
+            t("1969-12-31T23:00:00Z")
+        );
+        assert_eq!(day_of(t("0001-01-01T05:00:00Z")), t("0001-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn only_requests_naming_a_key_are_counted() {
+        let mut c = UsageCounts::default();
+        for o in Outcome::ALL {
+            c.add(o, 1);
+        }
+        assert_eq!(c.total(), 8);
+        assert_eq!(c.verified(), 1);
+        assert_eq!(c.rate_limited(), 1);
+        assert_eq!(c.refused(), 6);
+        assert_eq!(c.get(Outcome::NotFound), 0);
+        assert!(!c.add(Outcome::Malformed, 5));
+        assert_eq!(c.total(), 8);
+        c.add(Outcome::Valid, u64::MAX);
+        assert_eq!(c.verified(), u64::MAX, "saturates, never wraps");
+    }
+
+    #[test]
+    fn serializes_every_refusal_code() {
+        let b = UsageBucket {
+            start: t("2027-01-31T12:00:00Z"),
+            counts: counts(3, 1, 2),
+        };
+        let json = serde_json::to_value(b).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "start": "2027-01-31T12:00:00.000Z",
+                "verified": 3,
+                "refused": {"REVOKED": 1, "EXPIRED": 0, "DISABLED": 0, "INSUFFICIENT_SCOPE": 0,
+                            "USAGE_EXCEEDED": 0, "IP_NOT_ALLOWED": 0},
+                "rate_limited": 2,
+            })
+        );
+    }
+
+    #[test]
+    fn default_ranges_end_with_the_current_bucket() {
+        let clock = FixedClock::new(t("2027-01-31T12:34:56Z"));
+        let hours = UsageRange::new(None, None, Bucket::Hour, clock.now()).unwrap();
+        assert_eq!(hours.until(), t("2027-01-31T13:00:00Z"));
+        assert_eq!(hours.since(), t("2027-01-24T13:00:00Z"));
+        assert_eq!(hours.buckets(), 168);
+        let days = UsageRange::new(None, None, Bucket::Day, clock.now()).unwrap();
+        assert_eq!(days.until(), t("2027-02-01T00:00:00Z"));
+        assert_eq!(days.since(), t("2027-01-02T00:00:00Z"));
+        assert_eq!(days.buckets(), 30);
+        // On a boundary, `until` stays where it is.
+        clock.set(t("2027-01-31T12:00:00Z"));
+        let r = UsageRange::new(None, None, Bucket::Hour, clock.now()).unwrap();
+        assert_eq!(r.until(), t("2027-01-31T12:00:00Z"));
+        clock.advance(Lifetime::parse("1h").unwrap());
+        let r = UsageRange::new(None, None, Bucket::Hour, clock.now()).unwrap();
+        assert_eq!(r.until(), t("2027-01-31T13:00:00Z"));
+    }
+
+    #[test]
+    fn ranges_are_aligned_and_bounded() {
+        let now = t("2027-01-31T12:34:56Z");
+        let r = UsageRange::new(
+            Some(t("2027-01-01T10:20:00Z")),
+            Some(t("2027-01-01T12:00:01Z")),
+            Bucket::Hour,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.since(), r.until()),
+            (t("2027-01-01T10:00:00Z"), t("2027-01-01T13:00:00Z"))
+        );
+        assert_eq!(r.buckets(), 3);
+        // Exactly the most hours allowed, and one more.
+        let since = t("2027-01-01T00:00:00Z");
+        let ok = UsageRange::new(
+            Some(since),
+            Some(t("2027-02-01T00:00:00Z")),
+            Bucket::Hour,
+            now,
+        );
+        assert_eq!(ok.unwrap().buckets(), MAX_HOUR_BUCKETS);
+        let long = UsageRange::new(
+            Some(since),
+            Some(t("2027-02-01T00:00:01Z")),
+            Bucket::Hour,
+            now,
+        );
+        assert_eq!(long, Err(UsageError::TooLong(Bucket::Hour)));
+        let days = UsageRange::new(
+            Some(since),
+            Some(t("2028-02-05T00:00:00Z")),
+            Bucket::Day,
+            now,
+        );
+        assert_eq!(days.unwrap().buckets(), 400);
+        let days = UsageRange::new(
+            Some(since),
+            Some(t("2028-02-05T00:00:01Z")),
+            Bucket::Day,
+            now,
+        );
+        assert_eq!(days, Err(UsageError::TooLong(Bucket::Day)));
+        // Empty and backwards ranges.
+        let same = UsageRange::new(Some(since), Some(since), Bucket::Hour, now);
+        assert_eq!(same, Err(UsageError::Empty));
+        let back = UsageRange::new(Some(now), Some(since), Bucket::Day, now);
+        assert_eq!(back, Err(UsageError::Empty));
+        // At the end of time.
+        let end = t("9999-12-31T23:30:00Z");
+        assert_eq!(
+            UsageRange::new(None, Some(end), Bucket::Hour, now),
+            Err(UsageError::OutOfRange)
+        );
+        let start = t("0001-01-01T01:00:00Z");
+        assert_eq!(
+            UsageRange::new(None, Some(start), Bucket::Day, now),
+            Err(UsageError::OutOfRange)
+        );
+        assert_eq!(Bucket::parse("week"), Err(UsageError::BadBucket));
+        assert_eq!(Bucket::parse("day"), Ok(Bucket::Day));
+    }
+
+    #[test]
+    fn hours_roll_up_into_days() {
+        let now = t("2027-01-31T12:00:00Z");
+        let range = UsageRange::new(
+            Some(t("2027-01-30T00:00:00Z")),
+            Some(t("2027-02-01T00:00:00Z")),
+            Bucket::Day,
+            now,
+        )
+        .unwrap();
+        let rows = [
+            (t("2027-01-30T00:00:00Z"), counts(1, 0, 0)),
+            (t("2027-01-30T23:00:00Z"), counts(2, 1, 0)),
+            (t("2027-01-31T05:00:00Z"), counts(4, 0, 3)),
+            (t("2027-01-31T05:00:00Z"), counts(8, 0, 0)), // another key's row for that hour
+            (t("2027-01-29T23:00:00Z"), counts(100, 0, 0)), // before the range
+            (t("2027-02-01T00:00:00Z"), counts(100, 0, 0)), // after it
+        ];
+        let days = roll_up(&range, &rows);
+        assert_eq!(days.len(), 2);
+        assert_eq!(days[0].start, t("2027-01-30T00:00:00Z"));
+        assert_eq!(
+            (days[0].counts.verified(), days[0].counts.refused()),
+            (3, 1)
+        );
+        assert_eq!(days[1].start, t("2027-01-31T00:00:00Z"));
+        assert_eq!(
+            (days[1].counts.verified(), days[1].counts.rate_limited()),
+            (12, 3)
+        );
+
+        let hours = UsageRange::new(
+            Some(t("2027-01-31T04:00:00Z")),
+            Some(t("2027-01-31T07:00:00Z")),
+            Bucket::Hour,
+            now,
+        )
+        .unwrap();
+        let hours = roll_up(&hours, &rows);
+        let verified: Vec<u64> = hours.iter().map(|b| b.counts.verified()).collect();
+        assert_eq!(verified, [0, 12, 0]);
+    }
+}
