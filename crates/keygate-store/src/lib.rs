@@ -60,9 +60,9 @@ pub use accounts::{AdminSession, AdminUser, AttemptsPlan, Principal, SignInAttem
 pub use postgres::{Postgres, PostgresStore};
 pub use query::{
     Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
-    RotationPlan, Spend, StatusCounts, SweepFilter,
+    RotationPlan, Spend, StatusCounts, SweepFilter, UsageDelta,
 };
-pub use roles::{AdminAccounts, AuditLog, KeyStore, Store, WebhookOutbox};
+pub use roles::{AdminAccounts, AuditLog, KeyStore, Store, UsageLog, WebhookOutbox};
 pub use sql::{Backend, SqlStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Sqlite, SqliteStore};
