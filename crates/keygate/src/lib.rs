@@ -42,6 +42,7 @@ pub mod limits;
 mod manage;
 pub mod problem;
 pub mod sealing;
+pub mod usage;
 mod verify;
 pub mod webhooks;
 

@@ -337,6 +337,10 @@ pub struct ServeArgs {
     /// How often last-used times are written, e.g. 10s [default: 10s].
     #[arg(long, env = "KEYGATE_USAGE_FLUSH", value_name = "DURATION", value_parser = parse_lifetime)]
     pub usage_flush: Option<Lifetime>,
+    /// How long hourly usage counts are kept, e.g. 90d [default: 90d]; the scheduler purges
+    /// older ones.
+    #[arg(long, env = "KEYGATE_USAGE_RETENTION", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub usage_retention: Option<Lifetime>,
     /// Admin UI: sign out after this long without a request [default: 30m].
     #[arg(long, env = "KEYGATE_ADMIN_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_lifetime)]
     pub admin_idle_timeout: Option<Lifetime>,
