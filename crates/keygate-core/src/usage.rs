@@ -344,6 +344,12 @@ impl UsageRange {
     }
 }
 
+/// Checks an owner id asked about (the rule a key's `owner` follows: 1–200 characters, not
+/// only white space, no control characters).
+pub fn check_owner(owner: &str) -> Result<(), crate::RecordError> {
+    crate::record::check_text("owner", owner.to_owned(), crate::record::MAX_OWNER_CHARS).map(drop)
+}
+
 /// Turns hour rows (`(hour start, counts)`, in any order, hours possibly repeated) into every
 /// bucket of `range`, in order, empty buckets included: hours are added into the bucket they
 /// fall in; rows outside the range are ignored.

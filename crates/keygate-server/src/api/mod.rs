@@ -8,6 +8,7 @@ pub mod contract;
 pub mod error;
 pub mod keys;
 pub mod ops;
+pub mod usage;
 pub mod verify;
 pub mod webhooks;
 
@@ -100,6 +101,8 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))
         .routes(routes!(keys::rotate_self))
+        .routes(routes!(usage::key_usage))
+        .routes(routes!(usage::owner_usage))
         .routes(routes!(verify::verify))
         .routes(routes!(audit::list_audit))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))

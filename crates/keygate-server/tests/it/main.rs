@@ -14,4 +14,5 @@ mod nodes;
 mod openapi_check;
 mod serve;
 mod support;
+mod usage;
 mod webhooks;

@@ -1,0 +1,286 @@
+//! Usage you can see: requests counted per key and hour by outcome, written by the usage flush
+//! (no write per request), read by hour and by day for a key and for an owner, purged after
+//! the retention period; `keygate keys usage`; the chart on the admin key page.
+
+use keygate::core::usage::{day_of, hour_of};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A key of `owner` (with `extra` fields); its plaintext and id.
+fn key_of(app: &App, owner: &str, extra: Value) -> (String, String) {
+    let mut body = json!({"name": "counted", "owner": owner, "scopes": ["orders:read"]});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let made = app.create(body);
+    (
+        made["key"].as_str().unwrap().to_owned(),
+        made["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn flush(app: &App) {
+    app.block_on(app.keygate().flush_usage()).unwrap();
+}
+
+/// `GET path` with the admin key; asserts 200.
+fn usage(app: &App, path: &str) -> Value {
+    app.get(path, &app.admin).expect(200)
+}
+
+fn column(report: &Value, pick: impl Fn(&Value) -> u64) -> Vec<u64> {
+    report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(pick)
+        .collect()
+}
+
+#[test]
+fn requests_are_counted_by_hour_and_day_refusals_by_code_and_owners_add_up() {
+    let app = App::new(&["--usage-flush", "1h"]);
+    let start = hour_of(app.now());
+    let (a, a_id) = key_of(&app, "acme", json!({}));
+    let (b, b_id) = key_of(&app, "acme", json!({}));
+    let (c, _) = key_of(&app, "globex", json!({}));
+    let (d, d_id) = key_of(
+        &app,
+        "acme",
+        json!({"rate_limits": [{"name": "slow", "limit": 1, "window": "1h"}]}),
+    );
+    // Hour 0: A verified 3 times and refused a scope once; C verified once; D once, then
+    // rate-limited twice.
+    for _ in 0..3 {
+        assert_eq!(app.verify(&app.admin, &a, &["orders:read"])["valid"], true);
+    }
+    assert_eq!(
+        app.verify(&app.admin, &a, &["orders:write"])["code"],
+        "INSUFFICIENT_SCOPE"
+    );
+    app.verify(&app.admin, &c, &[]);
+    for code in ["VALID", "RATE_LIMITED", "RATE_LIMITED"] {
+        assert_eq!(app.verify(&app.admin, &d, &[])["code"], code);
+    }
+    // Requests that name no key are not counted anywhere.
+    let unknown = keygate::core::generate(&keygate::core::Prefix::default());
+    assert_eq!(
+        app.verify(&app.admin, unknown.expose(), &[])["code"],
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        app.verify(&app.admin, "kg_nonsense", &[])["code"],
+        "MALFORMED"
+    );
+    // Nothing is written before the flush.
+    let since = start.to_rfc3339();
+    let before = usage(&app, &format!("/v1/keys/{a_id}/usage?since={since}"));
+    assert!(
+        column(&before, |i| i["verified"].as_u64().unwrap())
+            .iter()
+            .all(|n| *n == 0)
+    );
+    flush(&app);
+
+    // Hour 1: A verified twice, B once, then B revoked and refused.
+    app.advance("1h");
+    app.verify(&app.admin, &a, &[]);
+    app.verify(&app.admin, &a, &[]);
+    app.verify(&app.admin, &b, &[]);
+    app.json(
+        "POST",
+        &format!("/v1/keys/{b_id}/revoke"),
+        &app.admin,
+        &json!({}),
+    )
+    .expect(200);
+    assert_eq!(app.verify(&app.admin, &b, &[])["code"], "REVOKED");
+    flush(&app);
+    flush(&app); // a second flush adds nothing
+
+    let hours = usage(
+        &app,
+        &format!("/v1/keys/{a_id}/usage?since={since}&bucket=hour"),
+    );
+    assert_eq!(hours["bucket"], "hour");
+    assert_eq!(hours["since"], since);
+    let items = hours["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{hours}");
+    assert_eq!(items[0]["start"], since);
+    assert_eq!(column(&hours, |i| i["verified"].as_u64().unwrap()), [3, 2]);
+    assert_eq!(
+        column(&hours, |i| i["refused"]["INSUFFICIENT_SCOPE"]
+            .as_u64()
+            .unwrap()),
+        [1, 0]
+    );
+    assert_eq!(
+        items[0]["refused"],
+        json!({"REVOKED": 0, "EXPIRED": 0, "DISABLED": 0, "INSUFFICIENT_SCOPE": 1,
+               "USAGE_EXCEEDED": 0, "IP_NOT_ALLOWED": 0})
+    );
+    let limited = usage(&app, &format!("/v1/keys/{d_id}/usage?since={since}"));
+    assert_eq!(
+        column(&limited, |i| i["verified"].as_u64().unwrap()),
+        [1, 0]
+    );
+    assert_eq!(
+        column(&limited, |i| i["rate_limited"].as_u64().unwrap()),
+        [2, 0]
+    );
+
+    // By day: the day holding hour 0 (and hour 1, or the next day when hour 0 was 23:00).
+    let days = usage(
+        &app,
+        &format!("/v1/keys/{a_id}/usage?since={since}&bucket=day"),
+    );
+    assert_eq!(days["bucket"], "day");
+    let verified: u64 = column(&days, |i| i["verified"].as_u64().unwrap())
+        .iter()
+        .sum();
+    assert_eq!(verified, 5);
+    let next_hour = keygate::core::Timestamp::from_unix_ms(start.unix_ms() + 3_600_000).unwrap();
+    let first_day = if day_of(start) == day_of(next_hour) {
+        5
+    } else {
+        3
+    };
+    assert_eq!(days["items"][0]["verified"], first_day);
+    assert_eq!(days["items"][0]["start"], day_of(start).to_rfc3339());
+
+    // The owner: A + B + D, not C.
+    let acme = usage(&app, &format!("/v1/owners/acme/usage?since={since}"));
+    assert_eq!(
+        column(&acme, |i| i["verified"].as_u64().unwrap()),
+        [3 + 1, 2 + 1]
+    );
+    assert_eq!(
+        column(&acme, |i| i["refused"]["REVOKED"].as_u64().unwrap()),
+        [0, 1]
+    );
+    assert_eq!(
+        column(&acme, |i| i["rate_limited"].as_u64().unwrap()),
+        [2, 0]
+    );
+    let globex = usage(
+        &app,
+        &format!("/v1/owners/globex/usage?since={since}&bucket=day"),
+    );
+    let verified: u64 = column(&globex, |i| i["verified"].as_u64().unwrap())
+        .iter()
+        .sum();
+    assert_eq!(verified, 1);
+    let nobody = usage(&app, "/v1/owners/nobody%20at%20all/usage");
+    assert_eq!(nobody["items"].as_array().unwrap().len(), 7 * 24);
+
+    // Defaults: the last 7 days of hours, ending with the current hour.
+    let default = usage(&app, &format!("/v1/keys/{a_id}/usage"));
+    let items = default["items"].as_array().unwrap();
+    assert_eq!(items.len(), 168);
+    assert_eq!(items[167]["verified"], 2);
+    assert_eq!(items[166]["verified"], 3);
+}
+
+#[test]
+fn bad_usage_queries_are_clear_errors() {
+    let app = App::new(&[]);
+    let (_, id) = key_of(&app, "acme", json!({}));
+    let unknown = keygate::core::KeyId::generate(app.now());
+    app.get(&format!("/v1/keys/{unknown}/usage"), &app.admin)
+        .problem(404, "NOT_FOUND");
+    app.get("/v1/keys/not-an-id/usage", &app.admin)
+        .problem(404, "NOT_FOUND");
+    for (query, needle) in [
+        ("bucket=week", "bucket"),
+        ("since=yesterday", "since"),
+        ("until=2027-13-01T00:00:00Z", "until"),
+        (
+            "since=2027-01-01T00:00:00Z&until=2027-02-01T00:00:01Z",
+            "744 hours",
+        ),
+        (
+            "since=2027-01-01T00:00:00Z&until=2028-02-06T00:00:00Z&bucket=day",
+            "400 days",
+        ),
+        (
+            "since=2027-01-02T00:00:00Z&until=2027-01-01T00:00:00Z",
+            "after",
+        ),
+        ("limit=3", "limit"),
+    ] {
+        let problem = app
+            .get(&format!("/v1/keys/{id}/usage?{query}"), &app.admin)
+            .problem(400, "BAD_REQUEST");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "{query}: {detail}");
+    }
+    // Exactly the bounds.
+    usage(
+        &app,
+        &format!("/v1/keys/{id}/usage?since=2027-01-01T00:00:00Z&until=2027-02-01T00:00:00Z"),
+    );
+    let owner = app
+        .get("/v1/owners/%20%20/usage", &app.admin)
+        .problem(400, "BAD_REQUEST");
+    assert!(
+        owner["detail"].as_str().unwrap().contains("owner"),
+        "{owner}"
+    );
+    let long = "x".repeat(201);
+    app.get(&format!("/v1/owners/{long}/usage"), &app.admin)
+        .problem(400, "BAD_REQUEST");
+    // keygate:read is needed.
+    let (plain, _) = key_of(&app, "acme", json!({}));
+    app.get(&format!("/v1/keys/{id}/usage"), &plain)
+        .problem(403, "INSUFFICIENT_SCOPE");
+}
+
+#[test]
+fn usage_past_its_retention_is_purged_by_the_scheduler() {
+    let app = App::new(&["--usage-retention", "2d"]);
+    let start = hour_of(app.now());
+    let (a, a_id) = key_of(&app, "acme", json!({}));
+    app.verify(&app.admin, &a, &[]);
+    flush(&app);
+    app.advance("1d");
+    app.verify(&app.admin, &a, &[]);
+    flush(&app);
+    let since = start.to_rfc3339();
+    let path = format!("/v1/keys/{a_id}/usage?since={since}&bucket=day");
+    let total = |app: &App| -> u64 {
+        column(&usage(app, &path), |i| i["verified"].as_u64().unwrap())
+            .iter()
+            .sum()
+    };
+    assert_eq!(total(&app), 2);
+    let retention = app.service.settings().usage_retention;
+    let retention = std::time::Duration::from_millis(retention.as_ms() as u64);
+    // Within the retention nothing goes.
+    let purged = app
+        .block_on(keygate_server::jobs::scheduler::purge_usage_once(
+            app.keygate(),
+            retention,
+        ))
+        .unwrap();
+    assert_eq!(purged, 0);
+    // Two days and an hour after the first request, its hour is past the retention; the
+    // second is not.
+    app.advance("1d");
+    app.advance("1h");
+    let purged = app
+        .block_on(keygate_server::jobs::scheduler::purge_usage_once(
+            app.keygate(),
+            retention,
+        ))
+        .unwrap();
+    assert!(purged >= 1, "{purged}");
+    assert_eq!(total(&app), 1);
+    app.advance("2d");
+    app.block_on(keygate_server::jobs::scheduler::purge_usage_once(
+        app.keygate(),
+        retention,
+    ))
+    .unwrap();
+    assert_eq!(total(&app), 0);
+}
