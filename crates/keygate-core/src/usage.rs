@@ -2,8 +2,8 @@
 //!
 //! A request that names a real key is counted in the hour (UTC) it was checked in: one
 //! [`UsageCounts`] per (key, hour). Hours roll up into days (UTC) by [`roll_up`]. A
-//! [`UsageRange`] is what a reader may ask for: `since`/`until` aligned to the bucket, at most
-//! [`MAX_HOUR_BUCKETS`] hours or [`MAX_DAY_BUCKETS`] days.
+//! [`UsageRange`] is what a reader gets: `since`/`until` aligned to the bucket, at most
+//! [`MAX_HOUR_BUCKETS`] hours or [`MAX_DAY_BUCKETS`] days (a longer range keeps its last ones).
 //!
 //! ```
 //! use keygate_core::usage::{Bucket, UsageCounts, UsageRange, hour_of};
@@ -15,7 +15,7 @@
 //! counts.add(Outcome::Valid, 1);
 //! counts.add(Outcome::Revoked, 2);
 //! assert_eq!((counts.verified(), counts.refused()), (1, 2));
-//! let range = UsageRange::new(None, None, Bucket::Day, now).unwrap();
+//! let range = UsageRange::new(None, None, Bucket::Day, now);
 //! assert_eq!(range.buckets(), 30);
 //! ```
 
@@ -248,34 +248,20 @@ impl fmt::Display for Bucket {
 pub enum UsageError {
     /// `bucket` is neither `hour` nor `day`.
     BadBucket,
-    /// `until` is not after `since`.
-    Empty,
-    /// The range spans more buckets than allowed.
-    TooLong(Bucket),
-    /// The range reaches outside years 1–9999.
-    OutOfRange,
 }
 
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BadBucket => f.write_str("bucket must be `hour` or `day`"),
-            Self::Empty => f.write_str("`until` must be after `since`"),
-            Self::TooLong(Bucket::Hour) => write!(
-                f,
-                "a range of hours may span at most {MAX_HOUR_BUCKETS} hours (31 days); ask for bucket=day"
-            ),
-            Self::TooLong(Bucket::Day) => {
-                write!(f, "a range of days may span at most {MAX_DAY_BUCKETS} days")
-            }
-            Self::OutOfRange => f.write_str("the range reaches outside years 1-9999"),
+            Self::BadBucket => f.write_str("must be `hour` or `day`"),
         }
     }
 }
 
 impl std::error::Error for UsageError {}
 
-/// A range of buckets to read: `[since, until)`, both on bucket boundaries.
+/// A range of buckets to read: `[since, until)`, both on bucket boundaries, at most
+/// [`Bucket::max_buckets`] buckets long (possibly none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageRange {
     since: Timestamp,
@@ -284,43 +270,44 @@ pub struct UsageRange {
 }
 
 impl UsageRange {
-    /// The range asked for: `since` rounded down to its bucket, `until` (exclusive) rounded up
-    /// to a bucket boundary. Without `until`, up to the end of the bucket holding `now`;
-    /// without `since`, the [`DEFAULT_HOUR_BUCKETS`] or [`DEFAULT_DAY_BUCKETS`] buckets
-    /// before `until`. At most [`Bucket::max_buckets`] buckets.
+    /// The range asked for, made one that can be answered — any two times can:
+    ///
+    /// - `until` (exclusive; default: `now`) is rounded up to a bucket boundary (down, at the
+    ///   end of year 9999);
+    /// - `since` (default: [`DEFAULT_HOUR_BUCKETS`] or [`DEFAULT_DAY_BUCKETS`] buckets before
+    ///   `until`) is rounded down to its bucket;
+    /// - a range longer than [`Bucket::max_buckets`] keeps its last buckets (those before
+    ///   `until`): `since` moves forward;
+    /// - `since` at or after `until` is an empty range (no buckets).
+    ///
+    /// The range's own [`since`](Self::since) and [`until`](Self::until) say what was taken.
     pub fn new(
         since: Option<Timestamp>,
         until: Option<Timestamp>,
         bucket: Bucket,
         now: Timestamp,
-    ) -> Result<Self, UsageError> {
+    ) -> Self {
         let width = bucket.width_ms();
-        let until = until.unwrap_or(now).unix_ms();
-        let until = match until.rem_euclid(width) {
+        let at = |ms: i64| Timestamp::from_unix_ms(ms);
+        let until = until.unwrap_or(now);
+        let until = match until.unix_ms().rem_euclid(width) {
             0 => until,
-            r => until + (width - r),
+            r => at(until.unix_ms() + (width - r)).unwrap_or_else(|| bucket.start_of(until)),
         };
-        let until = Timestamp::from_unix_ms(until).ok_or(UsageError::OutOfRange)?;
+        let earliest = |buckets: i64| {
+            // Year 1 begins on a day boundary: the earliest instant is a bucket start.
+            let ms = until.unix_ms().saturating_sub(buckets * width);
+            at(ms.max(crate::time::MIN_MS)).expect("within years 1-9999")
+        };
         let since = match since {
-            Some(s) => bucket.start_of(s),
-            None => until
-                .unix_ms()
-                .checked_sub(bucket.default_buckets() * width)
-                .and_then(Timestamp::from_unix_ms)
-                .ok_or(UsageError::OutOfRange)?,
+            Some(s) => bucket.start_of(s).max(earliest(bucket.max_buckets())),
+            None => earliest(bucket.default_buckets()),
         };
-        if until <= since {
-            return Err(UsageError::Empty);
-        }
-        let range = Self {
-            since,
+        Self {
+            since: since.min(until),
             until,
             bucket,
-        };
-        if range.buckets() > bucket.max_buckets() {
-            return Err(UsageError::TooLong(bucket));
         }
-        Ok(range)
     }
 
     /// The first instant in the range.
@@ -455,84 +442,76 @@ mod tests {
     #[test]
     fn default_ranges_end_with_the_current_bucket() {
         let clock = FixedClock::new(t("2027-01-31T12:34:56Z"));
-        let hours = UsageRange::new(None, None, Bucket::Hour, clock.now()).unwrap();
+        let hours = UsageRange::new(None, None, Bucket::Hour, clock.now());
         assert_eq!(hours.until(), t("2027-01-31T13:00:00Z"));
         assert_eq!(hours.since(), t("2027-01-24T13:00:00Z"));
         assert_eq!(hours.buckets(), 168);
-        let days = UsageRange::new(None, None, Bucket::Day, clock.now()).unwrap();
+        let days = UsageRange::new(None, None, Bucket::Day, clock.now());
         assert_eq!(days.until(), t("2027-02-01T00:00:00Z"));
         assert_eq!(days.since(), t("2027-01-02T00:00:00Z"));
         assert_eq!(days.buckets(), 30);
         // On a boundary, `until` stays where it is.
         clock.set(t("2027-01-31T12:00:00Z"));
-        let r = UsageRange::new(None, None, Bucket::Hour, clock.now()).unwrap();
+        let r = UsageRange::new(None, None, Bucket::Hour, clock.now());
         assert_eq!(r.until(), t("2027-01-31T12:00:00Z"));
         clock.advance(Lifetime::parse("1h").unwrap());
-        let r = UsageRange::new(None, None, Bucket::Hour, clock.now()).unwrap();
+        let r = UsageRange::new(None, None, Bucket::Hour, clock.now());
         assert_eq!(r.until(), t("2027-01-31T13:00:00Z"));
     }
 
     #[test]
-    fn ranges_are_aligned_and_bounded() {
+    fn ranges_are_aligned_and_cut_to_their_last_buckets() {
         let now = t("2027-01-31T12:34:56Z");
-        let r = UsageRange::new(
-            Some(t("2027-01-01T10:20:00Z")),
-            Some(t("2027-01-01T12:00:01Z")),
-            Bucket::Hour,
-            now,
-        )
-        .unwrap();
+        let range = |since: &str, until: &str, bucket| {
+            UsageRange::new(Some(t(since)), Some(t(until)), bucket, now)
+        };
+        let r = range("2027-01-01T10:20:00Z", "2027-01-01T12:00:01Z", Bucket::Hour);
         assert_eq!(
             (r.since(), r.until()),
             (t("2027-01-01T10:00:00Z"), t("2027-01-01T13:00:00Z"))
         );
         assert_eq!(r.buckets(), 3);
-        // Exactly the most hours allowed, and one more.
-        let since = t("2027-01-01T00:00:00Z");
-        let ok = UsageRange::new(
-            Some(since),
-            Some(t("2027-02-01T00:00:00Z")),
-            Bucket::Hour,
-            now,
-        );
-        assert_eq!(ok.unwrap().buckets(), MAX_HOUR_BUCKETS);
-        let long = UsageRange::new(
-            Some(since),
-            Some(t("2027-02-01T00:00:01Z")),
-            Bucket::Hour,
-            now,
-        );
-        assert_eq!(long, Err(UsageError::TooLong(Bucket::Hour)));
-        let days = UsageRange::new(
-            Some(since),
-            Some(t("2028-02-05T00:00:00Z")),
-            Bucket::Day,
-            now,
-        );
-        assert_eq!(days.unwrap().buckets(), 400);
-        let days = UsageRange::new(
-            Some(since),
-            Some(t("2028-02-05T00:00:01Z")),
-            Bucket::Day,
-            now,
-        );
-        assert_eq!(days, Err(UsageError::TooLong(Bucket::Day)));
-        // Empty and backwards ranges.
-        let same = UsageRange::new(Some(since), Some(since), Bucket::Hour, now);
-        assert_eq!(same, Err(UsageError::Empty));
-        let back = UsageRange::new(Some(now), Some(since), Bucket::Day, now);
-        assert_eq!(back, Err(UsageError::Empty));
-        // At the end of time.
-        let end = t("9999-12-31T23:30:00Z");
+        // Exactly the most hours allowed; one more moves `since` forward, keeping the end.
+        let r = range("2027-01-01T00:00:00Z", "2027-02-01T00:00:00Z", Bucket::Hour);
         assert_eq!(
-            UsageRange::new(None, Some(end), Bucket::Hour, now),
-            Err(UsageError::OutOfRange)
+            (r.since(), r.buckets()),
+            (t("2027-01-01T00:00:00Z"), MAX_HOUR_BUCKETS)
         );
-        let start = t("0001-01-01T01:00:00Z");
+        let r = range("2027-01-01T00:00:00Z", "2027-02-01T00:00:01Z", Bucket::Hour);
         assert_eq!(
-            UsageRange::new(None, Some(start), Bucket::Day, now),
-            Err(UsageError::OutOfRange)
+            (r.since(), r.until()),
+            (t("2027-01-01T01:00:00Z"), t("2027-02-01T01:00:00Z"))
         );
+        assert_eq!(r.buckets(), MAX_HOUR_BUCKETS);
+        let r = range("2027-01-01T00:00:00Z", "2028-02-05T00:00:00Z", Bucket::Day);
+        assert_eq!((r.since(), r.buckets()), (t("2027-01-01T00:00:00Z"), 400));
+        let r = range("2000-01-01T00:00:00Z", "2028-02-05T00:00:01Z", Bucket::Day);
+        assert_eq!((r.since(), r.buckets()), (t("2027-01-02T00:00:00Z"), 400));
+        // A since alone, long ago: the last 31 days of hours up to now.
+        let r = UsageRange::new(Some(t("2000-01-01T00:00:00Z")), None, Bucket::Hour, now);
+        assert_eq!(
+            (r.until(), r.buckets()),
+            (t("2027-01-31T13:00:00Z"), MAX_HOUR_BUCKETS)
+        );
+        // Empty and backwards ranges have no buckets.
+        let r = range("2027-01-01T00:00:00Z", "2027-01-01T00:00:00Z", Bucket::Hour);
+        assert_eq!(r.buckets(), 0);
+        let r = range("2027-01-31T12:34:56Z", "2027-01-01T00:00:00Z", Bucket::Day);
+        assert_eq!(
+            (r.since(), r.until(), r.buckets()),
+            (r.until(), t("2027-01-01T00:00:00Z"), 0)
+        );
+        assert!(roll_up(&r, &[]).is_empty());
+        // At the ends of time.
+        let r = UsageRange::new(None, Some(t("9999-12-31T23:30:00Z")), Bucket::Hour, now);
+        assert_eq!((r.until(), r.buckets()), (t("9999-12-31T23:00:00Z"), 168));
+        let r = UsageRange::new(None, Some(t("0001-01-01T01:00:00Z")), Bucket::Day, now);
+        assert_eq!(
+            (r.since(), r.until()),
+            (t("0001-01-01T00:00:00Z"), t("0001-01-02T00:00:00Z"))
+        );
+        let r = range("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z", Bucket::Day);
+        assert_eq!(r.buckets(), 0);
         assert_eq!(Bucket::parse("week"), Err(UsageError::BadBucket));
         assert_eq!(Bucket::parse("day"), Ok(Bucket::Day));
     }
@@ -545,8 +524,7 @@ mod tests {
             Some(t("2027-02-01T00:00:00Z")),
             Bucket::Day,
             now,
-        )
-        .unwrap();
+        );
         let rows = [
             (t("2027-01-30T00:00:00Z"), counts(1, 0, 0)),
             (t("2027-01-30T23:00:00Z"), counts(2, 1, 0)),
@@ -573,8 +551,7 @@ mod tests {
             Some(t("2027-01-31T07:00:00Z")),
             Bucket::Hour,
             now,
-        )
-        .unwrap();
+        );
         let hours = roll_up(&hours, &rows);
         let verified: Vec<u64> = hours.iter().map(|b| b.counts.verified()).collect();
         assert_eq!(verified, [0, 12, 0]);

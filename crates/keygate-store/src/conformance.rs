@@ -1553,7 +1553,6 @@ fn range(since_hour: i64, until_hour: i64, bucket: Bucket) -> UsageRange {
         bucket,
         now(),
     )
-    .expect("a valid range")
 }
 
 /// 8 tasks each writing 25 batches (every batch naming two keys over two hours, one (key,

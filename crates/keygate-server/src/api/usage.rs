@@ -19,7 +19,8 @@ use super::error::{ApiError, ApiQuery};
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// Start of the range (RFC 3339), rounded down to its bucket. Default: 7 days (hours) or
-    /// 30 days (days) before `until`.
+    /// 30 days (days) before `until`. A range longer than the most buckets allowed keeps its
+    /// last ones: the answer's `since` says where it starts. At or after `until`: no buckets.
     pub since: Option<String>,
     /// End of the range (RFC 3339, exclusive), rounded up to a bucket boundary. Default: the
     /// end of the current bucket.
@@ -68,7 +69,8 @@ pub struct UsageReport {
     /// `hour` or `day`.
     #[schema(value_type = String)]
     pub bucket: Bucket,
-    /// The range's first instant.
+    /// The range's first instant (later than the `since` asked for when that range was longer
+    /// than the most buckets allowed: 744 hours or 400 days).
     #[schema(value_type = String, format = DateTime)]
     pub since: Timestamp,
     /// The first instant after the range.
@@ -95,13 +97,12 @@ impl UsageParams {
                 Bucket::parse(b).map_err(|e| ApiError::bad_request(format!("bucket: {e}")))?
             }
         };
-        UsageRange::new(
+        Ok(UsageRange::new(
             time("since", &self.since)?,
             time("until", &self.until)?,
             bucket,
             now,
-        )
-        .map_err(|e| ApiError::bad_request(format!("since/until: {e}")))
+        ))
     }
 }
 
@@ -111,7 +112,7 @@ impl UsageParams {
     params(("id" = String, Path, description = "Key id"), UsageParams),
     responses(
         (status = 200, description = "The key's usage, bucket by bucket", body = UsageReport),
-        (status = 400, description = "Invalid range or bucket", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid time or bucket", body = super::ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Needs keygate:read or keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = super::ProblemDoc, content_type = "application/problem+json"),
@@ -137,7 +138,7 @@ pub async fn key_usage(
     params(("owner" = String, Path, description = "Owner id"), UsageParams),
     responses(
         (status = 200, description = "The owner's usage, bucket by bucket", body = UsageReport),
-        (status = 400, description = "Invalid owner, range or bucket", body = super::ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid owner, time or bucket", body = super::ProblemDoc, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid admin key", body = super::ProblemDoc, content_type = "application/problem+json"),
         (status = 403, description = "Needs keygate:read or keygate:admin", body = super::ProblemDoc, content_type = "application/problem+json"),
     ),
