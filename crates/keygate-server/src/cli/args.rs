@@ -180,6 +180,39 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show a key's requests by hour or by day (UTC): verified, refused by code, rate limited.
+    /// A range longer than 744 hours or 400 days keeps its last buckets.
+    Usage(UsageArgs),
+}
+
+/// `keygate keys usage`
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Key id (key_...).
+    #[arg(value_parser = parse_id)]
+    pub id: KeyId,
+    /// Start of the range (RFC 3339) [default: 7 days of hours or 30 days of days before
+    /// --until].
+    #[arg(long, value_name = "TIME", value_parser = parse_timestamp)]
+    pub since: Option<Timestamp>,
+    /// End of the range (RFC 3339, exclusive) [default: the end of the current hour or day].
+    #[arg(long, value_name = "TIME", value_parser = parse_timestamp)]
+    pub until: Option<Timestamp>,
+    /// Bucket width.
+    #[arg(long, value_enum, default_value = "hour")]
+    pub bucket: BucketArg,
+    /// Print JSON (every bucket, as `GET /v1/keys/{id}/usage` answers).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A usage bucket width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BucketArg {
+    /// An hour.
+    Hour,
+    /// A day.
+    Day,
 }
 
 /// `keygate webhooks ...`

@@ -291,3 +291,92 @@ fn usage_past_its_retention_is_purged_by_the_scheduler() {
     .unwrap();
     assert_eq!(total(&app), 0);
 }
+
+#[test]
+fn keys_usage_prints_the_counted_buckets_and_their_totals() {
+    let app = App::new(&["--usage-flush", "1h"]);
+    let start = hour_of(app.now());
+    let (a, a_id) = key_of(&app, "acme", json!({}));
+    app.verify(&app.admin, &a, &[]);
+    app.verify(&app.admin, &a, &["orders:write"]);
+    app.advance("2h");
+    app.verify(&app.admin, &a, &[]);
+    app.verify(&app.admin, &a, &[]);
+    flush(&app);
+    let since = start.to_rfc3339();
+    let (code, text) = app.cli(&["keys", "usage", &a_id, "--since", &since]);
+    assert_eq!(code, 0, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("Requests of {a_id} by hour, {since} to ")),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("START"), "{text}");
+    // Two hours counted (the empty one between is left out), and the total.
+    assert_eq!(lines.len(), 5, "{text}");
+    let cells = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        cells(lines[2]),
+        [since.as_str(), "1", "1", "0", "INSUFFICIENT_SCOPE", "1"]
+    );
+    assert_eq!(cells(lines[3])[1..], ["2", "0", "0", "-"]);
+    assert_eq!(
+        cells(lines[4]),
+        ["total", "3", "1", "0", "INSUFFICIENT_SCOPE", "1"]
+    );
+
+    let (code, json_text) = app.cli(&["keys", "usage", &a_id, "--bucket", "day", "--json"]);
+    assert_eq!(code, 0, "{json_text}");
+    let report: Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(report["bucket"], "day");
+    assert_eq!(report["items"].as_array().unwrap().len(), 30);
+    let verified: u64 = column(&report, |i| i["verified"].as_u64().unwrap())
+        .iter()
+        .sum();
+    assert_eq!(verified, 3);
+
+    let (code, text) = app.cli(&[
+        "keys",
+        "usage",
+        &a_id,
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--until",
+        "2000-01-02T00:00:00Z",
+    ]);
+    assert_eq!(
+        (code, text.lines().last()),
+        (0, Some("No requests counted in this range."))
+    );
+    let unknown = keygate::core::KeyId::generate(app.now()).to_string();
+    let (code, text) = app.cli(&["keys", "usage", &unknown]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no key"), "{text}");
+}
+
+#[test]
+fn keys_usage_refuses_bad_arguments_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    for args in [&["--bucket", "week"][..], &["--since", "yesterday"]] {
+        let mut argv = vec![
+            "--database",
+            db.as_str(),
+            "keys",
+            "usage",
+            "key_01M8PJQSDG906PXPZ0856G70HA",
+        ];
+        argv.extend_from_slice(args);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(&argv)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+    }
+}
