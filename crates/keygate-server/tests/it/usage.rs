@@ -380,3 +380,72 @@ fn keys_usage_refuses_bad_arguments_with_exit_2() {
         assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_key_page_charts_the_week_beside_credits_and_headroom() {
+    let app = App::new(&["--usage-flush", "1h"]);
+    let (a, a_id) = key_of(
+        &app,
+        "acme",
+        json!({"rate_limits": [{"name": "hourly", "limit": 3, "window": "1h"}],
+               "quota": {"remaining": 100}}),
+    );
+    app.verify(&app.admin, &a, &[]);
+    app.verify(&app.admin, &a, &[]);
+    app.verify(&app.admin, &a, &["orders:write"]);
+    flush(&app);
+    let hour = hour_of(app.now()).to_rfc3339();
+    let hour = format!("{} {} UTC", &hour[..10], &hour[11..16]);
+
+    let mut ui = crate::admin::Ui::new(&app);
+    ui.sign_in_key(&app.admin);
+    let page = ui.get(&format!("/admin/keys/{a_id}"));
+    assert_eq!(page.status, 200, "{}", page.text());
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("style-src 'self'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    let html = page.text();
+    let section = &html[html
+        .find("<section class=\"card\" id=\"key-usage\"")
+        .expect("usage section")..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(section.contains("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"usage-chart\""));
+    assert!(
+        section.contains(&format!(
+            "<title>{hour}: 2 verified, 1 refused (INSUFFICIENT_SCOPE 1), 0 rate limited</title>"
+        )),
+        "{section}"
+    );
+    // 3 an hour: drawn, since the bars reach 3.
+    assert!(section.contains("stroke-dasharray"), "{section}");
+    assert!(section.contains("hourly: 3 per 1h"));
+    assert!(
+        section.contains("2 verified · 1 refused · 0 rate limited"),
+        "{section}"
+    );
+    assert!(section.contains("98 left"), "{section}");
+    assert!(section.contains("1 of 3 left per 1h"), "{section}");
+    assert!(section.contains("By day (UTC)"));
+    assert!(
+        !section.contains("style=") && !section.contains("<script"),
+        "{section}"
+    );
+    // Looking spends nothing.
+    let again = ui.get(&format!("/admin/keys/{a_id}")).text();
+    assert!(again.contains("1 of 3 left per 1h"));
+    assert_eq!(app.verify(&app.admin, &a, &[])["code"], "VALID");
+    assert_eq!(app.verify(&app.admin, &a, &[])["code"], "RATE_LIMITED");
+    flush(&app);
+    let page = ui.get(&format!("/admin/keys/{a_id}")).text();
+    assert!(page.contains("0 of 3 left per 1h"), "{page}");
+    assert!(page.contains("3 verified · 1 refused · 1 rate limited"));
+
+    // A key without limits or traffic: an empty chart that says so.
+    let (_, quiet) = key_of(&app, "acme", json!({}));
+    let page = ui.get(&format!("/admin/keys/{quiet}")).text();
+    assert!(page.contains("No requests in this period"));
+    assert!(page.contains("unlimited"));
+    assert!(!page.contains("stroke-dasharray"));
+}
