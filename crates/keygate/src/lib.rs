@@ -72,7 +72,7 @@ pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 pub mod store {
     pub use keygate_store::{
         AdminAccounts, AuditLog, Backend, Change, KeyStore, RotationPlan, Spend, SqlStore, Store,
-        StoreError, WebhookOutbox,
+        StoreError, UsageDelta, UsageLog, WebhookOutbox,
     };
     #[cfg(feature = "postgres")]
     pub use keygate_store::{Postgres, PostgresStore};
