@@ -111,3 +111,96 @@ impl UsageTally {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+    use keygate_core::usage::{UsageBucket, UsageRange};
+    use keygate_core::{KeyRecord, KeySpec, Prefix, issue};
+
+    use super::*;
+
+    /// A usage log that fails while `down` is set and otherwise keeps every batch.
+    #[derive(Debug, Default)]
+    struct Log {
+        down: AtomicBool,
+        batches: Mutex<Vec<Vec<UsageDelta>>>,
+    }
+
+    #[async_trait]
+    impl UsageLog for Log {
+        async fn record_counts(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend("down".into()));
+            }
+            self.batches.lock().unwrap().push(batch.to_vec());
+            Ok(())
+        }
+        async fn usage_for_key(
+            &self,
+            _: &KeyId,
+            _: &UsageRange,
+        ) -> Result<Vec<UsageBucket>, StoreError> {
+            unreachable!()
+        }
+        async fn usage_for_owner(
+            &self,
+            _: &str,
+            _: &UsageRange,
+        ) -> Result<Vec<UsageBucket>, StoreError> {
+            unreachable!()
+        }
+        async fn purge_usage(&self, _: Timestamp) -> Result<u64, StoreError> {
+            unreachable!()
+        }
+    }
+
+    fn grant(owner: &str, at: Timestamp) -> KeyGrant {
+        let spec = KeySpec {
+            name: "k".into(),
+            owner: Some(owner.into()),
+            ..KeySpec::default()
+        };
+        let record: KeyRecord = issue(spec, &Prefix::default(), at).unwrap().0;
+        KeyGrant::from(record)
+    }
+
+    #[tokio::test]
+    async fn counts_wait_in_memory_survive_a_failed_flush_and_are_written_once() {
+        let log = Arc::new(Log::default());
+        let tally = UsageTally::new(log.clone());
+        let t0 = Timestamp::parse_rfc3339("2027-01-31T12:10:00Z").unwrap();
+        let t1 = Timestamp::parse_rfc3339("2027-01-31T13:05:00Z").unwrap();
+        let a = grant("acme", t0);
+        tally.note(&a, Outcome::Valid, t0);
+        tally.note(&a, Outcome::Valid, t0);
+        tally.note(&a, Outcome::Revoked, t0);
+        tally.note(&a, Outcome::NotFound, t0); // names no key: never counted
+        assert_eq!(tally.pending_rows(), 1);
+        log.down.store(true, Ordering::SeqCst);
+        assert!(tally.flush().await.is_err());
+        // Kept, and added to by what comes meanwhile.
+        tally.note(&a, Outcome::Valid, t0);
+        tally.note(&a, Outcome::RateLimited, t1);
+        assert_eq!(tally.pending_rows(), 2);
+        log.down.store(false, Ordering::SeqCst);
+        tally.flush().await.unwrap();
+        tally.flush().await.unwrap(); // nothing left: no second batch
+        let batches = log.batches.lock().unwrap();
+        assert_eq!(batches.len(), 1);
+        let mut rows = batches[0].clone();
+        rows.sort_by_key(|d| d.hour);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].hour, hour_of(t0));
+        assert_eq!(rows[0].owner.as_deref(), Some("acme"));
+        assert_eq!(rows[0].counts.verified(), 3);
+        assert_eq!(rows[0].counts.get(Outcome::Revoked), 1);
+        assert_eq!(rows[0].counts.total(), 4);
+        assert_eq!(rows[1].hour, hour_of(t1));
+        assert_eq!(rows[1].counts.rate_limited(), 1);
+        assert_eq!(tally.pending_rows(), 0);
+        assert_eq!(tally.dropped(), 0);
+    }
+}

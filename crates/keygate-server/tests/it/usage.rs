@@ -96,8 +96,28 @@ fn requests_are_counted_by_hour_and_day_refusals_by_code_and_owners_add_up() {
     )
     .expect(200);
     assert_eq!(app.verify(&app.admin, &b, &[])["code"], "REVOKED");
+    let metrics = app.get("/metrics", &app.admin).text();
+    assert!(
+        metrics.contains("\nkeygate_usage_rows_waiting "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("\nkeygate_usage_rows_waiting 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nkeygate_usage_dropped_total 0\n"),
+        "{metrics}"
+    );
     flush(&app);
     flush(&app); // a second flush adds nothing
+    let metrics = app.get("/metrics", &app.admin).text();
+    // Only the /metrics request itself (the admin key) may wait now.
+    assert!(
+        metrics.contains("\nkeygate_usage_rows_waiting 0\n")
+            || metrics.contains("\nkeygate_usage_rows_waiting 1\n"),
+        "{metrics}"
+    );
 
     let hours = usage(
         &app,
