@@ -30,6 +30,7 @@ pub mod record;
 pub mod scope;
 pub mod switch;
 pub mod time;
+pub mod usage;
 pub mod webhook;
 
 pub use audit::{Actor, Audit, AuditEvent, EventKind};

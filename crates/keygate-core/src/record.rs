@@ -475,7 +475,11 @@ pub fn check_owner(owner: String) -> Result<String, RecordError> {
     check_text("owner", owner, MAX_OWNER_CHARS)
 }
 
-fn check_text(field: &'static str, text: String, max_chars: usize) -> Result<String, RecordError> {
+pub(crate) fn check_text(
+    field: &'static str,
+    text: String,
+    max_chars: usize,
+) -> Result<String, RecordError> {
     if text.trim().is_empty() {
         return Err(RecordError::field(field, "must not be empty"));
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(i64);
 
 /// Earliest accepted time (0001-01-01T00:00:00Z), so that every timestamp has an RFC 3339 form.
-const MIN_MS: i64 = -62_135_596_800_000;
+pub(crate) const MIN_MS: i64 = -62_135_596_800_000;
 /// Latest accepted time (9999-12-31T23:59:59.999Z).
 const MAX_MS: i64 = 253_402_300_799_999;
 

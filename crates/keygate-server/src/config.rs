@@ -9,7 +9,8 @@
 //! log_level = "info"    # error, warn, info, debug, trace
 //! cache_ttl = "30s"     # how long a cached key is trusted without a change notice
 //! cache_size = 100000   # most keys cached; 0 turns the cache off
-//! usage_flush = "10s"   # how often last-used times are written
+//! usage_flush = "10s"   # how often last-used times and usage counts are written
+//! usage_retention = "90d"  # how long hourly usage counts are kept
 //! max_age = "90d"       # the scheduler's maximum key age (default: no policy)
 //! max_age_action = "notify"   # or "expire"
 //! max_age_grace = "7d"  # with "expire": how long a due key keeps working
@@ -67,6 +68,7 @@ struct FileConfig {
     cache_ttl: Option<String>,
     cache_size: Option<usize>,
     usage_flush: Option<String>,
+    usage_retention: Option<String>,
     max_age: Option<String>,
     max_age_action: Option<AgeActionArg>,
     max_age_grace: Option<String>,
@@ -112,6 +114,8 @@ pub struct Settings {
     pub cache_size: usize,
     /// How often last-used times are written.
     pub usage_flush: Lifetime,
+    /// How long hourly usage counts are kept (the scheduler purges older ones).
+    pub usage_retention: Lifetime,
     /// The scheduler's sweep.
     pub sweep: keygate::Sweep,
     /// How often the scheduler sweeps.
@@ -199,6 +203,12 @@ impl Settings {
             serve.and_then(|s| s.usage_flush),
             file.usage_flush,
             "10s",
+        )?;
+        let usage_retention = lifetime(
+            "usage_retention",
+            serve.and_then(|s| s.usage_retention),
+            file.usage_retention,
+            "90d",
         )?;
         let sweep_every = lifetime(
             "sweep_every",
@@ -347,6 +357,7 @@ impl Settings {
             mailer,
             cache_ttl,
             usage_flush,
+            usage_retention,
             cache_size: serve
                 .and_then(|s| s.cache_size)
                 .or(file.cache_size)

@@ -83,6 +83,16 @@ impl Metrics {
             );
         }
         keygate.write_limit_metrics(&mut out);
+        let (dropped, waiting) = keygate.verifier().usage_backlog();
+        let _ = writeln!(
+            out,
+            "# HELP keygate_usage_rows_waiting Usage rows (key, hour) counted in memory, waiting for the next flush.\n\
+             # TYPE keygate_usage_rows_waiting gauge\n\
+             keygate_usage_rows_waiting {waiting}\n\
+             # HELP keygate_usage_dropped_total Requests left out of the usage counts because too many rows waited for the store.\n\
+             # TYPE keygate_usage_dropped_total counter\n\
+             keygate_usage_dropped_total {dropped}"
+        );
         let _ = writeln!(
             out,
             "# HELP keygate_keys Keys in the store by status.\n# TYPE keygate_keys gauge"

@@ -68,6 +68,7 @@ impl Service {
             self.keygate.clone(),
             self.settings.sweep.clone(),
             duration(self.settings.sweep_every),
+            duration(self.settings.usage_retention),
         ));
     }
 }

@@ -22,12 +22,14 @@ use keygate_core::{
 use serde_json::json;
 
 #[allow(unused_imports)]
-use crate::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, WebhookOutbox};
+use crate::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, UsageLog, WebhookOutbox};
 use crate::{
     AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential, ListQuery, Spend, Store,
-    StoreError,
+    StoreError, UsageDelta,
 };
+use keygate_core::Outcome;
 use keygate_core::switch::Usage;
+use keygate_core::usage::{Bucket, UsageCounts, UsageRange};
 
 /// Expands to one `#[tokio::test]` per conformance case; `$fresh` is a closure returning a
 /// future of `Arc<dyn Store>`: a fresh, empty store (it panics if the backend cannot be had:
@@ -72,7 +74,9 @@ macro_rules! conformance_suite {
             refills_happen_once_per_period_with_an_event,
             imports_are_written_once_with_their_event,
             a_rehash_happens_once_with_its_event_and_signals,
-            owner_limits_are_read_with_every_key_of_the_owner
+            owner_limits_are_read_with_every_key_of_the_owner,
+            usage_counts_add_up_exactly_under_concurrent_batches,
+            usage_rolls_up_by_day_sums_by_owner_and_is_purged
         );
     };
     (@cases $fresh:expr; #[$attr:meta]; $($case:ident),* $(,)?) => {
@@ -2241,4 +2245,152 @@ pub async fn owner_limits_are_read_with_every_key_of_the_owner(store: Arc<dyn St
         .map(|e| serde_json::to_string(&e.details).unwrap())
         .collect();
     assert!(texts.iter().all(|t| t.contains("acct_1")), "{texts:?}");
+}
+
+fn delta(key: &KeyId, owner: Option<&str>, hour: i64, outcome: Outcome, n: u64) -> UsageDelta {
+    let mut counts = UsageCounts::default();
+    counts.add(outcome, n);
+    UsageDelta {
+        key: key.clone(),
+        owner: owner.map(Into::into),
+        hour: at(hour * 3_600_000),
+        counts,
+    }
+}
+
+fn range(since_hour: i64, until_hour: i64, bucket: Bucket) -> UsageRange {
+    UsageRange::new(
+        Some(at(since_hour * 3_600_000)),
+        Some(at(until_hour * 3_600_000)),
+        bucket,
+        now(),
+    )
+}
+
+/// 8 tasks each writing 25 batches (every batch naming two keys over two hours, one (key,
+/// hour) twice): every count arrives, none twice; an empty batch writes nothing.
+pub async fn usage_counts_add_up_exactly_under_concurrent_batches(store: Arc<dyn Store>) {
+    let a = KeyId::generate(now());
+    let b = KeyId::generate(now());
+    store.record_counts(&[]).await.expect("empty batch");
+    let tasks: Vec<_> = (0..8u64)
+        .map(|task| {
+            let store = store.clone();
+            let (a, b) = (a.clone(), b.clone());
+            tokio::spawn(async move {
+                for i in 0..25u64 {
+                    let batch = [
+                        delta(&a, Some("acme"), 0, Outcome::Valid, 1),
+                        delta(&a, Some("acme"), 0, Outcome::Valid, 2),
+                        delta(&a, Some("acme"), 1, Outcome::RateLimited, task + 1),
+                        delta(&b, None, 1, Outcome::Revoked, i % 3),
+                    ];
+                    store.record_counts(&batch).await.expect("record");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let hours = store
+        .usage_for_key(&a, &range(0, 3, Bucket::Hour))
+        .await
+        .expect("usage");
+    assert_eq!(hours.len(), 3);
+    assert_eq!(hours[0].start, at(0));
+    assert_eq!(hours[0].counts.verified(), 8 * 25 * 3);
+    assert_eq!(hours[0].counts.total(), 8 * 25 * 3);
+    assert_eq!(hours[1].counts.rate_limited(), 25 * (1..=8).sum::<u64>());
+    assert_eq!(hours[1].counts.verified(), 0);
+    assert!(hours[2].counts.is_empty());
+    let b_hours = store
+        .usage_for_key(&b, &range(0, 2, Bucket::Hour))
+        .await
+        .expect("usage");
+    let revoked: u64 = (0..25).map(|i| i % 3).sum::<u64>() * 8;
+    assert_eq!(b_hours[1].counts.get(Outcome::Revoked), revoked);
+    assert_eq!(b_hours[1].counts.total(), revoked);
+    let unknown = store
+        .usage_for_key(&KeyId::generate(now()), &range(0, 2, Bucket::Hour))
+        .await
+        .expect("usage");
+    assert!(unknown.iter().all(|b| b.counts.is_empty()));
+}
+
+/// Hours roll up into days; an owner's usage is the sum over its keys' rows (and no one
+/// else's); purging removes the hours before the cut and only those.
+pub async fn usage_rolls_up_by_day_sums_by_owner_and_is_purged(store: Arc<dyn Store>) {
+    let (a, b, c) = (
+        KeyId::generate(now()),
+        KeyId::generate(now()),
+        KeyId::generate(now()),
+    );
+    store
+        .record_counts(&[
+            delta(&a, Some("acme"), 0, Outcome::Valid, 5),
+            delta(&a, Some("acme"), 23, Outcome::Valid, 7),
+            delta(&a, Some("acme"), 24, Outcome::Expired, 2),
+            delta(&b, Some("acme"), 23, Outcome::Valid, 11),
+            delta(&b, Some("acme"), 47, Outcome::IpNotAllowed, 3),
+            delta(&c, Some("globex"), 0, Outcome::Valid, 1000),
+            delta(&c, None, 1, Outcome::Valid, 1),
+        ])
+        .await
+        .expect("record");
+    store
+        .record_counts(&[delta(&b, Some("acme"), 24, Outcome::UsageExceeded, 4)])
+        .await
+        .expect("record");
+    let days = store
+        .usage_for_key(&a, &range(0, 72, Bucket::Day))
+        .await
+        .expect("usage");
+    assert_eq!(days.len(), 3);
+    assert_eq!(days[0].counts.verified(), 12);
+    assert_eq!(days[1].counts.get(Outcome::Expired), 2);
+    assert!(days[2].counts.is_empty());
+    let acme = store
+        .usage_for_owner("acme", &range(0, 48, Bucket::Day))
+        .await
+        .expect("usage");
+    assert_eq!(acme.len(), 2);
+    assert_eq!(acme[0].counts.verified(), 5 + 7 + 11);
+    assert_eq!(acme[0].counts.total(), 23);
+    assert_eq!(acme[1].counts.get(Outcome::Expired), 2);
+    assert_eq!(acme[1].counts.get(Outcome::UsageExceeded), 4);
+    assert_eq!(acme[1].counts.get(Outcome::IpNotAllowed), 3);
+    assert_eq!(acme[1].counts.refused(), 9);
+    let acme_hours = store
+        .usage_for_owner("acme", &range(23, 25, Bucket::Hour))
+        .await
+        .expect("usage");
+    assert_eq!(acme_hours[0].counts.verified(), 18);
+    assert_eq!(acme_hours[1].counts.refused(), 6);
+    // A row with no owner counts for no owner.
+    let globex = store
+        .usage_for_owner("globex", &range(0, 24, Bucket::Day))
+        .await
+        .expect("usage");
+    assert_eq!(globex[0].counts.verified(), 1000);
+    let nobody = store
+        .usage_for_owner("initech", &range(0, 24, Bucket::Day))
+        .await
+        .expect("usage");
+    assert!(nobody[0].counts.is_empty());
+
+    assert_eq!(
+        store.purge_usage(at(24 * 3_600_000)).await.expect("purge"),
+        5
+    );
+    assert_eq!(
+        store.purge_usage(at(24 * 3_600_000)).await.expect("purge"),
+        0
+    );
+    let days = store
+        .usage_for_owner("acme", &range(0, 48, Bucket::Day))
+        .await
+        .expect("usage");
+    assert!(days[0].counts.is_empty(), "the first day is purged");
+    assert_eq!(days[1].counts.refused(), 9, "the second is kept");
 }

@@ -62,10 +62,11 @@ pub use postgres::{Postgres, PostgresStore};
 pub use query::{
     Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, ImportedKey, ImportedKinds,
     LegacyCredential, ListQuery, MAX_PAGE_SIZE, Page, RetirePlan, RotationPlan, Spend,
-    StatusCounts, SweepFilter,
+    StatusCounts, SweepFilter, UsageDelta,
 };
 pub use roles::{
-    AdminAccounts, AuditLog, EmailOutbox, KeyStore, MAX_LEGACY_CANDIDATES, Store, WebhookOutbox,
+    AdminAccounts, AuditLog, EmailOutbox, KeyStore, MAX_LEGACY_CANDIDATES, Store, UsageLog,
+    WebhookOutbox,
 };
 pub use sql::{Backend, SqlStore};
 #[cfg(feature = "sqlite")]

@@ -77,6 +77,11 @@ impl Backend for Postgres {
               (e ->> 3)::bigint AS n FROM jsonb_array_elements($1::text::jsonb) AS e) AS u \
         WHERE k.id = u.id";
 
+    const USAGE_ROWS: &'static str = "SELECT r ->> 0, (r ->> 1)::bigint, r ->> 2, \
+        (r ->> 3)::bigint, (r ->> 4)::bigint, (r ->> 5)::bigint, (r ->> 6)::bigint, \
+        (r ->> 7)::bigint, (r ->> 8)::bigint, (r ->> 9)::bigint, (r ->> 10)::bigint \
+        FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS u(r, i) ORDER BY i";
+
     async fn watch(&self, pool: &PgPool) -> Result<mpsc::Receiver<Change>, StoreError> {
         let mut listener = PgListener::connect_with(pool).await.map_err(backend)?;
         listener.listen(&self.channel).await.map_err(backend)?;

@@ -251,3 +251,17 @@ pub struct ImportedKinds {
     /// Keys imported by their SHA-256 alone (`keygate import jsonl`).
     pub sha256: bool,
 }
+
+/// Counts to add to one key's usage in one hour (see
+/// [`UsageLog::record_counts`](crate::UsageLog::record_counts)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The key.
+    pub key: KeyId,
+    /// The key's owner, kept on the row so that an owner's usage is a sum over its rows.
+    pub owner: Option<String>,
+    /// The hour's start ([`hour_of`](keygate_core::usage::hour_of) the requests' time).
+    pub hour: Timestamp,
+    /// The requests, by outcome.
+    pub counts: keygate_core::usage::UsageCounts,
+}

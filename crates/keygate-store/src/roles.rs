@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use keygate_core::email::{Contacts, EmailDelivery};
 use keygate_core::limits::{OwnerLimits, RateLimits};
 use keygate_core::switch::Usage;
+use keygate_core::usage::{UsageBucket, UsageRange};
 use keygate_core::webhook::{Delivery, Endpoint, EndpointPatch};
 use keygate_core::{Audit, AuditEvent, KeyHash, KeyId, KeyPatch, KeyRecord, Timestamp};
 use tokio::sync::mpsc;
@@ -12,7 +13,7 @@ use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
     Attempt, AuditPage, AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential,
-    ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts,
+    ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts, UsageDelta,
 };
 
 /// Most candidates [`KeyStore::find_by_legacy_prefix`] returns (a drf-api-key prefix is
@@ -334,7 +335,37 @@ pub trait AdminAccounts: Send + Sync + std::fmt::Debug {
     async fn server_secret(&self, name: &str, fresh: &[u8; 32]) -> Result<[u8; 32], StoreError>;
 }
 
-/// Every role: what [`open`](crate::open) returns and keygate's library manages keys through.
-pub trait Store: KeyStore + AuditLog + WebhookOutbox + EmailOutbox + AdminAccounts {}
+/// Usage by hour: counts of requests per (key, hour) by outcome, added to in batches, read per
+/// key or per owner (a sum over the owner's keys), purged after a retention period.
+#[async_trait]
+pub trait UsageLog: Send + Sync + std::fmt::Debug {
+    /// Adds `batch`'s counts to the stored ones, in one statement: concurrent batches (from
+    /// any number of processes) add up exactly. Rows for the same (key, hour) are added
+    /// together; a row's owner becomes the last one given for it.
+    async fn record_counts(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
 
-impl<T: KeyStore + AuditLog + WebhookOutbox + EmailOutbox + AdminAccounts> Store for T {}
+    /// Key `id`'s usage over `range`: every bucket of it, in order, empty ones included.
+    async fn usage_for_key(
+        &self,
+        id: &KeyId,
+        range: &UsageRange,
+    ) -> Result<Vec<UsageBucket>, StoreError>;
+
+    /// The usage of every key of `owner` over `range`, added together bucket by bucket.
+    async fn usage_for_owner(
+        &self,
+        owner: &str,
+        range: &UsageRange,
+    ) -> Result<Vec<UsageBucket>, StoreError>;
+
+    /// Removes the rows of hours before `before`; returns how many.
+    async fn purge_usage(&self, before: Timestamp) -> Result<u64, StoreError>;
+}
+
+/// Every role: what [`open`](crate::open) returns and keygate's library manages keys through.
+pub trait Store:
+    KeyStore + AuditLog + WebhookOutbox + EmailOutbox + AdminAccounts + UsageLog
+{
+}
+
+impl<T: KeyStore + AuditLog + WebhookOutbox + EmailOutbox + AdminAccounts + UsageLog> Store for T {}

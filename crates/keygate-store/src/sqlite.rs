@@ -119,6 +119,10 @@ impl Backend for Sqlite {
               value ->> 3 AS n FROM json_each($1)) AS u \
         WHERE keys.id = u.id";
 
+    const USAGE_ROWS: &'static str = "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
+        value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10 \
+        FROM json_each($1) WHERE true";
+
     async fn watch(&self, pool: &SqlitePool) -> Result<mpsc::Receiver<Change>, StoreError> {
         let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
             .fetch_one(pool)

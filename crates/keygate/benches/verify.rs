@@ -311,6 +311,20 @@ fn verify(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { cached.verify(&key, &scopes).await.unwrap() })
     });
+    // The same with usage counted per (key, hour) in memory, as Keygate's verifier does.
+    let usage_log: Arc<dyn keygate::store::UsageLog> = counting.inner.clone();
+    let counted = Verifier::new(
+        counting.clone(),
+        VerifierConfig {
+            usage_log: Some(usage_log),
+            usage_flush: None,
+            ..VerifierConfig::default()
+        },
+    );
+    g.bench_function("cache_hit_valid_usage_counted", |b| {
+        b.to_async(&rt)
+            .iter(|| async { counted.verify(&key, &scopes).await.unwrap() })
+    });
     g.bench_function("cache_hit_not_found", |b| {
         b.to_async(&rt)
             .iter(|| async { cached.verify(unknown.expose(), &scopes).await.unwrap() })

@@ -44,6 +44,7 @@ pub mod limits;
 mod manage;
 pub mod problem;
 pub mod sealing;
+pub mod usage;
 mod verify;
 pub mod webhooks;
 
@@ -74,7 +75,7 @@ pub mod store {
     pub use keygate_store::{
         AdminAccounts, AuditLog, Backend, Change, ImportedKey, ImportedKinds, KeyStore,
         LegacyCredential, MAX_LEGACY_CANDIDATES, RetirePlan, RotationPlan, Spend, SqlStore, Store,
-        StoreError, WebhookOutbox,
+        StoreError, UsageDelta, UsageLog, WebhookOutbox,
     };
     #[cfg(feature = "postgres")]
     pub use keygate_store::{Postgres, PostgresStore};

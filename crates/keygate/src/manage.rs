@@ -115,8 +115,10 @@ impl KeygateBuilder {
 
     /// Builds it. Inside a Tokio runtime this starts the verifier's background tasks (see
     /// [`Verifier::new`]).
-    pub fn build(self) -> Keygate {
+    pub fn build(mut self) -> Keygate {
         let keys: Arc<dyn keygate_store::KeyStore> = self.store.clone();
+        let usage: Arc<dyn keygate_store::UsageLog> = self.store.clone();
+        self.verifier.usage_log = Some(usage);
         Keygate {
             inner: Arc::new(Inner {
                 verifier: Verifier::new(keys, self.verifier),
@@ -208,9 +210,46 @@ impl Keygate {
         }
     }
 
-    /// Writes the last-used times gathered since the previous flush, in one batch.
+    /// Writes the last-used times and usage counts gathered since the previous flush, each
+    /// in one batch.
     pub async fn flush_usage(&self) -> Result<(), Error> {
         self.inner.verifier.flush_usage().await
+    }
+
+    /// Usage over `range`, bucket by bucket (every bucket, empty ones included): of one key
+    /// ([`Error::NotFound`] if there is no such key) or of every key of an owner. Counts not
+    /// yet flushed are not included.
+    pub async fn usage(
+        &self,
+        of: crate::usage::UsageOf<'_>,
+        range: &crate::usage::UsageRange,
+    ) -> Result<Vec<crate::usage::UsageBucket>, Error> {
+        use crate::usage::UsageOf;
+        let store = self.store();
+        match of {
+            UsageOf::Key(id) => {
+                if self.get(id).await?.is_none() {
+                    return Err(Error::NotFound);
+                }
+                store.usage_for_key(id, range).await
+            }
+            UsageOf::Owner(owner) => store.usage_for_owner(owner, range).await,
+        }
+        .map_err(Error::store("read usage"))
+    }
+
+    /// Removes usage older than `retention` before now (whole hours); returns how many
+    /// (key, hour) rows.
+    pub async fn purge_usage(&self, retention: Duration) -> Result<u64, Error> {
+        let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cut = self.now().unix_ms().saturating_sub(ms);
+        let before = Timestamp::from_unix_ms(cut)
+            .unwrap_or_else(|| Timestamp::from_unix_ms(0).expect("the epoch is in range"));
+        let before = keygate_core::usage::hour_of(before);
+        self.store()
+            .purge_usage(before)
+            .await
+            .map_err(Error::store("purge usage"))
     }
 
     /// Cache counters; `None` when the cache is off.

@@ -19,12 +19,13 @@ use keygate_core::switch::Usage;
 use keygate_core::{
     Clock, KeyGrant, KeyHash, KeyId, Outcome, Timestamp, decide, lacks_scope, parse,
 };
-use keygate_store::{Change, ImportedKinds, KeyStore, Spend};
+use keygate_store::{Change, ImportedKinds, KeyStore, Spend, UsageLog};
 
 use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
 use crate::error::Error;
 use crate::key::ApiKey;
 use crate::limits::{Limiter, LocalLimiter, Subject};
+use crate::usage::UsageTally;
 
 /// What [`Verifier::verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +91,10 @@ pub struct VerifierConfig {
     /// Proxies whose `X-Forwarded-For` entries are believed when finding a client's address
     /// (default: none; the socket peer is the client).
     pub trusted_proxies: Option<IpAllowlist>,
+    /// Where requests are counted per (key, hour) by outcome, written with the last-used
+    /// times (default: nowhere — nothing is counted). [`Keygate`](crate::Keygate) sets its
+    /// store.
+    pub usage_log: Option<Arc<dyn UsageLog>>,
 }
 
 impl Default for VerifierConfig {
@@ -100,6 +105,7 @@ impl Default for VerifierConfig {
             usage_flush: Some(Duration::from_secs(10)),
             limiter: Arc::new(Limiter::Local(LocalLimiter::default())),
             trusted_proxies: None,
+            usage_log: None,
         }
     }
 }
@@ -130,6 +136,8 @@ struct Inner {
     kinds: AtomicU64,
     /// Bumped by every change the feed reports.
     kinds_generation: AtomicU64,
+    /// Requests per (key, hour) by outcome, waiting for the next flush.
+    tally: Option<UsageTally>,
 }
 
 impl Verifier {
@@ -151,6 +159,7 @@ impl Verifier {
                 legacy_waiting: AtomicUsize::new(0),
                 kinds: AtomicU64::new(0),
                 kinds_generation: AtomicU64::new(0),
+                tally: config.usage_log.map(UsageTally::new),
             }),
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -239,6 +248,9 @@ impl Verifier {
         };
         tracing::debug!(key_id = %grant.id, outcome = outcome.code(), "verified API key");
         self.count(outcome);
+        if let Some(tally) = &self.inner.tally {
+            tally.note(&grant, outcome, now);
+        }
         verification.key = Some(ApiKey::from(grant));
         Ok(verification)
     }
@@ -562,9 +574,29 @@ impl Verifier {
         }
     }
 
-    /// Writes the uses gathered since the previous flush (first and last times, uses since
-    /// rotation), in one batch. On failure they are kept for the next try.
+    /// Writes the last-used times and the usage counts gathered since the previous flush,
+    /// each in one batch. On failure they are kept for the next try.
     pub async fn flush_usage(&self) -> Result<(), Error> {
+        let last_used = self.flush_last_used().await;
+        if let Some(tally) = &self.inner.tally {
+            tally
+                .flush()
+                .await
+                .map_err(Error::store("record usage counts"))?;
+        }
+        last_used
+    }
+
+    /// Requests not counted in the usage log because too many (key, hour) rows were waiting
+    /// for the store, and how many rows wait now.
+    pub fn usage_backlog(&self) -> (u64, usize) {
+        self.inner
+            .tally
+            .as_ref()
+            .map_or((0, 0), |t| (t.dropped(), t.pending_rows()))
+    }
+
+    async fn flush_last_used(&self) -> Result<(), Error> {
         let batch: Vec<Usage> = {
             let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
             // Take the map rather than drain it, so its memory goes back between bursts.

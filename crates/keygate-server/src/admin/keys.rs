@@ -514,6 +514,7 @@ pub async fn show(
         })
         .await?;
     let revoked = record.revoked_at.is_some();
+    let usage = super::usage::key_section(&app, &record).await;
     let body = html! {
         div.detail-head {
             (views::status_badge(status))
@@ -599,6 +600,7 @@ pub async fn show(
                 }
             }
         }
+        (usage)
         @if chain.len() > 1 {
             section aria-labelledby="chain" {
                 h2 #chain { "Rotation chain" }

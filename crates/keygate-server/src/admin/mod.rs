@@ -5,12 +5,14 @@
 //! Every state-changing request is a form POST taken through [`Posted`], which checks the
 //! session, the CSRF token and the right to change things before the handler runs.
 
+pub mod chart;
 mod keys;
 mod owners;
 pub mod password;
 pub mod session;
 mod signin;
 mod trail;
+pub mod usage;
 mod views;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -217,6 +217,27 @@ pub fn constrain(doc: &mut Value) {
             parameter(doc, path, method, "id", key_id.clone());
         }
     }
+    // Usage (keygate::core::usage states the bounds once).
+    parameter(doc, "/v1/keys/{id}/usage", "get", "id", key_id.clone());
+    parameter(
+        doc,
+        "/v1/owners/{owner}/usage",
+        "get",
+        "owner",
+        text(MAX_OWNER_CHARS),
+    );
+    property(
+        doc,
+        "UsageReport",
+        "bucket",
+        json!({"enum": ["hour", "day"]}),
+    );
+    for path in ["/v1/keys/{id}/usage", "/v1/owners/{owner}/usage"] {
+        parameter(doc, path, "get", "bucket", json!({"enum": ["hour", "day"]}));
+        for name in ["since", "until"] {
+            parameter(doc, path, "get", name, json!({"format": "date-time"}));
+        }
+    }
     // Every body is capped: say so where a client generator will read it.
     let limit = format!(" Request bodies are at most {MAX_BODY_BYTES} bytes.");
     if let Some(description) = doc["info"]["description"].as_str() {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod keys;
 pub mod ops;
 pub mod owners;
+pub mod usage;
 pub mod verify;
 pub mod webhooks;
 
@@ -104,6 +105,8 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::rotate_self))
         .routes(routes!(owners::get_owner, owners::set_owner))
         .routes(routes!(keys::retire_self))
+        .routes(routes!(usage::key_usage))
+        .routes(routes!(usage::owner_usage))
         .routes(routes!(verify::verify))
         .routes(routes!(audit::list_audit))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))

@@ -350,6 +350,39 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show a key's requests by hour or by day (UTC): verified, refused by code, rate limited.
+    /// A range longer than 744 hours or 400 days keeps its last buckets.
+    Usage(UsageArgs),
+}
+
+/// `keygate keys usage`
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Key id (key_...).
+    #[arg(value_parser = parse_id)]
+    pub id: KeyId,
+    /// Start of the range (RFC 3339) [default: 7 days of hours or 30 days of days before
+    /// --until].
+    #[arg(long, value_name = "TIME", value_parser = parse_timestamp)]
+    pub since: Option<Timestamp>,
+    /// End of the range (RFC 3339, exclusive) [default: the end of the current hour or day].
+    #[arg(long, value_name = "TIME", value_parser = parse_timestamp)]
+    pub until: Option<Timestamp>,
+    /// Bucket width.
+    #[arg(long, value_enum, default_value = "hour")]
+    pub bucket: BucketArg,
+    /// Print JSON (every bucket, as `GET /v1/keys/{id}/usage` answers).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A usage bucket width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BucketArg {
+    /// An hour.
+    Hour,
+    /// A day.
+    Day,
 }
 
 /// `keygate webhooks ...`
@@ -544,6 +577,10 @@ pub struct ServeArgs {
     /// How often last-used times are written, e.g. 10s [default: 10s].
     #[arg(long, env = "KEYGATE_USAGE_FLUSH", value_name = "DURATION", value_parser = parse_lifetime)]
     pub usage_flush: Option<Lifetime>,
+    /// How long hourly usage counts are kept, e.g. 90d [default: 90d]; the scheduler purges
+    /// older ones.
+    #[arg(long, env = "KEYGATE_USAGE_RETENTION", value_name = "DURATION", value_parser = parse_lifetime)]
+    pub usage_retention: Option<Lifetime>,
     /// Admin UI: sign out after this long without a request [default: 30m].
     #[arg(long, env = "KEYGATE_ADMIN_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_lifetime)]
     pub admin_idle_timeout: Option<Lifetime>,

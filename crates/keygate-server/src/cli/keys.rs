@@ -10,7 +10,8 @@ use keygate::{CreatedKey, KeyPatch, KeySpec, KeyView, Keygate, ListQuery, MAX_PA
 use serde_json::{Value, json};
 
 use super::args::{
-    CreateArgs, IncidentArgs, KeysCommand, ListArgs, RotateDueArgs, StatusArg, UpdateArgs,
+    BucketArg, CreateArgs, IncidentArgs, KeysCommand, ListArgs, RotateDueArgs, StatusArg,
+    UpdateArgs, UsageArgs,
 };
 use super::output::{print_json, print_key, print_table, scopes_text, time_text};
 use crate::Failure;
@@ -31,6 +32,7 @@ pub async fn run(
         KeysCommand::Create(args) => create(keygate, args, out).await?,
         KeysCommand::Update(args) => update(keygate, args, out).await?,
         KeysCommand::List(args) => list(keygate, args, out).await?,
+        KeysCommand::Usage(args) => usage(keygate, args, out).await?,
         KeysCommand::Show { id, json } => {
             let record = keygate.get(&id).await?.ok_or(keygate::Error::NotFound)?;
             print_key(out, &keygate.view(record).await?, json)?;
@@ -370,4 +372,75 @@ pub async fn rotate_due(
         writeln!(out, "(dry run: nothing changed)")?;
     }
     Ok(0)
+}
+
+/// `keys usage`: the buckets that counted something (every bucket with `--json`), and totals.
+async fn usage(keygate: &Keygate, args: UsageArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    use keygate::core::usage::{Bucket, REFUSALS, UsageCounts, UsageRange};
+    let bucket = match args.bucket {
+        BucketArg::Hour => Bucket::Hour,
+        BucketArg::Day => Bucket::Day,
+    };
+    let range = UsageRange::new(args.since, args.until, bucket, keygate.now());
+    let items = keygate
+        .usage(keygate::usage::UsageOf::Key(&args.id), &range)
+        .await?;
+    if args.json {
+        let report = crate::api::usage::UsageReport {
+            bucket,
+            since: range.since(),
+            until: range.until(),
+            items,
+        };
+        return print_json(out, &report);
+    }
+    writeln!(
+        out,
+        "Requests of {} by {bucket}, {} to {} (UTC)",
+        args.id,
+        range.since(),
+        range.until()
+    )?;
+    let refusals = |c: &UsageCounts| {
+        let named: Vec<String> = REFUSALS
+            .iter()
+            .filter(|o| c.get(**o) > 0)
+            .map(|o| format!("{} {}", o.code(), c.get(*o)))
+            .collect();
+        if named.is_empty() {
+            "-".to_owned()
+        } else {
+            named.join(", ")
+        }
+    };
+    let row = |start: String, c: &UsageCounts| {
+        [
+            start,
+            c.verified().to_string(),
+            c.refused().to_string(),
+            c.rate_limited().to_string(),
+            refusals(c),
+        ]
+    };
+    let mut total = UsageCounts::default();
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    for item in items.iter().filter(|i| !i.counts.is_empty()) {
+        total.merge(&item.counts);
+        rows.push(row(item.start.to_string(), &item.counts));
+    }
+    if !rows.is_empty() {
+        rows.push(row("total".to_owned(), &total));
+    }
+    print_table(
+        out,
+        [
+            "START",
+            "VERIFIED",
+            "REFUSED",
+            "RATE_LIMITED",
+            "REFUSED BY CODE",
+        ],
+        &rows,
+        "No requests counted in this range.",
+    )
 }

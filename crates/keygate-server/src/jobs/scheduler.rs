@@ -1,6 +1,7 @@
 //! The scheduler: every `sweep_every`, the maximum-age policy, expiry warnings and expiry
-//! notices, and the watch over rotated keys in their grace period (`key.still_in_use`,
-//! retiring on switch-over) (see [`keygate::Sweep`]). Several nodes may sweep at once: each notice is written
+//! notices, the watch over rotated keys in their grace period (`key.still_in_use`, retiring
+//! on switch-over) (see [`keygate::Sweep`]), credit refills, and the purge of usage counts
+//! past their retention. Several nodes may sweep at once: each notice is written
 //! once per key however many run (a race between two nodes may at worst write one twice).
 
 use std::time::Duration;
@@ -45,9 +46,21 @@ pub async fn refill_once(keygate: &Keygate) -> Result<u64, keygate::Error> {
     Ok(refilled)
 }
 
-/// Sweeps and refills credits every `every`, until the process ends; a failure is logged and
-/// retried next time.
-pub async fn run(keygate: Keygate, sweep: Sweep, every: Duration) {
+/// Removes hourly usage counts older than `retention`; returns how many (key, hour) rows.
+pub async fn purge_usage_once(
+    keygate: &Keygate,
+    retention: Duration,
+) -> Result<u64, keygate::Error> {
+    let purged = keygate.purge_usage(retention).await?;
+    if purged > 0 {
+        tracing::info!(purged, "usage counts past their retention purged");
+    }
+    Ok(purged)
+}
+
+/// Sweeps, refills credits and purges usage counts older than `usage_retention` every
+/// `every`, until the process ends; a failure is logged and retried next time.
+pub async fn run(keygate: Keygate, sweep: Sweep, every: Duration, usage_retention: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -57,6 +70,9 @@ pub async fn run(keygate: Keygate, sweep: Sweep, every: Duration) {
         }
         if let Err(e) = refill_once(&keygate).await {
             tracing::warn!(error = %e, "credit refill failed; will retry");
+        }
+        if let Err(e) = purge_usage_once(&keygate, usage_retention).await {
+            tracing::warn!(error = %e, "usage purge failed; will retry");
         }
     }
 }

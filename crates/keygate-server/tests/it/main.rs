@@ -18,4 +18,5 @@ mod openapi_check;
 mod serve;
 mod support;
 mod switch_over;
+mod usage;
 mod webhooks;

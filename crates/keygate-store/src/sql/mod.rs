@@ -62,6 +62,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
     /// last use, uses since rotation]`: `last_used_at` never moves backwards, `first_used_at`
     /// never forwards, and the uses since rotation are added.
     const RECORD_USAGE: &'static str;
+    /// A `SELECT` of the rows of a usage batch, `$1` being a JSON array of `[key id, hour,
+    /// owner, verified, revoked, expired, disabled, insufficient_scope, usage_exceeded,
+    /// ip_not_allowed, rate_limited]` arrays, as columns of those types in that order, rows in
+    /// the array's order (the order writers lock rows in; SQLite needs a `WHERE` before the
+    /// upsert's `ON CONFLICT`).
+    const USAGE_ROWS: &'static str;
 
     /// Follows changes made by any process, until the receiver is dropped.
     fn watch(
@@ -244,6 +250,7 @@ macro_rules! sql_impl {
             for<'r> (String, String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::AttemptsRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::OwnerRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> usage::UsageRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
         {
             $($body)*
         }
@@ -1613,3 +1620,5 @@ sql_impl! {
         }
     }
 }
+
+mod usage;
