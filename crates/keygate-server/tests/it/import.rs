@@ -190,7 +190,7 @@ fn files_of(dir: &Path, stem: &str) -> Vec<u8> {
             .to_string_lossy()
             .starts_with(stem)
         {
-            all.extend(std::fs::read(path).unwrap());
+            all.extend(crate::support::read_from_another_process(&path));
         }
     }
     all
