@@ -111,6 +111,20 @@ pub struct Attempt {
     pub next_attempt_at: Option<Timestamp>,
 }
 
+impl Attempt {
+    /// The delivery's status after this attempt (webhook and email outboxes alike).
+    pub fn outcome(&self) -> keygate_core::webhook::DeliveryStatus {
+        use keygate_core::webhook::DeliveryStatus;
+        if self.delivered {
+            DeliveryStatus::Delivered
+        } else if self.next_attempt_at.is_some() {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Failed
+        }
+    }
+}
+
 /// Filters and position for [`AuditLog::list_audit`](crate::AuditLog::list_audit).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {

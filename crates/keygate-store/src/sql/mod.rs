@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use keygate_core::email::{Contacts, EmailDelivery};
 use keygate_core::limits::{OwnerLimits, RateLimits};
 use keygate_core::switch::Usage;
-use keygate_core::webhook::{Delivery, DeliveryStatus, Endpoint, EndpointPatch};
+use keygate_core::webhook::{Delivery, Endpoint, EndpointPatch};
 use keygate_core::{
     Audit, AuditEvent, EventKind, KeyHash, KeyId, KeyPatch, KeyRecord, Lifetime, Timestamp,
 };
@@ -1209,13 +1209,7 @@ sql_impl! {
         }
 
         async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
-            let status = if attempt.delivered {
-                DeliveryStatus::Delivered
-            } else if attempt.next_attempt_at.is_some() {
-                DeliveryStatus::Pending
-            } else {
-                DeliveryStatus::Failed
-            };
+            let status = attempt.outcome();
             in_write!(self, |tx| {
                 self.exec(tx, sqlx::query(
                     "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
@@ -1340,13 +1334,7 @@ sql_impl! {
         }
 
         async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
-            let status = if attempt.delivered {
-                DeliveryStatus::Delivered
-            } else if attempt.next_attempt_at.is_some() {
-                DeliveryStatus::Pending
-            } else {
-                DeliveryStatus::Failed
-            };
+            let status = attempt.outcome();
             in_write!(self, |tx| {
                 self.exec(tx, sqlx::query(
                     "UPDATE email_deliveries SET status = $1, attempts = attempts + 1, \
