@@ -3,7 +3,6 @@
 //! contacts in the event's own transaction, and `keygate serve` sends them over SMTP.
 
 use keygate_core::email::{Contacts, EmailDelivery, MAX_CONTACTS, check_address};
-use keygate_core::record::MAX_OWNER_CHARS;
 use keygate_core::{Audit, Timestamp};
 use keygate_store::Attempt;
 
@@ -25,16 +24,9 @@ impl Keygate {
             field,
             message: message.to_owned(),
         };
-        let owner = owner.trim();
-        if owner.is_empty()
-            || owner.chars().count() > MAX_OWNER_CHARS
-            || owner.chars().any(char::is_control)
-        {
-            return Err(invalid(
-                "owner",
-                "1 to 200 characters, no control characters",
-            ));
-        }
+        // The same rule as a key's owner (core's), so contacts name owners as keys do.
+        let owner = keygate_core::record::check_owner(owner.to_owned())?;
+        let owner = owner.as_str();
         let mut checked: Vec<String> = Vec::with_capacity(emails.len());
         for email in emails {
             let email = check_address(email).map_err(|why| invalid("email", why))?;
