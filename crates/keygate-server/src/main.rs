@@ -9,6 +9,11 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use keygate_server::{Cli, Command, Failure, run};
 
+/// mimalloc instead of the system allocator: a request allocates often (hyper, axum, JSON),
+/// and glibc's malloc/free were a fifth of `/v1/verify`'s instructions (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
