@@ -11,12 +11,13 @@
 //!   the fetch is in flight: the stale result is not inserted.
 //! - Ages are read from the verifier's [`Clock`], so tests move time instead of waiting.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keygate_core::{Clock, KeyGrant, KeyHash, Timestamp};
+
+use crate::FastMap;
 
 /// How the verification cache behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +61,8 @@ pub(crate) struct Cache {
 
 #[derive(Debug, Default)]
 struct Maps {
-    found: HashMap<KeyHash, (Arc<KeyGrant>, Timestamp)>,
-    absent: HashMap<KeyHash, Timestamp>,
+    found: FastMap<KeyHash, (Arc<KeyGrant>, Timestamp)>,
+    absent: FastMap<KeyHash, Timestamp>,
 }
 
 /// Whether an entry cached at `at` is still fresh at `now`.
@@ -196,7 +197,7 @@ pub struct CacheStats {
 }
 
 /// Drops entries that are no longer fresh; if that frees less than a tenth, drops a tenth.
-fn make_room<V>(map: &mut HashMap<KeyHash, V>, capacity: usize, fresh: impl Fn(&V) -> bool) {
+fn make_room<V>(map: &mut FastMap<KeyHash, V>, capacity: usize, fresh: impl Fn(&V) -> bool) {
     map.retain(|_, v| fresh(v));
     let target = capacity - capacity / 10;
     if map.len() > target {

@@ -6,7 +6,6 @@
 //! at most [`MAX_PENDING_ROWS`] (key, hour) rows are held; counts for further rows are dropped
 //! and counted in [`UsageTally::dropped`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use keygate_core::usage::{UsageCounts, hour_of};
 use keygate_core::{KeyGrant, KeyId, Outcome, Timestamp};
 use keygate_store::{StoreError, UsageDelta, UsageLog};
+
+use crate::FastMap;
 
 pub use keygate_core::usage::{Bucket, UsageBucket, UsageRange};
 
@@ -29,7 +30,7 @@ pub enum UsageOf<'a> {
     Owner(&'a str),
 }
 
-type Pending = HashMap<(KeyId, Timestamp), (Option<Box<str>>, UsageCounts)>;
+type Pending = FastMap<(KeyId, Timestamp), (Option<Box<str>>, UsageCounts)>;
 
 /// The counts gathered since the last flush.
 #[derive(Debug)]
@@ -43,7 +44,7 @@ impl UsageTally {
     pub(crate) fn new(log: Arc<dyn UsageLog>) -> Self {
         Self {
             log,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             dropped: AtomicU64::new(0),
         }
     }

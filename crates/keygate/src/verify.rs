@@ -21,6 +21,7 @@ use keygate_core::{
 };
 use keygate_store::{Change, ImportedKinds, KeyStore, Spend, UsageLog};
 
+use crate::FastMap;
 use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
 use crate::error::Error;
 use crate::key::ApiKey;
@@ -120,7 +121,7 @@ pub struct Verifier {
 struct Inner {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
-    usage: Mutex<HashMap<KeyId, Usage>>,
+    usage: Mutex<FastMap<KeyId, Usage>>,
     /// Verifications by outcome, indexed like `Outcome::ALL`.
     counts: [AtomicU64; Outcome::ALL.len()],
     cache: Option<Cache>,
@@ -150,7 +151,7 @@ impl Verifier {
                 store: store.clone(),
                 cache: config.cache.map(|c| Cache::new(c, config.clock.clone())),
                 clock: config.clock,
-                usage: Mutex::new(HashMap::new()),
+                usage: Mutex::new(FastMap::default()),
                 counts: Default::default(),
                 limiter: config.limiter,
                 trusted_proxies: config.trusted_proxies,

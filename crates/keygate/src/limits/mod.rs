@@ -54,18 +54,28 @@ pub struct Subject {
     hash: u64,
 }
 
-/// Subjects hash with one random seed per process.
-static SEED: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
+/// Subjects hash with one random seed per process (foldhash: a subject is made per request
+/// of a limited key).
+static SEED: LazyLock<foldhash::fast::RandomState> =
+    LazyLock::new(foldhash::fast::RandomState::default);
+
+/// `prefix` then `text`, in one allocation.
+fn prefixed(prefix: &str, text: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + text.len());
+    out.push_str(prefix);
+    out.push_str(text);
+    out
+}
 
 impl Subject {
     /// A key's own limits: `key:<id>`.
     pub fn key(id: &KeyId) -> Self {
-        Self::new(format!("key:{id}"), LimitScope::Key)
+        Self::new(prefixed("key:", id.as_str()), LimitScope::Key)
     }
 
     /// An owner's limits, shared by all its keys: `owner:<owner>`.
     pub fn owner(owner: &str) -> Self {
-        Self::new(format!("owner:{owner}"), LimitScope::Owner)
+        Self::new(prefixed("owner:", owner), LimitScope::Owner)
     }
 
     fn new(text: String, scope: LimitScope) -> Self {
