@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use keygate_core::limits::{
     Decision, ratelimit_header, ratelimit_policy_header, retry_after_header,
 };
@@ -249,13 +249,17 @@ impl LayerConfig {
 }
 
 /// The IETF `RateLimit-Policy` and `RateLimit` headers of a decision.
+/// (Names made once, values handed over without a copy: this runs on every request of a
+/// limited key.)
 fn ratelimit_headers(headers: &mut HeaderMap, limits: &Decision) {
+    static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    static STATE: HeaderName = HeaderName::from_static("ratelimit");
     for (name, value) in [
-        ("ratelimit-policy", ratelimit_policy_header(limits)),
-        ("ratelimit", ratelimit_header(limits)),
+        (&POLICY, ratelimit_policy_header(limits)),
+        (&STATE, ratelimit_header(limits)),
     ] {
-        if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            headers.insert(name, value);
+        if let Some(value) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
+            headers.insert(name.clone(), value);
         }
     }
 }

@@ -14,27 +14,49 @@
 //! that went through a limit check, refused or not; `Retry-After` only on a refusal, and it is
 //! never earlier than the `t` of a limit that refused.
 
-use std::fmt::Write;
-
 use super::rate::{Decision, LimitScope, LimitStatus};
 
 /// `RateLimit-Policy`, or `None` when no limit applied.
 pub fn ratelimit_policy_header(decision: &Decision) -> Option<String> {
     list(decision, |out, l| {
-        let _ = write!(out, ";q={};w={}", l.limit, l.window.as_secs());
+        out.push_str(";q=");
+        push_u64(out, l.limit);
+        out.push_str(";w=");
+        push_u64(out, l.window.as_secs().into());
     })
 }
 
 /// `RateLimit`, or `None` when no limit applied.
 pub fn ratelimit_header(decision: &Decision) -> Option<String> {
     list(decision, |out, l| {
-        let _ = write!(out, ";r={};t={}", l.remaining, l.reset);
+        out.push_str(";r=");
+        push_u64(out, l.remaining);
+        out.push_str(";t=");
+        push_u64(out, l.reset);
     })
 }
 
 /// `Retry-After` (delay-seconds) when the request was refused.
 pub fn retry_after_header(decision: &Decision) -> Option<String> {
     decision.retry_after().map(|s| s.to_string())
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting machinery: these
+/// headers are written on every request of a limited key).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 fn list(decision: &Decision, params: impl Fn(&mut String, &LimitStatus)) -> Option<String> {
@@ -63,6 +85,15 @@ mod tests {
     use super::*;
     use crate::Timestamp;
     use crate::limits::{Group, RateLimit, WindowState, check_groups};
+
+    #[test]
+    fn numbers_are_written_as_write_would() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
 
     fn at(ms: i64) -> Timestamp {
         Timestamp::from_unix_ms(1_800_000_000_000 + ms).unwrap()
