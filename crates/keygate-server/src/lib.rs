@@ -26,9 +26,22 @@ use keygate::Keygate;
 pub use cli::{Cli, Command};
 pub use config::Settings;
 
-/// What every request handler can reach.
+/// What every request handler can reach: one shared [`Shared`], so that the clones axum makes
+/// per request and per layer cost one reference count, not one per field.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug, Clone)]
+pub struct Shared {
     /// The verifier and key manager.
     pub keygate: Keygate,
     /// Request counters.
@@ -55,7 +68,7 @@ impl AppState {
             settings.secure_cookies,
             settings.trust_forwarded_for,
         );
-        Self {
+        Self(Arc::new(Shared {
             openapi: Arc::new(api::document(&keygate)),
             keygate,
             metrics: Arc::default(),
@@ -70,7 +83,13 @@ impl AppState {
             } else {
                 api::ops::MetricsAccess::Public
             },
-        }
+        }))
+    }
+
+    /// Sends each request's log line to `access_log` (in this state; clones made before keep
+    /// theirs).
+    pub fn set_access_log(&mut self, access_log: logging::AccessLog) {
+        Arc::make_mut(&mut self.0).access_log = access_log;
     }
 }
 

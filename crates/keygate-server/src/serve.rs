@@ -111,7 +111,7 @@ pub async fn run(settings: Settings) -> Result<(), Failure> {
     let (_log_guard, access_log) = init_logging(settings.log_format, settings.log_level);
     let shutdown = shutdown_signal()?;
     let mut service = Service::open(settings, Arc::new(keygate::SystemClock)).await?;
-    service.state.access_log = access_log;
+    service.state.set_access_log(access_log);
     if let Some((record, key)) = bootstrap(&service.keygate).await? {
         print_bootstrap_key(&record, &key)?;
     }

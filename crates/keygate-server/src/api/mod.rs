@@ -408,8 +408,30 @@ fn next_request_id() -> String {
         let _ = getrandom::fill(&mut bytes);
         u32::from_le_bytes(bytes)
     });
-    format!(
-        "{process:08x}{:08x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let id = (u64::from(process) << 32) | u64::from(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hex16(id)
+}
+
+/// `n` as 16 lowercase hex digits (`format!("{n:016x}")` without the formatting machinery).
+fn hex16(n: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..16)
+        .rev()
+        .map(|i| char::from(DIGITS[((n >> (i * 4)) & 0xf) as usize]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_sixteen_hex_digits_as_format_writes_them() {
+        for n in [0, 1, 0xabc, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(hex16(n), format!("{n:016x}"));
+        }
+        let (a, b) = (next_request_id(), next_request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+    }
 }
