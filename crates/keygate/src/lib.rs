@@ -60,7 +60,7 @@ pub use keygate_core as core;
 pub use keygate_core::limits::MAX_COST;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
 pub use keygate_store::{
-    Attempt, AuditPage, AuditQuery, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
+    Attempt, AuditPage, AuditQuery, DEFAULT_PAGE_SIZE, EmailPage, EmailQuery, ListQuery, MAX_PAGE_SIZE, Page,
     StatusCounts, SweepFilter,
 };
 pub use layer::{Admitted, KeygateLayer, KeygateService};
@@ -73,7 +73,7 @@ pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 /// [`open`]): its roles, its SQL implementation and backends, and its errors.
 pub mod store {
     pub use keygate_store::{
-        AdminAccounts, AuditLog, Backend, Change, ImportedKey, ImportedKinds, KeyStore,
+        AdminAccounts, AuditLog, Backend, Change, EmailOutbox, ImportedKey, ImportedKinds, KeyStore,
         LegacyCredential, MAX_LEGACY_CANDIDATES, RetirePlan, RotationPlan, Spend, SqlStore, Store,
         StoreError, UsageDelta, UsageLog, WebhookOutbox,
     };
