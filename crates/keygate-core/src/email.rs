@@ -91,9 +91,7 @@ impl Operators {
         for (name, addresses) in entries {
             let name = name.trim();
             if addresses.len() > MAX_OPERATORS {
-                return Err(format!(
-                    "\"{name}\": at most {MAX_OPERATORS} addresses"
-                ));
+                return Err(format!("\"{name}\": at most {MAX_OPERATORS} addresses"));
             }
             let mut checked: Vec<String> = Vec::with_capacity(addresses.len());
             for address in addresses {
@@ -107,12 +105,14 @@ impl Operators {
                 operators.all.extend(checked);
                 continue;
             }
-            let kind = EventKind::parse(name).filter(|k| emailed(*k)).ok_or_else(|| {
-                format!(
-                    "\"{name}\": not an event type emails are sent for (expected one of {})",
-                    operator_events()
-                )
-            })?;
+            let kind = EventKind::parse(name)
+                .filter(|k| emailed(*k))
+                .ok_or_else(|| {
+                    format!(
+                        "\"{name}\": not an event type emails are sent for (expected one of {})",
+                        operator_events()
+                    )
+                })?;
             match operators.by_kind.iter_mut().find(|(k, _)| *k == kind) {
                 Some((_, list)) => list.extend(checked),
                 None => operators.by_kind.push((kind, checked)),
@@ -548,9 +548,8 @@ mod routing_tests {
     fn operators_are_checked_and_named_by_entry() {
         let revoked = list(&["security@example.com", "Security@Example.com"]);
         let all = list(&["audit@example.com"]);
-        let ops =
-            Operators::from_entries([("key.revoked", &revoked[..]), ("*", &all[..])], false)
-                .unwrap();
+        let ops = Operators::from_entries([("key.revoked", &revoked[..]), ("*", &all[..])], false)
+            .unwrap();
         assert_eq!(
             ops.of(EventKind::KeyRevoked).collect::<Vec<_>>(),
             ["security@example.com", "audit@example.com"],
@@ -563,13 +562,25 @@ mod routing_tests {
         assert!(!ops.is_empty());
         let bad = list(&["ops@example.com"]);
         let err = Operators::from_entries([("key.revokd", &bad[..])], false).unwrap_err();
-        assert!(err.starts_with("\"key.revokd\": not an event type"), "{err}");
-        assert!(err.contains("key.still_in_use") && err.contains('*'), "{err}");
+        assert!(
+            err.starts_with("\"key.revokd\": not an event type"),
+            "{err}"
+        );
+        assert!(
+            err.contains("key.still_in_use") && err.contains('*'),
+            "{err}"
+        );
         let err = Operators::from_entries([("key.created", &bad[..])], false).unwrap_err();
-        assert!(err.contains("not an event type emails are sent for"), "{err}");
+        assert!(
+            err.contains("not an event type emails are sent for"),
+            "{err}"
+        );
         let malformed = list(&["ops@example.com, evil@example.com"]);
         let err = Operators::from_entries([("*", &malformed[..])], false).unwrap_err();
-        assert!(err.starts_with("\"*\": \"ops@example.com, evil@example.com\""), "{err}");
+        assert!(
+            err.starts_with("\"*\": \"ops@example.com, evil@example.com\""),
+            "{err}"
+        );
         let many: Vec<String> = (0..=MAX_OPERATORS)
             .map(|n| format!("ops{n}@example.com"))
             .collect();
@@ -586,7 +597,11 @@ mod routing_tests {
         assert!(ops.digest);
         assert_eq!(
             ops.of(EventKind::KeyRevoked).collect::<Vec<_>>(),
-            ["security@example.com", "ops@example.com", "audit@example.com"]
+            [
+                "security@example.com",
+                "ops@example.com",
+                "audit@example.com"
+            ]
         );
         assert!(Operators::parse_list("", false).unwrap().is_empty());
         let err = Operators::parse_list("security@example.com", false).unwrap_err();
@@ -605,10 +620,7 @@ mod routing_tests {
         let operators =
             Operators::from_entries([("key.revoked", &ops[..]), ("*", &all[..])], false).unwrap();
         let got = recipients(EventKind::KeyRevoked, &owner, &operators);
-        let shown: Vec<(&str, bool)> = got
-            .iter()
-            .map(|r| (r.address.as_str(), r.digest))
-            .collect();
+        let shown: Vec<(&str, bool)> = got.iter().map(|r| (r.address.as_str(), r.digest)).collect();
         assert_eq!(
             shown,
             [

@@ -777,13 +777,14 @@ pub async fn operators_get_emails_once_and_the_log_pages_by_filter(store: Arc<dy
     use crate::{Attempt, EmailQuery};
     use keygate_core::email::{Contacts, EmailRouting, Operators};
     use keygate_core::webhook::DeliveryStatus;
-    let security = ["security@example.com".to_owned(), "OPS@example.com".to_owned()];
+    let security = [
+        "security@example.com".to_owned(),
+        "OPS@example.com".to_owned(),
+    ];
     let all = ["audit@example.com".to_owned()];
-    let operators = Operators::from_entries(
-        [("key.revoked", &security[..]), ("*", &all[..])],
-        false,
-    )
-    .expect("operators");
+    let operators =
+        Operators::from_entries([("key.revoked", &security[..]), ("*", &all[..])], false)
+            .expect("operators");
     store.set_email_routing(EmailRouting {
         operators,
         public_url: Some("https://keys.example.com".into()),
@@ -881,7 +882,12 @@ pub async fn operators_get_emails_once_and_the_log_pages_by_filter(store: Arc<dy
     })
     .await;
     assert_eq!(owned.items.len(), 4);
-    assert!(owned.items.iter().all(|e| e.status == DeliveryStatus::Delivered));
+    assert!(
+        owned
+            .items
+            .iter()
+            .all(|e| e.status == DeliveryStatus::Delivered)
+    );
     let pending = all_of(EmailQuery {
         status: Some(DeliveryStatus::Pending),
         ..EmailQuery::default()

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, EmailPage, EmailQuery, ImportedKey, ImportedKinds, LegacyCredential,
-    ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts, UsageDelta,
+    Attempt, AuditPage, AuditQuery, Change, EmailPage, EmailQuery, ImportedKey, ImportedKinds,
+    LegacyCredential, ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts, UsageDelta,
 };
 
 /// Most candidates [`KeyStore::find_by_legacy_prefix`] returns (a drf-api-key prefix is

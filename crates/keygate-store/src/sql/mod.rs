@@ -30,8 +30,8 @@ use rows::{Row, select_where};
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, EmailPage, EmailQuery, ImportedKey, ImportedKinds, LegacyCredential,
-    ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts,
+    Attempt, AuditPage, AuditQuery, Change, EmailPage, EmailQuery, ImportedKey, ImportedKinds,
+    LegacyCredential, ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts,
 };
 use crate::roles::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, WebhookOutbox};
 
