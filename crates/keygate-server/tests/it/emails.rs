@@ -664,6 +664,18 @@ fn bad_email_settings_are_start_up_errors_naming_the_setting() {
         assert!(stderr.contains(says), "{name}={value}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
+    let out = run(
+        &[],
+        &["serve", "--public-url", "https://user:pw@keys.example.com"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "public_url (--public-url / KEYGATE_PUBLIC_URL): must not hold a user name or password"
+        ),
+        "{stderr}"
+    );
     let env = [
         (
             "KEYGATE_EMAIL_OPERATORS",
