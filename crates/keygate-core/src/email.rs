@@ -55,6 +55,188 @@ pub fn check_address(text: &str) -> Result<String, &'static str> {
     }
 }
 
+/// Most addresses one operator entry (an event type, or `*`) may list.
+pub const MAX_OPERATORS: usize = 20;
+
+/// The event types operators may be given addresses for, and `*` (every one of them), as the
+/// configuration names them.
+pub fn operator_events() -> String {
+    let mut names: Vec<&str> = EMAILED.iter().map(|k| k.as_str()).collect();
+    names.push("*");
+    names.join(", ")
+}
+
+/// Operator addresses per event type, from the configuration: who hears of emailed events
+/// besides the key's owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Operators {
+    by_kind: Vec<(EventKind, Vec<String>)>,
+    all: Vec<String>,
+    /// Operators take their notices as one daily digest per address.
+    pub digest: bool,
+}
+
+impl Operators {
+    /// Operators from `(event type or "*", addresses)` entries. An unknown event type, an
+    /// event emails are not sent for, a malformed address or more than [`MAX_OPERATORS`]
+    /// addresses in an entry is an error naming the entry.
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a [String])>,
+        digest: bool,
+    ) -> Result<Self, String> {
+        let mut operators = Self {
+            digest,
+            ..Self::default()
+        };
+        for (name, addresses) in entries {
+            let name = name.trim();
+            if addresses.len() > MAX_OPERATORS {
+                return Err(format!("\"{name}\": at most {MAX_OPERATORS} addresses"));
+            }
+            let mut checked: Vec<String> = Vec::with_capacity(addresses.len());
+            for address in addresses {
+                let address = check_address(address)
+                    .map_err(|why| format!("\"{name}\": \"{address}\": {why}"))?;
+                if !checked.iter().any(|a| same_address(a, &address)) {
+                    checked.push(address);
+                }
+            }
+            if name == "*" {
+                operators.all.extend(checked);
+                continue;
+            }
+            let kind = EventKind::parse(name)
+                .filter(|k| emailed(*k))
+                .ok_or_else(|| {
+                    format!(
+                        "\"{name}\": not an event type emails are sent for (expected one of {})",
+                        operator_events()
+                    )
+                })?;
+            match operators.by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, list)) => list.extend(checked),
+                None => operators.by_kind.push((kind, checked)),
+            }
+        }
+        Ok(operators)
+    }
+
+    /// Operators from one line, as an environment variable holds them:
+    /// `key.revoked=security@example.com,ops@example.com;*=audit@example.com` (entries
+    /// separated by `;`, addresses by `,`; an address never holds either).
+    pub fn parse_list(text: &str, digest: bool) -> Result<Self, String> {
+        let mut entries: Vec<(&str, Vec<String>)> = Vec::new();
+        for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, addresses) = entry.split_once('=').ok_or_else(|| {
+                format!("\"{entry}\": expected EVENT=ADDRESS[,ADDRESS...], e.g. key.revoked=security@example.com")
+            })?;
+            let addresses = addresses
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect();
+            entries.push((name, addresses));
+        }
+        Self::from_entries(
+            entries.iter().map(|(name, list)| (*name, list.as_slice())),
+            digest,
+        )
+    }
+
+    /// Whether no operator is named.
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty() && self.by_kind.iter().all(|(_, list)| list.is_empty())
+    }
+
+    /// The operators of `kind`: its own entry's, then `*`'s.
+    pub fn of(&self, kind: EventKind) -> impl Iterator<Item = &str> {
+        self.by_kind
+            .iter()
+            .filter(move |(k, _)| *k == kind)
+            .flat_map(|(_, list)| list.iter())
+            .chain(self.all.iter())
+            .map(String::as_str)
+    }
+}
+
+/// Whether two checked addresses name one mailbox (compared without regard to ASCII case:
+/// domains are case-insensitive, and no mail system in use tells `Ops@` from `ops@`).
+pub fn same_address(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// One recipient of an event's notice, and whether it waits for the daily digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address.
+    pub address: String,
+    /// Held for the recipient's daily digest.
+    pub digest: bool,
+}
+
+/// Who gets the notice of a `kind` event: the key owner's contacts, then the operators of
+/// that event type, each address once. An address that is both a contact and an operator
+/// gets one email, held for the digest only if both of its roles ask for the digest (the
+/// sooner promise wins).
+pub fn recipients(kind: EventKind, owner: &Contacts, operators: &Operators) -> Vec<Recipient> {
+    if !emailed(kind) {
+        return Vec::new();
+    }
+    let mut out: Vec<Recipient> = Vec::new();
+    let roles = owner
+        .emails
+        .iter()
+        .map(|a| (a.as_str(), owner.digest))
+        .chain(operators.of(kind).map(|a| (a, operators.digest)));
+    for (address, digest) in roles {
+        match out.iter_mut().find(|r| same_address(&r.address, address)) {
+            Some(seen) => seen.digest &= digest,
+            None => out.push(Recipient {
+                address: address.to_owned(),
+                digest,
+            }),
+        }
+    }
+    out
+}
+
+/// Longest public URL.
+pub const MAX_PUBLIC_URL_CHARS: usize = 200;
+
+/// Checks the admin UI's public address (`public_url`), which emails link to: an absolute
+/// `http://` or `https://` URL with a host, no credentials, query or fragment, at most
+/// [`MAX_PUBLIC_URL_CHARS`]. Returns it without a trailing `/`.
+pub fn check_public_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.chars().count() > MAX_PUBLIC_URL_CHARS {
+        return Err(format!("at most {MAX_PUBLIC_URL_CHARS} characters"));
+    }
+    let expected = "expected an absolute http:// or https:// URL such as https://keys.example.com";
+    let url = url::Url::parse(text).map_err(|_| expected.to_owned())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(expected.to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold a user name or password".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query (?) or fragment (#)".to_owned());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// Where emails link to and who, besides key owners, gets them: what the store needs to
+/// queue an event's emails in its transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmailRouting {
+    /// Operator addresses per event type.
+    pub operators: Operators,
+    /// The admin UI's public address (checked by [`check_public_url`]); emails link to the
+    /// key's page under it. `None`: no link.
+    pub public_url: Option<String>,
+}
+
 /// An email's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email {
@@ -242,8 +424,16 @@ pub struct EmailDelivery {
     pub id: i64,
     /// The audit event it tells of.
     pub event_seq: i64,
+    /// That event's type.
+    pub event: EventKind,
+    /// The key the event is about.
+    pub key_id: Option<String>,
+    /// The key's owner when the event happened.
+    pub owner: Option<String>,
     /// To whom.
     pub recipient: String,
+    /// Held for the recipient's daily digest.
+    pub digest: bool,
     /// Subject line.
     pub subject: String,
     /// Plain text body.
@@ -321,7 +511,11 @@ mod digest_tests {
         let notice = |n: i64| EmailDelivery {
             id: n,
             event_seq: n,
+            event: EventKind::KeyExpiringSoon,
+            key_id: None,
+            owner: None,
             recipient: "ops@example.com".into(),
+            digest: true,
             subject: format!("[keygate] key.expiring_soon: key {n}"),
             text: format!("Key {n} expires <soon>."),
             html: String::new(),
@@ -339,5 +533,141 @@ mod digest_tests {
             assert!(email.text.contains(&format!("Key {n} expires")));
         }
         assert!(email.html.contains("&lt;soon&gt;"));
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn operators_are_checked_and_named_by_entry() {
+        let revoked = list(&["security@example.com", "Security@Example.com"]);
+        let all = list(&["audit@example.com"]);
+        let ops = Operators::from_entries([("key.revoked", &revoked[..]), ("*", &all[..])], false)
+            .unwrap();
+        assert_eq!(
+            ops.of(EventKind::KeyRevoked).collect::<Vec<_>>(),
+            ["security@example.com", "audit@example.com"],
+            "the same address twice in an entry is kept once"
+        );
+        assert_eq!(
+            ops.of(EventKind::KeyRotated).collect::<Vec<_>>(),
+            ["audit@example.com"]
+        );
+        assert!(!ops.is_empty());
+        let bad = list(&["ops@example.com"]);
+        let err = Operators::from_entries([("key.revokd", &bad[..])], false).unwrap_err();
+        assert!(
+            err.starts_with("\"key.revokd\": not an event type"),
+            "{err}"
+        );
+        assert!(
+            err.contains("key.still_in_use") && err.contains('*'),
+            "{err}"
+        );
+        let err = Operators::from_entries([("key.created", &bad[..])], false).unwrap_err();
+        assert!(
+            err.contains("not an event type emails are sent for"),
+            "{err}"
+        );
+        let malformed = list(&["ops@example.com, evil@example.com"]);
+        let err = Operators::from_entries([("*", &malformed[..])], false).unwrap_err();
+        assert!(
+            err.starts_with("\"*\": \"ops@example.com, evil@example.com\""),
+            "{err}"
+        );
+        let many: Vec<String> = (0..=MAX_OPERATORS)
+            .map(|n| format!("ops{n}@example.com"))
+            .collect();
+        assert!(Operators::from_entries([("*", &many[..])], false).is_err());
+    }
+
+    #[test]
+    fn the_environment_form_says_the_same() {
+        let ops = Operators::parse_list(
+            " key.revoked = security@example.com , ops@example.com ; *=audit@example.com;",
+            true,
+        )
+        .unwrap();
+        assert!(ops.digest);
+        assert_eq!(
+            ops.of(EventKind::KeyRevoked).collect::<Vec<_>>(),
+            [
+                "security@example.com",
+                "ops@example.com",
+                "audit@example.com"
+            ]
+        );
+        assert!(Operators::parse_list("", false).unwrap().is_empty());
+        let err = Operators::parse_list("security@example.com", false).unwrap_err();
+        assert!(err.contains("expected EVENT=ADDRESS"), "{err}");
+        assert!(Operators::parse_list("key.revoked=not-an-address", false).is_err());
+    }
+
+    #[test]
+    fn an_address_in_two_roles_gets_one_email_and_the_sooner_promise() {
+        let owner = Contacts {
+            emails: list(&["dev@example.com", "ops@example.com"]),
+            digest: true,
+        };
+        let ops = list(&["OPS@example.com", "security@example.com"]);
+        let all = list(&["dev@example.com"]);
+        let operators =
+            Operators::from_entries([("key.revoked", &ops[..]), ("*", &all[..])], false).unwrap();
+        let got = recipients(EventKind::KeyRevoked, &owner, &operators);
+        let shown: Vec<(&str, bool)> = got.iter().map(|r| (r.address.as_str(), r.digest)).collect();
+        assert_eq!(
+            shown,
+            [
+                ("dev@example.com", false),
+                ("ops@example.com", false),
+                ("security@example.com", false)
+            ]
+        );
+        // Operators on the digest too: the contacts' digest stands.
+        let operators = Operators {
+            digest: true,
+            ..operators
+        };
+        assert!(
+            recipients(EventKind::KeyRevoked, &owner, &operators)
+                .iter()
+                .all(|r| r.digest)
+        );
+        // Only operators, for a key without an owner's contacts.
+        let got = recipients(EventKind::KeyRotated, &Contacts::default(), &operators);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].address, "dev@example.com");
+        assert!(recipients(EventKind::KeyCreated, &owner, &operators).is_empty());
+    }
+
+    #[test]
+    fn the_public_url_is_an_absolute_web_address() {
+        assert_eq!(
+            check_public_url("https://keys.example.com/").as_deref(),
+            Ok("https://keys.example.com")
+        );
+        assert_eq!(
+            check_public_url("http://10.0.0.5:8080/keygate").as_deref(),
+            Ok("http://10.0.0.5:8080/keygate")
+        );
+        for bad in [
+            "",
+            "keys.example.com",
+            "/admin",
+            "ftp://keys.example.com",
+            "https://user:pw@keys.example.com",
+            "https://keys.example.com/?a=b",
+            "https://keys.example.com/#x",
+            "mailto:ops@example.com",
+        ] {
+            assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_public_url(&format!("https://{}.com", "a".repeat(200))).is_err());
     }
 }

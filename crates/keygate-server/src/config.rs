@@ -18,6 +18,14 @@
 //! sweep_every = "1m"    # how often the scheduler sweeps
 //! smtp_url = "smtps://user:password@mail.example.com"  # email notices to key owners
 //! email_from = "keygate <keygate@example.com>"
+//! smtp_ca_file = "/etc/keygate/smtp-ca.pem"  # trust this CA for the SMTP server's TLS too
+//! public_url = "https://keys.example.com"   # emails link to the admin UI under it
+//! email_operator_digest = false  # operators' notices as one email a day per address
+//!
+//! [email_operators]     # who hears of emailed events besides the key's owner
+//! "key.revoked" = ["security@example.com"]
+//! "*" = ["audit@example.com"]   # every event type emails are sent for
+//!
 //! retire_when_switched = "1h"  # rotations' default: retire the old key once the successor
 //!                              # is in use and the old key was unused this long (default: off)
 //! secret_key = "..."    # base64 of 32 bytes; seals webhook signing secrets and the keys
@@ -31,7 +39,6 @@
 //! allow_private_webhooks = false     # webhooks may target loopback/private addresses
 //! redis = "redis://127.0.0.1:6379/0"  # share rate-limit counts between nodes
 //! trusted_proxies = ["10.0.0.0/8"]    # believe these proxies' X-Forwarded-For entries
-//!
 //! [gateway]             # keygate gateway's table (keygate_gateway::GatewayConfig reads it)
 //! ```
 
@@ -76,6 +83,10 @@ struct FileConfig {
     retire_when_switched: Option<String>,
     smtp_url: Option<String>,
     email_from: Option<String>,
+    smtp_ca_file: Option<std::path::PathBuf>,
+    public_url: Option<String>,
+    email_operators: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    email_operator_digest: Option<bool>,
     sweep_every: Option<String>,
     secret_key: Option<String>,
     admin_idle_timeout: Option<String>,
@@ -122,8 +133,13 @@ pub struct Settings {
     pub sweep_every: Lifetime,
     /// Rotations' default quiet period for retiring the old key on switch-over.
     pub retire_when_switched: Option<Lifetime>,
-    /// `serve`: the SMTP transport email notices go through (`smtp_url` and `email_from`).
+    /// `serve`: the SMTP transport email notices go through (`smtp_url`, `email_from`,
+    /// `smtp_ca_file`).
     pub mailer: Option<crate::jobs::email::Mailer>,
+    /// Which operators get emails besides key owners (`email_operators`,
+    /// `email_operator_digest`) and where emails link to (`public_url`): every command that
+    /// writes events queues their emails with it.
+    pub email_routing: keygate::core::email::EmailRouting,
     /// Seals new keys waiting in the webhook outbox: `KEYGATE_SECRET_KEY` (never a flag, so it
     /// stays out of process listings) or the file's `secret_key`.
     pub sealing_key: Option<keygate::sealing::SealingKey>,
@@ -272,17 +288,32 @@ impl Settings {
             .filter(|v| !v.is_empty())
             .or(file.smtp_url);
         let email_from = serve.and_then(|s| s.email_from.clone()).or(file.email_from);
+        let smtp_ca_file = serve
+            .and_then(|s| s.smtp_ca_file.clone())
+            .or(file.smtp_ca_file);
         let mailer = match (smtp_url, email_from) {
-            (None, None) => None,
-            (Some(url), Some(from)) => {
-                Some(crate::jobs::email::Mailer::new(&url, &from).map_err(Failure::Config)?)
+            (None, None) if smtp_ca_file.is_some() => {
+                return Err(Failure::Config(
+                    "smtp_ca_file is set but email is not (smtp_url and email_from)".into(),
+                ));
             }
+            (None, None) => None,
+            (Some(url), Some(from)) => Some(
+                crate::jobs::email::Mailer::new(&url, &from, smtp_ca_file.as_deref())
+                    .map_err(Failure::Config)?,
+            ),
             _ => {
                 return Err(Failure::Config(
                     "email needs both smtp_url (KEYGATE_SMTP_URL) and email_from".into(),
                 ));
             }
         };
+        let email_routing = email_routing(
+            cli.public_url.as_deref(),
+            file.public_url,
+            file.email_operators,
+            file.email_operator_digest,
+        )?;
         let sealing_key = std::env::var("KEYGATE_SECRET_KEY")
             .ok()
             .filter(|v| !v.is_empty())
@@ -355,6 +386,7 @@ impl Settings {
             sweep_every,
             retire_when_switched,
             mailer,
+            email_routing,
             cache_ttl,
             usage_flush,
             usage_retention,
@@ -382,6 +414,65 @@ impl Settings {
                 .unwrap_or(LogLevel::Info),
         })
     }
+}
+
+/// The email routing from the command line, the environment and the file: operators from
+/// `KEYGATE_EMAIL_OPERATORS` (one line, see [`Operators::parse_list`]) or the file's
+/// `[email_operators]` table, their digest from `KEYGATE_EMAIL_OPERATOR_DIGEST` or the file,
+/// the public URL from `--public-url` / `KEYGATE_PUBLIC_URL` or the file. A bad value is an
+/// error naming where it came from.
+///
+/// [`Operators::parse_list`]: keygate::core::email::Operators::parse_list
+fn email_routing(
+    flag_url: Option<&str>,
+    file_url: Option<String>,
+    file_operators: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    file_digest: Option<bool>,
+) -> Result<keygate::core::email::EmailRouting, Failure> {
+    use keygate::core::email::{EmailRouting, Operators, check_public_url};
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let digest = match env("KEYGATE_EMAIL_OPERATOR_DIGEST") {
+        Some(v) => match v.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(Failure::Config(
+                    "KEYGATE_EMAIL_OPERATOR_DIGEST: expected true or false".into(),
+                ));
+            }
+        },
+        None => file_digest.unwrap_or(false),
+    };
+    let operators = match (env("KEYGATE_EMAIL_OPERATORS"), file_operators) {
+        (Some(line), _) => Operators::parse_list(&line, digest)
+            .map_err(|e| Failure::Config(format!("KEYGATE_EMAIL_OPERATORS: {e}")))?,
+        (None, Some(table)) => Operators::from_entries(
+            table
+                .iter()
+                .map(|(event, list)| (event.as_str(), list.as_slice())),
+            digest,
+        )
+        .map_err(|e| Failure::Config(format!("config file: email_operators: {e}")))?,
+        (None, None) => {
+            Operators::from_entries(std::iter::empty(), digest).map_err(Failure::Config)?
+        }
+    };
+    let public_url = match (flag_url, file_url) {
+        (Some(text), _) => Some(check_public_url(text).map_err(|e| {
+            Failure::Config(format!(
+                "public_url (--public-url / KEYGATE_PUBLIC_URL): {e}"
+            ))
+        })?),
+        (None, Some(text)) => Some(
+            check_public_url(&text)
+                .map_err(|e| Failure::Config(format!("config file: public_url: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    Ok(EmailRouting {
+        operators,
+        public_url,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, Failure> {

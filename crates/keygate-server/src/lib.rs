@@ -161,6 +161,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         .cache(None)
         .sealing_key(settings.sealing_key)
         .allow_private_webhooks(settings.allow_private_webhooks)
+        .email_routing(settings.email_routing)
         .build();
     cli::run(&keygate, cli.command, &mut std::io::stdout().lock()).await
 }

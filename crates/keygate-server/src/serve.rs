@@ -100,6 +100,7 @@ pub async fn long_running(settings: &Settings, clock: Arc<dyn Clock>) -> Result<
         .clock(clock)
         .sealing_key(settings.sealing_key.clone())
         .allow_private_webhooks(settings.allow_private_webhooks)
+        .email_routing(settings.email_routing.clone())
         .usage_flush_interval(Some(duration(settings.usage_flush)))
         .retire_when_switched(settings.retire_when_switched)?
         .build())

@@ -54,6 +54,7 @@ macro_rules! conformance_suite {
             usage_times_only_move_forward,
             retiring_ends_the_grace_once_with_its_evidence,
             owners_get_emails_written_with_their_events,
+            operators_get_emails_once_and_the_log_pages_by_filter,
             ping_answers,
             watchers_see_every_change,
             only_one_first_key,
@@ -699,7 +700,11 @@ pub async fn owners_get_emails_written_with_their_events(store: Arc<dyn Store>) 
         due_later[0].last_error.as_deref(),
         Some("connection refused")
     );
-    let log = store.list_emails(10).await.expect("log");
+    let log = store
+        .list_emails(&crate::EmailQuery::default())
+        .await
+        .expect("log")
+        .items;
     assert_eq!(log.len(), 2);
     assert_eq!(log[0].status, DeliveryStatus::Delivered);
     assert_eq!(log[0].sent_at, Some(at(32)));
@@ -761,6 +766,198 @@ pub async fn owners_get_emails_written_with_their_events(store: Arc<dyn Store>) 
         .expect("audit");
     assert_eq!(trail.items.len(), 3);
     assert_eq!(trail.items[0].details["owner"], "acct_42");
+}
+
+/// With operators per event type, an emailed event queues one email per address — a key
+/// owner's contact that is also an operator gets one — each naming its event, key and owner
+/// and linking to the key's page under the public URL; keys without an owner reach operators
+/// only. The log lists them newest first, filtered by state, recipient (any case) and owner,
+/// in pages.
+pub async fn operators_get_emails_once_and_the_log_pages_by_filter(store: Arc<dyn Store>) {
+    use crate::{Attempt, EmailQuery};
+    use keygate_core::email::{Contacts, EmailRouting, Operators};
+    use keygate_core::webhook::DeliveryStatus;
+    let security = [
+        "security@example.com".to_owned(),
+        "OPS@example.com".to_owned(),
+    ];
+    let all = ["audit@example.com".to_owned()];
+    let operators =
+        Operators::from_entries([("key.revoked", &security[..]), ("*", &all[..])], false)
+            .expect("operators");
+    store.set_email_routing(EmailRouting {
+        operators,
+        public_url: Some("https://keys.example.com".into()),
+    });
+    let contacts = Contacts {
+        emails: vec!["ops@example.com".to_owned(), "dev@example.com".to_owned()],
+        digest: false,
+    };
+    store
+        .set_owner("acct_42", &contacts, at(0), &audit())
+        .await
+        .expect("set");
+    let mine = record("mine", Some("acct_42"), at(1));
+    let nobodys = record("nobody's", None, at(2));
+    for r in [&mine, &nobodys] {
+        store.create(r, &audit()).await.expect("create");
+        store
+            .revoke(&r.id, at(10), None, &audit())
+            .await
+            .expect("revoke");
+    }
+    let due = store.due_emails(at(10), 100).await.expect("due");
+    let to = |key: &KeyRecord| {
+        let mut to: Vec<String> = due
+            .iter()
+            .filter(|e| e.key_id.as_deref() == Some(key.id.as_str()))
+            .map(|e| e.recipient.to_ascii_lowercase())
+            .collect();
+        to.sort_unstable();
+        to
+    };
+    assert_eq!(
+        to(&mine),
+        [
+            "audit@example.com",
+            "dev@example.com",
+            "ops@example.com",
+            "security@example.com"
+        ],
+        "ops@ is a contact and an operator: one email"
+    );
+    assert_eq!(
+        to(&nobodys),
+        [
+            "audit@example.com",
+            "ops@example.com",
+            "security@example.com"
+        ]
+    );
+    for email in &due {
+        assert_eq!(email.event, EventKind::KeyRevoked);
+        assert!(!email.digest);
+        let key = email.key_id.as_deref().expect("key id");
+        assert!(
+            email
+                .text
+                .contains(&format!("https://keys.example.com/admin/keys/{key}")),
+            "{}",
+            email.text
+        );
+        assert!(email.html.contains("https://keys.example.com/admin/keys/"));
+        let owner = (key == mine.id.as_str()).then_some("acct_42");
+        assert_eq!(email.owner.as_deref(), owner);
+    }
+    let sent = Attempt {
+        at: at(11),
+        delivered: true,
+        status: None,
+        error: None,
+        next_attempt_at: None,
+    };
+    let mine_ids: Vec<i64> = due
+        .iter()
+        .filter(|e| e.owner.is_some())
+        .map(|e| e.id)
+        .collect();
+    for id in &mine_ids {
+        store.finish_email(*id, &sent).await.expect("attempt");
+    }
+
+    let all_of = |query: EmailQuery| {
+        let store = store.clone();
+        async move { store.list_emails(&query).await.expect("log") }
+    };
+    let page = all_of(EmailQuery::default()).await;
+    assert_eq!(page.items.len(), 7);
+    assert!(page.next_cursor.is_none());
+    assert!(
+        page.items.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first"
+    );
+    let owned = all_of(EmailQuery {
+        owner: Some("acct_42".into()),
+        ..EmailQuery::default()
+    })
+    .await;
+    assert_eq!(owned.items.len(), 4);
+    assert!(
+        owned
+            .items
+            .iter()
+            .all(|e| e.status == DeliveryStatus::Delivered)
+    );
+    let pending = all_of(EmailQuery {
+        status: Some(DeliveryStatus::Pending),
+        ..EmailQuery::default()
+    })
+    .await;
+    assert_eq!(pending.items.len(), 3);
+    let to_ops = all_of(EmailQuery {
+        recipient: Some("Ops@Example.COM".into()),
+        ..EmailQuery::default()
+    })
+    .await;
+    assert_eq!(to_ops.items.len(), 2, "matched without regard to case");
+    // Pages of 3: 3, 3, 1, each once.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = all_of(EmailQuery {
+            limit: 3,
+            cursor: cursor.clone(),
+            ..EmailQuery::default()
+        })
+        .await;
+        seen.extend(page.items.iter().map(|e| e.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, page.items.iter().map(|e| e.id).collect::<Vec<_>>());
+    assert!(matches!(
+        store
+            .list_emails(&EmailQuery {
+                cursor: Some("x".into()),
+                ..EmailQuery::default()
+            })
+            .await,
+        Err(StoreError::InvalidCursor)
+    ));
+    // Operators on the digest: an address that is also a contact (not on the digest) still
+    // gets its email at once; the others wait.
+    let operators = Operators::from_entries([("*", &security[..])], true).expect("operators");
+    store.set_email_routing(EmailRouting {
+        operators,
+        public_url: None,
+    });
+    let later = record("later", Some("acct_42"), at(20));
+    store.create(&later, &audit()).await.expect("create");
+    store
+        .revoke(&later.id, at(21), None, &audit())
+        .await
+        .expect("revoke");
+    let now_due: Vec<String> = store
+        .due_emails(at(21), 100)
+        .await
+        .expect("due")
+        .into_iter()
+        .filter(|e| e.event_seq > page.items[0].event_seq)
+        .map(|e| {
+            assert!(!e.text.contains("/admin/keys/"), "no public URL, no link");
+            e.recipient.to_ascii_lowercase()
+        })
+        .collect();
+    let mut now_due = now_due;
+    now_due.sort_unstable();
+    assert_eq!(now_due, ["dev@example.com", "ops@example.com"]);
+    let midnight = keygate_core::email::digest_due(at(21));
+    let notices = store.due_digest_notices(midnight, 10).await.expect("due");
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].recipient, "security@example.com");
+    assert!(notices[0].digest);
 }
 
 /// A watcher hears about creates, updates and revokes (by hash), and not about usage batches.

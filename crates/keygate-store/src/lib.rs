@@ -60,9 +60,9 @@ pub use accounts::{AdminSession, AdminUser, AttemptsPlan, Principal, SignInAttem
 #[cfg(feature = "postgres")]
 pub use postgres::{Postgres, PostgresStore};
 pub use query::{
-    Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, ImportedKey, ImportedKinds,
-    LegacyCredential, ListQuery, MAX_PAGE_SIZE, Page, RetirePlan, RotationPlan, Spend,
-    StatusCounts, SweepFilter, UsageDelta,
+    Attempt, AuditPage, AuditQuery, Change, DEFAULT_PAGE_SIZE, EmailPage, EmailQuery, ImportedKey,
+    ImportedKinds, LegacyCredential, ListQuery, MAX_PAGE_SIZE, Page, RetirePlan, RotationPlan,
+    Spend, StatusCounts, SweepFilter, UsageDelta,
 };
 pub use roles::{
     AdminAccounts, AuditLog, EmailOutbox, KeyStore, MAX_LEGACY_CANDIDATES, Store, UsageLog,

@@ -175,6 +175,55 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
+/// Filters and position for [`EmailOutbox::list_emails`](crate::EmailOutbox::list_emails):
+/// the email log, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmailQuery {
+    /// Only emails in this state.
+    pub status: Option<keygate_core::webhook::DeliveryStatus>,
+    /// Only emails to this address (ASCII case-insensitive).
+    pub recipient: Option<String>,
+    /// Only emails about keys of this owner.
+    pub owner: Option<String>,
+    /// Page size, 1 to [`MAX_PAGE_SIZE`] (0 means the default).
+    pub limit: u32,
+    /// Where the previous page ended ([`EmailPage::next_cursor`]).
+    pub cursor: Option<String>,
+}
+
+impl EmailQuery {
+    /// The limit clamped to 1..=[`MAX_PAGE_SIZE`] (default [`DEFAULT_PAGE_SIZE`]).
+    pub fn page_size(&self) -> u32 {
+        if self.limit == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            self.limit.min(MAX_PAGE_SIZE)
+        }
+    }
+
+    /// The cursor as an outbox position: the page holds emails before it.
+    pub fn cursor_id(&self) -> Result<Option<i64>, StoreError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or(StoreError::InvalidCursor)
+            })
+            .transpose()
+    }
+}
+
+/// One page of the email log, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailPage {
+    /// The emails.
+    pub items: Vec<keygate_core::email::EmailDelivery>,
+    /// Pass as [`EmailQuery::cursor`] for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// How many keys have each [`Status`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatusCounts {

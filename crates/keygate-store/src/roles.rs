@@ -1,7 +1,7 @@
 //! The store's roles. A caller depends on the role it needs; [`Store`] is every role at once.
 
 use async_trait::async_trait;
-use keygate_core::email::{Contacts, EmailDelivery};
+use keygate_core::email::{Contacts, EmailDelivery, EmailRouting};
 use keygate_core::limits::{OwnerLimits, RateLimits};
 use keygate_core::switch::Usage;
 use keygate_core::usage::{UsageBucket, UsageRange};
@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential,
-    ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts, UsageDelta,
+    Attempt, AuditPage, AuditQuery, Change, EmailPage, EmailQuery, ImportedKey, ImportedKinds,
+    LegacyCredential, ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts, UsageDelta,
 };
 
 /// Most candidates [`KeyStore::find_by_legacy_prefix`] returns (a drf-api-key prefix is
@@ -231,9 +231,14 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
 }
 
 /// Key owners' contact addresses and the email outbox (rows written in the same transaction
-/// as the event they tell of, for the owner of the key concerned).
+/// as the event they tell of, for the owner of the key concerned and the operators of its
+/// event type).
 #[async_trait]
 pub trait EmailOutbox: Send + Sync + std::fmt::Debug {
+    /// Where this process's emails link to and which operators get them: applies to the
+    /// emails of every event written from now on (default: no operators, no link).
+    fn set_email_routing(&self, routing: EmailRouting);
+
     /// Sets `owner`'s contacts (replacing them; no address removes the record), with an
     /// `owner.updated` event, in one transaction.
     async fn set_owner(
@@ -266,8 +271,8 @@ pub trait EmailOutbox: Send + Sync + std::fmt::Debug {
     /// Records the outcome of an attempt at email `id` (a no-op if it is no longer pending).
     async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError>;
 
-    /// The latest emails, newest first: the email log.
-    async fn list_emails(&self, limit: u32) -> Result<Vec<EmailDelivery>, StoreError>;
+    /// Emails matching `query`, newest first, one page at a time: the email log.
+    async fn list_emails(&self, query: &EmailQuery) -> Result<EmailPage, StoreError>;
 }
 
 /// The admin web UI's accounts: users with passwords, sessions, and their one-time messages.

@@ -1,10 +1,12 @@
 //! Key owners' contact addresses and the email outbox, managed through [`Keygate`]: emailed
 //! events (see [`keygate_core::email::EMAILED`]) about an owner's keys are queued for its
-//! contacts in the event's own transaction, and `keygate serve` sends them over SMTP.
+//! contacts and for the operators of the event's type (see
+//! [`KeygateBuilder::email_routing`](crate::KeygateBuilder::email_routing)) in the event's own
+//! transaction, and `keygate serve` sends them over SMTP.
 
 use keygate_core::email::{Contacts, EmailDelivery, MAX_CONTACTS, check_address};
 use keygate_core::{Audit, Timestamp};
-use keygate_store::Attempt;
+use keygate_store::{Attempt, EmailPage, EmailQuery};
 
 use crate::Keygate;
 use crate::error::Error;
@@ -89,10 +91,10 @@ impl Keygate {
             .map_err(Error::store("record the email attempt"))
     }
 
-    /// The latest emails, newest first.
-    pub async fn emails(&self, limit: u32) -> Result<Vec<EmailDelivery>, Error> {
+    /// The email log: emails matching `query`, newest first, one page at a time.
+    pub async fn emails(&self, query: &EmailQuery) -> Result<EmailPage, Error> {
         self.store()
-            .list_emails(limit)
+            .list_emails(query)
             .await
             .map_err(Error::store("read the email log"))
     }

@@ -64,8 +64,8 @@ pub use keygate_core as core;
 pub use keygate_core::limits::MAX_COST;
 pub use keygate_core::{KeyId, KeyPatch, KeyRecord, KeySpec, Outcome, PlainKey, Prefix};
 pub use keygate_store::{
-    Attempt, AuditPage, AuditQuery, DEFAULT_PAGE_SIZE, ListQuery, MAX_PAGE_SIZE, Page,
-    StatusCounts, SweepFilter,
+    Attempt, AuditPage, AuditQuery, DEFAULT_PAGE_SIZE, EmailPage, EmailQuery, ListQuery,
+    MAX_PAGE_SIZE, Page, StatusCounts, SweepFilter,
 };
 pub use layer::{Admitted, KeygateLayer, KeygateService};
 pub use lifecycle::{Sweep, SweepReport};
@@ -77,9 +77,9 @@ pub use verify::{Demand, SystemClock, Verification, Verifier, VerifierConfig};
 /// [`open`]): its roles, its SQL implementation and backends, and its errors.
 pub mod store {
     pub use keygate_store::{
-        AdminAccounts, AuditLog, Backend, Change, ImportedKey, ImportedKinds, KeyStore,
-        LegacyCredential, MAX_LEGACY_CANDIDATES, RetirePlan, RotationPlan, Spend, SqlStore, Store,
-        StoreError, UsageDelta, UsageLog, WebhookOutbox,
+        AdminAccounts, AuditLog, Backend, Change, EmailOutbox, ImportedKey, ImportedKinds,
+        KeyStore, LegacyCredential, MAX_LEGACY_CANDIDATES, RetirePlan, RotationPlan, Spend,
+        SqlStore, Store, StoreError, UsageDelta, UsageLog, WebhookOutbox,
     };
     #[cfg(feature = "postgres")]
     pub use keygate_store::{Postgres, PostgresStore};

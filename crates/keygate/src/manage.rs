@@ -46,6 +46,7 @@ pub struct KeygateBuilder {
     sealing: Option<SealingKey>,
     allow_private_webhooks: bool,
     retire_when_switched: Option<Lifetime>,
+    email_routing: Option<keygate_core::email::EmailRouting>,
 }
 
 impl KeygateBuilder {
@@ -100,6 +101,14 @@ impl KeygateBuilder {
         self
     }
 
+    /// Where emails link to (the admin UI's public URL) and which operators get them besides
+    /// key owners (default: no link, no operators). It applies to the store this builder is
+    /// over, for every event written from then on.
+    pub fn email_routing(mut self, routing: keygate_core::email::EmailRouting) -> Self {
+        self.email_routing = Some(routing);
+        self
+    }
+
     /// Where "now" comes from (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.verifier.clock = clock;
@@ -116,6 +125,9 @@ impl KeygateBuilder {
     /// Builds it. Inside a Tokio runtime this starts the verifier's background tasks (see
     /// [`Verifier::new`]).
     pub fn build(mut self) -> Keygate {
+        if let Some(routing) = self.email_routing.take() {
+            self.store.set_email_routing(routing);
+        }
         let keys: Arc<dyn keygate_store::KeyStore> = self.store.clone();
         let usage: Arc<dyn keygate_store::UsageLog> = self.store.clone();
         self.verifier.usage_log = Some(usage);
@@ -142,6 +154,7 @@ impl Keygate {
             sealing: None,
             allow_private_webhooks: false,
             retire_when_switched: None,
+            email_routing: None,
         }
     }
 

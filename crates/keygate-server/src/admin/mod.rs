@@ -6,6 +6,7 @@
 //! session, the CSRF token and the right to change things before the handler runs.
 
 pub mod chart;
+mod emails;
 mod keys;
 mod owners;
 pub mod password;
@@ -151,6 +152,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/keys/{id}/enabled", post(keys::set_enabled))
         .route("/admin/owners/{owner}", get(owners::show).post(owners::set))
         .route("/admin/audit", get(trail::audit))
+        .route("/admin/emails", get(emails::list))
         .route(
             "/admin/webhooks",
             get(trail::webhooks).post(trail::add_webhook),

@@ -1,5 +1,5 @@
-//! An owner's page: the rate limits all of its keys share (set here by a key admin) and its
-//! keys.
+//! An owner's page: the rate limits all of its keys share (set here by a key admin), its
+//! email contacts (with a link to their email log) and its keys.
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +37,7 @@ pub async fn show(
     let owner = checked(owner)?;
     let now = app.keygate.now();
     let limits = app.keygate.owner(&owner).await?;
+    let contacts = app.keygate.owner_contacts(&owner).await?;
     let mut query = ListQuery::new(now);
     query.owner = Some(owner.clone());
     query.limit = KEYS_SHOWN;
@@ -66,6 +67,17 @@ pub async fn show(
                         button.button #save-owner type="submit" { "Save limits" }
                     }
                 }
+            }
+            section.card aria-labelledby="contacts" {
+                h2 #contacts { "Email contacts" }
+                p.help { "Notices about this owner's keys go to these addresses (" code { "keygate owners set" } " changes them)." }
+                dl.fields {
+                    dt { "Addresses" } dd #owner-emails {
+                        @if contacts.emails.is_empty() { span.muted { "none" } } @else { (contacts.emails.join(", ")) }
+                    }
+                    dt { "Mode" } dd { @if contacts.digest { "one daily digest per address" } @else { "one email per notice" } }
+                }
+                p { a #owner-email-log href={ "/admin/emails?owner=" (utf8_percent_encode(&owner, NON_ALPHANUMERIC)) } { "Emails about this owner's keys" } }
             }
             section.card aria-labelledby="keys" {
                 h2 #keys { "Keys" }

@@ -16,6 +16,8 @@ pub enum Nav {
     Audit,
     /// Webhooks.
     Webhooks,
+    /// The email log.
+    Emails,
 }
 
 /// What the frame needs to know about the person and the session.
@@ -66,6 +68,7 @@ pub fn page(ctx: Ctx, title: &str, body: Markup) -> Markup {
                             (link(Nav::Keys, "/admin/keys", "Keys"))
                             (link(Nav::Audit, "/admin/audit", "Audit log"))
                             (link(Nav::Webhooks, "/admin/webhooks", "Webhooks"))
+                            (link(Nav::Emails, "/admin/emails", "Emails"))
                         }
                     }
                     div.who {

@@ -200,10 +200,34 @@ pub fn constrain(doc: &mut Value) {
         "since",
         json!({"format": "date-time"}),
     );
-    parameter(doc, "/v1/audit", "get", "limit", page_size);
+    parameter(doc, "/v1/audit", "get", "limit", page_size.clone());
     parameter(
         doc,
         "/v1/audit",
+        "get",
+        "cursor",
+        json!({"pattern": "^[0-9]{1,18}$"}),
+    );
+    // The email log.
+    parameter(
+        doc,
+        "/v1/emails",
+        "get",
+        "status",
+        json!({"enum": ["pending", "delivered", "failed"]}),
+    );
+    parameter(
+        doc,
+        "/v1/emails",
+        "get",
+        "recipient",
+        text(keygate::core::email::MAX_ADDRESS_CHARS),
+    );
+    parameter(doc, "/v1/emails", "get", "owner", text(MAX_OWNER_CHARS));
+    parameter(doc, "/v1/emails", "get", "limit", page_size.clone());
+    parameter(
+        doc,
+        "/v1/emails",
         "get",
         "cursor",
         json!({"pattern": "^[0-9]{1,18}$"}),

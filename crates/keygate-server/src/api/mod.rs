@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod contract;
+pub mod emails;
 pub mod error;
 pub mod keys;
 pub mod ops;
@@ -67,6 +68,7 @@ pub struct ProblemDoc {
         (name = "verify", description = "Check a key (keygate:verify or keygate:admin)"),
         (name = "audit", description = "The append-only audit trail (keygate:read or keygate:admin)"),
         (name = "webhooks", description = "Signed event deliveries (keygate:admin; keygate:read may list)"),
+        (name = "emails", description = "The email log: notices to key owners and operators (keygate:read or keygate:admin)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -112,6 +114,7 @@ fn routes(keygate: &Keygate) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
         .routes(routes!(webhooks::update_webhook, webhooks::delete_webhook))
         .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(emails::list_emails))
         .layer(admin_auth);
     let ops = OpenApiRouter::new()
         .routes(routes!(ops::healthz))

@@ -39,6 +39,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "KEYGATE_TRUSTED_PROXIES", value_name = "CIDRS", value_parser = parse_networks)]
     pub trusted_proxies: Option<keygate::core::limits::IpAllowlist>,
 
+    /// The admin UI's public address, e.g. https://keys.example.com: emails link to the key's
+    /// page under it [default: no link].
+    #[arg(long, global = true, env = "KEYGATE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -78,6 +83,9 @@ pub enum Command {
     /// Owners: the rate limits all of an owner's keys share.
     #[command(subcommand)]
     Owners(OwnersCommand),
+    /// The email log: notices to owners' contacts and operators, and where each stands.
+    #[command(subcommand)]
+    Emails(EmailsCommand),
     /// Incident response: revoke many keys at once, by owner, creation time or scope. Run with
     /// --dry-run first.
     #[command(subcommand)]
@@ -189,12 +197,88 @@ pub enum OwnersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The latest emails sent or waiting (recipient, subject, state), newest first.
+    /// The latest 100 emails sent or waiting, newest first (`keygate emails list` filters).
     Emails {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `keygate emails ...`
+#[derive(Debug, Subcommand)]
+pub enum EmailsCommand {
+    /// Emails sent or waiting, newest first: recipient, event, state, attempts, last error,
+    /// when sent (never a key).
+    List(EmailsListArgs),
+}
+
+/// `keygate emails list`
+#[derive(Debug, Args)]
+pub struct EmailsListArgs {
+    /// Only emails in this state.
+    #[arg(long, value_enum)]
+    pub status: Option<EmailStatusArg>,
+    /// Only emails to this address (any case).
+    #[arg(long, value_name = "ADDRESS", value_parser = parse_recipient)]
+    pub recipient: Option<String>,
+    /// Only emails about keys of this owner.
+    #[arg(long, value_parser = parse_owner)]
+    pub owner: Option<String>,
+    /// Most emails listed (1-1000) [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// List the emails before this one (the last id of the previous listing).
+    #[arg(long, value_name = "ID", value_parser = parse_email_id)]
+    pub before: Option<i64>,
+    /// Print JSON (`{"items": [...], "next_cursor": ...}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An email's state, as `--status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmailStatusArg {
+    /// Waiting for its first or next attempt.
+    Pending,
+    /// Accepted by the SMTP server.
+    Delivered,
+    /// Given up on.
+    Failed,
+}
+
+impl From<EmailStatusArg> for keygate::core::webhook::DeliveryStatus {
+    fn from(arg: EmailStatusArg) -> Self {
+        match arg {
+            EmailStatusArg::Pending => Self::Pending,
+            EmailStatusArg::Delivered => Self::Delivered,
+            EmailStatusArg::Failed => Self::Failed,
+        }
+    }
+}
+
+/// A recipient to filter by: any text up to an address's length.
+fn parse_recipient(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > keygate::core::email::MAX_ADDRESS_CHARS {
+        return Err("expected an address (at most 254 characters)".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// An owner, checked as a key's owner is.
+fn parse_owner(text: &str) -> Result<String, String> {
+    keygate::core::record::check_owner(text.to_owned()).map_err(|e| e.to_string())
+}
+
+/// An email's id in the log (`email_12` or `12`).
+fn parse_email_id(text: &str) -> Result<i64, String> {
+    text.strip_prefix("email_")
+        .unwrap_or(text)
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| "expected an email id such as email_12".into())
 }
 
 /// `keygate client ...`
@@ -571,6 +655,10 @@ pub struct ServeArgs {
     /// KEYGATE_SMTP_URL or the config file only: it may hold a password).
     #[arg(long, env = "KEYGATE_EMAIL_FROM", value_name = "ADDRESS")]
     pub email_from: Option<String>,
+    /// A PEM file of certificates (a private CA) the SMTP server's TLS certificate may chain
+    /// to, besides the Mozilla roots; needs smtps:// or ?tls=required.
+    #[arg(long, env = "KEYGATE_SMTP_CA_FILE", value_name = "FILE")]
+    pub smtp_ca_file: Option<std::path::PathBuf>,
     /// How often the scheduler sweeps the keys [default: 1m].
     #[arg(long, env = "KEYGATE_SWEEP_EVERY", value_name = "DURATION", value_parser = parse_lifetime)]
     pub sweep_every: Option<Lifetime>,

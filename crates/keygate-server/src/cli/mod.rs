@@ -5,6 +5,7 @@ mod admin;
 pub mod args;
 mod audit;
 pub mod client;
+mod emails;
 mod import;
 mod keys;
 mod output;
@@ -33,6 +34,7 @@ pub async fn run(keygate: &Keygate, command: Command, out: &mut dyn Write) -> Re
         Command::Import(command) => import::run(keygate, command, out).await,
         Command::Client(command) => client::run(command, out).await,
         Command::Owners(command) => owners(keygate, command, out).await,
+        Command::Emails(command) => emails::run(keygate, command, out).await,
         Command::Serve(_) | Command::Gateway(_) => Err(Failure::Other(
             "serve and gateway are not one-shot commands".into(),
         )),
@@ -85,27 +87,16 @@ async fn owners(
         }
         args::OwnersCommand::Show { owner, json } => (owner, json),
         args::OwnersCommand::Emails { json } => {
-            let emails = keygate.emails(100).await?;
+            let page = keygate
+                .emails(&keygate::EmailQuery {
+                    limit: 100,
+                    ..keygate::EmailQuery::default()
+                })
+                .await?;
             if json {
-                output::print_json(out, &emails)?;
+                output::print_json(out, &page.items)?;
             } else {
-                for e in &emails {
-                    writeln!(
-                        out,
-                        "email_{}  {}  {}  {}  attempts {}{}",
-                        e.id,
-                        e.status.as_str(),
-                        e.recipient,
-                        e.subject,
-                        e.attempts,
-                        e.last_error
-                            .as_deref()
-                            .map_or(String::new(), |x| format!(" ({x})"))
-                    )?;
-                }
-                if emails.is_empty() {
-                    writeln!(out, "(no emails)")?;
-                }
+                emails::print_emails(out, &page.items)?;
             }
             return Ok(0);
         }

@@ -1,11 +1,18 @@
 //! The email sender: takes due emails from the durable outbox, sends them over SMTP (lettre;
-//! TLS by rustls on ring: `smtps://` or `smtp://...?tls=required` for STARTTLS), and records
-//! each attempt; failures are retried with the webhooks' backoff (1 s, 2 s, … up to an hour,
-//! 12 attempts). Delivery is at least once: a crash between the SMTP server's acceptance and
-//! the mark sends that one email again on restart (at most once more per crash, per email);
-//! its `Message-ID` (`<keygate-email-<id>@keygate>`) stays the same, so mail clients and
-//! deduplicating relays see one message.
+//! TLS by rustls on ring: `smtps://` or `smtp://...?tls=required` for STARTTLS, verified
+//! against the Mozilla roots plus `smtp_ca_file`'s certificates), and records each attempt;
+//! failures are retried with the webhooks' backoff (1 s, 2 s, … up to an hour, 12 attempts).
+//!
+//! **How duplicates are bounded.** Delivery is at least once: an email is marked sent only
+//! after the SMTP server accepted it, so a crash (or `kill -9`) between the acceptance and the
+//! mark sends it again when keygate starts — at most once more per crash, per email (a digest:
+//! per recipient). A mark that fails while the process lives (the database briefly
+//! unwritable) is retried from memory and the email is not sent again. Every send of an
+//! email carries the same `Message-ID` (`<keygate-email-<id>@keygate>`; a digest's is its
+//! first notice's), so mail clients and deduplicating relays show one message.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use keygate::core::Timestamp;
@@ -13,6 +20,7 @@ use keygate::core::email::{Email, EmailDelivery, digest};
 use keygate::core::webhook::retry_after_ms;
 use keygate::{Attempt, Keygate};
 use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 /// How long the SMTP server has, per email.
@@ -34,15 +42,22 @@ impl std::fmt::Debug for Mailer {
     }
 }
 
+/// What a malformed `smtp_url` is told (never the URL: it may hold a password).
+const SMTP_URL_FORMS: &str = "smtp_url: expected smtp://host:port, smtp://host:port?tls=required (STARTTLS) or smtps://host:port";
+
 impl Mailer {
     /// A mailer for `smtp_url` (`smtp://host:port`, `smtps://...`, `?tls=required` for
-    /// STARTTLS; credentials as `user:password@`) sending as `from`.
-    pub fn new(smtp_url: &str, from: &str) -> Result<Self, String> {
+    /// STARTTLS; credentials as `user:password@`) sending as `from`. `ca_file` (PEM) adds
+    /// root certificates the SMTP server's certificate may chain to (a private CA); it needs
+    /// a TLS URL. Certificates are always verified.
+    pub fn new(smtp_url: &str, from: &str, ca_file: Option<&Path>) -> Result<Self, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url)
-            .map_err(|_| "smtp_url: expected smtp://host:port or smtps://host:port".to_owned())?
-            .timeout(Some(TIMEOUT))
-            .build();
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url)
+            .map_err(|_| SMTP_URL_FORMS.to_owned())?;
+        if let Some(path) = ca_file {
+            builder = builder.tls(tls_with_root(smtp_url, path)?);
+        }
+        let transport = builder.timeout(Some(TIMEOUT)).build();
         let from = from
             .parse::<Mailbox>()
             .map_err(|e| format!("email_from: {e}"))?;
@@ -78,101 +93,217 @@ impl Mailer {
             .send(message)
             .await
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| error_text(&e))
     }
+}
+
+/// The TLS mode `smtp_url` asks for, trusting the certificates in the PEM file `path` as well
+/// as the Mozilla roots.
+fn tls_with_root(smtp_url: &str, path: &Path) -> Result<Tls, String> {
+    let url = reqwest::Url::parse(smtp_url).map_err(|_| SMTP_URL_FORMS.to_owned())?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| SMTP_URL_FORMS.to_owned())?
+        .to_owned();
+    let mode = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    let tls: fn(TlsParameters) -> Tls = match (url.scheme(), mode.as_deref()) {
+        ("smtps", _) => Tls::Wrapper,
+        ("smtp", Some("required")) => Tls::Required,
+        ("smtp", Some("opportunistic")) => Tls::Opportunistic,
+        _ => {
+            return Err("smtp_ca_file: smtp_url reaches the SMTP server without TLS; use smtps:// or smtp://...?tls=required".to_owned());
+        }
+    };
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("smtp_ca_file: cannot read {shown}: {e}"))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!("smtp_ca_file: {shown} holds no PEM certificate"));
+    }
+    let certificate = Certificate::from_pem(&pem)
+        .map_err(|_| format!("smtp_ca_file: {shown} is not a PEM certificate file"))?;
+    let parameters = TlsParameters::builder(host)
+        .add_root_certificate(certificate)
+        .build_rustls()
+        .map_err(|e| format!("smtp_ca_file: {shown}: {e}"))?;
+    Ok(tls(parameters))
+}
+
+/// An SMTP error and its causes (lettre's text holds them all), a part repeated by nested
+/// errors said once: "Connection error: invalid peer certificate: UnknownIssuer".
+fn error_text(error: &lettre::transport::smtp::Error) -> String {
+    let text = error.to_string();
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 /// Most digest notices read per round (a recipient's beyond these go in the next round's
 /// email).
 const DIGEST_BATCH: u32 = 5_000;
 
-/// Sends every email due now (at most `batch` single ones, and each recipient's due digest
-/// notices as one email), recording each attempt; returns how many emails were attempted.
+/// The sender's state between rounds: the mailer, and the attempts whose emails the SMTP
+/// server took but whose mark could not be written yet (written first next round; their
+/// emails are not sent again meanwhile).
+#[derive(Debug)]
+pub struct Sender {
+    mailer: Mailer,
+    unmarked: HashMap<i64, Attempt>,
+}
+
+impl Sender {
+    /// A sender through `mailer`.
+    pub fn new(mailer: Mailer) -> Self {
+        Self {
+            mailer,
+            unmarked: HashMap::new(),
+        }
+    }
+
+    /// Sends every email due now (at most `batch` single ones, and each recipient's due
+    /// digest notices as one email), recording each attempt; returns how many emails were
+    /// attempted.
+    pub async fn send_due(
+        &mut self,
+        keygate: &Keygate,
+        batch: u32,
+    ) -> Result<usize, keygate::Error> {
+        self.write_unmarked(keygate).await?;
+        let notices = keygate
+            .due_digest_notices(keygate.now(), DIGEST_BATCH)
+            .await?;
+        let mut digests = 0;
+        for group in notices.chunk_by(|a, b| a.recipient == b.recipient) {
+            if group.iter().any(|n| self.unmarked.contains_key(&n.id)) {
+                continue;
+            }
+            let refs: Vec<&EmailDelivery> = group.iter().collect();
+            let result = self
+                .mailer
+                .send_to(&group[0].recipient, &digest(&refs), group[0].id)
+                .await;
+            match &result {
+                Ok(()) => tracing::info!(notices = group.len(), "digest email sent"),
+                Err(error) => {
+                    tracing::warn!(notices = group.len(), %error, "digest email not sent");
+                }
+            }
+            let at = keygate.now();
+            let mut failed = None;
+            for notice in group {
+                if let Err(e) = self
+                    .mark(keygate, notice.id, attempt(notice, at, &result))
+                    .await
+                {
+                    failed.get_or_insert(e);
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            digests += 1;
+        }
+        let due = keygate.due_emails(keygate.now(), batch).await?;
+        let mut attempted = 0;
+        for email in &due {
+            if self.unmarked.contains_key(&email.id) {
+                continue;
+            }
+            let result = self.mailer.send(email).await;
+            match &result {
+                Ok(()) => tracing::info!(
+                    email_id = email.id,
+                    event_seq = email.event_seq,
+                    "email sent"
+                ),
+                Err(error) => {
+                    tracing::warn!(email_id = email.id, attempt = email.attempts + 1, %error, "email not sent");
+                }
+            }
+            self.mark(keygate, email.id, attempt(email, keygate.now(), &result))
+                .await?;
+            attempted += 1;
+        }
+        Ok(attempted + digests)
+    }
+
+    /// Records `attempt` at email `id`; a sent email whose mark fails is remembered, so that
+    /// it is marked later rather than sent again.
+    async fn mark(
+        &mut self,
+        keygate: &Keygate,
+        id: i64,
+        attempt: Attempt,
+    ) -> Result<(), keygate::Error> {
+        match keygate.finish_email(id, &attempt).await {
+            Ok(()) => Ok(()),
+            Err(e) if attempt.delivered => {
+                self.unmarked.insert(id, attempt);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the marks that failed before.
+    async fn write_unmarked(&mut self, keygate: &Keygate) -> Result<(), keygate::Error> {
+        let mut ids: Vec<i64> = self.unmarked.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(attempt) = self.unmarked.get(&id) {
+                keygate.finish_email(id, attempt).await?;
+                self.unmarked.remove(&id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The record of an attempt at `email` made at `at` with `result`.
+fn attempt(email: &EmailDelivery, at: Timestamp, result: &Result<(), String>) -> Attempt {
+    match result {
+        Ok(()) => Attempt {
+            at,
+            delivered: true,
+            status: None,
+            error: None,
+            next_attempt_at: None,
+        },
+        Err(error) => Attempt {
+            at,
+            delivered: false,
+            status: None,
+            error: Some(error.clone()),
+            next_attempt_at: retry_after_ms(email.attempts + 1)
+                .and_then(|ms| Timestamp::from_unix_ms(at.unix_ms() + ms)),
+        },
+    }
+}
+
+/// One round of a fresh [`Sender`] through `mailer` (tests and one-shot callers).
 pub async fn send_due(
     keygate: &Keygate,
     mailer: &Mailer,
     batch: u32,
 ) -> Result<usize, keygate::Error> {
-    let notices = keygate
-        .due_digest_notices(keygate.now(), DIGEST_BATCH)
-        .await?;
-    let mut digests = 0;
-    for group in notices.chunk_by(|a, b| a.recipient == b.recipient) {
-        let refs: Vec<&EmailDelivery> = group.iter().collect();
-        let result = mailer
-            .send_to(&group[0].recipient, &digest(&refs), group[0].id)
-            .await;
-        match &result {
-            Ok(()) => tracing::info!(notices = group.len(), "digest email sent"),
-            Err(error) => tracing::warn!(notices = group.len(), %error, "digest email not sent"),
-        }
-        let at = keygate.now();
-        for notice in group {
-            let attempt = match &result {
-                Ok(()) => Attempt {
-                    at,
-                    delivered: true,
-                    status: None,
-                    error: None,
-                    next_attempt_at: None,
-                },
-                Err(error) => Attempt {
-                    at,
-                    delivered: false,
-                    status: None,
-                    error: Some(error.clone()),
-                    next_attempt_at: retry_after_ms(notice.attempts + 1)
-                        .and_then(|ms| Timestamp::from_unix_ms(at.unix_ms() + ms)),
-                },
-            };
-            keygate.finish_email(notice.id, &attempt).await?;
-        }
-        digests += 1;
-    }
-    let due = keygate.due_emails(keygate.now(), batch).await?;
-    for email in &due {
-        let result = mailer.send(email).await;
-        let at = keygate.now();
-        let attempt = match result {
-            Ok(()) => Attempt {
-                at,
-                delivered: true,
-                status: None,
-                error: None,
-                next_attempt_at: None,
-            },
-            Err(error) => {
-                tracing::warn!(email_id = email.id, attempt = email.attempts + 1, %error, "email not sent");
-                Attempt {
-                    at,
-                    delivered: false,
-                    status: None,
-                    error: Some(error),
-                    next_attempt_at: retry_after_ms(email.attempts + 1)
-                        .and_then(|ms| Timestamp::from_unix_ms(at.unix_ms() + ms)),
-                }
-            }
-        };
-        if attempt.delivered {
-            tracing::info!(
-                email_id = email.id,
-                event_seq = email.event_seq,
-                "email sent"
-            );
-        }
-        keygate.finish_email(email.id, &attempt).await?;
-    }
-    Ok(due.len() + digests)
+    Sender::new(mailer.clone()).send_due(keygate, batch).await
 }
 
 /// Sends emails as they fall due, until the process ends.
 pub async fn run(keygate: Keygate, mailer: Mailer) {
+    let mut sender = Sender::new(mailer);
     loop {
-        match send_due(&keygate, &mailer, 50).await {
+        match sender.send_due(&keygate, 50).await {
             Ok(0) => tokio::time::sleep(Duration::from_millis(500)).await,
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the email outbox; retrying");
+                tracing::warn!(error = %e, "cannot read or write the email outbox; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

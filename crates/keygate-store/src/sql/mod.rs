@@ -7,12 +7,13 @@
 //! failed transaction (a full disk, a lost server) never poisons the next user of that
 //! connection.
 
+mod outbox;
 mod rows;
 
 use std::future::Future;
 
 use async_trait::async_trait;
-use keygate_core::email::{Contacts, EmailDelivery};
+use keygate_core::email::{Contacts, EmailDelivery, EmailRouting};
 use keygate_core::limits::{OwnerLimits, RateLimits};
 use keygate_core::switch::Usage;
 use keygate_core::webhook::{Delivery, Endpoint, EndpointPatch};
@@ -29,8 +30,8 @@ use rows::{Row, select_where};
 use crate::StoreError;
 use crate::accounts::{AdminSession, AdminUser, AttemptsPlan, SignInAttempts};
 use crate::query::{
-    Attempt, AuditPage, AuditQuery, Change, ImportedKey, ImportedKinds, LegacyCredential,
-    ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts,
+    Attempt, AuditPage, AuditQuery, Change, EmailPage, EmailQuery, ImportedKey, ImportedKinds,
+    LegacyCredential, ListQuery, Page, RetirePlan, RotationPlan, Spend, StatusCounts,
 };
 use crate::roles::{AdminAccounts, AuditLog, EmailOutbox, KeyStore, WebhookOutbox};
 
@@ -93,12 +94,27 @@ pub trait Backend: Send + Sync + std::fmt::Debug + Sized + 'static {
 pub struct SqlStore<B: Backend> {
     pool: Pool<B::Db>,
     backend: B,
+    /// Where emails link to and which operators get them (see
+    /// [`EmailOutbox::set_email_routing`]).
+    email_routing: std::sync::RwLock<std::sync::Arc<EmailRouting>>,
 }
 
 impl<B: Backend> SqlStore<B> {
     /// A store over an opened, migrated database.
     pub fn new(pool: Pool<B::Db>, backend: B) -> Self {
-        Self { pool, backend }
+        Self {
+            pool,
+            backend,
+            email_routing: std::sync::RwLock::default(),
+        }
+    }
+
+    /// The email routing in force (a snapshot: a change applies to later events).
+    fn email_routing(&self) -> std::sync::Arc<EmailRouting> {
+        self.email_routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The backend.
@@ -236,6 +252,8 @@ macro_rules! sql_impl {
             for<'r> rows::DeliveryRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::EndpointRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::EmailRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> rows::EmailTargetRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'q> Option<bool>: sqlx::Decode<'q, B::Db> + sqlx::Type<B::Db>,
             for<'r> (String, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> rows::AdminUserRow: sqlx::FromRow<'r, <B::Db as Database>::Row>,
@@ -346,8 +364,9 @@ sql_impl! {
             Ok(seq)
         }
 
-        /// Queues event `seq`'s email for each contact of the owner of key `key_id`, inside
-        /// `tx` (none if the key has no owner, or the owner no contacts).
+        /// Queues event `seq`'s email, inside `tx`, for each contact of the owner of key
+        /// `key_id` and each operator of the event's type (an address in both roles once;
+        /// see [`keygate_core::email::recipients`]).
         async fn queue_emails(
             &self,
             tx: &mut WriteTx<B::Db>,
@@ -355,40 +374,60 @@ sql_impl! {
             seq: i64,
             key_id: &KeyId,
         ) -> Result<(), StoreError> {
-            let found: Option<(String, String, bool)> = sqlx::query_as(
-                "SELECT k.name, o.emails, o.digest FROM keys k \
-                 JOIN owners o ON o.owner = k.owner WHERE k.id = $1",
+            let routing = self.email_routing();
+            let found: Option<rows::EmailTargetRow> = sqlx::query_as(
+                "SELECT k.name, k.owner, o.emails, o.digest FROM keys k \
+                 LEFT JOIN owners o ON o.owner = k.owner WHERE k.id = $1",
             )
             .bind(key_id.as_str().to_owned())
             .fetch_optional(tx.conn())
             .await
             .map_err(backend)?;
-            let Some((name, emails, digest)) = found else {
+            let (name, owner, contacts) = match found {
+                Some(row) => {
+                    let contacts = Contacts {
+                        emails: match &row.emails {
+                            Some(text) => serde_json::from_str(text)
+                                .map_err(|_| StoreError::Corrupt("owner emails".into()))?,
+                            None => Vec::new(),
+                        },
+                        digest: row.digest.unwrap_or(false),
+                    };
+                    (row.name, row.owner, contacts)
+                }
+                None => (key_id.as_str().to_owned(), None, Contacts::default()),
+            };
+            let recipients =
+                keygate_core::email::recipients(event.kind, &contacts, &routing.operators);
+            if recipients.is_empty() {
                 return Ok(());
-            };
-            // A digest notice waits for the next 00:00 UTC.
-            let due = if digest {
-                keygate_core::email::digest_due(event.at)
-            } else {
-                event.at
-            };
-            let emails: Vec<String> = serde_json::from_str(&emails)
-                .map_err(|_| StoreError::Corrupt("owner emails".into()))?;
+            }
             let mut stored = event.clone();
             stored.seq = seq;
-            let email = keygate_core::email::message(&stored, &name, None);
-            for recipient in emails {
+            let email =
+                keygate_core::email::message(&stored, &name, routing.public_url.as_deref());
+            for recipient in recipients {
+                // A digest notice waits for the next 00:00 UTC.
+                let due = if recipient.digest {
+                    keygate_core::email::digest_due(event.at)
+                } else {
+                    event.at
+                };
                 self.exec(tx, sqlx::query(
-                    "INSERT INTO email_deliveries (event_seq, recipient, subject, body_text, \
-                     body_html, next_attempt_at, digest) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO email_deliveries (event_seq, event, key_id, owner, recipient, \
+                     subject, body_text, body_html, next_attempt_at, digest) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(seq)
-                .bind(recipient)
+                .bind(event.kind.as_str().to_owned())
+                .bind(key_id.as_str().to_owned())
+                .bind(owner.clone())
+                .bind(recipient.address)
                 .bind(email.subject.clone())
                 .bind(email.text.clone())
                 .bind(email.html.clone())
                 .bind(due.unix_ms())
-                .bind(digest))
+                .bind(recipient.digest))
                 .await?;
             }
             Ok(())
@@ -1195,36 +1234,18 @@ sql_impl! {
             now: Timestamp,
             limit: u32,
         ) -> Result<Vec<Delivery>, StoreError> {
-            let found: Vec<rows::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                 AND e.enabled = TRUE ORDER BY d.id LIMIT $2",
-                rows::DELIVERY_COLUMNS
-            )))
-            .bind(now.unix_ms())
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
+            let found: Vec<rows::DeliveryRow> = outbox::WEBHOOKS
+                .due::<B::Db>(now, " AND e.enabled = TRUE", "d.id", limit)
+                .build_query_as()
+                .fetch_all(self.pool())
+                .await
+                .map_err(backend)?;
             found.into_iter().map(Delivery::try_from).collect()
         }
 
         async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
-            let status = attempt.outcome();
-            in_write!(self, |tx| {
-                self.exec(tx, sqlx::query(
-                    "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
-                     last_status = $2, last_error = $3, \
-                     next_attempt_at = COALESCE($4, next_attempt_at), \
-                     delivered_at = $5 WHERE id = $6 AND status = 'pending'",
-                )
-                .bind(status.as_str().to_owned())
-                .bind(attempt.status.map(i32::from))
-                .bind(attempt.error.clone())
-                .bind(time(attempt.next_attempt_at))
-                .bind(attempt.delivered.then(|| attempt.at.unix_ms()))
-                .bind(id))
-                .await
-            })
+            let mut update = outbox::WEBHOOKS.finish::<B::Db>(id, attempt);
+            in_write!(self, |tx| self.exec(tx, update.build()).await)
         }
 
         async fn list_deliveries(
@@ -1232,15 +1253,12 @@ sql_impl! {
             endpoint_id: &str,
             limit: u32,
         ) -> Result<Vec<Delivery>, StoreError> {
-            let found: Vec<rows::DeliveryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {} WHERE d.endpoint_id = $1 ORDER BY d.id DESC LIMIT $2",
-                rows::DELIVERY_COLUMNS
-            )))
-            .bind(endpoint_id.to_owned())
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
+            let found: Vec<rows::DeliveryRow> = outbox::WEBHOOKS
+                .page::<B::Db>(vec![("d.endpoint_id", endpoint_id.to_owned())], None, limit)
+                .build_query_as()
+                .fetch_all(self.pool())
+                .await
+                .map_err(backend)?;
             found.into_iter().map(Delivery::try_from).collect()
         }
     }
@@ -1249,6 +1267,13 @@ sql_impl! {
 sql_impl! {
     #[async_trait]
     impl EmailOutbox {
+        fn set_email_routing(&self, routing: EmailRouting) {
+            *self
+                .email_routing
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(routing);
+        }
+
         async fn set_owner(
             &self,
             owner: &str,
@@ -1302,16 +1327,12 @@ sql_impl! {
         }
 
         async fn due_emails(&self, now: Timestamp, limit: u32) -> Result<Vec<EmailDelivery>, StoreError> {
-            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {} WHERE status = 'pending' AND next_attempt_at <= $1 AND digest = FALSE \
-                 ORDER BY id LIMIT $2",
-                rows::EMAIL_COLUMNS
-            )))
-            .bind(now.unix_ms())
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
+            let found: Vec<rows::EmailRow> = outbox::EMAILS
+                .due::<B::Db>(now, " AND digest = FALSE", "id", limit)
+                .build_query_as()
+                .fetch_all(self.pool())
+                .await
+                .map_err(backend)?;
             found.into_iter().map(EmailDelivery::try_from).collect()
         }
 
@@ -1320,46 +1341,49 @@ sql_impl! {
             now: Timestamp,
             limit: u32,
         ) -> Result<Vec<EmailDelivery>, StoreError> {
-            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {} WHERE status = 'pending' AND next_attempt_at <= $1 AND digest = TRUE \
-                 ORDER BY recipient, id LIMIT $2",
-                rows::EMAIL_COLUMNS
-            )))
-            .bind(now.unix_ms())
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
+            let found: Vec<rows::EmailRow> = outbox::EMAILS
+                .due::<B::Db>(now, " AND digest = TRUE", "recipient, id", limit)
+                .build_query_as()
+                .fetch_all(self.pool())
+                .await
+                .map_err(backend)?;
             found.into_iter().map(EmailDelivery::try_from).collect()
         }
 
         async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
-            let status = attempt.outcome();
-            in_write!(self, |tx| {
-                self.exec(tx, sqlx::query(
-                    "UPDATE email_deliveries SET status = $1, attempts = attempts + 1, \
-                     last_error = $2, next_attempt_at = COALESCE($3, next_attempt_at), \
-                     sent_at = $4 WHERE id = $5 AND status = 'pending'",
-                )
-                .bind(status.as_str().to_owned())
-                .bind(attempt.error.clone())
-                .bind(time(attempt.next_attempt_at))
-                .bind(attempt.delivered.then(|| attempt.at.unix_ms()))
-                .bind(id))
-                .await
-            })
+            let mut update = outbox::EMAILS.finish::<B::Db>(id, attempt);
+            in_write!(self, |tx| self.exec(tx, update.build()).await)
         }
 
-        async fn list_emails(&self, limit: u32) -> Result<Vec<EmailDelivery>, StoreError> {
-            let found: Vec<rows::EmailRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {} ORDER BY id DESC LIMIT $1",
-                rows::EMAIL_COLUMNS
-            )))
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
-            found.into_iter().map(EmailDelivery::try_from).collect()
+        async fn list_emails(&self, query: &EmailQuery) -> Result<EmailPage, StoreError> {
+            let size = query.page_size();
+            let mut filters = Vec::new();
+            if let Some(status) = query.status {
+                filters.push(("status", status.as_str().to_owned()));
+            }
+            if let Some(recipient) = &query.recipient {
+                filters.push(("LOWER(recipient)", recipient.trim().to_ascii_lowercase()));
+            }
+            if let Some(owner) = &query.owner {
+                filters.push(("owner", owner.clone()));
+            }
+            let found: Vec<rows::EmailRow> = outbox::EMAILS
+                .page::<B::Db>(filters, query.cursor_id()?, size + 1)
+                .build_query_as()
+                .fetch_all(self.pool())
+                .await
+                .map_err(backend)?;
+            let mut items = found
+                .into_iter()
+                .map(EmailDelivery::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            let next_cursor = if items.len() > size as usize {
+                items.truncate(size as usize);
+                items.last().map(|e| e.id.to_string())
+            } else {
+                None
+            };
+            Ok(EmailPage { items, next_cursor })
         }
     }
 }

@@ -687,15 +687,20 @@ impl TryFrom<AttemptsRow> for crate::SignInAttempts {
 }
 
 /// Columns of [`EmailRow`].
-pub(crate) const EMAIL_COLUMNS: &str = "id, event_seq, recipient, subject, body_text, body_html, \
-    status, attempts, next_attempt_at, last_error, sent_at FROM email_deliveries";
+pub(crate) const EMAIL_COLUMNS: &str = "id, event_seq, event, key_id, owner, recipient, digest, \
+    subject, body_text, body_html, status, attempts, next_attempt_at, last_error, sent_at \
+    FROM email_deliveries";
 
 /// An email outbox row.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct EmailRow {
     id: i64,
     event_seq: i64,
+    event: String,
+    key_id: Option<String>,
+    owner: Option<String>,
     recipient: String,
+    digest: bool,
     subject: String,
     body_text: String,
     body_html: String,
@@ -721,11 +726,27 @@ impl TryFrom<EmailRow> for keygate_core::email::EmailDelivery {
             },
             id: r.id,
             event_seq: r.event_seq,
+            // A type this version does not know (written by a newer one) is shown as such.
+            event: keygate_core::EventKind::parse(&r.event)
+                .unwrap_or(keygate_core::EventKind::Undecodable),
+            key_id: r.key_id,
+            owner: r.owner,
             recipient: r.recipient,
+            digest: r.digest,
             subject: r.subject,
             text: r.body_text,
             html: r.body_html,
             last_error: r.last_error,
         })
     }
+}
+
+/// Who gets an event's emails about a key: the key's name and owner, and the owner's contacts
+/// if it has a record.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EmailTargetRow {
+    pub(crate) name: String,
+    pub(crate) owner: Option<String>,
+    pub(crate) emails: Option<String>,
+    pub(crate) digest: Option<bool>,
 }
