@@ -38,6 +38,7 @@
 //! metrics_require_key = false   # /metrics only for a key with keygate:read or keygate:admin
 //! allow_private_webhooks = false     # webhooks may target loopback/private addresses
 //! redis = "redis://127.0.0.1:6379/0"  # share rate-limit counts between nodes
+//! redis_timeout = "100ms"        # no answer by then: count in this process until it answers
 //! trusted_proxies = ["10.0.0.0/8"]    # believe these proxies' X-Forwarded-For entries
 //! [gateway]             # keygate gateway's table (keygate_gateway::GatewayConfig reads it)
 //! ```
@@ -62,6 +63,9 @@ pub const DEFAULT_DATABASE: &str = "sqlite://keygate.db";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default connection cap of `keygate serve` (lowered to fit the open-file limit).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// How long a node waits for Redis before deciding rate limits on its own.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What the configuration file may say. Unknown keys are an error, not a silent typo.
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +104,7 @@ struct FileConfig {
     metrics_require_key: Option<bool>,
     allow_private_webhooks: Option<bool>,
     redis: Option<String>,
+    redis_timeout: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     /// `keygate gateway`'s table: read by keygate-gateway, ignored here.
     #[serde(rename = "gateway")]
@@ -162,6 +167,8 @@ pub struct Settings {
     pub allow_private_webhooks: bool,
     /// Rate-limit counts shared through this Redis; `None`: counted in this process.
     pub redis: Option<String>,
+    /// How long to wait for Redis before deciding locally (degraded).
+    pub redis_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` entries are believed for IP allowlists.
     pub trusted_proxies: Option<IpAllowlist>,
 }
@@ -364,8 +371,15 @@ impl Settings {
             ),
             (None, None) => None,
         };
+        let redis_timeout = match (cli.redis_timeout, file.redis_timeout) {
+            (Some(v), _) => v,
+            (None, Some(text)) => keygate_gateway::config::parse_duration(&text)
+                .map_err(|e| Failure::Config(format!("config file: redis_timeout: {e}")))?,
+            (None, None) => DEFAULT_REDIS_TIMEOUT,
+        };
         Ok(Self {
             redis: cli.redis.clone().or(file.redis),
+            redis_timeout,
             trusted_proxies,
             connections,
             body_read_timeout,

@@ -87,6 +87,7 @@ pub async fn long_running(settings: &Settings, clock: Arc<dyn Clock>) -> Result<
         Some(url) => keygate::limits::Limiter::Redis(
             keygate::limits::RedisLimiter::builder(url.clone())
                 .clock(clock.clone())
+                .timeout(settings.redis_timeout)
                 .connect()
                 .await
                 .map_err(|e| Failure::Config(format!("redis: {e}")))?,

@@ -33,6 +33,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "KEYGATE_REDIS", value_name = "URL")]
     pub redis: Option<String>,
 
+    /// `serve`/`gateway`: how long to wait for Redis before counting in this process
+    /// (degraded) until it answers again, e.g. 250ms [default: 100ms].
+    #[arg(long, global = true, env = "KEYGATE_REDIS_TIMEOUT", value_name = "DURATION", value_parser = keygate_gateway::config::parse_duration)]
+    pub redis_timeout: Option<std::time::Duration>,
+
     /// `serve`/`gateway`: proxies (addresses or networks, comma-separated) whose
     /// `X-Forwarded-For` entries are believed when finding a client's address for IP
     /// allowlists [default: none; the socket peer is the client].

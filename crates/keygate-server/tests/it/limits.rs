@@ -285,8 +285,12 @@ fn two_nodes_share_one_rate_limit_through_redis_and_credits_stay_exact() {
     let database = keygate_testkit::postgres::fresh_url();
     let redis = std::env::var("KEYGATE_TEST_REDIS").expect("KEYGATE_TEST_REDIS");
     let dir = tempfile::tempdir().unwrap();
-    let a = App::on_url(&database, &["--redis", &redis], dir.path().join("a"));
-    let b = App::on_url(&database, &["--redis", &redis], dir.path().join("b"));
+    // A generous Redis timeout: on a loaded machine a reply can take more than the default
+    // 100 ms, and a node that stops waiting counts on its own (limits per node), which this
+    // test is not about (see crates/keygate/tests/limits for that).
+    let shared = ["--redis", redis.as_str(), "--redis-timeout", "5s"];
+    let a = App::on_url(&database, &shared, dir.path().join("a"));
+    let b = App::on_url(&database, &shared, dir.path().join("b"));
     for node in [&a, &b] {
         let ready = node.send("GET", "/readyz", None, None).expect(200);
         assert_eq!(ready["rate_limits"], "shared", "{ready}");
