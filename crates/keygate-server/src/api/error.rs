@@ -97,7 +97,15 @@ pub fn too_large() -> ApiError {
     ))
 }
 
+/// A request's whole body, as the tracking middleware received it (so that a handler takes
+/// it as it is instead of collecting the body a second time).
+#[derive(Debug, Clone)]
+pub(crate) struct ReceivedBody(pub(crate) Bytes);
+
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    if let Some(ReceivedBody(bytes)) = req.extensions().get::<ReceivedBody>() {
+        return Ok(bytes.clone());
+    }
     let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large()
