@@ -15,7 +15,8 @@
 #     ROUNDS (default 5) rounds, SECONDS (default 5) per case per round, the order alternating
 #     (u-l, l-u, ...) so that drift of this shared machine hits both alike; the ratio l/u is
 #     taken within a round and the median over rounds reported, with both nodes' CPU time per
-#     request (from /proc) and Redis' if its process can be read.
+#     request (from /proc; steal time does not inflate it, so u/l by CPU is the steadier
+#     ratio on a shared machine) and Redis' if its process can be read.
 # (ii) Overshoot: a fresh key limited to LIMIT (default 1000) per WINDOW_SECS (default 10) is
 #     offered RATE (default 1000) requests/s, alternating between the nodes, for WINDOWS
 #     (default 4) windows, by the paced driver (keygate-server's `pace_verify` example: an
@@ -172,23 +173,25 @@ grep -h -i 'redis' "$WORK"/serve-*.log | grep -v -i 'listening' | head -5 >&2 ||
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo
 if [ "$ROUNDS" -gt 0 ]; then
-printf "%-44s %9s %8s %10s %11s %-26s\n" case "req/s" "p99 ms" "nodes µs" "Redis µs" "l/u (per round)"
+printf "%-38s %8s %8s %9s %9s %-28s %-28s\n" case "req/s" "p99 ms" "nodes µs" "Redis µs" "l/u (per round)" "u/l by CPU (per round)"
 for k in u l; do
     case $k in
         u) label="(u) /v1/verify, key without limits";;
         l) label="(l) /v1/verify, key limited 1e9/1m";;
     esac
-    rps=(); p99=(); cpu=(); rcpu=(); ratios=()
+    rps=(); p99=(); cpu=(); rcpu=(); ratios=(); cpu_ratios=()
     for round in $(seq "$ROUNDS"); do
         read -r r c rc l99 <<<"${RESULT[$k$round]}"
-        read -r ru _ _ _ <<<"${RESULT[u$round]}"
+        read -r ru cu _ _ <<<"${RESULT[u$round]}"
         rps+=("$r"); cpu+=("$c"); rcpu+=("$rc"); p99+=("$l99")
         ratios+=("$(awk -v x="$r" -v u="$ru" 'BEGIN { printf "%.2f", x / u }')")
+        cpu_ratios+=("$(awk -v x="$c" -v u="$cu" 'BEGIN { printf "%.2f", u / x }')")
     done
-    printf "%-44s %9s %8s %10s %11s %-26s\n" "$label" \
+    printf "%-38s %8s %8s %9s %9s %-28s %-28s\n" "$label" \
         "$(printf '%s\n' "${rps[@]}" | median)" "$(printf '%s\n' "${p99[@]}" | median)" \
         "$(printf '%s\n' "${cpu[@]}" | median)" "$(printf '%s\n' "${rcpu[@]}" | median)" \
-        "$(printf '%.2f' "$(printf '%s\n' "${ratios[@]}" | median)") (${ratios[*]})"
+        "$(printf '%.2f' "$(printf '%s\n' "${ratios[@]}" | median)") (${ratios[*]})" \
+        "$(printf '%.2f' "$(printf '%s\n' "${cpu_ratios[@]}" | median)") (${cpu_ratios[*]})"
 done
 echo "(medians of $ROUNDS rounds of ${DURATION}s; nodes pinned: ${PIN_SERVER[*]:-no}; wrk: ${PIN_CLIENT[*]:-no}; CPU µs per request: both nodes, and Redis ($([ -n "$REDIS_PID" ] && echo "pid $REDIS_PID" || echo "not readable: 0")); Redis round trips over all rounds: $TRIPS)"
 echo

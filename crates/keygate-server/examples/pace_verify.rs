@@ -107,28 +107,48 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> std::io::Result<(u16, Vec<
     Ok((status, body))
 }
 
+/// A new connection to `addr`.
+async fn connect(addr: &str) -> std::io::Result<Conn> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(BufReader::new(stream))
+}
+
+/// Requests sent again on a new connection because the pooled one had been closed by the
+/// server while idle (its keep-alive timeout) before any answer was read.
+static RETRIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One paced request: a pooled connection (or a new one), the exchange, the outcome.
 async fn one(node: usize, addr: String, pool: Arc<Pool>, request: Arc<Vec<u8>>) -> Sample {
     let taken = pool.0.lock().unwrap().pop();
     let sent_ms = wall_ms();
-    let mut conn = match taken {
-        Some(conn) => conn,
-        None => match TcpStream::connect(&addr).await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                BufReader::new(stream)
-            }
-            Err(e) => {
-                return Sample {
-                    node,
-                    sent_ms,
-                    done_ms: wall_ms(),
-                    code: Code::Other(format!("connect: {}", e.kind())),
-                };
-            }
+    let failed = |why: String| Sample {
+        node,
+        sent_ms,
+        done_ms: wall_ms(),
+        code: Code::Other(why),
+    };
+    let (mut conn, reused) = match taken {
+        Some(conn) => (conn, true),
+        None => match connect(&addr).await {
+            Ok(conn) => (conn, false),
+            Err(e) => return failed(format!("connect: {}", e.kind())),
         },
     };
-    let answer = exchange(&mut conn, &request).await;
+    let mut answer = exchange(&mut conn, &request).await;
+    if reused
+        && answer
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
+    {
+        // The server closed it while it sat in the pool: the request was never read.
+        RETRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        conn = match connect(&addr).await {
+            Ok(conn) => conn,
+            Err(e) => return failed(format!("connect: {}", e.kind())),
+        };
+        answer = exchange(&mut conn, &request).await;
+    }
     let done_ms = wall_ms();
     let code = match answer {
         Ok((200, body)) => {
@@ -389,6 +409,12 @@ async fn main() {
         pick(0.99),
         latencies.last().copied().unwrap_or(0)
     );
+    let retried = RETRIED.load(std::sync::atomic::Ordering::Relaxed);
+    if retried > 0 {
+        println!(
+            "{retried} requests met a pooled connection the server had closed while idle and were sent again on a new one"
+        );
+    }
     for (why, n) in &others {
         println!("other answers: {n} × {why}");
     }
