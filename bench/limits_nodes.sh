@@ -164,6 +164,12 @@ echo "(ii) overshoot: $LIMIT per ${WINDOW}s, $RATE/s offered over both nodes, $S
 KEYGATE_BENCH_VERIFIER="$VERIFIER" KEYGATE_BENCH_KEY="$PACED" "${PIN_CLIENT[@]}" "$PACE" \
     "127.0.0.1:$PORT_A,127.0.0.1:$PORT_B" "$RATE" "$SLOTS" "$LIMIT" "$WINDOW" | tee "$WORK/pace.txt"
 PACE_TRIPS=$(( $(round_trips $PORT_A) + $(round_trips $PORT_B) - TRIPS_BEFORE ))
+# Decisions a node made on its own because Redis did not answer within redis_timeout (each one
+# can let the limit become per node): 0 means every decision above was shared.
+metric_sum() { for port in $PORT_A $PORT_B; do curl -s "http://127.0.0.1:$port/metrics"; done |
+    awk -v m="$1" '$1 == m { n += $2 } END { print n + 0 }'; }
+DEGRADED=$(metric_sum keygate_ratelimit_degraded_decisions_total)
+REDIS_ERRORS=$(metric_sum keygate_ratelimit_redis_errors_total)
 for port in $PORT_A $PORT_B; do
     curl -s "http://127.0.0.1:$port/metrics" | grep -q '^keygate_ratelimit_redis_up 1' ||
         echo "warning: the node on $port is not sharing through Redis now" >&2
@@ -202,3 +208,4 @@ for field in overshoot_pct sliding_pct admitted refused other straddling; do
     printf "%-44s %s\n" "  $field" "$(tr ' ' '\n' <<<"$summary" | awk -F= -v f="$field" '$1 == f { print $2 }')"
 done
 printf "%-44s %s\n" "  Redis round trips while pacing" "$PACE_TRIPS"
+printf "%-44s %s\n" "  Redis errors / decisions made without Redis" "$REDIS_ERRORS / $DEGRADED (whole run)"
