@@ -10,9 +10,11 @@
 //!   JSON). Values are percent-encoded UTF-8: every byte that is not visible ASCII, and `%`
 //!   itself, is written `%XX`, so decoding (Python's `urllib.parse.unquote`) is always right.
 //! - `Forwarded`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP`
-//!   from the client are replaced by the gateway's own, naming the socket peer.
+//!   from the client are replaced by the gateway's own, naming the client: the socket peer, or
+//!   behind `trusted_proxies` the address found in their `X-Forwarded-For` (the one IP
+//!   allowlists are checked against; never an entry the client could forge).
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use keygate::ApiKey;
@@ -148,9 +150,9 @@ pub fn encoded(text: &str) -> HeaderValue {
 }
 
 /// Replaces any forwarding headers from the client with the gateway's: `Forwarded`,
-/// `X-Forwarded-For` (the socket peer), `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host`
-/// (the client's `Host`, when it has one).
-pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+/// `X-Forwarded-For` (`client`), `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host` (the
+/// client's `Host`, when it has one).
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     for name in [
         FORWARDED,
         X_FORWARDED_FOR,
@@ -160,7 +162,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     ] {
         headers.remove(name);
     }
-    let ip = peer.ip().to_canonical();
+    let ip = client.to_canonical();
     let host = headers
         .get(header::HOST)
         .filter(|h| h.as_bytes().iter().all(u8::is_ascii_graphic))
@@ -336,7 +338,7 @@ mod tests {
             ("x-real-ip", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, "10.1.2.3:5555".parse().unwrap());
+        set_forwarded(&mut h, "10.1.2.3".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
@@ -348,7 +350,7 @@ mod tests {
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
 
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "[::1]:80".parse().unwrap());
+        set_forwarded(&mut h, "::1".parse().unwrap());
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
         assert!(h.get("x-forwarded-host").is_none());
     }

@@ -119,6 +119,7 @@ impl Gateway {
                 client,
                 response_timeout: config.response_timeout,
                 metrics,
+                verifier: keygate.verifier().clone(),
             }),
             keygate,
             limits: accept::Limits {

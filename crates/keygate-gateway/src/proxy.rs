@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use keygate::{CredentialSource, KeygateLayer, Problem, ProblemCode};
+use keygate::{CredentialSource, KeygateLayer, Problem, ProblemCode, Verifier};
 
 use crate::accept::Tracker;
 use crate::body::{AccessLog, ResponseBody};
@@ -32,6 +32,8 @@ pub(crate) struct Proxy {
     pub(crate) client: Client<HttpConnector, Incoming>,
     pub(crate) response_timeout: Duration,
     pub(crate) metrics: Arc<Metrics>,
+    /// Finds the client's address behind trusted proxies, as the key checks do.
+    pub(crate) verifier: Verifier,
 }
 
 /// A route and the layer that checks its keys (`None`: public).
@@ -87,13 +89,21 @@ impl Proxy {
         let upgrade = headers::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
+        let client = self.verifier.client_address(
+            peer.ip(),
+            parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
         let query =
             keygate::credentials::strip(&mut parts.headers, parts.uri.query(), &self.sources);
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         headers::remove_keygate_headers(&mut parts.headers);
         // The gateway answers `Expect: 100-continue` itself, as it starts reading the body.
         parts.headers.remove(header::EXPECT);
-        headers::set_forwarded(&mut parts.headers, peer);
+        headers::set_forwarded(&mut parts.headers, client);
         if let Some(admitted) = &admitted {
             headers::add_identity(
                 &mut parts.headers,

@@ -1,10 +1,12 @@
 //! An owner's page: the rate limits all of its keys share (set here by a key admin), its
-//! email contacts (with a link to their email log) and its keys.
+//! email contacts (with a link to their email log), the usage of all its keys (chart,
+//! headroom, credits) and its keys.
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use keygate::ListQuery;
+use keygate::core::KeyRecord;
 use keygate::core::limits::RateLimits;
+use keygate::{ListQuery, MAX_PAGE_SIZE};
 use maud::html;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
@@ -14,7 +16,9 @@ use super::{Admin, Posted, UiError};
 use crate::api::AppState;
 
 /// Most keys listed on an owner's page (the keys list, searched by owner, has them all).
-const KEYS_SHOWN: u32 = 50;
+const KEYS_SHOWN: usize = 50;
+/// Most keys read to add up an owner's credits (pages of [`MAX_PAGE_SIZE`]).
+const KEYS_READ: usize = 10 * MAX_PAGE_SIZE as usize;
 
 /// The path of `owner`'s page.
 pub fn path(owner: &str) -> String {
@@ -38,14 +42,13 @@ pub async fn show(
     let now = app.keygate.now();
     let limits = app.keygate.owner(&owner).await?;
     let contacts = app.keygate.owner_contacts(&owner).await?;
-    let mut query = ListQuery::new(now);
-    query.owner = Some(owner.clone());
-    query.limit = KEYS_SHOWN;
-    let keys = app.keygate.list(query).await?;
-    let shared = limits
+    let (keys, complete) = keys_of(&app, &owner).await?;
+    let rate = limits
         .as_ref()
-        .map(|l| l.rate_limits.to_string())
+        .map(|l| l.rate_limits.clone())
         .unwrap_or_default();
+    let shared = rate.to_string();
+    let usage = super::usage::owner_section(&app, &owner, &rate, &keys, complete).await;
     let body = html! {
         div.grid {
             section.card aria-labelledby="limits" {
@@ -81,22 +84,40 @@ pub async fn show(
             }
             section.card aria-labelledby="keys" {
                 h2 #keys { "Keys" }
-                @if keys.items.is_empty() { p.empty { "No keys name this owner." } }
+                @if keys.is_empty() { p.empty { "No keys name this owner." } }
                 @else {
                     ul {
-                        @for key in &keys.items {
+                        @for key in keys.iter().take(KEYS_SHOWN) {
                             li { (views::key_link(&key.id)) " " (key.name) " " (views::status_badge(key.status(now))) }
                         }
                     }
-                    @if keys.next_cursor.is_some() {
+                    @if keys.len() > KEYS_SHOWN {
                         p { a href={ "/admin/keys?q=" (utf8_percent_encode(&owner, NON_ALPHANUMERIC)) } { "All keys of this owner" } }
                     }
                 }
             }
         }
+        (usage)
     };
     let title = format!("Owner {owner}");
     Ok(views::page(admin.page(&app, Nav::Keys).await, &title, body).into_response())
+}
+
+/// `owner`'s keys, up to [`KEYS_READ`]; and whether that is all of them.
+async fn keys_of(app: &AppState, owner: &str) -> Result<(Vec<KeyRecord>, bool), keygate::Error> {
+    let mut query = ListQuery::new(app.keygate.now());
+    query.owner = Some(owner.to_owned());
+    query.limit = MAX_PAGE_SIZE;
+    let mut keys = Vec::new();
+    loop {
+        let page = app.keygate.list(query.clone()).await?;
+        keys.extend(page.items);
+        match page.next_cursor {
+            None => return Ok((keys, true)),
+            Some(_) if keys.len() >= KEYS_READ => return Ok((keys, false)),
+            Some(cursor) => query.cursor = Some(cursor),
+        }
+    }
 }
 
 /// The owner form's field.

@@ -1,10 +1,11 @@
-//! The usage section of the key page: the last 7 days of requests per hour as a chart
-//! ([`chart`](super::chart)), beside it the key's credit balance and the headroom left in each
-//! of its rate limits, and under it the same week by day as a table (readable without the
-//! chart).
+//! The usage section of the key and owner pages: the last 7 days of requests per hour as a
+//! chart ([`chart`](super::chart)), beside it the credit balance and the headroom left in
+//! each rate limit, and under it the same week by day as a table (readable without the chart).
+//! An owner's section adds up all of its keys: their requests, and their credits.
 
+use keygate::core::limits::{Decision, RateLimits};
 use keygate::core::usage::{Bucket, UsageBucket, UsageCounts, UsageRange, roll_up};
-use keygate::core::{KeyRecord, Timestamp};
+use keygate::core::{KeyRecord, Status, Timestamp};
 use keygate::limits::Subject;
 use keygate::usage::UsageOf;
 use maud::{Markup, PreEscaped, html};
@@ -68,43 +69,51 @@ pub fn days_table(hours: &[UsageBucket], now: Timestamp) -> Markup {
     }
 }
 
-/// The usage section of `record`'s page; if the usage cannot be read, the section says so
-/// (the rest of the page still shows).
-pub async fn key_section(app: &AppState, record: &KeyRecord) -> Markup {
-    let now = app.keygate.now();
-    let range = UsageRange::new(None, None, Bucket::Hour, now);
-    let hours = match app.keygate.usage(UsageOf::Key(&record.id), &range).await {
-        Ok(hours) => hours,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read usage for the key page");
-            return html! {
-                section.card #key-usage aria-labelledby="usage" {
-                    h2 #usage { "Usage, last 7 days" }
-                    p.error role="alert" { "Usage cannot be read right now: the key store is unavailable." }
-                }
-            };
+/// The week of hours of `of`, or the section saying they cannot be read.
+async fn week(app: &AppState, of: UsageOf<'_>, section: &str) -> Result<Vec<UsageBucket>, Markup> {
+    let range = UsageRange::new(None, None, Bucket::Hour, app.keygate.now());
+    app.keygate.usage(of, &range).await.map_err(|e| {
+        tracing::warn!(error = %e, "could not read usage for an admin page");
+        html! {
+            section.card #(section) aria-labelledby="usage" {
+                h2 #usage { "Usage, last 7 days" }
+                p.error role="alert" { "Usage cannot be read right now: the key store is unavailable." }
+            }
         }
-    };
-    let limit = chart::hourly_limit(&record.limits.rate);
-    let svg = chart::usage_svg("usage-chart", &hours, limit.as_ref());
+    })
+}
+
+/// What is left of `limits` for `subject` on this node, spending nothing (a check of cost 0:
+/// from the counts this node holds, no round trip); `None` without limits.
+async fn headroom(app: &AppState, subject: &Subject, limits: &RateLimits) -> Option<Decision> {
+    if limits.is_empty() {
+        return None;
+    }
+    let limiter = app.keygate.verifier().limiter();
+    Some(
+        limiter
+            .check(&[(subject, limits)], 0, app.keygate.now())
+            .await,
+    )
+}
+
+/// The section: chart, totals, `credits`, headroom, the table by day.
+fn section(
+    section_id: &str,
+    hours: &[UsageBucket],
+    limits: &RateLimits,
+    credits: Markup,
+    headroom: Option<&Decision>,
+    now: Timestamp,
+) -> Markup {
+    let limit = chart::hourly_limit(limits);
+    let svg = chart::usage_svg("usage-chart", hours, limit.as_ref());
     let mut total = UsageCounts::default();
-    for b in &hours {
+    for b in hours {
         total.merge(&b.counts);
     }
-    // Headroom: a check of cost 0 spends nothing and says what is left.
-    let headroom = if record.limits.rate.is_empty() {
-        None
-    } else {
-        let subject = Subject::key(&record.id);
-        let limiter = app.keygate.verifier().limiter();
-        Some(
-            limiter
-                .check(&[(&subject, &record.limits.rate)], 0, now)
-                .await,
-        )
-    };
     html! {
-        section.card #key-usage aria-labelledby="usage" {
+        section.card #(section_id) aria-labelledby="usage" {
             h2 #usage { "Usage, last 7 days" }
             div.usage-grid {
                 figure.usage-figure {
@@ -116,14 +125,8 @@ pub async fn key_section(app: &AppState, record: &KeyRecord) -> Markup {
                         (total.verified()) " verified · " (total.refused()) " refused · "
                         (total.rate_limited()) " rate limited"
                     }
-                    dt { "Credits" } dd #usage-credits {
-                        @if let Some(q) = &record.limits.quota {
-                            (q.remaining) " left"
-                            @if let Some(next) = q.next_refill(now) { " · refill " (views::time(Some(next), "")) }
-                        } @else if record.limits.quota_holder.is_some() { "see the key holding them" }
-                        @else { span.muted { "unlimited" } }
-                    }
-                    @if let Some(decision) = &headroom {
+                    dt { "Credits" } dd #usage-credits { (credits) }
+                    @if let Some(decision) = headroom {
                         @for status in decision.limits() {
                             dt { "Headroom " code { (status.name.as_str()) } }
                             dd.headroom {
@@ -137,7 +140,151 @@ pub async fn key_section(app: &AppState, record: &KeyRecord) -> Markup {
                 }
             }
             p.help { "Counts reach the chart with each usage flush (every few seconds); hours are UTC." }
-            (days_table(&hours, now))
+            (days_table(hours, now))
         }
+    }
+}
+
+/// The usage section of `record`'s page; if the usage cannot be read, the section says so
+/// (the rest of the page still shows).
+pub async fn key_section(app: &AppState, record: &KeyRecord) -> Markup {
+    let now = app.keygate.now();
+    let hours = match week(app, UsageOf::Key(&record.id), "key-usage").await {
+        Ok(hours) => hours,
+        Err(unreadable) => return unreadable,
+    };
+    let rate = &record.limits.rate;
+    let headroom = headroom(app, &Subject::key(&record.id), rate).await;
+    let credits = html! {
+        @if let Some(q) = &record.limits.quota {
+            (q.remaining) " left"
+            @if let Some(next) = q.next_refill(now) { " · refill " (views::time(Some(next), "")) }
+        } @else if record.limits.quota_holder.is_some() { "see the key holding them" }
+        @else { span.muted { "unlimited" } }
+    };
+    section("key-usage", &hours, rate, credits, headroom.as_ref(), now)
+}
+
+/// An owner's credits: the balances of its keys that can still spend (neither revoked nor
+/// expired) and hold credits of their own, added up. A key spending another key's credits
+/// (after a rotation) adds nothing, so no balance counts twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerCredits {
+    /// Credits left, summed.
+    pub remaining: u64,
+    /// Keys holding credits.
+    pub holders: usize,
+    /// Keys without credits: nothing limits how much they spend.
+    pub unlimited: usize,
+}
+
+impl OwnerCredits {
+    /// The credits of `keys` at `now`.
+    pub fn of(keys: &[KeyRecord], now: Timestamp) -> Self {
+        let mut credits = Self::default();
+        for key in keys {
+            if matches!(key.status(now), Status::Revoked | Status::Expired) {
+                continue;
+            }
+            match (&key.limits.quota, &key.limits.quota_holder) {
+                (Some(q), _) => {
+                    credits.remaining = credits.remaining.saturating_add(q.remaining);
+                    credits.holders += 1;
+                }
+                (None, Some(_)) => {}
+                (None, None) => credits.unlimited += 1,
+            }
+        }
+        credits
+    }
+}
+
+fn keys_text(n: usize) -> String {
+    if n == 1 {
+        "1 key".into()
+    } else {
+        format!("{n} keys")
+    }
+}
+
+/// The usage section of an owner's page: the requests of all its `keys` (read up to a bound:
+/// `complete` says whether they are all there), its shared `limits` with their headroom on
+/// this node, and its keys' credits added up.
+pub async fn owner_section(
+    app: &AppState,
+    owner: &str,
+    limits: &RateLimits,
+    keys: &[KeyRecord],
+    complete: bool,
+) -> Markup {
+    let now = app.keygate.now();
+    let hours = match week(app, UsageOf::Owner(owner), "owner-usage").await {
+        Ok(hours) => hours,
+        Err(unreadable) => return unreadable,
+    };
+    let headroom = headroom(app, &Subject::owner(owner), limits).await;
+    let c = OwnerCredits::of(keys, now);
+    let credits = html! {
+        @if c.holders == 0 { span.muted { "unlimited" } " (no key holds credits)" }
+        @else {
+            (c.remaining) " left across " (keys_text(c.holders))
+            @if c.unlimited > 0 { " · " (keys_text(c.unlimited)) " unlimited" }
+        }
+        @if !complete { " · of the first " (keys.len()) " keys" }
+    };
+    section(
+        "owner-usage",
+        &hours,
+        limits,
+        credits,
+        headroom.as_ref(),
+        now,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate::core::limits::Quota;
+    use keygate::core::{KeySpec, Prefix, issue};
+
+    #[test]
+    fn an_owners_credits_add_up_the_keys_that_can_spend_their_own() {
+        let now = Timestamp::parse_rfc3339("2027-01-31T12:00:00Z").unwrap();
+        let key = |credits: Option<u64>| {
+            let spec = KeySpec {
+                name: "k".into(),
+                ..KeySpec::default()
+            };
+            let mut record = issue(spec, &Prefix::default(), now).unwrap().0;
+            record.limits.quota = credits.map(|n| Quota::new(n, None, now).unwrap());
+            record
+        };
+        let mut revoked = key(Some(1000));
+        revoked.revoked_at = Some(now);
+        let mut expired = key(Some(1000));
+        expired.expires_at = Some(now);
+        let mut disabled = key(Some(5));
+        disabled.enabled = false;
+        let mut old = key(None);
+        old.limits.quota_holder = Some(key(None).id);
+        let keys = [
+            key(Some(100)),
+            key(Some(40)),
+            disabled,
+            key(None),
+            revoked,
+            expired,
+            old,
+        ];
+        assert_eq!(
+            OwnerCredits::of(&keys, now),
+            OwnerCredits {
+                remaining: 145,
+                holders: 3,
+                unlimited: 1
+            }
+        );
+        assert_eq!(OwnerCredits::of(&[], now), OwnerCredits::default());
     }
 }

@@ -1,8 +1,8 @@
 //! The admin UI in a real browser: headless Chromium driven over WebDriver by chromedriver
 //! (Debian packages `chromium` and `chromium-driver`; `.ci/run` installs them). Sign in,
 //! issue a key and read it once, reload and find it gone, use it against the API, revoke it
-//! in the UI, see a form without its CSRF token refused, and save screenshots of the keys
-//! list (desktop and phone) to `target/ui-artifacts/`.
+//! in the UI, see a form without its CSRF token refused, see an owner's usage chart drawn, and
+//! save screenshots of the keys list (desktop and phone) to `target/ui-artifacts/`.
 //!
 //! Without chromedriver the test fails, saying how to install it; set
 //! `KEYGATE_SKIP_BROWSER_TESTS=1` to skip it knowingly.
@@ -161,7 +161,12 @@ async fn admin_ui_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keygate.db");
     let url = format!("sqlite://{}", db.display());
-    let server = Server::start(&db, &[], &[("KEYGATE_LOG_LEVEL", "debug")]);
+    // Usage counts written every second, for the owner page's chart.
+    let server = Server::start(
+        &db,
+        &["--usage-flush", "1s"],
+        &[("KEYGATE_LOG_LEVEL", "debug")],
+    );
     let (_, admin) = cli_create(&url, &["--scope", "keygate:admin"]);
     for name in ["orders service", "reporting job", "partner: acme"] {
         keygate_json(
@@ -294,6 +299,50 @@ async fn admin_ui_in_chromium() {
         keygate_json(&url, &["keys", "show", victim_id, "--json"])["status"],
         "active"
     );
+
+    // An owner's page: the usage chart of its keys, drawn from the server's SVG (the CSP
+    // lets the inline SVG's presentation attributes and the stylesheet through: the grid is
+    // laid out, the chart has a size), once the usage flush has written the requests.
+    let (_, ops_key) = cli_create(&url, &["--owner", "team_ops", "--quota", "50"]);
+    for _ in 0..3 {
+        assert_eq!(server.verify(&admin, &ops_key, &[])["valid"], true);
+    }
+    let mut counted = String::new();
+    for _ in 0..100 {
+        c.goto(&format!("{base}/admin/owners/team_ops"))
+            .await
+            .unwrap();
+        counted = text_of(&c, "#usage-total").await;
+        if counted.starts_with("3 verified") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted.starts_with("3 verified"), "{counted}");
+    assert_labelled(&c).await;
+    assert!(
+        text_of(&c, "#usage-credits")
+            .await
+            .contains("47 left across 1 key")
+    );
+    let chart = c
+        .find(Locator::Css("#owner-usage svg.usage-chart"))
+        .await
+        .unwrap();
+    assert!(chart.is_displayed().await.unwrap());
+    let drawn = c
+        .execute(
+            "var chart = document.querySelector('#owner-usage svg.usage-chart');\
+             var box = chart.getBoundingClientRect();\
+             return [box.width > 300 && box.height > 80,\
+                     getComputedStyle(document.querySelector('#owner-usage .usage-grid')).display,\
+                     chart.querySelectorAll('g > rect').length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(drawn, json!([true, "grid", 1]), "the owner's chart");
+    std::fs::write(shots.join("owner.png"), c.screenshot().await.unwrap()).unwrap();
 
     for page in ["audit", "webhooks"] {
         c.goto(&format!("{base}/admin/{page}")).await.unwrap();

@@ -1519,3 +1519,169 @@ fn accept_errors_are_logged_and_survived() {
     assert_eq!(reply.status, 200);
     assert!(metric(&gw.metrics(), "keygate_gateway_accept_errors_total") >= 1);
 }
+
+/// The requests the upstream received from key `id`.
+fn seen_from(upstream: &Upstream, id: &str) -> Vec<Seen> {
+    upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.header("x-keygate-key-id") == Some(id))
+        .collect()
+}
+
+#[test]
+fn rate_limits_credits_and_allowlists_refuse_in_the_gateway_before_the_upstream() {
+    let s = setup();
+    let up = s.upstream.url();
+    let (limited_id, limited) = cli_create(&s.url, &["--rate", "3/1h"]);
+    let (credited_id, credited) = cli_create(&s.url, &["--quota", "2"]);
+    let (office_id, office) = cli_create(&s.url, &["--allow-ip", "203.0.113.0/24"]);
+    let (local_id, local) = cli_create(
+        &s.url,
+        &["--allow-ip", "127.0.0.1", "--allow-ip", "2001:db8::/32"],
+    );
+    let config =
+        format!("[[gateway.route]]\nname = \"api\"\nprefix = \"/api\"\nupstream = \"{up}\"\n");
+    let gw = Gateway::start(s.dir.path(), &s.url, &config, &[]);
+
+    // A rate limit of 3: three answers from the upstream, each with the IETF headers counting
+    // down; the 4th is refused with Retry-After, and never forwarded.
+    for left in [2, 1, 0] {
+        let ok = gw.get("/api/echo", Some(&limited), &[]);
+        assert_eq!((ok.status, ok.text().as_str()), (200, "ok"), "{ok:?}");
+        assert_eq!(ok.header("ratelimit-policy"), Some("\"per_1h\";q=3;w=3600"));
+        let state = ok.header("ratelimit").unwrap();
+        assert!(
+            state.starts_with(&format!("\"per_1h\";r={left};t=")),
+            "{state}"
+        );
+    }
+    let refused = gw.get("/api/echo", Some(&limited), &[]);
+    problem(&refused, 429, "RATE_LIMITED");
+    // A sliding window: the next unit is free once the three spent weigh 2, a third of the
+    // way into the next window — at most an hour and 20 minutes away.
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=4800).contains(&retry), "{retry}");
+    assert!(
+        refused
+            .header("ratelimit")
+            .unwrap()
+            .starts_with("\"per_1h\";r=0;t=")
+    );
+    problem(
+        &gw.get("/api/echo", Some(&limited), &[]),
+        429,
+        "RATE_LIMITED",
+    );
+    assert_eq!(seen_from(&s.upstream, &limited_id).len(), 3);
+
+    // Two credits: two answers, then 429 USAGE_EXCEEDED, not forwarded either.
+    for _ in 0..2 {
+        assert_eq!(gw.get("/api/echo", Some(&credited), &[]).status, 200);
+    }
+    problem(
+        &gw.get("/api/echo", Some(&credited), &[]),
+        429,
+        "USAGE_EXCEEDED",
+    );
+    assert_eq!(seen_from(&s.upstream, &credited_id).len(), 2);
+    assert_eq!(
+        keygate_json(&s.url, &["keys", "show", &credited_id, "--json"])["quota"]["remaining"],
+        0
+    );
+
+    // An allowlist without 127.0.0.1 refuses the gateway's clients here, whatever they claim
+    // in X-Forwarded-For (no proxy is trusted); one with it lets them through.
+    problem(
+        &gw.get("/api/echo", Some(&office), &[]),
+        403,
+        "IP_NOT_ALLOWED",
+    );
+    problem(
+        &gw.get(
+            "/api/echo",
+            Some(&office),
+            &[("X-Forwarded-For", "203.0.113.9")],
+        ),
+        403,
+        "IP_NOT_ALLOWED",
+    );
+    let ok = gw.get(
+        "/api/echo",
+        Some(&local),
+        &[("X-Forwarded-For", "203.0.113.9")],
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert!(seen_from(&s.upstream, &office_id).is_empty());
+    let seen = seen_from(&s.upstream, &local_id);
+    assert_eq!(seen.len(), 1);
+    // The upstream is told the client the gateway judged, not what the client wrote.
+    assert_eq!(seen[0].all("x-forwarded-for"), ["127.0.0.1"]);
+    let metrics = gw.metrics();
+    for (code, n) in [
+        ("RATE_LIMITED", 2),
+        ("USAGE_EXCEEDED", 1),
+        ("IP_NOT_ALLOWED", 2),
+    ] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("keygate_gateway_refusals_total{{route=\"api\",code=\"{code}\"}}")
+            ),
+            n,
+            "{code}: {metrics}"
+        );
+    }
+    drop(gw);
+
+    // Behind trusted proxies (127.0.0.1, the load balancer here, and 10.0.0.0/8 inside), the
+    // client is the first address from the right of X-Forwarded-For that is not one of them.
+    let gw = Gateway::start(
+        s.dir.path(),
+        &s.url,
+        &config,
+        &["--trusted-proxies", "127.0.0.1,10.0.0.0/8"],
+    );
+    let office_get = |xff: Option<&str>| {
+        let headers: Vec<(&str, &str)> = xff.map(|v| ("X-Forwarded-For", v)).into_iter().collect();
+        gw.get("/api/echo", Some(&office), &headers)
+    };
+    for (xff, status) in [
+        // The client in the office, through one or two trusted hops.
+        (Some("203.0.113.9"), 200),
+        (Some("203.0.113.9, 10.1.2.3"), 200),
+        // A forged leftmost entry is never read: the client is who the proxy saw.
+        (Some("198.51.100.7, 203.0.113.9"), 200),
+        (Some("203.0.113.9, 198.51.100.7"), 403),
+        (Some("203.0.113.9, 198.51.100.7, 10.1.2.3"), 403),
+        // No entry, or one that is not an address: the last trusted hop, not the office.
+        (None, 403),
+        (Some("unknown, 203.0.113.9"), 200),
+        (Some("203.0.113.9, unknown"), 403),
+    ] {
+        let reply = office_get(xff);
+        assert_eq!(reply.status, status, "X-Forwarded-For: {xff:?}: {reply:?}");
+        if status == 403 {
+            problem(&reply, 403, "IP_NOT_ALLOWED");
+        }
+    }
+    let seen = seen_from(&s.upstream, &office_id);
+    assert_eq!(seen.len(), 4, "refused requests never reach the upstream");
+    // The upstream gets the client's address alone: no proxy's, no forged one.
+    for s in &seen {
+        assert_eq!(s.all("x-forwarded-for"), ["203.0.113.9"], "{s:?}");
+        assert_eq!(
+            s.header("forwarded").unwrap().split(';').next(),
+            Some("for=203.0.113.9")
+        );
+    }
+    // An IPv6 client behind the proxy, in the allowlist.
+    let ok = gw.get(
+        "/api/echo",
+        Some(&local),
+        &[("X-Forwarded-For", "[2001:db8::7]:4711")],
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let last = seen_from(&s.upstream, &local_id).pop().unwrap();
+    assert_eq!(last.all("x-forwarded-for"), ["2001:db8::7"]);
+}

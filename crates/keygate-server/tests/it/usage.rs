@@ -469,3 +469,121 @@ fn the_key_page_charts_the_week_beside_credits_and_headroom() {
     assert!(page.contains("unlimited"));
     assert!(!page.contains("stroke-dasharray"));
 }
+
+/// The `<section>` of `html` with id `id`.
+fn section_of<'a>(html: &'a str, id: &str) -> &'a str {
+    let start = html
+        .find(&format!("<section class=\"card\" id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no section {id}: {html}"));
+    let rest = &html[start..];
+    &rest[..rest.find("</section>").unwrap()]
+}
+
+/// The `<title>`s of the chart's bars (one per hour with requests).
+fn bar_titles(section: &str) -> Vec<&str> {
+    section
+        .split("<g><title>")
+        .skip(1)
+        .filter_map(|t| t.split_once("</title>").map(|(t, _)| t))
+        .filter(|t| !t.starts_with("Rate limit"))
+        .collect()
+}
+
+#[test]
+fn the_owner_page_charts_all_its_keys_beside_its_headroom_and_credits() {
+    let app = App::new(&["--usage-flush", "1h"]);
+    let (a, _) = key_of(&app, "acme", json!({"quota": {"remaining": 100}}));
+    let (b, _) = key_of(&app, "acme", json!({"quota": {"remaining": 40}}));
+    let (c, _) = key_of(&app, "acme", json!({}));
+    let (other, _) = key_of(&app, "globex", json!({"quota": {"remaining": 7}}));
+    app.json(
+        "PUT",
+        "/v1/owners/acme",
+        &app.admin,
+        &json!({"rate_limits": [{"name": "team", "limit": 3, "window": "1h"},
+                                {"name": "daily", "limit": 1000, "window": "1d"}]}),
+    )
+    .expect(200);
+    let label = |at: keygate::core::Timestamp| {
+        let text = hour_of(at).to_rfc3339();
+        format!("{} {} UTC", &text[..10], &text[11..16])
+    };
+    // Hour 0: three verified between A and B, C refused a scope; another owner's key twice.
+    let first = label(app.now());
+    for key in [&a, &b, &a] {
+        assert_eq!(app.verify(&app.admin, key, &[])["code"], "VALID");
+    }
+    assert_eq!(
+        app.verify(&app.admin, &c, &["orders:write"])["code"],
+        "INSUFFICIENT_SCOPE"
+    );
+    app.verify(&app.admin, &other, &[]);
+    app.verify(&app.admin, &other, &[]);
+    flush(&app);
+    // Two hours on: three verified, then the owner's hourly limit refuses B.
+    app.advance("2h");
+    let last = label(app.now());
+    for key in [&b, &c, &a] {
+        assert_eq!(app.verify(&app.admin, key, &[])["code"], "VALID");
+    }
+    assert_eq!(app.verify(&app.admin, &b, &[])["code"], "RATE_LIMITED");
+    flush(&app);
+
+    let mut ui = crate::admin::Ui::new(&app);
+    ui.sign_in_key(&app.admin);
+    let page = ui.get("/admin/owners/acme");
+    assert_eq!(page.status, 200, "{}", page.text());
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = page.text();
+    let section = section_of(&html, "owner-usage");
+    assert!(section.contains("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"usage-chart\""));
+    // One bar per hour with requests, summed over acme's keys (not globex's).
+    assert_eq!(
+        bar_titles(section),
+        [
+            format!("{first}: 3 verified, 1 refused (INSUFFICIENT_SCOPE 1), 0 rate limited"),
+            format!("{last}: 3 verified, 0 refused, 1 rate limited"),
+        ],
+        "{section}"
+    );
+    // Verified and refused in the first hour, verified and rate limited in the last.
+    assert_eq!(section.matches("<rect x=").count(), 4, "{section}");
+    // The tightest limit, 3 an hour, is drawn.
+    assert!(section.contains("stroke-dasharray"), "{section}");
+    assert!(section.contains("Rate limit team: 3 per 1h"), "{section}");
+    assert!(
+        section.contains("6 verified · 1 refused · 1 rate limited"),
+        "{section}"
+    );
+    // Headroom of the shared limits on this node, and the keys' credits added up: A spent 3
+    // of 100, B 2 of 40 (the refused request spends nothing); C has none.
+    assert!(section.contains("0 of 3 left per 1h"), "{section}");
+    assert!(section.contains("left per 1d"), "{section}");
+    assert!(
+        section.contains("135 left across 2 keys · 1 key unlimited"),
+        "{section}"
+    );
+    assert!(section.contains("By day (UTC)"));
+    assert!(
+        !section.contains("style=") && !section.contains("<script"),
+        "{section}"
+    );
+    // Looking spends nothing: B is still refused, and A too (the owner's limit).
+    let again = section_of(&ui.get("/admin/owners/acme").text(), "owner-usage").to_owned();
+    assert!(again.contains("0 of 3 left per 1h"), "{again}");
+
+    // An owner nobody set limits for, with no traffic: an empty chart, no line, and no credits.
+    key_of(&app, "initech", json!({}));
+    let html = ui.get("/admin/owners/initech").text();
+    let quiet = section_of(&html, "owner-usage");
+    assert!(quiet.contains("No requests in this period"), "{quiet}");
+    assert!(!quiet.contains("stroke-dasharray"));
+    assert!(quiet.contains("no key holds credits"), "{quiet}");
+    assert!(bar_titles(quiet).is_empty());
+    // globex: one key's credits.
+    let html = ui.get("/admin/owners/globex").text();
+    let globex = section_of(&html, "owner-usage");
+    assert!(globex.contains("5 left across 1 key<"), "{globex}");
+    assert_eq!(bar_titles(globex).len(), 1, "{globex}");
+}
