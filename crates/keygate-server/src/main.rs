@@ -10,7 +10,8 @@ use clap::error::ErrorKind;
 use keygate_server::{Cli, Command, Failure, run};
 
 /// mimalloc instead of the system allocator: a request allocates often (hyper, axum, JSON),
-/// and glibc's malloc/free were a fifth of `/v1/verify`'s instructions (docs/PERFORMANCE.md).
+/// and glibc's malloc/free were a fifth of `/v1/verify`'s instructions. Built with `no_thp`:
+/// with transparent huge pages its resident memory doubled (docs/PERFORMANCE.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
