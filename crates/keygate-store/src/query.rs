@@ -145,24 +145,12 @@ pub struct AuditQuery {
 impl AuditQuery {
     /// The limit clamped to 1..=[`MAX_PAGE_SIZE`] (default [`DEFAULT_PAGE_SIZE`]).
     pub fn page_size(&self) -> u32 {
-        if self.limit == 0 {
-            DEFAULT_PAGE_SIZE
-        } else {
-            self.limit.min(MAX_PAGE_SIZE)
-        }
+        page_size(self.limit)
     }
 
     /// The cursor as a position in the trail.
     pub fn cursor_seq(&self) -> Result<Option<i64>, StoreError> {
-        self.cursor
-            .as_deref()
-            .map(|c| {
-                c.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or(StoreError::InvalidCursor)
-            })
-            .transpose()
+        position(self.cursor.as_deref())
     }
 }
 
@@ -194,24 +182,12 @@ pub struct EmailQuery {
 impl EmailQuery {
     /// The limit clamped to 1..=[`MAX_PAGE_SIZE`] (default [`DEFAULT_PAGE_SIZE`]).
     pub fn page_size(&self) -> u32 {
-        if self.limit == 0 {
-            DEFAULT_PAGE_SIZE
-        } else {
-            self.limit.min(MAX_PAGE_SIZE)
-        }
+        page_size(self.limit)
     }
 
     /// The cursor as an outbox position: the page holds emails before it.
     pub fn cursor_id(&self) -> Result<Option<i64>, StoreError> {
-        self.cursor
-            .as_deref()
-            .map(|c| {
-                c.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or(StoreError::InvalidCursor)
-            })
-            .transpose()
+        position(self.cursor.as_deref())
     }
 }
 
@@ -327,4 +303,25 @@ pub struct UsageDelta {
     pub hour: Timestamp,
     /// The requests, by outcome.
     pub counts: keygate_core::usage::UsageCounts,
+}
+
+/// A page size: `limit` clamped to 1..=[`MAX_PAGE_SIZE`], 0 meaning [`DEFAULT_PAGE_SIZE`].
+fn page_size(limit: u32) -> u32 {
+    if limit == 0 {
+        DEFAULT_PAGE_SIZE
+    } else {
+        limit.min(MAX_PAGE_SIZE)
+    }
+}
+
+/// A cursor as a non-negative position (an audit sequence number or an outbox row id).
+fn position(cursor: Option<&str>) -> Result<Option<i64>, StoreError> {
+    cursor
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or(StoreError::InvalidCursor)
+        })
+        .transpose()
 }
