@@ -55,6 +55,7 @@ macro_rules! conformance_suite {
             retiring_ends_the_grace_once_with_its_evidence,
             owners_get_emails_written_with_their_events,
             operators_get_emails_once_and_the_log_pages_by_filter,
+            outbox_rows_are_claimed_by_one_sender_until_the_lease_ends,
             ping_answers,
             watchers_see_every_change,
             only_one_first_key,
@@ -1229,6 +1230,139 @@ pub async fn rotation_is_one_atomic_step(store: Arc<dyn Store>) {
             .items
             .len(),
         3
+    );
+}
+
+/// Several senders (nodes) read the same due rows; each row is claimed by exactly one of them
+/// right before it is sent, and is due again only when that claim's lease ends (the sender
+/// died) or when the attempt is recorded.
+pub async fn outbox_rows_are_claimed_by_one_sender_until_the_lease_ends(store: Arc<dyn Store>) {
+    use crate::Attempt;
+    use keygate_core::email::Contacts;
+    use keygate_core::webhook::Endpoint;
+    let contacts = Contacts {
+        emails: vec!["ops@example.com".to_owned()],
+        digest: false,
+    };
+    store
+        .set_owner("acct_42", &contacts, at(0), &audit())
+        .await
+        .expect("set");
+    let endpoint = Endpoint {
+        id: "whk_all".into(),
+        url: "http://127.0.0.1:9/all".into(),
+        events: vec!["key.revoked".to_owned()],
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        slack: false,
+        enabled: true,
+        created_at: at(0),
+        receives_secrets: false,
+    };
+    store
+        .create_endpoint(&endpoint, &audit())
+        .await
+        .expect("endpoint");
+    let key = record("claimed", Some("acct_42"), at(1));
+    store.create(&key, &audit()).await.expect("create");
+    store
+        .revoke(&key.id, at(2), None, &audit())
+        .await
+        .expect("revoke");
+    let email = store.due_emails(at(10), 100).await.expect("due")[0].id;
+    let delivery = store.due_deliveries(at(10), 100).await.expect("due")[0].id;
+
+    // Two senders race for each row: exactly one wins.
+    let (a, b) = tokio::join!(
+        store.claim_email(email, at(10), at(70)),
+        store.claim_email(email, at(10), at(70))
+    );
+    assert_eq!(
+        u8::from(a.expect("claim")) + u8::from(b.expect("claim")),
+        1,
+        "one sender"
+    );
+    let (a, b) = tokio::join!(
+        store.claim_delivery(delivery, at(10), at(40)),
+        store.claim_delivery(delivery, at(10), at(40))
+    );
+    assert_eq!(
+        u8::from(a.expect("claim")) + u8::from(b.expect("claim")),
+        1,
+        "one sender"
+    );
+    // Held until the lease ends: not due, not claimable.
+    assert!(store.due_emails(at(69), 100).await.expect("due").is_empty());
+    assert!(
+        !store
+            .claim_email(email, at(69), at(129))
+            .await
+            .expect("claim")
+    );
+    assert!(
+        store
+            .due_deliveries(at(39), 100)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    // The claiming sender died: due again when the lease ends, once more to one sender.
+    assert_eq!(store.due_emails(at(70), 100).await.expect("due").len(), 1);
+    assert!(
+        store
+            .claim_email(email, at(70), at(130))
+            .await
+            .expect("claim")
+    );
+    // The attempt is recorded: no longer pending, never claimed again.
+    let sent = Attempt {
+        at: at(71),
+        status: None,
+        error: None,
+        delivered: true,
+        next_attempt_at: None,
+    };
+    store.finish_email(email, &sent).await.expect("finish");
+    assert!(
+        !store
+            .claim_email(email, at(500), at(560))
+            .await
+            .expect("claim")
+    );
+    assert!(
+        store
+            .due_emails(at(500), 100)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    // A failed attempt sets its retry time; the claim does not outlive it.
+    let retry = Attempt {
+        at: at(41),
+        status: Some(503),
+        error: Some("503".into()),
+        delivered: false,
+        next_attempt_at: Some(at(45)),
+    };
+    store
+        .finish_attempt(delivery, &retry)
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.due_deliveries(at(45), 100).await.expect("due").len(),
+        1
+    );
+    // A row that does not exist, or is not due yet, is not claimed.
+    assert!(
+        !store
+            .claim_delivery(delivery, at(44), at(100))
+            .await
+            .expect("claim")
+    );
+    assert!(
+        !store
+            .claim_email(i64::MAX, at(500), at(560))
+            .await
+            .expect("claim")
     );
 }
 

@@ -219,6 +219,16 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug {
     async fn due_deliveries(&self, now: Timestamp, limit: u32)
     -> Result<Vec<Delivery>, StoreError>;
 
+    /// Claims delivery `id` for this sender until `until`, right before it is attempted:
+    /// `true` if it was still pending and due at `now` and no other sender claimed it first
+    /// (then it is this sender's to attempt; if the sender dies, it is due again at `until`).
+    async fn claim_delivery(
+        &self,
+        id: i64,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
+
     /// Records the outcome of an attempt at delivery `id` (a no-op if it is no longer pending).
     async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError>;
 
@@ -267,6 +277,15 @@ pub trait EmailOutbox: Send + Sync + std::fmt::Debug {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<EmailDelivery>, StoreError>;
+
+    /// Claims email (or digest notice) `id` for this sender until `until`, right before it is
+    /// sent: as [`WebhookOutbox::claim_delivery`].
+    async fn claim_email(
+        &self,
+        id: i64,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
 
     /// Records the outcome of an attempt at email `id` (a no-op if it is no longer pending).
     async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError>;

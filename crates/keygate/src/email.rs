@@ -83,6 +83,21 @@ impl Keygate {
             .map_err(Error::store("read the email outbox"))
     }
 
+    /// Claims email (or digest notice) `id` for this sender until `until`, right before it is
+    /// sent: `false` if another node claimed it first or it is no longer due. Several nodes
+    /// then send each email once; a sender that dies leaves it due again at `until`.
+    pub async fn claim_email(
+        &self,
+        id: i64,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error> {
+        self.store()
+            .claim_email(id, now, until)
+            .await
+            .map_err(Error::store("claim the email"))
+    }
+
     /// Records the outcome of an attempt at email `id`.
     pub async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), Error> {
         self.store()

@@ -154,6 +154,21 @@ impl Keygate {
         Ok(due)
     }
 
+    /// Claims delivery `id` for this sender until `until`, right before it is attempted:
+    /// `false` if another node claimed it first or it is no longer due (as
+    /// [`Keygate::claim_email`]).
+    pub async fn claim_delivery(
+        &self,
+        id: i64,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, Error> {
+        self.store()
+            .claim_delivery(id, now, until)
+            .await
+            .map_err(Error::store("claim the delivery"))
+    }
+
     /// Records the outcome of an attempt at delivery `id`.
     pub async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), Error> {
         self.store()

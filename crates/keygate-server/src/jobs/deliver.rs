@@ -13,6 +13,15 @@ use keygate::{Attempt, Keygate};
 /// How long a receiver has to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a claimed delivery is this node's (three times the attempt's timeout): other
+/// nodes leave it alone meanwhile, and if this node dies it is tried again after that.
+const LEASE_MS: i64 = 3 * TIMEOUT.as_millis() as i64;
+
+/// When a claim made at `now` ends.
+pub(crate) fn lease_until(now: Timestamp, lease_ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(now.unix_ms().saturating_add(lease_ms)).unwrap_or(now)
+}
+
 /// The HTTP client deliveries go through: a timeout per attempt, no redirects followed, and
 /// unless `allow_private`, host names resolved to public addresses only (a name that points
 /// inside the network keygate runs in is refused at connection time, whatever it pointed at
@@ -62,9 +71,19 @@ pub async fn deliver_due(
     batch: u32,
 ) -> Result<usize, keygate::Error> {
     let due = keygate.due_deliveries(keygate.now(), batch).await?;
-    let attempted = due.len();
+    let mut attempted = 0;
     for delivery in due {
+        // Claimed right before the attempt, so that with several nodes each delivery goes
+        // out once (the others see it claimed and skip it).
+        let now = keygate.now();
+        if !keygate
+            .claim_delivery(delivery.id, now, lease_until(now, LEASE_MS))
+            .await?
+        {
+            continue;
+        }
         deliver(keygate, client, delivery).await;
+        attempted += 1;
     }
     Ok(attempted)
 }

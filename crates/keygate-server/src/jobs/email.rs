@@ -11,6 +11,7 @@
 //! email carries the same `Message-ID` (`<keygate-email-<id>@keygate>`; a digest's is its
 //! first notice's), so mail clients and deduplicating relays show one message.
 
+use super::deliver::lease_until;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +26,11 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 /// How long the SMTP server has, per email.
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a claimed email is this node's (twice the send's timeout): other nodes leave it
+/// alone meanwhile, and if this node dies between sending and marking it, it is sent again
+/// (once, with the same Message-ID) after that.
+const LEASE_MS: i64 = 2 * TIMEOUT.as_millis() as i64;
 
 /// The SMTP transport and the sender's address.
 #[derive(Clone)]
@@ -183,6 +189,21 @@ impl Sender {
             if group.iter().any(|n| self.unmarked.contains_key(&n.id)) {
                 continue;
             }
+            // Only the notices this node claims go into its digest (another node may hold some).
+            let mut claimed = Vec::with_capacity(group.len());
+            let now = keygate.now();
+            for notice in group {
+                if keygate
+                    .claim_email(notice.id, now, lease_until(now, LEASE_MS))
+                    .await?
+                {
+                    claimed.push(notice.clone());
+                }
+            }
+            if claimed.is_empty() {
+                continue;
+            }
+            let group = &claimed[..];
             let refs: Vec<&EmailDelivery> = group.iter().collect();
             let result = self
                 .mailer
@@ -213,6 +234,14 @@ impl Sender {
         let mut attempted = 0;
         for email in &due {
             if self.unmarked.contains_key(&email.id) {
+                continue;
+            }
+            // Claimed right before it is sent: with several nodes, each email goes out once.
+            let now = keygate.now();
+            if !keygate
+                .claim_email(email.id, now, lease_until(now, LEASE_MS))
+                .await?
+            {
                 continue;
             }
             let result = self.mailer.send(email).await;

@@ -929,7 +929,9 @@ fn kill_9_between_send_and_mark_sends_once_more_with_the_same_message_id() {
     std::fs::remove_file(&hold).unwrap();
 
     let restarted = Server::start(&db, &args, &[]);
-    poll("both emails marked sent", Duration::from_secs(20), || {
+    // The killed node's claim on the held email lasts its lease (60 s): only then is it
+    // sent again. The other email goes at once.
+    poll("both emails marked sent", Duration::from_secs(90), || {
         let sent = keygate_json(&url, &["emails", "list", "--status", "delivered", "--json"]);
         (sent["items"].as_array().unwrap().len() == 2).then_some(())
     });
@@ -959,9 +961,10 @@ fn kill_9_between_send_and_mark_sends_once_more_with_the_same_message_id() {
     );
 }
 
-/// The SMTP server took an email but its mark could not be written (another process holds
-/// the database's write lock past the 5 s busy timeout): the sender keeps the mark and
-/// writes it next round instead of sending the email again.
+/// A sent email whose mark cannot be written (another process holds the database's write
+/// lock past the 5 s busy timeout) is kept by the sender and marked next round, not sent
+/// again. The email was claimed before it was sent; while the lock is held, nothing new is
+/// claimed, so nothing is sent either.
 #[test]
 fn a_mark_that_cannot_be_written_is_kept_not_sent_again() {
     use std::io::{BufRead, BufReader};
@@ -971,7 +974,10 @@ fn a_mark_that_cannot_be_written_is_kept_not_sent_again() {
         dir.path(),
         &format!("smtp_url = \"smtp://127.0.0.1:{port}\"\nemail_from = \"keygate@example.com\"\n"),
     );
-    let smtp = Smtp::start(port, &dir.path().join("mail"));
+    let maildir = dir.path().join("mail");
+    let hold = dir.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let _smtp = Smtp::launch(port, &maildir, &["--hold", hold.to_str().unwrap()]);
     let app = App::new(&["--config", config.to_str().unwrap()]);
     app.cli(&["owners", "set", "acct_42", "--email", "ops@example.com"]);
     let key = app.create(json!({"name": "k", "owner": "acct_42"}));
@@ -985,33 +991,105 @@ fn a_mark_that_cannot_be_written_is_kept_not_sent_again() {
     let mailer = app.service.settings().mailer.clone().unwrap();
     let mut sender = keygate_server::jobs::email::Sender::new(mailer);
 
-    // Another process takes the write lock and keeps it until its stdin closes.
-    let mut locker = Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            "import sqlite3, sys\n\
-             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
-             c.execute('BEGIN IMMEDIATE')\n\
-             print('locked', flush=True)\n\
-             sys.stdin.read()\n",
-        ])
-        .arg(&app.db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(locker.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
-    let round = app.block_on(sender.send_due(app.keygate(), 50));
+    // Another process takes the write lock (and keeps it until its stdin closes) while the
+    // SMTP server holds its answer to the claimed email; then the answer comes.
+    let locker = || {
+        let mut locker = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 c.execute('BEGIN IMMEDIATE')\n\
+                 print('locked', flush=True)\n\
+                 sys.stdin.read()\n",
+            ])
+            .arg(&app.db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(locker.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        locker
+    };
+    let mut held = None;
+    let round = std::thread::scope(|scope| {
+        let round = scope.spawn(|| app.block_on(sender.send_due(app.keygate(), 50)));
+        poll(
+            "the email at the SMTP server",
+            Duration::from_secs(20),
+            || (messages_in(&maildir).len() == 1).then_some(()),
+        );
+        held = Some(locker());
+        std::fs::remove_file(&hold).unwrap();
+        round.join().unwrap()
+    });
     assert!(round.is_err(), "the mark could not be written");
-    assert_eq!(smtp.messages().len(), 1, "sent");
-    drop(locker.stdin.take());
-    locker.wait().unwrap();
+    assert_eq!(messages_in(&maildir).len(), 1, "sent");
+    // Still locked: the kept mark cannot be written yet, and nothing more is sent.
+    assert!(app.block_on(sender.send_due(app.keygate(), 50)).is_err());
+    let mut held = held.unwrap();
+    drop(held.stdin.take());
+    held.wait().unwrap();
 
     assert_eq!(app.block_on(sender.send_due(app.keygate(), 50)).unwrap(), 0);
     assert_eq!(log(&app, "")["items"][0]["status"], "delivered");
-    assert_eq!(smtp.messages().len(), 1, "not sent again");
+    assert_eq!(messages_in(&maildir).len(), 1, "not sent again");
+}
+
+/// Two senders (as two nodes run them) on one PostgreSQL, racing over the same outbox: every
+/// email arrives once — each is claimed by one sender right before it is sent.
+#[test]
+fn two_senders_on_one_postgres_send_each_email_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config(
+        dir.path(),
+        &format!("smtp_url = \"smtp://127.0.0.1:{port}\"\nemail_from = \"keygate@example.com\"\n"),
+    );
+    let maildir = dir.path().join("mail");
+    let _smtp = Smtp::start(port, &maildir);
+    let database = keygate_testkit::postgres::fresh_url();
+    let app = App::on_url(
+        &database,
+        &["--config", config.to_str().unwrap()],
+        dir.path().join("unused.db"),
+    );
+    app.cli(&[
+        "owners",
+        "set",
+        "acct_42",
+        "--email",
+        "ops@example.com",
+        "--email",
+        "dev@example.com",
+    ]);
+    for i in 0..10 {
+        let key = app.create(json!({"name": format!("k{i}"), "owner": "acct_42"}));
+        app.json(
+            "POST",
+            &format!("/v1/keys/{}/revoke", key["id"].as_str().unwrap()),
+            &app.admin,
+            &json!({}),
+        )
+        .expect(200);
+    }
+    let mailer = app.service.settings().mailer.clone().unwrap();
+    let mut a = keygate_server::jobs::email::Sender::new(mailer.clone());
+    let mut b = keygate_server::jobs::email::Sender::new(mailer);
+    let keygate = app.keygate();
+    let (sent_a, sent_b) =
+        app.block_on(async { tokio::join!(a.send_due(keygate, 50), b.send_due(keygate, 50)) });
+    let (sent_a, sent_b) = (sent_a.unwrap(), sent_b.unwrap());
+    assert_eq!(sent_a + sent_b, 20, "a sent {sent_a}, b sent {sent_b}");
+    assert_eq!(app.block_on(a.send_due(keygate, 50)).unwrap(), 0);
+    let got = messages_in(&maildir);
+    let ids: std::collections::BTreeSet<&str> = got
+        .iter()
+        .map(|m| header(m, "Message-ID").unwrap())
+        .collect();
+    assert_eq!((got.len(), ids.len()), (20, 20), "each email once");
 }

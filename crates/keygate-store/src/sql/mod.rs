@@ -317,6 +317,17 @@ sql_impl! {
             query.execute(tx.conn()).await.map(drop).map_err(backend)
         }
 
+        /// Runs a claim (an update of at most one row, returning its id) in `tx`: whether it
+        /// changed the row.
+        async fn claimed(
+            &self,
+            tx: &mut WriteTx<B::Db>,
+            query: sqlx::query::Query<'_, B::Db, <B::Db as Database>::Arguments>,
+        ) -> Result<bool, StoreError> {
+            let row = query.fetch_optional(tx.conn()).await.map_err(backend)?;
+            Ok(row.is_some())
+        }
+
         /// Tells every process that the key with `hash` changed, inside `tx`.
         async fn signal_change(
             &self,
@@ -1243,6 +1254,16 @@ sql_impl! {
             found.into_iter().map(Delivery::try_from).collect()
         }
 
+        async fn claim_delivery(
+            &self,
+            id: i64,
+            now: Timestamp,
+            until: Timestamp,
+        ) -> Result<bool, StoreError> {
+            let mut claim = outbox::WEBHOOKS.claim::<B::Db>(id, now, until);
+            in_write!(self, |tx| self.claimed(tx, claim.build()).await)
+        }
+
         async fn finish_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {
             let mut update = outbox::WEBHOOKS.finish::<B::Db>(id, attempt);
             in_write!(self, |tx| self.exec(tx, update.build()).await)
@@ -1348,6 +1369,16 @@ sql_impl! {
                 .await
                 .map_err(backend)?;
             found.into_iter().map(EmailDelivery::try_from).collect()
+        }
+
+        async fn claim_email(
+            &self,
+            id: i64,
+            now: Timestamp,
+            until: Timestamp,
+        ) -> Result<bool, StoreError> {
+            let mut claim = outbox::EMAILS.claim::<B::Db>(id, now, until);
+            in_write!(self, |tx| self.claimed(tx, claim.build()).await)
         }
 
         async fn finish_email(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError> {

@@ -68,6 +68,27 @@ impl Outbox {
         sql
     }
 
+    /// Claims row `id` for one sender until `until`: moves its next attempt there if it is
+    /// still pending and due at `now`. Of several senders (nodes) that read the same due row,
+    /// exactly one changes it (and gets its id back); the others leave it alone. A sender that dies
+    /// after claiming leaves the row to be tried again at `until`.
+    pub(crate) fn claim<DB>(&self, id: i64, now: Timestamp, until: Timestamp) -> QueryBuilder<DB>
+    where
+        DB: Database,
+        DB::Arguments: Default,
+        i64: for<'q> Encode<'q, DB> + Type<DB>,
+    {
+        let mut sql =
+            QueryBuilder::<DB>::new(format!("UPDATE {} SET next_attempt_at = ", self.table));
+        sql.push_bind(until.unix_ms())
+            .push(" WHERE id = ")
+            .push_bind(id)
+            .push(" AND status = 'pending' AND next_attempt_at <= ")
+            .push_bind(now.unix_ms())
+            .push(" RETURNING id");
+        sql
+    }
+
     /// Records `attempt` at row `id`; a no-op once the row is no longer pending.
     pub(crate) fn finish<DB>(&self, id: i64, attempt: &Attempt) -> QueryBuilder<DB>
     where
