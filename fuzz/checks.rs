@@ -95,10 +95,10 @@ pub fn webhook_url(data: &[u8]) {
             "{canonical}"
         );
         assert!(!canonical.contains(char::is_whitespace));
-        assert!(canonical.len() <= keygate::core::webhook::MAX_URL_CHARS);
-        // The canonical form is a fixed point: checking it again gives it back.
+        assert!(canonical.len() <= keygate::core::webhook::MAX_CANONICAL_URL_BYTES);
+        // The canonical form is a fixed point: the re-check at each delivery gives it back.
         assert_eq!(
-            keygate::core::webhook::check_url(canonical, false).as_ref(),
+            keygate::core::webhook::recheck_url(canonical, false).as_ref(),
             Ok(canonical)
         );
         let shown = keygate::core::webhook::redacted_url(canonical);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keygate::core::Timestamp;
-use keygate::core::webhook::{Delivery, check_url, is_public, retry_after_ms, sign};
+use keygate::core::webhook::{Delivery, is_public, recheck_url, retry_after_ms, sign};
 use keygate::{Attempt, Keygate};
 
 /// How long a receiver has to answer.
@@ -129,7 +129,7 @@ async fn deliver(keygate: &Keygate, client: &reqwest::Client, delivery: Delivery
         delivery.payload.clone()
     };
     // Checked again at each attempt: the rules may have tightened since the endpoint was added.
-    if let Err(why) = check_url(&delivery.url, keygate.allows_private_webhooks()) {
+    if let Err(why) = recheck_url(&delivery.url, keygate.allows_private_webhooks()) {
         record(keygate, &delivery, None, Some(why.into()), false, false).await;
         return;
     }
