@@ -185,29 +185,23 @@ impl Sender {
             .due_digest_notices(keygate.now(), DIGEST_BATCH)
             .await?;
         let mut digests = 0;
-        for group in notices.chunk_by(|a, b| a.recipient == b.recipient) {
-            if group.iter().any(|n| self.unmarked.contains_key(&n.id)) {
+        for due in notices.chunk_by(|a, b| a.recipient == b.recipient) {
+            if due.iter().any(|n| self.unmarked.contains_key(&n.id)) {
                 continue;
             }
             // Only the notices this node claims go into its digest (another node may hold some).
-            let mut claimed = Vec::with_capacity(group.len());
-            let now = keygate.now();
-            for notice in group {
-                if keygate
-                    .claim_email(notice.id, now, lease_until(now, LEASE_MS))
-                    .await?
-                {
-                    claimed.push(notice.clone());
+            let mut group: Vec<&EmailDelivery> = Vec::with_capacity(due.len());
+            for notice in due {
+                if claim(keygate, notice.id).await? {
+                    group.push(notice);
                 }
             }
-            if claimed.is_empty() {
+            let Some(first) = group.first() else {
                 continue;
-            }
-            let group = &claimed[..];
-            let refs: Vec<&EmailDelivery> = group.iter().collect();
+            };
             let result = self
                 .mailer
-                .send_to(&group[0].recipient, &digest(&refs), group[0].id)
+                .send_to(&first.recipient, &digest(&group), first.id)
                 .await;
             match &result {
                 Ok(()) => tracing::info!(notices = group.len(), "digest email sent"),
@@ -237,11 +231,7 @@ impl Sender {
                 continue;
             }
             // Claimed right before it is sent: with several nodes, each email goes out once.
-            let now = keygate.now();
-            if !keygate
-                .claim_email(email.id, now, lease_until(now, LEASE_MS))
-                .await?
-            {
+            if !claim(keygate, email.id).await? {
                 continue;
             }
             let result = self.mailer.send(email).await;
@@ -292,6 +282,14 @@ impl Sender {
         }
         Ok(())
     }
+}
+
+/// Claims email (or notice) `id` for this node for [`LEASE_MS`] from now.
+async fn claim(keygate: &Keygate, id: i64) -> Result<bool, keygate::Error> {
+    let now = keygate.now();
+    keygate
+        .claim_email(id, now, lease_until(now, LEASE_MS))
+        .await
 }
 
 /// The record of an attempt at `email` made at `at` with `result`.
