@@ -117,6 +117,20 @@ fn used(id: &KeyId, first: Timestamp, last: Timestamp, since_rotation: u64) -> U
     }
 }
 
+/// An enabled, non-Slack endpoint `id` for `events`, at `http://127.0.0.1:9/<id>`, made at 0.
+fn endpoint(id: &str, events: &[&str]) -> keygate_core::webhook::Endpoint {
+    keygate_core::webhook::Endpoint {
+        id: id.into(),
+        url: format!("http://127.0.0.1:9/{id}"),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        slack: false,
+        enabled: true,
+        created_at: at(0),
+        receives_secrets: false,
+    }
+}
+
 fn record(name: &str, owner: Option<&str>, created: Timestamp) -> KeyRecord {
     let spec = KeySpec {
         name: name.into(),
@@ -1239,7 +1253,6 @@ pub async fn rotation_is_one_atomic_step(store: Arc<dyn Store>) {
 pub async fn outbox_rows_are_claimed_by_one_sender_until_the_lease_ends(store: Arc<dyn Store>) {
     use crate::Attempt;
     use keygate_core::email::Contacts;
-    use keygate_core::webhook::Endpoint;
     let contacts = Contacts {
         emails: vec!["ops@example.com".to_owned()],
         digest: false,
@@ -1248,18 +1261,8 @@ pub async fn outbox_rows_are_claimed_by_one_sender_until_the_lease_ends(store: A
         .set_owner("acct_42", &contacts, at(0), &audit())
         .await
         .expect("set");
-    let endpoint = Endpoint {
-        id: "whk_all".into(),
-        url: "http://127.0.0.1:9/all".into(),
-        events: vec!["key.revoked".to_owned()],
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        slack: false,
-        enabled: true,
-        created_at: at(0),
-        receives_secrets: false,
-    };
     store
-        .create_endpoint(&endpoint, &audit())
+        .create_endpoint(&endpoint("whk_all", &["key.revoked"]), &audit())
         .await
         .expect("endpoint");
     let key = record("claimed", Some("acct_42"), at(1));
@@ -1372,14 +1375,9 @@ pub async fn events_fill_the_webhook_outbox(store: Arc<dyn Store>) {
     use crate::Attempt;
     use keygate_core::webhook::{DeliveryStatus, Endpoint};
     let endpoint = |id: &str, events: &[&str], slack: bool, enabled: bool| Endpoint {
-        id: id.into(),
-        url: format!("http://127.0.0.1:9/{id}"),
-        events: events.iter().map(|e| e.to_string()).collect(),
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
         slack,
         enabled,
-        created_at: at(0),
-        receives_secrets: false,
+        ..endpoint(id, events)
     };
     store
         .create_endpoint(
@@ -1675,14 +1673,8 @@ pub async fn endpoints_change_are_held_and_go_with_their_deliveries(store: Arc<d
 pub async fn sealed_successors_go_only_to_secret_endpoints(store: Arc<dyn Store>) {
     use keygate_core::webhook::Endpoint;
     let endpoint = |id: &str, receives_secrets: bool| Endpoint {
-        id: id.into(),
-        url: format!("http://127.0.0.1:9/{id}"),
-        events: vec!["key.revoked".into()],
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        slack: false,
-        enabled: true,
-        created_at: at(0),
         receives_secrets,
+        ..endpoint(id, &["key.revoked"])
     };
     store
         .create_endpoint(&endpoint("whk_vault", true), &audit())
