@@ -21,6 +21,10 @@ pub use keygate_core::usage::{Bucket, UsageBucket, UsageRange};
 /// The most (key, hour) rows held between flushes (about 100 bytes each).
 pub const MAX_PENDING_ROWS: usize = 200_000;
 
+/// Rows written per store call by a flush (of counts, and of last-used times): a flush of
+/// many keys holds one call's statement in memory at a time, not all of them.
+pub(crate) const FLUSH_ROWS: usize = 2_000;
+
 /// Whose usage to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageOf<'a> {
@@ -67,39 +71,49 @@ impl UsageTally {
         }
     }
 
-    /// Writes the counts gathered since the previous flush, in one batch; on failure they are
-    /// kept (added to what came since) for the next try.
+    /// Writes the counts gathered since the previous flush, [`FLUSH_ROWS`] rows per store
+    /// call; on failure the rows not written are kept (added to what came since) for the next
+    /// try.
     pub(crate) async fn flush(&self) -> Result<(), StoreError> {
-        let taken = {
+        let taken: Vec<_> = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut *pending)
+            std::mem::take(&mut *pending).into_iter().collect()
         };
-        if taken.is_empty() {
-            return Ok(());
-        }
-        let batch: Vec<UsageDelta> = taken
-            .iter()
-            .map(|((key, hour), (owner, counts))| UsageDelta {
-                key: key.clone(),
-                owner: owner.as_deref().map(str::to_owned),
-                hour: *hour,
-                counts: *counts,
-            })
-            .collect();
-        if let Err(e) = self.log.record_counts(&batch).await {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            for (key, (owner, counts)) in taken {
-                if let Some(entry) = pending.get_mut(&key) {
-                    entry.1.merge(&counts);
-                } else if pending.len() < MAX_PENDING_ROWS {
-                    pending.insert(key, (owner, counts));
-                } else {
-                    self.dropped.fetch_add(counts.total(), Ordering::Relaxed);
-                }
+        let mut written = 0;
+        for chunk in taken.chunks(FLUSH_ROWS) {
+            let batch: Vec<UsageDelta> = chunk
+                .iter()
+                .map(|((key, hour), (owner, counts))| UsageDelta {
+                    key: key.clone(),
+                    owner: owner.as_deref().map(str::to_owned),
+                    hour: *hour,
+                    counts: *counts,
+                })
+                .collect();
+            if let Err(e) = self.log.record_counts(&batch).await {
+                self.keep(taken.into_iter().skip(written));
+                return Err(e);
             }
-            return Err(e);
+            written += chunk.len();
         }
         Ok(())
+    }
+
+    /// Puts rows a flush could not write back with the counts gathered since.
+    fn keep(
+        &self,
+        rows: impl Iterator<Item = ((KeyId, Timestamp), (Option<Box<str>>, UsageCounts))>,
+    ) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, (owner, counts)) in rows {
+            if let Some(entry) = pending.get_mut(&key) {
+                entry.1.merge(&counts);
+            } else if pending.len() < MAX_PENDING_ROWS {
+                pending.insert(key, (owner, counts));
+            } else {
+                self.dropped.fetch_add(counts.total(), Ordering::Relaxed);
+            }
+        }
     }
 
     /// Requests not counted because too many rows were waiting for the store.
@@ -127,16 +141,20 @@ mod tests {
     #[derive(Debug, Default)]
     struct Log {
         down: AtomicBool,
+        /// Calls answered before going down (0: no such plan).
+        down_after: std::sync::atomic::AtomicUsize,
         batches: Mutex<Vec<Vec<UsageDelta>>>,
     }
 
     #[async_trait]
     impl UsageLog for Log {
         async fn record_counts(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-            if self.down.load(Ordering::SeqCst) {
+            let mut batches = self.batches.lock().unwrap();
+            let after = self.down_after.load(Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) || (after > 0 && batches.len() >= after) {
                 return Err(StoreError::Backend("down".into()));
             }
-            self.batches.lock().unwrap().push(batch.to_vec());
+            batches.push(batch.to_vec());
             Ok(())
         }
         async fn usage_for_key(
@@ -203,5 +221,32 @@ mod tests {
         assert_eq!(rows[1].counts.rate_limited(), 1);
         assert_eq!(tally.pending_rows(), 0);
         assert_eq!(tally.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_flush_that_fails_part_way_keeps_exactly_the_rows_it_did_not_write() {
+        let log = Arc::new(Log::default());
+        let tally = UsageTally::new(log.clone());
+        let t0 = Timestamp::parse_rfc3339("2027-01-31T12:10:00Z").unwrap();
+        let keys = FLUSH_ROWS + FLUSH_ROWS / 4;
+        for _ in 0..keys {
+            tally.note(&grant("acme", t0), Outcome::Valid, t0);
+        }
+        log.down_after.store(1, Ordering::SeqCst); // the second call fails
+        assert!(tally.flush().await.is_err());
+        assert_eq!(
+            log.batches.lock().unwrap()[0].len(),
+            FLUSH_ROWS,
+            "one call's rows"
+        );
+        assert_eq!(tally.pending_rows(), keys - FLUSH_ROWS, "the rest are kept");
+        log.down_after.store(0, Ordering::SeqCst);
+        tally.flush().await.unwrap();
+        let batches = log.batches.lock().unwrap();
+        let written: Vec<&UsageDelta> = batches.iter().flatten().collect();
+        assert_eq!(written.len(), keys, "every row once");
+        let ids: std::collections::HashSet<&KeyId> = written.iter().map(|d| &d.key).collect();
+        assert_eq!(ids.len(), keys, "no row twice");
+        assert!(written.iter().all(|d| d.counts.verified() == 1));
     }
 }

@@ -603,20 +603,21 @@ impl Verifier {
             // Take the map rather than drain it, so its memory goes back between bursts.
             std::mem::take(&mut *usage).into_values().collect()
         };
-        if batch.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = self.inner.store.record_usage(&batch).await {
-            let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
-            for kept in batch {
-                match usage.get_mut(&kept.id) {
-                    Some(u) => u.merge(&kept),
-                    None => {
-                        usage.insert(kept.id.clone(), kept);
+        let mut written = 0;
+        for chunk in batch.chunks(crate::usage::FLUSH_ROWS) {
+            if let Err(e) = self.inner.store.record_usage(chunk).await {
+                let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+                for kept in &batch[written..] {
+                    match usage.get_mut(&kept.id) {
+                        Some(u) => u.merge(kept),
+                        None => {
+                            usage.insert(kept.id.clone(), kept.clone());
+                        }
                     }
                 }
+                return Err(Error::store("record key usage")(e));
             }
-            return Err(Error::store("record key usage")(e));
+            written += chunk.len();
         }
         Ok(())
     }

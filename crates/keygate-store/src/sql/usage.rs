@@ -105,23 +105,33 @@ fn batch_json(batch: &[UsageDelta]) -> Vec<String> {
     // as it goes, so two batches taking them in different orders could deadlock.
     let mut merged: Vec<_> = merged.into_iter().collect();
     merged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let rows: Vec<serde_json::Value> = merged
+    let rows: Vec<JsonRow<'_>> = merged
         .into_iter()
         .filter(|(_, (_, counts))| !counts.is_empty())
-        .map(|((key, hour), (owner, counts))| {
-            let mut row = vec![key.into(), hour.into(), owner.into()];
-            // Counts are stored as BIGINT: one beyond that (never reached) is held at its top.
-            row.extend(
-                counts
-                    .as_array()
-                    .map(|n| serde_json::Value::from(n.min(i64::MAX as u64))),
-            );
-            serde_json::Value::Array(row)
-        })
+        .map(|((key, hour), (owner, counts))| JsonRow(key, hour, owner, counts))
         .collect();
     rows.chunks(ROWS_PER_STATEMENT)
         .map(|chunk| serde_json::to_string(chunk).expect("rows are JSON"))
         .collect()
+}
+
+/// One row of [`batch_json`]: `[key, hour, owner, count, ...]`, written straight to the JSON
+/// text (no tree of values per row).
+struct JsonRow<'a>(&'a str, i64, Option<&'a str>, UsageCounts);
+
+impl serde::Serialize for JsonRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut row = serializer.serialize_seq(Some(3 + COUNTED.len()))?;
+        row.serialize_element(self.0)?;
+        row.serialize_element(&self.1)?;
+        row.serialize_element(&self.2)?;
+        // Counts are stored as BIGINT: one beyond that (never reached) is held at its top.
+        for n in self.3.as_array() {
+            row.serialize_element(&n.min(i64::MAX as u64))?;
+        }
+        row.end()
+    }
 }
 
 sql_impl! {
