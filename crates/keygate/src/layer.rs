@@ -140,6 +140,23 @@ impl KeygateLayer {
         query: Option<&str>,
         peer: Option<SocketAddr>,
     ) -> Result<Admitted, Response> {
+        let (key, notice) = self.admit(headers, query, peer).await?;
+        let mut response_headers = HeaderMap::new();
+        notice.write(&mut response_headers);
+        Ok(Admitted {
+            key,
+            response_headers,
+        })
+    }
+
+    /// [`KeygateLayer::check`] without building the headers: the service writes them straight
+    /// into the response.
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        peer: Option<SocketAddr>,
+    ) -> Result<(ApiKey, Notice), Response> {
         let config = &self.config;
         let demand = Demand {
             cost: config.cost,
@@ -167,17 +184,11 @@ impl KeygateLayer {
         match verification {
             Ok(v) => match v.key {
                 Some(key) if v.outcome.is_valid() => {
-                    let mut response_headers = HeaderMap::new();
-                    if let Some(limits) = &v.limits {
-                        ratelimit_headers(&mut response_headers, limits);
-                    }
-                    if let Some((rotated_at, expires_at)) = key.sunset() {
-                        announce_sunset(&mut response_headers, rotated_at, expires_at);
-                    }
-                    Ok(Admitted {
-                        key,
-                        response_headers,
-                    })
+                    let notice = Notice {
+                        limits: v.limits,
+                        sunset: key.sunset(),
+                    };
+                    Ok((key, notice))
                 }
                 _ => Err(config.reject(v.outcome, v.detail, v.limits.as_ref())),
             },
@@ -195,6 +206,25 @@ impl KeygateLayer {
         let detail = lacks_scope(missing);
         self.verifier.count(Outcome::InsufficientScope);
         Some(self.config.reject(Outcome::InsufficientScope, detail, None))
+    }
+}
+
+/// What the response to a request let through must tell its client.
+struct Notice {
+    limits: Option<Decision>,
+    /// `(rotated_at, expires_at)` during a rotation's grace period.
+    sunset: Option<(Timestamp, Timestamp)>,
+}
+
+impl Notice {
+    /// The `RateLimit` and `Deprecation`/`Sunset` headers (see [`KeygateLayer::check`]).
+    fn write(&self, headers: &mut HeaderMap) {
+        if let Some(limits) = &self.limits {
+            ratelimit_headers(headers, limits);
+        }
+        if let Some((rotated_at, expires_at)) = self.sunset {
+            announce_sunset(headers, rotated_at, expires_at);
+        }
     }
 }
 
@@ -329,16 +359,16 @@ where
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0);
-            let admitted = match layer
-                .check(request.headers(), request.uri().query(), peer)
+            let (key, notice) = match layer
+                .admit(request.headers(), request.uri().query(), peer)
                 .await
             {
                 Ok(admitted) => admitted,
                 Err(refusal) => return Ok(refusal),
             };
-            request.extensions_mut().insert(admitted.key);
+            request.extensions_mut().insert(key);
             let mut response = inner.call(request).await?;
-            response.headers_mut().extend(admitted.response_headers);
+            notice.write(response.headers_mut());
             Ok(response)
         })
     }

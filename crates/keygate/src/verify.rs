@@ -212,7 +212,9 @@ impl Verifier {
         let found = match parse(presented) {
             Ok(parsed) => self.lookup(parsed.hash()).await?,
             // Not keygate's format: an imported key of another system's, or garbage.
-            Err(e) => match self.imported(presented).await? {
+            // Boxed: a rare path whose state (a slow hash check) would otherwise be moved
+            // around inside every verification's future.
+            Err(e) => match Box::pin(self.imported(presented)).await? {
                 Foreign::Malformed => {
                     return Ok(self.refused(Outcome::Malformed, e.reason()));
                 }
@@ -280,14 +282,19 @@ impl Verifier {
             // The key's own limits and its owner's shared ones, checked together.
             let key = Subject::key(&grant.id);
             let owner = owner.map(Subject::owner);
-            let mut subjects: Vec<(&Subject, &[RateLimit])> = Vec::with_capacity(2);
-            if !grant.rate_limits.is_empty() {
-                subjects.push((&key, &grant.rate_limits));
-            }
-            if let Some(owner) = &owner {
-                subjects.push((owner, &grant.owner_rate_limits));
-            }
-            let decision = self.inner.limiter.check(&subjects, cost, now).await;
+            let both;
+            let subjects: &[(&Subject, &[RateLimit])] = match &owner {
+                None => &[(&key, &grant.rate_limits)],
+                Some(owner) if grant.rate_limits.is_empty() => &[(owner, &grant.owner_rate_limits)],
+                Some(owner) => {
+                    both = [
+                        (&key, &grant.rate_limits[..]),
+                        (owner, &grant.owner_rate_limits[..]),
+                    ];
+                    &both
+                }
+            };
+            let decision = self.inner.limiter.check(subjects, cost, now).await;
             if !decision.allowed() {
                 self.count_rate_limited(&decision);
                 verification.outcome = Outcome::RateLimited;

@@ -43,20 +43,8 @@ pub fn retry_after_header(decision: &Decision) -> Option<String> {
 
 /// Appends `n` in decimal (what `write!` does, without the formatting machinery: these
 /// headers are written on every request of a limited key).
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 fn list(decision: &Decision, params: impl Fn(&mut String, &LimitStatus)) -> Option<String> {

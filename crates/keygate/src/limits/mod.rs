@@ -44,14 +44,19 @@ pub const MAX_SUBJECTS: usize = 4;
 /// Subjects a limiter holds at most, unless told otherwise.
 pub const DEFAULT_MAX_SUBJECTS: usize = 200_000;
 
-/// Whose counters: a key or an owner. Cheap to clone; it hashes its text once, when made, so
-/// make it once per key (e.g. next to the cached key record) and reuse it: a check then finds
-/// the counters without hashing or comparing text.
+/// Whose counters: a key or an owner. Cheap to make and to clone: it shares the key id's text
+/// (or holds the owner's) rather than copying it, and hashes once, when made, so that a check
+/// finds the counters without hashing again. Written as `key:<id>` or `owner:<owner>`.
 #[derive(Clone)]
 pub struct Subject {
-    text: Arc<str>,
-    scope: LimitScope,
+    name: Name,
     hash: u64,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Name {
+    Key(KeyId),
+    Owner(Arc<str>),
 }
 
 /// Subjects hash with one random seed per process (foldhash: a subject is made per request
@@ -59,42 +64,29 @@ pub struct Subject {
 static SEED: LazyLock<foldhash::fast::RandomState> =
     LazyLock::new(foldhash::fast::RandomState::default);
 
-/// `prefix` then `text`, in one allocation.
-fn prefixed(prefix: &str, text: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + text.len());
-    out.push_str(prefix);
-    out.push_str(text);
-    out
-}
-
 impl Subject {
-    /// A key's own limits: `key:<id>`.
+    /// The subject for a key's own limits.
     pub fn key(id: &KeyId) -> Self {
-        Self::new(prefixed("key:", id.as_str()), LimitScope::Key)
-    }
-
-    /// An owner's limits, shared by all its keys: `owner:<owner>`.
-    pub fn owner(owner: &str) -> Self {
-        Self::new(prefixed("owner:", owner), LimitScope::Owner)
-    }
-
-    fn new(text: String, scope: LimitScope) -> Self {
-        let hash = SEED.hash_one(&text);
         Self {
-            text: text.into(),
-            scope,
-            hash,
+            hash: SEED.hash_one((LimitScope::Key as u8, id.as_str())),
+            name: Name::Key(id.clone()),
         }
     }
 
-    /// `key:<id>` or `owner:<owner>`.
-    pub fn as_str(&self) -> &str {
-        &self.text
+    /// The subject for an owner's limits, shared by all its keys.
+    pub fn owner(owner: &str) -> Self {
+        Self {
+            hash: SEED.hash_one((LimitScope::Owner as u8, owner)),
+            name: Name::Owner(owner.into()),
+        }
     }
 
     /// Whose limits these are.
     pub fn scope(&self) -> LimitScope {
-        self.scope
+        match self.name {
+            Name::Key(_) => LimitScope::Key,
+            Name::Owner(_) => LimitScope::Owner,
+        }
     }
 
     fn precomputed_hash(&self) -> u64 {
@@ -104,9 +96,7 @@ impl Subject {
 
 impl PartialEq for Subject {
     fn eq(&self, other: &Self) -> bool {
-        // The same subject made once and reused (as a verifier should, with its cached key)
-        // compares by pointer.
-        Arc::ptr_eq(&self.text, &other.text) || (self.hash == other.hash && self.text == other.text)
+        self.hash == other.hash && self.name == other.name
     }
 }
 
@@ -120,13 +110,16 @@ impl Hash for Subject {
 
 impl fmt::Debug for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.text, f)
+        write!(f, "\"{self}\"")
     }
 }
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        match &self.name {
+            Name::Key(id) => write!(f, "key:{}", id.as_str()),
+            Name::Owner(owner) => write!(f, "owner:{owner}"),
+        }
     }
 }
 
@@ -173,7 +166,9 @@ impl Limiter {
     ) -> Decision {
         match self {
             Self::Local(l) => l.check(request, cost, now),
-            Self::Redis(r) => r.check(request, cost, now).await,
+            // Boxed: the Redis check's state is large, and inline it would be moved around
+            // with every local check's future too.
+            Self::Redis(r) => Box::pin(r.check(request, cost, now)).await,
         }
     }
 }
