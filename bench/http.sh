@@ -44,7 +44,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 DB="sqlite://$WORK/bench.db"
-KG=target/release/keygate
+KG="${KEYGATE_BIN:-target/release/keygate}"              # KEYGATE_BIN, BENCH_SERVER_BIN: other
+APP="${BENCH_SERVER_BIN:-target/release/examples/bench_server}"  # builds, for an A/B run
 
 target/release/examples/fill "$DB" 10000 1 "$WORK/hot.txt" >/dev/null
 VALID=$(head -1 "$WORK/hot.txt")
@@ -58,7 +59,7 @@ VERIFIER=$($KG --database "$DB" keys create --name bench --scope keygate:verify 
 
 wait_for() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no server at $1" >&2; exit 1; }
 
-KEYGATE_DATABASE="$DB" KEYGATE_LISTEN="127.0.0.1:$PORT_APP" "${PIN_SERVER[@]}" target/release/examples/bench_server &
+KEYGATE_DATABASE="$DB" KEYGATE_LISTEN="127.0.0.1:$PORT_APP" "${PIN_SERVER[@]}" "$APP" &
 APP_PID=$!
 PIDS+=($APP_PID)
 "${PIN_SERVER[@]}" $KG serve --database "$DB" --listen "127.0.0.1:$PORT_SERVE" >/dev/null 2>"$WORK/serve.log" &

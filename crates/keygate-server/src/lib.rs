@@ -20,7 +20,6 @@ pub mod serve;
 
 use std::sync::Arc;
 
-use axum::Router;
 use keygate::Keygate;
 
 pub use cli::{Cli, Command};
@@ -95,7 +94,7 @@ impl AppState {
 
 /// The whole HTTP application over `state`: the JSON API, the operations endpoints and the
 /// admin UI.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: AppState) -> api::Application {
     api::router(state)
 }
 

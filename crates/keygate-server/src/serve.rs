@@ -51,7 +51,7 @@ impl Service {
     }
 
     /// The HTTP application: the JSON API, the operations endpoints and the admin UI.
-    pub fn router(&self) -> Router {
+    pub fn router(&self) -> crate::api::Application {
         app(self.state.clone())
     }
 
@@ -182,13 +182,22 @@ async fn bind(address: &str) -> Result<tokio::net::TcpListener, Failure> {
 
 /// Serves `router` on `listener` within `limits` (connection cap, header timeout, shutdown
 /// grace) until `stop` resolves; each request carries its peer's address as [`ConnectInfo`].
-async fn serve_router(
+async fn serve_router<S>(
     listener: tokio::net::TcpListener,
     limits: keygate_gateway::accept::Limits,
     stats: Arc<keygate_gateway::accept::ConnectionStats>,
-    router: Router,
+    router: S,
     stop: impl std::future::Future<Output = ()>,
-) {
+) where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     use tower::ServiceExt;
     keygate_gateway::accept::serve(
         listener,

@@ -94,6 +94,13 @@ impl<S: Send + Sync, A: Action> FromRequestParts<S> for Caller<A> {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let key = <ApiKey as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        Self::permit(key)
+    }
+}
+
+impl<A: Action> Caller<A> {
+    /// The caller with key `key`, if it may do `A` (else 403 `INSUFFICIENT_SCOPE`).
+    pub fn permit(key: ApiKey) -> Result<Self, Problem> {
         if A::ACTION.permitted(key.scopes()) {
             Ok(Self(key, PhantomData))
         } else {

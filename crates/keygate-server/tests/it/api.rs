@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::openapi_check::Contract;
-use crate::support::{App, Http};
+use crate::support::{App, Http, Reply};
 
 struct Service {
     server: App,
@@ -1457,4 +1457,130 @@ fn deep_metadata_is_refused_and_an_undecodable_event_never_breaks_the_trail() {
     assert!(!page.text().contains("<script>alert(1)"), "escaped");
     let key_page = ui.get(&format!("/admin/keys/{id}"));
     assert_eq!(key_page.status, 200);
+}
+
+#[test]
+fn verify_answered_in_front_of_the_router_is_answered_as_the_router_would() {
+    let s = service(&[]);
+    let client = s.key_with(&["orders:read"]);
+    let reader = s.key_with(&["keygate:read"]);
+    let verifier = s.key_with(&["keygate:verify"]);
+    let json = |body: &str| Some(("application/json", body.as_bytes().to_vec()));
+    let valid = format!(r#"{{"key": "{client}", "scopes": ["orders:read"]}}"#);
+    type Headers = Vec<(String, Vec<u8>)>;
+    type Body<'a> = Option<(&'a str, Vec<u8>)>;
+    let cases: Vec<(&str, Headers, Body)> = vec![
+        ("valid", vec![auth("Api-Key", &verifier)], json(&valid)),
+        ("bearer", vec![auth("Bearer", &s.admin)], json(&valid)),
+        ("no key", vec![], json(&valid)),
+        (
+            "garbage key",
+            vec![auth("Api-Key", "kg_garbage")],
+            json(&valid),
+        ),
+        ("no scope", vec![auth("Api-Key", &reader)], json(&valid)),
+        (
+            "not JSON",
+            vec![auth("Api-Key", &verifier)],
+            Some(("text/plain", valid.clone().into_bytes())),
+        ),
+        (
+            "bad JSON",
+            vec![auth("Api-Key", &verifier)],
+            json("{\"key\": "),
+        ),
+        (
+            "unknown field",
+            vec![auth("Api-Key", &verifier)],
+            json(r#"{"key": "x", "nope": 1}"#),
+        ),
+        (
+            "bad scope",
+            vec![auth("Api-Key", &verifier)],
+            json(r#"{"key": "x", "scopes": ["A B"]}"#),
+        ),
+        (
+            "too large",
+            vec![auth("Api-Key", &verifier)],
+            json(&format!(r#"{{"key": "{}"}}"#, "x".repeat(70_000))),
+        ),
+        (
+            "refused key",
+            vec![auth("Api-Key", &verifier)],
+            json(r#"{"key": "kg_garbage"}"#),
+        ),
+    ];
+    let mut statuses = Vec::new();
+    for (what, headers, body) in &cases {
+        let mut headers = headers.clone();
+        if let Some((content_type, _)) = body {
+            headers.push(("Content-Type".into(), content_type.as_bytes().to_vec()));
+        }
+        let send = |router_alone: bool| {
+            s.server
+                .router_alone
+                .store(router_alone, std::sync::atomic::Ordering::SeqCst);
+            let reply = s.server.raw(
+                "POST",
+                "/v1/verify",
+                &headers,
+                body.as_ref().map(|(_, b)| b.as_slice()),
+            );
+            s.server
+                .router_alone
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            reply
+        };
+        let (routed, direct) = (send(true), send(false));
+        assert_eq!(direct.status, routed.status, "{what}");
+        assert_eq!(direct.body, routed.body, "{what}");
+        let names = |reply: &Reply| {
+            let mut h: Vec<(String, String)> = reply
+                .headers
+                .iter()
+                .filter(|(k, _)| k != "x-request-id" && k != "date")
+                .cloned()
+                .collect();
+            h.sort();
+            h
+        };
+        assert_eq!(names(&direct), names(&routed), "{what}");
+        assert!(direct.header("x-request-id").is_some(), "{what}");
+        statuses.push(direct.status);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 401, 401, 403, 415, 400, 400, 400, 413, 200]
+    );
+    // The refused callers were audited alike: three refusals, each answered both ways.
+    let failures = || {
+        s.server
+            .get("/v1/audit?type=admin.auth_failed&limit=1000", &s.admin)
+            .expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    s.server
+        .settle("6 failures recorded", |_| failures().len() >= 6);
+    let events = failures();
+    assert_eq!(events.len(), 6);
+    assert!(events.iter().all(|e| e["details"]["route"] == "/v1/verify"));
+    let logged = s.server.logs();
+    let lines = logged
+        .lines()
+        .filter(|l| l.contains("request finished") && l.contains("/v1/verify"))
+        .count();
+    assert_eq!(
+        lines,
+        2 * cases.len(),
+        "one access line per request, either way"
+    );
+}
+
+fn auth(scheme: &str, key: &str) -> (String, Vec<u8>) {
+    (
+        "Authorization".into(),
+        format!("{scheme} {key}").into_bytes(),
+    )
 }

@@ -13,7 +13,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use keygate::Keygate;
 use keygate::core::{FixedClock, Lifetime, Timestamp};
@@ -84,7 +83,9 @@ pub const PEER: &str = "192.0.2.10:50000";
 
 /// The service in this process, over a SQLite file, on a fixed clock.
 pub struct App {
-    router: Router,
+    router: keygate_server::api::Application,
+    /// Send requests to the router alone, past the application's `/v1/verify` shortcut.
+    pub router_alone: std::sync::atomic::AtomicBool,
     /// The service (its keygate, its state).
     pub service: Service,
     /// The clock; move it with [`App::advance`].
@@ -173,6 +174,7 @@ impl App {
         });
         App {
             router: service.router(),
+            router_alone: std::sync::atomic::AtomicBool::new(false),
             rt,
             service,
             clock,
@@ -273,7 +275,12 @@ impl Http for App {
             PEER.parse::<SocketAddr>().unwrap(),
         ));
         self.rt.block_on(async {
-            let response = self.router.clone().oneshot(request).await.unwrap();
+            let response = if self.router_alone.load(std::sync::atomic::Ordering::SeqCst) {
+                self.router.router_alone().clone().oneshot(request).await
+            } else {
+                self.router.clone().oneshot(request).await
+            }
+            .unwrap();
             let status = response.status().as_u16();
             let headers = response
                 .headers()
