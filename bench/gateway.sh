@@ -46,7 +46,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 DB="sqlite://$WORK/bench.db"
-KG=target/release/keygate
+KG="${KEYGATE_BIN:-target/release/keygate}"   # KEYGATE_BIN: another build, for an A/B run
 KEY=$($KG --database "$DB" keys create --name bench --owner acct_42 --scope orders:read --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 

@@ -5,9 +5,11 @@
 //! (`row_to_json` on PostgreSQL, `json_object` on SQLite), so that any extra column a custom
 //! model adds can be carried into metadata without knowing its type.
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::str::FromStr;
 
 use serde_json::{Map, Value};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use sqlx::{Connection, Row as _};
 
 use crate::StoreError;
@@ -65,6 +67,7 @@ pub async fn read_table(from: &str, table: &str) -> Result<SourceTable, StoreErr
     ))
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn check_rows(count: usize, table: &str) -> Result<(), StoreError> {
     if count > MAX_ROWS {
         return Err(config(format!(
@@ -74,6 +77,7 @@ fn check_rows(count: usize, table: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn parse_rows(texts: Vec<String>) -> Result<Vec<Map<String, Value>>, StoreError> {
     texts
         .into_iter()
