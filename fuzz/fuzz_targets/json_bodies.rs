@@ -8,13 +8,12 @@ mod checks;
 
 use std::sync::OnceLock;
 
-use axum::Router;
 use axum::body::Body;
 use tower::ServiceExt;
 
 struct Target {
     runtime: tokio::runtime::Runtime,
-    router: Router,
+    router: keygate_server::api::Application,
     admin: String,
     key_id: String,
     self_rotating: String,
