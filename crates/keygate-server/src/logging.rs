@@ -295,12 +295,6 @@ impl AccessLog {
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
                 let mut number = itoa::Buffer::new();
-                let mut millis = [b'0'; 3];
-                for (i, digit) in millis.iter_mut().enumerate() {
-                    *digit = b'0' + ((frac / 10u128.pow(2 - i as u32)) % 10) as u8;
-                }
-                // ASCII digits: always UTF-8.
-                let millis = std::str::from_utf8(&millis).unwrap_or("000");
                 if *json {
                     line.push_str("{\"timestamp\":\"");
                     push_timestamp(&mut line, now);
@@ -318,7 +312,9 @@ impl AccessLog {
                         line.push_str(piece);
                     }
                     line.push_str(number.format(whole));
-                    for piece in [".", millis, ",\"target\":\"", TARGET, "\"}"] {
+                    line.push('.');
+                    push_padded::<3>(&mut line, frac as u64);
+                    for piece in [",\"target\":\"", TARGET, "\"}"] {
                         line.push_str(piece);
                     }
                 } else {
@@ -340,7 +336,7 @@ impl AccessLog {
                     }
                     line.push_str(number.format(whole));
                     line.push('.');
-                    line.push_str(millis);
+                    push_padded::<3>(&mut line, frac as u64);
                 }
                 line.push('\n');
                 writer.append(line.as_bytes());
@@ -378,16 +374,21 @@ fn push_timestamp(out: &mut String, since_epoch: std::time::Duration) {
         }
         out.push_str(&cached.1);
     });
-    let mut micros = since_epoch.subsec_micros();
-    let mut digits = [b'0'; 6];
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
     out.push('.');
-    // ASCII digits: always UTF-8.
-    out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+    push_padded::<6>(out, since_epoch.subsec_micros().into());
     out.push('Z');
+}
+
+/// Appends the last `N` decimal digits of `n`, zero-padded (`format!("{n:0N$}")` for `n` below
+/// 10^N, without the formatting machinery).
+fn push_padded<const N: usize>(out: &mut String, mut n: u64) {
+    let mut digits = [b'0'; N];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    // ASCII digits: always UTF-8.
+    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
 }
 
 #[cfg(test)]
