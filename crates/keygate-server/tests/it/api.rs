@@ -34,6 +34,16 @@ impl Service {
         self.server.verify(&self.admin, key, scopes)
     }
 
+    /// The `admin.auth_failed` audit events so far.
+    fn auth_failures(&self) -> Vec<Value> {
+        self.server
+            .get("/v1/audit?type=admin.auth_failed&limit=1000", &self.admin)
+            .expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     /// A key with `scopes`, issued over the API; its plaintext.
     fn key_with(&self, scopes: &[&str]) -> String {
         self.create(json!({"name": "test", "scopes": scopes}))["key"]
@@ -1209,18 +1219,10 @@ fn refused_admin_requests_are_audited_without_flooding_the_trail() {
     s.server
         .get("/v1/keys", &client)
         .problem(403, "INSUFFICIENT_SCOPE");
-    let failures = |s: &Service| {
-        s.server
-            .get("/v1/audit?type=admin.auth_failed&limit=1000", &s.admin)
-            .expect(200)["items"]
-            .as_array()
-            .unwrap()
-            .clone()
-    };
     // Written off the request path: let those tasks run.
     s.server
-        .settle("3 failures recorded", |_| failures(&s).len() >= 3);
-    let events = failures(&s);
+        .settle("3 failures recorded", |_| s.auth_failures().len() >= 3);
+    let events = s.auth_failures();
     // Written off the request path, so in any order.
     let mut codes: Vec<&str> = events
         .iter()
@@ -1246,16 +1248,21 @@ fn refused_admin_requests_are_audited_without_flooding_the_trail() {
         s.server.get("/v1/keys", "kg_garbage");
     }
     s.server
-        .settle("20 failures recorded", |_| failures(&s).len() >= 20);
+        .settle("20 failures recorded", |_| s.auth_failures().len() >= 20);
     // The rest were counted, not written: no task was even started for them.
     s.server.settle("nothing left to write", |_| true);
-    assert_eq!(failures(&s).len(), 20, "the rest were counted, not written");
+    assert_eq!(
+        s.auth_failures().len(),
+        20,
+        "the rest were counted, not written"
+    );
     // A minute on, the next refusal is written, saying how many were left out.
     s.server.advance("61s");
     s.server.get("/v1/keys", "kg_garbage");
-    s.server
-        .settle("the next window's first event", |_| failures(&s).len() > 20);
-    let last = failures(&s).pop().unwrap();
+    s.server.settle("the next window's first event", |_| {
+        s.auth_failures().len() > 20
+    });
+    let last = s.auth_failures().pop().unwrap();
     // 3 + 17 written in the first minute; 23 of the flood counted instead.
     assert_eq!(last["details"]["suppressed_before"], 23);
 }
@@ -1553,17 +1560,9 @@ fn verify_answered_in_front_of_the_router_is_answered_as_the_router_would() {
         [200, 200, 401, 401, 403, 415, 400, 400, 400, 413, 200]
     );
     // The refused callers were audited alike: three refusals, each answered both ways.
-    let failures = || {
-        s.server
-            .get("/v1/audit?type=admin.auth_failed&limit=1000", &s.admin)
-            .expect(200)["items"]
-            .as_array()
-            .unwrap()
-            .clone()
-    };
     s.server
-        .settle("6 failures recorded", |_| failures().len() >= 6);
-    let events = failures();
+        .settle("6 failures recorded", |_| s.auth_failures().len() >= 6);
+    let events = s.auth_failures();
     assert_eq!(events.len(), 6);
     assert!(events.iter().all(|e| e["details"]["route"] == "/v1/verify"));
     let logged = s.server.logs();
