@@ -77,6 +77,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes the hop-by-hop headers, including those named in `Connection`. With `upgrade`,
 /// the `Upgrade` header survives and `Connection: upgrade` is put back.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // One pass over the names present (a request or response carries a handful) instead of a
+    // hashed removal per hop-by-hop name, most of which are absent.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Taken first: `Connection: upgrade` names it.
     let kept_upgrade = if upgrade {
         headers.remove(header::UPGRADE)
@@ -105,11 +110,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Drops every `X-Keygate-*` header (the client's, before the gateway adds its own).
 pub fn remove_keygate_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-keygate-"))
-        .cloned()
-        .collect();
+    let is_ours = |name: &HeaderName| name.as_str().starts_with("x-keygate-");
+    if !headers.keys().any(is_ours) {
+        return;
+    }
+    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| is_ours(k)).cloned().collect();
     for name in spoofed {
         headers.remove(name);
     }
@@ -123,8 +128,14 @@ pub fn add_identity(headers: &mut HeaderMap, key: &ApiKey, metadata: bool) {
         headers.insert(OWNER, encoded(owner));
     }
     // A scope holds no space, so a literal space separates them.
-    let scopes: Vec<String> = key.scopes().iter().map(|s| encode(s)).collect();
-    headers.insert(SCOPES, value(scopes.join(" ")));
+    let mut scopes = String::new();
+    for (i, scope) in key.scopes().iter().enumerate() {
+        if i > 0 {
+            scopes.push(' ');
+        }
+        push_encoded(&mut scopes, scope);
+    }
+    headers.insert(SCOPES, value(scopes));
     if metadata {
         let json = serde_json::to_string(key.metadata()).unwrap_or_else(|_| "{}".into());
         headers.insert(METADATA, encoded(&json));
@@ -135,9 +146,18 @@ pub fn add_identity(headers: &mut HeaderMap, key: &ApiKey, metadata: bool) {
 /// non-ASCII byte).
 const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
 
-/// `text` percent-encoded: only visible ASCII remains.
-fn encode(text: &str) -> String {
-    utf8_percent_encode(text, ENCODED).collect()
+/// Whether `byte` stands for itself in an identity header (visible ASCII other than `%`).
+fn plain(byte: u8) -> bool {
+    byte.is_ascii_graphic() && byte != b'%'
+}
+
+/// Appends `text` percent-encoded: only visible ASCII remains.
+fn push_encoded(out: &mut String, text: &str) {
+    if text.bytes().all(plain) {
+        out.push_str(text);
+    } else {
+        out.extend(utf8_percent_encode(text, ENCODED));
+    }
 }
 
 fn value(text: String) -> HeaderValue {
@@ -146,47 +166,88 @@ fn value(text: String) -> HeaderValue {
 
 /// A header value holding `text` percent-encoded.
 pub fn encoded(text: &str) -> HeaderValue {
-    value(encode(text))
+    if text.bytes().all(plain) {
+        return HeaderValue::from_str(text).expect("visible ASCII is a valid header value");
+    }
+    let mut out = String::with_capacity(text.len() * 3);
+    push_encoded(&mut out, text);
+    value(out)
 }
+
+/// Forwarding headers a client may send, all replaced by the gateway's.
+const FORWARDING: [HeaderName; 5] = [
+    FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REAL_IP,
+];
 
 /// Replaces any forwarding headers from the client with the gateway's: `Forwarded`,
 /// `X-Forwarded-For` (`client`), `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host` (the
 /// client's `Host`, when it has one).
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    for name in [
-        FORWARDED,
-        X_FORWARDED_FOR,
-        X_FORWARDED_PROTO,
-        X_FORWARDED_HOST,
-        X_REAL_IP,
-    ] {
-        headers.remove(name);
+    if headers.keys().any(|name| FORWARDING.contains(name)) {
+        for name in FORWARDING {
+            headers.remove(name);
+        }
     }
     let ip = client.to_canonical();
     let host = headers
         .get(header::HOST)
         .filter(|h| h.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned();
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
+    let mut address = String::with_capacity(39);
+    push_ip(&mut address, ip);
+    let mut forwarded = String::with_capacity(64);
+    forwarded.push_str("for=");
+    if ip.is_ipv6() {
+        forwarded.push_str("\"[");
+        forwarded.push_str(&address);
+        forwarded.push_str("]\"");
     } else {
-        ip.to_string()
-    };
-    let mut forwarded = format!("for={node};proto=http");
-    if let Some(host) = &host {
-        let host = host.to_str().unwrap_or_default();
-        let quoted = host.replace('\\', "\\\\").replace('"', "\\\"");
-        forwarded.push_str(&format!(";host=\"{quoted}\""));
+        forwarded.push_str(&address);
     }
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    forwarded.push_str(";proto=http");
+    if let Some(host) = &host {
+        forwarded.push_str(";host=\"");
+        for c in host.to_str().unwrap_or_default().chars() {
+            if matches!(c, '\\' | '"') {
+                forwarded.push('\\');
+            }
+            forwarded.push(c);
+        }
+        forwarded.push('"');
+    }
+    if let Ok(value) = HeaderValue::try_from(forwarded) {
         headers.insert(FORWARDED, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+    if let Ok(value) = HeaderValue::try_from(address) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// Appends `ip` as text: an IPv4 address digit by digit (the common case, without the
+/// formatting machinery), an IPv6 address as `Display` writes it.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut number = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(number.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -206,7 +267,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(new_request_id)
 }
 
-/// A fresh id: 32 random bits chosen at start-up, then a counter.
+/// A fresh id: 32 random bits chosen at start-up, then a counter, as 16 hex digits.
 fn new_request_id() -> HeaderValue {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -217,11 +278,12 @@ fn new_request_id() -> HeaderValue {
         let _ = getrandom::fill(&mut bytes);
         u32::from_le_bytes(bytes)
     });
-    let id = format!(
-        "{process:08x}{:08x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    HeaderValue::from_str(&id).expect("hex is a valid header value")
+    let id = (u64::from(process) << 32) | u64::from(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -300,6 +362,15 @@ mod tests {
     }
 
     #[test]
+    fn headers_without_hop_by_hop_or_spoofed_ones_are_left_as_they_are() {
+        let pairs = [("host", "a"), ("accept", "*/*"), ("x-keygatex", "1")];
+        let mut h = map(&pairs);
+        remove_hop_by_hop(&mut h, false);
+        remove_keygate_headers(&mut h);
+        assert_eq!(h, map(&pairs));
+    }
+
+    #[test]
     fn client_keygate_headers_are_dropped() {
         let mut h = map(&[
             ("X-Keygate-Owner", "evil"),
@@ -352,7 +423,19 @@ mod tests {
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, "::1".parse().unwrap());
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+        assert_eq!(h["x-forwarded-for"], "::1");
         assert!(h.get("x-forwarded-host").is_none());
+
+        // An IPv4 client seen through an IPv6 socket is named as IPv4; a host's quote and
+        // backslash are escaped inside the quoted string.
+        let mut h = map(&[("host", "a\"b\\c:80")]);
+        set_forwarded(&mut h, "::ffff:192.0.2.255".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "192.0.2.255");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.255;proto=http;host=\"a\\\"b\\\\c:80\""
+        );
+        assert_eq!(h["x-forwarded-host"], "a\"b\\c:80");
     }
 
     #[test]
@@ -366,6 +449,19 @@ mod tests {
             assert_ne!(id, bad);
             assert_eq!(id.len(), 16, "a fresh id");
         }
-        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+        let (first, second) = (request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+        assert_ne!(first, second);
+        for id in [&first, &second] {
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+        // The same process part, then consecutive counters.
+        let counter =
+            |id: &HeaderValue| u32::from_str_radix(&id.to_str().unwrap()[8..], 16).unwrap();
+        assert_eq!(first.as_bytes()[..8], second.as_bytes()[..8]);
+        assert!(counter(&second) > counter(&first));
     }
 }
