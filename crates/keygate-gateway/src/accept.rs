@@ -9,6 +9,8 @@
 //!   are closed after it too.
 //! - An `accept` error (out of file descriptors, say) is logged and counted, and the loop backs
 //!   off (5 ms doubling to 1 s) rather than exit or spin.
+//! - Connections can be served on [`Workers`]: threads with a single-threaded runtime each,
+//!   connections dealt out to them in turn (nginx's worker processes, as threads).
 //! - On shutdown the listener is closed at once; connections finish the request they are
 //!   serving (streams included) and close; upgraded connections (WebSocket) and any other work
 //!   holding a [`Tracker`] go on until `shutdown_grace` is over, when everything still open is
@@ -24,8 +26,8 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 /// The bounds a server keeps.
 #[derive(Debug, Clone)]
@@ -156,13 +158,72 @@ impl Tracker {
     }
 }
 
+/// Threads that serve connections, each running a single-threaded runtime of its own: a
+/// connection, its requests and the tasks they start (upstream connections) stay on one
+/// thread, where tasks that wake one another run in turn instead of being handed between
+/// threads. The threads end when this is dropped (tasks still on them are dropped).
+#[derive(Debug)]
+pub struct Workers {
+    runtimes: Vec<tokio::runtime::Handle>,
+    next: AtomicU64,
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// Starts `count` worker threads (at least one), named `<name>-<n>`.
+    pub fn start(name: &str, count: usize) -> std::io::Result<Self> {
+        let count = count.max(1);
+        let mut runtimes = Vec::with_capacity(count);
+        let mut stop = Vec::with_capacity(count);
+        for n in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtimes.push(runtime.handle().clone());
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            stop.push(stop_tx);
+            std::thread::Builder::new()
+                .name(format!("{name}-{n}"))
+                .spawn(move || {
+                    let _ = runtime.block_on(stop_rx);
+                })?;
+        }
+        Ok(Self {
+            runtimes,
+            next: AtomicU64::new(0),
+            _stop: stop,
+        })
+    }
+
+    /// As many workers as this process may use CPUs (its affinity and quota).
+    pub fn per_cpu(name: &str) -> std::io::Result<Self> {
+        Self::start(
+            name,
+            std::thread::available_parallelism().map_or(1, usize::from),
+        )
+    }
+
+    /// The number of worker threads.
+    pub fn count(&self) -> usize {
+        self.runtimes.len()
+    }
+
+    /// The next worker's runtime, in turn.
+    fn next(&self) -> &tokio::runtime::Handle {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        &self.runtimes[n % self.runtimes.len()]
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then shuts down gracefully (see
 /// the module docs). `service` makes the service for each connection from its peer address
 /// and a [`Tracker`] (clone it into any task that must finish before the process exits).
+/// Connections are served on `workers`, or as tasks of the calling runtime.
 pub async fn serve<F, S, B>(
     listener: TcpListener,
     limits: &Limits,
     stats: Arc<ConnectionStats>,
+    workers: Option<&Workers>,
     mut service: F,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -231,29 +292,50 @@ pub async fn serve<F, S, B>(
             phase: phase_rx.clone(),
             _alive: alive_tx.clone(),
         };
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service(peer, tracker.clone()))
-            .with_upgrades();
+        let service = service(peer, tracker.clone());
+        let builder = builder.clone();
         let stats = stats.clone();
-        tokio::spawn(async move {
+        let serve_one = move |stream: std::io::Result<TcpStream>| async move {
             let _slot = slot;
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = tracker.draining() => {
-                    // Finish the request in flight (if any), then close.
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
+            match stream {
+                Ok(stream) => {
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    tokio::pin!(connection);
+                    let ended = tokio::select! {
                         ended = connection.as_mut() => ended,
-                        () = tracker.cut() => Ok(()),
+                        () = tracker.draining() => {
+                            // Finish the request in flight (if any), then close.
+                            connection.as_mut().graceful_shutdown();
+                            tokio::select! {
+                                ended = connection.as_mut() => ended,
+                                () = tracker.cut() => Ok(()),
+                            }
+                        }
+                    };
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                 }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+                Err(e) => {
+                    tracing::warn!(error = %e, %peer, "could not hand a connection to a worker")
+                }
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
-        });
+        };
+        match workers {
+            None => {
+                tokio::spawn(serve_one(Ok(stream)));
+            }
+            Some(workers) => {
+                // Moved to the worker's runtime: registered with its I/O driver there.
+                let stream = stream.into_std();
+                workers.next().spawn(async move {
+                    serve_one(stream.and_then(TcpStream::from_std)).await;
+                });
+            }
+        }
     }
     drop(listener);
     drop(alive_tx);
@@ -276,5 +358,84 @@ pub async fn serve<F, S, B>(
         let _ = phase_tx.send(Phase::Cut);
         // The tasks stop at their next poll; give them a moment to close their sockets.
         let _ = tokio::time::timeout(Duration::from_secs(1), alive_rx.recv()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use http_body_util::{BodyExt as _, Empty, Full};
+    use hyper_util::rt::TokioIo;
+
+    /// One request on a new connection; the answer's body.
+    async fn get(address: SocketAddr) -> String {
+        let stream = TcpStream::connect(address).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "test")
+            .body(Empty::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_dealt_out_to_the_workers_in_turn() {
+        let workers = Workers::start("test-worker", 2).unwrap();
+        assert_eq!(workers.count(), 2);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = async {
+            serve(
+                listener,
+                &limits,
+                Arc::new(ConnectionStats::default()),
+                Some(&workers),
+                |_, _| {
+                    hyper::service::service_fn(|_request| async {
+                        // Which thread serves the connection.
+                        let name = std::thread::current().name().unwrap_or("-").to_owned();
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            bytes::Bytes::from(name),
+                        )))
+                    })
+                },
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await;
+        };
+        let client = async {
+            let mut served = Vec::new();
+            for _ in 0..4 {
+                served.push(get(address).await);
+            }
+            let _ = stop_tx.send(());
+            served
+        };
+        let ((), served) = tokio::join!(server, client);
+        assert_eq!(
+            served,
+            [
+                "test-worker-0",
+                "test-worker-1",
+                "test-worker-0",
+                "test-worker-1"
+            ]
+        );
     }
 }

@@ -13,7 +13,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use keygate::ApiKey;
 use pin_project_lite::pin_project;
 
-use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 
 /// Any error of a body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -99,7 +99,7 @@ impl Body for ResponseBody {
                     if !log.upstream_failed {
                         log.upstream_failed = true;
                         if let Some(route) = log.route {
-                            log.metrics.body_error(route);
+                            log.proxy.metrics.body_error(route);
                         }
                         tracing::warn!(request_id = ?log.request_id, error = %e, "the upstream's response body broke off; closing the client's connection");
                     }
@@ -128,8 +128,7 @@ impl Body for ResponseBody {
 /// Never the key, the path or the query string: the route's name says where it went.
 #[derive(Debug)]
 pub struct AccessLog {
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) route_names: Arc<[String]>,
+    pub(crate) proxy: Arc<Proxy>,
     pub(crate) request_id: HeaderValue,
     pub(crate) method: Method,
     pub(crate) started: Instant,
@@ -144,15 +143,9 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// The line for a request that has just arrived.
-    pub(crate) fn new(
-        metrics: Arc<Metrics>,
-        route_names: Arc<[String]>,
-        request_id: HeaderValue,
-        method: Method,
-    ) -> Self {
+    pub(crate) fn new(proxy: Arc<Proxy>, request_id: HeaderValue, method: Method) -> Self {
         Self {
-            metrics,
-            route_names,
+            proxy,
             request_id,
             method,
             started: Instant::now(),
@@ -176,22 +169,73 @@ impl Drop for AccessLog {
         } else {
             "aborted"
         };
-        let route = self
-            .route
-            .and_then(|r| self.route_names.get(r))
-            .map_or("-", String::as_str);
-        let key_id = self.key.as_ref().map_or("-", |k| k.id().as_str());
+        let record = AccessRecord {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: self.method.as_str(),
+            route: self
+                .route
+                .and_then(|r| self.proxy.route_names.get(r))
+                .map_or("-", String::as_str),
+            key_id: self.key.as_ref().map_or("-", |k| k.id().as_str()),
+            status: self.status,
+            upstream: self.upstream_latency,
+            duration: self.started.elapsed(),
+            bytes: self.bytes,
+            body,
+        };
+        self.proxy.access_log.log(&record);
+    }
+}
+
+/// One finished request, as the access log receives it: never the key, the path or the
+/// query string (the route's name says where it went).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessRecord<'a> {
+    /// The request id (`X-Request-Id`).
+    pub request_id: &'a str,
+    /// The request method.
+    pub method: &'a str,
+    /// The route's name, `-` when no route matched.
+    pub route: &'a str,
+    /// The verified key's id, `-` when none was.
+    pub key_id: &'a str,
+    /// The status sent to the client.
+    pub status: u16,
+    /// How long the upstream took to answer with its headers, when it was asked.
+    pub upstream: Option<Duration>,
+    /// From the request's arrival to the end of its response body.
+    pub duration: Duration,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// How the response body ended: `complete`, `aborted` (the client went away) or
+    /// `upstream_error` (the upstream broke it off).
+    pub body: &'static str,
+}
+
+/// Where the gateway's access-log lines go.
+pub trait AccessLogger: Send + Sync + std::fmt::Debug + 'static {
+    /// Logs one finished request.
+    fn log(&self, record: &AccessRecord<'_>);
+}
+
+/// The default access log: one `tracing` event per request, target `keygate_gateway::access`,
+/// message `request`, the record's fields as event fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingAccessLog;
+
+impl AccessLogger for TracingAccessLog {
+    fn log(&self, record: &AccessRecord<'_>) {
         tracing::info!(
             target: "keygate_gateway::access",
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            method = %self.method,
-            route,
-            key_id,
-            status = self.status,
-            upstream_ms = self.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            bytes = self.bytes,
-            body,
+            request_id = record.request_id,
+            method = %record.method,
+            route = record.route,
+            key_id = record.key_id,
+            status = record.status,
+            upstream_ms = record.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            duration_ms = record.duration.as_secs_f64() * 1000.0,
+            bytes = record.bytes,
+            body = record.body,
             "request"
         );
     }

@@ -76,7 +76,7 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// On shutdown, how long in-flight requests and open streams may take to finish.
     pub shutdown_grace: Duration,
-    /// How long an idle pooled connection to an upstream is kept.
+    /// How long an upstream connection may stay idle and still be reused.
     pub pool_idle_timeout: Duration,
     /// The routes, in file order.
     pub routes: Vec<RouteConfig>,

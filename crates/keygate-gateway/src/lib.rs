@@ -35,6 +35,7 @@ pub mod headers;
 pub mod metrics;
 mod proxy;
 pub mod routes;
+mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,30 +44,39 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keygate::{Keygate, Problem};
 use tokio::net::TcpListener;
 
-pub use crate::body::ResponseBody;
+pub use crate::body::{AccessLogger, AccessRecord, ResponseBody, TracingAccessLog};
 pub use crate::config::{ConfigError, GatewayConfig, RouteConfig};
 
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Route};
 use crate::routes::RouteTable;
+use crate::upstream::{IdlePool, Upstreams};
 
-/// The gateway: routes, the verifier, the upstream client and the counters.
+/// Most idle upstream connections kept for new client connections (each client connection
+/// also keeps the ones it uses while it is open).
+const MAX_IDLE_UPSTREAM: usize = 1024;
+
+/// The gateway: routes, the verifier, the upstream connections and the counters.
 #[derive(Debug, Clone)]
 pub struct Gateway {
     proxy: Arc<Proxy>,
     keygate: Keygate,
     limits: accept::Limits,
+    /// The data plane's threads; kept as long as the gateway (so that connections to the
+    /// store or Redis opened from them live as long as the verifier that uses them).
+    workers: Arc<accept::Workers>,
 }
 
 impl Gateway {
     /// A gateway checking keys with `keygate` and forwarding as `config` says. Fails (naming
-    /// the route's line) on routes that clash or require an invalid scope.
+    /// the route's line) on routes that clash or require an invalid scope, or if its worker
+    /// threads cannot be started: one per CPU this process may use, each serving its share of
+    /// the client connections on a single-threaded runtime of its own, ended when the last
+    /// clone of the gateway is dropped.
     pub fn new(keygate: Keygate, config: GatewayConfig) -> Result<Self, ConfigError> {
         let table = RouteTable::new(&config.routes).map_err(|(line, message)| ConfigError {
             file: "(gateway config)".into(),
@@ -95,6 +105,7 @@ impl Gateway {
                     .require_scopes(route.scopes.iter().cloned())
             });
             routes.push(Route {
+                host: proxy::host_header(&route.upstream.authority),
                 config: route.clone(),
                 layer,
             });
@@ -103,11 +114,7 @@ impl Gateway {
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(config.pool_idle_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector);
+        let idle = IdlePool::new(connector, config.pool_idle_timeout, MAX_IDLE_UPSTREAM);
         let route_names: Arc<[String]> = config.routes.iter().map(|r| r.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(route_names.iter().map(String::as_str)));
         Ok(Self {
@@ -116,18 +123,34 @@ impl Gateway {
                 route_names,
                 table,
                 sources: config.credentials.clone(),
-                client,
+                idle: Arc::new(idle),
                 response_timeout: config.response_timeout,
                 metrics,
                 verifier: keygate.verifier().clone(),
+                access_log: Arc::new(TracingAccessLog),
             }),
             keygate,
+            workers: Arc::new(
+                accept::Workers::per_cpu("keygate-gw").map_err(|e| ConfigError {
+                    file: "(gateway)".into(),
+                    line: 0,
+                    setting: "gateway".into(),
+                    message: format!("cannot start the worker threads: {e}"),
+                })?,
+            ),
             limits: accept::Limits {
                 max_connections: accept::connection_cap(config.max_connections),
                 header_read_timeout: config.header_read_timeout,
                 shutdown_grace: config.shutdown_grace,
             },
         })
+    }
+
+    /// Sends the access log's lines to `logger` instead of `tracing` events
+    /// ([`TracingAccessLog`], the default).
+    pub fn access_log(mut self, logger: Arc<dyn AccessLogger>) -> Self {
+        Arc::make_mut(&mut self.proxy).access_log = logger;
+        self
     }
 
     /// The Prometheus text exposition of the gateway's counters.
@@ -137,9 +160,10 @@ impl Gateway {
 
     /// Serves the data plane on `listener` and `/healthz`, `/readyz`, `/metrics` on `admin`
     /// until `shutdown` resolves; then stops accepting, lets open requests and streams finish
-    /// within the shutdown grace period, and returns.
+    /// within the shutdown grace period, and returns. The worker threads stay until the
+    /// gateway is dropped: write what must be written (key usage) before that.
     pub async fn serve(
-        self,
+        &self,
         listener: TcpListener,
         admin: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
@@ -161,6 +185,7 @@ impl Gateway {
                     admin,
                     &admin_limits,
                     stats,
+                    None,
                     |_, _| {
                         let gateway = gateway.clone();
                         hyper::service::service_fn(move |request| {
@@ -178,10 +203,14 @@ impl Gateway {
             listener,
             &self.limits,
             self.proxy.metrics.connections.clone(),
+            Some(&self.workers),
             move |peer, tracker| {
                 let proxy = proxy.clone();
+                let upstreams = Arc::new(Upstreams::new(proxy.idle.clone()));
                 hyper::service::service_fn(move |request| {
-                    proxy.clone().handle(peer, tracker.clone(), request)
+                    proxy
+                        .clone()
+                        .handle(peer, tracker.clone(), upstreams.clone(), request)
                 })
             },
             stopped(stop_rx),

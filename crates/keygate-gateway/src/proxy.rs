@@ -7,39 +7,43 @@ use std::time::{Duration, Instant};
 
 use axum::response::{IntoResponse, Response as AxumResponse};
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use keygate::{CredentialSource, KeygateLayer, Problem, ProblemCode, Verifier};
 
 use crate::accept::Tracker;
-use crate::body::{AccessLog, ResponseBody};
+use crate::body::{AccessLog, AccessLogger, ResponseBody};
 use crate::config::{RouteConfig, Upstream};
 use crate::headers::{self, REQUEST_ID};
 use crate::metrics::{Metrics, Unrouted, UpstreamFailure};
 use crate::routes::{NoRoute, RouteTable};
+use crate::upstream::{IdlePool, UpstreamError, Upstreams};
 
 /// What every request of one gateway shares.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Proxy {
     pub(crate) routes: Vec<Route>,
     pub(crate) route_names: Arc<[String]>,
     pub(crate) table: RouteTable,
     pub(crate) sources: Vec<CredentialSource>,
-    pub(crate) client: Client<HttpConnector, Incoming>,
+    /// Idle upstream connections, for client connections that have none yet.
+    pub(crate) idle: Arc<IdlePool<Incoming>>,
     pub(crate) response_timeout: Duration,
     pub(crate) metrics: Arc<Metrics>,
     /// Finds the client's address behind trusted proxies, as the key checks do.
     pub(crate) verifier: Verifier,
+    /// Where each request's access-log line goes.
+    pub(crate) access_log: Arc<dyn AccessLogger>,
 }
 
 /// A route and the layer that checks its keys (`None`: public).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Route {
     pub(crate) config: RouteConfig,
+    /// The `Host` header naming the upstream (unless the route keeps the client's).
+    pub(crate) host: HeaderValue,
     pub(crate) layer: Option<KeygateLayer>,
 }
 
@@ -49,15 +53,11 @@ impl Proxy {
         self: Arc<Self>,
         peer: SocketAddr,
         tracker: Tracker,
+        upstreams: Arc<Upstreams<Incoming>>,
         mut request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let request_id = headers::request_id(request.headers());
-        let mut log = AccessLog::new(
-            self.metrics.clone(),
-            self.route_names.clone(),
-            request_id.clone(),
-            request.method().clone(),
-        );
+        let mut log = AccessLog::new(self.clone(), request_id.clone(), request.method().clone());
         let index = match self.table.find(request.method(), request.uri().path()) {
             Ok(index) => index,
             Err(no_route) => return Ok(self.no_route(no_route, log, request_id)),
@@ -113,9 +113,8 @@ impl Proxy {
             log.key = Some(admitted.key.clone());
         }
         parts.headers.insert(REQUEST_ID, request_id.clone());
-        if !route.config.preserve_host {
-            // The client library sets it from the upstream URL.
-            parts.headers.remove(header::HOST);
+        if !route.config.preserve_host || !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, route.host.clone());
         }
         parts.uri = match upstream_uri(&route.config.upstream, parts.uri.path(), query.as_deref()) {
             Ok(uri) => uri,
@@ -134,9 +133,10 @@ impl Proxy {
             .response_timeout
             .unwrap_or(self.response_timeout);
         let sent = Instant::now();
+        let authority = &route.config.upstream.authority;
         let answer = tokio::time::timeout(
             timeout,
-            self.client.request(Request::from_parts(parts, body)),
+            upstreams.send(authority, Request::from_parts(parts, body)),
         )
         .await;
         let mut response = match answer {
@@ -152,7 +152,7 @@ impl Proxy {
                 tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), route = %route.config.name, error = %error_chain(&e), "upstream request failed");
                 let problem = if timed_out {
                     upstream_timeout("the upstream did not accept the connection in time")
-                } else if e.is_connect() {
+                } else if matches!(e, UpstreamError::Connect(_)) {
                     upstream_unavailable("the upstream could not be reached")
                 } else {
                     upstream_unavailable("the upstream closed the connection without a response")
@@ -274,7 +274,7 @@ fn upstream_unavailable(detail: &'static str) -> Problem {
     )
 }
 
-/// `http://<upstream authority><base path><path>[?query]`.
+/// The request target sent upstream, in origin form: `<base path><path>[?query]`.
 fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
     let mut target = String::with_capacity(
         upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
@@ -285,11 +285,17 @@ fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<
         target.push('?');
         target.push_str(query);
     }
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(upstream.authority.clone())
-        .path_and_query(PathAndQuery::try_from(target)?)
-        .build()
+    Ok(Uri::from(PathAndQuery::try_from(target)?))
+}
+
+/// The `Host` header for requests to `authority`: its host, and its port unless it is HTTP's
+/// default (80).
+pub(crate) fn host_header(authority: &Authority) -> HeaderValue {
+    let text = match authority.port_u16() {
+        Some(80) => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(text).expect("an authority is a valid header value")
 }
 
 /// Whether an I/O timeout (the connect timeout) is somewhere in the error's causes.
@@ -349,19 +355,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstream_uris_join_base_path_path_and_query() {
+    fn upstream_targets_join_base_path_path_and_query_and_hosts_name_the_upstream() {
         let up = |base: &str| Upstream {
             authority: "10.0.0.1:8000".parse().unwrap(),
             base_path: base.into(),
         };
-        assert_eq!(
-            upstream_uri(&up(""), "/api/x", None).unwrap(),
-            "http://10.0.0.1:8000/api/x"
-        );
+        assert_eq!(upstream_uri(&up(""), "/api/x", None).unwrap(), "/api/x");
         assert_eq!(
             upstream_uri(&up("/v2"), "/api/x%20y", Some("a=1&b=%C3%A9")).unwrap(),
-            "http://10.0.0.1:8000/v2/api/x%20y?a=1&b=%C3%A9"
+            "/v2/api/x%20y?a=1&b=%C3%A9"
         );
+        let host = |authority: &str| host_header(&authority.parse().unwrap());
+        assert_eq!(host("10.0.0.1:8000"), "10.0.0.1:8000");
+        assert_eq!(host("api.internal:80"), "api.internal");
+        assert_eq!(host("api.internal"), "api.internal");
+        assert_eq!(host("[::1]:8080"), "[::1]:8080");
     }
 
     #[test]

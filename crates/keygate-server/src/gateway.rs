@@ -60,7 +60,7 @@ pub async fn run(
     let level: LogLevel = args.log_level.unwrap_or(settings.log_level);
 
     // Keep the guard to the end: dropping it flushes the log lines still queued.
-    let (_log_guard, _) = init_logging(format, level);
+    let (_log_guard, access_log) = init_logging(format, level);
     let shutdown = shutdown_signal()?;
     let keygate = long_running(&settings, std::sync::Arc::new(keygate::SystemClock)).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -75,8 +75,9 @@ pub async fn run(
             ))
         })?;
     let routes = config.routes.len();
-    let gateway =
-        Gateway::new(keygate.clone(), config).map_err(|e| Failure::Config(e.to_string()))?;
+    let gateway = Gateway::new(keygate.clone(), config)
+        .map_err(|e| Failure::Config(e.to_string()))?
+        .access_log(std::sync::Arc::new(access_log));
     tracing::info!(
         addr = %listener.local_addr()?,
         admin = %admin.local_addr()?,
@@ -90,5 +91,7 @@ pub async fn run(
         tracing::error!(error = %e, "could not write key usage");
     }
     keygate.close().await;
+    // Last: store connections opened from its worker threads were usable until now.
+    drop(gateway);
     Ok(())
 }

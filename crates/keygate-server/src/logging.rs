@@ -263,6 +263,9 @@ impl std::fmt::Debug for AccessLog {
 
 /// The target the access log's lines name (the module that emits them).
 const TARGET: &str = "keygate_server::api";
+/// The target the gateway's access lines name, as its [`keygate_gateway::TracingAccessLog`]
+/// events do.
+const GATEWAY_TARGET: &str = "keygate_gateway::access";
 
 impl AccessLog {
     /// Logs one finished request. `id` and `route` are safe text (checked request ids, route
@@ -275,8 +278,6 @@ impl AccessLog {
         status: u16,
         took: std::time::Duration,
     ) {
-        let micros = took.as_micros();
-        let (whole, frac) = (micros / 1000, micros % 1000);
         match self {
             Self::Off => {}
             Self::Tracing => tracing::info!(
@@ -288,60 +289,151 @@ impl AccessLog {
                 "request finished"
             ),
             Self::Direct { writer, json } => {
-                // Pieces pushed one after another rather than `write!`: the formatting
-                // machinery was most of this line's cost.
-                let mut line = String::with_capacity(192);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let mut number = itoa::Buffer::new();
-                if *json {
-                    line.push_str("{\"timestamp\":\"");
-                    push_timestamp(&mut line, now);
-                    for piece in [
-                        "\",\"level\":\"INFO\",\"message\":\"request finished\",\"request_id\":\"",
-                        id,
-                        "\",\"method\":\"",
-                        method,
-                        "\",\"route\":\"",
-                        route,
-                        "\",\"status\":",
-                        number.format(status),
-                        ",\"latency_ms\":",
-                    ] {
-                        line.push_str(piece);
-                    }
-                    line.push_str(number.format(whole));
-                    line.push('.');
-                    push_padded::<3>(&mut line, frac as u64);
-                    for piece in [",\"target\":\"", TARGET, "\"}"] {
-                        line.push_str(piece);
-                    }
-                } else {
-                    push_timestamp(&mut line, now);
-                    for piece in [
-                        "  INFO ",
-                        TARGET,
-                        ": request finished request_id=",
-                        id,
-                        " method=",
-                        method,
-                        " route=",
-                        route,
-                        " status=",
-                        number.format(status),
-                        " latency_ms=",
-                    ] {
-                        line.push_str(piece);
-                    }
-                    line.push_str(number.format(whole));
-                    line.push('.');
-                    push_padded::<3>(&mut line, frac as u64);
-                }
-                line.push('\n');
-                writer.append(line.as_bytes());
+                let mut line = Line::start(*json, TARGET, "request finished");
+                line.plain("request_id", id);
+                line.plain("method", method);
+                line.plain("route", route);
+                line.number("status", status.into());
+                line.millis("latency_ms", took);
+                writer.append(line.finish(TARGET).as_bytes());
             }
         }
+    }
+}
+
+/// The gateway's access log: the same line its `tracing` event gives (text fields quoted as
+/// `Debug` quotes them), formatted here and appended to the log's writer.
+impl keygate_gateway::AccessLogger for AccessLog {
+    fn log(&self, record: &keygate_gateway::AccessRecord<'_>) {
+        match self {
+            Self::Off => {}
+            Self::Tracing => keygate_gateway::TracingAccessLog.log(record),
+            Self::Direct { writer, json } => {
+                let mut line = Line::start(*json, GATEWAY_TARGET, "request");
+                line.quoted("request_id", record.request_id);
+                line.plain("method", record.method);
+                line.quoted("route", record.route);
+                line.quoted("key_id", record.key_id);
+                line.number("status", record.status.into());
+                if let Some(upstream) = record.upstream {
+                    line.millis("upstream_ms", upstream);
+                }
+                line.millis("duration_ms", record.duration);
+                line.number("bytes", record.bytes);
+                line.quoted("body", record.body);
+                writer.append(line.finish(GATEWAY_TARGET).as_bytes());
+            }
+        }
+    }
+}
+
+/// One `INFO` line in the shape the log's formatter gives an event (text, or JSON with the
+/// event's fields flattened), built from pieces: no event dispatch, no field visitors, no
+/// `core::fmt` for numbers, the timestamp's date part formatted once a second.
+struct Line {
+    out: String,
+    json: bool,
+}
+
+impl Line {
+    /// The timestamp, level, target (text) and message.
+    fn start(json: bool, target: &str, message: &'static str) -> Self {
+        let mut out = String::with_capacity(256);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        if json {
+            out.push_str("{\"timestamp\":\"");
+            push_timestamp(&mut out, now);
+            out.push_str("\",\"level\":\"INFO\",\"message\":");
+            push_json_string(&mut out, message);
+        } else {
+            push_timestamp(&mut out, now);
+            out.push_str("  INFO ");
+            out.push_str(target);
+            out.push_str(": ");
+            out.push_str(message);
+        }
+        Self { out, json }
+    }
+
+    fn name(&mut self, name: &str) {
+        if self.json {
+            self.out.push_str(",\"");
+            self.out.push_str(name);
+            self.out.push_str("\":");
+        } else {
+            self.out.push(' ');
+            self.out.push_str(name);
+            self.out.push('=');
+        }
+    }
+
+    /// A field of safe text, as `Display` writes it (`%value` in an event): bare in text.
+    fn plain(&mut self, name: &str, value: &str) {
+        self.name(name);
+        if self.json {
+            push_json_string(&mut self.out, value);
+        } else {
+            self.out.push_str(value);
+        }
+    }
+
+    /// A text field as an event's `&str` field is written: quoted and escaped as `Debug`
+    /// does in text.
+    fn quoted(&mut self, name: &str, value: &str) {
+        self.name(name);
+        if self.json {
+            push_json_string(&mut self.out, value);
+        } else if value.bytes().all(plain_byte) {
+            self.out.push('"');
+            self.out.push_str(value);
+            self.out.push('"');
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(self.out, "{value:?}");
+        }
+    }
+
+    fn number(&mut self, name: &str, value: u64) {
+        self.name(name);
+        self.out.push_str(itoa::Buffer::new().format(value));
+    }
+
+    /// A duration in milliseconds with three decimals (microseconds).
+    fn millis(&mut self, name: &str, took: std::time::Duration) {
+        self.name(name);
+        let micros = took.as_micros();
+        self.out.push_str(itoa::Buffer::new().format(micros / 1000));
+        self.out.push('.');
+        push_padded::<3>(&mut self.out, (micros % 1000) as u64);
+    }
+
+    /// The line, ended (JSON: the target, then the closing brace) with its newline.
+    fn finish(mut self, target: &str) -> String {
+        if self.json {
+            self.out.push_str(",\"target\":");
+            push_json_string(&mut self.out, target);
+            self.out.push('}');
+        }
+        self.out.push('\n');
+        self.out
+    }
+}
+
+/// Printable ASCII that neither `Debug` nor JSON escapes.
+fn plain_byte(b: u8) -> bool {
+    (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\'
+}
+
+/// Appends `text` as a JSON string.
+fn push_json_string(out: &mut String, text: &str) {
+    if text.bytes().all(plain_byte) {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(text).to_string());
     }
 }
 
@@ -436,6 +528,55 @@ mod tests {
                 .is_ok(),
             "{stamp}"
         );
+    }
+
+    #[test]
+    fn gateway_access_lines_are_the_tracing_events_lines_in_text_and_json() {
+        use keygate_gateway::{AccessLogger as _, AccessRecord};
+        let record = AccessRecord {
+            request_id: "b63f507f00000001",
+            method: "GET",
+            route: "/api \"v2\"",
+            key_id: "key_01M8QJ48RTB3XWF2FAJSFR1W1H",
+            status: 200,
+            upstream: Some(std::time::Duration::from_micros(2_818)),
+            duration: std::time::Duration::from_micros(3_128),
+            bytes: 61,
+            body: "complete",
+        };
+        let mut lines = Vec::new();
+        for (json, record) in [
+            (false, record),
+            (true, record),
+            (
+                false,
+                AccessRecord {
+                    upstream: None,
+                    ..record
+                },
+            ),
+        ] {
+            let sink = Sink::default();
+            let (writer, guard) = LogWriter::start(sink.clone());
+            AccessLog::Direct { writer, json }.log(&record);
+            drop(guard);
+            lines.push(String::from_utf8(sink.0.lock().unwrap().clone()).unwrap());
+        }
+        let text = &lines[0];
+        assert!(text.ends_with("Z  INFO keygate_gateway::access: request request_id=\"b63f507f00000001\" method=GET route=\"/api \\\"v2\\\"\" key_id=\"key_01M8QJ48RTB3XWF2FAJSFR1W1H\" status=200 upstream_ms=2.818 duration_ms=3.128 bytes=61 body=\"complete\"\n"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(json["message"], "request");
+        assert_eq!(json["request_id"], "b63f507f00000001");
+        assert_eq!(json["method"], "GET");
+        assert_eq!(json["route"], "/api \"v2\"");
+        assert_eq!(json["key_id"], "key_01M8QJ48RTB3XWF2FAJSFR1W1H");
+        assert_eq!(json["status"], 200);
+        assert_eq!(json["upstream_ms"], 2.818);
+        assert_eq!(json["duration_ms"], 3.128);
+        assert_eq!(json["bytes"], 61);
+        assert_eq!(json["body"], "complete");
+        assert_eq!(json["target"], "keygate_gateway::access");
+        assert!(!lines[2].contains("upstream_ms"), "{}", lines[2]);
     }
 
     #[test]

@@ -203,6 +203,7 @@ async fn serve_router<S>(
         listener,
         &limits,
         stats,
+        None,
         |peer, _| {
             let router = router.clone();
             hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
