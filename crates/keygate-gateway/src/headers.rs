@@ -122,23 +122,58 @@ pub fn remove_keygate_headers(headers: &mut HeaderMap) {
 
 /// Adds the verified key's identity for the upstream.
 pub fn add_identity(headers: &mut HeaderMap, key: &ApiKey, metadata: bool) {
-    headers.insert(KEY_ID, encoded(key.id().as_str()));
-    headers.insert(KEY_NAME, encoded(key.name()));
-    if let Some(owner) = key.owner() {
-        headers.insert(OWNER, encoded(owner));
-    }
-    // A scope holds no space, so a literal space separates them.
-    let mut scopes = String::new();
-    for (i, scope) in key.scopes().iter().enumerate() {
-        if i > 0 {
-            scopes.push(' ');
+    Identity::of(key, metadata).apply(headers);
+}
+
+/// A verified key's identity headers, made once and reused for the requests that carry the
+/// same key record (a key reloaded after a change is a new record, so a renamed key or new
+/// scopes are never sent stale).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    key: ApiKey,
+    metadata: bool,
+    values: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Identity {
+    /// The identity headers of `key` (with `X-Keygate-Metadata` when `metadata`).
+    pub fn of(key: &ApiKey, metadata: bool) -> Self {
+        let mut values = Vec::with_capacity(5);
+        values.push((KEY_ID, encoded(key.id().as_str())));
+        values.push((KEY_NAME, encoded(key.name())));
+        if let Some(owner) = key.owner() {
+            values.push((OWNER, encoded(owner)));
         }
-        push_encoded(&mut scopes, scope);
+        // A scope holds no space, so a literal space separates them.
+        let mut scopes = String::new();
+        for (i, scope) in key.scopes().iter().enumerate() {
+            if i > 0 {
+                scopes.push(' ');
+            }
+            push_encoded(&mut scopes, scope);
+        }
+        values.push((SCOPES, value(scopes)));
+        if metadata {
+            let json = serde_json::to_string(key.metadata()).unwrap_or_else(|_| "{}".into());
+            values.push((METADATA, encoded(&json)));
+        }
+        Self {
+            key: key.clone(),
+            metadata,
+            values,
+        }
     }
-    headers.insert(SCOPES, value(scopes));
-    if metadata {
-        let json = serde_json::to_string(key.metadata()).unwrap_or_else(|_| "{}".into());
-        headers.insert(METADATA, encoded(&json));
+
+    /// Whether these are the headers [`Identity::of`] would make for `key` and `metadata`.
+    pub fn is_for(&self, key: &ApiKey, metadata: bool) -> bool {
+        self.metadata == metadata && self.key.same_record(key)
+    }
+
+    /// Sets the headers (after [`remove_keygate_headers`]: the client's are gone).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.values {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 
@@ -187,47 +222,81 @@ const FORWARDING: [HeaderName; 5] = [
 /// `X-Forwarded-For` (`client`), `X-Forwarded-Proto` (`http`) and `X-Forwarded-Host` (the
 /// client's `Host`, when it has one).
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    if headers.keys().any(|name| FORWARDING.contains(name)) {
-        for name in FORWARDING {
-            headers.remove(name);
+    Forwarding::new(client, headers.get(header::HOST)).apply(headers);
+}
+
+/// The gateway's forwarding headers for one client address and `Host`, made once and reused
+/// while a connection's requests come from the same client with the same `Host`.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    client: IpAddr,
+    /// The request's `Host` as it came (compared, not sent).
+    host: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
+}
+
+impl Forwarding {
+    /// The headers naming `client`, with `host` (the request's `Host`, if it has one).
+    pub fn new(client: IpAddr, host: Option<&HeaderValue>) -> Self {
+        let ip = client.to_canonical();
+        let forwarded_host = host
+            .filter(|h| h.as_bytes().iter().all(u8::is_ascii_graphic))
+            .cloned();
+        let mut address = String::with_capacity(39);
+        push_ip(&mut address, ip);
+        let mut forwarded = String::with_capacity(64);
+        forwarded.push_str("for=");
+        if ip.is_ipv6() {
+            forwarded.push_str("\"[");
+            forwarded.push_str(&address);
+            forwarded.push_str("]\"");
+        } else {
+            forwarded.push_str(&address);
         }
-    }
-    let ip = client.to_canonical();
-    let host = headers
-        .get(header::HOST)
-        .filter(|h| h.as_bytes().iter().all(u8::is_ascii_graphic))
-        .cloned();
-    let mut address = String::with_capacity(39);
-    push_ip(&mut address, ip);
-    let mut forwarded = String::with_capacity(64);
-    forwarded.push_str("for=");
-    if ip.is_ipv6() {
-        forwarded.push_str("\"[");
-        forwarded.push_str(&address);
-        forwarded.push_str("]\"");
-    } else {
-        forwarded.push_str(&address);
-    }
-    forwarded.push_str(";proto=http");
-    if let Some(host) = &host {
-        forwarded.push_str(";host=\"");
-        for c in host.to_str().unwrap_or_default().chars() {
-            if matches!(c, '\\' | '"') {
-                forwarded.push('\\');
+        forwarded.push_str(";proto=http");
+        if let Some(host) = &forwarded_host {
+            forwarded.push_str(";host=\"");
+            for c in host.to_str().unwrap_or_default().chars() {
+                if matches!(c, '\\' | '"') {
+                    forwarded.push('\\');
+                }
+                forwarded.push(c);
             }
-            forwarded.push(c);
+            forwarded.push('"');
         }
-        forwarded.push('"');
+        Self {
+            client,
+            host: host.cloned(),
+            forwarded: HeaderValue::try_from(forwarded).ok(),
+            forwarded_for: HeaderValue::try_from(address).ok(),
+            forwarded_host,
+        }
     }
-    if let Ok(value) = HeaderValue::try_from(forwarded) {
-        headers.insert(FORWARDED, value);
+
+    /// Whether these are the headers [`Forwarding::new`] would make for `client` and `host`.
+    pub fn is_for(&self, client: IpAddr, host: Option<&HeaderValue>) -> bool {
+        self.client == client && self.host.as_ref() == host
     }
-    if let Ok(value) = HeaderValue::try_from(address) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST, host);
+
+    /// Replaces the client's forwarding headers with these.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if headers.keys().any(|name| FORWARDING.contains(name)) {
+            for name in FORWARDING {
+                headers.remove(name);
+            }
+        }
+        if let Some(value) = &self.forwarded {
+            headers.insert(FORWARDED, value.clone());
+        }
+        if let Some(value) = &self.forwarded_for {
+            headers.insert(X_FORWARDED_FOR, value.clone());
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(host) = &self.forwarded_host {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
     }
 }
 
@@ -436,6 +505,71 @@ mod tests {
             "for=192.0.2.255;proto=http;host=\"a\\\"b\\\\c:80\""
         );
         assert_eq!(h["x-forwarded-host"], "a\"b\\c:80");
+    }
+
+    fn key(name: &str, owner: Option<&str>, scopes: &[&str]) -> ApiKey {
+        let spec = keygate_core::KeySpec {
+            name: name.into(),
+            owner: owner.map(Into::into),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..keygate_core::KeySpec::default()
+        };
+        let now = keygate_core::Timestamp::from_unix_ms(0).unwrap();
+        let (record, _) = keygate_core::issue(spec, &keygate_core::Prefix::default(), now).unwrap();
+        ApiKey::from(std::sync::Arc::new(keygate_core::KeyGrant::from(record)))
+    }
+
+    #[test]
+    fn identity_headers_are_reused_only_for_the_same_key_record() {
+        let zoe = key("Zoë", Some("acct_42"), &["orders:read", "orders:write"]);
+        let identity = Identity::of(&zoe, false);
+        let mut h = HeaderMap::new();
+        identity.apply(&mut h);
+        assert_eq!(h["x-keygate-key-id"], zoe.id().as_str());
+        assert_eq!(h["x-keygate-key-name"], "Zo%C3%AB");
+        assert_eq!(h["x-keygate-owner"], "acct_42");
+        assert_eq!(h["x-keygate-scopes"], "orders:read orders:write");
+        assert!(h.get("x-keygate-metadata").is_none());
+
+        assert!(identity.is_for(&zoe.clone(), false), "the same record");
+        assert!(!identity.is_for(&zoe, true), "metadata asked for");
+        // The same key reloaded (a new record, as after a rename): made anew.
+        let reloaded = ApiKey::from(std::sync::Arc::new(zoe_grant(&zoe)));
+        assert_eq!(reloaded.id(), zoe.id());
+        assert!(!identity.is_for(&reloaded, false));
+        assert!(!identity.is_for(&key("other", None, &[]), false));
+    }
+
+    /// The grant behind `key`, as the cache would load it again.
+    fn zoe_grant(key: &ApiKey) -> keygate_core::KeyGrant {
+        let spec = keygate_core::KeySpec {
+            name: key.name().into(),
+            owner: key.owner().map(Into::into),
+            scopes: key.scopes().to_vec(),
+            ..keygate_core::KeySpec::default()
+        };
+        let now = keygate_core::Timestamp::from_unix_ms(0).unwrap();
+        let (mut record, _) =
+            keygate_core::issue(spec, &keygate_core::Prefix::default(), now).unwrap();
+        record.id = key.id().clone();
+        keygate_core::KeyGrant::from(record)
+    }
+
+    #[test]
+    fn forwarding_headers_are_reused_only_for_the_same_client_and_host() {
+        let host = HeaderValue::from_static("api.example.com");
+        let client: IpAddr = "10.1.2.3".parse().unwrap();
+        let forwarding = Forwarding::new(client, Some(&host));
+        assert!(forwarding.is_for(client, Some(&host)));
+        assert!(!forwarding.is_for("10.1.2.4".parse().unwrap(), Some(&host)));
+        assert!(!forwarding.is_for(client, None));
+        assert!(!forwarding.is_for(client, Some(&HeaderValue::from_static("other"))));
+        // Applied, they replace the client's own, as `set_forwarded` does.
+        let mut reused = map(&[("host", "api.example.com"), ("x-forwarded-for", "6.6.6.6")]);
+        forwarding.apply(&mut reused);
+        let mut made = map(&[("host", "api.example.com"), ("x-forwarded-for", "6.6.6.6")]);
+        set_forwarded(&mut made, client);
+        assert_eq!(reused, made);
     }
 
     #[test]

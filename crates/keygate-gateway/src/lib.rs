@@ -52,9 +52,9 @@ pub use crate::body::{AccessLogger, AccessRecord, ResponseBody, TracingAccessLog
 pub use crate::config::{ConfigError, GatewayConfig, RouteConfig};
 
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, Route};
+use crate::proxy::{ClientConnection, Proxy, Route};
 use crate::routes::RouteTable;
-use crate::upstream::{IdlePool, Upstreams};
+use crate::upstream::IdlePool;
 
 /// Most idle upstream connections kept for new client connections (each client connection
 /// also keeps the ones it uses while it is open).
@@ -206,11 +206,11 @@ impl Gateway {
             Some(&self.workers),
             move |peer, tracker| {
                 let proxy = proxy.clone();
-                let upstreams = Arc::new(Upstreams::new(proxy.idle.clone()));
+                let connection = Arc::new(ClientConnection::new(proxy.idle.clone()));
                 hyper::service::service_fn(move |request| {
                     proxy
                         .clone()
-                        .handle(peer, tracker.clone(), upstreams.clone(), request)
+                        .handle(peer, tracker.clone(), connection.clone(), request)
                 })
             },
             stopped(stop_rx),

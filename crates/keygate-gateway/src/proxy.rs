@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::response::{IntoResponse, Response as AxumResponse};
@@ -16,7 +16,7 @@ use keygate::{CredentialSource, KeygateLayer, Problem, ProblemCode, Verifier};
 use crate::accept::Tracker;
 use crate::body::{AccessLog, AccessLogger, ResponseBody};
 use crate::config::{RouteConfig, Upstream};
-use crate::headers::{self, REQUEST_ID};
+use crate::headers::{self, Forwarding, Identity, REQUEST_ID};
 use crate::metrics::{Metrics, Unrouted, UpstreamFailure};
 use crate::routes::{NoRoute, RouteTable};
 use crate::upstream::{IdlePool, UpstreamError, Upstreams};
@@ -38,6 +38,59 @@ pub(crate) struct Proxy {
     pub(crate) access_log: Arc<dyn AccessLogger>,
 }
 
+/// What one client connection keeps between its requests: its upstream connections, and the
+/// forwarding and identity headers of its last request (a connection's requests usually come
+/// from one client with one key, so these are made once, not per request).
+#[derive(Debug)]
+pub(crate) struct ClientConnection {
+    upstreams: Upstreams<Incoming>,
+    last: Mutex<LastHeaders>,
+}
+
+#[derive(Debug, Default)]
+struct LastHeaders {
+    forwarding: Option<Forwarding>,
+    identity: Option<Identity>,
+}
+
+impl ClientConnection {
+    pub(crate) fn new(idle: Arc<IdlePool<Incoming>>) -> Self {
+        Self {
+            upstreams: Upstreams::new(idle),
+            last: Mutex::default(),
+        }
+    }
+
+    /// Sets the forwarding headers naming `client`, and `key`'s identity headers.
+    fn set_headers(
+        &self,
+        headers: &mut http::HeaderMap,
+        client: std::net::IpAddr,
+        key: Option<(&keygate::ApiKey, bool)>,
+    ) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let host = headers.get(header::HOST);
+        match &last.forwarding {
+            Some(forwarding) if forwarding.is_for(client, host) => forwarding.apply(headers),
+            _ => {
+                let forwarding = Forwarding::new(client, host);
+                forwarding.apply(headers);
+                last.forwarding = Some(forwarding);
+            }
+        }
+        if let Some((key, metadata)) = key {
+            match &last.identity {
+                Some(identity) if identity.is_for(key, metadata) => identity.apply(headers),
+                _ => {
+                    let identity = Identity::of(key, metadata);
+                    identity.apply(headers);
+                    last.identity = Some(identity);
+                }
+            }
+        }
+    }
+}
+
 /// A route and the layer that checks its keys (`None`: public).
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
@@ -53,7 +106,7 @@ impl Proxy {
         self: Arc<Self>,
         peer: SocketAddr,
         tracker: Tracker,
-        upstreams: Arc<Upstreams<Incoming>>,
+        connection: Arc<ClientConnection>,
         mut request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let request_id = headers::request_id(request.headers());
@@ -103,13 +156,14 @@ impl Proxy {
         headers::remove_keygate_headers(&mut parts.headers);
         // The gateway answers `Expect: 100-continue` itself, as it starts reading the body.
         parts.headers.remove(header::EXPECT);
-        headers::set_forwarded(&mut parts.headers, client);
+        connection.set_headers(
+            &mut parts.headers,
+            client,
+            admitted
+                .as_ref()
+                .map(|a| (&a.key, route.config.forward_metadata)),
+        );
         if let Some(admitted) = &admitted {
-            headers::add_identity(
-                &mut parts.headers,
-                &admitted.key,
-                route.config.forward_metadata,
-            );
             log.key = Some(admitted.key.clone());
         }
         parts.headers.insert(REQUEST_ID, request_id.clone());
@@ -136,7 +190,9 @@ impl Proxy {
         let authority = &route.config.upstream.authority;
         let answer = tokio::time::timeout(
             timeout,
-            upstreams.send(authority, Request::from_parts(parts, body)),
+            connection
+                .upstreams
+                .send(authority, Request::from_parts(parts, body)),
         )
         .await;
         let mut response = match answer {

@@ -24,6 +24,13 @@ impl ApiKey {
         &self.0.id
     }
 
+    /// Whether `self` and `other` are the same verified record: not merely the same key id
+    /// (a key reloaded after a change is a new record), so anything derived from one holds for
+    /// the other.
+    pub fn same_record(&self, other: &ApiKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Key name.
     pub fn name(&self) -> &str {
         &self.0.name
