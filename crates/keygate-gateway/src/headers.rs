@@ -355,6 +355,20 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
+/// A key record as verification gives it, for tests.
+#[cfg(test)]
+pub(crate) fn test_key(name: &str, owner: Option<&str>, scopes: &[&str]) -> ApiKey {
+    let spec = keygate_core::KeySpec {
+        name: name.into(),
+        owner: owner.map(Into::into),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        ..keygate_core::KeySpec::default()
+    };
+    let now = keygate_core::Timestamp::from_unix_ms(0).unwrap();
+    let (record, _) = keygate_core::issue(spec, &keygate_core::Prefix::default(), now).unwrap();
+    ApiKey::from(std::sync::Arc::new(keygate_core::KeyGrant::from(record)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,21 +521,9 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a\"b\\c:80");
     }
 
-    fn key(name: &str, owner: Option<&str>, scopes: &[&str]) -> ApiKey {
-        let spec = keygate_core::KeySpec {
-            name: name.into(),
-            owner: owner.map(Into::into),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            ..keygate_core::KeySpec::default()
-        };
-        let now = keygate_core::Timestamp::from_unix_ms(0).unwrap();
-        let (record, _) = keygate_core::issue(spec, &keygate_core::Prefix::default(), now).unwrap();
-        ApiKey::from(std::sync::Arc::new(keygate_core::KeyGrant::from(record)))
-    }
-
     #[test]
     fn identity_headers_are_reused_only_for_the_same_key_record() {
-        let zoe = key("Zoë", Some("acct_42"), &["orders:read", "orders:write"]);
+        let zoe = test_key("Zoë", Some("acct_42"), &["orders:read", "orders:write"]);
         let identity = Identity::of(&zoe, false);
         let mut h = HeaderMap::new();
         identity.apply(&mut h);
@@ -537,7 +539,7 @@ mod tests {
         let reloaded = ApiKey::from(std::sync::Arc::new(zoe_grant(&zoe)));
         assert_eq!(reloaded.id(), zoe.id());
         assert!(!identity.is_for(&reloaded, false));
-        assert!(!identity.is_for(&key("other", None, &[]), false));
+        assert!(!identity.is_for(&test_key("other", None, &[]), false));
     }
 
     /// The grant behind `key`, as the cache would load it again.

@@ -70,25 +70,29 @@ impl ClientConnection {
     ) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let host = headers.get(header::HOST);
-        match &last.forwarding {
-            Some(forwarding) if forwarding.is_for(client, host) => forwarding.apply(headers),
-            _ => {
-                let forwarding = Forwarding::new(client, host);
-                forwarding.apply(headers);
-                last.forwarding = Some(forwarding);
-            }
-        }
+        reuse(
+            &mut last.forwarding,
+            |f| f.is_for(client, host),
+            || Forwarding::new(client, host),
+        )
+        .apply(headers);
         if let Some((key, metadata)) = key {
-            match &last.identity {
-                Some(identity) if identity.is_for(key, metadata) => identity.apply(headers),
-                _ => {
-                    let identity = Identity::of(key, metadata);
-                    identity.apply(headers);
-                    last.identity = Some(identity);
-                }
-            }
+            reuse(
+                &mut last.identity,
+                |i| i.is_for(key, metadata),
+                || Identity::of(key, metadata),
+            )
+            .apply(headers);
         }
     }
+}
+
+/// What `slot` holds if it `fits`, else a new value from `make`, kept in `slot`.
+fn reuse<T>(slot: &mut Option<T>, fits: impl FnOnce(&T) -> bool, make: impl FnOnce() -> T) -> &T {
+    if slot.as_ref().is_some_and(|held| !fits(held)) {
+        *slot = None;
+    }
+    slot.get_or_insert_with(make)
 }
 
 /// A route and the layer that checks its keys (`None`: public).
@@ -426,6 +430,46 @@ mod tests {
         assert_eq!(host("api.internal:80"), "api.internal");
         assert_eq!(host("api.internal"), "api.internal");
         assert_eq!(host("[::1]:8080"), "[::1]:8080");
+    }
+
+    #[test]
+    fn a_connection_s_next_request_gets_its_own_client_host_and_key_headers() {
+        use crate::headers::test_key;
+        let connection = ClientConnection::new(Arc::new(IdlePool::new(
+            hyper_util::client::legacy::connect::HttpConnector::new(),
+            Duration::from_secs(60),
+            4,
+        )));
+        let (ada, bob) = (
+            test_key("ada", Some("acct_1"), &["a"]),
+            test_key("bob", None, &["b"]),
+        );
+        let sent = |client: &str, host: &str, key: Option<&keygate::ApiKey>| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            connection.set_headers(
+                &mut headers,
+                client.parse().unwrap(),
+                key.map(|k| (k, false)),
+            );
+            headers
+        };
+        let first = sent("10.0.0.1", "a.example", Some(&ada));
+        assert_eq!(first["x-keygate-key-name"], "ada");
+        assert_eq!(first["x-keygate-owner"], "acct_1");
+        assert_eq!(first["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(sent("10.0.0.1", "a.example", Some(&ada)), first, "reused");
+        let second = sent("10.0.0.2", "b.example", Some(&bob));
+        assert_eq!(second["x-keygate-key-name"], "bob");
+        assert!(second.get("x-keygate-owner").is_none());
+        assert_eq!(second["x-keygate-scopes"], "b");
+        assert_eq!(second["x-forwarded-for"], "10.0.0.2");
+        assert_eq!(second["x-forwarded-host"], "b.example");
+        let public = sent("10.0.0.2", "b.example", None);
+        assert!(
+            public.get("x-keygate-key-id").is_none(),
+            "no key, no identity"
+        );
     }
 
     #[test]
