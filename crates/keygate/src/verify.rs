@@ -241,7 +241,9 @@ impl Verifier {
         let outcome = verification.outcome;
         verification.detail = match outcome {
             Outcome::Valid => {
-                self.inner.last_used.note(&grant.id, grant.rotated_at, now);
+                self.inner
+                    .last_used
+                    .note(&grant.id, grant.rotated_at(), now);
                 Cow::Borrowed(outcome.detail())
             }
             Outcome::InsufficientScope => Cow::Owned(lacks_scope(
@@ -268,7 +270,7 @@ impl Verifier {
         now: Timestamp,
         verification: &mut Verification,
     ) -> Result<(), Error> {
-        if let Some(allowed) = &grant.allowed_ips
+        if let Some(allowed) = grant.allowed_ips()
             && !demand.client.is_some_and(|ip| allowed.contains(ip))
         {
             verification.outcome = Outcome::IpNotAllowed;
@@ -278,19 +280,21 @@ impl Verifier {
         let owner = grant
             .owner
             .as_deref()
-            .filter(|_| !grant.owner_rate_limits.is_empty());
-        if !grant.rate_limits.is_empty() || owner.is_some() {
+            .filter(|_| !grant.owner_rate_limits().is_empty());
+        if !grant.rate_limits().is_empty() || owner.is_some() {
             // The key's own limits and its owner's shared ones, checked together.
             let key = Subject::key(&grant.id);
             let owner = owner.map(Subject::owner);
             let both;
             let subjects: &[(&Subject, &[RateLimit])] = match &owner {
-                None => &[(&key, &grant.rate_limits)],
-                Some(owner) if grant.rate_limits.is_empty() => &[(owner, &grant.owner_rate_limits)],
+                None => &[(&key, grant.rate_limits())],
+                Some(owner) if grant.rate_limits().is_empty() => {
+                    &[(owner, grant.owner_rate_limits())]
+                }
                 Some(owner) => {
                     both = [
-                        (&key, &grant.rate_limits[..]),
-                        (owner, &grant.owner_rate_limits[..]),
+                        (&key, &grant.rate_limits()[..]),
+                        (owner, &grant.owner_rate_limits()[..]),
                     ];
                     &both
                 }
@@ -304,7 +308,7 @@ impl Verifier {
             }
             verification.limits = Some(decision);
         }
-        if let Some(payer) = &grant.quota_payer {
+        if let Some(payer) = grant.quota_payer() {
             let spent = self
                 .inner
                 .store
