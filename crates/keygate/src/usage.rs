@@ -80,14 +80,15 @@ impl Counts {
         }
     }
 
-    /// Counts one more request with `outcome` (one that is counted).
+    /// Counts one more request with `outcome` (nothing if it is not one that is counted).
     fn add(&mut self, outcome: Outcome) {
         match self {
             Self::Verified(n) if outcome == Outcome::Valid => *n = n.saturating_add(1),
             Self::Verified(_) => {
                 let mut counts = self.counts();
-                counts.add(outcome, 1);
-                *self = Self::Mixed(Box::new(counts));
+                if counts.add(outcome, 1) {
+                    *self = Self::Mixed(Box::new(counts));
+                }
             }
             Self::Mixed(counts) => {
                 counts.add(outcome, 1);
@@ -124,13 +125,13 @@ impl UsageTally {
     pub(crate) fn note(&self, grant: &KeyGrant, outcome: Outcome, at: Timestamp) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let key = (grant.id.clone(), hour_of(at));
-        let mut counts = UsageCounts::default();
-        if !counts.add(outcome, 1) {
-            return; // names no key: not counted
-        }
         if let Some(row) = pending.get_mut(&key) {
             row.counts.add(outcome);
             return;
+        }
+        let mut counts = UsageCounts::default();
+        if !counts.add(outcome, 1) {
+            return; // names no key: not counted
         }
         if pending.len() >= MAX_PENDING_ROWS {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -352,6 +353,10 @@ mod tests {
         let mut two = Counts::Verified(2);
         two.merge(&Counts::Verified(3));
         assert_eq!(two, Counts::Verified(5), "verified rows stay one number");
+        for uncounted in [Outcome::Missing, Outcome::Malformed, Outcome::NotFound] {
+            two.add(uncounted);
+            assert_eq!(two, Counts::Verified(5), "{uncounted:?} is not counted");
+        }
     }
 
     #[test]
