@@ -2,8 +2,8 @@
 //! that is worth announcing, and when the grace period may end early because the holder has
 //! switched to the successor.
 //!
-//! Uses are gathered in memory and written in batches ([`Usage`]), like last-used times: no
-//! write per request. The rules here are plain functions of the records and a time.
+//! Uses are gathered in memory ([`Uses`]) and written in batches ([`Usage`]), like last-used
+//! times: no write per request. The rules here are plain functions of the records and a time.
 
 use serde::Serialize;
 
@@ -16,8 +16,9 @@ use crate::time::{Lifetime, Timestamp};
 /// still on its way to the database.
 pub const MIN_QUIET: Lifetime = Lifetime(60_000);
 
-/// A key's successful verifications since the last batch: the first and last time, and how
-/// many of them came after the key was rotated (during its grace period).
+/// One key's row in a batch of uses: its successful verifications since the last batch — the
+/// first and last time, and how many of them came after the key was rotated (during its grace
+/// period). Gathered per key as [`Uses`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {
     /// The key.
@@ -30,11 +31,22 @@ pub struct Usage {
     pub since_rotation: u64,
 }
 
-impl Usage {
-    /// One use of key `id` at `at`; `rotated_at` is the key's rotation time, if it was rotated.
-    pub fn one(id: KeyId, at: Timestamp, rotated_at: Option<Timestamp>) -> Self {
+/// A key's successful verifications since the last batch, as gathered in memory beside the
+/// key's id (a [`Usage`] without the id, so that a map by id does not hold it twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uses {
+    /// The earliest use.
+    pub first_at: Timestamp,
+    /// The latest use.
+    pub last_at: Timestamp,
+    /// Uses made after the key's rotation.
+    pub since_rotation: u64,
+}
+
+impl Uses {
+    /// One use at `at`; `rotated_at` is the key's rotation time, if it was rotated.
+    pub fn one(at: Timestamp, rotated_at: Option<Timestamp>) -> Self {
         Self {
-            id,
             first_at: at,
             last_at: at,
             since_rotation: u64::from(rotated_at.is_some_and(|r| at >= r)),
@@ -50,11 +62,21 @@ impl Usage {
         }
     }
 
-    /// Folds `other` (the same key's uses) into this one.
-    pub fn merge(&mut self, other: &Usage) {
+    /// Folds `other` (the same key's uses) into these.
+    pub fn merge(&mut self, other: &Uses) {
         self.first_at = self.first_at.min(other.first_at);
         self.last_at = self.last_at.max(other.last_at);
         self.since_rotation = self.since_rotation.saturating_add(other.since_rotation);
+    }
+
+    /// Key `id`'s row in a batch.
+    pub fn of(self, id: KeyId) -> Usage {
+        Usage {
+            id,
+            first_at: self.first_at,
+            last_at: self.last_at,
+            since_rotation: self.since_rotation,
+        }
     }
 }
 
@@ -228,18 +250,25 @@ mod tests {
 
     #[test]
     fn uses_are_counted_after_the_rotation_only() {
-        let id = KeyId::generate(t(0));
-        let mut usage = Usage::one(id.clone(), t(5), Some(t(10)));
-        assert_eq!(usage.since_rotation, 0);
-        usage.add(t(12), Some(t(10)));
-        usage.add(t(1), Some(t(10)));
-        usage.add(t(10), Some(t(10)));
-        assert_eq!((usage.first_at, usage.last_at), (t(1), t(12)));
-        assert_eq!(usage.since_rotation, 2);
-        usage.merge(&Usage::one(id, t(20), Some(t(10))));
-        assert_eq!((usage.last_at, usage.since_rotation), (t(20), 3));
-        let never = Usage::one(KeyId::generate(t(0)), t(5), None);
+        let mut uses = Uses::one(t(5), Some(t(10)));
+        assert_eq!(uses.since_rotation, 0);
+        uses.add(t(12), Some(t(10)));
+        uses.add(t(1), Some(t(10)));
+        uses.add(t(10), Some(t(10)));
+        assert_eq!((uses.first_at, uses.last_at), (t(1), t(12)));
+        assert_eq!(uses.since_rotation, 2);
+        uses.merge(&Uses::one(t(20), Some(t(10))));
+        assert_eq!((uses.last_at, uses.since_rotation), (t(20), 3));
+        uses.merge(&Uses::one(t(0), None));
+        assert_eq!((uses.first_at, uses.since_rotation), (t(0), 3));
+        let never = Uses::one(t(5), None);
         assert_eq!(never.since_rotation, 0);
+        let id = KeyId::generate(t(0));
+        let row = uses.of(id.clone());
+        assert_eq!(
+            (row.id, row.first_at, row.last_at, row.since_rotation),
+            (id, t(0), t(20), 3)
+        );
     }
 
     #[test]

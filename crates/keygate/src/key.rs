@@ -48,7 +48,7 @@ impl ApiKey {
 
     /// The key's metadata object.
     pub fn metadata(&self) -> &Map<String, Value> {
-        &self.0.metadata
+        self.0.metadata()
     }
 
     /// When the key expires, if ever.
@@ -64,7 +64,7 @@ impl ApiKey {
 
     /// The id of the key that replaces this one, if it was rotated.
     pub fn successor(&self) -> Option<&KeyId> {
-        self.0.rotated_to.as_ref()
+        self.0.rotated_to()
     }
 
     /// Whether the key holds a scope granting `scope` (`orders:*` grants `orders:read`).
@@ -138,9 +138,9 @@ impl Serialize for ApiKey {
             name: &g.name,
             owner: g.owner.as_deref(),
             scopes: &g.scopes,
-            metadata: &g.metadata,
+            metadata: g.metadata(),
             expires_at: g.expires_at,
-            rotated_to: g.rotated_to.as_ref(),
+            rotated_to: g.rotated_to(),
         }
         .serialize(s)
     }

@@ -15,11 +15,11 @@ use std::net::IpAddr;
 
 use keygate_core::limits::{Decision, IpAllowlist, LimitName, LimitScope, MAX_COST, RateLimit};
 use keygate_core::scope::first_missing;
-use keygate_core::switch::Usage;
+use keygate_core::switch::{Usage, Uses};
 use keygate_core::{
     Clock, KeyGrant, KeyHash, KeyId, Outcome, Timestamp, decide, lacks_scope, parse,
 };
-use keygate_store::{Change, ImportedKinds, KeyStore, Spend, UsageLog};
+use keygate_store::{Change, ImportedKinds, KeyStore, Spend, StoreError, UsageLog};
 
 use crate::FastMap;
 use crate::cache::{Cache, CacheConfig, CacheStats, Lookup};
@@ -121,7 +121,8 @@ pub struct Verifier {
 struct Inner {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
-    usage: Mutex<FastMap<KeyId, Usage>>,
+    /// Successful uses per key, waiting for the next flush.
+    last_used: LastUsed,
     /// Verifications by outcome, indexed like `Outcome::ALL`.
     counts: [AtomicU64; Outcome::ALL.len()],
     cache: Option<Cache>,
@@ -151,7 +152,7 @@ impl Verifier {
                 store: store.clone(),
                 cache: config.cache.map(|c| Cache::new(c, config.clock.clone())),
                 clock: config.clock,
-                usage: Mutex::new(FastMap::default()),
+                last_used: LastUsed::default(),
                 counts: Default::default(),
                 limiter: config.limiter,
                 trusted_proxies: config.trusted_proxies,
@@ -240,7 +241,9 @@ impl Verifier {
         let outcome = verification.outcome;
         verification.detail = match outcome {
             Outcome::Valid => {
-                self.note_usage(&grant.id, grant.rotated_at, now);
+                self.inner
+                    .last_used
+                    .note(&grant.id, grant.rotated_at(), now);
                 Cow::Borrowed(outcome.detail())
             }
             Outcome::InsufficientScope => Cow::Owned(lacks_scope(
@@ -267,7 +270,7 @@ impl Verifier {
         now: Timestamp,
         verification: &mut Verification,
     ) -> Result<(), Error> {
-        if let Some(allowed) = &grant.allowed_ips
+        if let Some(allowed) = grant.allowed_ips()
             && !demand.client.is_some_and(|ip| allowed.contains(ip))
         {
             verification.outcome = Outcome::IpNotAllowed;
@@ -277,19 +280,21 @@ impl Verifier {
         let owner = grant
             .owner
             .as_deref()
-            .filter(|_| !grant.owner_rate_limits.is_empty());
-        if !grant.rate_limits.is_empty() || owner.is_some() {
+            .filter(|_| !grant.owner_rate_limits().is_empty());
+        if !grant.rate_limits().is_empty() || owner.is_some() {
             // The key's own limits and its owner's shared ones, checked together.
             let key = Subject::key(&grant.id);
             let owner = owner.map(Subject::owner);
             let both;
             let subjects: &[(&Subject, &[RateLimit])] = match &owner {
-                None => &[(&key, &grant.rate_limits)],
-                Some(owner) if grant.rate_limits.is_empty() => &[(owner, &grant.owner_rate_limits)],
+                None => &[(&key, grant.rate_limits())],
+                Some(owner) if grant.rate_limits().is_empty() => {
+                    &[(owner, grant.owner_rate_limits())]
+                }
                 Some(owner) => {
                     both = [
-                        (&key, &grant.rate_limits[..]),
-                        (owner, &grant.owner_rate_limits[..]),
+                        (&key, &grant.rate_limits()[..]),
+                        (owner, &grant.owner_rate_limits()[..]),
                     ];
                     &both
                 }
@@ -303,7 +308,7 @@ impl Verifier {
             }
             verification.limits = Some(decision);
         }
-        if let Some(payer) = &grant.quota_payer {
+        if let Some(payer) = grant.quota_payer() {
             let spent = self
                 .inner
                 .store
@@ -572,16 +577,6 @@ impl Verifier {
             .collect()
     }
 
-    fn note_usage(&self, id: &KeyId, rotated_at: Option<Timestamp>, at: Timestamp) {
-        let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
-        match usage.get_mut(id) {
-            Some(u) => u.add(at, rotated_at),
-            None => {
-                usage.insert(id.clone(), Usage::one(id.clone(), at, rotated_at));
-            }
-        }
-    }
-
     /// Writes the last-used times and the usage counts gathered since the previous flush,
     /// each in one batch. On failure they are kept for the next try.
     pub async fn flush_usage(&self) -> Result<(), Error> {
@@ -605,28 +600,81 @@ impl Verifier {
     }
 
     async fn flush_last_used(&self) -> Result<(), Error> {
-        let batch: Vec<Usage> = {
-            let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
-            // Take the map rather than drain it, so its memory goes back between bursts.
-            std::mem::take(&mut *usage).into_values().collect()
-        };
-        let mut written = 0;
-        for chunk in batch.chunks(crate::usage::FLUSH_ROWS) {
-            if let Err(e) = self.inner.store.record_usage(chunk).await {
-                let mut usage = self.inner.usage.lock().unwrap_or_else(|p| p.into_inner());
-                for kept in &batch[written..] {
-                    match usage.get_mut(&kept.id) {
-                        Some(u) => u.merge(kept),
-                        None => {
-                            usage.insert(kept.id.clone(), kept.clone());
-                        }
-                    }
-                }
-                return Err(Error::store("record key usage")(e));
+        self.inner
+            .last_used
+            .flush(&*self.inner.store)
+            .await
+            .map_err(Error::store("record key usage"))
+    }
+}
+
+/// Successful verifications per key since the last flush — for `last_used_at`,
+/// `first_used_at` and a rotated key's uses since its rotation — written in batches.
+#[derive(Debug, Default)]
+struct LastUsed {
+    pending: Mutex<FastMap<KeyId, Uses>>,
+}
+
+impl LastUsed {
+    /// Notes a successful use of key `id` (rotated at `rotated_at`, if it was) at `at`.
+    fn note(&self, id: &KeyId, rotated_at: Option<Timestamp>, at: Timestamp) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.get_mut(id) {
+            Some(uses) => uses.add(at, rotated_at),
+            None => {
+                pending.insert(id.clone(), Uses::one(at, rotated_at));
             }
-            written += chunk.len();
         }
-        Ok(())
+    }
+
+    /// Writes the uses gathered since the previous flush to `log`,
+    /// [`FLUSH_ROWS`](crate::usage::FLUSH_ROWS) keys per call; on failure the keys not
+    /// written are kept (added to what came since) for the next try.
+    async fn flush<L: UsesLog + ?Sized>(&self, log: &L) -> Result<(), StoreError> {
+        // Take the map rather than drain it, so its memory goes back between bursts; its rows
+        // are moved out a call's worth at a time (no copy of the whole batch beside it).
+        let taken = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *pending)
+        };
+        let mut rows = taken.into_iter();
+        loop {
+            let chunk: Vec<(KeyId, Uses)> = rows.by_ref().take(crate::usage::FLUSH_ROWS).collect();
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let batch: Vec<Usage> = chunk.iter().map(|(id, uses)| uses.of(id.clone())).collect();
+            if let Err(e) = log.record(&batch).await {
+                self.keep(chunk.into_iter().chain(rows));
+                return Err(e);
+            }
+        }
+    }
+
+    /// Puts uses a flush could not write back with the uses gathered since.
+    fn keep(&self, rows: impl Iterator<Item = (KeyId, Uses)>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, kept) in rows {
+            match pending.get_mut(&id) {
+                Some(uses) => uses.merge(&kept),
+                None => {
+                    pending.insert(id, kept);
+                }
+            }
+        }
+    }
+}
+
+/// Where [`LastUsed::flush`] writes: the store's keys role.
+#[async_trait::async_trait]
+trait UsesLog: Send + Sync {
+    async fn record(&self, batch: &[Usage]) -> Result<(), StoreError>;
+}
+
+#[async_trait::async_trait]
+impl UsesLog for dyn KeyStore {
+    async fn record(&self, batch: &[Usage]) -> Result<(), StoreError> {
+        self.record_usage(batch).await
     }
 }
 
@@ -762,5 +810,103 @@ async fn flush_loop(inner: Weak<Inner>, every: Duration) {
         if let Err(e) = (Verifier { inner }).flush_usage().await {
             tracing::warn!(error = %e, "could not record key usage; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::FLUSH_ROWS;
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(1_800_000_000_000 + ms).unwrap()
+    }
+
+    /// Keeps every batch, except that call number `fail_call` (from 0) fails.
+    #[derive(Default)]
+    struct Flaky {
+        fail_call: usize,
+        calls: AtomicUsize,
+        written: Mutex<Vec<Usage>>,
+    }
+
+    #[async_trait::async_trait]
+    impl UsesLog for Flaky {
+        async fn record(&self, batch: &[Usage]) -> Result<(), StoreError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == self.fail_call {
+                return Err(StoreError::Backend("down".into()));
+            }
+            self.written.lock().unwrap().extend_from_slice(batch);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_of_uses_that_fails_part_way_keeps_exactly_the_keys_it_did_not_write() {
+        let last_used = LastUsed::default();
+        let keys: Vec<KeyId> = (0..FLUSH_ROWS + FLUSH_ROWS / 4)
+            .map(|_| KeyId::generate(t(0)))
+            .collect();
+        let rotated = Some(t(15));
+        for id in &keys {
+            last_used.note(id, rotated, t(20));
+            last_used.note(id, rotated, t(10));
+        }
+        // The second call fails.
+        let log = Flaky {
+            fail_call: 1,
+            ..Flaky::default()
+        };
+        assert!(last_used.flush(&log).await.is_err());
+        assert_eq!(
+            log.written.lock().unwrap().len(),
+            FLUSH_ROWS,
+            "one call's keys"
+        );
+        let kept = last_used.pending.lock().unwrap().len();
+        assert_eq!(kept, keys.len() - FLUSH_ROWS, "the rest are kept");
+
+        // Uses that come meanwhile are added to the kept ones.
+        for id in &keys {
+            last_used.note(id, rotated, t(30));
+        }
+        last_used.flush(&log).await.unwrap();
+        last_used.flush(&log).await.unwrap(); // nothing left: no call
+        assert_eq!(
+            log.calls.load(Ordering::SeqCst),
+            2 + keys.len().div_ceil(FLUSH_ROWS)
+        );
+        let mut by_key: HashMap<KeyId, Vec<Usage>> = HashMap::new();
+        for row in log.written.into_inner().unwrap() {
+            by_key.entry(row.id.clone()).or_default().push(row);
+        }
+        assert_eq!(by_key.len(), keys.len(), "every key written");
+        let (mut once, mut twice) = (0, 0);
+        for rows in by_key.values() {
+            match rows.as_slice() {
+                // Written by the first flush, then its later use by the last one.
+                [first, later] => {
+                    assert_eq!(
+                        (first.first_at, first.last_at, first.since_rotation),
+                        (t(10), t(20), 1)
+                    );
+                    assert_eq!(
+                        (later.first_at, later.last_at, later.since_rotation),
+                        (t(30), t(30), 1)
+                    );
+                    twice += 1;
+                }
+                // Kept by the failed flush, added to, written once.
+                [kept] => {
+                    assert_eq!(
+                        (kept.first_at, kept.last_at, kept.since_rotation),
+                        (t(10), t(30), 2)
+                    );
+                    once += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((twice, once), (FLUSH_ROWS, keys.len() - FLUSH_ROWS));
     }
 }

@@ -289,6 +289,9 @@ impl<'de> Deserialize<'de> for RateLimit {
 pub struct RateLimits(Vec<RateLimit>);
 
 impl RateLimits {
+    /// No rate limits.
+    pub const NONE: Self = Self(Vec::new());
+
     /// Checks the count and makes names unique: a limit whose name an earlier one already
     /// has is named `<name>_2` (`_3`, ...), so that each limit has its own counters and
     /// headers (two limits over one window need no names). The JSON Schema of the API cannot
