@@ -434,7 +434,9 @@ mod tests {
         let log = Arc::new(Log::default());
         let tally = UsageTally::new(log.clone());
         let t0 = Timestamp::parse_rfc3339("2027-01-31T12:10:00Z").unwrap();
-        let keys = FLUSH_ROWS + FLUSH_ROWS / 4;
+        // Three calls' worth: the second fails, so both the rows of the failed call and the
+        // rows after it are kept.
+        let keys = 2 * FLUSH_ROWS + FLUSH_ROWS / 4;
         for _ in 0..keys {
             tally.note(&grant("acme", t0), Outcome::Valid, t0);
         }

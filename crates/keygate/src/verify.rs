@@ -822,18 +822,25 @@ mod tests {
         Timestamp::from_unix_ms(1_800_000_000_000 + ms).unwrap()
     }
 
-    /// Keeps every batch, except that call number `fail_call` (from 0) fails.
-    #[derive(Default)]
-    struct Flaky {
+    /// Keeps every batch, except that call number `fail_call` (from 0) fails — after the
+    /// keys of its batch were used again meanwhile (at `meanwhile`, noted in `last_used`).
+    struct Flaky<'a> {
         fail_call: usize,
+        last_used: &'a LastUsed,
+        meanwhile: Timestamp,
         calls: AtomicUsize,
         written: Mutex<Vec<Usage>>,
+        failed: Mutex<Vec<KeyId>>,
     }
 
     #[async_trait::async_trait]
-    impl UsesLog for Flaky {
+    impl UsesLog for Flaky<'_> {
         async fn record(&self, batch: &[Usage]) -> Result<(), StoreError> {
             if self.calls.fetch_add(1, Ordering::SeqCst) == self.fail_call {
+                for row in batch {
+                    self.last_used.note(&row.id, rotated(), self.meanwhile);
+                    self.failed.lock().unwrap().push(row.id.clone());
+                }
                 return Err(StoreError::Backend("down".into()));
             }
             self.written.lock().unwrap().extend_from_slice(batch);
@@ -841,21 +848,30 @@ mod tests {
         }
     }
 
+    /// When the keys of these tests were rotated.
+    fn rotated() -> Option<Timestamp> {
+        Some(t(15))
+    }
+
     #[tokio::test]
     async fn a_flush_of_uses_that_fails_part_way_keeps_exactly_the_keys_it_did_not_write() {
         let last_used = LastUsed::default();
-        let keys: Vec<KeyId> = (0..FLUSH_ROWS + FLUSH_ROWS / 4)
+        // Three calls' worth: the second fails, so both the keys of the failed call and the
+        // keys after it are kept.
+        let keys: Vec<KeyId> = (0..2 * FLUSH_ROWS + FLUSH_ROWS / 4)
             .map(|_| KeyId::generate(t(0)))
             .collect();
-        let rotated = Some(t(15));
         for id in &keys {
-            last_used.note(id, rotated, t(20));
-            last_used.note(id, rotated, t(10));
+            last_used.note(id, rotated(), t(20));
+            last_used.note(id, rotated(), t(10));
         }
-        // The second call fails.
         let log = Flaky {
             fail_call: 1,
-            ..Flaky::default()
+            last_used: &last_used,
+            meanwhile: t(25),
+            calls: AtomicUsize::new(0),
+            written: Mutex::default(),
+            failed: Mutex::default(),
         };
         assert!(last_used.flush(&log).await.is_err());
         assert_eq!(
@@ -866,9 +882,9 @@ mod tests {
         let kept = last_used.pending.lock().unwrap().len();
         assert_eq!(kept, keys.len() - FLUSH_ROWS, "the rest are kept");
 
-        // Uses that come meanwhile are added to the kept ones.
+        // More uses come before the next flush.
         for id in &keys {
-            last_used.note(id, rotated, t(30));
+            last_used.note(id, rotated(), t(30));
         }
         last_used.flush(&log).await.unwrap();
         last_used.flush(&log).await.unwrap(); // nothing left: no call
@@ -876,37 +892,40 @@ mod tests {
             log.calls.load(Ordering::SeqCst),
             2 + keys.len().div_ceil(FLUSH_ROWS)
         );
+        let failed: std::collections::HashSet<KeyId> =
+            log.failed.lock().unwrap().iter().cloned().collect();
+        assert_eq!(failed.len(), FLUSH_ROWS);
         let mut by_key: HashMap<KeyId, Vec<Usage>> = HashMap::new();
         for row in log.written.into_inner().unwrap() {
             by_key.entry(row.id.clone()).or_default().push(row);
         }
         assert_eq!(by_key.len(), keys.len(), "every key written");
-        let (mut once, mut twice) = (0, 0);
-        for rows in by_key.values() {
+        let summary = |u: &Usage| (u.first_at, u.last_at, u.since_rotation);
+        let (mut twice, mut failed_once, mut rest_once) = (0, 0, 0);
+        for (id, rows) in &by_key {
             match rows.as_slice() {
                 // Written by the first flush, then its later use by the last one.
                 [first, later] => {
-                    assert_eq!(
-                        (first.first_at, first.last_at, first.since_rotation),
-                        (t(10), t(20), 1)
-                    );
-                    assert_eq!(
-                        (later.first_at, later.last_at, later.since_rotation),
-                        (t(30), t(30), 1)
-                    );
+                    assert_eq!(summary(first), (t(10), t(20), 1));
+                    assert_eq!(summary(later), (t(30), t(30), 1));
                     twice += 1;
                 }
-                // Kept by the failed flush, added to, written once.
+                // In the failed call: kept, added to what came during that call and after.
+                [kept] if failed.contains(id) => {
+                    assert_eq!(summary(kept), (t(10), t(30), 3));
+                    failed_once += 1;
+                }
+                // After the failed call: kept, added to what came after.
                 [kept] => {
-                    assert_eq!(
-                        (kept.first_at, kept.last_at, kept.since_rotation),
-                        (t(10), t(30), 2)
-                    );
-                    once += 1;
+                    assert_eq!(summary(kept), (t(10), t(30), 2));
+                    rest_once += 1;
                 }
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!((twice, once), (FLUSH_ROWS, keys.len() - FLUSH_ROWS));
+        assert_eq!(
+            (twice, failed_once, rest_once),
+            (FLUSH_ROWS, FLUSH_ROWS, keys.len() - 2 * FLUSH_ROWS)
+        );
     }
 }
