@@ -120,11 +120,6 @@ pub fn remove_keygate_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds the verified key's identity for the upstream.
-pub fn add_identity(headers: &mut HeaderMap, key: &ApiKey, metadata: bool) {
-    Identity::of(key, metadata).apply(headers);
-}
-
 /// A verified key's identity headers, made once and reused for the requests that carry the
 /// same key record (a key reloaded after a change is a new record, so a renamed key or new
 /// scopes are never sent stale).

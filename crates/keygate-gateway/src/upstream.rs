@@ -208,21 +208,15 @@ where
 
     fn take(&self, authority: &Authority) -> Option<Open<B>> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        match held.iter().position(|open| open.authority == *authority) {
-            Some(found) => {
-                let open = held.swap_remove(found);
-                drop(held);
-                let fresh = Instant::now().duration_since(open.idle_since) < self.pool.idle_timeout;
-                if fresh {
-                    Some(open)
-                } else {
-                    self.pool.take(authority)
-                }
-            }
-            None => {
-                drop(held);
-                self.pool.take(authority)
-            }
+        let own = held
+            .iter()
+            .position(|open| open.authority == *authority)
+            .map(|found| held.swap_remove(found));
+        drop(held);
+        // The pool's rule for a connection worth reusing, else one from the pool.
+        match own {
+            Some(open) if self.pool.usable(&open, Instant::now()) => Some(open),
+            _ => self.pool.take(authority),
         }
     }
 
