@@ -6,7 +6,7 @@
 //!   most every 10 s) and counts it; it accepts again as soon as a connection ends.
 //! - A client must send its request headers within `header_read_timeout`; hyper applies the
 //!   same timer to a keep-alive connection waiting for its next request, so idle connections
-//!   are closed after it too.
+//!   are closed after it too. These timeouts run on one [`ConnectionTimer`] per connection.
 //! - An `accept` error (out of file descriptors, say) is logged and counted, and the loop backs
 //!   off (5 ms doubling to 1 s) rather than exit or spin.
 //! - Connections can be served on [`Workers`]: threads with a single-threaded runtime each,
@@ -18,16 +18,20 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::timer::ConnectionTimer;
 
 /// The bounds a server keeps.
 #[derive(Debug, Clone)]
@@ -215,6 +219,70 @@ impl Workers {
     }
 }
 
+/// A future that is polled only once it has woken its task (and the first time). Beside a
+/// busy future in a `select!` (a connection, polled for every read and write), a rarely ready
+/// one (shutdown) then costs a flag check per poll instead of a poll of its own.
+struct WhenWoken<F> {
+    inner: Pin<Box<F>>,
+    signal: Arc<WokenSignal>,
+    waker: Waker,
+}
+
+#[derive(Debug, Default)]
+struct WokenSignal {
+    woken: AtomicBool,
+    /// The task to wake on its behalf.
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl Wake for WokenSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+impl<F: Future> WhenWoken<F> {
+    fn new(inner: F) -> Self {
+        let signal = Arc::new(WokenSignal {
+            woken: AtomicBool::new(true),
+            task: std::sync::Mutex::new(None),
+        });
+        Self {
+            inner: Box::pin(inner),
+            waker: Waker::from(signal.clone()),
+            signal,
+        }
+    }
+}
+
+impl<F: Future> Future for WhenWoken<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        {
+            let mut task = self.signal.task.lock().unwrap_or_else(|p| p.into_inner());
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        if !self.signal.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        this.inner
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker))
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then shuts down gracefully (see
 /// the module docs). `service` makes the service for each connection from its peer address
 /// and a [`Tracker`] (clone it into any task that must finish before the process exits).
@@ -240,7 +308,6 @@ pub async fn serve<F, S, B>(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     let local = listener.local_addr().ok();
@@ -293,7 +360,9 @@ pub async fn serve<F, S, B>(
             _alive: alive_tx.clone(),
         };
         let service = service(peer, tracker.clone());
-        let builder = builder.clone();
+        let mut builder = builder.clone();
+        // The header read timeout of each request, on one timer per connection.
+        builder.timer(ConnectionTimer::new());
         let stats = stats.clone();
         let serve_one = move |stream: std::io::Result<TcpStream>| async move {
             let _slot = slot;
@@ -304,8 +373,9 @@ pub async fn serve<F, S, B>(
                         .with_upgrades();
                     tokio::pin!(connection);
                     let ended = tokio::select! {
+                        biased;
                         ended = connection.as_mut() => ended,
-                        () = tracker.draining() => {
+                        () = WhenWoken::new(tracker.draining()) => {
                             // Finish the request in flight (if any), then close.
                             connection.as_mut().graceful_shutdown();
                             tokio::select! {
@@ -384,6 +454,45 @@ mod tests {
         let response = sender.send_request(request).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_when_woken_future_is_polled_again_only_after_it_woke_its_task() {
+        let (tx, rx) = oneshot::channel::<u8>();
+        let polls = Arc::new(AtomicU64::new(0));
+        let counted = {
+            let polls = polls.clone();
+            let mut rx = rx;
+            std::future::poll_fn(move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                Pin::new(&mut rx).poll(cx)
+            })
+        };
+        let mut future = Box::pin(WhenWoken::new(counted));
+        let task = Arc::new(CountingWaker::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Polled the first time; then, not woken, not polled.
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        // The inner future wakes: the task is woken, and the next poll reaches it.
+        tx.send(7).unwrap();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

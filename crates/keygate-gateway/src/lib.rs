@@ -35,6 +35,7 @@ pub mod headers;
 pub mod metrics;
 mod proxy;
 pub mod routes;
+pub mod timer;
 mod upstream;
 
 use std::convert::Infallible;
