@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::response::{IntoResponse, Response as AxumResponse};
 use http::header::{self, HeaderValue};
@@ -19,6 +19,7 @@ use crate::config::{RouteConfig, Upstream};
 use crate::headers::{self, Forwarding, Identity, REQUEST_ID};
 use crate::metrics::{Metrics, Unrouted, UpstreamFailure};
 use crate::routes::{NoRoute, RouteTable};
+use crate::timer::ConnectionTimer;
 use crate::upstream::{IdlePool, UpstreamError, Upstreams};
 
 /// What every request of one gateway shares.
@@ -44,6 +45,8 @@ pub(crate) struct Proxy {
 #[derive(Debug)]
 pub(crate) struct ClientConnection {
     upstreams: Upstreams<Incoming>,
+    /// The upstream response timeouts of this connection's requests.
+    timer: ConnectionTimer,
     last: Mutex<LastHeaders>,
 }
 
@@ -57,6 +60,7 @@ impl ClientConnection {
     pub(crate) fn new(idle: Arc<IdlePool<Incoming>>) -> Self {
         Self {
             upstreams: Upstreams::new(idle),
+            timer: ConnectionTimer::new(),
             last: Mutex::default(),
         }
     }
@@ -150,7 +154,7 @@ impl Proxy {
             peer.ip(),
             parts
                 .headers
-                .get_all("x-forwarded-for")
+                .get_all(headers::X_FORWARDED_FOR)
                 .iter()
                 .map(HeaderValue::as_bytes),
         );
@@ -160,6 +164,8 @@ impl Proxy {
         headers::remove_keygate_headers(&mut parts.headers);
         // The gateway answers `Expect: 100-continue` itself, as it starts reading the body.
         parts.headers.remove(header::EXPECT);
+        // Room for what is added below, grown once rather than insert by insert.
+        parts.headers.reserve(12);
         connection.set_headers(
             &mut parts.headers,
             client,
@@ -190,15 +196,17 @@ impl Proxy {
             .config
             .response_timeout
             .unwrap_or(self.response_timeout);
-        let sent = Instant::now();
+        let sent = tokio::time::Instant::now();
         let authority = &route.config.upstream.authority;
-        let answer = tokio::time::timeout(
-            timeout,
-            connection
-                .upstreams
-                .send(authority, Request::from_parts(parts, body)),
-        )
-        .await;
+        let answer = connection
+            .timer
+            .timeout_at(
+                sent + timeout,
+                connection
+                    .upstreams
+                    .send(authority, Request::from_parts(parts, body)),
+            )
+            .await;
         let mut response = match answer {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
