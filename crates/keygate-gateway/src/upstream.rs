@@ -57,6 +57,14 @@ struct Open<B> {
     idle_since: Instant,
 }
 
+impl<B> Open<B> {
+    /// Whether this connection goes to `authority`, as the configuration spells it (the same
+    /// text: not `Authority`'s comparison, which ignores case byte by byte).
+    fn goes_to(&self, authority: &Authority) -> bool {
+        self.authority.as_str() == authority.as_str()
+    }
+}
+
 /// Idle upstream connections left by client connections that closed, and how new ones are
 /// made.
 #[derive(Debug)]
@@ -95,7 +103,7 @@ impl<B> IdlePool<B> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|open| self.usable(open, now));
-        let found = idle.iter().rposition(|open| open.authority == *authority)?;
+        let found = idle.iter().rposition(|open| open.goes_to(authority))?;
         Some(idle.swap_remove(found))
     }
 
@@ -210,7 +218,7 @@ where
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let own = held
             .iter()
-            .position(|open| open.authority == *authority)
+            .position(|open| open.goes_to(authority))
             .map(|found| held.swap_remove(found));
         drop(held);
         // The pool's rule for a connection worth reusing, else one from the pool.

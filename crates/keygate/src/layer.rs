@@ -31,6 +31,9 @@ use crate::key::ApiKey;
 use crate::problem::Problem;
 use crate::verify::{Demand, Verifier};
 
+/// Named once, so that each request does not parse the name from text.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Layer that requires a valid API key (and optionally scopes) on every request.
 #[derive(Debug, Clone)]
 pub struct KeygateLayer {
@@ -162,7 +165,7 @@ impl KeygateLayer {
             cost: config.cost,
             client: peer.map(|peer| {
                 let forwarded = headers
-                    .get_all("x-forwarded-for")
+                    .get_all(X_FORWARDED_FOR)
                     .iter()
                     .map(HeaderValue::as_bytes);
                 self.verifier.client_address(peer.ip(), forwarded)
