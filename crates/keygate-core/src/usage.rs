@@ -134,12 +134,15 @@ impl UsageCounts {
 
     /// Requests refused for any reason but a rate limit.
     pub fn refused(&self) -> u64 {
-        REFUSALS.iter().map(|o| self.get(*o)).sum()
+        REFUSALS
+            .iter()
+            .fold(0, |sum, o| sum.saturating_add(self.get(*o)))
     }
 
-    /// Every request counted.
+    /// Every request counted (saturating, as each count does: counts near `u64::MAX` must
+    /// not overflow the sum).
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.0.iter().fold(0, |sum, n| sum.saturating_add(*n))
     }
 
     /// Whether nothing was counted.
@@ -366,6 +369,16 @@ mod tests {
 
     fn t(text: &str) -> Timestamp {
         Timestamp::parse_rfc3339(text).unwrap()
+    }
+
+    #[test]
+    fn sums_of_counts_near_the_maximum_saturate() {
+        let mut c = counts(u64::MAX - 1, 5, 0);
+        c.add(Outcome::Expired, u64::MAX);
+        assert_eq!(c.total(), u64::MAX);
+        assert_eq!(c.refused(), u64::MAX);
+        assert_eq!(counts(1, 2, 3).total(), 6);
+        assert_eq!(counts(1, 2, 3).refused(), 2);
     }
 
     fn counts(verified: u64, revoked: u64, limited: u64) -> UsageCounts {
