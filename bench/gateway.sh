@@ -15,7 +15,13 @@
 # Cases run in ROUNDS (default 3) rounds of a-b-c, each case SECONDS (default 6) per round;
 # ratios are taken within a round and the median over rounds is reported, with p50/p99 and the
 # CPU time per request of the process in front (from /proc/PID/stat; the upstream's share is
-# the same in (b) and (c)). Only 127.0.0.1 is touched.
+# the same in (b) and (c)). Files (the database, both access logs) go to a tmpfs (/dev/shm)
+# when there is one, so that the disk's writeback does not stall either proxy. Only 127.0.0.1
+# is touched.
+#
+# KEYGATE_BIN=<keygate binary> measures another build as (c); KEYGATE_BIN_B=<keygate binary>
+# adds a second gateway, (c2), measured in the same rounds (c and c2 take turns going first):
+# an A/B of two builds in one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-6}"
@@ -25,6 +31,8 @@ PORT_UP=3931
 PORT_NGINX=3932
 PORT_GW=3933
 PORT_GW_ADMIN=3934
+PORT_GW_B=3935
+PORT_GW_B_ADMIN=3936
 
 for tool in wrk nginx; do
     if ! command -v "$tool" >/dev/null && ! [ -x "/usr/sbin/$tool" ]; then
@@ -41,7 +49,7 @@ fi
 cargo build --release -q -p keygate-gateway --example bench_upstream
 cargo build --release -q -p keygate-server --bin keygate
 
-WORK="$(mktemp -d)"
+WORK="$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -100,14 +108,29 @@ TOML
 "${PIN_SERVER[@]}" $KG --database "$DB" --config "$WORK/gateway.toml" gateway >/dev/null 2>"$WORK/gateway.log" &
 GW_PID=$!
 PIDS+=($GW_PID)
+CASES=(a b c)
+if [ -n "${KEYGATE_BIN_B:-}" ]; then
+    sed -e "s/:$PORT_GW_ADMIN\"/:$PORT_GW_B_ADMIN\"/" -e "s/:$PORT_GW\"/:$PORT_GW_B\"/" \
+        "$WORK/gateway.toml" > "$WORK/gateway-b.toml"
+    "${PIN_SERVER[@]}" "$KEYGATE_BIN_B" --database "$DB" --config "$WORK/gateway-b.toml" gateway \
+        >/dev/null 2>"$WORK/gateway-b.log" &
+    GW_B_PID=$!
+    PIDS+=($GW_B_PID)
+    CASES+=(c2)
+fi
 
 wait_for() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no server at $1" >&2; exit 1; }
 wait_for "http://127.0.0.1:$PORT_UP/api/orders"
 wait_for "http://127.0.0.1:$PORT_NGINX/api/orders"
 wait_for "http://127.0.0.1:$PORT_GW_ADMIN/healthz"
+PORTS=($PORT_UP $PORT_NGINX $PORT_GW)
+if [ -n "${KEYGATE_BIN_B:-}" ]; then
+    wait_for "http://127.0.0.1:$PORT_GW_B_ADMIN/healthz"
+    PORTS+=($PORT_GW_B)
+fi
 
 # Each case must answer 200 (not, say, a refusal or a 502) with the upstream's body.
-for port in $PORT_UP $PORT_NGINX $PORT_GW; do
+for port in "${PORTS[@]}"; do
     body=$(curl -sf -H "Authorization: Api-Key $KEY" "http://127.0.0.1:$port/api/orders")
     [ "$body" = '{"orders":[{"id":1,"total":"12.50"},{"id":2,"total":"7.00"}]}' ] || { echo "bad answer on $port: $body" >&2; exit 1; }
 done
@@ -130,7 +153,7 @@ measure() {
 }
 
 # Warm up every path (connections, pools, the key cache).
-for port in $PORT_UP $PORT_NGINX $PORT_GW; do
+for port in "${PORTS[@]}"; do
     "${PIN_CLIENT[@]}" wrk -t1 -c"$CONNECTIONS" -d1s -H "Authorization: Api-Key $KEY" "http://127.0.0.1:$port/api/orders" >/dev/null
 done
 
@@ -139,16 +162,25 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
     RESULT[a$round]=$(measure $UP_PID "http://127.0.0.1:$PORT_UP/api/orders")
     RESULT[b$round]=$(measure $NGINX_PID "http://127.0.0.1:$PORT_NGINX/api/orders")
-    RESULT[c$round]=$(measure $GW_PID "http://127.0.0.1:$PORT_GW/api/orders")
+    if [ -z "${KEYGATE_BIN_B:-}" ]; then
+        RESULT[c$round]=$(measure $GW_PID "http://127.0.0.1:$PORT_GW/api/orders")
+    elif [ $((round % 2)) = 1 ]; then
+        RESULT[c$round]=$(measure $GW_PID "http://127.0.0.1:$PORT_GW/api/orders")
+        RESULT[c2$round]=$(measure $GW_B_PID "http://127.0.0.1:$PORT_GW_B/api/orders")
+    else
+        RESULT[c2$round]=$(measure $GW_B_PID "http://127.0.0.1:$PORT_GW_B/api/orders")
+        RESULT[c$round]=$(measure $GW_PID "http://127.0.0.1:$PORT_GW/api/orders")
+    fi
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf "%-44s %8s %7s %7s %9s %6s %-16s %6s %-16s\n" case "req/s" "p50 ms" "p99 ms" "CPU µs/r" "x/a" "(per round)" "x/b" "(per round)"
-for k in a b c; do
+for k in "${CASES[@]}"; do
     case $k in
         a) label="(a) upstream directly";;
         b) label="(b) nginx proxy_pass, no auth";;
         c) label="(c) keygate gateway, valid key";;
+        c2) label="(c2) KEYGATE_BIN_B, valid key";;
     esac
     rps=(); p50=(); p99=(); cpu=(); ra=(); rb=(); bad=0
     for round in $(seq "$ROUNDS"); do
