@@ -63,6 +63,7 @@ pub use headers::{ratelimit_header, ratelimit_policy_header, retry_after_header}
 pub use ip::{IpAllowlist, IpError, MAX_IP_ENTRIES, MAX_PROXY_HOPS, client_address};
 pub use quota::{
     MAX_CREDITS, Quota, QuotaError, Refill, RefillPeriod, can_spend, parse_quota, quota_short_form,
+    retry_after_refill,
 };
 pub use rate::{
     Decision, Group, LimitError, LimitName, LimitScope, LimitStatus, MAX_COST, MAX_COUNT,

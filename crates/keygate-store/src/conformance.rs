@@ -2153,7 +2153,7 @@ pub async fn credits_are_spent_exactly_under_contention(store: Arc<dyn Store>) {
                 loop {
                     match store.spend_quota(&id, 1).await.expect("spend") {
                         Spend::Spent { .. } => spent += 1,
-                        Spend::Short { remaining } => {
+                        Spend::Short { remaining, .. } => {
                             assert_eq!(remaining, 0);
                             return spent;
                         }
@@ -2180,9 +2180,30 @@ pub async fn credits_are_spent_exactly_under_contention(store: Arc<dyn Store>) {
         store.spend_quota(&r2.id, 3).await.expect("spend"),
         Spend::Spent { remaining: 2 }
     );
+    // Short: the balance, and when the monthly refill is due (the client's Retry-After).
+    let quota = r2.limits.quota.expect("a quota");
     assert_eq!(
         store.spend_quota(&r2.id, 3).await.expect("spend"),
-        Spend::Short { remaining: 2 }
+        Spend::Short {
+            remaining: 2,
+            refill_due: quota.next_refill(quota.refilled_at)
+        }
+    );
+    assert!(quota.next_refill(quota.refilled_at).is_some());
+    // A quota without a refill: short, and no time to give.
+    let mut once = record("once", None, at(0));
+    once.limits.quota = Some(Quota::new(1, None, at(0)).expect("quota"));
+    store.create(&once, &audit()).await.expect("create");
+    assert_eq!(
+        store.spend_quota(&once.id, 1).await.expect("spend"),
+        Spend::Spent { remaining: 0 }
+    );
+    assert_eq!(
+        store.spend_quota(&once.id, 1).await.expect("spend"),
+        Spend::Short {
+            remaining: 0,
+            refill_due: None
+        }
     );
     assert_eq!(
         store.spend_quota(&r2.id, 0).await.expect("spend"),

@@ -251,6 +251,9 @@ pub enum Spend {
     Short {
         /// The balance, untouched.
         remaining: u64,
+        /// When the quota's next refill is due (`None`: it has no refill), to tell the client
+        /// when to retry.
+        refill_due: Option<Timestamp>,
     },
     /// The key has no credits to spend (its quota was removed): nothing to count.
     NoQuota,

@@ -193,7 +193,16 @@ impl KeygateLayer {
                     };
                     Ok((key, notice))
                 }
-                _ => Err(config.reject(v.outcome, v.detail, v.limits.as_ref())),
+                _ => {
+                    let mut refusal = config.reject(v.outcome, v.detail, v.limits.as_ref());
+                    // Out of credits until a refill: when to come back.
+                    if let Some(secs) = v.credits_refill_in {
+                        refusal
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+                    }
+                    Err(refusal)
+                }
             },
             Err(e) => {
                 tracing::error!(error = %e, "key store failed during verification");
@@ -252,7 +261,8 @@ impl LayerConfig {
     }
 
     /// The refusal for `outcome`: with the `WWW-Authenticate` challenge when it is a 401, and
-    /// `Retry-After` and the `RateLimit` headers when a rate limit said no.
+    /// `Retry-After` and the `RateLimit` headers when a rate limit said no (the caller adds
+    /// `Retry-After` for credits that refill).
     fn reject(
         &self,
         outcome: Outcome,

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use std::net::IpAddr;
 
-use keygate_core::limits::{Decision, IpAllowlist, LimitName, LimitScope, MAX_COST, RateLimit};
+use keygate_core::limits::{
+    Decision, IpAllowlist, LimitName, LimitScope, MAX_COST, RateLimit, retry_after_refill,
+};
 use keygate_core::scope::first_missing;
 use keygate_core::switch::{Usage, Uses};
 use keygate_core::{
@@ -42,6 +44,9 @@ pub struct Verification {
     pub limits: Option<Decision>,
     /// The key's credits left after this request, when it has a quota and it was checked.
     pub credits: Option<u64>,
+    /// Refused for its credits (`USAGE_EXCEEDED`) with a quota that refills: seconds until the
+    /// refill is due (at least 1) — the client's `Retry-After`.
+    pub credits_refill_in: Option<u64>,
 }
 
 /// What a request asks of a key besides its scopes.
@@ -233,6 +238,7 @@ impl Verifier {
             detail: Cow::Borrowed(""),
             limits: None,
             credits: None,
+            credits_refill_in: None,
         };
         if verification.outcome.is_valid() {
             self.check_limits(&grant, demand, now, &mut verification)
@@ -317,9 +323,14 @@ impl Verifier {
                 .map_err(Error::store("check the API key's credits"))?;
             match spent {
                 Spend::Spent { remaining } => verification.credits = Some(remaining),
-                Spend::Short { remaining } => {
+                Spend::Short {
+                    remaining,
+                    refill_due,
+                } => {
                     verification.credits = Some(remaining);
                     verification.outcome = Outcome::UsageExceeded;
+                    verification.credits_refill_in =
+                        refill_due.map(|due| retry_after_refill(now, due));
                 }
                 // The quota was removed since this key was cached: nothing to count.
                 Spend::NoQuota => {}
@@ -557,6 +568,7 @@ impl Verifier {
             detail: Cow::Borrowed(detail),
             limits: None,
             credits: None,
+            credits_refill_in: None,
         }
     }
 

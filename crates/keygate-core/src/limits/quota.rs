@@ -272,6 +272,14 @@ pub fn quota_short_form(quota: &Quota) -> String {
     }
 }
 
+/// Seconds a client refused for its credits is told to wait (`Retry-After`): until the
+/// refill `due`, rounded up, and at least 1 (a refill already due waits for the scheduler
+/// that applies it).
+pub fn retry_after_refill(now: Timestamp, due: Timestamp) -> u64 {
+    let ms = due.unix_ms().saturating_sub(now.unix_ms());
+    u64::try_from(ms).unwrap_or(0).div_ceil(1000).max(1)
+}
+
 /// Whether a balance of `remaining` covers a request of `cost` (cost 0 always does).
 pub fn can_spend(remaining: u64, cost: u64) -> bool {
     remaining >= cost
@@ -346,6 +354,17 @@ mod tests {
 
     fn monthly(on_day: u8) -> Refill {
         Refill::new(1000, RefillPeriod::Month, Some(on_day)).unwrap()
+    }
+
+    #[test]
+    fn a_refused_client_waits_until_the_refill_rounded_up_and_at_least_a_second() {
+        let now = t("2027-03-14T23:59:58.500Z");
+        assert_eq!(retry_after_refill(now, t("2027-03-15T00:00:00Z")), 2);
+        assert_eq!(retry_after_refill(now, t("2027-03-15T00:00:00.500Z")), 2);
+        assert_eq!(retry_after_refill(now, t("2027-03-16T00:00:00Z")), 86_402);
+        // Due already (the scheduler has not applied it yet): retry in a second.
+        assert_eq!(retry_after_refill(now, now), 1);
+        assert_eq!(retry_after_refill(now, t("2027-03-14T00:00:00Z")), 1);
     }
 
     #[test]

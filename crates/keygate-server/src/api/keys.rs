@@ -53,7 +53,8 @@ pub struct CreateKey {
     #[serde(default)]
     #[schema(value_type = Vec<keygate::RateLimitDoc>)]
     pub rate_limits: RateLimits,
-    /// Credits: each request spends its cost; at 0, 429 `USAGE_EXCEEDED` until a refill.
+    /// Credits: each request spends its cost; at 0, 429 `USAGE_EXCEEDED` until a refill (with
+    /// `Retry-After`: the seconds until the refill is due, when the quota has one).
     #[serde(default)]
     pub quota: Option<QuotaInput>,
     /// Networks (CIDR, or single addresses) the key may be used from; absent: anywhere.

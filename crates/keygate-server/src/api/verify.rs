@@ -101,6 +101,10 @@ pub struct VerifyResponse {
     /// The key's credits left after this request (when it has a quota and it was checked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credits_remaining: Option<u64>,
+    /// Refused for its credits (`USAGE_EXCEEDED`) with a quota that refills: seconds until
+    /// the refill is due (at least 1), the `Retry-After` to give the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits_refill_in: Option<u64>,
 }
 
 /// Verify a key for the given scopes.
@@ -179,5 +183,6 @@ pub async fn verify(
         key: v.key,
         limits,
         credits_remaining: v.credits,
+        credits_refill_in: v.credits_refill_in,
     }))
 }

@@ -1534,7 +1534,7 @@ fn rate_limits_credits_and_allowlists_refuse_in_the_gateway_before_the_upstream(
     let s = setup();
     let up = s.upstream.url();
     let (limited_id, limited) = cli_create(&s.url, &["--rate", "3/1h"]);
-    let (credited_id, credited) = cli_create(&s.url, &["--quota", "2"]);
+    let (credited_id, credited) = cli_create(&s.url, &["--quota", "2/day"]);
     let (office_id, office) = cli_create(&s.url, &["--allow-ip", "203.0.113.0/24"]);
     let (local_id, local) = cli_create(
         &s.url,
@@ -1575,15 +1575,15 @@ fn rate_limits_credits_and_allowlists_refuse_in_the_gateway_before_the_upstream(
     );
     assert_eq!(seen_from(&s.upstream, &limited_id).len(), 3);
 
-    // Two credits: two answers, then 429 USAGE_EXCEEDED, not forwarded either.
+    // Two credits a day: two answers, then 429 USAGE_EXCEEDED, not forwarded either, with
+    // Retry-After: the seconds until the refill at the next 00:00 UTC.
     for _ in 0..2 {
         assert_eq!(gw.get("/api/echo", Some(&credited), &[]).status, 200);
     }
-    problem(
-        &gw.get("/api/echo", Some(&credited), &[]),
-        429,
-        "USAGE_EXCEEDED",
-    );
+    let exhausted = gw.get("/api/echo", Some(&credited), &[]);
+    problem(&exhausted, 429, "USAGE_EXCEEDED");
+    let retry: u64 = exhausted.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
     assert_eq!(seen_from(&s.upstream, &credited_id).len(), 2);
     assert_eq!(
         keygate_json(&s.url, &["keys", "show", &credited_id, "--json"])["quota"]["remaining"],

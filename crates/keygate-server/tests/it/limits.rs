@@ -158,9 +158,26 @@ fn credits_run_out_then_are_refilled_once_audited() {
     let out = verify_with(&app, &key, json!({}));
     assert_eq!(out["code"], "USAGE_EXCEEDED", "{out}");
     assert_eq!(out["credits_remaining"], 0);
-    // Through the layer: 429 USAGE_EXCEEDED.
-    app.get("/v1/keys?limit=1", &key)
-        .problem(429, "USAGE_EXCEEDED");
+    // When to come back: the daily refill, at the next 00:00 UTC.
+    const DAY_MS: i64 = 86_400_000;
+    let until_midnight = (DAY_MS - app.now().unix_ms().rem_euclid(DAY_MS) + 999) / 1000;
+    assert_eq!(out["credits_refill_in"], until_midnight, "{out}");
+    // Through the layer: 429 USAGE_EXCEEDED, with the same wait as Retry-After.
+    let refused = app.get("/v1/keys?limit=1", &key);
+    refused.problem(429, "USAGE_EXCEEDED");
+    assert_eq!(
+        refused.header("retry-after"),
+        Some(until_midnight.to_string().as_str())
+    );
+    // A second later, a second less to wait (the clock starts at the wall clock's time: not
+    // when that is the day's last second).
+    let mut exhausted = 2;
+    if until_midnight > 1 {
+        exhausted += 1;
+        app.advance("1s");
+        let later = verify_with(&app, &key, json!({}));
+        assert_eq!(later["credits_refill_in"], until_midnight - 1, "{later}");
+    }
     let shown = app.get(&format!("/v1/keys/{id}"), &app.admin).expect(200);
     assert_eq!(shown["quota"]["remaining"], 0, "{shown}");
 
@@ -199,7 +216,7 @@ fn credits_run_out_then_are_refilled_once_audited() {
     assert_eq!(verify_with(&app, &key, json!({}))["credits_remaining"], 4);
     let metrics = app.send("GET", "/metrics", None, None).text();
     assert!(
-        metrics.contains("keygate_quota_exhausted_total 2"),
+        metrics.contains(&format!("keygate_quota_exhausted_total {exhausted}")),
         "{metrics}"
     );
 }

@@ -263,6 +263,7 @@ macro_rules! sql_impl {
             for<'r> (String,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (Vec<u8>,): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (i64, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
+            for<'r> (i64, Option<i64>): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (String, String): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (Option<String>, Vec<u8>): sqlx::FromRow<'r, <B::Db as Database>::Row>,
             for<'r> (String, String, bool): sqlx::FromRow<'r, <B::Db as Database>::Row>,
@@ -794,15 +795,17 @@ sql_impl! {
                 return Ok(Spend::Spent { remaining: credits(remaining) });
             }
             // -1: the key has no quota (or no longer exists).
-            let balance: Option<(i64,)> =
-                sqlx::query_as("SELECT COALESCE(quota_remaining, -1) FROM keys WHERE id = $1")
-                    .bind(payer.as_str().to_owned())
-                    .fetch_optional(self.pool())
-                    .await
-                    .map_err(backend)?;
+            let balance: Option<(i64, Option<i64>)> = sqlx::query_as(
+                "SELECT COALESCE(quota_remaining, -1), quota_refill_due_at FROM keys WHERE id = $1",
+            )
+            .bind(payer.as_str().to_owned())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(backend)?;
             Ok(match balance {
-                Some((remaining,)) if remaining >= 0 => Spend::Short {
+                Some((remaining, refill_due)) if remaining >= 0 => Spend::Short {
                     remaining: credits(remaining),
+                    refill_due: refill_due.and_then(Timestamp::from_unix_ms),
                 },
                 _ => Spend::NoQuota,
             })
