@@ -19,7 +19,9 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::time::{Instant, Sleep};
 
-/// One connection's timer, shared by its timeouts (cheap to clone: one `Arc`).
+/// One connection's timer, shared by its timeouts (cheap to clone: one `Arc`). Its timeouts
+/// are awaited by one task, the connection's: the armed timer wakes the task that polled it
+/// last.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionTimer {
     /// Made on first use, within the runtime that drives the connection.
