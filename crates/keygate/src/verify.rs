@@ -220,6 +220,11 @@ impl Verifier {
             // Not keygate's format: an imported key of another system's, or garbage.
             // Boxed: a rare path whose state (a slow hash check) would otherwise be moved
             // around inside every verification's future.
+            // The common case first, without the boxed future: no imported keys at all,
+            // known without asking.
+            Err(e) if self.no_imported_keys() => {
+                return Ok(self.refused(Outcome::Malformed, e.reason()));
+            }
             Err(e) => match Box::pin(self.imported(presented)).await? {
                 Foreign::Malformed => {
                     return Ok(self.refused(Outcome::Malformed, e.reason()));
@@ -410,11 +415,7 @@ impl Verifier {
     /// imported hash, then rehashed. Anything else is [`Foreign::Malformed`] (malformed),
     /// with no lookup.
     async fn imported(&self, presented: &str) -> Result<Foreign, Error> {
-        // The common case first: no imported keys at all, known without asking.
-        if self
-            .known_kinds()
-            .is_some_and(|k| k == ImportedKinds::default())
-        {
+        if self.no_imported_keys() {
             return Ok(Foreign::Malformed);
         }
         let drf = keygate_core::legacy::drf_prefix(presented);
@@ -534,6 +535,12 @@ impl Verifier {
 
     /// The imported kinds as last read, if no change was reported since (and there is a
     /// change feed to report them: a cache).
+    /// Whether it is known, without asking the store, that no imported keys exist.
+    fn no_imported_keys(&self) -> bool {
+        self.known_kinds()
+            .is_some_and(|k| k == ImportedKinds::default())
+    }
+
     fn known_kinds(&self) -> Option<ImportedKinds> {
         self.inner.cache.as_ref()?;
         let generation = self.inner.kinds_generation.load(Ordering::Acquire);
