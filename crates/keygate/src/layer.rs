@@ -177,7 +177,7 @@ impl KeygateLayer {
                 Ok(p) => p,
                 Err(e) => {
                     self.verifier.count(e.outcome);
-                    return Err(config.reject(e.outcome, e.detail, None));
+                    return Err(config.reject(e.outcome, e.detail, None, None));
                 }
             };
             self.verifier
@@ -194,14 +194,7 @@ impl KeygateLayer {
                     Ok((key, notice))
                 }
                 _ => {
-                    let mut refusal = config.reject(v.outcome, v.detail, v.limits.as_ref());
-                    // Out of credits until a refill: when to come back.
-                    if let Some(secs) = v.credits_refill_in {
-                        refusal
-                            .headers_mut()
-                            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-                    }
-                    Err(refusal)
+                    Err(config.reject(v.outcome, v.detail, v.limits.as_ref(), v.credits_refill_in))
                 }
             },
             Err(e) => {
@@ -217,7 +210,10 @@ impl KeygateLayer {
         let missing = first_missing(key.scopes(), &self.config.required)?;
         let detail = lacks_scope(missing);
         self.verifier.count(Outcome::InsufficientScope);
-        Some(self.config.reject(Outcome::InsufficientScope, detail, None))
+        Some(
+            self.config
+                .reject(Outcome::InsufficientScope, detail, None, None),
+        )
     }
 }
 
@@ -261,13 +257,14 @@ impl LayerConfig {
     }
 
     /// The refusal for `outcome`: with the `WWW-Authenticate` challenge when it is a 401, and
-    /// `Retry-After` and the `RateLimit` headers when a rate limit said no (the caller adds
-    /// `Retry-After` for credits that refill).
+    /// `Retry-After` and the `RateLimit` headers when a rate limit said no, and `Retry-After`
+    /// (`credits_refill_in` seconds) when the key is out of credits until a refill.
     fn reject(
         &self,
         outcome: Outcome,
         detail: impl Into<std::borrow::Cow<'static, str>>,
         limits: Option<&Decision>,
+        credits_refill_in: Option<u64>,
     ) -> Response {
         let problem = Problem::from_outcome(outcome, detail);
         let mut response = if problem.status == 401 {
@@ -286,6 +283,11 @@ impl LayerConfig {
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, value);
             }
+        }
+        if let Some(secs) = credits_refill_in {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

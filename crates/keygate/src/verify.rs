@@ -217,14 +217,13 @@ impl Verifier {
         }
         let found = match parse(presented) {
             Ok(parsed) => self.lookup(parsed.hash()).await?,
-            // Not keygate's format: an imported key of another system's, or garbage.
-            // Boxed: a rare path whose state (a slow hash check) would otherwise be moved
-            // around inside every verification's future.
-            // The common case first, without the boxed future: no imported keys at all,
-            // known without asking.
+            // Not keygate's format: an imported key of another system's, or garbage. The
+            // common case first: no imported keys at all, known without asking.
             Err(e) if self.no_imported_keys() => {
                 return Ok(self.refused(Outcome::Malformed, e.reason()));
             }
+            // Boxed: a rare path whose state (a slow hash check) would otherwise be moved
+            // around inside every verification's future.
             Err(e) => match Box::pin(self.imported(presented)).await? {
                 Foreign::Malformed => {
                     return Ok(self.refused(Outcome::Malformed, e.reason()));
@@ -413,11 +412,8 @@ impl Verifier {
     /// of its kind: found by its SHA-256 (a jsonl import, or a drf-api-key key already
     /// rehashed), else — in drf-api-key's shape — by its prefix and checked against the
     /// imported hash, then rehashed. Anything else is [`Foreign::Malformed`] (malformed),
-    /// with no lookup.
+    /// with no lookup. The caller has ruled out that no imported keys exist at all.
     async fn imported(&self, presented: &str) -> Result<Foreign, Error> {
-        if self.no_imported_keys() {
-            return Ok(Foreign::Malformed);
-        }
         let drf = keygate_core::legacy::drf_prefix(presented);
         if drf.is_none() && !foreign_shape(presented) {
             return Ok(Foreign::Malformed);
