@@ -385,9 +385,7 @@ impl Line {
     fn quoted_plain(&mut self, name: &str, value: &str) {
         debug_assert!(value.bytes().all(plain_byte), "{value:?} needs escaping");
         self.name(name);
-        self.out.push('"');
-        self.out.push_str(value);
-        self.out.push('"');
+        push_quoted(&mut self.out, value);
     }
 
     /// A text field as an event's `&str` field is written: quoted and escaped as `Debug`
@@ -397,9 +395,7 @@ impl Line {
         if self.json {
             push_json_string(&mut self.out, value);
         } else if value.bytes().all(plain_byte) {
-            self.out.push('"');
-            self.out.push_str(value);
-            self.out.push('"');
+            push_quoted(&mut self.out, value);
         } else {
             use std::fmt::Write as _;
             let _ = write!(self.out, "{value:?}");
@@ -438,12 +434,18 @@ fn plain_byte(b: u8) -> bool {
     (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\'
 }
 
+/// Appends `text` between double quotes, as it is (text of [`plain_byte`]s only: the same in
+/// `Debug`'s quoting and in JSON).
+fn push_quoted(out: &mut String, text: &str) {
+    out.push('"');
+    out.push_str(text);
+    out.push('"');
+}
+
 /// Appends `text` as a JSON string.
 fn push_json_string(out: &mut String, text: &str) {
     if text.bytes().all(plain_byte) {
-        out.push('"');
-        out.push_str(text);
-        out.push('"');
+        push_quoted(out, text);
     } else {
         out.push_str(&serde_json::Value::from(text).to_string());
     }
