@@ -228,7 +228,7 @@ struct WhenWoken<F> {
     waker: Waker,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct WokenSignal {
     woken: AtomicBool,
     /// The task to wake on its behalf.

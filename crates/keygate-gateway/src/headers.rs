@@ -196,10 +196,7 @@ fn value(text: String) -> HeaderValue {
 
 /// A header value holding `text` percent-encoded.
 pub fn encoded(text: &str) -> HeaderValue {
-    if text.bytes().all(plain) {
-        return HeaderValue::from_str(text).expect("visible ASCII is a valid header value");
-    }
-    let mut out = String::with_capacity(text.len() * 3);
+    let mut out = String::with_capacity(text.len());
     push_encoded(&mut out, text);
     value(out)
 }
@@ -353,15 +350,25 @@ fn new_request_id() -> HeaderValue {
 /// A key record as verification gives it, for tests.
 #[cfg(test)]
 pub(crate) fn test_key(name: &str, owner: Option<&str>, scopes: &[&str]) -> ApiKey {
+    let scopes = scopes.iter().map(|s| s.to_string()).collect();
+    ApiKey::from(std::sync::Arc::new(keygate_core::KeyGrant::from(
+        test_record(name, owner, scopes),
+    )))
+}
+
+/// A newly issued key's record, for tests.
+#[cfg(test)]
+fn test_record(name: &str, owner: Option<&str>, scopes: Vec<String>) -> keygate_core::KeyRecord {
     let spec = keygate_core::KeySpec {
         name: name.into(),
         owner: owner.map(Into::into),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        scopes,
         ..keygate_core::KeySpec::default()
     };
     let now = keygate_core::Timestamp::from_unix_ms(0).unwrap();
-    let (record, _) = keygate_core::issue(spec, &keygate_core::Prefix::default(), now).unwrap();
-    ApiKey::from(std::sync::Arc::new(keygate_core::KeyGrant::from(record)))
+    keygate_core::issue(spec, &keygate_core::Prefix::default(), now)
+        .unwrap()
+        .0
 }
 
 #[cfg(test)]
@@ -539,15 +546,7 @@ mod tests {
 
     /// The grant behind `key`, as the cache would load it again.
     fn zoe_grant(key: &ApiKey) -> keygate_core::KeyGrant {
-        let spec = keygate_core::KeySpec {
-            name: key.name().into(),
-            owner: key.owner().map(Into::into),
-            scopes: key.scopes().to_vec(),
-            ..keygate_core::KeySpec::default()
-        };
-        let now = keygate_core::Timestamp::from_unix_ms(0).unwrap();
-        let (mut record, _) =
-            keygate_core::issue(spec, &keygate_core::Prefix::default(), now).unwrap();
+        let mut record = test_record(key.name(), key.owner(), key.scopes().to_vec());
         record.id = key.id().clone();
         keygate_core::KeyGrant::from(record)
     }

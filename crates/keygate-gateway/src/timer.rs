@@ -146,6 +146,14 @@ mod tests {
 
     use std::time::Duration;
 
+    /// A timeout at `deadline` for a request that never gets its answer.
+    fn unanswered(
+        timer: &ConnectionTimer,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), Elapsed>> + '_ {
+        timer.timeout_at(deadline, std::future::pending::<()>())
+    }
+
     /// Polls `future` once.
     fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
         let waker = std::task::Waker::noop();
@@ -157,18 +165,12 @@ mod tests {
         let timer = ConnectionTimer::new();
         let start = Instant::now();
         // An early timeout arms the timer for 10 s, and is then dropped (its request came).
-        let mut first = Box::pin(timer.timeout_at(
-            start + Duration::from_secs(10),
-            std::future::pending::<()>(),
-        ));
+        let mut first = Box::pin(unanswered(&timer, start + Duration::from_secs(10)));
         assert!(poll_once(&mut first).is_pending());
         drop(first);
         // A later one, 5 s on, with a 10 s timeout of its own: not at 10 s, at 15 s.
         tokio::time::advance(Duration::from_secs(5)).await;
-        let second = timer.timeout_at(
-            start + Duration::from_secs(15),
-            std::future::pending::<()>(),
-        );
+        let second = unanswered(&timer, start + Duration::from_secs(15));
         assert_eq!(second.await, Err(Elapsed));
         assert_eq!(Instant::now() - start, Duration::from_secs(15));
     }
@@ -177,12 +179,9 @@ mod tests {
     async fn an_earlier_deadline_than_the_armed_one_is_kept() {
         let timer = ConnectionTimer::new();
         let start = Instant::now();
-        let mut long = Box::pin(timer.timeout_at(
-            start + Duration::from_secs(60),
-            std::future::pending::<()>(),
-        ));
+        let mut long = Box::pin(unanswered(&timer, start + Duration::from_secs(60)));
         assert!(poll_once(&mut long).is_pending());
-        let short = timer.timeout_at(start + Duration::from_secs(2), std::future::pending::<()>());
+        let short = unanswered(&timer, start + Duration::from_secs(2));
         assert_eq!(short.await, Err(Elapsed));
         assert_eq!(Instant::now() - start, Duration::from_secs(2));
     }
