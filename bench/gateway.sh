@@ -19,6 +19,14 @@
 # when there is one, so that the disk's writeback does not stall either proxy. Only 127.0.0.1
 # is touched.
 #
+# Then the latency each proxy adds below saturation: at saturation, a closed-loop client's
+# latency is its connections over the throughput (Little's law), a measure of throughput and
+# not of the time a request spends in the proxy. So each round also sends RATE requests per
+# second in all (default 5000; RATE=0 skips this) over the same CONNECTIONS, on an open-loop
+# schedule (keygate-gateway's bench_latency example: each request due at a fixed time, its
+# latency counted from then, so waiting behind a slow request counts), to each case in turn;
+# the table gives p50/p99/p99.9 and the p99 each proxy adds over (a), per round.
+#
 # KEYGATE_BIN=<keygate binary> measures another build as (c); KEYGATE_BIN_B=<keygate binary>
 # adds a second gateway, (c2), measured in the same rounds (c and c2 take turns going first):
 # an A/B of two builds in one run.
@@ -27,6 +35,7 @@ cd "$(dirname "$0")/.."
 DURATION="${1:-6}"
 CONNECTIONS="${2:-32}"
 ROUNDS="${3:-3}"
+RATE="${RATE:-5000}"
 PORT_UP=3931
 PORT_NGINX=3932
 PORT_GW=3933
@@ -46,7 +55,7 @@ if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
     PIN_SERVER=(taskset -c 0); PIN_CLIENT=(taskset -c 1)
 fi
 
-cargo build --release -q -p keygate-gateway --example bench_upstream
+cargo build --release -q -p keygate-gateway --example bench_upstream --example bench_latency
 cargo build --release -q -p keygate-server --bin keygate
 
 WORK="$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)"
@@ -157,9 +166,23 @@ for port in "${PORTS[@]}"; do
     "${PIN_CLIENT[@]}" wrk -t1 -c"$CONNECTIONS" -d1s -H "Authorization: Api-Key $KEY" "http://127.0.0.1:$port/api/orders" >/dev/null
 done
 
-declare -A RESULT
+# Prints "p50_us p99_us p999_us" for one fixed-rate run against port $1.
+latency() {
+    "${PIN_CLIENT[@]}" target/release/examples/bench_latency "http://127.0.0.1:$1/api/orders" \
+        "$RATE" "$CONNECTIONS" "$DURATION" "Authorization: Api-Key $KEY" |
+        awk '{ print $4, $8, $10 }'
+}
+declare -A PORT_OF=([a]=$PORT_UP [b]=$PORT_NGINX [c]=$PORT_GW [c2]=${PORT_GW_B})
+
+declare -A RESULT LATENCY
 for round in $(seq "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
+    if [ "$RATE" != 0 ]; then
+        # The proxies take turns going first (the VM's speed drifts within a round).
+        order=("${CASES[@]:1}")
+        [ $((round % 2)) = 1 ] || order=($(printf '%s\n' "${order[@]}" | tac))
+        for k in a "${order[@]}"; do LATENCY[$k$round]=$(latency "${PORT_OF[$k]}"); done
+    fi
     RESULT[a$round]=$(measure $UP_PID "http://127.0.0.1:$PORT_UP/api/orders")
     RESULT[b$round]=$(measure $NGINX_PID "http://127.0.0.1:$PORT_NGINX/api/orders")
     if [ -z "${KEYGATE_BIN_B:-}" ]; then
@@ -199,3 +222,25 @@ for k in "${CASES[@]}"; do
 done
 echo "(medians of $ROUNDS rounds; servers pinned: ${PIN_SERVER[*]:-no}; wrk: ${PIN_CLIENT[*]:-no}; ${DURATION}s per case per round, $CONNECTIONS connections; access logs on for both proxies)"
 echo "access log lines: nginx $(wc -l < "$WORK/nginx-access.log"), gateway $(grep -c 'keygate_gateway::access' "$WORK/gateway.log")"
+
+[ "$RATE" != 0 ] || exit 0
+echo
+echo "latency at $RATE requests/s in all over $CONNECTIONS connections (open loop; µs; medians of $ROUNDS rounds)"
+printf "%-44s %8s %8s %8s %12s %s\n" case p50 p99 p99.9 "added p99" "(per round)"
+for k in "${CASES[@]}"; do
+    case $k in
+        a) label="(a) upstream directly";;
+        b) label="(b) nginx proxy_pass, no auth";;
+        c) label="(c) keygate gateway, valid key";;
+        c2) label="(c2) KEYGATE_BIN_B, valid key";;
+    esac
+    p50=(); p99=(); p999=(); added=()
+    for round in $(seq "$ROUNDS"); do
+        read -r l50 l99 l999 <<<"${LATENCY[$k$round]}"
+        read -r _ a99 _ <<<"${LATENCY[a$round]}"
+        p50+=("$l50"); p99+=("$l99"); p999+=("$l999"); added+=($((l99 - a99)))
+    done
+    printf "%-44s %8s %8s %8s %12s %s\n" "$label" "$(printf '%s\n' "${p50[@]}" | median)" \
+        "$(printf '%s\n' "${p99[@]}" | median)" "$(printf '%s\n' "${p999[@]}" | median)" \
+        "$(printf '%s\n' "${added[@]}" | median)" "${added[*]}"
+done
