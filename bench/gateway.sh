@@ -173,6 +173,8 @@ latency() {
         awk '{ print $4, $8, $10 }'
 }
 declare -A PORT_OF=([a]=$PORT_UP [b]=$PORT_NGINX [c]=$PORT_GW [c2]=${PORT_GW_B})
+declare -A LABEL=([a]="(a) upstream directly" [b]="(b) nginx proxy_pass, no auth"
+    [c]="(c) keygate gateway, valid key" [c2]="(c2) KEYGATE_BIN_B, valid key")
 
 declare -A RESULT LATENCY
 for round in $(seq "$ROUNDS"); do
@@ -199,12 +201,7 @@ done
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf "%-44s %8s %7s %7s %9s %6s %-16s %6s %-16s\n" case "req/s" "p50 ms" "p99 ms" "CPU µs/r" "x/a" "(per round)" "x/b" "(per round)"
 for k in "${CASES[@]}"; do
-    case $k in
-        a) label="(a) upstream directly";;
-        b) label="(b) nginx proxy_pass, no auth";;
-        c) label="(c) keygate gateway, valid key";;
-        c2) label="(c2) KEYGATE_BIN_B, valid key";;
-    esac
+    label=${LABEL[$k]}
     rps=(); p50=(); p99=(); cpu=(); ra=(); rb=(); bad=0
     for round in $(seq "$ROUNDS"); do
         read -r r l50 l99 c n <<<"${RESULT[$k$round]}"
@@ -228,12 +225,7 @@ echo
 echo "latency at $RATE requests/s in all over $CONNECTIONS connections (open loop; µs; medians of $ROUNDS rounds)"
 printf "%-44s %8s %8s %8s %12s %s\n" case p50 p99 p99.9 "added p99" "(per round)"
 for k in "${CASES[@]}"; do
-    case $k in
-        a) label="(a) upstream directly";;
-        b) label="(b) nginx proxy_pass, no auth";;
-        c) label="(c) keygate gateway, valid key";;
-        c2) label="(c2) KEYGATE_BIN_B, valid key";;
-    esac
+    label=${LABEL[$k]}
     p50=(); p99=(); p999=(); added=()
     for round in $(seq "$ROUNDS"); do
         read -r l50 l99 l999 <<<"${LATENCY[$k$round]}"

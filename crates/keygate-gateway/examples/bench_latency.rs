@@ -77,8 +77,8 @@ async fn connect(authority: &str) -> Result<Sender, String> {
 }
 
 /// One connection: sends a request for each due time it is handed, in order, and returns the
-/// latencies (µs) of those due after `counted_from`. Connects again when the server closes
-/// the connection after an answer (nginx does after 1,000 requests), as wrk does.
+/// latencies (µs) of those due after `counted_from`. Connects again when the server has
+/// closed the connection (nginx does after 1,000 requests), as wrk does.
 async fn connection(
     args: &Args,
     mut due: mpsc::UnboundedReceiver<Instant>,
@@ -103,10 +103,6 @@ async fn connection(
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();
-        let closing = response
-            .headers()
-            .get(http::header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         response
             .into_body()
             .collect()
@@ -118,9 +114,6 @@ async fn connection(
         if at >= counted_from {
             let micros = at.elapsed().as_micros();
             latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
-        }
-        if closing {
-            sender = connect(&authority).await?;
         }
     }
     Ok(latencies)

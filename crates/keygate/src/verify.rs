@@ -529,14 +529,14 @@ impl Verifier {
         Ok(kinds)
     }
 
-    /// The imported kinds as last read, if no change was reported since (and there is a
-    /// change feed to report them: a cache).
     /// Whether it is known, without asking the store, that no imported keys exist.
     fn no_imported_keys(&self) -> bool {
         self.known_kinds()
             .is_some_and(|k| k == ImportedKinds::default())
     }
 
+    /// The imported kinds as last read, if no change was reported since (and there is a
+    /// change feed to report them: a cache).
     fn known_kinds(&self) -> Option<ImportedKinds> {
         self.inner.cache.as_ref()?;
         let generation = self.inner.kinds_generation.load(Ordering::Acquire);
