@@ -150,14 +150,17 @@ impl Proxy {
         let upgrade = headers::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        let client = self.verifier.client_address(
-            peer.ip(),
-            parts
-                .headers
-                .get_all(headers::X_FORWARDED_FOR)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        );
+        // The address the key was checked from; on a public route, found the same way.
+        let client = admitted.as_ref().and_then(|a| a.client).unwrap_or_else(|| {
+            self.verifier.client_address(
+                peer.ip(),
+                parts
+                    .headers
+                    .get_all(headers::X_FORWARDED_FOR)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            )
+        });
         let query =
             keygate::credentials::strip(&mut parts.headers, parts.uri.query(), &self.sources);
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
@@ -202,9 +205,11 @@ impl Proxy {
             .timer
             .timeout_at(
                 sent + timeout,
-                connection
-                    .upstreams
-                    .send(authority, Request::from_parts(parts, body)),
+                connection.upstreams.send(
+                    authority,
+                    Request::from_parts(parts, body),
+                    sent.into_std(),
+                ),
             )
             .await;
         let mut response = match answer {

@@ -181,15 +181,16 @@ where
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `authority` and waits for the response
-    /// head, on this client connection's connection to it, an idle one from the pool, or a new
-    /// one.
+    /// Sends `request` (origin-form URI, `Host` set) to `authority` at `now` and waits for the
+    /// response head, on this client connection's connection to it, an idle one from the pool,
+    /// or a new one.
     pub(crate) async fn send(
         &self,
         authority: &Authority,
         mut request: Request<B>,
+        now: Instant,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut reused = self.take(authority);
+        let mut reused = self.take(authority, now);
         loop {
             let was_reused = reused.is_some();
             let mut sender = match reused.take() {
@@ -214,7 +215,7 @@ where
         }
     }
 
-    fn take(&self, authority: &Authority) -> Option<Open<B>> {
+    fn take(&self, authority: &Authority, now: Instant) -> Option<Open<B>> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let own = held
             .iter()
@@ -223,7 +224,7 @@ where
         drop(held);
         // The pool's rule for a connection worth reusing, else one from the pool.
         match own {
-            Some(open) if self.pool.usable(&open, Instant::now()) => Some(open),
+            Some(open) if self.pool.usable(&open, now) => Some(open),
             _ => self.pool.take(authority),
         }
     }
@@ -330,7 +331,7 @@ mod tests {
         let first = Upstreams::new(pool.clone());
         for _ in 0..3 {
             let response = first
-                .send(&authority, empty_request(&authority))
+                .send(&authority, empty_request(&authority), Instant::now())
                 .await
                 .unwrap();
             assert_eq!(body(response).await, "1");
@@ -344,7 +345,7 @@ mod tests {
         );
         let second = Upstreams::new(pool.clone());
         let response = second
-            .send(&authority, empty_request(&authority))
+            .send(&authority, empty_request(&authority), Instant::now())
             .await
             .unwrap();
         assert_eq!(body(response).await, "1", "taken from the pool");
@@ -358,7 +359,7 @@ mod tests {
         let upstreams = Upstreams::new(pool(Duration::from_secs(60)));
         for expected in ["1", "2", "3"] {
             let response = upstreams
-                .send(&authority, empty_request(&authority))
+                .send(&authority, empty_request(&authority), Instant::now())
                 .await
                 .unwrap();
             assert_eq!(body(response).await, expected);
@@ -371,7 +372,7 @@ mod tests {
         let upstreams = Upstreams::new(pool.clone());
         for expected in ["1", "2"] {
             let response = upstreams
-                .send(&authority, empty_request(&authority))
+                .send(&authority, empty_request(&authority), Instant::now())
                 .await
                 .unwrap();
             assert_eq!(body(response).await, expected);
@@ -387,7 +388,9 @@ mod tests {
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         drop(listener);
         let upstreams = Upstreams::new(pool(Duration::from_secs(60)));
-        let failed = upstreams.send(&authority, empty_request(&authority)).await;
+        let failed = upstreams
+            .send(&authority, empty_request(&authority), Instant::now())
+            .await;
         assert!(
             matches!(failed, Err(UpstreamError::Connect(_))),
             "{failed:?}"

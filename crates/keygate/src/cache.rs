@@ -82,8 +82,13 @@ impl Cache {
         }
     }
 
-    pub(crate) fn get(&self, hash: &KeyHash) -> Lookup {
-        let now = self.clock.now();
+    #[cfg(test)]
+    fn get(&self, hash: &KeyHash) -> Lookup {
+        self.get_at(hash, self.clock.now())
+    }
+
+    /// What is known about `hash` at `now` (the caller's reading of this cache's clock).
+    pub(crate) fn get_at(&self, hash: &KeyHash, now: Timestamp) -> Lookup {
         let lookup = {
             let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
             if let Some((grant, at)) = maps.found.get(hash) {

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
@@ -124,6 +124,9 @@ impl KeygateLayer {
 pub struct Admitted {
     /// The verified key.
     pub key: ApiKey,
+    /// The client's address the key was checked from: the peer's, or behind trusted proxies
+    /// the address they forwarded (`None` when no peer was given).
+    pub client: Option<IpAddr>,
     /// Headers to add to the response the request gets: `Deprecation` and `Sunset` while the
     /// key is in the grace period of a rotation.
     pub response_headers: HeaderMap,
@@ -143,11 +146,12 @@ impl KeygateLayer {
         query: Option<&str>,
         peer: Option<SocketAddr>,
     ) -> Result<Admitted, Response> {
-        let (key, notice) = self.admit(headers, query, peer).await?;
+        let (key, notice, client) = self.admit(headers, query, peer).await?;
         let mut response_headers = HeaderMap::new();
         notice.write(&mut response_headers);
         Ok(Admitted {
             key,
+            client,
             response_headers,
         })
     }
@@ -159,7 +163,7 @@ impl KeygateLayer {
         headers: &HeaderMap,
         query: Option<&str>,
         peer: Option<SocketAddr>,
-    ) -> Result<(ApiKey, Notice), Response> {
+    ) -> Result<(ApiKey, Notice, Option<IpAddr>), Response> {
         let config = &self.config;
         let demand = Demand {
             cost: config.cost,
@@ -191,7 +195,7 @@ impl KeygateLayer {
                         limits: v.limits,
                         sunset: key.sunset(),
                     };
-                    Ok((key, notice))
+                    Ok((key, notice, demand.client))
                 }
                 _ => {
                     Err(config.reject(v.outcome, v.detail, v.limits.as_ref(), v.credits_refill_in))
@@ -374,7 +378,7 @@ where
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0);
-            let (key, notice) = match layer
+            let (key, notice, _client) = match layer
                 .admit(request.headers(), request.uri().query(), peer)
                 .await
             {

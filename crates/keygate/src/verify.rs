@@ -215,7 +215,7 @@ impl Verifier {
         if presented.is_empty() {
             return Ok(self.refused(Outcome::Missing, Outcome::Missing.detail()));
         }
-        let found = match parse(presented) {
+        let (found, now) = match parse(presented) {
             Ok(parsed) => self.lookup(parsed.hash()).await?,
             // Not keygate's format: an imported key of another system's, or garbage. The
             // common case first: no imported keys at all, known without asking.
@@ -228,14 +228,13 @@ impl Verifier {
                 Foreign::Malformed => {
                     return Ok(self.refused(Outcome::Malformed, e.reason()));
                 }
-                Foreign::Found(grant) => Some(grant),
-                Foreign::Unknown => None,
+                Foreign::Found(grant) => (Some(grant), self.now()),
+                Foreign::Unknown => (None, self.now()),
             },
         };
         let Some(grant) = found else {
             return Ok(self.refused(Outcome::NotFound, Outcome::NotFound.detail()));
         };
-        let now = self.now();
         let mut verification = Verification {
             outcome: decide(&grant, now, required),
             key: None,
@@ -389,7 +388,9 @@ impl Verifier {
 
     /// The grant of the key with this hash: from the cache, else from the store (and then
     /// cached).
-    async fn lookup(&self, hash: KeyHash) -> Result<Option<Arc<KeyGrant>>, Error> {
+    /// The grant of `hash`, from the cache or the store, and the time it was found at (one
+    /// reading of the clock serves the cache's freshness and the key's rules on a hit).
+    async fn lookup(&self, hash: KeyHash) -> Result<(Option<Arc<KeyGrant>>, Timestamp), Error> {
         let find = |hash| async move {
             let found = self.inner.store.find_by_hash(&hash).await;
             found
@@ -397,15 +398,17 @@ impl Verifier {
                 .map_err(Error::store("check the API key"))
         };
         let Some(cache) = &self.inner.cache else {
-            return find(hash).await;
+            let grant = find(hash).await?;
+            return Ok((grant, self.now()));
         };
-        if let Lookup::Hit(grant) = cache.get(&hash) {
-            return Ok(grant);
+        let now = self.now();
+        if let Lookup::Hit(grant) = cache.get_at(&hash, now) {
+            return Ok((grant, now));
         }
         let epoch = cache.epoch();
         let grant = find(hash).await?;
         cache.insert(hash, grant.clone(), epoch);
-        Ok(grant)
+        Ok((grant, self.now()))
     }
 
     /// A presented key that is not in keygate's format, while the store holds imported keys
@@ -424,7 +427,7 @@ impl Verifier {
             return Ok(Foreign::Malformed);
         }
         let hash = KeyHash::of(presented);
-        if let Some(grant) = self.lookup(hash).await? {
+        if let (Some(grant), _) = self.lookup(hash).await? {
             return Ok(Foreign::Found(grant));
         }
         let Some(prefix) = legacy else {
