@@ -151,16 +151,10 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         // The address the key was checked from; on a public route, found the same way.
-        let client = admitted.as_ref().and_then(|a| a.client).unwrap_or_else(|| {
-            self.verifier.client_address(
-                peer.ip(),
-                parts
-                    .headers
-                    .get_all(headers::X_FORWARDED_FOR)
-                    .iter()
-                    .map(HeaderValue::as_bytes),
-            )
-        });
+        let client = admitted
+            .as_ref()
+            .and_then(|a| a.client)
+            .unwrap_or_else(|| self.verifier.client_address(peer.ip(), &parts.headers));
         let query =
             keygate::credentials::strip(&mut parts.headers, parts.uri.query(), &self.sources);
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);

@@ -31,9 +31,6 @@ use crate::key::ApiKey;
 use crate::problem::Problem;
 use crate::verify::{Demand, Verifier};
 
-/// Named once, so that each request does not parse the name from text.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
 /// Layer that requires a valid API key (and optionally scopes) on every request.
 #[derive(Debug, Clone)]
 pub struct KeygateLayer {
@@ -167,13 +164,7 @@ impl KeygateLayer {
         let config = &self.config;
         let demand = Demand {
             cost: config.cost,
-            client: peer.map(|peer| {
-                let forwarded = headers
-                    .get_all(X_FORWARDED_FOR)
-                    .iter()
-                    .map(HeaderValue::as_bytes);
-                self.verifier.client_address(peer.ip(), forwarded)
-            }),
+            client: peer.map(|peer| self.verifier.client_address(peer.ip(), headers)),
         };
         // The presented key is borrowed from the headers only while it is checked.
         let verification = {

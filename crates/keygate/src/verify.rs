@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use std::net::IpAddr;
 
+use http::{HeaderMap, HeaderName, HeaderValue};
+
 use keygate_core::limits::{
     Decision, IpAllowlist, LimitName, LimitScope, MAX_COST, RateLimit, retry_after_refill,
 };
@@ -48,6 +50,9 @@ pub struct Verification {
     /// refill is due (at least 1) — the client's `Retry-After`.
     pub credits_refill_in: Option<u64>,
 }
+
+/// Named once, so that each request does not parse the name from text.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// What a request asks of a key besides its scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +234,9 @@ impl Verifier {
                     return Ok(self.refused(Outcome::Malformed, e.reason()));
                 }
                 Foreign::Found(grant) => (Some(grant), self.now()),
-                Foreign::Unknown => (None, self.now()),
+                Foreign::Unknown => {
+                    return Ok(self.refused(Outcome::NotFound, Outcome::NotFound.detail()));
+                }
             },
         };
         let Some(grant) = found else {
@@ -342,17 +349,16 @@ impl Verifier {
         Ok(())
     }
 
-    /// The client's address: the socket peer, or behind the trusted proxies the first address
-    /// from the right of `X-Forwarded-For` that is not one of them (see
-    /// [`client_address`](keygate_core::limits::client_address)).
-    pub fn client_address<'a, I>(&self, peer: IpAddr, forwarded_for: I) -> IpAddr
-    where
-        I: IntoIterator<Item = &'a [u8]>,
-        I::IntoIter: DoubleEndedIterator,
-    {
+    /// The client's address of a request from `peer` with these `headers`: the socket peer,
+    /// or behind the trusted proxies the first address from the right of `X-Forwarded-For`
+    /// that is not one of them (see [`client_address`](keygate_core::limits::client_address)).
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         keygate_core::limits::client_address(
             peer,
-            forwarded_for,
+            headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes),
             self.inner.trusted_proxies.as_ref(),
         )
     }
@@ -387,9 +393,8 @@ impl Verifier {
     }
 
     /// The grant of the key with this hash: from the cache, else from the store (and then
-    /// cached).
-    /// The grant of `hash`, from the cache or the store, and the time it was found at (one
-    /// reading of the clock serves the cache's freshness and the key's rules on a hit).
+    /// cached); with the time it was found at (on a hit, one reading of the clock serves the
+    /// cache's freshness and the key's rules).
     async fn lookup(&self, hash: KeyHash) -> Result<(Option<Arc<KeyGrant>>, Timestamp), Error> {
         let find = |hash| async move {
             let found = self.inner.store.find_by_hash(&hash).await;
