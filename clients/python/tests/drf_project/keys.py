@@ -12,7 +12,8 @@ import sys
 from datetime import timedelta
 from typing import Any, Dict, List
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+# This project's own settings, whatever the caller exported (bench/drf.sh exports its app's).
+os.environ["DJANGO_SETTINGS_MODULE"] = "settings"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import django  # noqa: E402
